@@ -1,0 +1,72 @@
+"""Alerts an operator must look at: COI discrepancies, impossible transitions, excursions.
+
+Raising is idempotent on a dedupe key, so recomputing a projection never opens the same alert twice.
+Messages carry order ids and codes, never patient identifiers.
+"""
+
+from __future__ import annotations
+
+import logging
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cgthub.tables import Alert, utcnow
+
+log = logging.getLogger(__name__)
+
+
+class Severity(StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+def raise_alert(
+    session: Session,
+    *,
+    kind: str,
+    message: str,
+    dedupe_key: str,
+    order_id: str | None = None,
+    severity: Severity = Severity.WARNING,
+    details: dict[str, Any] | None = None,
+) -> Alert:
+    existing = session.scalars(select(Alert).where(Alert.dedupe_key == dedupe_key)).first()
+    if existing is not None:
+        return existing
+    alert = Alert(
+        order_id=order_id,
+        kind=kind,
+        severity=severity.value,
+        message=message,
+        details=details or {},
+        dedupe_key=dedupe_key,
+        status="open",
+        opened_at=utcnow(),
+    )
+    try:
+        with session.begin_nested():
+            session.add(alert)
+    except IntegrityError:
+        found = session.scalars(select(Alert).where(Alert.dedupe_key == dedupe_key)).first()
+        if found is None:
+            raise
+        return found
+    log.warning("alert %s [%s] order=%s: %s", kind, severity.value, order_id, message)
+    return alert
+
+
+def open_alerts(session: Session, order_id: str | None = None) -> list[Alert]:
+    query = select(Alert).where(Alert.status == "open").order_by(Alert.id)
+    if order_id is not None:
+        query = query.where(Alert.order_id == order_id)
+    return list(session.scalars(query))
+
+
+def close(session: Session, alert: Alert) -> None:
+    alert.status = "closed"
+    alert.closed_at = utcnow()

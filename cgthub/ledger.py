@@ -1,0 +1,290 @@
+"""The custody and status ledger: append-only, idempotent, hash-chained per order.
+
+Each entry stores the hash of the previous entry of its order and its own hash over a canonical
+JSON encoding, and the order row keeps the chain's head and length, so `verify` finds any edited,
+deleted, inserted or reordered row. Appends to one order serialize on the order row (SELECT ... FOR
+UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite) and the (order_id, seq) unique key backs that up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from cgthub import alerts, projection, quarantine
+from cgthub.correlation import correlate
+from cgthub.identifiers import new_order_id
+from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
+from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
+
+log = logging.getLogger(__name__)
+
+GENESIS = "0" * 64
+_MAX_ATTEMPTS = 5
+
+
+def canonical_json(value: Any) -> str:
+    """One byte string per value: sorted keys, no spaces, UTF-8 kept (RFC 8785 in spirit)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
+    material = canonical_json(
+        {"prev": prev_hash, "order": order_id, "seq": seq, "recorded_at": recorded_at.isoformat(), "body": body}
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class AppendResult:
+    status: Literal["appended", "duplicate", "quarantined"]
+    order_id: str | None
+    entry_id: int | None = None
+    seq: int | None = None
+    quarantine_id: int | None = None
+    reason: str | None = None
+
+
+class OrderNotFound(LookupError):
+    pass
+
+
+def append(session: Session, event: CanonicalEvent, *, refresh: bool = True) -> AppendResult:
+    """Append one canonical event to its order's chain (in the caller's transaction).
+
+    A duplicate (same source system and source event id) returns the existing entry. An event that
+    matches no order, or whose identity keys contradict its order, is quarantined; a COI
+    contradiction also puts the orders involved on hold and raises a critical alert.
+    """
+    for attempt in range(_MAX_ATTEMPTS):
+        try:
+            with session.begin_nested():
+                result = _append_once(session, event)
+            break
+        except IntegrityError:
+            # Another writer created the order, a key or this very event first: look again.
+            if attempt == _MAX_ATTEMPTS - 1:
+                raise
+    if result.status == "appended" and refresh and result.order_id:
+        projection.refresh(session, result.order_id)
+    return result
+
+
+def _existing(session: Session, event: CanonicalEvent) -> LedgerEntry | None:
+    return session.scalars(
+        select(LedgerEntry).where(
+            LedgerEntry.source_system == event.source_system.value,
+            LedgerEntry.source_event_id == event.source_event_id,
+        )
+    ).first()
+
+
+def _append_once(session: Session, event: CanonicalEvent) -> AppendResult:
+    found = _existing(session, event)
+    if found is not None:
+        return AppendResult("duplicate", found.order_id, found.id, found.seq)
+
+    match = correlate(session, event)
+    if not match.ok:
+        return _identity_conflict(session, event, match.order_id, match.conflicts, match.conflicting_orders)
+    order_id = match.order_id
+    if order_id is None:
+        if event.event_type is not EventType.ORDER_ENROLLED:
+            return _uncorrelated(session, event)
+        order_id = new_order_id()
+        session.add(Order(id=order_id, status="enrolled", ledger_length=0, ledger_head=GENESIS))
+        session.flush()
+
+    order = _lock(session, order_id)
+    for kind, value in match.new_keys:
+        session.add(OrderKey(kind=kind, value=value, order_id=order_id))
+    entry = _write(session, order, event)
+    return AppendResult("appended", order_id, entry.id, entry.seq)
+
+
+def _lock(session: Session, order_id: str) -> Order:
+    query = select(Order).where(Order.id == order_id).with_for_update()
+    order = session.scalars(query.execution_options(populate_existing=True)).first()
+    if order is None:
+        raise OrderNotFound(order_id)
+    return order
+
+
+def _write(session: Session, order: Order, event: CanonicalEvent) -> LedgerEntry:
+    body = canonical_json(event.to_json_dict())
+    seq = order.ledger_length + 1
+    prev = order.ledger_head or GENESIS
+    recorded_at = utcnow()
+    digest = entry_hash(prev_hash=prev, order_id=order.id, seq=seq, recorded_at=recorded_at, body=body)
+    entry = LedgerEntry(
+        order_id=order.id,
+        seq=seq,
+        source_system=event.source_system.value,
+        source_event_id=event.source_event_id,
+        event_type=event.event_type.value,
+        occurred_at=event.occurred_at,
+        recorded_at=recorded_at,
+        raw_id=event.provenance.raw_id,
+        body=body,
+        prev_hash=prev,
+        entry_hash=digest,
+    )
+    session.add(entry)
+    order.ledger_length = seq
+    order.ledger_head = digest
+    session.flush()
+    return entry
+
+
+def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
+    refs = ", ".join(f"{k}={v}" for k, v in event.refs.pairs() + event.identity_keys()) or "none"
+    reason = (
+        f"no order matches this {event.event_type.value} event (references: {refs}); "
+        "it is replayed automatically once the order is enrolled"
+    )
+    entry = quarantine.put(
+        session,
+        stage=quarantine.Stage.CORRELATE,
+        reason=reason,
+        system=event.source_system.value,
+        kind=event.event_type.value,
+        raw_id=event.provenance.raw_id,
+        details={"event": event.to_json_dict()},
+    )
+    return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
+
+
+def _identity_conflict(
+    session: Session, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]
+) -> AppendResult:
+    reason = "chain-of-identity discrepancy: " + "; ".join(conflicts)
+    involved = sorted({*(others or set()), *([order_id] if order_id else [])})
+    entry = quarantine.put(
+        session,
+        stage=quarantine.Stage.IDENTITY,
+        reason=reason,
+        system=event.source_system.value,
+        kind=event.event_type.value,
+        raw_id=event.provenance.raw_id,
+        order_id=order_id,
+        details={"event": event.to_json_dict(), "orders": involved},
+    )
+    for oid in involved:
+        if session.get(Order, oid) is None:
+            continue
+        hold = CanonicalEvent(
+            source_system=SourceSystem.HUB,
+            source_event_id=f"coi-hold:{oid}:{event.source_system.value}:{event.source_event_id}",
+            event_type=EventType.ORDER_ON_HOLD,
+            occurred_at=event.occurred_at,
+            received_at=utcnow(),
+            order_id=oid,
+            reason="COI discrepancy",
+            attributes={"quarantine_id": entry.id},
+            provenance=Provenance(mapping_id="cgthub/coi-check", mapping_version="1"),
+        )
+        _write(session, _lock(session, oid), hold)
+        alerts.raise_alert(
+            session,
+            kind="coi_discrepancy",
+            severity=alerts.Severity.CRITICAL,
+            order_id=oid,
+            message=f"order held: {reason} (quarantine #{entry.id})",
+            dedupe_key=f"coi:{oid}:{event.source_system.value}:{event.source_event_id}",
+            details={"quarantine_id": entry.id},
+        )
+    log.error("quarantined %s %s: %s", event.source_system.value, event.source_event_id, reason)
+    return AppendResult("quarantined", order_id, quarantine_id=entry.id, reason=reason)
+
+
+def entries(session: Session, order_id: str) -> list[LedgerEntry]:
+    return list(session.scalars(select(LedgerEntry).where(LedgerEntry.order_id == order_id).order_by(LedgerEntry.seq)))
+
+
+def events(session: Session, order_id: str) -> list[CanonicalEvent]:
+    return [CanonicalEvent.model_validate_json(e.body) for e in entries(session, order_id)]
+
+
+@dataclass(frozen=True)
+class ChainProblem:
+    order_id: str
+    seq: int | None
+    entry_id: int | None
+    problem: str
+
+    def __str__(self) -> str:
+        where = f"entry #{self.entry_id} (seq {self.seq})" if self.entry_id is not None else "chain head"
+        return f"order {self.order_id}, {where}: {self.problem}"
+
+
+def verify(session: Session, order_id: str | None = None) -> tuple[int, list[ChainProblem]]:
+    """Recompute every chain; return (orders checked, problems found)."""
+    query = select(Order).order_by(Order.id)
+    if order_id is not None:
+        query = query.where(Order.id == order_id)
+    problems: list[ChainProblem] = []
+    checked = 0
+    for order in session.scalars(query):
+        checked += 1
+        problems.extend(_verify_order(session, order))
+    return checked, problems
+
+
+def _verify_order(session: Session, order: Order) -> list[ChainProblem]:
+    problems: list[ChainProblem] = []
+    prev = GENESIS
+    expected_seq = 1
+    for entry in entries(session, order.id):
+        here = (order.id, entry.seq, entry.id)
+        if entry.seq != expected_seq:
+            problems.append(ChainProblem(*here, f"sequence jumps from {expected_seq - 1} to {entry.seq}"))
+        if entry.prev_hash != prev:
+            problems.append(ChainProblem(*here, "previous-hash link broken (row deleted, inserted or reordered)"))
+        digest = entry_hash(
+            prev_hash=entry.prev_hash, order_id=entry.order_id, seq=entry.seq, recorded_at=entry.recorded_at, body=entry.body
+        )
+        if digest != entry.entry_hash:
+            problems.append(ChainProblem(*here, "content does not match its hash (row edited)"))
+        problems.extend(_check_columns(order.id, entry))
+        prev = entry.entry_hash
+        expected_seq = entry.seq + 1
+    if order.ledger_length != expected_seq - 1 or (order.ledger_head or GENESIS) != prev:
+        problems.append(
+            ChainProblem(
+                order.id,
+                None,
+                None,
+                f"head says {order.ledger_length} entries ending {order.ledger_head[:12]}, "
+                f"chain has {expected_seq - 1} ending {prev[:12]} (entries deleted or appended outside the ledger)",
+            )
+        )
+    return problems
+
+
+def _check_columns(order_id: str, entry: LedgerEntry) -> list[ChainProblem]:
+    """The indexed columns are copies of the hashed body: they must agree with it."""
+    try:
+        event = CanonicalEvent.model_validate_json(entry.body)
+    except ValueError as exc:
+        return [ChainProblem(order_id, entry.seq, entry.id, f"body is not a valid canonical event: {exc}")]
+    mismatched = [
+        name
+        for name, column, hashed in (
+            ("source_system", entry.source_system, event.source_system.value),
+            ("source_event_id", entry.source_event_id, event.source_event_id),
+            ("event_type", entry.event_type, event.event_type.value),
+            ("occurred_at", entry.occurred_at, event.occurred_at),
+        )
+        if column != hashed
+    ]
+    if mismatched:
+        return [ChainProblem(order_id, entry.seq, entry.id, f"columns differ from the hashed body: {', '.join(mismatched)}")]
+    return []

@@ -1,0 +1,346 @@
+"""The order life cycle as an explicit state machine, and the projection that folds events into it.
+
+`project(order_id, events)` is a pure function of the *set* of events: it drops duplicates and
+superseded events, orders the rest by occurred_at, and walks the state machine. Any permutation or
+duplication of the same events gives the same projection. A transition the machine does not allow
+is not applied but recorded as an anomaly for an operator; the event itself stays in the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from cgthub.model import CanonicalEvent, Direction, EventType, ExternalRefs
+
+
+class OrderStatus(StrEnum):
+    ENROLLED = "enrolled"
+    APHERESIS_SCHEDULED = "apheresis_scheduled"
+    COLLECTED = "collected"
+    IN_TRANSIT_TO_CMO = "in_transit_to_cmo"
+    RECEIVED_AT_CMO = "received_at_cmo"
+    MANUFACTURING = "manufacturing"
+    QC_TESTING = "qc_testing"
+    OOS_REVIEW = "oos_review"
+    RELEASED = "released"
+    IN_TRANSIT_TO_SITE = "in_transit_to_site"
+    RECEIVED_AT_SITE = "received_at_site"
+    INFUSION_SCHEDULED = "infusion_scheduled"
+    INFUSED = "infused"
+    ON_HOLD = "on_hold"
+    CANCELLED = "cancelled"
+    TERMINATED = "terminated"
+
+
+# Progress along the main path. OOS review sits between QC and release.
+RANK: dict[OrderStatus, float] = {
+    OrderStatus.ENROLLED: 0,
+    OrderStatus.APHERESIS_SCHEDULED: 1,
+    OrderStatus.COLLECTED: 2,
+    OrderStatus.IN_TRANSIT_TO_CMO: 3,
+    OrderStatus.RECEIVED_AT_CMO: 4,
+    OrderStatus.MANUFACTURING: 5,
+    OrderStatus.QC_TESTING: 6,
+    OrderStatus.OOS_REVIEW: 6.5,
+    OrderStatus.RELEASED: 7,
+    OrderStatus.IN_TRANSIT_TO_SITE: 8,
+    OrderStatus.RECEIVED_AT_SITE: 9,
+    OrderStatus.INFUSION_SCHEDULED: 10,
+    OrderStatus.INFUSED: 11,
+}
+MAIN_PATH = [s for s, _ in sorted(RANK.items(), key=lambda kv: kv[1]) if s is not OrderStatus.OOS_REVIEW]
+TERMINAL = frozenset({OrderStatus.INFUSED, OrderStatus.CANCELLED, OrderStatus.TERMINATED})
+
+# Events that move the order to a fixed status. Shipment events depend on their direction.
+TARGET: dict[EventType, OrderStatus] = {
+    EventType.ORDER_ENROLLED: OrderStatus.ENROLLED,
+    EventType.APHERESIS_SCHEDULED: OrderStatus.APHERESIS_SCHEDULED,
+    EventType.APHERESIS_COLLECTED: OrderStatus.COLLECTED,
+    EventType.MATERIAL_RECEIVED_AT_CMO: OrderStatus.RECEIVED_AT_CMO,
+    EventType.MANUFACTURING_STARTED: OrderStatus.MANUFACTURING,
+    EventType.QC_STARTED: OrderStatus.QC_TESTING,
+    EventType.PRODUCT_RELEASED: OrderStatus.RELEASED,
+    EventType.PRODUCT_OOS: OrderStatus.OOS_REVIEW,
+    EventType.OOS_RELEASED_UNDER_EXCEPTION: OrderStatus.RELEASED,
+    EventType.OOS_TERMINATED: OrderStatus.TERMINATED,
+    EventType.PRODUCT_RECEIVED_AT_SITE: OrderStatus.RECEIVED_AT_SITE,
+    EventType.INFUSION_SCHEDULED: OrderStatus.INFUSION_SCHEDULED,
+    EventType.INFUSED: OrderStatus.INFUSED,
+    EventType.ORDER_CANCELLED: OrderStatus.CANCELLED,
+}
+_IN_TRANSIT = {Direction.TO_CMO: OrderStatus.IN_TRANSIT_TO_CMO, Direction.TO_SITE: OrderStatus.IN_TRANSIT_TO_SITE}
+_DELIVERED = {Direction.TO_CMO: OrderStatus.RECEIVED_AT_CMO, Direction.TO_SITE: OrderStatus.RECEIVED_AT_SITE}
+# From OOS review the CMO may re-manufacture or re-test: the only backward moves allowed.
+_BACKWARD_ALLOWED = {(OrderStatus.OOS_REVIEW, OrderStatus.MANUFACTURING), (OrderStatus.OOS_REVIEW, OrderStatus.QC_TESTING)}
+
+
+class Anomaly(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    source_system: str
+    source_event_id: str
+    event_type: str
+    occurred_at: datetime
+    message: str
+
+
+class ShipmentView(BaseModel):
+    shipment_id: str
+    direction: str | None = None
+    courier: str | None = None
+    tracking_id: str | None = None
+    shipper_id: str | None = None
+    last_event: str | None = None
+    last_event_at: datetime | None = None
+    customs_hold: bool = False
+    excursions: int = 0
+
+
+class OrderProjection(BaseModel):
+    """An order as the event set says it is now. Derived, never edited."""
+
+    order_id: str
+    status: OrderStatus = OrderStatus.ENROLLED
+    stage: OrderStatus = OrderStatus.ENROLLED
+    status_since: datetime | None = None
+    on_hold: bool = False
+    hold_reason: str | None = None
+    therapy: str | None = None
+    market: str | None = None
+    site: str | None = None
+    cmo: str | None = None
+    coi_id: str | None = None
+    patient_pseudonyms: dict[str, str] = Field(default_factory=dict)
+    refs: ExternalRefs = Field(default_factory=ExternalRefs)
+    dins: list[str] = Field(default_factory=list)
+    lot: str | None = None
+    bag_ids: list[str] = Field(default_factory=list)
+    milestones: dict[str, datetime] = Field(default_factory=dict)
+    scheduled: dict[str, datetime] = Field(default_factory=dict)
+    shipments: dict[str, ShipmentView] = Field(default_factory=dict)
+    excursions: list[dict[str, Any]] = Field(default_factory=list)
+    anomalies: list[Anomaly] = Field(default_factory=list)
+    skipped_milestones: list[str] = Field(default_factory=list)
+    released_under_exception: bool = False
+    reschedules: int = 0
+    cancel_reason: str | None = None
+    last_event_at: datetime | None = None
+    event_count: int = 0
+
+    def vein_to_vein_days(self, now: datetime) -> float | None:
+        """Apheresis collection to infusion, or to `now` while the order is still open."""
+        collected = self.milestones.get(OrderStatus.COLLECTED.value)
+        if collected is None:
+            return None
+        end = self.milestones.get(OrderStatus.INFUSED.value) or now
+        return round((end - collected).total_seconds() / 86400, 1)
+
+
+def effective_events(events: Iterable[CanonicalEvent]) -> list[CanonicalEvent]:
+    """Unique, non-superseded events in deterministic processing order."""
+    unique: dict[tuple[str, str], CanonicalEvent] = {}
+    for event in events:
+        current = unique.get(event.key)
+        if current is None or _content(event) < _content(current):
+            unique[event.key] = event
+    superseded = {(e.source_system.value, e.supersedes) for e in unique.values() if e.supersedes}
+    alive = [e for key, e in unique.items() if key not in superseded]
+    return sorted(alive, key=_order_key)
+
+
+def _content(event: CanonicalEvent) -> str:
+    return json.dumps(event.to_json_dict(), sort_keys=True)
+
+
+def _order_key(event: CanonicalEvent) -> tuple[datetime, float, str, str]:
+    target = TARGET.get(event.event_type)
+    rank = RANK.get(target, -1) if target is not None else -1
+    return (event.occurred_at, rank, event.source_system.value, event.source_event_id)
+
+
+def project(order_id: str, events: Iterable[CanonicalEvent]) -> OrderProjection:
+    """Fold the event set into the order's current state (pure: no I/O, no clock)."""
+    state = OrderProjection(order_id=order_id)
+    for event in effective_events(events):
+        _apply(state, event)
+    state.status = OrderStatus.ON_HOLD if state.on_hold and state.stage not in TERMINAL else state.stage
+    return state
+
+
+def _target_for(state: OrderProjection, event: CanonicalEvent) -> OrderStatus | None:
+    if event.event_type in (EventType.SHIPMENT_PICKED_UP, EventType.SHIPMENT_IN_TRANSIT, EventType.SHIPMENT_DELIVERED):
+        direction = _direction(state, event)
+        table = _DELIVERED if event.event_type is EventType.SHIPMENT_DELIVERED else _IN_TRANSIT
+        return table[direction]
+    return TARGET.get(event.event_type)
+
+
+def _direction(state: OrderProjection, event: CanonicalEvent) -> Direction:
+    if event.shipment and event.shipment.direction:
+        return event.shipment.direction
+    if event.shipment and event.shipment.shipment_id in state.shipments:
+        known = state.shipments[event.shipment.shipment_id].direction
+        if known:
+            return Direction(known)
+    return Direction.TO_SITE if RANK.get(state.stage, 0) >= RANK[OrderStatus.RELEASED] else Direction.TO_CMO
+
+
+def _apply(state: OrderProjection, event: CanonicalEvent) -> None:
+    state.event_count += 1
+    state.last_event_at = max(filter(None, [state.last_event_at, event.occurred_at]))
+    _absorb_details(state, event)
+    kind = event.event_type
+    if kind is EventType.ORDER_ON_HOLD:
+        state.on_hold, state.hold_reason = True, event.reason or "on hold"
+        return
+    if kind is EventType.ORDER_HOLD_RELEASED:
+        state.on_hold, state.hold_reason = False, None
+        return
+    if kind is EventType.ORDER_RESCHEDULED:
+        _reschedule(state, event)
+        return
+    if kind is EventType.TEMPERATURE_EXCURSION:
+        _excursion(state, event)
+        return
+    if kind is EventType.SHIPMENT_CUSTOMS_HOLD and event.shipment:
+        _shipment(state, event).customs_hold = True
+        return
+    target = _target_for(state, event)
+    if target is None:
+        return
+    _transition(state, event, target)
+
+
+def _transition(state: OrderProjection, event: CanonicalEvent, target: OrderStatus) -> None:
+    current = state.stage
+    if event.event_type is EventType.ORDER_ENROLLED and state.event_count == 1:
+        _enter(state, event, target)
+        return
+    if current in TERMINAL:
+        if target is not current:
+            _flag(state, event, f"{event.event_type.value} after the order was {current.value}")
+        return
+    if target is OrderStatus.CANCELLED:
+        state.cancel_reason = event.reason
+        _enter(state, event, target)
+        return
+    if target is OrderStatus.TERMINATED and current is not OrderStatus.OOS_REVIEW:
+        _flag(state, event, f"termination without OOS review (order was {current.value})")
+        return
+    if event.event_type is EventType.OOS_RELEASED_UNDER_EXCEPTION:
+        if current is not OrderStatus.OOS_REVIEW:
+            _flag(state, event, f"release under exception without OOS review (order was {current.value})")
+            return
+        state.released_under_exception = True
+        _enter(state, event, target)
+        return
+    if target is OrderStatus.TERMINATED:
+        _enter(state, event, target)
+        return
+    if target is current:
+        return
+    if RANK[target] < RANK[current] and (current, target) not in _BACKWARD_ALLOWED:
+        if event.event_type is not EventType.ORDER_ENROLLED:
+            _flag(state, event, f"impossible transition {current.value} -> {target.value}")
+        return
+    _enter(state, event, target)
+
+
+def _enter(state: OrderProjection, event: CanonicalEvent, target: OrderStatus) -> None:
+    if target in RANK and state.stage in RANK and RANK[target] > RANK[state.stage]:
+        for skipped in MAIN_PATH:
+            if RANK[state.stage] < RANK[skipped] < RANK[target] and skipped.value not in state.milestones:
+                state.skipped_milestones.append(skipped.value)
+    state.stage = target
+    state.status_since = event.occurred_at
+    state.milestones.setdefault(target.value, event.occurred_at)
+    if target.value in state.skipped_milestones:
+        state.skipped_milestones.remove(target.value)
+
+
+def _flag(state: OrderProjection, event: CanonicalEvent, message: str) -> None:
+    state.anomalies.append(
+        Anomaly(
+            source_system=event.source_system.value,
+            source_event_id=event.source_event_id,
+            event_type=event.event_type.value,
+            occurred_at=event.occurred_at,
+            message=message,
+        )
+    )
+
+
+def _absorb_details(state: OrderProjection, event: CanonicalEvent) -> None:
+    """Order details, references and identity keys: later events fill in, never blank out."""
+    if event.order:
+        for field in ("therapy", "market", "site", "cmo"):
+            value = getattr(event.order, field)
+            if value:
+                setattr(state, field, value)
+    state.refs = state.refs.merged(event.refs)
+    if event.patient:
+        if event.patient.coi_id and not state.coi_id:
+            state.coi_id = event.patient.coi_id
+        state.patient_pseudonyms.update(event.patient.pseudonyms)
+    if event.material:
+        if event.material.din and event.material.din not in state.dins:
+            state.dins.append(event.material.din)
+        state.lot = event.material.lot or state.lot
+        for bag in event.material.bag_ids:
+            if bag not in state.bag_ids:
+                state.bag_ids.append(bag)
+    if event.shipment:
+        view = _shipment(state, event)
+        view.last_event, view.last_event_at = event.event_type.value, event.occurred_at
+    if event.scheduled_for is not None:
+        if event.event_type is EventType.APHERESIS_SCHEDULED:
+            state.scheduled["apheresis"] = event.scheduled_for
+        elif event.event_type is EventType.INFUSION_SCHEDULED:
+            state.scheduled["infusion"] = event.scheduled_for
+
+
+def _shipment(state: OrderProjection, event: CanonicalEvent) -> ShipmentView:
+    assert event.shipment is not None
+    sid = event.shipment.shipment_id
+    view = state.shipments.setdefault(sid, ShipmentView(shipment_id=sid))
+    shipment = event.shipment
+    for field in ("courier", "tracking_id", "shipper_id"):
+        value = getattr(shipment, field)
+        if value:
+            setattr(view, field, value)
+    if shipment.direction:
+        view.direction = shipment.direction.value
+    return view
+
+
+def _reschedule(state: OrderProjection, event: CanonicalEvent) -> None:
+    what = str(event.attributes.get("what", "apheresis"))
+    state.reschedules += 1
+    done = OrderStatus.COLLECTED if what == "apheresis" else OrderStatus.INFUSED
+    if state.stage in TERMINAL or RANK.get(state.stage, 0) >= RANK[done]:
+        _flag(state, event, f"{what} rescheduled after it took place (order was {state.stage.value})")
+        return
+    if event.scheduled_for is not None:
+        state.scheduled[what] = event.scheduled_for
+
+
+def _excursion(state: OrderProjection, event: CanonicalEvent) -> None:
+    record: dict[str, Any] = {
+        "source_event_id": event.source_event_id,
+        "occurred_at": event.occurred_at.isoformat(),
+    }
+    if event.shipment:
+        _shipment(state, event).excursions += 1
+        record["shipment_id"] = event.shipment.shipment_id
+        temperature = event.shipment.temperature
+        if temperature and temperature.excursions:
+            worst = temperature.excursions[0]
+            record.update(extreme_c=worst.extreme_c, limit_c=worst.limit_c)
+    record.update({k: v for k, v in event.attributes.items() if k in ("extreme_c", "limit_c", "duration_min")})
+    state.excursions.append(record)

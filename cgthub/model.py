@@ -1,0 +1,251 @@
+"""The canonical CGT order model: the one language every connector and mapping speaks.
+
+Pydantic v2 models at the edge of the core. Patient identity is carried only as a chain-of-identity
+id and pseudonyms (keyed HMACs); a model that would hold a clear MRN refuses to validate.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+
+from cgthub.identifiers import normalize_din, validate_coi_id
+from cgthub.pseudonym import is_pseudonym
+
+
+class SourceSystem(StrEnum):
+    CRM = "crm"
+    ERP = "erp"
+    HL7 = "hl7"
+    COURIER = "courier"
+    CMO = "cmo"
+    HUB = "cgthub"
+
+
+class EventType(StrEnum):
+    """What happened to an order. The lifecycle decides what each one does to its status."""
+
+    ORDER_ENROLLED = "order.enrolled"
+    ORDER_UPDATED = "order.updated"
+    SLOT_BOOKED = "slot.booked"
+    APHERESIS_SCHEDULED = "apheresis.scheduled"
+    APHERESIS_COLLECTED = "apheresis.collected"
+    SHIPMENT_BOOKED = "shipment.booked"
+    SHIPMENT_PICKED_UP = "shipment.picked_up"
+    SHIPMENT_IN_TRANSIT = "shipment.in_transit"
+    SHIPMENT_CUSTOMS_HOLD = "shipment.customs_hold"
+    SHIPMENT_DELIVERED = "shipment.delivered"
+    TEMPERATURE_EXCURSION = "shipment.temperature_excursion"
+    MATERIAL_RECEIVED_AT_CMO = "cmo.material_received"
+    MANUFACTURING_STARTED = "cmo.manufacturing_started"
+    QC_STARTED = "cmo.qc_started"
+    PRODUCT_RELEASED = "cmo.released"
+    PRODUCT_OOS = "cmo.out_of_specification"
+    OOS_RELEASED_UNDER_EXCEPTION = "cmo.released_under_exception"
+    OOS_TERMINATED = "cmo.terminated"
+    PRODUCT_RECEIVED_AT_SITE = "site.product_received"
+    INFUSION_SCHEDULED = "infusion.scheduled"
+    INFUSED = "infusion.completed"
+    ORDER_ON_HOLD = "order.on_hold"
+    ORDER_HOLD_RELEASED = "order.hold_released"
+    ORDER_RESCHEDULED = "order.rescheduled"
+    ORDER_CANCELLED = "order.cancelled"
+    IDENTITY_UPDATED = "patient.identity_updated"
+    RESULT_RECORDED = "result.recorded"
+    ERP_SALES_ORDER_CREATED = "erp.sales_order_created"
+    GOODS_MOVEMENT_POSTED = "erp.goods_movement_posted"
+
+
+class Direction(StrEnum):
+    TO_CMO = "to_cmo"
+    TO_SITE = "to_site"
+
+
+def _din(value: str) -> str:
+    return normalize_din(value)
+
+
+def _coi(value: str) -> str:
+    return validate_coi_id(value)
+
+
+Din = Annotated[str, AfterValidator(_din)]
+CoiId = Annotated[str, AfterValidator(_coi)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ExternalRefs(_Model):
+    """Each partner's own id for the same order; any one of them finds the order in the hub."""
+
+    crm_order_id: str | None = None
+    erp_sales_order: str | None = None
+    hospital_placer_order: str | None = None
+    hospital_filler_order: str | None = None
+    cmo_batch_id: str | None = None
+    courier_shipment_ids: tuple[str, ...] = ()
+
+    def pairs(self) -> list[tuple[str, str]]:
+        """(kind, value) pairs, the keys of the order reference index."""
+        out = [
+            (name, value)
+            for name, value in (
+                ("crm_order_id", self.crm_order_id),
+                ("erp_sales_order", self.erp_sales_order),
+                ("hospital_placer_order", self.hospital_placer_order),
+                ("hospital_filler_order", self.hospital_filler_order),
+                ("cmo_batch_id", self.cmo_batch_id),
+            )
+            if value
+        ]
+        out.extend(("courier_shipment_id", sid) for sid in self.courier_shipment_ids)
+        return out
+
+    def merged(self, other: ExternalRefs) -> ExternalRefs:
+        data = self.model_dump()
+        for key, value in other.model_dump().items():
+            if key == "courier_shipment_ids":
+                data[key] = tuple(dict.fromkeys([*data[key], *value]))
+            elif value:
+                data[key] = value
+        return ExternalRefs(**data)
+
+
+class PatientRef(_Model):
+    """Who the material belongs to, without saying who the patient is.
+
+    `pseudonyms` maps an identifier kind (mrn, hospital_patient_id, ...) to its keyed HMAC token.
+    """
+
+    coi_id: CoiId | None = None
+    pseudonyms: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("pseudonyms")
+    @classmethod
+    def _only_tokens(cls, value: dict[str, str]) -> dict[str, str]:
+        for kind, token in value.items():
+            if not is_pseudonym(token):
+                raise ValueError(f"patient identifier {kind!r} must be pseudonymized before it enters the hub")
+        return value
+
+
+class OrderDetails(_Model):
+    therapy: str | None = None
+    market: str | None = Field(default=None, description="ISO 3166-1 alpha-2 country of the treatment site")
+    site: str | None = Field(default=None, description="treatment site id")
+    cmo: str | None = None
+
+    @field_validator("market")
+    @classmethod
+    def _country(cls, value: str | None) -> str | None:
+        if value is not None and (len(value) != 2 or not value.isalpha()):
+            raise ValueError("market must be a two-letter country code")
+        return value.upper() if value else value
+
+
+class Material(_Model):
+    """The apheresis unit (ISBT 128 DIN) and what is made from it (lot, bags)."""
+
+    din: Din | None = None
+    lot: str | None = None
+    bag_ids: tuple[str, ...] = ()
+
+
+class TemperatureExcursion(_Model):
+    started_at: AwareDatetime
+    ended_at: AwareDatetime | None = None
+    extreme_c: float
+    limit_c: float
+
+
+class TemperatureSummary(_Model):
+    min_c: float | None = None
+    max_c: float | None = None
+    readings: int = 0
+    excursions: tuple[TemperatureExcursion, ...] = ()
+
+
+class Shipment(_Model):
+    shipment_id: str
+    courier: str | None = None
+    tracking_id: str | None = None
+    direction: Direction | None = None
+    shipper_id: str | None = None
+    temperature: TemperatureSummary | None = None
+
+
+class Custody(_Model):
+    """The EPCIS dimensions of one handover: what, where, who, why (when is the event's occurred_at)."""
+
+    what: tuple[str, ...] = ()
+    read_point: str | None = None
+    biz_location: str | None = None
+    possessing_party: str | None = None
+    owning_party: str | None = None
+    biz_step: str | None = None
+    disposition: str | None = None
+
+
+class Provenance(_Model):
+    """Which mapping made this event from which archived payload."""
+
+    mapping_id: str
+    mapping_version: str
+    raw_id: int | None = None
+    raw_checksum: str | None = None
+
+
+AttributeValue = str | int | float | bool | None
+
+
+class CanonicalEvent(_Model):
+    """A status or custody event in canonical form, as a mapping produces it.
+
+    Idempotent on (source_system, source_event_id). `supersedes` names the source_event_id of the
+    same system that this event corrects (mapping replay appends corrections, never edits).
+    """
+
+    source_system: SourceSystem
+    source_event_id: str = Field(min_length=1, max_length=200)
+    event_type: EventType
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    order_id: str | None = None
+    refs: ExternalRefs = Field(default_factory=ExternalRefs)
+    patient: PatientRef | None = None
+    order: OrderDetails | None = None
+    material: Material | None = None
+    shipment: Shipment | None = None
+    custody: Custody | None = None
+    scheduled_for: AwareDatetime | None = None
+    reason: str | None = None
+    attributes: dict[str, AttributeValue] = Field(default_factory=dict)
+    provenance: Provenance
+    supersedes: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.source_system.value, self.source_event_id)
+
+    def identity_keys(self) -> list[tuple[str, str]]:
+        """Chain-of-identity keys this event asserts about its order."""
+        keys: list[tuple[str, str]] = []
+        if self.patient and self.patient.coi_id:
+            keys.append(("coi_id", self.patient.coi_id))
+        if self.material and self.material.din:
+            keys.append(("din", self.material.din))
+        if self.material and self.material.lot:
+            keys.append(("lot", self.material.lot))
+        return keys
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+
+def utc_iso(value: datetime) -> str:
+    return value.isoformat()

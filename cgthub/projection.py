@@ -1,0 +1,57 @@
+"""The order projection: the `orders` row is the life cycle folded over the order's ledger.
+
+Recomputed from the whole ledger of the order on every append (`lifecycle.project` is pure), so
+late and out-of-order events land where they belong. New anomalies and excursions raise alerts.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.orm import Session
+
+from cgthub import alerts, ledger
+from cgthub.lifecycle import OrderProjection, project
+from cgthub.tables import Order, utcnow
+
+
+def refresh(session: Session, order_id: str) -> OrderProjection:
+    order = session.get(Order, order_id)
+    if order is None:
+        raise LookupError(f"order {order_id} does not exist")
+    state = project(order_id, ledger.events(session, order_id))
+    order.status = state.status.value
+    order.on_hold = state.on_hold
+    order.status_since = state.status_since
+    order.therapy, order.market, order.site, order.cmo = state.therapy, state.market, state.site, state.cmo
+    order.coi_id = state.coi_id
+    order.last_event_at = state.last_event_at
+    order.projection = state.model_dump(mode="json")
+    order.updated_at = utcnow()
+    _raise_alerts(session, state)
+    session.flush()
+    return state
+
+
+def load(order: Order) -> OrderProjection:
+    return OrderProjection.model_validate(order.projection)
+
+
+def _raise_alerts(session: Session, state: OrderProjection) -> None:
+    for anomaly in state.anomalies:
+        alerts.raise_alert(
+            session,
+            kind="impossible_transition",
+            order_id=state.order_id,
+            message=f"{anomaly.message} ({anomaly.source_system} event {anomaly.source_event_id}); "
+            "the event is kept in the ledger but did not change the order",
+            dedupe_key=f"anomaly:{state.order_id}:{anomaly.source_system}:{anomaly.source_event_id}",
+        )
+    for excursion in state.excursions:
+        alerts.raise_alert(
+            session,
+            kind="temperature_excursion",
+            severity=alerts.Severity.CRITICAL,
+            order_id=state.order_id,
+            message=f"temperature excursion on shipment {excursion.get('shipment_id', '?')}",
+            dedupe_key=f"excursion:{state.order_id}:{excursion['source_event_id']}",
+            details=excursion,
+        )

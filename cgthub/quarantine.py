@@ -1,0 +1,120 @@
+"""Quarantine: payloads or events that could not be parsed, mapped, validated or correlated.
+
+An entry names the stage and a reason an operator can read (PHI masked), points at the archived
+raw payload, counts how often it was seen, and tracks replay. Nothing in quarantine is lost:
+`release` marks it replayed once a fixed mapping or a late order makes it go through.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cgthub.tables import QuarantineEntry, utcnow
+
+
+class Stage(StrEnum):
+    RECEIVE = "receive"
+    PARSE = "parse"
+    MAP = "map"
+    VALIDATE = "validate"
+    CORRELATE = "correlate"
+    IDENTITY = "identity"
+    DELIVER = "deliver"
+
+
+class QuarantineStatus(StrEnum):
+    OPEN = "open"
+    REPLAYED = "replayed"
+    DISCARDED = "discarded"
+
+
+def put(
+    session: Session,
+    *,
+    stage: Stage,
+    reason: str,
+    system: str,
+    kind: str,
+    raw_id: int | None = None,
+    order_id: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> QuarantineEntry:
+    """Quarantine, or count again if the same payload is already open at the same stage."""
+    now = utcnow()
+    existing = None
+    if raw_id is not None:
+        existing = session.scalars(
+            select(QuarantineEntry).where(
+                QuarantineEntry.raw_id == raw_id,
+                QuarantineEntry.stage == stage.value,
+                QuarantineEntry.status == QuarantineStatus.OPEN.value,
+            )
+        ).first()
+    if existing is not None:
+        existing.last_seen = now
+        existing.occurrences += 1
+        existing.reason = reason
+        existing.details = details or existing.details
+        if order_id:
+            existing.order_id = order_id
+        session.flush()
+        return existing
+    entry = QuarantineEntry(
+        raw_id=raw_id,
+        system=system,
+        kind=kind,
+        stage=stage.value,
+        reason=reason,
+        details=details or {},
+        order_id=order_id,
+        first_seen=now,
+        last_seen=now,
+        occurrences=1,
+        status=QuarantineStatus.OPEN.value,
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def list_entries(
+    session: Session,
+    *,
+    status: QuarantineStatus | None = QuarantineStatus.OPEN,
+    stage: Stage | None = None,
+    system: str | None = None,
+    limit: int = 200,
+) -> list[QuarantineEntry]:
+    query = select(QuarantineEntry).order_by(QuarantineEntry.id)
+    if status is not None:
+        query = query.where(QuarantineEntry.status == status.value)
+    if stage is not None:
+        query = query.where(QuarantineEntry.stage == stage.value)
+    if system is not None:
+        query = query.where(QuarantineEntry.system == system)
+    return list(session.scalars(query.limit(limit)))
+
+
+def get(session: Session, entry_id: int) -> QuarantineEntry | None:
+    return session.get(QuarantineEntry, entry_id)
+
+
+def release(session: Session, entry: QuarantineEntry, resolution: str) -> None:
+    """The payload went through on replay: keep the entry, close it with what fixed it."""
+    entry.status = QuarantineStatus.REPLAYED.value
+    entry.resolved_at = utcnow()
+    entry.resolution = resolution
+
+
+def open_for_raw(session: Session, raw_id: int) -> list[QuarantineEntry]:
+    return list(
+        session.scalars(
+            select(QuarantineEntry).where(
+                QuarantineEntry.raw_id == raw_id, QuarantineEntry.status == QuarantineStatus.OPEN.value
+            )
+        )
+    )

@@ -1,0 +1,173 @@
+"""The hub's tables (SQLAlchemy 2.0 typed ORM). Alembic migrations in cgthub/migrations create them.
+
+raw_messages   every inbound payload, encrypted at rest, before anything reads it
+quarantine     what could not be parsed, mapped, validated or correlated, with a readable reason
+ledger_entries the append-only, per-order hash-chained custody and status ledger
+orders         the projection of each order's ledger (derived; rebuildable from the ledger)
+order_keys     index from every partner reference and identity key to its order
+alerts         what an operator must look at
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware datetimes in, aware UTC datetimes out, on every backend (SQLite drops the offset)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store: every time must carry its offset")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class RawMessage(Base):
+    __tablename__ = "raw_messages"
+    __table_args__ = (UniqueConstraint("system", "dedupe_key", name="uq_raw_system_dedupe"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    system: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64))
+    channel: Mapped[str] = mapped_column(String(32))
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    checksum: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(Integer)
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str] = mapped_column(String(64), default="application/octet-stream")
+    received_at: Mapped[datetime] = mapped_column(index=True)
+    last_received_at: Mapped[datetime]
+    receive_count: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="received", index=True)
+    processed_at: Mapped[datetime | None]
+
+
+class QuarantineEntry(Base):
+    __tablename__ = "quarantine"
+    __table_args__ = (Index("ix_quarantine_status_stage", "status", "stage"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"), index=True)
+    system: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+    occurrences: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    resolved_at: Mapped[datetime | None]
+    resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class Order(Base):
+    __tablename__ = "orders"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    therapy: Mapped[str | None] = mapped_column(String(64))
+    market: Mapped[str | None] = mapped_column(String(2), index=True)
+    site: Mapped[str | None] = mapped_column(String(64), index=True)
+    cmo: Mapped[str | None] = mapped_column(String(64))
+    coi_id: Mapped[str | None] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    on_hold: Mapped[bool] = mapped_column(Boolean, default=False)
+    status_since: Mapped[datetime | None]
+    projection: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    last_event_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    ledger_length: Mapped[int] = mapped_column(Integer, default=0)
+    ledger_head: Mapped[str] = mapped_column(String(64), default="")
+
+
+class OrderKey(Base):
+    """One partner reference or identity key (coi_id, din, lot) and the order it belongs to."""
+
+    __tablename__ = "order_keys"
+    __table_args__ = (UniqueConstraint("kind", "value", name="uq_order_key"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(200))
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+
+
+class LedgerEntry(Base):
+    __tablename__ = "ledger_entries"
+    __table_args__ = (
+        UniqueConstraint("order_id", "seq", name="uq_ledger_order_seq"),
+        UniqueConstraint("source_system", "source_event_id", name="uq_ledger_source_event"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    source_system: Mapped[str] = mapped_column(String(32))
+    source_event_id: Mapped[str] = mapped_column(String(200))
+    event_type: Mapped[str] = mapped_column(String(64))
+    occurred_at: Mapped[datetime]
+    recorded_at: Mapped[datetime]
+    raw_id: Mapped[int | None] = mapped_column(ForeignKey("raw_messages.id"))
+    body: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    entry_hash: Mapped[str] = mapped_column(String(64))
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+    __table_args__ = (UniqueConstraint("dedupe_key", name="uq_alert_dedupe"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dedupe_key: Mapped[str] = mapped_column(String(300))
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    opened_at: Mapped[datetime] = mapped_column(default=utcnow)
+    closed_at: Mapped[datetime | None]
+
+
+__all__ = ["Alert", "Base", "LedgerEntry", "Order", "OrderKey", "QuarantineEntry", "RawMessage"]
