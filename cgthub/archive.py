@@ -97,9 +97,7 @@ def store(
 
 
 def _find(session: Session, system: str, key: str) -> RawMessage | None:
-    return session.scalars(
-        select(RawMessage).where(RawMessage.system == system, RawMessage.dedupe_key == key)
-    ).first()
+    return session.scalars(select(RawMessage).where(RawMessage.system == system, RawMessage.dedupe_key == key)).first()
 
 
 def _aad(system: str, digest: str) -> bytes:
@@ -119,6 +117,4 @@ def read(session: Session, raw_id: int) -> bytes:
 
 def mark(session: Session, raw_id: int, status: str) -> None:
     """received -> processed | quarantined (| replayed)."""
-    session.execute(
-        update(RawMessage).where(RawMessage.id == raw_id).values(status=status, processed_at=utcnow())
-    )
+    session.execute(update(RawMessage).where(RawMessage.id == raw_id).values(status=status, processed_at=utcnow()))

@@ -77,9 +77,7 @@ def correlate(session: Session, event: CanonicalEvent) -> Correlation:
         asserted = [v for k, v in identity_keys if k == kind]
         if not asserted:
             continue
-        held = session.scalars(
-            select(OrderKey.value).where(OrderKey.order_id == target, OrderKey.kind == kind)
-        ).all()
+        held = session.scalars(select(OrderKey.value).where(OrderKey.order_id == target, OrderKey.kind == kind)).all()
         if held and asserted[0] not in held:
             result.conflicts.append(f"{kind} {asserted[0]} contradicts order {target}'s {kind} {held[0]}")
     result.new_keys = [k for k in ref_keys + identity_keys if k not in known]

@@ -51,6 +51,7 @@ class AppendResult:
     seq: int | None = None
     quarantine_id: int | None = None
     reason: str | None = None
+    new_keys: bool = False
 
 
 class OrderNotFound(LookupError):
@@ -73,9 +74,24 @@ def append(session: Session, event: CanonicalEvent, *, refresh: bool = True) -> 
             # Another writer created the order, a key or this very event first: look again.
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
-    if result.status == "appended" and refresh and result.order_id:
-        projection.refresh(session, result.order_id)
+    if result.status == "appended" and result.order_id:
+        if refresh:
+            projection.refresh(session, result.order_id)
+        if result.new_keys:
+            _release_waiting(session, result.order_id)
     return result
+
+
+def _release_waiting(session: Session, order_id: str) -> None:
+    """Events quarantined for want of an order go through once their order is known."""
+    keys = set(session.execute(select(OrderKey.kind, OrderKey.value).where(OrderKey.order_id == order_id)).tuples())
+    for entry in quarantine.list_entries(session, stage=quarantine.Stage.CORRELATE, limit=10_000):
+        waiting = CanonicalEvent.model_validate(entry.details["event"])
+        if not keys.intersection(waiting.refs.pairs() + waiting.identity_keys()):
+            continue
+        outcome = append(session, waiting)
+        if outcome.status != "quarantined":
+            quarantine.release(session, entry, f"order {outcome.order_id} became known; event {outcome.status}")
 
 
 def _existing(session: Session, event: CanonicalEvent) -> LedgerEntry | None:
@@ -107,7 +123,7 @@ def _append_once(session: Session, event: CanonicalEvent) -> AppendResult:
     for kind, value in match.new_keys:
         session.add(OrderKey(kind=kind, value=value, order_id=order_id))
     entry = _write(session, order, event)
-    return AppendResult("appended", order_id, entry.id, entry.seq)
+    return AppendResult("appended", order_id, entry.id, entry.seq, new_keys=bool(match.new_keys))
 
 
 def _lock(session: Session, order_id: str) -> Order:
@@ -144,6 +160,10 @@ def _write(session: Session, order: Order, event: CanonicalEvent) -> LedgerEntry
     return entry
 
 
+def _subject(event: CanonicalEvent) -> str:
+    return f"{event.source_system.value}:{event.source_event_id}"
+
+
 def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
     refs = ", ".join(f"{k}={v}" for k, v in event.refs.pairs() + event.identity_keys()) or "none"
     reason = (
@@ -157,6 +177,7 @@ def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
         system=event.source_system.value,
         kind=event.event_type.value,
         raw_id=event.provenance.raw_id,
+        subject=_subject(event),
         details={"event": event.to_json_dict()},
     )
     return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
@@ -175,6 +196,7 @@ def _identity_conflict(
         kind=event.event_type.value,
         raw_id=event.provenance.raw_id,
         order_id=order_id,
+        subject=_subject(event),
         details={"event": event.to_json_dict(), "orders": involved},
     )
     for oid in involved:
@@ -249,7 +271,11 @@ def _verify_order(session: Session, order: Order) -> list[ChainProblem]:
         if entry.prev_hash != prev:
             problems.append(ChainProblem(*here, "previous-hash link broken (row deleted, inserted or reordered)"))
         digest = entry_hash(
-            prev_hash=entry.prev_hash, order_id=entry.order_id, seq=entry.seq, recorded_at=entry.recorded_at, body=entry.body
+            prev_hash=entry.prev_hash,
+            order_id=entry.order_id,
+            seq=entry.seq,
+            recorded_at=entry.recorded_at,
+            body=entry.body,
         )
         if digest != entry.entry_hash:
             problems.append(ChainProblem(*here, "content does not match its hash (row edited)"))
@@ -286,5 +312,7 @@ def _check_columns(order_id: str, entry: LedgerEntry) -> list[ChainProblem]:
         if column != hashed
     ]
     if mismatched:
-        return [ChainProblem(order_id, entry.seq, entry.id, f"columns differ from the hashed body: {', '.join(mismatched)}")]
+        return [
+            ChainProblem(order_id, entry.seq, entry.id, f"columns differ from the hashed body: {', '.join(mismatched)}")
+        ]
     return []

@@ -77,7 +77,10 @@ TARGET: dict[EventType, OrderStatus] = {
 _IN_TRANSIT = {Direction.TO_CMO: OrderStatus.IN_TRANSIT_TO_CMO, Direction.TO_SITE: OrderStatus.IN_TRANSIT_TO_SITE}
 _DELIVERED = {Direction.TO_CMO: OrderStatus.RECEIVED_AT_CMO, Direction.TO_SITE: OrderStatus.RECEIVED_AT_SITE}
 # From OOS review the CMO may re-manufacture or re-test: the only backward moves allowed.
-_BACKWARD_ALLOWED = {(OrderStatus.OOS_REVIEW, OrderStatus.MANUFACTURING), (OrderStatus.OOS_REVIEW, OrderStatus.QC_TESTING)}
+_BACKWARD_ALLOWED = {
+    (OrderStatus.OOS_REVIEW, OrderStatus.MANUFACTURING),
+    (OrderStatus.OOS_REVIEW, OrderStatus.QC_TESTING),
+}
 
 
 class Anomaly(BaseModel):

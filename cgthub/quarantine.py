@@ -42,14 +42,19 @@ def put(
     raw_id: int | None = None,
     order_id: str | None = None,
     details: dict[str, Any] | None = None,
+    subject: str = "",
 ) -> QuarantineEntry:
-    """Quarantine, or count again if the same payload is already open at the same stage."""
+    """Quarantine, or count again if the same payload (and subject) is already open at this stage.
+
+    `subject` tells apart several events of one payload (e.g. "crm:order.enrolled:42").
+    """
     now = utcnow()
     existing = None
-    if raw_id is not None:
+    if raw_id is not None or subject:
         existing = session.scalars(
             select(QuarantineEntry).where(
-                QuarantineEntry.raw_id == raw_id,
+                QuarantineEntry.raw_id.is_(None) if raw_id is None else QuarantineEntry.raw_id == raw_id,
+                QuarantineEntry.subject == subject,
                 QuarantineEntry.stage == stage.value,
                 QuarantineEntry.status == QuarantineStatus.OPEN.value,
             )
@@ -68,6 +73,7 @@ def put(
         system=system,
         kind=kind,
         stage=stage.value,
+        subject=subject,
         reason=reason,
         details=details or {},
         order_id=order_id,

@@ -90,6 +90,7 @@ class QuarantineEntry(Base):
     system: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(64))
     stage: Mapped[str] = mapped_column(String(16))
+    subject: Mapped[str] = mapped_column(String(300), default="", index=True)
     reason: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     order_id: Mapped[str | None] = mapped_column(String(40), index=True)

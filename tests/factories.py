@@ -79,15 +79,57 @@ def happy_path(n: int, start: datetime = T0) -> list[CanonicalEvent]:
     return [
         enrolment(n, at=start),
         event(EventType.APHERESIS_SCHEDULED, n, at=start + d, scheduled_for=start + 7 * d),
-        event(EventType.APHERESIS_COLLECTED, n, at=start + 7 * d, system=SourceSystem.HL7, material=Material(din=din(n))),
-        event(EventType.SHIPMENT_PICKED_UP, n, at=start + 7 * d + timedelta(hours=6), system=SourceSystem.COURIER, shipment=ship_out),
+        event(
+            EventType.APHERESIS_COLLECTED, n, at=start + 7 * d, system=SourceSystem.HL7, material=Material(din=din(n))
+        ),
+        event(
+            EventType.SHIPMENT_PICKED_UP,
+            n,
+            at=start + 7 * d + timedelta(hours=6),
+            system=SourceSystem.COURIER,
+            shipment=ship_out,
+        ),
         event(EventType.SHIPMENT_DELIVERED, n, at=start + 8 * d, system=SourceSystem.COURIER, shipment=ship_out),
-        event(EventType.MATERIAL_RECEIVED_AT_CMO, n, at=start + 8 * d + timedelta(hours=1), system=SourceSystem.CMO, material=Material(din=din(n))),
+        event(
+            EventType.MATERIAL_RECEIVED_AT_CMO,
+            n,
+            at=start + 8 * d + timedelta(hours=1),
+            system=SourceSystem.CMO,
+            material=Material(din=din(n)),
+        ),
         event(EventType.MANUFACTURING_STARTED, n, at=start + 9 * d, system=SourceSystem.CMO),
-        event(EventType.QC_STARTED, n, at=start + 20 * d, system=SourceSystem.CMO, material=Material(lot=f"LOT-{n:05d}")),
-        event(EventType.PRODUCT_RELEASED, n, at=start + 24 * d, system=SourceSystem.CMO, material=Material(lot=f"LOT-{n:05d}")),
-        event(EventType.SHIPMENT_PICKED_UP, n, at=start + 25 * d, system=SourceSystem.COURIER, shipment=ship_back, eid=f"back-pickup:{n}"),
-        event(EventType.SHIPMENT_DELIVERED, n, at=start + 26 * d, system=SourceSystem.COURIER, shipment=ship_back, eid=f"back-delivered:{n}"),
-        event(EventType.INFUSION_SCHEDULED, n, at=start + 26 * d + timedelta(hours=2), system=SourceSystem.HL7, scheduled_for=start + 30 * d),
+        event(
+            EventType.QC_STARTED, n, at=start + 20 * d, system=SourceSystem.CMO, material=Material(lot=f"LOT-{n:05d}")
+        ),
+        event(
+            EventType.PRODUCT_RELEASED,
+            n,
+            at=start + 24 * d,
+            system=SourceSystem.CMO,
+            material=Material(lot=f"LOT-{n:05d}"),
+        ),
+        event(
+            EventType.SHIPMENT_PICKED_UP,
+            n,
+            at=start + 25 * d,
+            system=SourceSystem.COURIER,
+            shipment=ship_back,
+            eid=f"back-pickup:{n}",
+        ),
+        event(
+            EventType.SHIPMENT_DELIVERED,
+            n,
+            at=start + 26 * d,
+            system=SourceSystem.COURIER,
+            shipment=ship_back,
+            eid=f"back-delivered:{n}",
+        ),
+        event(
+            EventType.INFUSION_SCHEDULED,
+            n,
+            at=start + 26 * d + timedelta(hours=2),
+            system=SourceSystem.HL7,
+            scheduled_for=start + 30 * d,
+        ),
         event(EventType.INFUSED, n, at=start + 30 * d, system=SourceSystem.HL7),
     ]

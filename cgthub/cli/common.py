@@ -1,0 +1,55 @@
+"""Shared pieces of the CLI: consoles, the error type, and opening the database with a useful error."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from sqlalchemy import inspect
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from cgthub.store import database_url, get_engine, session_scope
+
+console = Console(highlight=False)
+console_err = Console(stderr=True, highlight=False)
+
+
+class CliError(Exception):
+    """An error the user can act on: what went wrong, what to do, which exit code."""
+
+    def __init__(self, message: str, hint: str | None = None, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.exit_code = exit_code
+
+
+def _safe_url(url: str) -> str:
+    """The database URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+@contextmanager
+def open_session(*, readonly: bool = False) -> Iterator[Session]:
+    url = database_url()
+    try:
+        engine = get_engine(url, readonly=readonly)
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("ledger_entries"):
+                raise CliError(
+                    f"the database at {_safe_url(url)} has no cgthub schema",
+                    "run `cgthub db upgrade` (or set CGTHUB_DATABASE_URL to the hub's database)",
+                )
+    except OperationalError as exc:
+        raise CliError(
+            f"cannot open the database at {_safe_url(url)}: {str(exc.orig).strip()}",
+            "check CGTHUB_DATABASE_URL and that the database server is running",
+        ) from exc
+    with session_scope(url, readonly=readonly) as session:
+        yield session

@@ -1,0 +1,103 @@
+"""`cgthub orders`: what the hub believes about each order."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from cgthub import alerts, ledger, projection
+from cgthub.cli.common import CliError, console, open_session
+from cgthub.tables import Order
+
+app = typer.Typer(help="Normalized orders.", no_args_is_help=True)
+
+
+@app.command("list")
+def list_orders(
+    status: str | None = typer.Option(None, help="only orders in this status"),
+    market: str | None = typer.Option(None, help="only orders of this market (country code)"),
+    limit: int = typer.Option(100, min=1, max=10_000),
+) -> None:
+    """One line per order: status, market, site, milestones reached, vein-to-vein so far, alerts."""
+    now = datetime.now(UTC)
+    with open_session(readonly=True) as session:
+        query = select(Order).order_by(Order.created_at, Order.id).limit(limit)
+        if status:
+            query = query.where(Order.status == status)
+        if market:
+            query = query.where(Order.market == market.upper())
+        rows = list(session.scalars(query))
+        open_by_order: dict[str, int] = {}
+        for alert in alerts.open_alerts(session):
+            if alert.order_id:
+                open_by_order[alert.order_id] = open_by_order.get(alert.order_id, 0) + 1
+    table = Table(title=f"{len(rows)} orders")
+    for col in ("order", "therapy", "market", "site", "status", "milestones", "v2v days", "alerts"):
+        table.add_column(col)
+    for order in rows:
+        state = projection.load(order)
+        v2v = state.vein_to_vein_days(now)
+        table.add_row(
+            order.id,
+            order.therapy or "",
+            order.market or "",
+            order.site or "",
+            order.status,
+            str(len(state.milestones)),
+            "" if v2v is None else f"{v2v:.1f}",
+            str(open_by_order.get(order.id, 0) or ""),
+        )
+    console.print(table)
+
+
+@app.command()
+def show(order_id: str) -> None:
+    """Status, milestones, external references, alerts and the full timeline of one order."""
+    with open_session(readonly=True) as session:
+        order = session.get(Order, order_id)
+        if order is None:
+            raise CliError(f"no order {order_id}", "list orders with `cgthub orders list`")
+        state = projection.load(order)
+        entries = ledger.entries(session, order_id)
+        open_alerts = alerts.open_alerts(session, order_id)
+    console.print(f"[bold]{order.id}[/]  {order.therapy or ''}  market {order.market or '?'}  site {order.site or '?'}")
+    console.print(f"status: [bold]{order.status}[/] since {state.status_since}  COI id: {state.coi_id or '-'}")
+    if state.on_hold:
+        console.print(f"[red]on hold:[/] {state.hold_reason}")
+    refs = Table(title="external references", show_header=False)
+    for kind, value in state.refs.pairs():
+        refs.add_row(kind, value)
+    for kind, token in state.patient_pseudonyms.items():
+        refs.add_row(f"patient {kind}", token)
+    console.print(refs)
+    milestones = Table(title="milestones")
+    milestones.add_column("milestone")
+    milestones.add_column("at")
+    for name, at in sorted(state.milestones.items(), key=lambda kv: kv[1]):
+        milestones.add_row(name, at.isoformat())
+    for name, at in state.scheduled.items():
+        milestones.add_row(f"{name} scheduled for", at.isoformat())
+    console.print(milestones)
+    for anomaly in state.anomalies:
+        console.print(f"[yellow]anomaly:[/] {anomaly.message} ({anomaly.source_system} {anomaly.source_event_id})")
+    for alert in open_alerts:
+        console.print(f"[red]alert[/] #{alert.id} {alert.kind}: {alert.message}")
+    timeline = Table(title="timeline (ledger)")
+    for col in ("seq", "occurred", "received", "source", "event", "mapping", "hash"):
+        timeline.add_column(col)
+    for entry in entries:
+        body = entry.body
+        event = ledger.CanonicalEvent.model_validate_json(body)
+        timeline.add_row(
+            str(entry.seq),
+            event.occurred_at.isoformat(),
+            event.received_at.isoformat(),
+            f"{entry.source_system}:{entry.source_event_id}",
+            entry.event_type,
+            f"{event.provenance.mapping_id}@{event.provenance.mapping_version}",
+            entry.entry_hash[:12],
+        )
+    console.print(timeline)
