@@ -3,13 +3,17 @@
 Partner references (CRM order id, placer order number, CMO batch, shipment id...) find the order;
 identity keys (COI id, DIN, lot) must not contradict it: a DIN or lot belongs to one patient's
 order only, and an order has exactly one COI id.
+
+`KeyIndex` answers the lookups. The plain one asks the database each time; a batch preloads every
+key of a batch in one query and records the keys it registers, so both paths share this logic.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from cgthub.model import CanonicalEvent
@@ -17,6 +21,58 @@ from cgthub.tables import Order, OrderKey
 
 # Kinds of which an order holds exactly one value.
 SINGLE_VALUED = frozenset({"coi_id"})
+_CHUNK = 400
+
+Key = tuple[str, str]
+
+
+class KeyIndex:
+    """Order keys as the database has them, plus those registered in this transaction."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self._owner: dict[Key, str | None] = {}
+        self._orders: dict[str, bool] = {}
+
+    def preload(self, keys: Iterable[Key]) -> None:
+        wanted = [k for k in set(keys) if k not in self._owner]
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = wanted[start : start + _CHUNK]
+            rows = self.session.execute(
+                select(OrderKey.kind, OrderKey.value, OrderKey.order_id).where(
+                    tuple_(OrderKey.kind, OrderKey.value).in_(chunk)
+                )
+            )
+            for kind, value, order_id in rows:
+                self._owner[(kind, value)] = order_id
+                self._orders[order_id] = True
+            for key in chunk:
+                self._owner.setdefault(key, None)
+
+    def owners(self, keys: list[Key]) -> dict[Key, str]:
+        self.preload(keys)
+        return {k: owner for k in keys if (owner := self._owner.get(k)) is not None}
+
+    def known_orders(self) -> set[str]:
+        return {owner for owner in self._owner.values() if owner is not None}
+
+    def exists(self, order_id: str) -> bool:
+        if order_id not in self._orders:
+            self._orders[order_id] = self.session.get(Order, order_id) is not None
+        return self._orders[order_id]
+
+    def values_of(self, order_id: str, kind: str) -> list[str]:
+        held = [v for (k, v), owner in self._owner.items() if owner == order_id and k == kind]
+        if held:
+            return held
+        return list(
+            self.session.scalars(select(OrderKey.value).where(OrderKey.order_id == order_id, OrderKey.kind == kind))
+        )
+
+    def register(self, order_id: str, keys: Iterable[Key]) -> None:
+        self._orders[order_id] = True
+        for key in keys:
+            self._owner[key] = order_id
 
 
 @dataclass
@@ -24,24 +80,18 @@ class Correlation:
     order_id: str | None
     conflicts: list[str] = field(default_factory=list)
     conflicting_orders: set[str] = field(default_factory=set)
-    new_keys: list[tuple[str, str]] = field(default_factory=list)
+    new_keys: list[Key] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.conflicts
 
 
-def _lookup(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], str]:
-    if not keys:
-        return {}
-    clause = or_(*(and_(OrderKey.kind == k, OrderKey.value == v) for k, v in keys))
-    return {(row.kind, row.value): row.order_id for row in session.scalars(select(OrderKey).where(clause))}
-
-
-def correlate(session: Session, event: CanonicalEvent) -> Correlation:
+def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = None) -> Correlation:
+    index = index or KeyIndex(session)
     ref_keys = event.refs.pairs()
     identity_keys = event.identity_keys()
-    known = _lookup(session, ref_keys + identity_keys)
+    known = index.owners(ref_keys + identity_keys)
 
     by_ref = {known[k] for k in ref_keys if k in known}
     if event.order_id:
@@ -65,7 +115,7 @@ def correlate(session: Session, event: CanonicalEvent) -> Correlation:
     if target is None:
         result.new_keys = ref_keys + identity_keys
         return result
-    if session.get(Order, target) is None:
+    if not index.exists(target):
         result.conflicts.append(f"order {target} named by the event does not exist")
         return result
     for key in identity_keys:
@@ -75,9 +125,9 @@ def correlate(session: Session, event: CanonicalEvent) -> Correlation:
             result.conflicting_orders.add(owner)
     for kind in SINGLE_VALUED:
         asserted = [v for k, v in identity_keys if k == kind]
-        if not asserted:
+        if not asserted or (kind, asserted[0]) in known:
             continue
-        held = session.scalars(select(OrderKey.value).where(OrderKey.order_id == target, OrderKey.kind == kind)).all()
+        held = index.values_of(target, kind)
         if held and asserted[0] not in held:
             result.conflicts.append(f"{kind} {asserted[0]} contradicts order {target}'s {kind} {held[0]}")
     result.new_keys = [k for k in ref_keys + identity_keys if k not in known]

@@ -11,16 +11,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub import alerts, projection, quarantine
-from cgthub.correlation import correlate
+from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
 from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 GENESIS = "0" * 64
 _MAX_ATTEMPTS = 5
+_CHUNK = 400
 
 
 def canonical_json(value: Any) -> str:
@@ -43,7 +45,7 @@ def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime
     return hashlib.sha256(material.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
+@dataclass
 class AppendResult:
     status: Literal["appended", "duplicate", "quarantined"]
     order_id: str | None
@@ -65,99 +67,208 @@ def append(session: Session, event: CanonicalEvent, *, refresh: bool = True) -> 
     matches no order, or whose identity keys contradict its order, is quarantined; a COI
     contradiction also puts the orders involved on hold and raises a critical alert.
     """
+    return append_many(session, [event], refresh=refresh)[0]
+
+
+def append_many(session: Session, events: Sequence[CanonicalEvent], *, refresh: bool = True) -> list[AppendResult]:
+    """Append a batch with the semantics of `append` for each event, in order, at batch cost.
+
+    Keys and existing events are looked up in bulk, each order is locked once, entries go in with
+    one multi-row INSERT, and each touched order's projection is refreshed once.
+    """
     for attempt in range(_MAX_ATTEMPTS):
+        writer = _BatchWriter(session)
         try:
             with session.begin_nested():
-                result = _append_once(session, event)
+                results = writer.run(events)
             break
         except IntegrityError:
             # Another writer created the order, a key or this very event first: look again.
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
-    if result.status == "appended" and result.order_id:
-        if refresh:
-            projection.refresh(session, result.order_id)
-        if result.new_keys:
-            _release_waiting(session, result.order_id)
-    return result
+    if refresh:
+        for order_id, new_events in writer.touched.items():
+            projection.refresh(session, order_id, new_events=new_events)
+    if writer.registered_keys:
+        _release_waiting(session, writer.registered_keys)
+    return results
 
 
-def _release_waiting(session: Session, order_id: str) -> None:
+def _release_waiting(session: Session, order_ids: set[str]) -> None:
     """Events quarantined for want of an order go through once their order is known."""
-    keys = set(session.execute(select(OrderKey.kind, OrderKey.value).where(OrderKey.order_id == order_id)).tuples())
-    for entry in quarantine.list_entries(session, stage=quarantine.Stage.CORRELATE, limit=10_000):
-        waiting = CanonicalEvent.model_validate(entry.details["event"])
-        if not keys.intersection(waiting.refs.pairs() + waiting.identity_keys()):
+    waiting = quarantine.list_entries(session, stage=quarantine.Stage.CORRELATE, limit=10_000)
+    if not waiting:
+        return
+    rows = session.execute(select(OrderKey.kind, OrderKey.value).where(OrderKey.order_id.in_(order_ids)))
+    keys = {(kind, value) for kind, value in rows}
+    for entry in waiting:
+        event = CanonicalEvent.model_validate(entry.details["event"])
+        if not keys.intersection(event.refs.pairs() + event.identity_keys()):
             continue
-        outcome = append(session, waiting)
+        outcome = append(session, event)
         if outcome.status != "quarantined":
             quarantine.release(session, entry, f"order {outcome.order_id} became known; event {outcome.status}")
 
 
-def _existing(session: Session, event: CanonicalEvent) -> LedgerEntry | None:
-    return session.scalars(
-        select(LedgerEntry).where(
-            LedgerEntry.source_system == event.source_system.value,
-            LedgerEntry.source_event_id == event.source_event_id,
+class _BatchWriter:
+    """One pass over a batch: correlate, chain and buffer rows, then write them in bulk."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.index = KeyIndex(session)
+        self.orders: dict[str, Order] = {}
+        self.done: dict[tuple[str, str], AppendResult] = {}
+        self.entry_rows: list[dict[str, Any]] = []
+        self.entry_results: list[AppendResult] = []
+        self.key_rows: list[dict[str, Any]] = []
+        self.touched: dict[str, list[CanonicalEvent]] = {}
+        self.registered_keys: set[str] = set()
+
+    def run(self, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
+        self._preload(events)
+        results = [self._one(event) for event in events]
+        self._write_rows()
+        return results
+
+    def _preload(self, events: Sequence[CanonicalEvent]) -> None:
+        keys = list({e.key for e in events})
+        for start in range(0, len(keys), _CHUNK):
+            rows = self.session.execute(
+                select(
+                    LedgerEntry.source_system,
+                    LedgerEntry.source_event_id,
+                    LedgerEntry.order_id,
+                    LedgerEntry.id,
+                    LedgerEntry.seq,
+                ).where(
+                    tuple_(LedgerEntry.source_system, LedgerEntry.source_event_id).in_(keys[start : start + _CHUNK])
+                )
+            )
+            for system, event_id, order_id, entry_id, seq in rows:
+                self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
+        self.index.preload(k for e in events for k in e.refs.pairs() + e.identity_keys())
+        self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
+
+    def _lock(self, order_ids: set[str]) -> None:
+        missing = sorted(order_ids - self.orders.keys())
+        for start in range(0, len(missing), _CHUNK):
+            query = select(Order).where(Order.id.in_(missing[start : start + _CHUNK])).with_for_update()
+            for order in self.session.scalars(query.execution_options(populate_existing=True)):
+                self.orders[order.id] = order
+
+    def _order(self, order_id: str) -> Order:
+        if order_id not in self.orders:
+            self._lock({order_id})
+        if order_id not in self.orders:
+            raise OrderNotFound(order_id)
+        return self.orders[order_id]
+
+    def _one(self, event: CanonicalEvent) -> AppendResult:
+        if event.key in self.done:
+            prior = self.done[event.key]
+            return AppendResult("duplicate", prior.order_id, prior.entry_id, prior.seq)
+        match = correlate(self.session, event, self.index)
+        if not match.ok:
+            return self._identity_conflict(event, match.order_id, match.conflicts, match.conflicting_orders)
+        order_id = match.order_id
+        if order_id is None:
+            if event.event_type is not EventType.ORDER_ENROLLED:
+                return _uncorrelated(self.session, event)
+            order_id = new_order_id()
+            order = Order(id=order_id, status="enrolled", ledger_length=0, ledger_head=GENESIS, projection={})
+            self.session.add(order)
+            self.orders[order_id] = order
+        if match.new_keys:
+            self.index.register(order_id, match.new_keys)
+            self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
+            self.registered_keys.add(order_id)
+        result = self._chain(self._order(order_id), event)
+        result.new_keys = bool(match.new_keys)
+        self.done[event.key] = result
+        return result
+
+    def _chain(self, order: Order, event: CanonicalEvent) -> AppendResult:
+        body = canonical_json(event.to_json_dict())
+        seq = order.ledger_length + 1
+        prev = order.ledger_head or GENESIS
+        recorded_at = utcnow()
+        digest = entry_hash(prev_hash=prev, order_id=order.id, seq=seq, recorded_at=recorded_at, body=body)
+        self.entry_rows.append(
+            {
+                "order_id": order.id,
+                "seq": seq,
+                "source_system": event.source_system.value,
+                "source_event_id": event.source_event_id,
+                "event_type": event.event_type.value,
+                "occurred_at": event.occurred_at,
+                "recorded_at": recorded_at,
+                "raw_id": event.provenance.raw_id,
+                "body": body,
+                "prev_hash": prev,
+                "entry_hash": digest,
+            }
         )
-    ).first()
+        order.ledger_length = seq
+        order.ledger_head = digest
+        self.touched.setdefault(order.id, []).append(event)
+        result = AppendResult("appended", order.id, None, seq)
+        self.entry_results.append(result)
+        return result
 
+    def _write_rows(self) -> None:
+        self.session.flush()  # new orders and their heads first: entries and keys refer to them
+        if self.key_rows:
+            self.session.execute(insert(OrderKey), self.key_rows)
+        if self.entry_rows:
+            ids = self.session.scalars(
+                insert(LedgerEntry).returning(LedgerEntry.id, sort_by_parameter_order=True), self.entry_rows
+            ).all()
+            for result, entry_id in zip(self.entry_results, ids, strict=True):
+                result.entry_id = entry_id
 
-def _append_once(session: Session, event: CanonicalEvent) -> AppendResult:
-    found = _existing(session, event)
-    if found is not None:
-        return AppendResult("duplicate", found.order_id, found.id, found.seq)
-
-    match = correlate(session, event)
-    if not match.ok:
-        return _identity_conflict(session, event, match.order_id, match.conflicts, match.conflicting_orders)
-    order_id = match.order_id
-    if order_id is None:
-        if event.event_type is not EventType.ORDER_ENROLLED:
-            return _uncorrelated(session, event)
-        order_id = new_order_id()
-        session.add(Order(id=order_id, status="enrolled", ledger_length=0, ledger_head=GENESIS))
-        session.flush()
-
-    order = _lock(session, order_id)
-    for kind, value in match.new_keys:
-        session.add(OrderKey(kind=kind, value=value, order_id=order_id))
-    entry = _write(session, order, event)
-    return AppendResult("appended", order_id, entry.id, entry.seq, new_keys=bool(match.new_keys))
-
-
-def _lock(session: Session, order_id: str) -> Order:
-    query = select(Order).where(Order.id == order_id).with_for_update()
-    order = session.scalars(query.execution_options(populate_existing=True)).first()
-    if order is None:
-        raise OrderNotFound(order_id)
-    return order
-
-
-def _write(session: Session, order: Order, event: CanonicalEvent) -> LedgerEntry:
-    body = canonical_json(event.to_json_dict())
-    seq = order.ledger_length + 1
-    prev = order.ledger_head or GENESIS
-    recorded_at = utcnow()
-    digest = entry_hash(prev_hash=prev, order_id=order.id, seq=seq, recorded_at=recorded_at, body=body)
-    entry = LedgerEntry(
-        order_id=order.id,
-        seq=seq,
-        source_system=event.source_system.value,
-        source_event_id=event.source_event_id,
-        event_type=event.event_type.value,
-        occurred_at=event.occurred_at,
-        recorded_at=recorded_at,
-        raw_id=event.provenance.raw_id,
-        body=body,
-        prev_hash=prev,
-        entry_hash=digest,
-    )
-    session.add(entry)
-    order.ledger_length = seq
-    order.ledger_head = digest
-    session.flush()
-    return entry
+    def _identity_conflict(
+        self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]
+    ) -> AppendResult:
+        reason = "chain-of-identity discrepancy: " + "; ".join(conflicts)
+        involved = sorted({*others, *([order_id] if order_id else [])})
+        entry = quarantine.put(
+            self.session,
+            stage=quarantine.Stage.IDENTITY,
+            reason=reason,
+            system=event.source_system.value,
+            kind=event.event_type.value,
+            raw_id=event.provenance.raw_id,
+            order_id=order_id,
+            subject=_subject(event),
+            details={"event": event.to_json_dict(), "orders": involved},
+        )
+        for oid in involved:
+            if not self.index.exists(oid):
+                continue
+            hold = CanonicalEvent(
+                source_system=SourceSystem.HUB,
+                source_event_id=f"coi-hold:{oid}:{event.source_system.value}:{event.source_event_id}",
+                event_type=EventType.ORDER_ON_HOLD,
+                occurred_at=event.occurred_at,
+                received_at=utcnow(),
+                order_id=oid,
+                reason="COI discrepancy",
+                attributes={"quarantine_id": entry.id},
+                provenance=Provenance(mapping_id="cgthub/coi-check", mapping_version="1"),
+            )
+            if hold.key not in self.done:
+                self.done[hold.key] = self._chain(self._order(oid), hold)
+            alerts.raise_alert(
+                self.session,
+                kind="coi_discrepancy",
+                severity=alerts.Severity.CRITICAL,
+                order_id=oid,
+                message=f"order held: {reason} (quarantine #{entry.id})",
+                dedupe_key=f"coi:{oid}:{event.source_system.value}:{event.source_event_id}",
+                details={"quarantine_id": entry.id},
+            )
+        log.error("quarantined %s %s: %s", event.source_system.value, event.source_event_id, reason)
+        return AppendResult("quarantined", order_id, quarantine_id=entry.id, reason=reason)
 
 
 def _subject(event: CanonicalEvent) -> str:
@@ -181,50 +292,6 @@ def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
         details={"event": event.to_json_dict()},
     )
     return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
-
-
-def _identity_conflict(
-    session: Session, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]
-) -> AppendResult:
-    reason = "chain-of-identity discrepancy: " + "; ".join(conflicts)
-    involved = sorted({*(others or set()), *([order_id] if order_id else [])})
-    entry = quarantine.put(
-        session,
-        stage=quarantine.Stage.IDENTITY,
-        reason=reason,
-        system=event.source_system.value,
-        kind=event.event_type.value,
-        raw_id=event.provenance.raw_id,
-        order_id=order_id,
-        subject=_subject(event),
-        details={"event": event.to_json_dict(), "orders": involved},
-    )
-    for oid in involved:
-        if session.get(Order, oid) is None:
-            continue
-        hold = CanonicalEvent(
-            source_system=SourceSystem.HUB,
-            source_event_id=f"coi-hold:{oid}:{event.source_system.value}:{event.source_event_id}",
-            event_type=EventType.ORDER_ON_HOLD,
-            occurred_at=event.occurred_at,
-            received_at=utcnow(),
-            order_id=oid,
-            reason="COI discrepancy",
-            attributes={"quarantine_id": entry.id},
-            provenance=Provenance(mapping_id="cgthub/coi-check", mapping_version="1"),
-        )
-        _write(session, _lock(session, oid), hold)
-        alerts.raise_alert(
-            session,
-            kind="coi_discrepancy",
-            severity=alerts.Severity.CRITICAL,
-            order_id=oid,
-            message=f"order held: {reason} (quarantine #{entry.id})",
-            dedupe_key=f"coi:{oid}:{event.source_system.value}:{event.source_event_id}",
-            details={"quarantine_id": entry.id},
-        )
-    log.error("quarantined %s %s: %s", event.source_system.value, event.source_event_id, reason)
-    return AppendResult("quarantined", order_id, quarantine_id=entry.id, reason=reason)
 
 
 def entries(session: Session, order_id: str) -> list[LedgerEntry]:

@@ -169,8 +169,26 @@ def _order_key(event: CanonicalEvent) -> tuple[datetime, float, str, str]:
 
 def project(order_id: str, events: Iterable[CanonicalEvent]) -> OrderProjection:
     """Fold the event set into the order's current state (pure: no I/O, no clock)."""
-    state = OrderProjection(order_id=order_id)
-    for event in effective_events(events):
+    return _fold(OrderProjection(order_id=order_id), effective_events(events))
+
+
+def can_advance(state: OrderProjection, later: list[CanonicalEvent]) -> bool:
+    """True when `later` can be folded onto `state` with the result `project` would give.
+
+    That holds when every new event sorts strictly after all folded ones and corrects none of them.
+    """
+    if state.last_event_at is None:
+        return False
+    return all(e.supersedes is None and e.occurred_at > state.last_event_at for e in later)
+
+
+def advance(state: OrderProjection, later: list[CanonicalEvent]) -> OrderProjection:
+    """Fold events that all happened after `state` onto a copy of it (see `can_advance`)."""
+    return _fold(state.model_copy(deep=True), effective_events(later))
+
+
+def _fold(state: OrderProjection, ordered: list[CanonicalEvent]) -> OrderProjection:
+    for event in ordered:
         _apply(state, event)
     state.status = OrderStatus.ON_HOLD if state.on_hold and state.stage not in TERMINAL else state.stage
     return state

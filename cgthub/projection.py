@@ -8,16 +8,30 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from cgthub import alerts, ledger
-from cgthub.lifecycle import OrderProjection, project
+from cgthub import alerts, changes, ledger
+from cgthub.lifecycle import OrderProjection, advance, can_advance, project
+from cgthub.model import CanonicalEvent
 from cgthub.tables import Order, utcnow
 
 
-def refresh(session: Session, order_id: str) -> OrderProjection:
+def refresh(session: Session, order_id: str, *, new_events: list[CanonicalEvent] | None = None) -> OrderProjection:
+    """Bring the order row up to date with its ledger.
+
+    `new_events` are the entries just appended: when they all happened after everything already
+    folded, they are folded onto the stored projection instead of re-reading the whole ledger.
+    """
     order = session.get(Order, order_id)
     if order is None:
         raise LookupError(f"order {order_id} does not exist")
-    state = project(order_id, ledger.events(session, order_id))
+    before = order.projection
+    state = None
+    if new_events and order.projection and order.projected_length + len(new_events) == order.ledger_length:
+        stored = load(order)
+        if can_advance(stored, new_events):
+            state = advance(stored, new_events)
+    if state is None:
+        state = project(order_id, ledger.events(session, order_id))
+    order.projected_length = order.ledger_length
     order.status = state.status.value
     order.on_hold = state.on_hold
     order.status_since = state.status_since
@@ -25,6 +39,7 @@ def refresh(session: Session, order_id: str) -> OrderProjection:
     order.coi_id = state.coi_id
     order.last_event_at = state.last_event_at
     order.projection = state.model_dump(mode="json")
+    changes.record(session, order, before, order.projection)
     order.updated_at = utcnow()
     _raise_alerts(session, state)
     session.flush()

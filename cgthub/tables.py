@@ -120,6 +120,7 @@ class Order(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     ledger_length: Mapped[int] = mapped_column(Integer, default=0)
     ledger_head: Mapped[str] = mapped_column(String(64), default="")
+    projected_length: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class OrderKey(Base):

@@ -5,6 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+# Modules with tables of their own (besides cgthub.tables), imported so the metadata sees them.
+import cgthub.api.tables
+import cgthub.changes
+import cgthub.outbox  # noqa: F401
 from cgthub.tables import Base
 
 config = context.config

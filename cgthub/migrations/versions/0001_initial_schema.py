@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column("updated_at", cgthub.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("ledger_length", sa.Integer(), nullable=False),
         sa.Column("ledger_head", sa.String(length=64), nullable=False),
+        sa.Column("projected_length", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("orders", schema=None) as batch_op:

@@ -1,0 +1,119 @@
+"""The change feed: one row per change of an order's normalized status, hold flag or milestones.
+
+`projection.refresh` calls `record` with the projection before and after, in the same transaction,
+so a consumer of the feed sees every change exactly when the order row shows it. The feed is read
+in a total order that never lets a late commit slip behind a reader's cursor:
+
+* PostgreSQL: each row carries the id of the transaction that wrote it (`tx`). Only rows of
+  transactions older than the oldest one still running (`pg_snapshot_xmin`) are served, ordered by
+  (tx, id); no row can ever appear below a served position, so resuming from a cursor is exact.
+* SQLite: writers are serialized (BEGIN IMMEDIATE), ids commit in order, and `tx` is 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Boolean, ColumnElement, Index, String, and_, or_, select, text
+from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.schema import FetchedValue
+
+from cgthub.tables import Base, BigId, Order, utcnow
+
+# What a change consumer cares about; everything else in the projection is detail.
+WATCHED = ("status", "on_hold", "milestones")
+PG_TX_DEFAULT = "(pg_current_xact_id()::text)::bigint"
+
+
+class OrderChange(Base):
+    __tablename__ = "order_changes"
+    __table_args__ = (Index("ix_order_changes_position", "tx", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    tx: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
+    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    status: Mapped[str] = mapped_column(String(32))
+    previous_status: Mapped[str | None] = mapped_column(String(32))
+    on_hold: Mapped[bool] = mapped_column(Boolean)
+    milestones: Mapped[dict[str, Any]]
+    changed: Mapped[list[Any]]
+    status_since: Mapped[datetime | None]
+    market: Mapped[str | None] = mapped_column(String(2))
+    site: Mapped[str | None] = mapped_column(String(64))
+    cmo: Mapped[str | None] = mapped_column(String(64))
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+@dataclass(frozen=True, order=True)
+class FeedPosition:
+    """Where a consumer is in the feed: after the change at (tx, id). (0, 0) is the beginning."""
+
+    tx: int = 0
+    id: int = 0
+
+
+def record(session: Session, order: Order, before: dict[str, Any] | None, after: dict[str, Any]) -> OrderChange | None:
+    """Write a change row if a watched field differs between two JSON projections of `order`."""
+    before = before or {}
+    changed = [name for name in WATCHED if before.get(name) != after.get(name)]
+    if not changed:
+        return None
+    change = OrderChange(
+        order_id=order.id,
+        status=after["status"],
+        previous_status=before.get("status"),
+        on_hold=bool(after.get("on_hold")),
+        milestones=dict(after.get("milestones") or {}),
+        changed=changed,
+        status_since=order.status_since,
+        market=order.market,
+        site=order.site,
+        cmo=order.cmo,
+        recorded_at=utcnow(),
+    )
+    session.add(change)
+    return change
+
+
+def read(
+    session: Session,
+    after: FeedPosition,
+    limit: int,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+) -> list[OrderChange]:
+    """Up to `limit` changes after `after`, in feed order; `where` narrows them (data scope, filters)."""
+    query = select(OrderChange).where(_after(after), *where).order_by(OrderChange.tx, OrderChange.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.where(OrderChange.tx < _pg_horizon(session))
+    return list(session.scalars(query))
+
+
+def read_rows(
+    session: Session, after: FeedPosition, limit: int, *, where: Sequence[ColumnElement[bool]] = ()
+) -> list[Any]:
+    """Like `read` but as plain rows (no ORM identity map): the fast path for the HTTP feed."""
+    columns = OrderChange.__table__.c
+    query = select(columns).where(_after(after), *where).order_by(columns.tx, columns.id).limit(limit)
+    if session.get_bind().dialect.name == "postgresql":
+        query = query.where(columns.tx < _pg_horizon(session))
+    return list(session.execute(query))
+
+
+def position(change: Any) -> FeedPosition:
+    return FeedPosition(int(change.tx or 0), int(change.id))
+
+
+def _after(pos: FeedPosition) -> ColumnElement[bool]:
+    return or_(OrderChange.tx > pos.tx, and_(OrderChange.tx == pos.tx, OrderChange.id > pos.id))
+
+
+def _pg_horizon(session: Session) -> int:
+    """The oldest transaction id still running: every row below it is final."""
+    return int(session.execute(text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")).scalar_one())
+
+
+__all__ = ["FeedPosition", "OrderChange", "position", "read", "read_rows", "record"]

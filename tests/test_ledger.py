@@ -1,0 +1,157 @@
+"""The custody ledger: idempotent appends, per-order hash chains, COI checks, waiting events."""
+
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import select, update
+
+from cgthub import alerts, ledger, quarantine
+from cgthub.model import EventType, ExternalRefs, Material, SourceSystem
+from cgthub.tables import LedgerEntry, Order
+from tests.factories import T0, din, enrolment, event, happy_path
+
+D = timedelta(days=1)
+
+
+def _cli(*args, url):
+    env = {**os.environ, "CGTHUB_DATABASE_URL": url}
+    return subprocess.run([sys.executable, "-m", "cgthub.cli", *args], capture_output=True, text=True, env=env)
+
+
+def test_full_life_cycle_lands_in_order_and_chain_verifies(session):
+    results = [ledger.append(session, e) for e in happy_path(1)]
+    assert {r.status for r in results} == {"appended"}
+    order = session.get(Order, results[0].order_id)
+    assert order.status == "infused" and order.ledger_length == 13
+    assert ledger.verify(session) == (1, [])
+
+
+def test_duplicate_returns_the_existing_entry(session):
+    first = ledger.append(session, enrolment(1))
+    again = ledger.append(session, enrolment(1))
+    assert again.status == "duplicate" and again.entry_id == first.entry_id and again.order_id == first.order_id
+    assert session.scalar(select(Order.ledger_length)) == 1
+
+
+def test_batch_append_equals_one_by_one(db_url):
+    from cgthub.store import session_scope
+
+    events = happy_path(1) + happy_path(2)
+    shuffled = events[::-1] + events[:3]
+    with session_scope(db_url) as s:
+        results = ledger.append_many(s, shuffled)
+    # Reversed, every event but the enrolments arrives before its order: those wait in quarantine
+    # and go through once the batch has enrolled their order; the repeated tail finds patient 1
+    # enrolled by then, so only its enrolment is a duplicate at that point.
+    assert [r.status for r in results].count("duplicate") == 1
+    with session_scope(db_url) as s:
+        assert quarantine.list_entries(s) == []
+        assert len(quarantine.list_entries(s, status=quarantine.QuarantineStatus.REPLAYED)) == 24
+    with session_scope(db_url) as s:
+        orders = s.scalars(select(Order).order_by(Order.coi_id)).all()
+        assert [o.status for o in orders] == ["infused", "infused"]
+        assert all(o.projection["event_count"] == 13 for o in orders)
+        assert ledger.verify(s) == (2, [])
+
+
+def test_event_before_its_order_waits_in_quarantine_then_goes_through(session):
+    collected = happy_path(1)[2]
+    waiting = ledger.append(session, collected)
+    assert waiting.status == "quarantined" and "no order matches" in waiting.reason
+    ledger.append(session, enrolment(1))
+    order = session.scalars(select(Order)).one()
+    assert order.status == "collected"
+    entry = quarantine.get(session, waiting.quarantine_id)
+    assert entry.status == "replayed" and order.id in entry.resolution
+
+
+def test_din_of_another_patients_order_is_quarantined_and_orders_held(session):
+    for n in (1, 2):
+        for e in happy_path(n)[:3]:  # enrolled, scheduled, collected with DIN n
+            ledger.append(session, e)
+    # The CMO reports receipt for patient 1's order but scans patient 2's DIN.
+    wrong = event(
+        EventType.MATERIAL_RECEIVED_AT_CMO, 1, at=T0 + 8 * D, system=SourceSystem.CMO, material=Material(din=din(2))
+    )
+    result = ledger.append(session, wrong)
+    assert result.status == "quarantined" and "chain-of-identity" in result.reason
+    assert session.scalar(select(LedgerEntry).where(LedgerEntry.source_event_id == wrong.source_event_id)) is None
+    held = {o.coi_id: o for o in session.scalars(select(Order))}
+    assert all(o.status == "on_hold" for o in held.values())
+    open_alerts = alerts.open_alerts(session)
+    assert {a.kind for a in open_alerts} == {"coi_discrepancy"} and len(open_alerts) == 2
+    entry = quarantine.get(session, result.quarantine_id)
+    assert entry.stage == "identity" and din(2) in entry.reason
+    assert ledger.verify(session) == (2, [])
+
+
+def test_conflicting_coi_id_on_the_same_order_is_caught(session):
+    ledger.append(session, enrolment(1))
+    impostor = enrolment(9).model_copy(update={"refs": ExternalRefs(crm_order_id="CRM-00001"), "source_event_id": "x"})
+    result = ledger.append(session, impostor)
+    assert result.status == "quarantined" and "coi_id" in result.reason
+
+
+def test_impossible_transition_is_kept_flagged_and_alerted(session):
+    for e in happy_path(1)[:7]:
+        ledger.append(session, e)
+    late = event(EventType.APHERESIS_COLLECTED, 1, at=T0 + 10 * D, system=SourceSystem.HL7, eid="again")
+    assert ledger.append(session, late).status == "appended"
+    order = session.scalars(select(Order)).one()
+    assert order.status == "manufacturing"
+    assert [a.kind for a in alerts.open_alerts(session)] == ["impossible_transition"]
+
+
+def _tamper_edit(s):
+    s.execute(update(LedgerEntry).where(LedgerEntry.seq == 3).values(body=LedgerEntry.body + " "))
+
+
+def _tamper_delete_middle(s):
+    s.execute(LedgerEntry.__table__.delete().where(LedgerEntry.seq == 4))
+
+
+def _tamper_delete_last(s):
+    s.execute(LedgerEntry.__table__.delete().where(LedgerEntry.seq == 13))
+
+
+def _tamper_reorder(s):
+    s.execute(update(LedgerEntry).where(LedgerEntry.seq == 5).values(seq=-5))
+    s.execute(update(LedgerEntry).where(LedgerEntry.seq == 6).values(seq=5))
+    s.execute(update(LedgerEntry).where(LedgerEntry.seq == -5).values(seq=6))
+
+
+def _tamper_column(s):
+    s.execute(update(LedgerEntry).where(LedgerEntry.seq == 2).values(event_type="order.cancelled"))
+
+
+@pytest.mark.parametrize(
+    "tamper", [_tamper_edit, _tamper_delete_middle, _tamper_delete_last, _tamper_reorder, _tamper_column]
+)
+def test_cli_verify_catches_tampering_and_names_order_and_entry(db_url, tamper):
+    from cgthub.store import session_scope
+
+    with session_scope(db_url) as s:
+        ledger.append_many(s, happy_path(1) + happy_path(2))
+    ok = _cli("ledger", "verify", url=db_url)
+    assert ok.returncode == 0, ok.stderr
+    assert "2 orders" in ok.stdout
+    with session_scope(db_url) as s:
+        target = s.scalar(select(Order.id).where(Order.coi_id == "CHW123426000001"))
+        tamper(_Scoped(s, LedgerEntry.order_id == target))
+    bad = _cli("ledger", "verify", url=db_url)
+    assert bad.returncode == 1
+    assert target in bad.stdout and "TAMPERED" in bad.stdout
+    assert "1 of 2 orders" in bad.stderr
+
+
+class _Scoped:
+    """Runs the tamper statements against one order's rows only."""
+
+    def __init__(self, session, where):
+        self.session, self.where = session, where
+
+    def execute(self, stmt):
+        return self.session.execute(stmt.where(self.where))
