@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -22,6 +23,7 @@ from cgthub.settings import get_settings
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12
+_CHUNK = 400
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,19 @@ class Archived:
     checksum: str
     duplicate: bool
     status: str
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One payload as a connector or listener received it."""
+
+    system: str
+    kind: str
+    channel: str
+    payload: bytes
+    received_at: datetime
+    dedupe_key: str | None = None
+    content_type: str = "application/octet-stream"
 
 
 def checksum(payload: bytes) -> str:
@@ -96,6 +111,89 @@ def store(
     return Archived(existing.id, existing.checksum, True, existing.status)
 
 
+def store_many(session: Session, items: Sequence[Inbound]) -> list[Archived]:
+    """Archive a batch with one lookup and one multi-row INSERT; same semantics as `store` per item.
+
+    A payload repeated inside the batch is a duplicate of its first occurrence.
+    """
+    digests = [checksum(item.payload) for item in items]
+    keys = [(item.system, item.dedupe_key or digest) for item, digest in zip(items, digests, strict=True)]
+    existing: dict[tuple[str, str], Archived] = {}
+    unique = list(set(keys))
+    for start in range(0, len(unique), _CHUNK):
+        rows = session.execute(
+            select(
+                RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum, RawMessage.status
+            ).where(tuple_(RawMessage.system, RawMessage.dedupe_key).in_(unique[start : start + _CHUNK]))
+        )
+        for system, key, raw_id, digest, status in rows:
+            existing[(system, key)] = Archived(raw_id, digest, True, status)
+    new_rows: list[dict[str, object]] = []
+    first_index: dict[tuple[str, str], int] = {}
+    for i, (item, digest, key) in enumerate(zip(items, digests, keys, strict=True)):
+        if key in existing or key in first_index:
+            continue
+        first_index[key] = i
+        new_rows.append(
+            {
+                "system": item.system,
+                "kind": item.kind,
+                "channel": item.channel,
+                "dedupe_key": key[1],
+                "checksum": digest,
+                "size": len(item.payload),
+                "payload": seal(item.payload, _aad(item.system, digest)),
+                "content_type": item.content_type,
+                "received_at": item.received_at,
+                "last_received_at": item.received_at,
+                "receive_count": 1,
+                "status": "received",
+            }
+        )
+    if new_rows:
+        try:
+            with session.begin_nested():
+                ids = session.scalars(
+                    insert(RawMessage).returning(RawMessage.id, sort_by_parameter_order=True), new_rows
+                ).all()
+        except IntegrityError:
+            # A concurrent writer archived one of these first: fall back to one by one.
+            return [
+                store(
+                    session,
+                    system=i.system,
+                    kind=i.kind,
+                    channel=i.channel,
+                    payload=i.payload,
+                    received_at=i.received_at,
+                    dedupe_key=i.dedupe_key,
+                    content_type=i.content_type,
+                )
+                for i in items
+            ]
+        for row, raw_id in zip(new_rows, ids, strict=True):
+            key = (str(row["system"]), str(row["dedupe_key"]))
+            existing[key] = Archived(raw_id, str(row["checksum"]), False, "received")
+    out: list[Archived] = []
+    repeats: list[dict[str, object]] = []
+    for i, key in enumerate(keys):
+        found = existing[key]
+        if first_index.get(key) == i:
+            out.append(found)
+        else:
+            out.append(Archived(found.raw_id, found.checksum, True, found.status))
+            repeats.append({"rid": found.raw_id, "at": items[i].received_at})
+    if repeats:
+        raw = RawMessage.__table__
+        session.execute(
+            update(raw)
+            .where(raw.c.id == bindparam("rid"))
+            .values(receive_count=raw.c.receive_count + 1, last_received_at=bindparam("at")),
+            repeats,
+        )
+    return out
+
+
 def _find(session: Session, system: str, key: str) -> RawMessage | None:
     return session.scalars(select(RawMessage).where(RawMessage.system == system, RawMessage.dedupe_key == key)).first()
 
@@ -117,4 +215,14 @@ def read(session: Session, raw_id: int) -> bytes:
 
 def mark(session: Session, raw_id: int, status: str) -> None:
     """received -> processed | quarantined (| replayed)."""
-    session.execute(update(RawMessage).where(RawMessage.id == raw_id).values(status=status, processed_at=utcnow()))
+    mark_many(session, {raw_id: status})
+
+
+def mark_many(session: Session, statuses: dict[int, str]) -> None:
+    if not statuses:
+        return
+    raw = RawMessage.__table__
+    session.execute(
+        update(raw).where(raw.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=utcnow()),
+        [{"rid": rid, "st": st} for rid, st in statuses.items()],
+    )
