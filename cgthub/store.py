@@ -77,10 +77,10 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
     session = factory()
     try:
         yield session
-        if readonly:
-            session.rollback()
-        else:
+        if not readonly:
             session.commit()
+        # A read-only session just closes: the pool rolls the connection back, and the objects
+        # read stay usable (a rollback would expire them).
     except BaseException:
         session.rollback()
         raise
