@@ -89,7 +89,7 @@ class Correlation:
 
 def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = None) -> Correlation:
     index = index or KeyIndex(session)
-    ref_keys = event.refs.pairs()
+    ref_keys = event.reference_keys()
     identity_keys = event.identity_keys()
     known = index.owners(ref_keys + identity_keys)
 

@@ -103,7 +103,7 @@ def _release_waiting(session: Session, order_ids: set[str]) -> None:
     keys = {(kind, value) for kind, value in rows}
     for entry in waiting:
         event = CanonicalEvent.model_validate(entry.details["event"])
-        if not keys.intersection(event.refs.pairs() + event.identity_keys()):
+        if not keys.intersection(event.all_keys()):
             continue
         outcome = append(session, event)
         if outcome.status != "quarantined":
@@ -146,7 +146,7 @@ class _BatchWriter:
             )
             for system, event_id, order_id, entry_id, seq in rows:
                 self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
-        self.index.preload(k for e in events for k in e.refs.pairs() + e.identity_keys())
+        self.index.preload(k for e in events for k in e.all_keys())
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
 
     def _lock(self, order_ids: set[str]) -> None:
@@ -276,7 +276,7 @@ def _subject(event: CanonicalEvent) -> str:
 
 
 def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
-    refs = ", ".join(f"{k}={v}" for k, v in event.refs.pairs() + event.identity_keys()) or "none"
+    refs = ", ".join(f"{k}={v}" for k, v in event.all_keys()) or "none"
     reason = (
         f"no order matches this {event.event_type.value} event (references: {refs}); "
         "it is replayed automatically once the order is enrolled"

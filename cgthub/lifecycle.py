@@ -305,6 +305,9 @@ def _absorb_details(state: OrderProjection, event: CanonicalEvent) -> None:
             if value:
                 setattr(state, field, value)
     state.refs = state.refs.merged(event.refs)
+    if event.shipment and event.shipment.shipment_id not in state.refs.courier_shipment_ids:
+        ids = (*state.refs.courier_shipment_ids, event.shipment.shipment_id)
+        state.refs = state.refs.model_copy(update={"courier_shipment_ids": ids})
     if event.patient:
         if event.patient.coi_id and not state.coi_id:
             state.coi_id = event.patient.coi_id

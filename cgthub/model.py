@@ -6,7 +6,6 @@ id and pseudonyms (keyed HMACs); a model that would hold a clear MRN refuses to 
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -232,6 +231,16 @@ class CanonicalEvent(_Model):
     def key(self) -> tuple[str, str]:
         return (self.source_system.value, self.source_event_id)
 
+    def reference_keys(self) -> list[tuple[str, str]]:
+        """Partner references that find this event's order, including the shipment it is about."""
+        keys = self.refs.pairs()
+        if self.shipment and ("courier_shipment_id", self.shipment.shipment_id) not in keys:
+            keys.append(("courier_shipment_id", self.shipment.shipment_id))
+        return keys
+
+    def all_keys(self) -> list[tuple[str, str]]:
+        return self.reference_keys() + self.identity_keys()
+
     def identity_keys(self) -> list[tuple[str, str]]:
         """Chain-of-identity keys this event asserts about its order."""
         keys: list[tuple[str, str]] = []
@@ -246,6 +255,3 @@ class CanonicalEvent(_Model):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
 
-
-def utc_iso(value: datetime) -> str:
-    return value.isoformat()

@@ -6,6 +6,7 @@ import logging
 import sys
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import db, ledger, orders, quarantine
 from cgthub.cli.common import CliError, console_err
@@ -27,7 +28,19 @@ def main() -> None:
     try:
         app()
     except CliError as err:
-        console_err.print(f"[bold red]error:[/] {err.message}")
-        if err.hint:
-            console_err.print(f"[yellow]what to do:[/] {err.hint}")
-        sys.exit(err.exit_code)
+        _fail(err)
+    except SQLAlchemyError as exc:
+        first_line = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        _fail(
+            CliError(
+                f"database error: {first_line}",
+                "run `cgthub db upgrade` if the schema is older than this cgthub; otherwise check CGTHUB_DATABASE_URL",
+            )
+        )
+
+
+def _fail(err: CliError) -> None:
+    console_err.print(f"[bold red]error:[/] {err.message}")
+    if err.hint:
+        console_err.print(f"[yellow]what to do:[/] {err.hint}")
+    sys.exit(err.exit_code)

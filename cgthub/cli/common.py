@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +13,9 @@ from sqlalchemy.orm import Session
 
 from cgthub.store import database_url, get_engine, session_scope
 
-console = Console(highlight=False)
-console_err = Console(stderr=True, highlight=False)
+# Piped output (logs, CI, grep) gets wide lines instead of rich's 80-column wrapping.
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+console_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
 class CliError(Exception):

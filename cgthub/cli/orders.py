@@ -81,6 +81,21 @@ def show(order_id: str) -> None:
     for name, at in state.scheduled.items():
         milestones.add_row(f"{name} scheduled for", at.isoformat())
     console.print(milestones)
+    if state.shipments:
+        shipments = Table(title="shipments")
+        for col in ("shipment", "direction", "courier", "last event", "at", "customs hold", "excursions"):
+            shipments.add_column(col)
+        for view in state.shipments.values():
+            shipments.add_row(
+                view.shipment_id,
+                view.direction or "",
+                view.courier or "",
+                view.last_event or "",
+                view.last_event_at.isoformat() if view.last_event_at else "",
+                "yes" if view.customs_hold else "",
+                str(view.excursions or ""),
+            )
+        console.print(shipments)
     for anomaly in state.anomalies:
         console.print(f"[yellow]anomaly:[/] {anomaly.message} ({anomaly.source_system} {anomaly.source_event_id})")
     for alert in open_alerts:
