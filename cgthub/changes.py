@@ -24,7 +24,7 @@ from sqlalchemy.schema import FetchedValue
 from cgthub.tables import Base, BigId, Order, utcnow
 
 # What a change consumer cares about; everything else in the projection is detail.
-WATCHED = ("status", "on_hold", "milestones")
+WATCHED: dict[str, Any] = {"status": None, "on_hold": False, "milestones": {}}  # field -> value before any event
 PG_TX_DEFAULT = "(pg_current_xact_id()::text)::bigint"
 
 
@@ -58,7 +58,7 @@ class FeedPosition:
 def record(session: Session, order: Order, before: dict[str, Any] | None, after: dict[str, Any]) -> OrderChange | None:
     """Write a change row if a watched field differs between two JSON projections of `order`."""
     before = before or {}
-    changed = [name for name in WATCHED if before.get(name) != after.get(name)]
+    changed = [name for name, empty in WATCHED.items() if before.get(name, empty) != after.get(name, empty)]
     if not changed:
         return None
     change = OrderChange(

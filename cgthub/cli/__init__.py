@@ -8,7 +8,7 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from cgthub.cli import db, ledger, orders, quarantine
+from cgthub.cli import api, db, ledger, orders, quarantine
 from cgthub.cli.common import CliError, console_err
 
 app = typer.Typer(
@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(db.app, name="db")
+app.add_typer(api.app, name="api")
 app.add_typer(orders.app, name="orders")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(quarantine.app, name="quarantine")

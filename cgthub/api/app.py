@@ -1,0 +1,93 @@
+"""The order transparency API as a FastAPI app: `create_app()` for `cgthub api serve` or mounting.
+
+The app enforces its own auth on every route except the health check and the OpenAPI schema/docs
+(a host such as Airflow's API server does not protect plugin apps), and records every request in
+the access log, whatever its outcome.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from cgthub.api import errors, feed, orders, subscriptions
+from cgthub.api.audit import Access, AuditWriter
+from cgthub.api.deps import reject_unknown_parameters
+from cgthub.api.schemas import Health
+from cgthub.store import database_url as configured_url
+
+DESCRIPTION = """\
+Normalized CGT order status, PHI-free timelines, chain of custody (GS1 EPCIS 2.0), FHIR R4 bundles,
+an ordered change feed and signed webhooks.
+
+**Auth**: `Authorization: Bearer <API key>`. Scopes: `status:read`, `timeline:read`, `custody:read`,
+`admin`. Each key also has a data scope (treatment sites, CMOs, markets): orders outside it answer
+404, exactly like orders that do not exist.
+
+**Errors** always look like `{"error": {"code": "...", "message": "...", "details": [...]}}`.
+"""
+
+
+class AuditMiddleware:
+    """Pure ASGI (no body buffering): notes the status sent and queues one access-log row per request."""
+
+    def __init__(self, app: ASGIApp, writer: AuditWriter) -> None:
+        self.app = app
+        self.writer = writer
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def noting_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, noting_status)
+        finally:
+            state = scope.get("state") or {}
+            route = scope.get("route")
+            client = scope.get("client")
+            self.writer.record(
+                Access(
+                    method=scope.get("method", "?"),
+                    path=scope.get("path", ""),
+                    status_code=status,
+                    key_id=state.get("key_id"),
+                    route=getattr(route, "path", None),
+                    order_id=(scope.get("path_params") or {}).get("order_id"),
+                    client=client[0] if client else None,
+                )
+            )
+
+
+def create_app(database_url: str | None = None, *, audit_interval: float = 0.2) -> FastAPI:
+    url = configured_url(database_url)
+    app = FastAPI(
+        title="cgthub order transparency API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        dependencies=[Depends(reject_unknown_parameters)],
+        openapi_url="/openapi.json",
+    )
+    app.state.database_url = url
+    app.state.audit = AuditWriter(url, interval=audit_interval)
+    errors.install(app)
+
+    @app.get("/health", response_model=Health, tags=["meta"])
+    def health() -> dict[str, Any]:
+        """Liveness: no auth, no data."""
+        return {"status": "ok"}
+
+    app.include_router(orders.router)
+    app.include_router(feed.router)
+    app.include_router(subscriptions.router)
+    app.add_middleware(AuditMiddleware, writer=app.state.audit)
+    return app

@@ -1,0 +1,78 @@
+"""What every route depends on: a read session, the caller's key checked for a scope, and strict parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from fastapi import Depends, Request, Security
+from fastapi.dependencies.utils import get_flat_dependant
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from cgthub.api.auth import Principal, Scope, authenticate
+from cgthub.api.errors import ApiError
+from cgthub.store import session_scope
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer cgt_<key id>_<secret>`")
+
+
+def read_session(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.database_url, readonly=True) as session:
+        yield session
+
+
+def write_session(request: Request) -> Iterator[Session]:
+    with session_scope(request.app.state.database_url) as session:
+        yield session
+
+
+def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> Principal:
+    if credentials is None or not credentials.credentials:
+        raise ApiError(401, "unauthenticated", "send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
+    principal = authenticate(session, credentials.credentials)
+    if principal is None:
+        raise ApiError(401, "unauthenticated", "the API key is not valid or was revoked", headers=_CHALLENGE)
+    request.state.key_id = principal.key_id
+    return principal
+
+
+def authorized(scope: Scope) -> Callable[..., Principal]:
+    """A dependency that admits keys holding `scope` (or admin): 401 without a valid key, 403 without the scope."""
+
+    def dependency(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+        session: Session = Depends(read_session),
+    ) -> Principal:
+        principal = _caller(request, credentials, session)
+        if not principal.has(scope):
+            raise ApiError(403, "forbidden", f"this API key lacks the {scope.value} scope")
+        return principal
+
+    dependency.__name__ = f"require_{scope.name.lower()}"
+    return dependency
+
+
+_allowed: dict[int, frozenset[str]] = {}
+
+
+def reject_unknown_parameters(request: Request) -> None:
+    """A misspelt filter must fail loudly (400), not silently return everything."""
+    route: Any = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _allowed.get(id(route))
+    if allowed is None:
+        allowed = frozenset(p.alias for p in get_flat_dependant(dependant).query_params)
+        _allowed[id(route)] = allowed
+    unknown = sorted(set(request.query_params.keys()) - allowed)
+    if unknown:
+        shown = ", ".join(name[:40] for name in unknown[:5])
+        accepted = ", ".join(sorted(allowed)) or "none"
+        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {shown}; accepted: {accepted}")
+    repeated = sorted({k for k in request.query_params.keys() if len(request.query_params.getlist(k)) > 1})
+    if repeated:
+        raise ApiError(400, "repeated_parameter", f"give each query parameter once: {', '.join(repeated[:5])}")

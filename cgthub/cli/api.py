@@ -1,0 +1,179 @@
+"""`cgthub api`: serve the order transparency API, manage its keys, operate webhooks, print the schema."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import typer
+from rich.table import Table
+
+from cgthub.cli.common import CliError, console, open_session
+from cgthub.store import database_url
+
+app = typer.Typer(help="Order transparency API: serve, keys, webhooks, OpenAPI schema.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys (bearer tokens, stored hashed).", no_args_is_help=True)
+webhooks_app = typer.Typer(help="Webhook deliveries from the outbox.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="interface to listen on"),
+    port: int = typer.Option(8080, min=0, max=65535, help="port (0: any free port)"),
+    webhooks: bool = typer.Option(True, "--webhooks/--no-webhooks", help="deliver webhooks from this process"),
+    workers: int = typer.Option(1, min=1, max=32, help="uvicorn worker processes"),
+) -> None:
+    """Run the API with uvicorn (and, by default, the webhook delivery loop in a thread)."""
+    import uvicorn
+
+    from cgthub.api import webhooks as delivery
+
+    url = database_url()
+    with open_session(readonly=True):
+        pass  # fail early, with a useful message, when the database is missing or not migrated
+    stop = threading.Event()
+    if webhooks:
+        threading.Thread(target=delivery.run_forever, args=(url, stop), name="cgthub-webhooks", daemon=True).start()
+    try:
+        if workers > 1:
+            uvicorn.run("cgthub.api:create_app", factory=True, host=host, port=port, workers=workers, access_log=False)
+        else:
+            from cgthub.api import create_app
+
+            uvicorn.run(create_app(url), host=host, port=port, access_log=False)
+    finally:
+        stop.set()
+
+
+@app.command()
+def openapi(output: str = typer.Option("-", "--output", "-o", help="file to write, - for stdout")) -> None:
+    """Print the OpenAPI schema (docs/openapi.json is this output, committed)."""
+    from cgthub.api import create_app
+
+    text = json.dumps(create_app("sqlite://").openapi(), indent=2, sort_keys=True) + "\n"
+    if output == "-":
+        typer.echo(text, nl=False)
+    else:
+        with open(output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        console.print(f"wrote {output}")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+@keys_app.command("create")
+def create_key(
+    name: str = typer.Option(..., help="who the key is for, e.g. 'Site US-SITE-1 liaison dashboard'"),
+    scope: list[str] = typer.Option(..., "--scope", help="status:read, timeline:read, custody:read, admin"),
+    site: list[str] = typer.Option([], "--site", help="treatment site(s) the key may see"),
+    cmo: list[str] = typer.Option([], "--cmo", help="CMO(s) whose batches the key may see"),
+    market: list[str] = typer.Option([], "--market", help="market(s) (country codes) the key may see"),
+    all_data: bool = typer.Option(False, "--all-data", help="every order (sponsor-wide consumers)"),
+) -> None:
+    """Create a key and print it once: only its hash is stored."""
+    from cgthub.api.auth import InvalidKeyRequest
+    from cgthub.api.auth import create_key as create
+
+    with open_session() as session:
+        try:
+            row, token = create(
+                session,
+                name=name,
+                scopes=_split(scope),
+                sites=_split(site),
+                cmos=_split(cmo),
+                markets=_split(market),
+                all_data=all_data,
+            )
+        except InvalidKeyRequest as exc:
+            raise CliError(str(exc), "see `cgthub api keys create --help`") from exc
+    console.print(f"key {row.id} created for {name!r}; scopes {', '.join(row.scopes)}")
+    console.print("store it now, it is not shown again:")
+    typer.echo(token)
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """Every key: id, name, scopes, data scope, created, revoked (never the secret)."""
+    from cgthub.api.auth import list_keys as all_keys
+
+    with open_session(readonly=True) as session:
+        rows = all_keys(session)
+    table = Table(title=f"{len(rows)} API keys")
+    for col in ("id", "name", "scopes", "data scope", "created", "revoked"):
+        table.add_column(col)
+    for row in rows:
+        data = (
+            "all orders"
+            if row.all_data
+            else "; ".join(
+                f"{label} {', '.join(values)}"
+                for label, values in (("sites", row.sites), ("CMOs", row.cmos), ("markets", row.markets))
+                if values
+            )
+        )
+        table.add_row(
+            row.id,
+            row.name,
+            ", ".join(row.scopes),
+            data,
+            row.created_at.isoformat(timespec="seconds"),
+            row.revoked_at.isoformat(timespec="seconds") if row.revoked_at else "",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def revoke_key(key_id: str = typer.Argument(..., help="the key id (the part after cgt_)")) -> None:
+    """Revoke a key: requests with it answer 401 from now on."""
+    from cgthub.api.auth import revoke
+
+    with open_session() as session:
+        if not revoke(session, key_id):
+            raise CliError(f"no API key {key_id}", "list keys with `cgthub api keys list`")
+    console.print(f"key {key_id} revoked")
+
+
+@webhooks_app.command("run")
+def run_webhooks(once: bool = typer.Option(False, help="one round (fan out + deliver what is due), then exit")) -> None:
+    """Fan the change feed out to subscriptions and deliver due messages (a loop unless --once)."""
+    from cgthub.api import webhooks
+
+    url = database_url()
+    with open_session(readonly=True):
+        pass
+    if once:
+        report = webhooks.pump(url)
+        console.print(f"delivered {report.delivered}, failed {report.failed}, dead {report.dead}")
+        return
+    webhooks.run_forever(url, threading.Event())
+
+
+@webhooks_app.command("dead")
+def dead_letters(limit: int = typer.Option(100, min=1, max=10_000)) -> None:
+    """Webhook messages that gave up, with the last error."""
+    from cgthub import outbox
+    from cgthub.api.webhooks import KIND
+
+    with open_session(readonly=True) as session:
+        rows = outbox.messages(session, destination_kind=KIND, status=outbox.OutboxStatus.DEAD, limit=limit)
+    table = Table(title=f"{len(rows)} dead webhook messages")
+    for col in ("id", "subscription", "key", "attempts", "last error"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(str(row.id), row.destination_id, row.idempotency_key, str(row.attempts), row.last_error or "")
+    console.print(table)
+
+
+@webhooks_app.command("replay")
+def replay(subscription: str | None = typer.Option(None, help="only this subscription's dead letters")) -> None:
+    """Retry dead webhook messages (after the receiver is fixed)."""
+    from cgthub.api import webhooks
+
+    with open_session() as session:
+        count = webhooks.replay(session, subscription)
+    console.print(f"{count} dead message(s) queued again")
