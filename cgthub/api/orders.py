@@ -58,7 +58,7 @@ def _open_alert_counts(session: Session, order_ids: list[str]) -> dict[str, int]
         .where(Alert.order_id.in_(order_ids), Alert.status == "open")
         .group_by(Alert.order_id)
     )
-    return {order_id: count for order_id, count in rows.tuples() if order_id}
+    return {order_id: count for order_id, count in rows if order_id}
 
 
 def _summary(order: Order, open_alerts: int) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Any
 
 from fastapi import APIRouter, Depends, Path
@@ -23,18 +22,12 @@ SubscriptionId = Path(min_length=1, max_length=24)
 
 
 def _view(session: Session, sub: WebhookSubscription) -> dict[str, Any]:
-    counts = Counter(
-        dict(
-            session.execute(
-                select(outbox.OutboxMessage.status, func.count())
-                .where(
-                    outbox.OutboxMessage.destination_kind == webhooks.KIND,
-                    outbox.OutboxMessage.destination_id == sub.id,
-                )
-                .group_by(outbox.OutboxMessage.status)
-            ).tuples()
-        )
+    rows = session.execute(
+        select(outbox.OutboxMessage.status, func.count())
+        .where(outbox.OutboxMessage.destination_kind == webhooks.KIND, outbox.OutboxMessage.destination_id == sub.id)
+        .group_by(outbox.OutboxMessage.status)
     )
+    counts = {status: int(count) for status, count in rows}
     return {
         "id": sub.id,
         "url": sub.url,

@@ -1,0 +1,77 @@
+"""A real uvicorn server on a loopback port picked by the OS, serving the API on the test database."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+
+from cgthub import ledger
+from cgthub.api import create_app
+from cgthub.api.auth import create_key
+from cgthub.store import session_scope
+
+
+@dataclass
+class ApiServer:
+    base_url: str
+    database_url: str
+    app: Any
+    clients: list[httpx.Client] = field(default_factory=list)
+
+    def key(self, *scopes: str, **data_scope: Any) -> str:
+        """A fresh API key; data_scope: sites=[...], cmos=[...], markets=[...] or all_data=True."""
+        if not any(data_scope.values()):
+            data_scope = {"all_data": True}
+        with session_scope(self.database_url) as session:
+            _, token = create_key(session, name="test", scopes=scopes or ("admin",), **data_scope)
+        return token
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+        self.clients.append(client)
+        return client
+
+    def flush_audit(self) -> None:
+        self.app.state.audit.flush()
+
+
+def build_orders(database_url: str, events_by_order: list[list[Any]]) -> list[str]:
+    """Append each order's events through the ledger; returns the order ids in the same order."""
+    ids = []
+    with session_scope(database_url) as session:
+        for events in events_by_order:
+            results = [ledger.append(session, e) for e in events]
+            ids.append(next(r.order_id for r in results if r.order_id))
+    return ids
+
+
+@pytest.fixture
+def api(db_url: str) -> Iterator[ApiServer]:
+    app = create_app(db_url, audit_interval=0.05)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="test-api", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the API server did not start")
+        time.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    running = ApiServer(base_url=f"http://127.0.0.1:{port}", database_url=db_url, app=app)
+    try:
+        yield running
+    finally:
+        for client in running.clients:
+            client.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+        app.state.audit.close()
