@@ -111,10 +111,12 @@ def store(
     return Archived(existing.id, existing.checksum, True, existing.status)
 
 
-def store_many(session: Session, items: Sequence[Inbound]) -> list[Archived]:
+def store_many(session: Session, items: Sequence[Inbound], *, status: str = "received") -> list[Archived]:
     """Archive a batch with one lookup and one multi-row INSERT; same semantics as `store` per item.
 
-    A payload repeated inside the batch is a duplicate of its first occurrence.
+    A payload repeated inside the batch is a duplicate of its first occurrence. `status` is what new
+    rows start as: a caller that applies them in the same transaction passes "processed" and marks
+    only the exceptions, instead of updating every row it just wrote.
     """
     digests = [checksum(item.payload) for item in items]
     keys = [(item.system, item.dedupe_key or digest) for item, digest in zip(items, digests, strict=True)]
@@ -147,15 +149,14 @@ def store_many(session: Session, items: Sequence[Inbound]) -> list[Archived]:
                 "received_at": item.received_at,
                 "last_received_at": item.received_at,
                 "receive_count": 1,
-                "status": "received",
+                "status": status,
             }
         )
     if new_rows:
         try:
             with session.begin_nested():
-                ids = session.scalars(
-                    insert(RawMessage).returning(RawMessage.id, sort_by_parameter_order=True), new_rows
-                ).all()
+                # A plain multi-row INSERT, then one lookup for the ids: SQLite answers RETURNING row by row.
+                session.execute(insert(RawMessage.__table__), new_rows)
         except IntegrityError:
             # A concurrent writer archived one of these first: fall back to one by one.
             return [
@@ -171,9 +172,9 @@ def store_many(session: Session, items: Sequence[Inbound]) -> list[Archived]:
                 )
                 for i in items
             ]
-        for row, raw_id in zip(new_rows, ids, strict=True):
-            key = (str(row["system"]), str(row["dedupe_key"]))
-            existing[key] = Archived(raw_id, str(row["checksum"]), False, "received")
+        fresh = [(str(row["system"]), str(row["dedupe_key"])) for row in new_rows]
+        for key, (raw_id, digest) in _ids(session, fresh).items():
+            existing[key] = Archived(raw_id, digest, False, status)
     out: list[Archived] = []
     repeats: list[dict[str, object]] = []
     for i, key in enumerate(keys):
@@ -192,6 +193,19 @@ def store_many(session: Session, items: Sequence[Inbound]) -> list[Archived]:
             repeats,
         )
     return out
+
+
+def _ids(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
+    found: dict[tuple[str, str], tuple[int, str]] = {}
+    for start in range(0, len(keys), _CHUNK):
+        rows = session.execute(
+            select(RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum).where(
+                tuple_(RawMessage.system, RawMessage.dedupe_key).in_(keys[start : start + _CHUNK])
+            )
+        )
+        for system, key, raw_id, digest in rows:
+            found[(system, key)] = (raw_id, digest)
+    return found
 
 
 def _find(session: Session, system: str, key: str) -> RawMessage | None:

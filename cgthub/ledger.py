@@ -88,7 +88,7 @@ def append_many(session: Session, events: Sequence[CanonicalEvent], *, refresh: 
                 raise
     if refresh:
         for order_id, new_events in writer.touched.items():
-            projection.refresh(session, order_id, new_events=new_events)
+            projection.refresh_order(session, writer.orders[order_id], new_events=new_events)
     if writer.registered_keys:
         _release_waiting(session, writer.registered_keys)
     return results
@@ -119,7 +119,6 @@ class _BatchWriter:
         self.orders: dict[str, Order] = {}
         self.done: dict[tuple[str, str], AppendResult] = {}
         self.entry_rows: list[dict[str, Any]] = []
-        self.entry_results: list[AppendResult] = []
         self.key_rows: list[dict[str, Any]] = []
         self.touched: dict[str, list[CanonicalEvent]] = {}
         self.registered_keys: set[str] = set()
@@ -211,20 +210,15 @@ class _BatchWriter:
         order.ledger_length = seq
         order.ledger_head = digest
         self.touched.setdefault(order.id, []).append(event)
-        result = AppendResult("appended", order.id, None, seq)
-        self.entry_results.append(result)
-        return result
+        return AppendResult("appended", order.id, None, seq)
 
     def _write_rows(self) -> None:
         self.session.flush()  # new orders and their heads first: entries and keys refer to them
+        # Plain multi-row INSERTs: no RETURNING, which SQLite would answer one row at a time.
         if self.key_rows:
-            self.session.execute(insert(OrderKey), self.key_rows)
+            self.session.execute(insert(OrderKey.__table__), self.key_rows)
         if self.entry_rows:
-            ids = self.session.scalars(
-                insert(LedgerEntry).returning(LedgerEntry.id, sort_by_parameter_order=True), self.entry_rows
-            ).all()
-            for result, entry_id in zip(self.entry_results, ids, strict=True):
-                result.entry_id = entry_id
+            self.session.execute(insert(LedgerEntry.__table__), self.entry_rows)
 
     def _identity_conflict(
         self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]

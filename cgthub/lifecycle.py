@@ -184,7 +184,12 @@ def can_advance(state: OrderProjection, later: list[CanonicalEvent]) -> bool:
 
 def advance(state: OrderProjection, later: list[CanonicalEvent]) -> OrderProjection:
     """Fold events that all happened after `state` onto a copy of it (see `can_advance`)."""
-    return _fold(state.model_copy(deep=True), effective_events(later))
+    return fold_onto(state.model_copy(deep=True), later)
+
+
+def fold_onto(state: OrderProjection, later: list[CanonicalEvent]) -> OrderProjection:
+    """`advance` without the copy: `state` itself moves on (for a projection just loaded to be replaced)."""
+    return _fold(state, effective_events(later))
 
 
 def _fold(state: OrderProjection, ordered: list[CanonicalEvent]) -> OrderProjection:

@@ -94,7 +94,7 @@ def ingest_batch(
     One multi-row archive insert, one ledger batch, one projection refresh per touched order. The
     caller commits; only then may it acknowledge any of the payloads (ACK-after-commit).
     """
-    stored = archive.store_many(session, items)
+    stored = archive.store_many(session, items, status="processed")
     results = [IngestResult(raw_id=saved.raw_id) for saved in stored]
     todo: list[tuple[IngestResult, archive.Inbound, str]] = []
     for result, item, saved in zip(results, items, stored, strict=True):
@@ -103,7 +103,7 @@ def ingest_batch(
             result.duplicate_payload = True
         else:
             todo.append((result, item, saved.checksum))
-    _map_and_apply(session, todo, mapper_for)
+    _map_and_apply(session, todo, mapper_for, assumed="processed")
     return results
 
 
@@ -148,7 +148,13 @@ def _map_and_apply(
     session: Session,
     todo: list[tuple[IngestResult, archive.Inbound, str]],
     mapper_for: Callable[[archive.Inbound], Mapper | None],
+    *,
+    assumed: str | None = None,
 ) -> None:
+    """Map each payload, append all events as one ledger batch, record each payload's outcome.
+
+    `assumed` is the status the archive rows already carry; only other outcomes are written.
+    """
     events: list[CanonicalEvent] = []
     owners: list[IngestResult] = []
     for result, item, digest in todo:
@@ -163,10 +169,8 @@ def _map_and_apply(
         events.extend(mapped)
         owners.extend([result] * len(mapped))
     _count(owners, ledger.append_many(session, events))
-    archive.mark_many(
-        session,
-        {r.raw_id: "quarantined" if r.quarantined else "processed" for r, _i, _d in todo if not r.rejected},
-    )
+    outcome = {r.raw_id: "quarantined" if r.quarantined else "processed" for r, _i, _d in todo if not r.rejected}
+    archive.mark_many(session, {raw_id: st for raw_id, st in outcome.items() if st != assumed})
 
 
 def _count(owners: list[IngestResult], outcomes: list[ledger.AppendResult]) -> None:

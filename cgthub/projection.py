@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from cgthub import alerts, changes, ledger
-from cgthub.lifecycle import OrderProjection, advance, can_advance, project
+from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
 from cgthub.tables import Order, utcnow
 
@@ -23,14 +23,22 @@ def refresh(session: Session, order_id: str, *, new_events: list[CanonicalEvent]
     order = session.get(Order, order_id)
     if order is None:
         raise LookupError(f"order {order_id} does not exist")
+    return refresh_order(session, order, new_events=new_events)
+
+
+def refresh_order(session: Session, order: Order, *, new_events: list[CanonicalEvent] | None = None) -> OrderProjection:
+    """`refresh` for an order row the caller already holds (the ledger's batch writer)."""
     before = order.projection
     state = None
-    if new_events and order.projection and order.projected_length + len(new_events) == order.ledger_length:
-        stored = load(order)
-        if can_advance(stored, new_events):
-            state = advance(stored, new_events)
+    if new_events and order.projected_length + len(new_events) == order.ledger_length:
+        if order.projected_length == 0:
+            state = project(order.id, new_events)  # a new order: these are all its events
+        else:
+            stored = load(order)
+            if can_advance(stored, new_events):
+                state = fold_onto(stored, new_events)
     if state is None:
-        state = project(order_id, ledger.events(session, order_id))
+        state = project(order.id, ledger.events(session, order.id))
     order.projected_length = order.ledger_length
     order.status = state.status.value
     order.on_hold = state.on_hold
@@ -41,8 +49,8 @@ def refresh(session: Session, order_id: str, *, new_events: list[CanonicalEvent]
     order.projection = state.model_dump(mode="json")
     changes.record(session, order, before, order.projection)
     order.updated_at = utcnow()
-    _raise_alerts(session, state)
-    session.flush()
+    if state.anomalies or state.excursions:
+        _raise_alerts(session, state)
     return state
 
 

@@ -32,7 +32,8 @@ def test_full_life_cycle_lands_in_order_and_chain_verifies(session):
 def test_duplicate_returns_the_existing_entry(session):
     first = ledger.append(session, enrolment(1))
     again = ledger.append(session, enrolment(1))
-    assert again.status == "duplicate" and again.entry_id == first.entry_id and again.order_id == first.order_id
+    assert again.status == "duplicate" and again.seq == first.seq == 1 and again.order_id == first.order_id
+    assert again.entry_id == session.scalar(select(LedgerEntry.id))
     assert session.scalar(select(Order.ledger_length)) == 1
 
 
