@@ -1,6 +1,6 @@
 """The change feed: one row per change of an order's normalized status, hold flag or milestones.
 
-`projection.refresh` calls `record` with the projection before and after, in the same transaction,
+`projection.refresh_many` writes `change_row`s for the projection before and after, in the same transaction,
 so a consumer of the feed sees every change exactly when the order row shows it. The feed is read
 in a total order that never lets a late commit slip behind a reader's cursor:
 
@@ -21,7 +21,7 @@ from sqlalchemy import BigInteger, Boolean, ColumnElement, Index, String, and_, 
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.schema import FetchedValue
 
-from cgthub.tables import Base, BigId, Order, utcnow
+from cgthub.tables import Base, BigId, utcnow
 
 # What a change consumer cares about; everything else in the projection is detail.
 WATCHED: dict[str, Any] = {"status": None, "on_hold": False, "milestones": {}}  # field -> value before any event
@@ -55,27 +55,29 @@ class FeedPosition:
     id: int = 0
 
 
-def record(session: Session, order: Order, before: dict[str, Any] | None, after: dict[str, Any]) -> OrderChange | None:
-    """Write a change row if a watched field differs between two JSON projections of `order`."""
+def change_row(
+    order_id: str, before: dict[str, Any] | None, after: dict[str, Any], fields: dict[str, Any]
+) -> dict[str, Any] | None:
+    """The change-feed row for an order whose projection went from `before` to `after`, if a watched
+    field differs; `fields` are the order row's new values (status_since, market, site, cmo).
+    `projection.refresh_many` inserts these rows in bulk in the transaction that updates the orders."""
     before = before or {}
     changed = [name for name, empty in WATCHED.items() if before.get(name, empty) != after.get(name, empty)]
     if not changed:
         return None
-    change = OrderChange(
-        order_id=order.id,
-        status=after["status"],
-        previous_status=before.get("status"),
-        on_hold=bool(after.get("on_hold")),
-        milestones=dict(after.get("milestones") or {}),
-        changed=changed,
-        status_since=order.status_since,
-        market=order.market,
-        site=order.site,
-        cmo=order.cmo,
-        recorded_at=utcnow(),
-    )
-    session.add(change)
-    return change
+    return {
+        "order_id": order_id,
+        "status": after["status"],
+        "previous_status": before.get("status"),
+        "on_hold": bool(after.get("on_hold")),
+        "milestones": dict(after.get("milestones") or {}),
+        "changed": changed,
+        "status_since": fields.get("status_since"),
+        "market": fields.get("market"),
+        "site": fields.get("site"),
+        "cmo": fields.get("cmo"),
+        "recorded_at": utcnow(),
+    }
 
 
 def read(
@@ -116,4 +118,4 @@ def _pg_horizon(session: Session) -> int:
     return int(session.execute(text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")).scalar_one())
 
 
-__all__ = ["FeedPosition", "OrderChange", "position", "read", "read_rows", "record"]
+__all__ = ["FeedPosition", "OrderChange", "change_row", "position", "read", "read_rows"]

@@ -60,17 +60,17 @@ class OrderNotFound(LookupError):
     pass
 
 
-def append(session: Session, event: CanonicalEvent, *, refresh: bool = True) -> AppendResult:
+def append(session: Session, event: CanonicalEvent) -> AppendResult:
     """Append one canonical event to its order's chain (in the caller's transaction).
 
     A duplicate (same source system and source event id) returns the existing entry. An event that
     matches no order, or whose identity keys contradict its order, is quarantined; a COI
     contradiction also puts the orders involved on hold and raises a critical alert.
     """
-    return append_many(session, [event], refresh=refresh)[0]
+    return append_many(session, [event])[0]
 
 
-def append_many(session: Session, events: Sequence[CanonicalEvent], *, refresh: bool = True) -> list[AppendResult]:
+def append_many(session: Session, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
     """Append a batch with the semantics of `append` for each event, in order, at batch cost.
 
     Keys and existing events are looked up in bulk, each order is locked once, entries go in with
@@ -86,9 +86,7 @@ def append_many(session: Session, events: Sequence[CanonicalEvent], *, refresh: 
             # Another writer created the order, a key or this very event first: look again.
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
-    if refresh:
-        for order_id, new_events in writer.touched.items():
-            projection.refresh_order(session, writer.orders[order_id], new_events=new_events)
+    projection.refresh_many(session, writer.orders, writer.touched)
     if writer.registered_keys:
         _release_waiting(session, writer.registered_keys)
     return results
@@ -116,7 +114,8 @@ class _BatchWriter:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.index = KeyIndex(session)
-        self.orders: dict[str, Order] = {}
+        self.orders: dict[str, projection.OrderHead] = {}
+        self.new_orders: list[dict[str, Any]] = []
         self.done: dict[tuple[str, str], AppendResult] = {}
         self.entry_rows: list[dict[str, Any]] = []
         self.key_rows: list[dict[str, Any]] = []
@@ -149,13 +148,9 @@ class _BatchWriter:
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
 
     def _lock(self, order_ids: set[str]) -> None:
-        missing = sorted(order_ids - self.orders.keys())
-        for start in range(0, len(missing), _CHUNK):
-            query = select(Order).where(Order.id.in_(missing[start : start + _CHUNK])).with_for_update()
-            for order in self.session.scalars(query.execution_options(populate_existing=True)):
-                self.orders[order.id] = order
+        self.orders.update(projection.lock_heads(self.session, order_ids - self.orders.keys()))
 
-    def _order(self, order_id: str) -> Order:
+    def _order(self, order_id: str) -> projection.OrderHead:
         if order_id not in self.orders:
             self._lock({order_id})
         if order_id not in self.orders:
@@ -174,9 +169,8 @@ class _BatchWriter:
             if event.event_type is not EventType.ORDER_ENROLLED:
                 return _uncorrelated(self.session, event)
             order_id = new_order_id()
-            order = Order(id=order_id, status="enrolled", ledger_length=0, ledger_head=GENESIS, projection={})
-            self.session.add(order)
-            self.orders[order_id] = order
+            self.orders[order_id] = projection.OrderHead(order_id, ledger_head=GENESIS, is_new=True)
+            self.new_orders.append(_new_order_row(order_id))
         if match.new_keys:
             self.index.register(order_id, match.new_keys)
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
@@ -186,7 +180,7 @@ class _BatchWriter:
         self.done[event.key] = result
         return result
 
-    def _chain(self, order: Order, event: CanonicalEvent) -> AppendResult:
+    def _chain(self, order: projection.OrderHead, event: CanonicalEvent) -> AppendResult:
         body = canonical_json(event.to_json_dict())
         seq = order.ledger_length + 1
         prev = order.ledger_head or GENESIS
@@ -213,8 +207,11 @@ class _BatchWriter:
         return AppendResult("appended", order.id, None, seq)
 
     def _write_rows(self) -> None:
-        self.session.flush()  # new orders and their heads first: entries and keys refer to them
         # Plain multi-row INSERTs: no RETURNING, which SQLite would answer one row at a time.
+        # New orders first: keys and entries refer to them. Their heads are written by the refresh.
+        self.session.flush()
+        if self.new_orders:
+            self.session.execute(insert(Order.__table__), self.new_orders)
         if self.key_rows:
             self.session.execute(insert(OrderKey.__table__), self.key_rows)
         if self.entry_rows:
@@ -263,6 +260,21 @@ class _BatchWriter:
             )
         log.error("quarantined %s %s: %s", event.source_system.value, event.source_event_id, reason)
         return AppendResult("quarantined", order_id, quarantine_id=entry.id, reason=reason)
+
+
+def _new_order_row(order_id: str) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "id": order_id,
+        "status": "enrolled",
+        "on_hold": False,
+        "projection": {},
+        "created_at": now,
+        "updated_at": now,
+        "ledger_length": 0,
+        "ledger_head": GENESIS,
+        "projected_length": 0,
+    }
 
 
 def _subject(event: CanonicalEvent) -> str:

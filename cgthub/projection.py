@@ -1,57 +1,140 @@
 """The order projection: the `orders` row is the life cycle folded over the order's ledger.
 
-Recomputed from the whole ledger of the order on every append (`lifecycle.project` is pure), so
-late and out-of-order events land where they belong. New anomalies and excursions raise alerts.
+`lifecycle.project` is pure, so the row can always be recomputed from the whole ledger and late
+or out-of-order events land where they belong; in the common case (new events after everything
+folded) they are folded onto the stored projection. Rows are written with Core statements, one
+UPDATE for a whole batch. New anomalies and excursions raise alerts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.util import identity_key
 
 from cgthub import alerts, changes, ledger
 from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
 from cgthub.tables import Order, utcnow
 
+_CHUNK = 400
+
+
+@dataclass
+class OrderHead:
+    """What the ledger and the projection need of an order row, read once per batch with its lock."""
+
+    id: str
+    ledger_length: int = 0
+    ledger_head: str = ""
+    projected_length: int = 0
+    projection: dict[str, Any] = field(default_factory=dict)
+    is_new: bool = False
+
+
+_HEAD_COLUMNS = ("id", "ledger_length", "ledger_head", "projected_length", "projection")
+
+
+def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHead]:
+    """Read and lock (SELECT ... FOR UPDATE on PostgreSQL) the heads of these orders."""
+    wanted = sorted(set(order_ids))
+    table = Order.__table__
+    heads: dict[str, OrderHead] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        query = (
+            select(*(table.c[name] for name in _HEAD_COLUMNS))
+            .where(table.c.id.in_(wanted[start : start + _CHUNK]))
+            .with_for_update()
+        )
+        for row in session.execute(query):
+            heads[row.id] = OrderHead(row.id, row.ledger_length, row.ledger_head, row.projected_length, row.projection)
+    return heads
+
 
 def refresh(session: Session, order_id: str, *, new_events: list[CanonicalEvent] | None = None) -> OrderProjection:
-    """Bring the order row up to date with its ledger.
-
-    `new_events` are the entries just appended: when they all happened after everything already
-    folded, they are folded onto the stored projection instead of re-reading the whole ledger.
-    """
-    order = session.get(Order, order_id)
-    if order is None:
+    """Bring one order row up to date with its ledger (see `refresh_many`)."""
+    heads = lock_heads(session, [order_id])
+    if order_id not in heads:
         raise LookupError(f"order {order_id} does not exist")
-    return refresh_order(session, order, new_events=new_events)
+    return refresh_many(session, heads, {order_id: new_events or []})[order_id]
 
 
-def refresh_order(session: Session, order: Order, *, new_events: list[CanonicalEvent] | None = None) -> OrderProjection:
-    """`refresh` for an order row the caller already holds (the ledger's batch writer)."""
-    before = order.projection
-    state = None
-    if new_events and order.projected_length + len(new_events) == order.ledger_length:
-        if order.projected_length == 0:
-            state = project(order.id, new_events)  # a new order: these are all its events
-        else:
-            stored = load(order)
-            if can_advance(stored, new_events):
-                state = fold_onto(stored, new_events)
-    if state is None:
-        state = project(order.id, ledger.events(session, order.id))
-    order.projected_length = order.ledger_length
-    order.status = state.status.value
-    order.on_hold = state.on_hold
-    order.status_since = state.status_since
-    order.therapy, order.market, order.site, order.cmo = state.therapy, state.market, state.site, state.cmo
-    order.coi_id = state.coi_id
-    order.last_event_at = state.last_event_at
-    order.projection = state.model_dump(mode="json")
-    changes.record(session, order, before, order.projection)
-    order.updated_at = utcnow()
-    if state.anomalies or state.excursions:
-        _raise_alerts(session, state)
-    return state
+def refresh_many(
+    session: Session, heads: dict[str, OrderHead], new_events: dict[str, list[CanonicalEvent]]
+) -> dict[str, OrderProjection]:
+    """Fold each order's new ledger entries into its row, with one UPDATE and one INSERT for all.
+
+    `new_events` are the entries just appended (their chain is already in `heads`): when they all
+    happened after everything folded so far, they are folded onto the stored projection instead of
+    re-reading the whole ledger; a new order is projected from them alone.
+    """
+    session.flush()
+    now = utcnow()
+    updates: list[dict[str, Any]] = []
+    change_rows: list[dict[str, Any]] = []
+    states: dict[str, OrderProjection] = {}
+    for order_id, events in new_events.items():
+        head = heads[order_id]
+        state = _fold_new(session, head, events)
+        after = state.model_dump(mode="json")
+        row = {
+            "oid": order_id,
+            "status": state.status.value,
+            "on_hold": state.on_hold,
+            "status_since": state.status_since,
+            "therapy": state.therapy,
+            "market": state.market,
+            "site": state.site,
+            "cmo": state.cmo,
+            "coi_id": state.coi_id,
+            "last_event_at": state.last_event_at,
+            "projection": after,
+            "updated_at": now,
+            "ledger_length": head.ledger_length,
+            "ledger_head": head.ledger_head,
+            "projected_length": head.ledger_length,
+        }
+        updates.append(row)
+        change = changes.change_row(order_id, head.projection, after, row)
+        if change is not None:
+            change_rows.append(change)
+        head.projection, head.projected_length = after, head.ledger_length
+        if state.anomalies or state.excursions:
+            _raise_alerts(session, state)
+        states[order_id] = state
+    if updates:
+        table = Order.__table__
+        values = {name: bindparam(f"p_{name}") for name in updates[0] if name != "oid"}
+        session.execute(
+            update(table).where(table.c.id == bindparam("oid")).values(values),
+            [{"oid": r["oid"], **{f"p_{k}": v for k, v in r.items() if k != "oid"}} for r in updates],
+        )
+        _expire_loaded(session, states)
+    if change_rows:
+        session.execute(insert(changes.OrderChange.__table__), change_rows)
+    return states
+
+
+def _fold_new(session: Session, head: OrderHead, events: list[CanonicalEvent]) -> OrderProjection:
+    if events and head.projected_length + len(events) == head.ledger_length:
+        if head.projected_length == 0:
+            return project(head.id, events)  # a new order: these are all its events
+        stored = OrderProjection.model_validate(head.projection)
+        if can_advance(stored, events):
+            return fold_onto(stored, events)
+    return project(head.id, ledger.events(session, head.id))
+
+
+def _expire_loaded(session: Session, order_ids: Iterable[str]) -> None:
+    """Order objects this session loaded before are stale after a Core UPDATE: reload on next use."""
+    for order_id in order_ids:
+        loaded = session.identity_map.get(identity_key(Order, order_id))
+        if loaded is not None:
+            session.expire(loaded)
 
 
 def load(order: Order) -> OrderProjection:
