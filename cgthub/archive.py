@@ -15,15 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import bindparam, insert, select, tuple_, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub.settings import get_settings
+from cgthub.store import pair_filters
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12
-_CHUNK = 400
 
 
 @dataclass(frozen=True)
@@ -121,12 +121,11 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
     digests = [checksum(item.payload) for item in items]
     keys = [(item.system, item.dedupe_key or digest) for item, digest in zip(items, digests, strict=True)]
     existing: dict[tuple[str, str], Archived] = {}
-    unique = list(set(keys))
-    for start in range(0, len(unique), _CHUNK):
+    for where in pair_filters(RawMessage.system, RawMessage.dedupe_key, keys):
         rows = session.execute(
             select(
                 RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum, RawMessage.status
-            ).where(tuple_(RawMessage.system, RawMessage.dedupe_key).in_(unique[start : start + _CHUNK]))
+            ).where(where)
         )
         for system, key, raw_id, digest, status in rows:
             existing[(system, key)] = Archived(raw_id, digest, True, status)
@@ -197,11 +196,9 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
 
 def _ids(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
     found: dict[tuple[str, str], tuple[int, str]] = {}
-    for start in range(0, len(keys), _CHUNK):
+    for where in pair_filters(RawMessage.system, RawMessage.dedupe_key, keys):
         rows = session.execute(
-            select(RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum).where(
-                tuple_(RawMessage.system, RawMessage.dedupe_key).in_(keys[start : start + _CHUNK])
-            )
+            select(RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum).where(where)
         )
         for system, key, raw_id, digest in rows:
             found[(system, key)] = (raw_id, digest)

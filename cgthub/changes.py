@@ -105,6 +105,30 @@ def read_rows(
     return list(session.execute(query))
 
 
+def scan(
+    session: Session, after: FeedPosition, limit: int, *, where: Sequence[ColumnElement[bool]] = ()
+) -> tuple[list[Any], FeedPosition]:
+    """Up to `limit` rows after `after` (as `read_rows`), and the position the feed was scanned to.
+
+    When `where` filters rows out, the scanned position moves past them, so a narrow reader (a
+    site's key, a subscription to one status) does not rescan the same foreign rows on every call.
+    Both statements share one horizon, so nothing below the scanned position can still appear.
+    """
+    columns = OrderChange.__table__.c
+    final = [columns.tx < _pg_horizon(session)] if session.get_bind().dialect.name == "postgresql" else []
+    query = select(columns).where(_after(after), *where, *final).order_by(columns.tx, columns.id).limit(limit)
+    rows = list(session.execute(query))
+    if len(rows) == limit:
+        return rows, position(rows[-1])
+    last = session.execute(
+        select(columns.tx, columns.id)
+        .where(_after(after), *final)
+        .order_by(columns.tx.desc(), columns.id.desc())
+        .limit(1)
+    ).first()
+    return rows, position(last) if last is not None else after
+
+
 def position(change: Any) -> FeedPosition:
     return FeedPosition(int(change.tx or 0), int(change.id))
 
@@ -118,4 +142,4 @@ def _pg_horizon(session: Session) -> int:
     return int(session.execute(text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")).scalar_one())
 
 
-__all__ = ["FeedPosition", "OrderChange", "change_row", "position", "read", "read_rows"]
+__all__ = ["FeedPosition", "OrderChange", "change_row", "position", "read", "read_rows", "scan"]

@@ -13,15 +13,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, tuple_
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub.model import CanonicalEvent
+from cgthub.store import pair_filters
 from cgthub.tables import Order, OrderKey
 
 # Kinds of which an order holds exactly one value.
 SINGLE_VALUED = frozenset({"coi_id"})
-_CHUNK = 400
 
 Key = tuple[str, str]
 
@@ -36,18 +36,14 @@ class KeyIndex:
 
     def preload(self, keys: Iterable[Key]) -> None:
         wanted = [k for k in set(keys) if k not in self._owner]
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            rows = self.session.execute(
-                select(OrderKey.kind, OrderKey.value, OrderKey.order_id).where(
-                    tuple_(OrderKey.kind, OrderKey.value).in_(chunk)
-                )
-            )
-            for kind, value, order_id in rows:
+        for where in pair_filters(OrderKey.kind, OrderKey.value, wanted):
+            for kind, value, order_id in self.session.execute(
+                select(OrderKey.kind, OrderKey.value, OrderKey.order_id).where(where)
+            ):
                 self._owner[(kind, value)] = order_id
                 self._orders[order_id] = True
-            for key in chunk:
-                self._owner.setdefault(key, None)
+        for key in wanted:
+            self._owner.setdefault(key, None)
 
     def owners(self, keys: list[Key]) -> dict[Key, str]:
         self.preload(keys)

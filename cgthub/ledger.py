@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import insert, select, tuple_
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -24,6 +24,7 @@ from cgthub import alerts, projection, quarantine
 from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
+from cgthub.store import pair_filters
 from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -129,8 +130,8 @@ class _BatchWriter:
         return results
 
     def _preload(self, events: Sequence[CanonicalEvent]) -> None:
-        keys = list({e.key for e in events})
-        for start in range(0, len(keys), _CHUNK):
+        keys = [e.key for e in events]
+        for where in pair_filters(LedgerEntry.source_system, LedgerEntry.source_event_id, keys):
             rows = self.session.execute(
                 select(
                     LedgerEntry.source_system,
@@ -138,9 +139,7 @@ class _BatchWriter:
                     LedgerEntry.order_id,
                     LedgerEntry.id,
                     LedgerEntry.seq,
-                ).where(
-                    tuple_(LedgerEntry.source_system, LedgerEntry.source_event_id).in_(keys[start : start + _CHUNK])
-                )
+                ).where(where)
             )
             for system, event_id, order_id, entry_id, seq in rows:
                 self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)

@@ -8,11 +8,12 @@ UPDATE for a whole batch. New anomalies and excursions raise alerts.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -34,9 +35,51 @@ class OrderHead:
     projected_length: int = 0
     projection: dict[str, Any] = field(default_factory=dict)
     is_new: bool = False
+    state: OrderProjection | None = None  # the stored projection, parsed, when this process has it
 
 
-_HEAD_COLUMNS = ("id", "ledger_length", "ledger_head", "projected_length", "projection")
+class _RecentProjections:
+    """Projections this process committed last, so a busy order's next batch skips parsing its row.
+
+    An entry is keyed by order id and valid only for the chain head it was folded to. Entries enter
+    when the writing transaction commits (never before: a rollback must not leave them behind) and
+    are taken out when used, so the state folded onward in place belongs to that transaction alone.
+    """
+
+    def __init__(self, size: int = 20_000) -> None:
+        self.size = size
+        self._items: OrderedDict[str, tuple[str, OrderProjection, dict[str, Any]]] = OrderedDict()
+
+    def take(self, order_id: str, ledger_head: str) -> tuple[OrderProjection, dict[str, Any]] | None:
+        item = self._items.pop(order_id, None)
+        if item is None or item[0] != ledger_head:
+            return None
+        return item[1], item[2]
+
+    def stage(self, session: Session, head: str, state: OrderProjection, dumped: dict[str, Any]) -> None:
+        session.info.setdefault(_STAGED, {})[state.order_id] = (head, state, dumped)
+
+    def commit(self, session: Session) -> None:
+        for order_id, item in session.info.pop(_STAGED, {}).items():
+            self._items[order_id] = item
+            self._items.move_to_end(order_id)
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+
+_STAGED = "cgthub.projections"
+_recent = _RecentProjections()
+
+
+@event.listens_for(Session, "after_commit")
+def _after_commit(session: Session) -> None:
+    if _STAGED in session.info:
+        _recent.commit(session)
+
+
+@event.listens_for(Session, "after_soft_rollback")
+def _after_rollback(session: Session, _previous: Any) -> None:
+    session.info.pop(_STAGED, None)
 
 
 def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHead]:
@@ -44,14 +87,25 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHea
     wanted = sorted(set(order_ids))
     table = Order.__table__
     heads: dict[str, OrderHead] = {}
+    missing: list[str] = []
     for start in range(0, len(wanted), _CHUNK):
         query = (
-            select(*(table.c[name] for name in _HEAD_COLUMNS))
+            select(table.c.id, table.c.ledger_length, table.c.ledger_head, table.c.projected_length)
             .where(table.c.id.in_(wanted[start : start + _CHUNK]))
             .with_for_update()
         )
         for row in session.execute(query):
-            heads[row.id] = OrderHead(row.id, row.ledger_length, row.ledger_head, row.projected_length, row.projection)
+            head = OrderHead(row.id, row.ledger_length, row.ledger_head, row.projected_length)
+            cached = _recent.take(row.id, row.ledger_head) if row.projected_length == row.ledger_length else None
+            if cached is None:
+                missing.append(row.id)
+            else:
+                head.state, head.projection = cached
+            heads[row.id] = head
+    for start in range(0, len(missing), _CHUNK):
+        query = select(table.c.id, table.c.projection).where(table.c.id.in_(missing[start : start + _CHUNK]))
+        for order_id, stored in session.execute(query):
+            heads[order_id].projection = stored
     return heads
 
 
@@ -102,7 +156,8 @@ def refresh_many(
         change = changes.change_row(order_id, head.projection, after, row)
         if change is not None:
             change_rows.append(change)
-        head.projection, head.projected_length = after, head.ledger_length
+        head.projection, head.projected_length, head.state = after, head.ledger_length, None
+        _recent.stage(session, head.ledger_head, state, after)
         if state.anomalies or state.excursions:
             _raise_alerts(session, state)
         states[order_id] = state
@@ -123,7 +178,7 @@ def _fold_new(session: Session, head: OrderHead, events: list[CanonicalEvent]) -
     if events and head.projected_length + len(events) == head.ledger_length:
         if head.projected_length == 0:
             return project(head.id, events)  # a new order: these are all its events
-        stored = OrderProjection.model_validate(head.projection)
+        stored = head.state or OrderProjection.model_validate(head.projection)
         if can_advance(stored, events):
             return fold_onto(stored, events)
     return project(head.id, ledger.events(session, head.id))
