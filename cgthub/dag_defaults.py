@@ -1,0 +1,51 @@
+"""What every cgthub DAG shares: retry policy, failure notifier, sync deadlines and the Assets.
+
+Imported by DAG files at parse time, so it stays light: Airflow's SDK and constants only. The
+hub's core is imported inside tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference
+
+from cgthub.notifier import HubAlertNotifier, sync_deadline_missed
+
+START = datetime(2026, 1, 1)
+
+# New canonical events landed in the ledger (any partner): reconciliation and monitoring follow.
+LEDGER_EVENTS = Asset("cgthub://ledger/events")
+# The MLLP listener archived HL7 messages that wait to be applied.
+HL7_INBOX = Asset("cgthub://hl7/inbox")
+
+
+def partner_asset(partner: str) -> Asset:
+    """New canonical events from one partner."""
+    return Asset(f"cgthub://ledger/events/{partner}")
+
+
+def default_args(**overrides: Any) -> dict[str, Any]:
+    """Retries with exponential backoff (partners have outages), and a page when a task finally fails."""
+    args: dict[str, Any] = {
+        "owner": "cgthub",
+        "retries": 4,
+        "retry_delay": timedelta(seconds=20),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=10),
+        "on_failure_callback": HubAlertNotifier(
+            message="cgthub task {{ ti.dag_id }}.{{ ti.task_id }} failed after retries (run {{ run_id }})"
+        ),
+    }
+    args.update(overrides)
+    return args
+
+
+def sync_deadline(label: str, within: timedelta) -> DeadlineAlert:
+    """Airflow 3 Deadline Alert (successor of SLAs): a sync run still going `within` after it was queued."""
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=within,
+        callback=AsyncCallback(sync_deadline_missed, kwargs={"dag_label": label}),
+    )

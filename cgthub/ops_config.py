@@ -1,0 +1,76 @@
+"""Thresholds for deadline monitoring and reconciliation, and where alerts go: config/ops.yaml.
+
+Validated with pydantic so a typo in the file fails loudly at load, not silently at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from cgthub.lifecycle import OrderStatus
+from cgthub.settings import PROJECT_ROOT
+
+DEFAULT_PATH = PROJECT_ROOT / "config" / "ops.yaml"
+SeverityName = Literal["info", "warning", "critical"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class MilestoneRule(_Strict):
+    """Once an order reaches `after`, `expect` must follow within `within_hours` (of `from`)."""
+
+    after: OrderStatus
+    expect: OrderStatus
+    within_hours: float = Field(gt=0)
+    start: Literal["status_since", "scheduled_apheresis", "scheduled_infusion"] = Field(
+        default="status_since", alias="from"
+    )
+    severity: SeverityName = "warning"
+
+
+class Deadlines(_Strict):
+    milestones: tuple[MilestoneRule, ...]
+    remaining_days: dict[OrderStatus, float]
+    vein_to_vein_target_days: dict[str, float]
+
+    def target_days(self, market: str | None) -> float:
+        return self.vein_to_vein_target_days.get(market or "", self.vein_to_vein_target_days["default"])
+
+
+class Reconciliation(_Strict):
+    status_lag_hours: float = 24
+    stuck_after_days: float = 7
+    orphan_shipment_after_hours: float = 6
+
+
+class Notify(_Strict):
+    webhook_url: str | None = None
+    timeout_seconds: float = 5
+    min_severity: SeverityName = "warning"
+
+    def effective_webhook(self) -> str | None:
+        return os.environ.get("CGTHUB_ALERT_WEBHOOK_URL") or self.webhook_url
+
+
+class OpsConfig(_Strict):
+    deadlines: Deadlines
+    reconciliation: Reconciliation = Reconciliation()
+    notify: Notify = Notify()
+
+
+def load(path: Path | None = None) -> OpsConfig:
+    path = path or Path(os.environ.get("CGTHUB_OPS_CONFIG", DEFAULT_PATH))
+    return OpsConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+@lru_cache(maxsize=1)
+def get() -> OpsConfig:
+    return load()

@@ -1,0 +1,141 @@
+"""Outbound: which partner hears about which order change, and delivering what the outbox holds.
+
+`route` reads the change feed from its cursor and enqueues one outbox message per interested
+partner (in the same transaction that moves the cursor, so a change is routed exactly once).
+`drain(kind)` delivers one partner's due messages through its connector's push function, or, when
+that connector is not installed, as JSON files in `var/outbound/<kind>/` (the file exchange many
+CMOs and hospitals use); failures go back to the outbox with backoff (cgthub.outbox).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cgthub import changes, outbox
+from cgthub.lifecycle import OrderStatus
+from cgthub.ops_tables import FeedCursor
+from cgthub.settings import var_dir
+from cgthub.store import session_scope
+from cgthub.tables import Order, utcnow
+
+log = logging.getLogger(__name__)
+S = OrderStatus
+CURSOR = "outbound-router"
+
+# Which statuses each partner is told about. The CRM shows liaisons everything.
+INTERESTS: dict[str, frozenset[OrderStatus] | None] = {
+    "crm": None,
+    "hl7": frozenset(
+        {S.RECEIVED_AT_CMO, S.MANUFACTURING, S.RELEASED, S.IN_TRANSIT_TO_SITE, S.ON_HOLD, S.CANCELLED, S.TERMINATED}
+    ),
+    "erp": frozenset({S.RELEASED, S.IN_TRANSIT_TO_SITE, S.RECEIVED_AT_SITE, S.INFUSED, S.CANCELLED, S.TERMINATED}),
+    "cmo": frozenset({S.COLLECTED, S.IN_TRANSIT_TO_CMO, S.ON_HOLD, S.CANCELLED}),
+}
+PARTNERS = tuple(INTERESTS)
+CONNECTOR_PUSH: dict[str, tuple[str, str]] = {
+    "crm": ("connectors.crm.sync", "push"),
+    "erp": ("connectors.erp.sync", "push"),
+    "hl7": ("cgthub.hl7.outbound", "push"),
+    "cmo": ("connectors.cmo.sync", "push"),
+}
+
+
+def interested(partner: str, status: str, changed: list[str]) -> bool:
+    wanted = INTERESTS[partner]
+    if wanted is None:
+        return True
+    return ("status" in changed or "on_hold" in changed) and OrderStatus(status) in wanted
+
+
+def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
+    """Enqueue the partner messages for every change after the router's cursor; move the cursor."""
+    cursor = session.get(FeedCursor, CURSOR, with_for_update=True)
+    if cursor is None:
+        cursor = FeedCursor(name=CURSOR, tx=0, change_id=0, updated_at=utcnow())
+        session.add(cursor)
+    rows = changes.read(session, changes.FeedPosition(cursor.tx, cursor.change_id), limit)
+    refs = _refs(session, {row.order_id for row in rows})
+    counts = dict.fromkeys(PARTNERS, 0)
+    for row in rows:
+        for partner in PARTNERS:
+            if not interested(partner, row.status, list(row.changed)):
+                continue
+            payload = {
+                "order_id": row.order_id,
+                "status": row.status,
+                "previous_status": row.previous_status,
+                "on_hold": row.on_hold,
+                "status_since": row.status_since.isoformat() if row.status_since else None,
+                "refs": refs.get(row.order_id, {}),
+                "market": row.market,
+                "site": row.site,
+                "change_id": row.id,
+            }
+            key = f"{partner}:{row.order_id}:{row.id}"
+            outbox.enqueue(session, outbox.Destination(partner, partner), key, {**payload, "idempotency_key": key})
+            counts[partner] += 1
+    if rows:
+        cursor.tx, cursor.change_id, cursor.updated_at = rows[-1].tx, rows[-1].id, utcnow()
+    return counts
+
+
+def _refs(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for order_id, projection in session.execute(select(Order.id, Order.projection).where(Order.id.in_(order_ids))):
+        out[order_id] = dict(projection.get("refs") or {})
+    return out
+
+
+def deliverer(partner: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
+    """How messages reach `partner`: its connector's push, or the file exchange when none is installed."""
+    module_name, attr = CONNECTOR_PUSH[partner]
+    try:
+        push = getattr(importlib.import_module(module_name), attr, None)
+    except ModuleNotFoundError as missing:
+        if not (missing.name and module_name.startswith(missing.name)):
+            raise
+        push = None
+    if push is not None:
+        return module_name, push
+    folder = var_dir() / "outbound" / partner
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def write_file(payload: dict[str, Any]) -> None:
+        name = payload["idempotency_key"].replace(":", "_") + ".json"
+        (folder / name).write_text(json.dumps(payload, sort_keys=True, indent=1))
+
+    return f"files in {folder}", write_file
+
+
+def drain(partner: str, *, database_url: str | None = None, limit: int = 200) -> dict[str, Any]:
+    """Deliver one partner's due outbox messages; one failure never stops the others."""
+    via, push = deliverer(partner)
+    with session_scope(database_url) as session:
+        claimed = outbox.claim(session, partner, limit)
+        session.expunge_all()
+    delivered, failed = 0, 0
+    errors: list[str] = []
+    for message in claimed:
+        try:
+            push(dict(message.payload))
+        except Exception as error:  # a partner's failure, whatever its type, is retried by the outbox
+            with session_scope(database_url) as session:
+                outbox.mark_failed(session, message, f"{type(error).__name__}: {error}")
+            failed += 1
+            errors.append(f"#{message.id}: {type(error).__name__}")
+            continue
+        with session_scope(database_url) as session:
+            outbox.mark_delivered(session, message)
+        delivered += 1
+    summary = {"partner": partner, "via": via, "claimed": len(claimed), "delivered": delivered, "failed": failed}
+    if errors:
+        summary["errors"] = errors[:20]
+    log.info("outbound %s: %s", partner, summary)
+    return summary

@@ -1,0 +1,47 @@
+"""
+Deadline monitoring: milestones overdue, temperature excursions, vein-to-vein time at risk.
+
+Every 15 minutes and after new events landed. Checks every open order against the thresholds in
+config/ops.yaml (e.g. material collected but not received at the CMO within the shipper's hold
+time), opens an alert per breach, closes those that cleared, and sends every new alert to
+operators through the hub's Airflow notifier (log + webhook).
+"""
+
+from __future__ import annotations
+
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
+
+from cgthub.dag_defaults import LEDGER_EVENTS, START, default_args
+from cgthub.notifier import HubAlertNotifier
+
+
+@dag(
+    dag_id="cgthub_monitoring",
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("*/15 * * * *", timezone="UTC"), assets=LEDGER_EVENTS),
+    start_date=START,
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    tags=["cgthub", "monitoring"],
+    doc_md=__doc__,
+)
+def cgthub_monitoring():
+    @task
+    def check_deadlines(**context) -> dict:
+        from cgthub import deadlines, ops_config
+        from cgthub.partner_views import run_clock
+        from cgthub.store import session_scope
+
+        with session_scope() as session:
+            result = deadlines.run(session, run_clock(context), ops_config.get())
+        return {"checked": result.orders_checked, "opened": result.opened, "closed": result.closed}
+
+    @task
+    def notify(result: dict, **context) -> dict:
+        HubAlertNotifier().notify(context)
+        return result
+
+    notify(check_deadlines())
+
+
+cgthub_monitoring()
