@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, ColumnElement, Index, String, and_, or_, select, text
+from sqlalchemy import BigInteger, Boolean, ColumnElement, Index, String, and_, select, text, tuple_
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.schema import FetchedValue
 
@@ -88,7 +88,9 @@ def read(
     where: Sequence[ColumnElement[bool]] = (),
 ) -> list[OrderChange]:
     """Up to `limit` changes after `after`, in feed order; `where` narrows them (data scope, filters)."""
-    query = select(OrderChange).where(_after(after), *where).order_by(OrderChange.tx, OrderChange.id).limit(limit)
+    query = (
+        select(OrderChange).where(_after(session, after), *where).order_by(OrderChange.tx, OrderChange.id).limit(limit)
+    )
     if session.get_bind().dialect.name == "postgresql":
         query = query.where(OrderChange.tx < _pg_horizon(session))
     return list(session.scalars(query))
@@ -99,31 +101,42 @@ def read_rows(
 ) -> list[Any]:
     """Like `read` but as plain rows (no ORM identity map): the fast path for the HTTP feed."""
     columns = OrderChange.__table__.c
-    query = select(columns).where(_after(after), *where).order_by(columns.tx, columns.id).limit(limit)
+    query = select(columns).where(_after(session, after), *where).order_by(columns.tx, columns.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         query = query.where(columns.tx < _pg_horizon(session))
     return list(session.execute(query))
 
 
 def scan(
-    session: Session, after: FeedPosition, limit: int, *, where: Sequence[ColumnElement[bool]] = ()
+    session: Session,
+    after: FeedPosition,
+    limit: int,
+    *,
+    where: Sequence[ColumnElement[bool]] = (),
+    columns: Sequence[Any] = (),
 ) -> tuple[list[Any], FeedPosition]:
     """Up to `limit` rows after `after` (as `read_rows`), and the position the feed was scanned to.
 
     When `where` filters rows out, the scanned position moves past them, so a narrow reader (a
     site's key, a subscription to one status) does not rescan the same foreign rows on every call.
     Both statements share one horizon, so nothing below the scanned position can still appear.
+    `columns` picks what to select (tx and id must be among them); default: every column.
     """
-    columns = OrderChange.__table__.c
-    final = [columns.tx < _pg_horizon(session)] if session.get_bind().dialect.name == "postgresql" else []
-    query = select(columns).where(_after(after), *where, *final).order_by(columns.tx, columns.id).limit(limit)
+    table = OrderChange.__table__.c
+    final = [table.tx < _pg_horizon(session)] if session.get_bind().dialect.name == "postgresql" else []
+    query = (
+        select(*(columns or table))
+        .where(_after(session, after), *where, *final)
+        .order_by(table.tx, table.id)
+        .limit(limit)
+    )
     rows = list(session.execute(query))
     if len(rows) == limit:
         return rows, position(rows[-1])
     last = session.execute(
-        select(columns.tx, columns.id)
-        .where(_after(after), *final)
-        .order_by(columns.tx.desc(), columns.id.desc())
+        select(table.tx, table.id)
+        .where(_after(session, after), *final)
+        .order_by(table.tx.desc(), table.id.desc())
         .limit(1)
     ).first()
     return rows, position(last) if last is not None else after
@@ -133,8 +146,11 @@ def position(change: Any) -> FeedPosition:
     return FeedPosition(int(change.tx or 0), int(change.id))
 
 
-def _after(pos: FeedPosition) -> ColumnElement[bool]:
-    return or_(OrderChange.tx > pos.tx, and_(OrderChange.tx == pos.tx, OrderChange.id > pos.id))
+def _after(session: Session, pos: FeedPosition) -> ColumnElement[bool]:
+    """Rows past `pos`, as an index range on (tx, id): an OR of the two cases would scan from the start."""
+    if session.get_bind().dialect.name == "postgresql":
+        return tuple_(OrderChange.tx, OrderChange.id) > tuple_(pos.tx, pos.id)
+    return and_(OrderChange.tx == pos.tx, OrderChange.id > pos.id)  # SQLite: tx is always 0
 
 
 def _pg_horizon(session: Session) -> int:

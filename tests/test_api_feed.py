@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from cgthub import ledger, outbox
 from cgthub.api import webhooks
+from cgthub.api.tables import WebhookSubscription
+from cgthub.changes import OrderChange
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 from tests import api_server
@@ -57,6 +59,15 @@ def test_feed_is_ordered_complete_and_resumable(api):
     middle = events[4]["cursor"]
     rest, _ = _walk(client, middle, limit=2)
     assert rest == events[5:] + fresh
+
+
+def test_a_narrow_reader_moves_past_what_it_cannot_see(api):
+    api_server.build_orders(api.database_url, [happy_path(1)[:3]])
+    narrow = api.client(api.key("status:read", sites=["DE-SITE-9"]))
+    page = narrow.get("/events").json()
+    everything = api.client(api.key("status:read")).get("/events").json()
+    assert page["events"] == [] and len(everything["events"]) == 3
+    assert page["next_cursor"] == everything["next_cursor"]  # no rescanning of other sites' changes
 
 
 def test_a_late_commit_is_never_skipped(api, db_url):
@@ -130,6 +141,10 @@ def test_webhooks_are_signed_filtered_and_scoped(api, receiver):
         assert not webhooks.verify_signature("wrong secret", body, headers["x-cgthub-signature"])
         assert headers["x-cgthub-delivery"] == json.loads(body)["id"]
     assert webhooks.pump(api.database_url).delivered == 0  # nothing twice
+    with session_scope(api.database_url) as session:  # the cursor moved past the changes filtered out
+        row = session.get(WebhookSubscription, sub["id"])
+        last = session.scalars(select(OrderChange).order_by(OrderChange.tx.desc(), OrderChange.id.desc())).first()
+        assert (row.cursor_tx, row.cursor_id) == (last.tx, last.id)
     listed = client.get("/subscriptions").json()
     assert listed[0]["delivery"] == {"delivered": 2}
 

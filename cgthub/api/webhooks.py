@@ -119,16 +119,14 @@ def fan_out(session: Session, *, batch: int = 500) -> int:
         where = principal.data_filter(OrderChange.site, OrderChange.cmo, OrderChange.market)
         if sub.statuses:
             where.append(OrderChange.status.in_(sub.statuses))
-        found = changes.read(session, FeedPosition(sub.cursor_tx, sub.cursor_id), batch, where=where)
+        found, scanned = changes.scan(session, FeedPosition(sub.cursor_tx, sub.cursor_id), batch, where=where)
         for change in found:
             cursor = encode_feed_cursor(changes.position(change))
             delivery_id = f"{sub.id}:{change.id}"
             payload = {"id": delivery_id, "type": "order.changed", **change_payload(change, cursor)}
             outbox.enqueue(session, outbox.Destination(KIND, sub.id), delivery_id, payload)
             enqueued += 1
-        if found:
-            last = changes.position(found[-1])
-            sub.cursor_tx, sub.cursor_id = last.tx, last.id
+        sub.cursor_tx, sub.cursor_id = scanned.tx, scanned.id
     session.flush()
     return enqueued
 
