@@ -55,7 +55,7 @@ def build_orders(database_url: str, events_by_order: list[list[Any]]) -> list[st
 
 @pytest.fixture
 def api(db_url: str) -> Iterator[ApiServer]:
-    app = create_app(db_url, audit_interval=0.05)
+    app = create_app(db_url, audit_interval=0.05, key_cache_seconds=0.3)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, name="test-api", daemon=True)

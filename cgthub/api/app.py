@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cgthub.api import errors, feed, orders, subscriptions
 from cgthub.api.audit import Access, AuditWriter
+from cgthub.api.auth import PrincipalCache
 from cgthub.api.deps import reject_unknown_parameters
 from cgthub.api.schemas import Health
 from cgthub.store import database_url as configured_url
@@ -68,7 +69,11 @@ class AuditMiddleware:
             )
 
 
-def create_app(database_url: str | None = None, *, audit_interval: float = 0.2) -> FastAPI:
+def create_app(
+    database_url: str | None = None, *, audit_interval: float = 0.2, key_cache_seconds: float = 2.0
+) -> FastAPI:
+    """The API on `database_url` (default: CGTHUB_DATABASE_URL). A revoked key stops working within
+    `key_cache_seconds`; access-log rows are written at most `audit_interval` seconds late."""
     url = configured_url(database_url)
     app = FastAPI(
         title="cgthub order transparency API",
@@ -79,6 +84,7 @@ def create_app(database_url: str | None = None, *, audit_interval: float = 0.2) 
     )
     app.state.database_url = url
     app.state.audit = AuditWriter(url, interval=audit_interval)
+    app.state.keys = PrincipalCache(key_cache_seconds)
     errors.install(app)
 
     @app.get("/health", response_model=Health, tags=["meta"])

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -167,3 +169,35 @@ def revoke(session: Session, key_id: str) -> bool:
 
 def list_keys(session: Session) -> list[ApiKey]:
     return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+
+
+class PrincipalCache:
+    """Valid keys remembered for `ttl` seconds, so a request costs no key lookup.
+
+    The price is that a revoked key keeps working for up to `ttl` seconds in a running server.
+    Unknown or invalid tokens are never cached (a flood of random tokens cannot fill memory).
+    """
+
+    def __init__(self, ttl: float, max_entries: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[float, Principal]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str, lookup: Callable[[str], Principal | None]) -> Principal | None:
+        if self.ttl <= 0:
+            return lookup(token)
+        digest = hash_secret(token)
+        now = time.monotonic()
+        hit = self._entries.get(digest)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        principal = lookup(token)
+        if principal is not None:
+            with self._lock:
+                if len(self._entries) >= self.max_entries:
+                    self._entries = {k: v for k, v in self._entries.items() if v[0] > now}
+                    if len(self._entries) >= self.max_entries:
+                        self._entries.clear()
+                self._entries[digest] = (now + self.ttl, principal)
+        return principal

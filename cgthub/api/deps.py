@@ -31,7 +31,7 @@ def write_session(request: Request) -> Iterator[Session]:
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> Principal:
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "unauthenticated", "send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
-    principal = authenticate(session, credentials.credentials)
+    principal = request.app.state.keys.get(credentials.credentials, lambda token: authenticate(session, token))
     if principal is None:
         raise ApiError(401, "unauthenticated", "the API key is not valid or was revoked", headers=_CHALLENGE)
     request.state.key_id = principal.key_id

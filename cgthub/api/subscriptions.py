@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from cgthub import outbox
 from cgthub.api import webhooks
 from cgthub.api.auth import Principal, Scope
-from cgthub.api.deps import authorized, write_session
+from cgthub.api.deps import authorized, read_session, write_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError, not_found
 from cgthub.api.schemas import ReplayResult, Subscription, SubscriptionCreated, SubscriptionRequest
 from cgthub.api.tables import WebhookSubscription
@@ -64,7 +64,7 @@ def create_subscription(
 @router.get("/subscriptions", response_model=list[Subscription])
 def list_subscriptions(
     principal: Principal = Depends(authorized(Scope.STATUS_READ)),
-    session: Session = Depends(write_session),
+    session: Session = Depends(read_session),
 ) -> list[dict[str, Any]]:
     """This key's subscriptions (every subscription for admin keys), with delivery counts."""
     query = select(WebhookSubscription).order_by(WebhookSubscription.created_at, WebhookSubscription.id)

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, changes, outbox
 from cgthub.api.auth import principal_of
+from cgthub.api.cursor import encode_feed_cursor
 from cgthub.api.tables import ApiKey, WebhookSubscription
 from cgthub.changes import FeedPosition, OrderChange
 from cgthub.store import session_scope
@@ -47,7 +48,7 @@ def create(session: Session, *, key_id: str, url: str, statuses: list[str]) -> t
     """A new subscription starting at the current end of the feed; returns it and its secret (shown once)."""
     sub_id = "sub_" + secrets.token_hex(8)
     secret = secrets.token_urlsafe(32)
-    start = _feed_end(session)
+    start = changes.end(session)
     row = WebhookSubscription(
         id=sub_id,
         key_id=key_id,
@@ -62,13 +63,6 @@ def create(session: Session, *, key_id: str, url: str, statuses: list[str]) -> t
     session.add(row)
     session.flush()
     return row, secret
-
-
-def _feed_end(session: Session) -> FeedPosition:
-    last = session.execute(
-        select(OrderChange.tx, OrderChange.id).order_by(OrderChange.tx.desc(), OrderChange.id.desc()).limit(1)
-    ).first()
-    return changes.position(last) if last is not None else FeedPosition()
 
 
 def secret_of(subscription: WebhookSubscription) -> str:
@@ -108,8 +102,6 @@ def change_payload(change: Any, cursor: str) -> dict[str, Any]:
 
 def fan_out(session: Session, *, batch: int = 500) -> int:
     """Enqueue the feed's new changes for every active subscription; returns messages enqueued."""
-    from cgthub.api.cursor import encode_feed_cursor
-
     enqueued = 0
     for sub in session.scalars(select(WebhookSubscription).where(WebhookSubscription.active.is_(True))):
         key = session.get(ApiKey, sub.key_id)
