@@ -142,6 +142,16 @@ def scan(
     return rows, position(last) if last is not None else after
 
 
+def end(session: Session) -> FeedPosition:
+    """The position after the last final change: a reader starting here misses nothing still in flight."""
+    table = OrderChange.__table__.c
+    final = [table.tx < _pg_horizon(session)] if session.get_bind().dialect.name == "postgresql" else []
+    last = session.execute(
+        select(table.tx, table.id).where(*final).order_by(table.tx.desc(), table.id.desc()).limit(1)
+    ).first()
+    return position(last) if last is not None else FeedPosition()
+
+
 def position(change: Any) -> FeedPosition:
     return FeedPosition(int(change.tx or 0), int(change.id))
 
@@ -158,4 +168,4 @@ def _pg_horizon(session: Session) -> int:
     return int(session.execute(text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")).scalar_one())
 
 
-__all__ = ["FeedPosition", "OrderChange", "change_row", "position", "read", "read_rows", "scan"]
+__all__ = ["FeedPosition", "OrderChange", "change_row", "end", "position", "read", "read_rows", "scan"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
@@ -158,6 +157,3 @@ class ReplayResult(_Out):
 
 class Health(_Out):
     status: str
-
-
-Json = dict[str, Any]
