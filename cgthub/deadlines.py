@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub import alerts
-from cgthub.lifecycle import TERMINAL, OrderProjection
+from cgthub.lifecycle import RANK, TERMINAL, OrderProjection
 from cgthub.ops_config import MilestoneRule, OpsConfig
 from cgthub.tables import Alert, Order
 
@@ -76,11 +76,16 @@ def _overdue(order: OrderProjection, rule: MilestoneRule, now: datetime) -> Brea
 
 
 def _vein_to_vein(order: OrderProjection, now: datetime, config: OpsConfig) -> Breach | None:
+    """Projected vein-to-vein: time so far plus what the current step still needs, or at least the next step's."""
     elapsed = order.vein_to_vein_days(now)
-    remaining = config.deadlines.remaining_days.get(order.stage)
-    if elapsed is None or remaining is None:
+    remaining = config.deadlines.remaining_days
+    if elapsed is None or order.stage not in remaining or order.status_since is None:
         return None
-    projected = round(elapsed + remaining, 1)
+    in_status = (now - order.status_since).total_seconds() / 86400
+    later = [days for status, days in remaining.items() if RANK.get(status, 0) > RANK.get(order.stage, 0)]
+    next_step = min(later) if later else 0.0
+    still_needed = max(remaining[order.stage] - in_status, next_step)
+    projected = round(elapsed + still_needed, 1)
     target = config.deadlines.target_days(order.market)
     if projected <= target:
         return None
@@ -149,6 +154,6 @@ def run(session: Session, now: datetime, config: OpsConfig) -> DeadlineRun:
                 result.still_open += 1
     for alert in open_deadline_alerts:
         if alert.dedupe_key not in current:
-            alerts.close(alert)
+            alerts.close(session, alert)
             result.closed.append(alert.id)
     return result

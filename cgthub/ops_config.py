@@ -47,8 +47,12 @@ class Deadlines(_Strict):
 
 class Reconciliation(_Strict):
     status_lag_hours: float = 24
-    stuck_after_days: float = 7
+    stuck_after_days: dict[str, float] = Field(default_factory=lambda: {"default": 7.0})
     orphan_shipment_after_hours: float = 6
+
+    def stuck_after(self, status: OrderStatus) -> float:
+        """Days without any event after which an order in `status` counts as stuck."""
+        return self.stuck_after_days.get(status.value, self.stuck_after_days.get("default", 7.0))
 
 
 class Notify(_Strict):

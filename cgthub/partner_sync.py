@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -62,6 +63,12 @@ class PullSummary:
         return {**asdict(self), "new_events": self.new_events}
 
 
+def connector_enabled(partner: str) -> bool:
+    """CGTHUB_CONNECTORS (comma list) limits which partners are pulled through their connector; unset = all."""
+    chosen = os.environ.get("CGTHUB_CONNECTORS")
+    return chosen is None or partner in {p.strip() for p in chosen.split(",")}
+
+
 def connector_pull(partner: str) -> Callable[..., Any] | None:
     """The connector's pull function, or None when that connector is not installed."""
     module_name, attr = CONNECTOR_PULLS[partner]
@@ -86,10 +93,10 @@ def mapper_for(item: archive.Inbound) -> pipeline.Mapper | None:
     return mapper
 
 
-def pull(partner: str, *, database_url: str | None = None, use_connector: bool = True) -> dict[str, Any]:
+def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
     """One batch from a partner: its connector's pull, then its canonical drop folder."""
     summary = PullSummary(partner=partner)
-    pull_fn = connector_pull(partner) if use_connector else None
+    pull_fn = connector_pull(partner) if connector_enabled(partner) else None
     if pull_fn is not None:
         report = pull_fn()
         summary.via.append(CONNECTOR_PULLS[partner][0])

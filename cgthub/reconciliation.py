@@ -109,8 +109,8 @@ def reconcile(
                     details={"quarantine_id": item.quarantine_id},
                 )
             )
-    stuck_after = timedelta(days=rules.stuck_after_days)
     for order in orders:
+        stuck_after = timedelta(days=rules.stuck_after(order.stage))
         if order.stage in TERMINAL or order.last_event_at is None or now - order.last_event_at < stuck_after:
             continue
         idle = (now - order.last_event_at).days
@@ -146,7 +146,10 @@ def _compare(order: OrderProjection, record: PartnerRecord, now: datetime, lag: 
     theirs, ours = record.status, order.stage
     if theirs is None or theirs is ours:
         return found
-    since = order.status_since
+    # Since when has the partner been behind: when the hub moved past the partner's status.
+    their_rank = RANK.get(theirs, -1)
+    passed = [at for status, at in order.milestones.items() if RANK.get(OrderStatus(status), -1) > their_rank]
+    since = min(passed) if passed else order.status_since
     if (theirs in _CANCELLED_LIKE) != (ours in _CANCELLED_LIKE):
         severity, why = "critical", "only one side says the order is over"
     elif theirs in RANK and ours in RANK and RANK[theirs] > RANK[ours]:
@@ -170,13 +173,25 @@ def _compare(order: OrderProjection, record: PartnerRecord, now: datetime, lag: 
 
 
 def unmatched_shipments(session: Session) -> list[UnmatchedShipment]:
-    """Courier messages waiting in quarantine for their order (stage `correlate`)."""
+    """Courier messages waiting in quarantine for their order (stage `correlate`).
+
+    A shipment has been an orphan since the courier's event happened, or since the hub got it if
+    that was earlier; its subject is the shipment id when the event names one.
+    """
     rows = session.scalars(
         select(QuarantineEntry).where(
             QuarantineEntry.status == "open", QuarantineEntry.stage == "correlate", QuarantineEntry.system == "courier"
         )
     )
-    return [UnmatchedShipment(row.id, row.subject, row.first_seen) for row in rows]
+    found = []
+    for row in rows:
+        event = (row.details or {}).get("event") or {}
+        since = row.first_seen
+        if event.get("occurred_at"):
+            since = min(since, datetime.fromisoformat(event["occurred_at"]))
+        subject = (event.get("shipment") or {}).get("shipment_id") or row.subject
+        found.append(UnmatchedShipment(row.id, subject, since))
+    return found
 
 
 def hub_orders(session: Session) -> list[OrderProjection]:
@@ -225,7 +240,7 @@ def run(session: Session, records: list[PartnerRecord], now: datetime, config: O
     closed: list[int] = []
     for alert in session.scalars(select(Alert).where(Alert.status == "open", Alert.kind.startswith(KIND_PREFIX))):
         if alert.dedupe_key not in current:
-            alerts.close(alert)
+            alerts.close(session, alert)
             closed.append(alert.id)
     result = ReconciliationRun(report_id=0, findings=findings, opened=opened, closed=closed)
     report = ReconciliationReport(

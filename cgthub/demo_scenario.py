@@ -1,0 +1,294 @@
+"""The demo's synthetic world: 25 patients in two markets, as each partner would report them.
+
+Every patient follows the autologous CAR-T life cycle with realistic timings (DOMAIN.md): apheresis
+5 days after enrolment, a day in the dry shipper, ~18 days of manufacturing and QC, a day back,
+infusion ~3 days after receipt. Start dates are spread over the last seven weeks, so at the demo's
+"now" the orders sit at every stage. A few patients carry the exceptions operators must see:
+
+P03 temperature excursion in the shipper to the CMO       P05 OOS, released under exception
+P07 CMO receipt labelled with P01's DIN (COI mismatch)     P11 cancelled (too sick for apheresis)
+P02 the hospital resends its collection message (dup)     P13 collected, stuck in customs: no CMO receipt
+P18 manufacturing far beyond plan: vein-to-vein at risk   P20 scheduled, then silence: stuck
+plus a courier shipment that matches no order, and a CRM extract that lags and contradicts the hub.
+
+Events are produced as canonical JSON per source system (`Emission`), split into waves by time.
+Patient identifiers are synthetic and enter only as pseudonyms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from cgthub.identifiers import mod37_2_check
+from cgthub.lifecycle import OrderStatus
+from cgthub.model import EventType as E
+from cgthub.pseudonym import pseudonymize
+
+PATIENTS = 25
+DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
+SITES = {"US": ["US-BOS-01", "US-HOU-02", "US-SEA-03"], "DE": ["DE-HD-01", "DE-MUC-02"]}
+CMO = {"US": "CMO-NJ", "DE": "CMO-LEI"}
+
+
+@dataclass
+class Emission:
+    """One partner message: which system says it (and over which channel), when, and the event."""
+
+    system: str  # drop folder: crm, erp, courier, cmo, cmo_batch, or hl7 (the MLLP inbox)
+    at: datetime
+    event: dict[str, Any]
+    message_id: str = ""
+
+
+@dataclass
+class Patient:
+    n: int
+    market: str
+    site: str
+    enrolled_at: datetime
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def crm(self) -> str:
+        return f"CRM-{self.n:05d}"
+
+    @property
+    def so(self) -> str:
+        return f"SO-{4500000 + self.n}"
+
+    @property
+    def batch(self) -> str:
+        return f"B{self.market}-{self.n:04d}"
+
+    @property
+    def din(self) -> str:
+        body = f"W1234{26}{self.n:06d}"
+        return body + mod37_2_check(body)
+
+    @property
+    def coi(self) -> str:
+        return f"CHW123426{self.n:06d}"
+
+    @property
+    def lot(self) -> str:
+        return f"LOT-{self.market}-{self.n:04d}"
+
+
+def patients(now: datetime) -> list[Patient]:
+    # Enrolled 44 days ago (P01, infused) down to 8 days ago (P25, at the CMO); a few set on purpose.
+    special = {13: 9.5, 18: 36.0, 20: 12.0}
+    out = []
+    for n in range(1, PATIENTS + 1):
+        market = "US" if n % 2 else "DE"
+        site = SITES[market][(n // 2) % len(SITES[market])]
+        age = special.get(n, 44 - 1.5 * (n - 1))
+        out.append(Patient(n, market, site, now - timedelta(days=age)))
+    return out
+
+
+def _event(p: Patient, system: str, kind: E, at: datetime, eid: str, **fields: Any) -> dict[str, Any]:
+    refs = {"crm_order_id": p.crm, **fields.pop("refs", {})}
+    return {
+        "source_system": {"cmo_batch": "cmo"}.get(system, system),
+        "source_event_id": eid,
+        "event_type": kind.value,
+        "occurred_at": at.isoformat(),
+        "received_at": (at + timedelta(minutes=5)).isoformat(),
+        "refs": refs,
+        **fields,
+    }
+
+
+def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
+    """Everything the partners will ever say about patient p, future included."""
+    t0, n = p.enrolled_at, p.n
+    out: list[Emission] = []
+
+    def say(system: str, kind: E, at: datetime, eid: str, message_id: str = "", **fields: Any) -> None:
+        out.append(Emission(system, at, _event(p, system, kind, at, eid, **fields), message_id))
+
+    ship_out = {
+        "shipment_id": f"SHP-{n:04d}-O",
+        "courier": "cryoport",
+        "direction": "to_cmo",
+        "shipper_id": f"DS-{700 + n}",
+    }
+    ship_back = {
+        "shipment_id": f"SHP-{n:04d}-B",
+        "courier": "cryoport",
+        "direction": "to_site",
+        "shipper_id": f"DS-{800 + n}",
+    }
+    say(
+        "crm",
+        E.ORDER_ENROLLED,
+        t0,
+        f"case-{n}-enrolled",
+        patient={"coi_id": p.coi, "pseudonyms": {"mrn": pseudonymize("mrn", f"MRN{n:08d}")}},
+        order={"therapy": "CART-19", "market": p.market, "site": p.site, "cmo": CMO[p.market]},
+    )
+    say("erp", E.ERP_SALES_ORDER_CREATED, t0 + 3 * HOUR, f"so-{n}-created", refs={"erp_sales_order": p.so})
+    say("crm", E.APHERESIS_SCHEDULED, t0 + DAY, f"case-{n}-apheresis", scheduled_for=(t0 + 5 * DAY).isoformat())
+    if n == 11:
+        say("crm", E.ORDER_CANCELLED, t0 + 3 * DAY, f"case-{n}-cancelled", reason="patient too sick for apheresis")
+        p.notes.append("cancelled")
+        return out
+    if n == 20:
+        p.notes.append("no word since apheresis was scheduled")
+        return out
+    say(
+        "hl7",
+        E.APHERESIS_COLLECTED,
+        t0 + 5 * DAY,
+        f"ORU-{n}-collected",
+        message_id=f"MSG{n:05d}C",
+        material={"din": p.din},
+        refs={"hospital_placer_order": f"PO-{n:05d}"},
+    )
+    if n == 2:  # the interface engine resends the same message (same control id) after a timeout
+        out.append(Emission("hl7", t0 + 5 * DAY + 2 * HOUR, out[-1].event, f"MSG{n:05d}C"))
+        p.notes.append("HL7 resend")
+    say("courier", E.SHIPMENT_PICKED_UP, t0 + 5 * DAY + 4 * HOUR, f"trk-{n}-o-pick", shipment=ship_out)
+    if n == 13:
+        say("courier", E.SHIPMENT_CUSTOMS_HOLD, t0 + 5 * DAY + 14 * HOUR, f"trk-{n}-o-customs", shipment=ship_out)
+        p.notes.append("customs hold")
+        return out
+    if n == 3:
+        say(
+            "courier",
+            E.TEMPERATURE_EXCURSION,
+            t0 + 5 * DAY + 11 * HOUR,
+            f"trk-{n}-o-temp",
+            shipment={
+                **ship_out,
+                "temperature": {
+                    "min_c": -187.0,
+                    "max_c": -128.5,
+                    "readings": 96,
+                    "excursions": [
+                        {"started_at": (t0 + 5 * DAY + 10 * HOUR).isoformat(), "extreme_c": -128.5, "limit_c": -150.0}
+                    ],
+                },
+            },
+            attributes={"extreme_c": -128.5, "limit_c": -150.0, "duration_min": 55},
+        )
+        p.notes.append("temperature excursion")
+    say("courier", E.SHIPMENT_DELIVERED, t0 + 6 * DAY, f"trk-{n}-o-deliv", shipment=ship_out)
+    received_din = all_patients[0].din if n == 7 else p.din
+    say(
+        "cmo",
+        E.MATERIAL_RECEIVED_AT_CMO,
+        t0 + 6 * DAY + 2 * HOUR,
+        f"cmo-{n}-receipt",
+        material={"din": received_din},
+        refs={"cmo_batch_id": p.batch},
+    )
+    if n == 7:
+        p.notes.append("COI mismatch at CMO receipt")
+        return out
+    say("cmo", E.MANUFACTURING_STARTED, t0 + 7 * DAY, f"cmo-{n}-mfg", refs={"cmo_batch_id": p.batch})
+    if n == 18:
+        p.notes.append("manufacturing overrun")
+        return out
+    say("cmo", E.QC_STARTED, t0 + 19 * DAY, f"cmo-{n}-qc", material={"lot": p.lot}, refs={"cmo_batch_id": p.batch})
+    slip = 0 * DAY
+    if n == 5:
+        say(
+            "cmo",
+            E.PRODUCT_OOS,
+            t0 + 22 * DAY,
+            f"cmo-{n}-oos",
+            reason="viability 68% < 70% specification",
+            refs={"cmo_batch_id": p.batch},
+        )
+        say(
+            "cmo_batch",
+            E.OOS_RELEASED_UNDER_EXCEPTION,
+            t0 + 26 * DAY,
+            f"coa-{n}-exception",
+            reason="released under exception after physician request and risk assessment",
+            material={"lot": p.lot},
+            refs={"cmo_batch_id": p.batch},
+        )
+        slip = 3 * DAY
+        p.notes.append("OOS, released under exception")
+    else:
+        say(
+            "cmo_batch",
+            E.PRODUCT_RELEASED,
+            t0 + 23 * DAY,
+            f"coa-{n}-released",
+            material={"lot": p.lot},
+            refs={"cmo_batch_id": p.batch},
+        )
+    say("courier", E.SHIPMENT_PICKED_UP, t0 + 24 * DAY + slip, f"trk-{n}-b-pick", shipment=ship_back)
+    say("courier", E.SHIPMENT_DELIVERED, t0 + 25 * DAY + slip, f"trk-{n}-b-deliv", shipment=ship_back)
+    say(
+        "hl7",
+        E.INFUSION_SCHEDULED,
+        t0 + 26 * DAY + slip,
+        f"SIU-{n}-infusion",
+        message_id=f"MSG{n:05d}S",
+        scheduled_for=(t0 + 29 * DAY + slip).isoformat(),
+    )
+    say("hl7", E.INFUSED, t0 + 29 * DAY + slip, f"ORU-{n}-infused", message_id=f"MSG{n:05d}I")
+    return out
+
+
+def orphan_shipment(now: datetime) -> Emission:
+    """A courier booking for a shipment no order knows (a mistyped reference on the courier's side)."""
+    at = now - 2 * DAY
+    return Emission(
+        "courier",
+        at,
+        {
+            "source_system": "courier",
+            "source_event_id": "trk-unknown-pick",
+            "event_type": E.SHIPMENT_PICKED_UP.value,
+            "occurred_at": at.isoformat(),
+            "received_at": at.isoformat(),
+            "shipment": {"shipment_id": "SHP-9977-O", "courier": "cryoport", "direction": "to_cmo"},
+        },
+    )
+
+
+def crm_extract(people: list[Patient], now: datetime) -> list[dict[str, Any]]:
+    """The CRM's nightly extract: right for most, stale for P15, and wrongly cancelled for P22."""
+    rows = []
+    for p in people:
+        status = None
+        if p.n == 15:
+            status = OrderStatus.APHERESIS_SCHEDULED.value
+        elif p.n == 22:
+            status = OrderStatus.CANCELLED.value
+        rows.append(
+            {
+                "system": "crm",
+                "ref_kind": "crm_order_id",
+                "ref_value": p.crm,
+                "status": status,
+                "coi_id": p.coi,
+                "as_of": now.isoformat(),
+            }
+        )
+    rows.append(
+        {
+            "system": "crm",
+            "ref_kind": "crm_order_id",
+            "ref_value": "CRM-09999",
+            "status": "enrolled",
+            "coi_id": None,
+            "as_of": now.isoformat(),
+        }
+    )
+    return rows
+
+
+def world(now: datetime) -> tuple[list[Patient], list[Emission]]:
+    people = patients(now)
+    emissions = [e for p in people for e in life_cycle(p, people) if e.at <= now]
+    emissions.append(orphan_shipment(now))
+    return people, sorted(emissions, key=lambda e: e.at)
