@@ -83,7 +83,7 @@ def _vein_to_vein(order: OrderProjection, now: datetime, config: OpsConfig) -> B
         return None
     in_status = (now - order.status_since).total_seconds() / 86400
     later = [days for status, days in remaining.items() if RANK.get(status, 0) > RANK.get(order.stage, 0)]
-    next_step = min(later) if later else 0.0
+    next_step = max(later, default=0.0)  # what the next step still needs on a normal course
     still_needed = max(remaining[order.stage] - in_status, next_step)
     projected = round(elapsed + still_needed, 1)
     target = config.deadlines.target_days(order.market)

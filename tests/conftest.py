@@ -22,6 +22,11 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+# Airflow: the repo's dags/ and plugins/, its metadata DB inside the temporary AIRFLOW_HOME.
+from cgthub import airflow_env  # noqa: E402
+
+airflow_env.configure()
+
 import pytest  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
