@@ -77,6 +77,13 @@ def test_serve_answers_over_http(db_url):
             orders = client.get("/orders").json()["orders"]
             assert [o["status"] for o in orders] == ["infused"]
             assert client.get(f"/orders/{orders[0]['id']}/custody").status_code == 200
+            assert client.get("/orders/ORD-NOT-THERE").status_code == 404
     finally:
         server.terminate()
         server.wait(timeout=20)
+    key_id = token.split("_")[1]
+    deadline = time.monotonic() + 10
+    while "ORD-NOT-THERE" not in (log := _cli("access-log", "--key", key_id, url=db_url).stdout):
+        assert time.monotonic() < deadline, log  # written by the server's audit thread, or at its shutdown
+        time.sleep(0.2)
+    assert "GET /orders/ORD-NOT-THERE" in log and "404" in log and "127.0.0.1" in log

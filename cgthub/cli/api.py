@@ -138,6 +138,39 @@ def revoke_key(key_id: str = typer.Argument(..., help="the key id (the part afte
     console.print(f"key {key_id} revoked")
 
 
+@app.command("access-log")
+def access_log(
+    key: str | None = typer.Option(None, help="only this key id"),
+    order: str | None = typer.Option(None, help="only requests about this order"),
+    limit: int = typer.Option(50, min=1, max=10_000, help="most recent rows"),
+) -> None:
+    """Who asked the API for what, and what they got (most recent first)."""
+    from sqlalchemy import select
+
+    from cgthub.api.tables import ApiAccess
+
+    with open_session(readonly=True) as session:
+        query = select(ApiAccess).order_by(ApiAccess.id.desc()).limit(limit)
+        if key:
+            query = query.where(ApiAccess.key_id == key)
+        if order:
+            query = query.where(ApiAccess.order_id == order)
+        rows = list(session.scalars(query))
+    table = Table(title=f"{len(rows)} API requests")
+    for col in ("at", "key", "request", "order", "status", "client"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(
+            row.at.isoformat(timespec="seconds"),
+            row.key_id or "(none)",
+            f"{row.method} {row.path}",
+            row.order_id or "",
+            str(row.status_code),
+            row.client or "",
+        )
+    console.print(table)
+
+
 @webhooks_app.command("run")
 def run_webhooks(once: bool = typer.Option(False, help="one round (fan out + deliver what is due), then exit")) -> None:
     """Fan the change feed out to subscriptions and deliver due messages (a loop unless --once)."""
