@@ -43,7 +43,8 @@ def run(url: str, orders: int, batch: int) -> None:
         with store.session_scope(url) as session:
             pipeline.ingest_batch(session, items[start : start + batch], lambda _i: mapper)
     elapsed = time.perf_counter() - started
-    print(f"{len(items)} events for {orders} orders in batches of {batch}: {elapsed:.2f} s, {len(items) / elapsed:,.0f} events/s")
+    rate = len(items) / elapsed
+    print(f"{len(items)} events for {orders} orders in batches of {batch}: {elapsed:.2f} s, {rate:,.0f} events/s")
 
 
 def main() -> None:
@@ -53,6 +54,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
+    pipeline.tune_process_for_ingest()
     run(url, args.orders, args.batch)
 
 

@@ -106,13 +106,20 @@ class ExternalRefs(_Model):
         return out
 
     def merged(self, other: ExternalRefs) -> ExternalRefs:
-        data = self.model_dump()
-        for key, value in other.model_dump().items():
-            if key == "courier_shipment_ids":
-                data[key] = tuple(dict.fromkeys([*data[key], *value]))
-            elif value:
-                data[key] = value
-        return ExternalRefs(**data)
+        """These references completed by `other`'s (later events fill in, never blank out)."""
+        update: dict[str, object] = {}
+        for name in _SINGLE_REFS:
+            value = getattr(other, name)
+            if value and value != getattr(self, name):
+                update[name] = value
+        if other.courier_shipment_ids and not set(other.courier_shipment_ids) <= set(self.courier_shipment_ids):
+            update["courier_shipment_ids"] = tuple(
+                dict.fromkeys([*self.courier_shipment_ids, *other.courier_shipment_ids])
+            )
+        return self.model_copy(update=update) if update else self
+
+
+_SINGLE_REFS = ("crm_order_id", "erp_sales_order", "hospital_placer_order", "hospital_filler_order", "cmo_batch_id")
 
 
 class PatientRef(_Model):
@@ -254,4 +261,3 @@ class CanonicalEvent(_Model):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-
