@@ -60,7 +60,7 @@ def _quiet_logs() -> None:
         logger.setLevel(logging.INFO if name == "cgthub" else logging.WARNING)
 
 
-def _deliver(emissions: list[Any], wave: int) -> dict[str, int]:
+def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
     """The partners' side of a wave: files into drop folders, HL7 messages into the archive (as the listener does)."""
     from cgthub import archive, canonical_feed
     from cgthub.store import session_scope
@@ -152,7 +152,7 @@ def main() -> int:
     for wave, cut in enumerate(cuts, start=1):
         batch = [e for e in emissions if previous < e.at <= cut]
         previous = cut
-        delivered = _deliver(batch, wave)
+        delivered = deliver(batch, wave)
         if cut == now:
             extract = DEMO_VAR / "snapshots" / "crm.json"
             extract.parent.mkdir(exist_ok=True)

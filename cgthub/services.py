@@ -1,0 +1,80 @@
+"""One entry point for the hub's long-running services, for containers and `make up`.
+
+    python -m cgthub.services mllp-listener      the hospital HL7 v2 MLLP listener (cgthub.hl7)
+    python -m cgthub.services sandbox <partner>  a partner sandbox (connectors.<partner>.sandbox)
+    python -m cgthub.services feeder [--tick S]  the demo story's partner traffic, slice by slice
+
+docker-compose.yml names these rather than each package's internals, so a container's command
+stays valid when a package moves; a service whose package is not installed exits with a clear
+message instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import runpy
+import sys
+import threading
+
+PARTNERS = ("crm", "erp", "courier", "cmo", "hospital")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def mllp_listener() -> int:
+    if not _installed("cgthub.hl7"):
+        print("cgthub.hl7 (the MLLP listener) is not installed in this build", file=sys.stderr)
+        return 2
+    from cgthub.cli import main
+
+    sys.argv = ["cgthub", "hl7", "listen", *sys.argv[2:]]
+    main()
+    return 0
+
+
+def sandbox(partner: str) -> int:
+    module = f"connectors.{partner}.sandbox"
+    if not _installed(module):
+        print(f"{module} is not installed in this build", file=sys.stderr)
+        return 2
+    runpy.run_module(module, run_name="__main__")
+    return 0
+
+
+def feeder(tick: float) -> int:
+    from cgthub.up import _feed
+
+    _feed(tick, threading.Event())
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cgthub.services", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="service", required=True)
+    sub.add_parser("mllp-listener", help="hospital HL7 v2 over MLLP")
+    box = sub.add_parser("sandbox", help="a partner sandbox")
+    box.add_argument("partner", choices=PARTNERS)
+    feed = sub.add_parser("feeder", help="demo partner traffic")
+    feed.add_argument("--tick", type=float, default=30.0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    # The listener's own options (--host, --port) pass through to `cgthub hl7 listen`.
+    args, _rest = parser().parse_known_args(argv)
+    if args.service == "mllp-listener":
+        return mllp_listener()
+    if args.service == "sandbox":
+        return sandbox(args.partner)
+    return feeder(args.tick)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
