@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: demo test lint bench clean install
+.PHONY: demo up test lint bench clean install
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m cgthub.demo
+
+# The hub on this machine: airflow standalone (UI on :8080), MLLP listener, sandboxes or demo traffic.
+up: $(STAMP)
+	$(BIN)/python -m cgthub.up
 
 test: $(STAMP)
 	$(BIN)/ruff check .
