@@ -7,6 +7,8 @@ the access log, whatever its outcome.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
@@ -75,7 +77,15 @@ def create_app(
     """The API on `database_url` (default: CGTHUB_DATABASE_URL). A revoked key stops working within
     `key_cache_seconds`; access-log rows are written at most `audit_interval` seconds late."""
     url = configured_url(database_url)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit never runs: flush here.
+        app.state.audit.close()
+
     app = FastAPI(
+        lifespan=lifespan,
         title="cgthub order transparency API",
         version="1.0.0",
         description=DESCRIPTION,
