@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -187,3 +188,31 @@ def test_deleted_subscription_stops_and_is_private(api, receiver):
     api_server.build_orders(api.database_url, [happy_path(1)[:1]])
     webhooks.pump(api.database_url)
     assert receiver.requests == []
+
+
+def test_the_delivery_loop_of_serve_pushes_new_changes(api, receiver):
+    client = api.client(api.key("status:read"))
+    client.post("/subscriptions", json={"url": receiver.url, "statuses": ["enrolled"]})
+    stop = threading.Event()
+    loop = threading.Thread(target=webhooks.run_forever, args=(api.database_url, stop), kwargs={"interval": 0.05})
+    loop.start()
+    try:
+        (order_id,) = api_server.build_orders(api.database_url, [happy_path(1)[:1]])
+        deadline = time.monotonic() + 10
+        while not receiver.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        loop.join(timeout=10)
+    assert [json.loads(body)["order_id"] for _, body in receiver.requests] == [order_id]
+
+
+def test_a_revoked_keys_subscriptions_get_nothing(api, receiver):
+    token = api.key("status:read")
+    api.client(token).post("/subscriptions", json={"url": receiver.url})
+    from cgthub.api.auth import revoke
+
+    with session_scope(api.database_url) as session:
+        revoke(session, token.split("_")[1])
+    api_server.build_orders(api.database_url, [happy_path(1)[:2]])
+    assert webhooks.pump(api.database_url).delivered == 0 and receiver.requests == []
