@@ -112,6 +112,11 @@ def test_custody_is_valid_epcis_2_and_tells_the_chain(api, epcis_validator):
     assert pickup["destinationList"] == [{"type": "possessing_party", "destination": "urn:cgthub:courier:cryo"}]
     assert pickup["bizTransactionList"] == [{"type": "bol", "bizTransaction": "urn:cgthub:shipment:SHP-1-OUT"}]
 
+    packed, picked = events[1:3]  # the unit goes into the dry shipper as the courier takes it
+    assert picked is pickup and packed["type"] == "AggregationEvent" and packed["action"] == "ADD"
+    assert packed["parentID"] == "urn:cgthub:shipper:DS-77" and packed["childEPCs"] == [unit]
+    unpacked = next(e for e in events if e.get("bizStep") == "unpacking")
+    assert unpacked["action"] == "DELETE" and unpacked["bizLocation"] == {"id": "urn:cgthub:cmo:CMO-EAST"}
     arrived = next(e for e in events if e["bizStep"] == "arriving" and e["epcList"] == [unit])
     (logger,) = arrived["sensorElementList"]
     assert logger["sensorMetadata"] == {"deviceID": "urn:cgthub:shipper:DS-77"}

@@ -3,7 +3,8 @@
 Each custody-relevant ledger entry becomes one EPCIS event: what (the apheresis unit's DIN, the
 product lot and bags), when (eventTime), where (readPoint, bizLocation), why (bizStep, disposition),
 who (sourceList / destinationList parties), and temperature as sensor reports. Manufacturing is a
-TransformationEvent from the DIN to the lot. Identifiers are URNs under `urn:cgthub:`.
+TransformationEvent from the DIN to the lot; packing into and unpacking from a dry shipper are
+AggregationEvents. Identifiers are URNs under `urn:cgthub:`.
 
 The document also carries the order's ledger (`cgthub:ledger`: every entry's body, recorded time
 and hashes). `verify_ledger` recomputes the chain with SHA-256 alone, so a consumer can check that
@@ -95,7 +96,7 @@ def build_document(
     for event in sorted((ev for _, ev in decoded if ev.key in alive), key=lambda e: (e.occurred_at, by_key[e.key].seq)):
         built = _event(order, event, by_key[event.key])
         if built is not None:
-            events.append(built)
+            events.extend(_with_shipper(order, event, built))
     return {
         "@context": [EPCIS_CONTEXT, {"cgthub": NAMESPACE}],
         "type": "EPCISDocument",
@@ -175,6 +176,37 @@ def _event(order: OrderProjection, event: CanonicalEvent, entry: LedgerEntry) ->
     out["cgthub:ledgerSeq"] = entry.seq
     out["cgthub:entryHash"] = entry.entry_hash
     return out
+
+
+def _with_shipper(order: OrderProjection, event: CanonicalEvent, built: dict[str, Any]) -> list[dict[str, Any]]:
+    """A pickup packs the material into the dry shipper and a delivery unpacks it: AggregationEvents
+    around the ObjectEvent, so the custody chain says which container carried which unit."""
+    kind = event.event_type
+    if event.shipment is None or kind not in (EventType.SHIPMENT_PICKED_UP, EventType.SHIPMENT_DELIVERED):
+        return [built]
+    view = order.shipments.get(event.shipment.shipment_id)
+    shipper = event.shipment.shipper_id or (view.shipper_id if view else None)
+    if not shipper:
+        return [built]
+    packing = kind is EventType.SHIPMENT_PICKED_UP
+    aggregation: dict[str, Any] = {
+        "type": "AggregationEvent",
+        "eventID": f"{built['eventID']}:{'packing' if packing else 'unpacking'}",
+        "eventTime": built["eventTime"],
+        "eventTimeZoneOffset": built["eventTimeZoneOffset"],
+        "recordTime": built["recordTime"],
+        "parentID": urn("shipper", shipper),
+        "childEPCs": built["epcList"],
+        "action": "ADD" if packing else "DELETE",
+        "bizStep": "packing" if packing else "unpacking",
+        "disposition": "container_closed" if packing else "container_open",
+    }
+    for field in ("readPoint", "bizLocation", "bizTransactionList"):
+        if field in built:
+            aggregation[field] = built[field]
+    for field in ("cgthub:eventType", "cgthub:source", "cgthub:ledgerSeq", "cgthub:entryHash"):
+        aggregation[field] = built[field]
+    return [aggregation, built] if packing else [built, aggregation]
 
 
 def _product_epcs(order: OrderProjection, event: CanonicalEvent) -> list[str]:
