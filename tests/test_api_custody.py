@@ -11,7 +11,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 from fhir.resources.R4B.bundle import Bundle
+from typer.testing import CliRunner
 
+from cgthub import cli
 from cgthub.api.epcis import verify_ledger
 from cgthub.model import (
     Custody,
@@ -131,7 +133,7 @@ def test_custody_is_valid_epcis_2_and_tells_the_chain(api, epcis_validator):
     assert explicit["destinationList"] == [{"type": "possessing_party", "destination": "urn:example:courier:cryo"}]
 
 
-def test_custody_verifies_offline_and_tampering_is_found(api):
+def test_custody_verifies_offline_and_tampering_is_found(api, tmp_path):
     (order_id,) = api_server.build_orders(api.database_url, [happy_path(4)])
     client = api.client(api.key("custody:read", "status:read"))
     document = client.get(f"/orders/{order_id}/custody").json()
@@ -145,6 +147,15 @@ def test_custody_verifies_offline_and_tampering_is_found(api):
     body["occurred_at"] = "2026-03-01T00:00:00Z"
     edited["cgthub:ledger"]["entries"][2]["body"] = json.dumps(body)
     assert verify_ledger(edited) == ["entry 3: content does not match its hash"]
+
+    runner = CliRunner()
+    saved, bad = tmp_path / "custody.json", tmp_path / "edited.json"
+    saved.write_text(json.dumps(document))
+    bad.write_text(json.dumps(edited))
+    ok = runner.invoke(cli.app, ["api", "verify-custody", str(saved)])
+    assert ok.exit_code == 0 and f"verified: order {order_id}, 13 ledger entries" in ok.output
+    refused = runner.invoke(cli.app, ["api", "verify-custody", str(bad)])
+    assert refused.exit_code == 1 and "entry 3: content does not match its hash" in refused.output
 
     dropped = copy.deepcopy(document)
     del dropped["cgthub:ledger"]["entries"][5]
