@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from cgthub.settings import PROJECT_ROOT
 
@@ -76,17 +77,27 @@ def main(argv: list[str] | None = None) -> int:
 
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
     os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
-    os.environ.setdefault("AIRFLOW__API__PORT", "8080")
+    port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
+    # Task processes talk to the API server's Execution API: same port, whatever it is.
+    os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
     store.upgrade()
     airflow_env.migrate_metadata_db()
     env = os.environ.copy()
+    # `airflow standalone` starts its components as `airflow ...` commands: this venv's bin comes first.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # The hub's DAGs run on their schedules from the start (a DAG a test or the demo created stays paused).
+    airflow = [sys.executable, "-m", "airflow", "dags"]
+    subprocess.run([*airflow, "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    unpause = [*airflow, "unpause", "--treat-dag-id-as-regex", "-y", "^cgthub_"]
+    subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
     children = [_start("Airflow standalone", [sys.executable, "-m", "airflow", "standalone"], env)]
     children += _optional_services(env)
     stop = threading.Event()
     if not args.no_feed:
         threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
-    print("Airflow UI: http://localhost:8080 (login printed by airflow standalone above; Orders is in the nav)")
-    print("hub API inside Airflow: http://localhost:8080/cgthub/api/docs (keys: .venv/bin/cgthub api keys create)")
+    print(f"Airflow UI: http://localhost:{port} (login: var/airflow/simple_auth_manager_passwords.json.generated)")
+    print(f"Orders view: http://localhost:{port}/cgthub/ui/orders; hub API: http://localhost:{port}/cgthub/api/docs")
+    print("API keys: .venv/bin/cgthub api keys create --help")
     try:
         while all(child.poll() is None for child in children):
             time.sleep(1)
