@@ -128,7 +128,7 @@ def broken_push(payload):
     raise ConnectionError("ERP SOAP endpoint down")
 
 
-def test_outbound_delivers_each_partner_and_one_outage_blocks_no_other(dags, hub, monkeypatch):
+def test_outbound_delivers_each_partner_and_one_outage_blocks_no_other(dags, hub, monkeypatch, webhook):
     events = happy_path(3)
     drop("crm", "c.json", events[:2])
     drop("cmo", "c.json", events[5:9])  # received at CMO .. released (skipping ahead is allowed)
@@ -153,6 +153,8 @@ def test_outbound_delivers_each_partner_and_one_outage_blocks_no_other(dags, hub
     assert "released" in statuses and "apheresis_scheduled" in statuses
     hospital = [json.loads(p.read_text())["status"] for p in (var_dir() / "outbound" / "hl7").glob("*.json")]
     assert "released" in hospital and "apheresis_scheduled" not in hospital  # the hospital hears milestones only
+    # the failed task paged operators through the DAGs' failure notifier
+    assert any("cgthub task cgthub_outbound.drain failed" in m.get("message", "") for m in webhook), webhook
 
 
 class _Sink(BaseHTTPRequestHandler):
@@ -236,3 +238,36 @@ def test_reconciliation_reports_a_partner_that_contradicts_the_hub(dags, hub, we
         kinds = sorted(session.scalars(select(Alert.kind).where(Alert.status == "open")))
     assert kinds == ["reconciliation.status_disagreement", "reconciliation.unknown_order"]
     assert {m["kind"] for m in webhook} == set(kinds)  # the notify task sent both
+
+
+def test_hl7_inbox_trigger_fires_when_the_listener_archived_a_message(hub):
+    import asyncio
+
+    from cgthub.hl7_inbox_trigger import HL7InboxTrigger
+
+    async def first_event():
+        return await anext(HL7InboxTrigger(poll_seconds=0.05, database_url=hub).run())
+
+    with session_scope() as session:
+        raw = archive.store(
+            session, system="hl7", kind=canonical_feed.KIND, channel="mllp", payload=b"{}", dedupe_key="M1"
+        )
+    event = asyncio.run(asyncio.wait_for(first_event(), timeout=10))
+    assert event.payload == {"newest_raw_id": raw.raw_id}
+    classpath, kwargs = HL7InboxTrigger(poll_seconds=2).serialize()
+    assert classpath == "cgthub.hl7_inbox_trigger.HL7InboxTrigger" and kwargs["poll_seconds"] == 2
+
+
+def test_deadline_alert_callback_pages_through_the_webhook(webhook):
+    import asyncio
+
+    from cgthub.notifier import sync_deadline_missed
+
+    asyncio.run(sync_deadline_missed(dag_label="crm", context={"dag_run": {"run_id": "scheduled__x"}}))
+    assert webhook == [
+        {
+            "source": "cgthub-airflow",
+            "kind": "sync_deadline",
+            "message": "sync DAG crm missed its deadline (run scheduled__x): partner data is getting stale",
+        }
+    ]
