@@ -1,0 +1,141 @@
+"""Where mapping files live, which version a market uses, and the compiled-mapping cache.
+
+Files: `mappings/<system>/<kind>/v<N>.yaml` (an HL7 kind `ORM^O01` lives in `ORM_O01/`).
+Markets: `config/markets/<market>.yaml` may pin versions (`mappings: {crm/enrollment: 2}`),
+override code maps and name data-residency fields (`residency: {drop: [...], tokenize: [...]}`).
+Without a pin the newest version whose effective date has come is used.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cgthub.mapping.compiler import CompiledMapping
+from cgthub.mapping.spec import LoadedSpec, MappingError, load
+from cgthub.settings import PROJECT_ROOT
+
+
+def mappings_dir() -> Path:
+    return Path(os.environ.get("CGTHUB_MAPPINGS_DIR", PROJECT_ROOT / "mappings"))
+
+
+def markets_dir() -> Path:
+    return Path(os.environ.get("CGTHUB_CONFIG_DIR", PROJECT_ROOT / "config")) / "markets"
+
+
+def kind_dir(kind: str) -> str:
+    return kind.replace("^", "_")
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    system: str
+    kind: str
+    version: int
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.system}/{self.kind}@v{self.version}"
+
+
+def discover(root: Path | None = None) -> list[MappingFile]:
+    root = root or mappings_dir()
+    found = []
+    for path in sorted(root.glob("*/*/v*.yaml")):
+        stem = path.stem[1:]
+        if stem.isdigit():
+            found.append(MappingFile(path.parent.parent.name, path.parent.name, int(stem), path))
+    return sorted(found, key=lambda f: (f.system, f.kind, f.version))
+
+
+def versions(system: str, kind: str) -> list[MappingFile]:
+    """Every version that maps `system`/`kind`: its own folder, or a file that lists it in `also_for`."""
+    own = [f for f in discover() if f.system == system and f.kind == kind_dir(kind)]
+    if own:
+        return own
+    return [f for f in discover() if f.system == system and kind_dir(kind) in _also_for(f.path)]
+
+
+def _also_for(path: Path) -> set[str]:
+    return {kind_dir(k) for k in _spec_of(path, path.stat().st_mtime_ns).spec.also_for}
+
+
+@lru_cache(maxsize=256)
+def _spec_of(path: Path, _mtime: int) -> LoadedSpec:
+    return load(path)
+
+
+@lru_cache(maxsize=64)
+def market_config(market: str) -> dict[str, Any]:
+    path = markets_dir() / f"{market.upper()}.yaml"
+    if not path.exists():
+        path = markets_dir() / f"{market.lower()}.yaml"
+    if not path.exists():
+        return {"market": market.upper()}
+    data = yaml.safe_load(path.read_text()) or {}
+    return {"market": market.upper(), **data}
+
+
+_lock = threading.Lock()
+_compiled: dict[tuple[str, str, int, str | None], CompiledMapping] = {}
+
+
+def load_file(path: Path) -> LoadedSpec:
+    return load(path)
+
+
+def compile_file(path: Path, market: str | None = None) -> CompiledMapping:
+    return CompiledMapping(load(path), market=market_config(market) if market else None)
+
+
+def get_mapper(
+    system: str, kind: str, *, market: str | None = None, version: int | str | None = None
+) -> CompiledMapping | None:
+    """The compiled mapping for a payload of `system`/`kind`, or None when there is none.
+
+    A mapping file that fails to load raises MappingError (a deployment problem, not bad input).
+    """
+    available = versions(system, kind)
+    if not available:
+        return None
+    wanted = _wanted_version(system, kind, market, version, available)
+    if wanted is None:
+        return None
+    key = (system, kind_dir(kind), wanted.version, market.upper() if market else None)
+    with _lock:
+        if key not in _compiled:
+            _compiled[key] = compile_file(wanted.path, market)
+        return _compiled[key]
+
+
+def _wanted_version(
+    system: str, kind: str, market: str | None, version: int | str | None, available: list[MappingFile]
+) -> MappingFile | None:
+    if version is None and market:
+        pins = market_config(market).get("mappings") or {}
+        version = pins.get(f"{system}/{kind_dir(kind)}") or pins.get(f"{system}/{kind}")
+    if version is not None:
+        number = int(str(version).lstrip("v"))
+        match = [f for f in available if f.version == number]
+        if not match:
+            raise MappingError(mappings_dir() / system / kind_dir(kind), None, None, f"there is no version v{number}")
+        return match[0]
+    today = datetime.now(UTC).date()
+    effective = [f for f in available if _spec_of(f.path, f.path.stat().st_mtime_ns).spec.effective <= today]
+    return effective[-1] if effective else None
+
+
+def clear_cache() -> None:
+    with _lock:
+        _compiled.clear()
+    market_config.cache_clear()
+    _spec_of.cache_clear()

@@ -1,0 +1,119 @@
+"""Value transforms a mapping rule may chain: parsing times with the source's time zone, case,
+numbers, splitting, prefixes, pseudonymization, ISBT 128 identifiers.
+
+Each name compiles once (`compile_transform("split:^:1", tz)`) into a plain function.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from cgthub.identifiers import normalize_din, validate_coi_id
+from cgthub.pseudonym import pseudonymize
+
+Transform = Callable[[Any], Any]
+
+_HL7_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
+
+
+class TransformError(ValueError):
+    """A value a transform cannot take; the message says what was expected, never the value."""
+
+
+def zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r}") from exc
+
+
+def parse_datetime(value: Any, tz: ZoneInfo) -> datetime:
+    """ISO 8601 or HL7 TS (YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ]); naive times are in the source's zone."""
+    if isinstance(value, datetime):
+        parsed = value
+    else:
+        text = str(value).strip()
+        match = _HL7_TS.match(text)
+        if match:
+            y, mo, d, h, mi, s, frac, offset = match.groups()
+            if offset:
+                text = f"{y}-{mo or '01'}-{d or '01'}T{h or '00'}:{mi or '00'}:{s or '00'}{offset[:3]}:{offset[3:]}"
+            else:
+                text = f"{y}-{mo or '01'}-{d or '01'}T{h or '00'}:{mi or '00'}:{s or '00'}"
+            if frac:
+                text = text[:19] + "." + frac.ljust(6, "0") + text[19:]
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise TransformError("expected an ISO 8601 or HL7 TS date/time") from exc
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=tz)
+    return parsed.astimezone(UTC)
+
+
+def compile_transform(spec: str, tz: ZoneInfo) -> Transform:
+    name, _, arg = spec.partition(":")
+    if name == "datetime":
+        return lambda v: parse_datetime(v, tz)
+    if name == "upper":
+        return lambda v: str(v).upper()
+    if name == "lower":
+        return lambda v: str(v).lower()
+    if name == "strip":
+        return lambda v: str(v).strip()
+    if name == "str":
+        return str
+    if name == "int":
+        return _number(int)
+    if name == "float":
+        return _number(float)
+    if name == "bool":
+        return lambda v: str(v).strip().lower() in ("1", "true", "yes", "y")
+    if name == "prefix":
+        return lambda v: f"{arg}{v}"
+    if name == "suffix":
+        return lambda v: f"{v}{arg}"
+    if name == "split":
+        sep, _, index = arg.rpartition(":")
+        if not sep or not index.lstrip("-").isdigit():
+            raise ValueError(f"transform {spec!r}: write split:<separator>:<index>")
+        n = int(index)
+        return lambda v: _split(str(v), sep, n)
+    if name == "pseudonymize":
+        if not arg:
+            raise ValueError("transform 'pseudonymize' needs the identifier kind, e.g. pseudonymize:mrn")
+        return lambda v: pseudonymize(arg, str(v))
+    if name == "din":
+        return lambda v: _identifier(normalize_din, v)
+    if name == "coi":
+        return lambda v: _identifier(validate_coi_id, v)
+    raise ValueError(f"unknown transform {spec!r}")
+
+
+def _split(value: str, sep: str, index: int) -> str:
+    parts = value.split(sep)
+    try:
+        return parts[index]
+    except IndexError as exc:
+        raise TransformError(f"has no part {index} when split on {sep!r}") from exc
+
+
+def _number(kind: type) -> Transform:
+    def convert(value: Any) -> Any:
+        try:
+            return kind(str(value).strip())
+        except ValueError as exc:
+            raise TransformError(f"expected a{'n' if kind is int else ''} {kind.__name__}") from exc
+
+    return convert
+
+
+def _identifier(check: Callable[[str], str], value: Any) -> str:
+    try:
+        return check(str(value))
+    except ValueError as exc:
+        raise TransformError(str(exc)) from exc
