@@ -29,12 +29,18 @@ import time
 import warnings
 from collections import defaultdict
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from cgthub.settings import PROJECT_ROOT
 
-DEMO_VAR = PROJECT_ROOT / "var" / "demo"
+DEMO_VAR = Path(os.environ.get("CGTHUB_DEMO_DIR") or PROJECT_ROOT / "var" / "demo")
 INGEST_DAGS = ["crm", "erp", "courier", "cmo", "cmo_batch"]
+
+
+def _shown() -> Path:
+    """The demo directory as the user should type it."""
+    return DEMO_VAR.relative_to(PROJECT_ROOT) if DEMO_VAR.is_relative_to(PROJECT_ROOT) else DEMO_VAR
 
 
 def _prepare_environment() -> None:
@@ -113,7 +119,7 @@ class Runner:
         self.seconds[dag_id] += time.monotonic() - started
         self.runs += 1
         if dag_run.state != "success":
-            raise SystemExit(f"{dag_id} ended {dag_run.state}; see var/demo/demo.log")
+            raise SystemExit(f"{dag_id} ended {dag_run.state}; see {_shown()}/demo.log")
         return {}
 
 
@@ -123,11 +129,11 @@ def _partner_paths() -> list[str]:
     lines = []
     for partner in INGEST_DAGS:
         connector = partner_sync.connector_pull(partner) if partner_sync.connector_enabled(partner) else None
-        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else f"var/demo/inbox/{partner}/"
+        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else f"{_shown()}/inbox/{partner}/"
         lines.append(f"  {partner:<10} in : {via}")
     lines.append("  hl7        in : raw archive, as the MLLP listener leaves it (HL7 inbox DAG applies it)")
     for partner in outbound.PARTNERS:
-        lines.append(f"  {partner:<10} out: {outbound.deliverer(partner)[0]}")
+        lines.append(f"  {partner:<10} out: {outbound.deliverer(partner)[0].replace(str(PROJECT_ROOT) + '/', '')}")
     return lines
 
 
@@ -135,6 +141,7 @@ def main() -> int:
     started = time.monotonic()
     _prepare_environment()
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from cgthub import airflow_env, demo_scenario, store
     from cgthub.tables import utcnow
 
@@ -221,12 +228,22 @@ def where_next(runner: Runner, elapsed: float) -> str:
     from cgthub.ops_tables import ReconciliationReport
     from cgthub.outbox import OutboxMessage
     from cgthub.store import session_scope
-    from cgthub.tables import LedgerEntry, QuarantineEntry, RawMessage
+    from cgthub.tables import LedgerEntry, Order, QuarantineEntry, RawMessage
 
     with session_scope(readonly=True) as session:
         entries = session.scalar(select(func.count()).select_from(LedgerEntry))
         raw = session.scalar(select(func.count()).select_from(RawMessage))
-        resent = session.scalar(select(func.count()).select_from(RawMessage).where(RawMessage.receive_count > 1))
+        resent_ids = list(session.scalars(select(RawMessage.id).where(RawMessage.receive_count > 1)))
+        resent_orders = sorted(
+            {
+                (projection.get("refs") or {}).get("crm_order_id") or order_id
+                for order_id, projection in session.execute(
+                    select(Order.id, Order.projection).where(
+                        Order.id.in_(select(LedgerEntry.order_id).where(LedgerEntry.raw_id.in_(resent_ids)))
+                    )
+                )
+            }
+        )
         quarantined = session.scalars(select(QuarantineEntry).where(QuarantineEntry.status == "open")).all()
         open_alerts = alerts.open_alerts(session)
         delivered = session.scalar(
@@ -236,22 +253,31 @@ def where_next(runner: Runner, elapsed: float) -> str:
     kinds: dict[str, int] = defaultdict(int)
     for alert in open_alerts:
         kinds[_alert_label(alert.kind, alert.severity)] += 1
-    db = f"CGTHUB_VAR_DIR={DEMO_VAR.relative_to(PROJECT_ROOT)}"
+    shown = _shown()
+    db = f"CGTHUB_VAR_DIR={shown}"
     return f"""
-{raw} partner payloads archived ({resent} received twice and applied once), {entries} ledger entries, \
-{len(quarantined)} in quarantine, {delivered} outbound messages delivered.
+{raw} partner payloads archived, {entries} ledger entries, {len(quarantined)} in quarantine, \
+{delivered} outbound messages delivered.
+resent by the hospital, received twice and applied once: {len(resent_ids)} HL7 message(s) of {", ".join(resent_orders)}
 open alerts: {", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))}  ("!" = critical)
 last reconciliation report #{report.id if report else "-"}: {json.dumps(report.counts if report else {})}
 {runner.runs} DAG runs in {sum(runner.seconds.values()):.0f} s; demo finished in {elapsed:.0f} s.
 
 Where to look next:
-  {db} .venv/bin/cgthub orders list                 every order, filterable by status/market/site
-  {db} .venv/bin/cgthub orders show <order>         one order's timeline, milestones and custody
-  {db} .venv/bin/cgthub quarantine list             what was held back and why (the COI mismatch, the orphan shipment)
-  {db} .venv/bin/cgthub ledger verify               re-check every order's hash chain
-  var/demo/outbound/<partner>/                      what the hub told the CRM, ERP, hospital and CMO
-  var/demo/demo.log                                 task logs and every alert as the notifier sent it
-  make up                                           the same DAGs on a schedule, Airflow UI on http://localhost:8080
+  {db} .venv/bin/cgthub orders list
+      every order, filterable by status/market/site
+  {db} .venv/bin/cgthub orders show <order>
+      one order's timeline, milestones and custody
+  {db} .venv/bin/cgthub quarantine list
+      what was held back and why (the COI mismatch, the orphan shipment)
+  {db} .venv/bin/cgthub ledger verify
+      re-check every order's hash chain
+  {shown}/outbound/<partner>/
+      what the hub told the CRM, ERP, hospital and CMO
+  {shown}/demo.log
+      task logs and every alert as the notifier sent it
+  make up
+      the same DAGs on a schedule, Airflow UI on http://localhost:8080
 """
 
 
