@@ -1,0 +1,161 @@
+"""`cgthub mappings`: list, validate, test, diff and replay the versioned mapping files."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import typer
+from rich.progress import Progress
+from rich.table import Table
+
+from cgthub import archive
+from cgthub.cli.common import CliError, console, open_session
+from cgthub.mapping import fixtures, registry
+from cgthub.mapping.replay import archived, diff, replay
+from cgthub.mapping.spec import MappingError
+
+app = typer.Typer(help="Versioned mapping files: partner payload -> canonical events.", no_args_is_help=True)
+
+
+def _compile_all() -> list[tuple[registry.MappingFile, object]]:
+    compiled = []
+    for found in registry.discover():
+        try:
+            compiled.append((found, registry.compile_file(found.path)))
+        except MappingError as exc:
+            compiled.append((found, exc))
+    return compiled
+
+
+@app.command("list")
+def list_mappings() -> None:
+    """Every mapping file: system, kind, version, effective date, change note."""
+    table = Table(title=f"mappings in {registry.mappings_dir()}")
+    for col in ("system", "kind", "version", "effective", "format", "rules", "change note"):
+        table.add_column(col, overflow="fold")
+    for found, compiled in _compile_all():
+        if isinstance(compiled, MappingError):
+            table.add_row(found.system, found.kind, f"v{found.version}", "", "", "", f"[red]{compiled}[/]")
+            continue
+        spec = compiled.spec  # type: ignore[attr-defined]
+        table.add_row(
+            found.system,
+            spec.kind,
+            f"v{spec.version}",
+            str(spec.effective),
+            spec.format,
+            ", ".join(e.name for e in spec.events),
+            " ".join(spec.change_note.split())[:90],
+        )
+    console.print(table)
+
+
+@app.command()
+def validate() -> None:
+    """Schema, every expression compiles, fixtures exist and reach every rule. Exit 1 on any problem."""
+    problems = 0
+    for found, compiled in _compile_all():
+        if isinstance(compiled, MappingError):
+            console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
+            problems += 1
+            continue
+        report = fixtures.check(compiled, found.path)  # type: ignore[arg-type]
+        issues = list(report.problems) + [f"rule {r!r} is reached by no fixture" for r in report.unreached_rules]
+        if issues:
+            problems += 1
+            for issue in issues:
+                console.print(f"[red]FAIL[/] {found.ref}: {issue}")
+        else:
+            console.print(f"[green]ok[/]   {found.ref}: {len(report.results)} fixtures reach all rules")
+    if problems:
+        raise CliError(f"{problems} mapping(s) are not valid", "fix the files named above, then run again")
+
+
+@app.command("test")
+def test_fixtures(
+    update: bool = typer.Option(False, "--update", help="write what each version produces as its expectation"),
+) -> None:
+    """Run every mapping's fixtures: input -> expected canonical events (or expected rejection)."""
+    failed = 0
+    for found, compiled in _compile_all():
+        if isinstance(compiled, MappingError):
+            console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
+            failed += 1
+            continue
+        report = fixtures.check(compiled, found.path, update=update)  # type: ignore[arg-type]
+        for problem in report.problems:
+            console.print(f"[red]FAIL[/] {found.ref}: {problem}")
+        for result in report.results:
+            mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
+            console.print(f"{mark} {found.ref} {result.name}{': ' + result.problem if result.problem else ''}")
+        failed += 0 if report.ok else 1
+    if failed:
+        raise CliError(f"{failed} mapping(s) fail their fixtures", "compare the events above with the .expected.json")
+
+
+@app.command("diff")
+def diff_versions(
+    target: str = typer.Argument(..., metavar="SYSTEM/KIND"),
+    old: str = typer.Argument(..., metavar="vA"),
+    new: str = typer.Argument(..., metavar="vB"),
+    limit: int = typer.Option(10_000, help="archived payloads to compare at most"),
+) -> None:
+    """Which canonical fields change between two versions, on the archived payloads (or the fixtures)."""
+    system, _, kind = target.partition("/")
+    mapper_a, mapper_b = _mapper(system, kind, old), _mapper(system, kind, new)
+    with open_session(readonly=True) as session:
+        payloads = [(f"raw #{row.id}", archive.read(session, row.id)) for row in archived(session, system, kind)][
+            :limit
+        ]
+    source = "archived payloads"
+    if not payloads:
+        found = registry.versions(system, kind)
+        payloads = [(p.name, p.read_bytes()) for p in fixtures.inputs(found[-1].path)]
+        source = "fixtures (nothing archived yet)"
+    compared, changes = diff(payloads, mapper_a, mapper_b)
+    table = Table(title=f"{system}/{kind} {old} -> {new}: {compared} {source}, {len(changes)} fields differ")
+    for col in ("canonical field", "changed", "added", "removed", "example"):
+        table.add_column(col)
+    for change in changes:
+        table.add_row(change.field, str(change.changed), str(change.added), str(change.removed), change.example)
+    console.print(table)
+
+
+@app.command("replay")
+def replay_archived(
+    system: str = typer.Option(..., "--system"),
+    kind: str = typer.Option(..., "--kind"),
+    version: str = typer.Option(..., "--version", help="e.g. v2"),
+    since: datetime | None = typer.Option(None, "--since", help="only payloads received at or after (ISO 8601)"),
+    market: str | None = typer.Option(None, "--market"),
+) -> None:
+    """Re-map archived payloads with VERSION: append corrections, release what now maps. Idempotent."""
+    mapper = _mapper(system, kind, version, market)
+    if since is not None and since.tzinfo is None:
+        raise CliError("--since needs a time zone offset", "e.g. --since 2026-03-01T00:00:00+00:00")
+    with open_session() as session, Progress(console=console, transient=True) as progress:
+        task = progress.add_task(f"replaying {system}/{kind} with {version}", total=None)
+        report = replay(
+            session,
+            mapper,
+            since=since,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"replayed {report.payloads} payloads with {mapper.mapping_id}@{mapper.version}: "
+        f"{report.unchanged} events unchanged, {report.corrected} corrected, {report.added} added, "
+        f"{report.released} quarantined payloads released, {report.still_failing} still failing, "
+        f"{report.no_longer_produced} old events no longer produced (left as they are)"
+    )
+    for failure in report.failures[:20]:
+        console.print(f"[yellow]still failing:[/] {failure}")
+
+
+def _mapper(system: str, kind: str, version: str, market: str | None = None):
+    try:
+        mapper = registry.get_mapper(system, kind, version=version, market=market)
+    except (MappingError, ValueError) as exc:
+        raise CliError(str(exc), "list versions with `cgthub mappings list`") from exc
+    if mapper is None:
+        raise CliError(f"no mapping for {system}/{kind}", "list mappings with `cgthub mappings list`")
+    return mapper
