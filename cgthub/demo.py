@@ -15,7 +15,8 @@ printing the order transparency table and where to look next.
 Partners: a partner whose connector and sandbox are installed is pulled through them; the others
 deliver through their canonical drop folders (var/demo/inbox/<partner>/) and the hospital's HL7
 messages go through the raw archive exactly as the MLLP listener leaves them. The first lines of
-the output say which path each partner took.
+the output say which path each partner took. The hospital speaks real HL7 v2 (ORU^R01 collection
+reports, SIU^S12 infusion bookings, with synthetic identities the mappings turn into pseudonyms).
 """
 
 from __future__ import annotations
@@ -81,16 +82,17 @@ def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
         path = canonical_feed.inbox(system) / f"wave{wave}-{system}.json"
         path.write_text(json.dumps([e.event for e in items], indent=1))
     with session_scope() as session:
-        for emission in hl7:
+        for emission in hl7:  # as the MLLP listener does: archive under the control id, ACK, nothing else
+            real = bool(emission.hl7)
             archive.store(
                 session,
                 system="hl7",
-                kind=canonical_feed.KIND,
+                kind=emission.kind if real else canonical_feed.KIND,
                 channel="mllp",
-                payload=json.dumps(emission.event, sort_keys=True).encode(),
+                payload=emission.hl7.encode() if real else json.dumps(emission.event, sort_keys=True).encode(),
                 received_at=utcnow(),
                 dedupe_key=emission.message_id,
-                content_type="application/json",
+                content_type="x-application/hl7-v2+er7" if real else "application/json",
             )
     counts["hl7"] = len(hl7)
     return counts
@@ -131,7 +133,8 @@ def _partner_paths() -> list[str]:
         connector = partner_sync.connector_pull(partner) if partner_sync.connector_enabled(partner) else None
         via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else f"{_shown()}/inbox/{partner}/"
         lines.append(f"  {partner:<10} in : {via}")
-    lines.append("  hl7        in : raw archive, as the MLLP listener leaves it (HL7 inbox DAG applies it)")
+    lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
+    lines.append("                  mappings/hl7 in the HL7 inbox DAG (infusion completed: canonical JSON for now)")
     for partner in outbound.PARTNERS:
         lines.append(f"  {partner:<10} out: {outbound.deliverer(partner)[0].replace(str(PROJECT_ROOT) + '/', '')}")
     return lines

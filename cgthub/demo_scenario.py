@@ -41,6 +41,8 @@ class Emission:
     at: datetime
     event: dict[str, Any]
     message_id: str = ""
+    hl7: str = ""  # the HL7 v2 message as the hospital sends it (mapped by mappings/hl7), when there is one
+    kind: str = ""  # its message type, e.g. ORU^R01
 
 
 @dataclass
@@ -139,17 +141,11 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
     if n == 20:
         p.notes.append("no word since apheresis was scheduled")
         return out
-    say(
-        "hl7",
-        E.APHERESIS_COLLECTED,
-        t0 + 5 * DAY,
-        f"ORU-{n}-collected",
-        message_id=f"MSG{n:05d}C",
-        material={"din": p.din},
-        refs={"hospital_placer_order": f"PO-{n:05d}"},
-    )
+    collected_at = t0 + 5 * DAY
+    oru = collection_report(p, collected_at, f"{p.site[:3]}{n:05d}C")
+    out.append(Emission("hl7", collected_at, {}, f"{p.site[:3]}{n:05d}C", hl7=oru, kind="ORU^R01"))
     if n == 2:  # the interface engine resends the same message (same control id) after a timeout
-        out.append(Emission("hl7", t0 + 5 * DAY + 2 * HOUR, out[-1].event, f"MSG{n:05d}C"))
+        out.append(Emission("hl7", collected_at + 2 * HOUR, {}, out[-1].message_id, hl7=oru, kind="ORU^R01"))
         p.notes.append("HL7 resend")
     say("courier", E.SHIPMENT_PICKED_UP, t0 + 5 * DAY + 4 * HOUR, f"trk-{n}-o-pick", shipment=ship_out)
     if n == 13:
@@ -226,16 +222,49 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         )
     say("courier", E.SHIPMENT_PICKED_UP, t0 + 24 * DAY + slip, f"trk-{n}-b-pick", shipment=ship_back)
     say("courier", E.SHIPMENT_DELIVERED, t0 + 25 * DAY + slip, f"trk-{n}-b-deliv", shipment=ship_back)
-    say(
-        "hl7",
-        E.INFUSION_SCHEDULED,
-        t0 + 26 * DAY + slip,
-        f"SIU-{n}-infusion",
-        message_id=f"MSG{n:05d}S",
-        scheduled_for=(t0 + 29 * DAY + slip).isoformat(),
-    )
+    booked_at, infusion_at = t0 + 26 * DAY + slip, t0 + 29 * DAY + slip
+    siu = infusion_booking(p, booked_at, infusion_at, f"{p.site[:3]}{n:05d}S")
+    out.append(Emission("hl7", booked_at, {}, f"{p.site[:3]}{n:05d}S", hl7=siu, kind="SIU^S12"))
     say("hl7", E.INFUSED, t0 + 29 * DAY + slip, f"ORU-{n}-infused", message_id=f"MSG{n:05d}I")
     return out
+
+
+def _ts(at: datetime) -> str:
+    return at.strftime("%Y%m%d%H%M%S+0000")
+
+
+def _pid(p: Patient) -> str:
+    # Synthetic identity, as a hospital sends it: the mapping keeps only the COI id and a pseudonym.
+    return f"PID|1||MRN{p.n:08d}^^^{p.site}^MR~{p.coi}^^^COI^PN||Demo^Patient{p.n:02d}||19700101|U"
+
+
+def collection_report(p: Patient, at: datetime, control_id: str) -> str:
+    """ORU^R01: the apheresis unit (SPM-2, ISBT 128 DIN) and its cell counts."""
+    return "\r".join(
+        [
+            f"MSH|^~\\&|EPIC|{p.site}|CGTHUB|HUB|{_ts(at + HOUR)}||ORU^R01^ORU_R01|{control_id}|P|2.5.1",
+            _pid(p),
+            f"OBR|1|PO-{p.n:05d}|FL-{p.n:05d}|APH^Apheresis collection^L",
+            f"OBX|1|NM|CD3^CD3+ cells^L||4.2E9|cells|||||F|||{_ts(at + 2 * HOUR)}",
+            f"OBX|2|NM|TNC^Total nucleated cells^L||1.1E10|cells|||||F|||{_ts(at + 2 * HOUR)}",
+            f"OBX|3|NM|VOL^Product volume^L||265|mL|||||F|||{_ts(at + 2 * HOUR)}",
+            f"SPM|1|{p.din}||PBMC^Apheresis product|||||||||||||{_ts(at)}",
+        ]
+    )
+
+
+def infusion_booking(p: Patient, at: datetime, infusion_at: datetime, control_id: str) -> str:
+    """SIU^S12: the infusion slot booked at the treatment site (SCH-26 names the placer order)."""
+    return "\r".join(
+        [
+            f"MSH|^~\\&|EPIC|{p.site}|CGTHUB|HUB|{_ts(at)}||SIU^S12^SIU_S12|{control_id}|P|2.5.1",
+            f"SCH|APT-{p.n:05d}|||||^Infusion|||||||||||||||||||BOOKED|PO-{p.n:05d}",
+            _pid(p),
+            "RGS|1",
+            f"AIS|1||INF^CAR-T infusion|{_ts(infusion_at)}",
+            f"AIL|1||INF-BAY-4^^^{p.site}",
+        ]
+    )
 
 
 def orphan_shipment(now: datetime) -> Emission:

@@ -6,6 +6,8 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -14,8 +16,14 @@ from cgthub.settings import PROJECT_ROOT
 pytestmark = pytest.mark.slow
 
 
+@dataclass
+class DemoRun:
+    output: str
+    database: Path
+
+
 @pytest.fixture(scope="module")
-def demo_output(tmp_path_factory):
+def demo_run(tmp_path_factory) -> DemoRun:
     tmp = tmp_path_factory.mktemp("demo")
     env = {**os.environ, "CGTHUB_DEMO_DIR": str(tmp / "demo"), "AIRFLOW_HOME": str(tmp / "airflow")}
     for name in ("CGTHUB_DATABASE_URL", "CGTHUB_VAR_DIR", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"):
@@ -24,7 +32,7 @@ def demo_output(tmp_path_factory):
         [sys.executable, "-m", "cgthub.demo"], cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
+    return DemoRun(done.stdout, tmp / "demo" / "cgthub.db")
 
 
 def _row(output: str, crm: str) -> str:
@@ -32,26 +40,33 @@ def _row(output: str, crm: str) -> str:
     return line
 
 
-def test_demo_table_has_25_orders_in_two_markets(demo_output):
-    rows = [line for line in demo_output.splitlines() if re.match(r"ORD-\w+ CRM-\d{5} ", line)]
+def test_demo_table_has_25_orders_in_two_markets(demo_run):
+    rows = [line for line in demo_run.output.splitlines() if re.match(r"ORD-\w+ CRM-\d{5} ", line)]
     assert len(rows) == 25
     assert {line.split()[2] for line in rows} == {"US", "DE"}
     assert sum(" infused " in line for line in rows) >= 8  # the early patients completed the whole life cycle
 
 
-def test_demo_table_shows_every_exception_case(demo_output):
-    assert "temperature_excursion!" in _row(demo_output, "CRM-00003")
-    oos = _row(demo_output, "CRM-00005")
+def test_demo_table_shows_every_exception_case(demo_run):
+    assert "temperature_excursion!" in _row(demo_run.output, "CRM-00003")
+    oos = _row(demo_run.output, "CRM-00005")
     assert "(OOS->exc)" in oos and " infused " in oos
-    mismatch = _row(demo_output, "CRM-00007")
+    mismatch = _row(demo_run.output, "CRM-00007")
     assert " on_hold " in mismatch and "coi_discrepancy!" in mismatch
-    assert " cancelled " in _row(demo_output, "CRM-00011")
-    assert "received twice and applied once: 1 HL7 message(s) of CRM-00002" in demo_output
-    assert "milestone_overdue!" in _row(demo_output, "CRM-00013")  # collected, never received at the CMO
-    assert "vein_to_vein_at_risk" in _row(demo_output, "CRM-00018")
-    assert "status_disagreement!" in _row(demo_output, "CRM-00022")  # the CRM says cancelled
-    assert "orphan_shipment 1" in demo_output and "Where to look next" in demo_output
+    assert " cancelled " in _row(demo_run.output, "CRM-00011")
+    assert "received twice and applied once: 1 HL7 message(s) of CRM-00002" in demo_run.output
+    assert "milestone_overdue!" in _row(demo_run.output, "CRM-00013")  # collected, never received at the CMO
+    assert "vein_to_vein_at_risk" in _row(demo_run.output, "CRM-00018")
+    assert "status_disagreement!" in _row(demo_run.output, "CRM-00022")  # the CRM says cancelled
+    assert "orphan_shipment 1" in demo_run.output and "Where to look next" in demo_run.output
 
 
-def test_demo_output_carries_no_patient_identifiers(demo_output):
-    assert not re.search(r"MRN\d", demo_output)
+def test_demo_output_and_database_carry_no_patient_identifiers(demo_run):
+    import sqlite3
+
+    assert not re.search(r"MRN\d|Demo\^Patient", demo_run.output)
+    with sqlite3.connect(demo_run.database) as conn:
+        bodies = " ".join(body for (body,) in conn.execute("select body from ledger_entries"))
+        hl7 = conn.execute("select count(*) from ledger_entries where source_system = 'hl7'").fetchone()[0]
+    assert hl7 > 40  # the hospital's HL7 v2 went through mappings/hl7
+    assert "psn:mrn:" in bodies and not re.search(r"MRN\d|Patient\d|19700101", bodies)
