@@ -1,0 +1,1 @@
+"""What every connector shares, written once."""

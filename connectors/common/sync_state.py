@@ -1,0 +1,64 @@
+"""Where each partner stream's incremental sync stands, and what its last run did.
+
+The watermark only moves past records that were archived in a committed transaction, so a crash
+between fetch and commit re-reads them next time (the archive and the ledger deduplicate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import String
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from cgthub.tables import Base, utcnow
+
+
+class SyncState(Base):
+    __tablename__ = "sync_state"
+
+    partner: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stream: Mapped[str] = mapped_column(String(64), primary_key=True)
+    watermark: Mapped[datetime | None]
+    updated_at: Mapped[datetime]
+    last_report: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+@dataclass
+class SyncReport:
+    """What one pull did; becomes the Airflow task's XCom and the sync_state's last report."""
+
+    partner: str
+    stream: str
+    payloads: int = 0
+    records: int = 0
+    appended: int = 0
+    duplicates: int = 0
+    quarantined: int = 0
+    errors: list[str] = field(default_factory=list)
+    watermark_before: str | None = None
+    watermark_after: str | None = None
+    order_ids: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def watermark(session: Session, partner: str, stream: str) -> datetime | None:
+    state = session.get(SyncState, (partner, stream))
+    return state.watermark if state else None
+
+
+def advance(session: Session, report: SyncReport, new_watermark: datetime | None) -> None:
+    """Record the run; the watermark only ever moves forward."""
+    state = session.get(SyncState, (report.partner, report.stream))
+    if state is None:
+        state = SyncState(partner=report.partner, stream=report.stream, watermark=None, updated_at=utcnow())
+        session.add(state)
+    if new_watermark is not None and (state.watermark is None or new_watermark > state.watermark):
+        state.watermark = new_watermark
+    report.watermark_after = state.watermark.isoformat() if state.watermark else None
+    state.updated_at = utcnow()
+    state.last_report = report.as_dict()

@@ -1,0 +1,86 @@
+"""CRM sync entry points for the DAGs: `pull()` (incremental, by modified-since watermark) and
+`push(payload)` (one outbox message: the normalized status back to the CRM).
+
+Each page is archived exactly as received and mapped with mappings/crm/enrollment in one
+transaction, which also moves the watermark past the page's newest record; the next pull starts
+`overlap` earlier so records modified during a page walk are not missed (the archive and the
+ledger absorb the repeats).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from cgthub import pipeline
+from cgthub.archive import Inbound
+from cgthub.mapping import get_mapper
+from cgthub.store import session_scope
+from cgthub.tables import utcnow
+from connectors.common import sync_state
+from connectors.common.connection import get_connection
+from connectors.common.http import PartnerError
+from connectors.crm.client import CrmClient
+
+log = logging.getLogger(__name__)
+CONN_ID = "crm_api"
+STREAM = "orders"
+OVERLAP = timedelta(minutes=5)
+
+
+def client(conn_id: str = CONN_ID) -> CrmClient:
+    return CrmClient(get_connection(conn_id))
+
+
+def pull(
+    *, database_url: str | None = None, conn_id: str = CONN_ID, crm: CrmClient | None = None
+) -> sync_state.SyncReport:
+    crm = crm or client(conn_id)
+    mapper = get_mapper("crm", "enrollment")
+    report = sync_state.SyncReport(partner="crm", stream=STREAM)
+    with session_scope(database_url) as session:
+        mark = sync_state.watermark(session, "crm", STREAM)
+    report.watermark_before = mark.isoformat() if mark else None
+    since = mark - OVERLAP if mark else None
+    orders: set[str] = set()
+    try:
+        for page in crm.pages(since):
+            report.payloads += 1
+            report.records += len(page.records)
+            item = Inbound("crm", "enrollment", "rest", page.raw, utcnow(), content_type="application/json")
+            with session_scope(database_url) as session:
+                (result,) = pipeline.ingest_batch(session, [item], lambda _i: mapper)
+                report.appended += result.appended
+                report.duplicates += result.duplicates
+                report.quarantined += result.quarantined
+                orders |= result.order_ids
+                if page.problem:
+                    report.errors.append(f"page {report.payloads}: {page.problem} (archived as raw #{result.raw_id})")
+                sync_state.advance(session, report, _newest(page.records))
+    except PartnerError as exc:
+        report.errors.append(str(exc))
+        with session_scope(database_url) as session:
+            sync_state.advance(session, report, None)
+    report.order_ids = sorted(orders)
+    log.info("crm pull: %s", {k: v for k, v in report.as_dict().items() if k != "order_ids"})
+    return report
+
+
+def _newest(records: list[dict[str, Any]]) -> datetime | None:
+    stamps = [datetime.fromisoformat(r["modifiedAt"]) for r in records if r.get("modifiedAt")]
+    return max(stamps) if stamps else None
+
+
+def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, crm: CrmClient | None = None) -> dict[str, Any]:
+    """Tell the CRM the hub's normalized status of one order (idempotent on the outbox key)."""
+    crm_order_id = (payload.get("refs") or {}).get("crm_order_id")
+    if not crm_order_id:
+        raise PartnerError(f"order {payload.get('order_id')} has no CRM order id: nothing to update in the CRM")
+    body = {
+        "status": payload["status"],
+        "onHold": payload.get("on_hold", False),
+        "statusSince": payload.get("status_since"),
+        "hubOrderId": payload.get("order_id"),
+    }
+    return (crm or client(conn_id)).patch_status(crm_order_id, body, payload["idempotency_key"])
