@@ -1,0 +1,1 @@
+"""The specialty courier (liquid-nitrogen dry shippers): bookings, tracking, signed webhooks."""

@@ -1,0 +1,41 @@
+"""Courier REST client: book shipments (idempotent), read the tracking-event feed."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from connectors.common.connection import PartnerConnection
+from connectors.common.http import PartnerError, PartnerSession
+
+
+class CourierClient:
+    partner = "courier"
+
+    def __init__(self, conn: PartnerConnection, *, attempts: int = 6) -> None:
+        if not conn.password:
+            raise PartnerError(f"connection {conn.conn_id!r} needs the courier API key as its password")
+        self.conn = conn
+        self.session = PartnerSession(self.partner, conn.base_url, attempts=attempts)
+        self.headers = {"X-API-Key": conn.password}
+
+    def book(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        answer = self.session.request(
+            "POST", "/v1/shipments", json=body, headers={**self.headers, "Idempotency-Key": idempotency_key}
+        )
+        if answer.status != 200:
+            raise PartnerError(f"courier: booking answered {answer.status}")
+        return dict(answer.json())
+
+    def events_page(self, since: datetime | None, limit: int = 200) -> tuple[bytes, list[dict[str, Any]], str | None]:
+        """One page of the event feed: raw bytes (archived as is), events, and a problem if unusable."""
+        params: dict[str, Any] = {"limit": limit}
+        if since is not None:
+            params["since"] = since.isoformat()
+        answer = self.session.request("GET", "/v1/events", params=params, headers=self.headers)
+        if answer.status != 200:
+            raise PartnerError(f"courier: event feed answered {answer.status}")
+        try:
+            return answer.body, list(answer.json()["events"]), None
+        except (PartnerError, KeyError, TypeError) as exc:
+            return answer.body, [], str(exc)
