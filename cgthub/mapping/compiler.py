@@ -140,6 +140,13 @@ class CompiledMapping:
         except jmespath.exceptions.ParseError as exc:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
+        # The CSV columns the rules read: a file whose header lacks them is not this export.
+        self._columns = {
+            source
+            for rule in spec.events
+            for source in [c.source for c in rule.when]
+            + [s for f in rule.fields.values() for s in ([f.source] if isinstance(f.source, str) else f.source or [])]
+        }
 
     # compile -----------------------------------------------------------------------------------
     def _compile_event(self, index: int, rule: EventRule) -> CompiledEvent:
@@ -225,7 +232,11 @@ class CompiledMapping:
             if fmt == "hl7":
                 return [hl7v2.parse(payload)]
             if fmt == "csv":
-                return list(csv.DictReader(io.StringIO(payload.decode("utf-8-sig"))))
+                reader = csv.DictReader(io.StringIO(payload.decode("utf-8-sig")))
+                missing = sorted(self._columns - set(reader.fieldnames or []))
+                if missing:
+                    raise ValueError(f"the CSV header lacks the columns {missing}")
+                return list(reader)
             data = json.loads(payload) if fmt == "json" else _xml_to_dict(payload)
             if self._records is not None:
                 data = self._records(data)

@@ -22,6 +22,7 @@ class SyncState(Base):
     partner: Mapped[str] = mapped_column(String(32), primary_key=True)
     stream: Mapped[str] = mapped_column(String(64), primary_key=True)
     watermark: Mapped[datetime | None]
+    cursor: Mapped[str | None] = mapped_column(String(200))  # for partners that page by sequence
     updated_at: Mapped[datetime]
     last_report: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -51,14 +52,23 @@ def watermark(session: Session, partner: str, stream: str) -> datetime | None:
     return state.watermark if state else None
 
 
-def advance(session: Session, report: SyncReport, new_watermark: datetime | None) -> None:
-    """Record the run; the watermark only ever moves forward."""
+def cursor(session: Session, partner: str, stream: str) -> str | None:
+    state = session.get(SyncState, (partner, stream))
+    return state.cursor if state else None
+
+
+def advance(
+    session: Session, report: SyncReport, new_watermark: datetime | None, *, new_cursor: str | None = None
+) -> None:
+    """Record the run; the watermark only ever moves forward, the cursor moves when given."""
     state = session.get(SyncState, (report.partner, report.stream))
     if state is None:
         state = SyncState(partner=report.partner, stream=report.stream, watermark=None, updated_at=utcnow())
         session.add(state)
     if new_watermark is not None and (state.watermark is None or new_watermark > state.watermark):
         state.watermark = new_watermark
+    if new_cursor is not None:
+        state.cursor = new_cursor
     report.watermark_after = state.watermark.isoformat() if state.watermark else None
     state.updated_at = utcnow()
     state.last_report = report.as_dict()

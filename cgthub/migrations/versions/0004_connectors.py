@@ -24,6 +24,7 @@ def upgrade() -> None:
         sa.Column("partner", sa.String(length=32), nullable=False),
         sa.Column("stream", sa.String(length=64), nullable=False),
         sa.Column("watermark", cgthub.tables.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("cursor", sa.String(length=200), nullable=True),
         sa.Column("updated_at", cgthub.tables.UTCDateTime(timezone=True), nullable=False),
         sa.Column("last_report", sa.JSON(), nullable=False),
         sa.PrimaryKeyConstraint("partner", "stream"),
