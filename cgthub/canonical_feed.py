@@ -1,7 +1,9 @@
 """Canonical JSON feeds: partner data that arrives already in the hub's canonical form.
 
 Some sources (a partner's integration team, a migration, the demo's synthetic partners) deliver
-canonical events as JSON files in a drop folder, `var/inbox/<system>/*.json` (one event or a list).
+canonical events as JSON files in a drop folder, `var/inbox/<system>/*.json` (one event or a list);
+files in the partner's own format go in a folder named after their kind, `var/inbox/<system>/<kind>/`,
+and are mapped by that kind's mapping file (the SFTP-style file exchange of CMOs and CRMs).
 They take the same path as everything else: raw archive first, then this mapper, then the ledger.
 Processed files move to `done/`; a file that does not parse is archived and quarantined, not lost.
 """
@@ -59,6 +61,14 @@ def inbox(system: str) -> Path:
 
 def pending_files(system: str) -> list[Path]:
     return sorted(inbox(system).glob("*.json"))
+
+
+def native_files(system: str) -> list[tuple[str, Path]]:
+    """Partner-format files waiting in `inbox/<system>/<kind>/`: (kind, path), mapped by mappings/<system>/<kind>."""
+    found = []
+    for folder in sorted(p for p in inbox(system).iterdir() if p.is_dir() and p.name != "done"):
+        found.extend((folder.name, path) for path in sorted(folder.iterdir()) if path.is_file())
+    return found
 
 
 def mark_done(path: Path) -> None:

@@ -16,7 +16,9 @@ Partners: a partner whose connector and sandbox are installed is pulled through 
 deliver through their canonical drop folders (var/demo/inbox/<partner>/) and the hospital's HL7
 messages go through the raw archive exactly as the MLLP listener leaves them. The first lines of
 the output say which path each partner took. The hospital speaks real HL7 v2 (ORU^R01 collection
-reports, SIU^S12 infusion bookings, with synthetic identities the mappings turn into pseudonyms).
+reports, SIU^S12 infusion bookings), the CRM its therapy-order records and the courier its tracking
+events, each through its mapping in mappings/ (synthetic identities the mappings pseudonymize); the
+ERP and the CMO deliver canonical JSON in this demo.
 """
 
 from __future__ import annotations
@@ -51,6 +53,9 @@ def _prepare_environment() -> None:
     DEMO_VAR.mkdir(parents=True)
     os.environ["CGTHUB_VAR_DIR"] = str(DEMO_VAR)
     os.environ.pop("CGTHUB_DATABASE_URL", None)
+    # Partners come through their drop folders and the HL7 archive here; connectors pulling their
+    # sandboxes are enabled partner by partner once the demo starts those sandboxes.
+    os.environ.setdefault("CGTHUB_CONNECTORS", "")
     from cgthub import airflow_env
 
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
@@ -73,14 +78,27 @@ def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
     from cgthub.store import session_scope
     from cgthub.tables import utcnow
 
-    by_system: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    by_system: dict[str, list[Any]] = defaultdict(list)
+    native: dict[tuple[str, str], list[Any]] = defaultdict(list)
     hl7: list[Any] = []
     for emission in emissions:
-        (hl7 if emission.system == "hl7" else by_system[emission.system]).append(emission)
-    counts = {system: len(items) for system, items in by_system.items()}
+        if emission.system == "hl7":
+            hl7.append(emission)
+        elif emission.native is not None:
+            native[(emission.system, emission.kind)].append(emission.native)
+        else:
+            by_system[emission.system].append(emission)
+    counts: dict[str, int] = defaultdict(int)
     for system, items in by_system.items():
+        counts[system] += len(items)
         path = canonical_feed.inbox(system) / f"wave{wave}-{system}.json"
         path.write_text(json.dumps([e.event for e in items], indent=1))
+    for (system, kind), records in native.items():  # one page per partner document kind, in its own format
+        counts[system] += len(records)
+        folder = canonical_feed.inbox(system) / kind
+        folder.mkdir(exist_ok=True)
+        page = {"crm": "items", "courier": "events"}[system]
+        (folder / f"wave{wave}.json").write_text(json.dumps({page: records}, indent=1))
     with session_scope() as session:
         for emission in hl7:  # as the MLLP listener does: archive under the control id, ACK, nothing else
             real = bool(emission.hl7)
@@ -95,7 +113,7 @@ def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
                 content_type="x-application/hl7-v2+er7" if real else "application/json",
             )
     counts["hl7"] = len(hl7)
-    return counts
+    return dict(counts)
 
 
 class Runner:
@@ -131,7 +149,10 @@ def _partner_paths() -> list[str]:
     lines = []
     for partner in INGEST_DAGS:
         connector = partner_sync.connector_pull(partner) if partner_sync.connector_enabled(partner) else None
-        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else f"{_shown()}/inbox/{partner}/"
+        native = {"crm": "enrollment", "courier": "tracking_event"}.get(partner)
+        files = f"{_shown()}/inbox/{partner}/{native}/ (own format, mappings/{partner}/{native})" if native else None
+        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else None
+        via = via or files or f"{_shown()}/inbox/{partner}/ (canonical JSON)"
         lines.append(f"  {partner:<10} in : {via}")
     lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
     lines.append("                  mappings/hl7 in the HL7 inbox DAG (infusion completed: canonical JSON for now)")

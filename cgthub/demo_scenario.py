@@ -24,7 +24,6 @@ from typing import Any
 from cgthub.identifiers import mod37_2_check
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import EventType as E
-from cgthub.pseudonym import pseudonymize
 
 PATIENTS = 25
 DAY = timedelta(days=1)
@@ -42,7 +41,8 @@ class Emission:
     event: dict[str, Any]
     message_id: str = ""
     hl7: str = ""  # the HL7 v2 message as the hospital sends it (mapped by mappings/hl7), when there is one
-    kind: str = ""  # its message type, e.g. ORU^R01
+    kind: str = ""  # its message type (ORU^R01) or the partner's document kind (enrollment, tracking_event)
+    native: dict[str, Any] | None = None  # the partner's own JSON record (mapped by mappings/<partner>/<kind>)
 
 
 @dataclass
@@ -112,6 +112,38 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
     def say(system: str, kind: E, at: datetime, eid: str, message_id: str = "", **fields: Any) -> None:
         out.append(Emission(system, at, _event(p, system, kind, at, eid, **fields), message_id))
 
+    def crm(at: datetime, status: str, **extra: Any) -> None:
+        """The CRM's therapy-order record as it stands at `at` (the CRM sends whole records)."""
+        record = {
+            "id": p.crm,
+            "recordType": "TherapyOrder",
+            "status": status,
+            "modifiedAt": at.isoformat(),
+            "enrolledAt": t0.isoformat(),
+            "product": "KYM-CD19",
+            "site": {"id": p.site, "country": p.market},
+            "manufacturingSite": CMO[p.market],
+            "patient": {"coiId": p.coi, "mrn": f"MRN{n:08d}"},  # synthetic; the mapping pseudonymizes it
+            "apheresis": None,
+            **extra,
+        }
+        out.append(Emission("crm", at, {}, kind="enrollment", native=record))
+
+    def track(status: str, at: datetime, eid: str, leg: dict[str, Any], **extra: Any) -> None:
+        """One courier tracking event, in the courier's own format and offsets."""
+        event = {
+            "eventId": eid,
+            "shipmentId": leg["shipment_id"],
+            "trackingNumber": f"CRY{leg['shipment_id'][4:8]}{leg['direction'][3].upper()}",
+            "status": status,
+            "timestamp": at.isoformat(),
+            "direction": {"to_cmo": "TO_MANUFACTURER", "to_site": "TO_SITE"}[leg["direction"]],
+            "reference": {"crmOrderId": p.crm},
+            "shipper": {"id": leg["shipper_id"]},
+            **extra,
+        }
+        out.append(Emission("courier", at, {}, kind="tracking_event", native=event))
+
     ship_out = {
         "shipment_id": f"SHP-{n:04d}-O",
         "courier": "cryoport",
@@ -124,18 +156,17 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         "direction": "to_site",
         "shipper_id": f"DS-{800 + n}",
     }
-    say(
-        "crm",
-        E.ORDER_ENROLLED,
-        t0,
-        f"case-{n}-enrolled",
-        patient={"coi_id": p.coi, "pseudonyms": {"mrn": pseudonymize("mrn", f"MRN{n:08d}")}},
-        order={"therapy": "CART-19", "market": p.market, "site": p.site, "cmo": CMO[p.market]},
-    )
+    crm(t0, "ENROLLED")
     say("erp", E.ERP_SALES_ORDER_CREATED, t0 + 3 * HOUR, f"so-{n}-created", refs={"erp_sales_order": p.so})
-    say("crm", E.APHERESIS_SCHEDULED, t0 + DAY, f"case-{n}-apheresis", scheduled_for=(t0 + 5 * DAY).isoformat())
+    booking = {
+        "scheduledFor": (t0 + 5 * DAY).isoformat(),
+        "bookedAt": (t0 + DAY).isoformat(),
+        "slotId": f"SLOT-{n:04d}",
+    }
+    crm(t0 + DAY, "SCHEDULED", apheresis=booking)
     if n == 11:
-        say("crm", E.ORDER_CANCELLED, t0 + 3 * DAY, f"case-{n}-cancelled", reason="patient too sick for apheresis")
+        cancelled_at = (t0 + 3 * DAY).isoformat()
+        crm(t0 + 3 * DAY, "CANCELLED", apheresis=booking, cancelledAt=cancelled_at, cancelReason="PT_UNWELL")
         p.notes.append("cancelled")
         return out
     if n == 20:
@@ -147,32 +178,23 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
     if n == 2:  # the interface engine resends the same message (same control id) after a timeout
         out.append(Emission("hl7", collected_at + 2 * HOUR, {}, out[-1].message_id, hl7=oru, kind="ORU^R01"))
         p.notes.append("HL7 resend")
-    say("courier", E.SHIPMENT_PICKED_UP, t0 + 5 * DAY + 4 * HOUR, f"trk-{n}-o-pick", shipment=ship_out)
+    cold = {"minC": -192.0, "maxC": -186.5, "readings": 24}
+    track("PICKED_UP", t0 + 5 * DAY + 4 * HOUR, f"EVT-{n:04d}-O1", ship_out, contents={"din": p.din}, temperature=cold)
     if n == 13:
-        say("courier", E.SHIPMENT_CUSTOMS_HOLD, t0 + 5 * DAY + 14 * HOUR, f"trk-{n}-o-customs", shipment=ship_out)
+        track("CUSTOMS_HOLD", t0 + 5 * DAY + 14 * HOUR, f"EVT-{n:04d}-O2", ship_out)
         p.notes.append("customs hold")
         return out
     if n == 3:
-        say(
-            "courier",
-            E.TEMPERATURE_EXCURSION,
+        excursion = {"start": (t0 + 5 * DAY + 10 * HOUR).isoformat(), "extremeC": -128.5, "limitC": -150.0}
+        track(
+            "TEMPERATURE_EXCURSION",
             t0 + 5 * DAY + 11 * HOUR,
-            f"trk-{n}-o-temp",
-            shipment={
-                **ship_out,
-                "temperature": {
-                    "min_c": -187.0,
-                    "max_c": -128.5,
-                    "readings": 96,
-                    "excursions": [
-                        {"started_at": (t0 + 5 * DAY + 10 * HOUR).isoformat(), "extreme_c": -128.5, "limit_c": -150.0}
-                    ],
-                },
-            },
-            attributes={"extreme_c": -128.5, "limit_c": -150.0, "duration_min": 55},
+            f"EVT-{n:04d}-O3",
+            ship_out,
+            excursion={**excursion, "durationMin": 55},
         )
         p.notes.append("temperature excursion")
-    say("courier", E.SHIPMENT_DELIVERED, t0 + 6 * DAY, f"trk-{n}-o-deliv", shipment=ship_out)
+    track("DELIVERED", t0 + 6 * DAY, f"EVT-{n:04d}-O4", ship_out, location={"code": CMO[p.market]}, temperature=cold)
     received_din = all_patients[0].din if n == 7 else p.din
     say(
         "cmo",
@@ -220,8 +242,8 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
             material={"lot": p.lot},
             refs={"cmo_batch_id": p.batch},
         )
-    say("courier", E.SHIPMENT_PICKED_UP, t0 + 24 * DAY + slip, f"trk-{n}-b-pick", shipment=ship_back)
-    say("courier", E.SHIPMENT_DELIVERED, t0 + 25 * DAY + slip, f"trk-{n}-b-deliv", shipment=ship_back)
+    track("PICKED_UP", t0 + 24 * DAY + slip, f"EVT-{n:04d}-B1", ship_back, contents={"lot": p.lot}, temperature=cold)
+    track("DELIVERED", t0 + 25 * DAY + slip, f"EVT-{n:04d}-B4", ship_back, location={"code": p.site})
     booked_at, infusion_at = t0 + 26 * DAY + slip, t0 + 29 * DAY + slip
     siu = infusion_booking(p, booked_at, infusion_at, f"{p.site[:3]}{n:05d}S")
     out.append(Emission("hl7", booked_at, {}, f"{p.site[:3]}{n:05d}S", hl7=siu, kind="SIU^S12"))
@@ -268,20 +290,18 @@ def infusion_booking(p: Patient, at: datetime, infusion_at: datetime, control_id
 
 
 def orphan_shipment(now: datetime) -> Emission:
-    """A courier booking for a shipment no order knows (a mistyped reference on the courier's side)."""
+    """A courier pickup for a shipment no order knows (the booking reference was left out)."""
     at = now - 2 * DAY
-    return Emission(
-        "courier",
-        at,
-        {
-            "source_system": "courier",
-            "source_event_id": "trk-unknown-pick",
-            "event_type": E.SHIPMENT_PICKED_UP.value,
-            "occurred_at": at.isoformat(),
-            "received_at": at.isoformat(),
-            "shipment": {"shipment_id": "SHP-9977-O", "courier": "cryoport", "direction": "to_cmo"},
-        },
-    )
+    event = {
+        "eventId": "EVT-9977-O1",
+        "shipmentId": "SHP-9977-O",
+        "status": "PICKED_UP",
+        "timestamp": at.isoformat(),
+        "direction": "TO_MANUFACTURER",
+        "reference": {},
+        "shipper": {"id": "DS-9977"},
+    }
+    return Emission("courier", at, {}, kind="tracking_event", native=event)
 
 
 def crm_extract(people: list[Patient], now: datetime) -> list[dict[str, Any]]:

@@ -95,13 +95,16 @@ def _refs(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
 
 def deliverer(partner: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     """How messages reach `partner`: its connector's push, or the file exchange when none is installed."""
+    from cgthub.partner_sync import connector_enabled
+
     module_name, attr = CONNECTOR_PUSH[partner]
+    push = None
     try:
-        push = getattr(importlib.import_module(module_name), attr, None)
+        if connector_enabled(partner):
+            push = getattr(importlib.import_module(module_name), attr, None)
     except ModuleNotFoundError as missing:
         if not (missing.name and module_name.startswith(missing.name)):
             raise
-        push = None
     if push is not None:
         return module_name, push
     folder = var_dir() / "outbound" / partner

@@ -104,25 +104,26 @@ def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
             setattr(summary, name, getattr(summary, name) + int(getattr(report, name, 0) or 0))
         summary.payloads += int(getattr(report, "payloads", getattr(report, "fetched", 0)) or 0)
         summary.orders = sorted(set(summary.orders) | set(getattr(report, "order_ids", ()) or ()))
-    files = canonical_feed.pending_files(partner)
+    files = [(canonical_feed.KIND, path) for path in canonical_feed.pending_files(partner)]
+    files += canonical_feed.native_files(partner)
     if files:
         summary.via.append(f"drop folder {canonical_feed.inbox(partner)}")
         system = ARCHIVE_SYSTEM.get(partner, partner)
         items = [
             archive.Inbound(
                 system=system,
-                kind=canonical_feed.KIND,
+                kind=kind,
                 channel="file",
                 payload=path.read_bytes(),
                 received_at=utcnow(),
-                dedupe_key=f"file:{partner}:{path.name}",
-                content_type="application/json",
+                dedupe_key=f"file:{partner}:{kind}:{path.name}",
+                content_type="application/json" if path.suffix == ".json" else "application/octet-stream",
             )
-            for path in files
+            for kind, path in files
         ]
         with session_scope(database_url) as session:
             summary.absorb(pipeline.ingest_batch(session, items, mapper_for))
-        for path in files:  # only after the commit: a crash before this re-reads them, and the archive dedupes
+        for _kind, path in files:  # only after the commit: a crash before this re-reads them, and the archive dedupes
             canonical_feed.mark_done(path)
     log.info("pulled %s: %s", partner, summary.as_dict())
     return summary.as_dict()

@@ -135,6 +135,7 @@ def test_outbound_delivers_each_partner_and_one_outage_blocks_no_other(dags, hub
     run(dags["cgthub_ingest_crm"])
     run(dags["cgthub_ingest_cmo"])
     monkeypatch.setitem(outbound.CONNECTOR_PUSH, "erp", ("tests.test_dags_run", "broken_push"))
+    monkeypatch.setenv("CGTHUB_CONNECTORS", "erp")  # the ERP through its (broken) connector, the rest as files
 
     dag_run, states = run(dags["cgthub_outbound"])
     assert states["route"] == "success"
