@@ -239,9 +239,10 @@ class CompiledMapping:
                 return list(reader)
             data = json.loads(payload) if fmt == "json" else _xml_to_dict(payload)
             if self._records is not None:
-                data = self._records(data)
-                if data is None:
+                found = self._records(data)
+                if found is None and not _has_parent(data, self.spec.records or ""):
                     raise ValueError(f"no records at {self.spec.records!r}")
+                data = found if found is not None else []  # the container is there and empty
             items = data if isinstance(data, list) else [data]
             if not all(isinstance(item, dict) for item in items):
                 raise ValueError("expected objects (one record or a list of records)")
@@ -319,6 +320,18 @@ class CompiledMapping:
             value = _pop(tree, path)
             if value is not None:
                 _put(tree, path, pseudonymize(path[-1], str(value)))
+
+
+def _has_parent(data: Any, expression: str) -> bool:
+    """For a dotted records path, whether everything above the last step is there (an empty answer)."""
+    if not _DOTTED.match(expression):
+        return False
+    node = data
+    for key in expression.split(".")[:-1]:
+        if not isinstance(node, dict) or key not in node:
+            return False
+        node = node[key]
+    return True
 
 
 def _put(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:

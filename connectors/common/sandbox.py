@@ -53,7 +53,7 @@ class FaultInjector:
         roll = self.random.random()
         for name, rate, status, headers, body in (
             ("5xx", cfg.error_rate, 503, [(b"content-type", b"application/json")], b'{"error":"unavailable"}'),
-            ("429", cfg.rate_limit_rate, 429, [(b"retry-after", b"0.05")], b""),
+            ("429", cfg.rate_limit_rate, 429, [(b"retry-after", b"0")], b""),
             ("html", cfg.html_rate, 502, [(b"content-type", b"text/html")], b"<html><h1>502 Bad Gateway</h1></html>"),
         ):
             if roll < rate:

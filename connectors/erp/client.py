@@ -1,0 +1,107 @@
+"""ERP client: zeep against the WSDL, with hardened XML settings, retries and typed SOAP faults.
+
+zeep >= 4.3.3 with `forbid_dtd`, `forbid_entities` and `forbid_external` set explicitly (zeep
+before 4.3.3 ignored forbid_external: CVE-2026-58501). Retries are urllib3's Retry on the
+transport's session (timeouts, resets, 5xx, 429 with Retry-After; POST included, the operations
+are idempotent), and every call goes through the partner's circuit breaker. Reads return the raw
+SOAP response too, so the archive keeps exactly what the ERP said.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import requests
+from lxml import etree
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+from zeep import Client, Settings
+from zeep.exceptions import Fault, TransportError
+from zeep.transports import Transport
+
+from connectors.common.breaker import breaker_for
+from connectors.common.connection import PartnerConnection
+from connectors.common.http import PartnerError
+
+HARDENED = Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True, xml_huge_tree=False)
+BINDING = "{urn:cgthub:sandbox:erp}OrderBinding"
+_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+
+
+class ErpFault(PartnerError):
+    """The ERP refused the call with a SOAP fault; `code` is the fault code (Client or Server)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"ERP SOAP fault ({code}): {message}")
+        self.code = code
+
+
+def _session(attempts: int) -> requests.Session:
+    session = requests.Session()
+    retry = Retry(
+        total=attempts,
+        backoff_factor=0.05,
+        backoff_jitter=0.05,
+        status_forcelist=(429, 502, 503, 504),
+        allowed_methods=None,
+        respect_retry_after_header=True,
+        raise_on_status=False,
+    )
+    session.mount("http://", HTTPAdapter(max_retries=retry))
+    session.mount("https://", HTTPAdapter(max_retries=retry))
+    return session
+
+
+class ErpClient:
+    partner = "erp"
+
+    def __init__(self, conn: PartnerConnection, *, attempts: int = 5, timeout: float = 10.0) -> None:
+        endpoint = conn.base_url.rstrip("/")
+        transport = Transport(session=_session(attempts), timeout=timeout, operation_timeout=timeout)
+        self.client = Client(f"{endpoint}?wsdl", transport=transport, settings=HARDENED)
+        self.service = self.client.create_service(BINDING, endpoint)
+        self.breaker = breaker_for(self.partner)
+
+    def _call(self, operation: str, *, raw: bool = False, **kwargs: Any) -> Any:
+        def once() -> Any:
+            try:
+                if raw:
+                    with self.client.settings(raw_response=True):
+                        response = getattr(self.service, operation)(**kwargs)
+                    if response.status_code >= 400:
+                        self._raise_fault(response.content)
+                    return response.content
+                return getattr(self.service, operation)(**kwargs)
+            except Fault as fault:
+                raise ErpFault(str(fault.code or "Server").split(":")[-1], fault.message) from fault
+            except TransportError as exc:
+                raise PartnerError(f"erp: transport error {exc.status_code}") from exc
+
+        return self.breaker.call(once)
+
+    @staticmethod
+    def _raise_fault(content: bytes) -> None:
+        try:
+            root = etree.fromstring(content, parser=_PARSER)
+        except etree.XMLSyntaxError as exc:
+            raise PartnerError("erp: an HTTP error with a body that is not XML") from exc
+        text = root.findtext(".//faultstring")
+        if text is None:
+            raise PartnerError("erp: an HTTP error without a SOAP fault")
+        raise ErpFault((root.findtext(".//faultcode") or "Server").split(":")[-1], text)
+
+    def create_sales_order(self, crm_order_id: str, material: str, plant: str) -> dict[str, Any]:
+        answer = self._call("CreateSalesOrder", crmOrderId=crm_order_id, materialNumber=material, plant=plant)
+        return {"salesOrderNumber": answer.salesOrderNumber, "crmOrderId": answer.crmOrderId}
+
+    def sales_orders_raw(self, changed_since: datetime | None) -> bytes:
+        return self._call("GetSalesOrders", raw=True, changedSince=changed_since)
+
+    def goods_movements_raw(self, posted_since: datetime | None) -> bytes:
+        return self._call("GetGoodsMovements", raw=True, postedSince=posted_since)
+
+    def post_status(self, sales_order: str, status: str, idempotency_key: str) -> bool:
+        return bool(
+            self._call("PostOrderStatus", salesOrderNumber=sales_order, status=status, idempotencyKey=idempotency_key)
+        )

@@ -1,0 +1,79 @@
+"""ERP connector: zeep against the sandbox's WSDL over loopback; SOAP faults; hardened XML."""
+
+import pytest
+from sqlalchemy import select
+
+from cgthub import ledger, quarantine
+from cgthub.store import session_scope
+from cgthub.tables import Order, RawMessage
+from connectors.common import breaker
+from connectors.common.connection import PartnerConnection
+from connectors.common.sandbox import FaultConfig, SandboxServer
+from connectors.erp import sandbox as erp_sandbox
+from connectors.erp import sync
+from connectors.erp.client import HARDENED, ErpClient, ErpFault
+from tests.factories import enrolment
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    breaker._breakers.clear()
+
+
+def _client(server):
+    return ErpClient(PartnerConnection("erp_soap", f"{server.base_url}/erp/soap"))
+
+
+def test_zeep_settings_are_hardened():
+    assert HARDENED.forbid_dtd and HARDENED.forbid_entities and HARDENED.forbid_external
+
+
+def test_create_pull_and_post_status_round_trip(db_url, monkeypatch):
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    app = erp_sandbox.create_app(faults=FaultConfig(error_rate=0.25, rate_limit_rate=0.1))
+    with SandboxServer(app) as erp:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_SOAP", f"http://127.0.0.1:{erp.port}/erp/soap")
+        erp_client = _client(erp)
+        first = erp_client.create_sales_order("CRM-00001", "MAT-CART19", "US10")
+        again = erp_client.create_sales_order("CRM-00001", "MAT-CART19", "US10")
+        assert first == again and first["salesOrderNumber"] == "SO-4500001"
+        app.sandbox_state.post_movement("SO-4500001", "101", "LOT-00001", "US10")
+        report = sync.pull()
+        assert report.errors == [] and report.appended == 2
+        assert sync.pull().appended == 0  # the overlap re-reads, the ledger absorbs
+        payload = {
+            "order_id": "ORD-1",
+            "status": "released",
+            "refs": {"crm_order_id": "CRM-00001", "erp_sales_order": "SO-4500001"},
+            "idempotency_key": "erp:ORD-1:5",
+        }
+        sync.push(payload)
+        sync.push(payload)
+    assert list(app.sandbox_state.statuses) == ["erp:ORD-1:5"]
+    with session_scope(db_url) as s:
+        order = s.scalars(select(Order)).one()
+        assert order.projection["refs"]["erp_sales_order"] == "SO-4500001"
+        raw = s.scalars(select(RawMessage).where(RawMessage.system == "erp")).all()
+        assert {r.kind for r in raw} == {"sales_order", "goods_movement"}
+
+
+def test_soap_fault_becomes_a_typed_error():
+    with SandboxServer(erp_sandbox.create_app()) as erp:
+        with pytest.raises(ErpFault, match=r"\(Client\): material MAT-NOPE does not exist") as caught:
+            _client(erp).create_sales_order("CRM-00009", "MAT-NOPE", "US10")
+        assert caught.value.code == "Client"
+        with pytest.raises(ErpFault, match="sales order SO-1 does not exist"):
+            _client(erp).post_status("SO-1", "released", "k")
+
+
+def test_a_sales_order_for_an_unknown_crm_order_waits_in_quarantine(db_url, monkeypatch):
+    app = erp_sandbox.create_app()
+    with SandboxServer(app) as erp:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_SOAP", f"http://127.0.0.1:{erp.port}/erp/soap")
+        _client(erp).create_sales_order("CRM-00042", "MAT-CART19", "US10")
+        report = sync.pull()
+    assert report.quarantined == 1
+    with session_scope(db_url) as s:
+        (entry,) = quarantine.list_entries(s)
+        assert entry.stage == "correlate" and "crm_order_id=CRM-00042" in entry.reason
