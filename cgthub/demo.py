@@ -12,7 +12,8 @@ what the hospital sent over MLLP, the outbound DAG tells the partners, and the m
 reconciliation DAGs judge deadlines and cross-system consistency at that moment. The demo ends by
 printing the order transparency table and where to look next.
 
-Partners: a partner whose connector and sandbox are installed is pulled through them; the others
+Partners: a partner whose connector and sandbox are installed (today the CRM) runs its sandbox on
+loopback and is pulled and pushed through its real connector; the others
 deliver through their canonical drop folders (var/demo/inbox/<partner>/) and the hospital's HL7
 messages go through the raw archive exactly as the MLLP listener leaves them. The first lines of
 the output say which path each partner took. The hospital speaks real HL7 v2 (ORU^R01 collection
@@ -72,7 +73,49 @@ def _quiet_logs() -> None:
         logger.setLevel(logging.INFO if name == "cgthub" else logging.WARNING)
 
 
-def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
+class Sandboxes:
+    """The partner sandboxes the demo runs on loopback: those whose connector package is installed.
+
+    A partner with a running sandbox is pulled (and pushed to) through its real connector, with its
+    Airflow connection pointing at the sandbox; the partner's story is posted into the sandbox.
+    """
+
+    def __init__(self) -> None:
+        self.urls: dict[str, str] = {}
+        self._servers: list[Any] = []
+
+    def start(self) -> None:
+        try:
+            from connectors.common.sandbox import SandboxServer
+            from connectors.crm import sandbox as crm_sandbox
+        except ModuleNotFoundError:
+            return
+        server = SandboxServer(crm_sandbox.create_app()).start()
+        self._servers.append(server)
+        self.urls["crm"] = server.base_url
+        os.environ["AIRFLOW_CONN_CRM_API"] = f"http://cgthub:sandbox-secret@127.0.0.1:{server.port}"
+        os.environ["CGTHUB_CONNECTORS"] = ",".join(self.urls)
+
+    def post_crm_records(self, records: list[dict[str, Any]]) -> None:
+        import httpx
+
+        for record in records:  # the CRM's users editing therapy orders
+            httpx.post(f"{self.urls['crm']}/sandbox/orders", json=record, timeout=10).raise_for_status()
+
+    def crm_status_updates(self) -> int:
+        import httpx
+
+        if "crm" not in self.urls:
+            return 0
+        statuses = httpx.get(f"{self.urls['crm']}/sandbox/statuses", timeout=10).json()
+        return sum(len(updates) for updates in statuses.values())
+
+    def stop(self) -> None:
+        for server in self._servers:
+            server.stop()
+
+
+def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None) -> dict[str, int]:
     """The partners' side of a wave: files into drop folders, HL7 messages into the archive (as the listener does)."""
     from cgthub import archive, canonical_feed
     from cgthub.store import session_scope
@@ -95,6 +138,9 @@ def deliver(emissions: list[Any], wave: int) -> dict[str, int]:
         path.write_text(json.dumps([e.event for e in items], indent=1))
     for (system, kind), records in native.items():  # one page per partner document kind, in its own format
         counts[system] += len(records)
+        if sandboxes is not None and system in sandboxes.urls:
+            sandboxes.post_crm_records(records)
+            continue
         folder = canonical_feed.inbox(system) / kind
         folder.mkdir(exist_ok=True)
         page = {"crm": "items", "courier": "events"}[system]
@@ -143,7 +189,7 @@ class Runner:
         return {}
 
 
-def _partner_paths() -> list[str]:
+def _partner_paths(sandboxes: Sandboxes) -> list[str]:
     from cgthub import outbound, partner_sync
 
     lines = []
@@ -151,7 +197,8 @@ def _partner_paths() -> list[str]:
         connector = partner_sync.connector_pull(partner) if partner_sync.connector_enabled(partner) else None
         native = {"crm": "enrollment", "courier": "tracking_event"}.get(partner)
         files = f"{_shown()}/inbox/{partner}/{native}/ (own format, mappings/{partner}/{native})" if native else None
-        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}" if connector else None
+        sandbox = f" <- sandbox {sandboxes.urls[partner]}" if partner in sandboxes.urls else ""
+        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}{sandbox}" if connector else None
         via = via or files or f"{_shown()}/inbox/{partner}/ (canonical JSON)"
         lines.append(f"  {partner:<10} in : {via}")
     lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
@@ -175,15 +222,26 @@ def main() -> int:
     _quiet_logs()
     now = utcnow().replace(minute=0, second=0, microsecond=0)
     people, emissions = demo_scenario.world(now)
+    sandboxes = Sandboxes()
+    sandboxes.start()
+    try:
+        return _run(runner_started=started, now=now, people=people, emissions=emissions, sandboxes=sandboxes)
+    finally:
+        sandboxes.stop()
+
+
+def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: list[Any], sandboxes: Sandboxes) -> int:
+    from cgthub import demo_scenario
+
     print("partners:")
-    print("\n".join(_partner_paths()))
+    print("\n".join(_partner_paths(sandboxes)))
     runner = Runner()
     cuts = [now - timedelta(days=30), now - timedelta(days=12), now]
     previous = datetime.min.replace(tzinfo=now.tzinfo)
     for wave, cut in enumerate(cuts, start=1):
         batch = [e for e in emissions if previous < e.at <= cut]
         previous = cut
-        delivered = deliver(batch, wave)
+        delivered = deliver(batch, wave, sandboxes)
         if cut == now:
             extract = DEMO_VAR / "snapshots" / "crm.json"
             extract.parent.mkdir(exist_ok=True)
@@ -198,7 +256,7 @@ def main() -> int:
         print(f"wave {wave} (up to {cut:%Y-%m-%d}): partners sent {sent} messages; 9 DAG runs done")
     print()
     print(render_table(now))
-    print(where_next(runner, time.monotonic() - started))
+    print(where_next(runner, time.monotonic() - runner_started, sandboxes))
     return 0
 
 
@@ -245,7 +303,7 @@ def _alert_label(kind: str, severity: str) -> str:
     return kind.removeprefix("reconciliation.") + ("!" if severity == "critical" else "")
 
 
-def where_next(runner: Runner, elapsed: float) -> str:
+def where_next(runner: Runner, elapsed: float, sandboxes: Sandboxes) -> str:
     from sqlalchemy import func, select
 
     from cgthub import alerts
@@ -281,7 +339,7 @@ def where_next(runner: Runner, elapsed: float) -> str:
     db = f"CGTHUB_VAR_DIR={shown}"
     return f"""
 {raw} partner payloads archived, {entries} ledger entries, {len(quarantined)} in quarantine, \
-{delivered} outbound messages delivered.
+{delivered} outbound messages delivered ({sandboxes.crm_status_updates()} status updates PATCHed into the CRM sandbox).
 resent by the hospital, received twice and applied once: {len(resent_ids)} HL7 message(s) of {", ".join(resent_orders)}
 open alerts: {", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))}  ("!" = critical)
 last reconciliation report #{report.id if report else "-"}: {json.dumps(report.counts if report else {})}
