@@ -273,11 +273,30 @@ class CompiledMapping:
             "raw_checksum": checksum,
         }
         out: list[tuple[str, CanonicalEvent]] = []
-        for record in self.records(payload):
+        for number, record in enumerate(self.records(payload), start=1):
+            taken = False
             for event in self.events:
                 if all(test(record) for test in event.conditions):
                     out.append((event.rule.name, self._build(event, record, provenance, received_at)))
+                    taken = True
+            if not taken and self.spec.unmatched == "reject":
+                seen = self._condition_values(record)
+                raise PayloadRejected(
+                    Stage.MAP,
+                    f"{self.mapping_id}@{self.version}: record {number} matches no rule ({seen}); "
+                    "an unknown code? add a rule or a code-map entry, then replay",
+                    {"mapping": self.mapping_id, "version": self.version},
+                )
         return out
+
+    def _condition_values(self, record: Any) -> str:
+        """The values the rules' conditions looked at (codes, not patient data)."""
+        sources = dict.fromkeys(c.source for e in self.spec.events for c in e.when)
+        shown = []
+        for source in sources:
+            value = self._get(source)(record)
+            shown.append(f"{source}={str(value)[:40]!r}")
+        return ", ".join(shown) or "no conditions"
 
     def _build(
         self, event: CompiledEvent, record: Any, provenance: dict[str, Any], received_at: datetime

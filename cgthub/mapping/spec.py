@@ -91,6 +91,7 @@ class MappingSpec(_Spec):
     format: Literal["json", "hl7", "csv", "xml"]
     source_time_zone: str = "UTC"
     records: str | None = None  # JMESPath to the list of records inside the payload (JSON and XML)
+    unmatched: Literal["ignore", "reject"] = "ignore"  # a record no rule takes: fine, or an unknown code
     code_maps: dict[str, dict[str, Any]] = Field(default_factory=dict)
     residency: dict[str, list[str]] = Field(default_factory=dict)
     events: list[EventRule] = Field(min_length=1)
