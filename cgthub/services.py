@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import runpy
 import sys
 import threading
 
 PARTNERS = ("crm", "erp", "courier", "cmo", "hospital")
+SANDBOX_PORTS = {partner: 8701 + i for i, partner in enumerate(PARTNERS)}
 
 
 def _installed(module: str) -> bool:
@@ -39,12 +39,16 @@ def mllp_listener() -> int:
     return 0
 
 
-def sandbox(partner: str) -> int:
+def sandbox(partner: str, host: str, port: int) -> int:
+    """Serve `connectors.<partner>.sandbox.create_app()` with uvicorn."""
     module = f"connectors.{partner}.sandbox"
     if not _installed(module):
         print(f"{module} is not installed in this build", file=sys.stderr)
         return 2
-    runpy.run_module(module, run_name="__main__")
+    import uvicorn
+
+    app = importlib.import_module(module).create_app()
+    uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
 
 
@@ -61,6 +65,8 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("mllp-listener", help="hospital HL7 v2 over MLLP")
     box = sub.add_parser("sandbox", help="a partner sandbox")
     box.add_argument("partner", choices=PARTNERS)
+    box.add_argument("--host", default="127.0.0.1")
+    box.add_argument("--port", type=int, default=0, help="default: 8701.. by partner")
     feed = sub.add_parser("feeder", help="demo partner traffic")
     feed.add_argument("--tick", type=float, default=30.0)
     return parser
@@ -72,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.service == "mllp-listener":
         return mllp_listener()
     if args.service == "sandbox":
-        return sandbox(args.partner)
+        return sandbox(args.partner, args.host, args.port or SANDBOX_PORTS[args.partner])
     return feeder(args.tick)
 
 

@@ -42,7 +42,9 @@ def _optional_services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
         except ModuleNotFoundError:
             found = False
         if found:
-            started.append(_start(f"{partner} sandbox", [sys.executable, "-m", module], env))
+            port = 8701 + ("crm", "erp", "courier", "cmo", "hospital").index(partner)
+            argv = [sys.executable, "-m", "cgthub.services", "sandbox", partner, "--port", str(port)]
+            started.append(_start(f"{partner} sandbox on 127.0.0.1:{port}", argv, env))
         else:
             print(f"{partner} sandbox: {module} is not installed; the demo feeder stands in")
     return started
