@@ -77,3 +77,33 @@ def test_a_sales_order_for_an_unknown_crm_order_waits_in_quarantine(db_url, monk
     with session_scope(db_url) as s:
         (entry,) = quarantine.list_entries(s)
         assert entry.stage == "correlate" and "crm_order_id=CRM-00042" in entry.reason
+
+
+def test_material_and_batch_master_and_goods_movement_posting():
+    app = erp_sandbox.create_app()
+    with SandboxServer(app) as erp:
+        client = _client(erp)
+        material = client.material("MAT-CART19")
+        assert material["storageCondition"] == "vapour LN2 <= -150 C" and material["shelfLifeHours"] == 8760
+        app.sandbox_state.batches["LOT-1"] = {
+            "batchNumber": "LOT-1",
+            "materialNumber": "MAT-CART19",
+            "expiryDate": "2027-03-26",
+            "status": "RELEASED",
+        }
+        assert client.batch("LOT-1")["status"] == "RELEASED"
+        with pytest.raises(ErpFault, match="batch LOT-404 does not exist"):
+            client.batch("LOT-404")
+        order = client.create_sales_order("CRM-00001", "MAT-CART19", "US10")
+        payload = {
+            "order_id": "ORD-1",
+            "status": "released",
+            "market": "US",
+            "idempotency_key": "erp:ORD-1:8",
+            "refs": {"crm_order_id": "CRM-00001", "erp_sales_order": order["salesOrderNumber"], "lot": "LOT-1"},
+        }
+        first = sync.push(payload, erp=client)
+        again = sync.push(payload, erp=client)
+    assert first["goods_movement"]["movementType"] == "101"
+    assert first["goods_movement"]["documentNumber"] == again["goods_movement"]["documentNumber"]
+    assert len(app.sandbox_state.movements) == 1

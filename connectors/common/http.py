@@ -48,7 +48,15 @@ class Answer:
 
 
 def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, (RetryableError, requests.ConnectionError, requests.Timeout))
+    """Timeouts, refused or reset connections, bodies cut off mid-way, 5xx and 429."""
+    return isinstance(
+        exc, (RetryableError, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError)
+    )
+
+
+def retrying(attempts: int) -> Any:
+    """The retry policy every connector uses, as a decorator (exponential backoff, jitter, Retry-After)."""
+    return retry(retry=retry_if_exception(_retryable), wait=_wait, stop=stop_after_attempt(attempts), reraise=True)
 
 
 def _wait(state: RetryCallState) -> float:
@@ -68,7 +76,7 @@ class PartnerSession:
         self.breaker = breaker_for(partner)
 
     def request(self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> Answer:
-        @retry(retry=retry_if_exception(_retryable), wait=_wait, stop=stop_after_attempt(self.attempts), reraise=True)
+        @retrying(self.attempts)
         def once() -> Answer:
             return self._send(method, path, headers or {}, kwargs)
 

@@ -26,6 +26,7 @@ class FaultConfig:
     rate_limit_rate: float = 0.0  # 429 with Retry-After
     html_rate: float = 0.0  # 502 with an HTML error page
     malformed_rate: float = 0.0  # 200 with a truncated JSON body
+    reset_rate: float = 0.0  # the connection dropped in the middle of the answer
     duplicate_rate: float = 0.0  # records repeated in a page (sandbox-specific)
     reorder: bool = False  # records in a page shuffled (sandbox-specific)
     seed: int = 7
@@ -33,7 +34,17 @@ class FaultConfig:
     @classmethod
     def chaos(cls, seed: int = 7) -> FaultConfig:
         """Everything at once, at rates a sync must ride out."""
-        return cls(5, 0.15, 0.1, 0.05, 0.05, 0.2, True, seed)
+        return cls(
+            latency_ms=5,
+            error_rate=0.15,
+            rate_limit_rate=0.1,
+            html_rate=0.05,
+            malformed_rate=0.05,
+            reset_rate=0.05,
+            duplicate_rate=0.2,
+            reorder=True,
+            seed=seed,
+        )
 
 
 class FaultInjector:
@@ -62,6 +73,12 @@ class FaultInjector:
                 await send({"type": "http.response.body", "body": body})
                 return
             roll -= rate
+        if roll < cfg.reset_rate:
+            self.injected["reset"] = self.injected.get("reset", 0) + 1
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4096")]})
+            await send({"type": "http.response.body", "body": b'{"items": [', "more_body": True})
+            raise ConnectionResetError("sandbox fault: connection dropped mid-answer")
+        roll -= cfg.reset_rate
         if roll < cfg.malformed_rate and scope["method"] == "GET":
             self.injected["malformed"] = self.injected.get("malformed", 0) + 1
             await self.app(scope, receive, _truncating(send))

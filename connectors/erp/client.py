@@ -18,11 +18,12 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from zeep import Client, Settings
 from zeep.exceptions import Fault, TransportError
+from zeep.helpers import serialize_object
 from zeep.transports import Transport
 
 from connectors.common.breaker import breaker_for
 from connectors.common.connection import PartnerConnection
-from connectors.common.http import PartnerError
+from connectors.common.http import PartnerError, retrying
 
 HARDENED = Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True, xml_huge_tree=False)
 BINDING = "{urn:cgthub:sandbox:erp}OrderBinding"
@@ -62,6 +63,7 @@ class ErpClient:
         self.client = Client(f"{endpoint}?wsdl", transport=transport, settings=HARDENED)
         self.service = self.client.create_service(BINDING, endpoint)
         self.breaker = breaker_for(self.partner)
+        self.attempts = attempts
 
     def _call(self, operation: str, *, raw: bool = False, **kwargs: Any) -> Any:
         def once() -> Any:
@@ -78,7 +80,7 @@ class ErpClient:
             except TransportError as exc:
                 raise PartnerError(f"erp: transport error {exc.status_code}") from exc
 
-        return self.breaker.call(once)
+        return self.breaker.call(retrying(self.attempts)(once))
 
     @staticmethod
     def _raise_fault(content: bytes) -> None:
@@ -100,6 +102,28 @@ class ErpClient:
 
     def goods_movements_raw(self, posted_since: datetime | None) -> bytes:
         return self._call("GetGoodsMovements", raw=True, postedSince=posted_since)
+
+    def material(self, material_number: str) -> dict[str, Any]:
+        """Material master: what the product is and how it must be stored."""
+        answer = self._call("GetMaterial", materialNumber=material_number)
+        return dict(serialize_object(answer))
+
+    def batch(self, batch_number: str) -> dict[str, Any]:
+        """Batch master: expiry and release status of a drug product lot."""
+        return dict(serialize_object(self._call("GetBatch", batchNumber=batch_number)))
+
+    def post_goods_movement(
+        self, sales_order: str, movement_type: str, batch: str, plant: str, idempotency_key: str
+    ) -> dict[str, Any]:
+        answer = self._call(
+            "PostGoodsMovement",
+            salesOrderNumber=sales_order,
+            movementType=movement_type,
+            batch=batch,
+            plant=plant,
+            idempotencyKey=idempotency_key,
+        )
+        return dict(serialize_object(answer))
 
     def post_status(self, sales_order: str, status: str, idempotency_key: str) -> bool:
         return bool(

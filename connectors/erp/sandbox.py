@@ -19,7 +19,18 @@ from connectors.common.sandbox import FaultConfig, FaultInjector
 
 WSDL = Path(__file__).with_name("erp.wsdl")
 NS = "urn:cgthub:sandbox:erp"
-MATERIALS = {"MAT-CART19", "MAT-CARTBCMA"}
+MATERIALS = {
+    "MAT-CART19": {
+        "description": "Anti-CD19 CAR-T cell suspension for infusion",
+        "storageCondition": "vapour LN2 <= -150 C",
+        "shelfLifeHours": 8760,
+    },
+    "MAT-CARTBCMA": {
+        "description": "Anti-BCMA CAR-T cell suspension for infusion",
+        "storageCondition": "vapour LN2 <= -150 C",
+        "shelfLifeHours": 8760,
+    },
+}
 _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
 
 
@@ -28,6 +39,8 @@ class ErpState:
         self.sales_orders: dict[str, dict[str, Any]] = {}
         self.movements: list[dict[str, Any]] = []
         self.statuses: dict[str, dict[str, str]] = {}
+        self.batches: dict[str, dict[str, Any]] = {}
+        self.posted: dict[str, dict[str, Any]] = {}
         self.lock = threading.Lock()
 
     def create(self, crm_order_id: str, material: str, plant: str) -> dict[str, Any]:
@@ -74,6 +87,10 @@ def _element(tag: str, fields: dict[str, Any]) -> str:
     return f"<erp:{tag}>{inner}</erp:{tag}>"
 
 
+def _answer(operation: str, inner: str) -> str:
+    return f"<erp:{operation}Response>{inner}</erp:{operation}Response>"
+
+
 def _fault(code: str, text: str) -> Response:
     body = f"<soap:Fault><faultcode>soap:{code}</faultcode><faultstring>{escape(text)}</faultstring></soap:Fault>"
     return Response(_envelope(body), status_code=500, media_type="text/xml")
@@ -108,7 +125,7 @@ def create_app(*, faults: FaultConfig | None = None) -> Any:
                     "Client", f"material {args.get('materialNumber')} does not exist in plant {args.get('plant')}"
                 )
             order = state.create(args["crmOrderId"], args["materialNumber"], args.get("plant", "US10"))
-            out = f"<erp:CreateSalesOrderResponse>{_element('salesOrder', order)}</erp:CreateSalesOrderResponse>"
+            out = _answer(name, _element("salesOrder", order))
         elif name == "GetSalesOrders":
             since = datetime.fromisoformat(args["changedSince"]) if args.get("changedSince") else None
             found = [
@@ -116,26 +133,37 @@ def create_app(*, faults: FaultConfig | None = None) -> Any:
                 for o in state.sales_orders.values()
                 if since is None or datetime.fromisoformat(o["createdAt"]) >= since
             ]
-            out = (
-                "<erp:GetSalesOrdersResponse>"
-                + "".join(_element("salesOrder", o) for o in found)
-                + "</erp:GetSalesOrdersResponse>"
-            )
+            out = _answer(name, "".join(_element("salesOrder", o) for o in found))
         elif name == "GetGoodsMovements":
             since = datetime.fromisoformat(args["postedSince"]) if args.get("postedSince") else None
             found = [m for m in state.movements if since is None or datetime.fromisoformat(m["postingDate"]) >= since]
-            out = (
-                "<erp:GetGoodsMovementsResponse>"
-                + "".join(_element("movement", m) for m in found)
-                + "</erp:GetGoodsMovementsResponse>"
-            )
+            out = _answer(name, "".join(_element("movement", m) for m in found))
+        elif name == "GetMaterial":
+            material = MATERIALS.get(args.get("materialNumber", ""))
+            if material is None:
+                return _fault("Client", f"material {args.get('materialNumber')} does not exist")
+            out = _answer(name, _element("material", {"materialNumber": args["materialNumber"], **material}))
+        elif name == "GetBatch":
+            batch = state.batches.get(args.get("batchNumber", ""))
+            if batch is None:
+                return _fault("Client", f"batch {args.get('batchNumber')} does not exist")
+            out = _answer(name, _element("batch", batch))
+        elif name == "PostGoodsMovement":
+            if args.get("salesOrderNumber") not in state.sales_orders:
+                return _fault("Client", f"sales order {args.get('salesOrderNumber')} does not exist")
+            key = args["idempotencyKey"]
+            if key not in state.posted:
+                state.posted[key] = state.post_movement(
+                    args["salesOrderNumber"], args["movementType"], args.get("batch", ""), args.get("plant", "US10")
+                )
+            out = _answer(name, _element("movement", state.posted[key]))
         elif name == "PostOrderStatus":
             if args.get("salesOrderNumber") not in state.sales_orders:
                 return _fault("Client", f"sales order {args.get('salesOrderNumber')} does not exist")
             state.statuses.setdefault(
                 args["idempotencyKey"], {"salesOrder": args["salesOrderNumber"], "status": args["status"]}
             )
-            out = "<erp:PostOrderStatusResponse><erp:accepted>true</erp:accepted></erp:PostOrderStatusResponse>"
+            out = _answer(name, "<erp:accepted>true</erp:accepted>")
         else:
             return _fault("Client", f"unknown operation {name}")
         return Response(_envelope(out), media_type="text/xml")

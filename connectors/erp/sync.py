@@ -23,6 +23,8 @@ CONN_ID = "erp_soap"
 OVERLAP = timedelta(minutes=5)
 STREAMS = {"sales_order": "sales_orders_raw", "goods_movement": "goods_movements_raw"}
 DEFAULT_MATERIAL = {"CART-19": "MAT-CART19", "CART-BCMA": "MAT-CARTBCMA"}
+# Hub status -> the goods movement the ERP books for it: receipt of the released lot, issue to the site.
+MOVEMENTS = {"released": "101", "in_transit_to_site": "601"}
 
 
 def client(conn_id: str = CONN_ID) -> ErpClient:
@@ -63,11 +65,16 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, erp: ErpClient | No
     erp = erp or client(conn_id)
     refs = payload.get("refs") or {}
     sales_order = refs.get("erp_sales_order")
+    plant = "DE10" if payload.get("market") == "DE" else "US10"
     if not sales_order:
         if not refs.get("crm_order_id"):
             raise PartnerError(f"order {payload.get('order_id')} has neither an ERP sales order nor a CRM order id")
         material = DEFAULT_MATERIAL.get(str(payload.get("therapy")), "MAT-CART19")
-        plant = "DE10" if payload.get("market") == "DE" else "US10"
         sales_order = erp.create_sales_order(refs["crm_order_id"], material, plant)["salesOrderNumber"]
+    movement = MOVEMENTS.get(payload["status"])
+    posted = None
+    lot = payload.get("lot") or refs.get("lot")
+    if movement and lot:
+        posted = erp.post_goods_movement(sales_order, movement, lot, plant, f"{payload['idempotency_key']}:gm")
     erp.post_status(sales_order, payload["status"], payload["idempotency_key"])
-    return {"sales_order": sales_order, "status": payload["status"]}
+    return {"sales_order": sales_order, "status": payload["status"], "goods_movement": posted}
