@@ -1,0 +1,73 @@
+"""`cgthub hl7`: the hospital feed: MLLP listener and file-drop ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import typer
+from rich.progress import Progress
+
+from cgthub.cli.common import CliError, console
+from cgthub.pipeline import tune_process_for_ingest
+
+app = typer.Typer(help="Hospital HL7 v2 feed (MLLP, batch files).", no_args_is_help=True)
+
+
+@app.command()
+def listen(
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(2575, help="TCP port (0: any free port)"),
+    archive_only: bool = typer.Option(False, "--archive-only", help="ACK once archived; the HL7 inbox DAG applies"),
+    max_bytes: int = typer.Option(1024 * 1024, help="largest message accepted"),
+    idle_timeout: float = typer.Option(300.0, help="seconds a silent connection stays open"),
+) -> None:
+    """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
+    from cgthub.hl7.listener import MllpListener
+
+    tune_process_for_ingest()
+
+    async def run() -> None:
+        listener = MllpListener(
+            host, port, apply=not archive_only, max_message_bytes=max_bytes, idle_timeout=idle_timeout
+        )
+        try:
+            bound_host, bound_port = await listener.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}", "choose another --port") from exc
+        console.print(
+            f"listening for MLLP on {bound_host}:{bound_port} ({'archive only' if archive_only else 'apply'})"
+        )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        console.print("shutting down: finishing in-flight messages")
+        await listener.stop()
+        console.print(f"done: {listener.stats}")
+
+    asyncio.run(run())
+
+
+@app.command()
+def ingest(
+    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="HL7 files or batch files"),
+    batch: int = typer.Option(500, min=1, max=10_000),
+) -> None:
+    """Ingest HL7 files; each moves to done/ or failed/ beside it."""
+    from cgthub.hl7.files import ingest_paths
+
+    tune_process_for_ingest()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("ingesting HL7 files", total=None)
+        report = ingest_paths(list(paths), batch=batch, progress=lambda n: progress.advance(task, n))
+    console.print(
+        f"{report.files} files, {report.messages} messages: {report.accepted} accepted, "
+        f"{report.errors} archived but quarantined (AE), {report.rejected} rejected (AR)"
+    )
+    if report.failed_files:
+        raise CliError(f"no readable message in {', '.join(report.failed_files)} (moved to failed/)", None)

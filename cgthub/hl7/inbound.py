@@ -1,0 +1,108 @@
+"""Turning raw HL7 bytes into archive items, and archive outcomes into ACKs: shared by the MLLP
+listener and the file-drop ingest so both treat a message exactly alike."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from cgthub import archive, hl7v2, pipeline, quarantine
+from cgthub.archive import Inbound
+from cgthub.hl7.ack import build_ack
+from cgthub.mapping import get_mapper
+from cgthub.model import CanonicalEvent
+from cgthub.tables import utcnow
+
+UNPARSEABLE = "unparseable"
+
+
+@dataclass(frozen=True)
+class Received:
+    """One message as it came in, with what its MSH says (or why it could not be read)."""
+
+    payload: bytes
+    kind: str
+    dedupe_key: str | None
+    problem: str | None = None
+
+    def item(self, channel: str, received_at: datetime) -> Inbound:
+        return Inbound("hl7", self.kind, channel, self.payload, received_at, self.dedupe_key, "x-application/hl7-v2")
+
+
+def read(payload: bytes) -> Received:
+    """MSH only (type, sending facility, control id): the mapping reads the rest, if it is applied."""
+    try:
+        message = hl7v2.parse(payload)
+        kind = message.message_type
+        if "^" not in kind:
+            raise hl7v2.HL7ParseError("MSH-9 does not carry a message type and trigger event")
+        control = message.control_id
+        dedupe = f"{message.sending_facility}:{control}" if control else None
+        return Received(payload, kind, dedupe)
+    except hl7v2.HL7ParseError as exc:
+        return Received(payload, UNPARSEABLE, None, str(exc))
+
+
+class _Refuse:
+    """The mapper for a message that could not be read: quarantine it at the parse stage."""
+
+    mapping_id, version = "hl7/unparseable", "-"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
+        raise pipeline.PayloadRejected(quarantine.Stage.PARSE, f"not an HL7 v2 message we can read: {self.reason}")
+
+
+def apply(session: Session, messages: Sequence[Received], channel: str) -> list[bytes]:
+    """Archive, map and apply a batch in the caller's transaction; the ACK for each message."""
+    now = utcnow()
+    problems = {id(m.payload): m.problem for m in messages if m.problem}
+
+    def mapper_for(item: Inbound) -> pipeline.Mapper | None:
+        if item.kind == UNPARSEABLE:
+            return _Refuse(problems.get(id(item.payload), "unreadable"))
+        return get_mapper("hl7", item.kind)
+
+    results = pipeline.ingest_batch(session, [m.item(channel, now) for m in messages], mapper_for)
+    return [_ack(m, r) for m, r in zip(messages, results, strict=True)]
+
+
+def archive_only(session: Session, messages: Sequence[Received], channel: str) -> list[bytes]:
+    """Archive a batch (status `received`, applied later by the HL7 inbox DAG); quarantine unreadable ones."""
+    now = utcnow()
+    stored = archive.store_many(session, [m.item(channel, now) for m in messages])
+    acks = []
+    for message, saved in zip(messages, stored, strict=True):
+        if message.problem:
+            if not saved.duplicate:
+                reason = f"not an HL7 v2 message we can read: {message.problem}"
+                quarantine.put(
+                    session,
+                    stage=quarantine.Stage.PARSE,
+                    reason=reason,
+                    system="hl7",
+                    kind=UNPARSEABLE,
+                    raw_id=saved.raw_id,
+                )
+                archive.mark(session, saved.raw_id, "quarantined")
+            acks.append(build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}"))
+        else:
+            acks.append(build_ack(message.payload, "AA"))
+    return acks
+
+
+def _ack(message: Received, result: pipeline.IngestResult) -> bytes:
+    if message.problem:
+        return build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}")
+    if result.duplicate_payload:
+        return build_ack(message.payload, "AA")
+    if result.rejected and any(r.startswith("no mapping is configured") for r in result.reasons):
+        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}")
+    if result.quarantined:
+        return build_ack(message.payload, "AE", result.reasons[0] if result.reasons else "quarantined")
+    return build_ack(message.payload, "AA")

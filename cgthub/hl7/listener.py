@@ -1,0 +1,172 @@
+"""The MLLP listener: many connections, one group commit, ACK only after the commit.
+
+Frames from every connection go to one queue. A committer takes what arrived within a few
+milliseconds (up to `batch_max`), archives and (unless archive-only) maps and applies it in ONE
+transaction on a dedicated worker thread, and only then answers each message: AA once it is
+durably committed, AE when it is archived but quarantined, AR when it cannot be read or is not a
+type the hub handles. A resend of a message whose ACK was lost is recognised (sending facility +
+MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the
+committer finish what is queued, and answers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from cgthub.hl7 import inbound
+from cgthub.hl7.ack import build_ack
+from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
+from cgthub.store import session_scope
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ListenerStats:
+    connections: int = 0
+    messages: int = 0
+    batches: int = 0
+    rejected_frames: int = 0
+    idle_closed: int = 0
+
+
+class MllpListener:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2575,
+        *,
+        database_url: str | None = None,
+        apply: bool = True,
+        max_message_bytes: int = 1024 * 1024,
+        idle_timeout: float = 300.0,
+        batch_window: float = 0.005,
+        batch_max: int = 500,
+    ) -> None:
+        self.host, self.port = host, port
+        self.database_url = database_url
+        self.apply = apply
+        self.max_message_bytes = max_message_bytes
+        self.idle_timeout = idle_timeout
+        self.batch_window, self.batch_max = batch_window, batch_max
+        self.stats = ListenerStats()
+        self._queue: asyncio.Queue[tuple[inbound.Received, asyncio.Future[bytes]] | None] = asyncio.Queue()
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mllp-commit")
+        self._server: asyncio.Server | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        self._committer = asyncio.create_task(self._commit_loop())
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=2**20)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("MLLP listener on %s:%s (%s)", self.host, self.port, "apply" if self.apply else "archive only")
+        return self.host, self.port
+
+    async def serve_forever(self) -> None:
+        if self._server is None:
+            await self.start()
+        assert self._server is not None
+        async with self._server:
+            await self._server.serve_forever()
+
+    async def stop(self) -> None:
+        """Stop accepting, finish and answer what is queued, then close every connection."""
+        if self._server is not None:
+            self._server.close()
+        await self._queue.put(None)
+        if self._committer is not None:
+            await self._committer
+        for task in list(self._connections):
+            task.cancel()
+        await asyncio.gather(*self._connections, return_exceptions=True)
+        self._worker.shutdown(wait=True)
+
+    # connections -------------------------------------------------------------------------------
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._connections.add(task)
+        self.stats.connections += 1
+        decoder = FrameDecoder(self.max_message_bytes)
+        try:
+            while True:
+                try:
+                    data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                except TimeoutError:
+                    self.stats.idle_closed += 1
+                    break
+                if not data:
+                    break
+                pending: list[asyncio.Future[bytes]] = []
+                for message in decoder.feed(data):
+                    if isinstance(message, Oversized | Truncated):
+                        self.stats.rejected_frames += 1
+                        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                        reason = (
+                            f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
+                            if isinstance(message, Oversized)
+                            else f"frame of {message.size} bytes cut short by a new start block; resend it"
+                        )
+                        done.set_result(build_ack(None, "AR", reason))
+                        pending.append(done)
+                        continue
+                    pending.append(self._submit(inbound.read(message)))
+                for future in pending:
+                    writer.write(frame(await future))
+                await writer.drain()
+        except (ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+                await writer.wait_closed()
+
+    def _submit(self, message: inbound.Received) -> asyncio.Future[bytes]:
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait((message, future))
+        return future
+
+    # group commit ------------------------------------------------------------------------------
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stopping = False
+        while not stopping:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = loop.time() + self.batch_window
+            while len(batch) < self.batch_max:
+                try:
+                    item = await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time()))
+                except TimeoutError:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            messages = [m for m, _f in batch]
+            try:
+                acks = await loop.run_in_executor(self._worker, self._commit, messages)
+            except Exception as exc:  # the transaction failed: nothing is committed, so nothing is ACKed AA
+                log.exception("MLLP batch of %d failed to commit", len(batch))
+                acks = [
+                    build_ack(m.payload, "AE", f"not stored, please resend: {type(exc).__name__}") for m in messages
+                ]
+            for (_m, future), ack in zip(batch, acks, strict=True):
+                if not future.done():
+                    future.set_result(ack)
+            self.stats.messages += len(batch)
+            self.stats.batches += 1
+
+    def _commit(self, messages: list[inbound.Received]) -> list[bytes]:
+        with session_scope(self.database_url) as session:
+            if self.apply:
+                return inbound.apply(session, messages, "mllp")
+            return inbound.archive_only(session, messages, "mllp")
