@@ -48,13 +48,18 @@ class MappingFile:
 
 
 def discover(root: Path | None = None) -> list[MappingFile]:
-    root = root or mappings_dir()
+    """Every mapping file under the mappings folder (read once per process; `clear_cache` re-reads)."""
+    return list(_discover(root or mappings_dir()))
+
+
+@lru_cache(maxsize=8)
+def _discover(root: Path) -> tuple[MappingFile, ...]:
     found = []
     for path in sorted(root.glob("*/*/v*.yaml")):
         stem = path.stem[1:]
         if stem.isdigit():
             found.append(MappingFile(path.parent.parent.name, path.parent.name, int(stem), path))
-    return sorted(found, key=lambda f: (f.system, f.kind, f.version))
+    return tuple(sorted(found, key=lambda f: (f.system, f.kind, f.version)))
 
 
 def versions(system: str, kind: str) -> list[MappingFile]:
@@ -103,7 +108,20 @@ def get_mapper(
     """The compiled mapping for a payload of `system`/`kind`, or None when there is none.
 
     A mapping file that fails to load raises MappingError (a deployment problem, not bad input).
+    The answer for a (system, kind, market) without a pinned version is remembered for the day:
+    it is asked once per payload on the hot path.
     """
+    if version is None:
+        return _current(system, kind, market.upper() if market else None, datetime.now(UTC).date(), mappings_dir())
+    return _resolve(system, kind, market, version)
+
+
+@lru_cache(maxsize=1024)
+def _current(system: str, kind: str, market: str | None, _today: object, _root: Path) -> CompiledMapping | None:
+    return _resolve(system, kind, market, None)
+
+
+def _resolve(system: str, kind: str, market: str | None, version: int | str | None) -> CompiledMapping | None:
     available = versions(system, kind)
     if not available:
         return None
@@ -139,3 +157,5 @@ def clear_cache() -> None:
         _compiled.clear()
     market_config.cache_clear()
     _spec_of.cache_clear()
+    _discover.cache_clear()
+    _current.cache_clear()

@@ -1,0 +1,153 @@
+"""HL7 ingest speed (issue #4): file drop and MLLP with 8 concurrent senders, beside a naive pipeline.
+
+20,000 generated ORM^O01 / SIU^S12 messages for pre-enrolled orders go the whole way: frame ->
+archive -> parse -> map -> ledger -> projection, on SQLite. The naive pipeline parses each message
+with hl7apy and inserts and commits one ORM row per message (measured on a slice: it is slow).
+Run: .venv/bin/python -m bench.hl7_bench [--messages 20000] [--senders 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from hl7apy.parser import parse_message
+
+from cgthub import ledger, pipeline, store
+from cgthub.archive import checksum, seal
+from cgthub.hl7.files import ingest_paths
+from cgthub.hl7.listener import MllpListener
+from cgthub.hl7.mllp import FrameDecoder, frame
+from cgthub.store import session_scope
+from cgthub.tables import RawMessage, utcnow
+from tests.factories import enrolment
+
+
+def messages(count: int) -> list[bytes]:
+    out = []
+    for i in range(count):
+        n = i // 2 + 1
+        pid = f"PID|1||MRN{n:08d}^^^US-BOS-01^MR~CHW123426{n:06d}^^^COI^PN||Doe^Jane||19700101|F"
+        if i % 2 == 0:
+            body = (
+                f"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|20260303112000||ORM^O01|ORM{i:08d}|P|2.5.1\r{pid}\r"
+                f"ORC|NW|PL-{n}|FL-{n}|CRM-{n:05d}|SC||||20260303112000\r"
+                f"OBR|1|PL-{n}|FL-{n}|APH^Apheresis collection^L|||20260309080000\r"
+            )
+        else:
+            body = (
+                f"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|20260304090000||SIU^S12|SIU{i:08d}|P|2.5.1\r"
+                f"SCH|APT-{n}|||||^Apheresis|||||||||||||||||||BOOKED|PL-{n}\r{pid}\rRGS|1\r"
+                f"AIS|1||APH^Apheresis collection|20260309080000\r"
+            )
+        out.append(body.encode())
+    return out
+
+
+def fresh_database(orders: int) -> str:
+    url = f"sqlite:///{Path(tempfile.mkdtemp()) / 'hl7-bench.db'}"
+    store.upgrade(url)
+    with session_scope(url) as session:
+        ledger.append_many(session, [enrolment(n) for n in range(1, orders + 1)])
+    return url
+
+
+def file_drop(batch: list[bytes], url: str) -> float:
+    folder = Path(tempfile.mkdtemp())
+    path = folder / "feed.hl7"
+    path.write_bytes(b"FHS|^~\\&|EPIC\rBHS|^~\\&|EPIC\r" + b"".join(batch) + b"BTS|1\rFTS|1\r")
+    started = time.perf_counter()
+    report = ingest_paths([path], database_url=url, batch=1000)
+    elapsed = time.perf_counter() - started
+    assert report.accepted == len(batch), report
+    return elapsed
+
+
+def mllp(batch: list[bytes], url: str, senders: int, *, apply: bool = True) -> float:
+    loop = asyncio.new_event_loop()
+    listener = MllpListener("127.0.0.1", 0, database_url=url, apply=apply)
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    asyncio.run_coroutine_threadsafe(listener.start(), loop).result(10)
+    acks: list[int] = []
+
+    def sender(part: list[bytes]) -> None:
+        decoder, ok = FrameDecoder(), 0
+        with socket.create_connection(("127.0.0.1", listener.port)) as sock:
+            for message in part:
+                sock.sendall(frame(message))
+                answers: list[bytes] = []
+                while not answers:
+                    answers = [a for a in decoder.feed(sock.recv(65536)) if isinstance(a, bytes)]
+                ok += b"MSA|AA|" in answers[0]
+        acks.append(ok)
+
+    parts = [batch[i::senders] for i in range(senders)]
+    threads = [threading.Thread(target=sender, args=(p,)) for p in parts]
+    started = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - started
+    asyncio.run_coroutine_threadsafe(listener.stop(), loop).result(60)
+    loop.call_soon_threadsafe(loop.stop)
+    assert sum(acks) == len(batch), f"{sum(acks)} of {len(batch)} acknowledged AA"
+    return elapsed
+
+
+def naive(batch: list[bytes], url: str) -> float:
+    started = time.perf_counter()
+    for raw in batch:
+        message = parse_message(raw.decode(), find_groups=False)
+        with session_scope(url) as session:
+            now = utcnow()
+            session.add(
+                RawMessage(
+                    system="naive",
+                    kind=message.msh.msh_9.to_er7(),
+                    channel="file",
+                    dedupe_key=message.msh.msh_10.value,
+                    checksum=checksum(raw),
+                    size=len(raw),
+                    payload=seal(raw, b"naive"),
+                    received_at=now,
+                    last_received_at=now,
+                    status="processed",
+                )
+            )
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=20_000)
+    parser.add_argument("--senders", type=int, default=8)
+    parser.add_argument("--naive", type=int, default=1_000, help="messages for the naive pipeline")
+    args = parser.parse_args()
+    pipeline.tune_process_for_ingest()
+    batch = messages(args.messages)
+    orders = args.messages // 2 + 1
+    file_s = file_drop(batch, fresh_database(orders))
+    mllp_s = mllp(batch, fresh_database(orders), args.senders)
+    archive_s = mllp(batch, fresh_database(orders), args.senders, apply=False)
+    naive_s = naive(batch[: args.naive], fresh_database(1))
+    naive_rate = args.naive / naive_s
+    print(
+        f"HL7 ingest on SQLite, {args.messages:,} ORM^O01/SIU^S12 messages (archive, parse, map, ledger, projection):"
+    )
+    file_rate, mllp_rate = args.messages / file_s, args.messages / mllp_s
+    print(f"  file drop                 {file_rate:>9,.0f} msg/s   {file_rate / naive_rate:5.1f}x naive")
+    print(f"  MLLP, {args.senders} senders waiting  {mllp_rate:>9,.0f} msg/s   {mllp_rate / naive_rate:5.1f}x naive")
+    archive_rate = args.messages / archive_s
+    print(f"  MLLP, archive-only ACKs   {archive_rate:>9,.0f} msg/s   (applied later by the HL7 inbox DAG)")
+    print(f"  naive (hl7apy + 1 commit) {naive_rate:>9,.0f} msg/s   (archive only, {args.naive:,} messages)")
+
+
+if __name__ == "__main__":
+    main()
