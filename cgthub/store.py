@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, and_, create_engine, event
+from sqlalchemy import ColumnElement, Engine, and_, create_engine, event, or_
 from sqlalchemy.orm import Session, sessionmaker
 
 from cgthub.settings import get_settings
@@ -113,15 +113,25 @@ def pair_filters(
 ) -> Iterator[ColumnElement[bool]]:
     """WHERE clauses finding rows by (first, second) pairs, for a two-column unique index.
 
-    Grouped by the first value, one `first = ? AND second IN (...)` per group and chunk: it uses the
-    index, and one expanding IN parameter compiles far cheaper than a tuple IN of many binds.
+    `first = ? AND second IN (...)` per distinct first value, OR-ed into one clause per chunk of
+    pairs: the index serves each branch, one expanding IN compiles far cheaper than a tuple IN of
+    many binds, and a small batch costs one statement, not one per kind of key.
     """
     groups: dict[str, list[str]] = {}
     for a, b in set(pairs):
         groups.setdefault(a, []).append(b)
+    branches: list[ColumnElement[bool]] = []
+    size = 0
     for a, values in groups.items():
         for start in range(0, len(values), chunk):
-            yield and_(first == a, second.in_(values[start : start + chunk]))
+            part = values[start : start + chunk]
+            branches.append(and_(first == a, second.in_(part)))
+            size += len(part)
+            if size >= chunk:
+                yield or_(*branches)
+                branches, size = [], 0
+    if branches:
+        yield or_(*branches)
 
 
 def is_postgres(session: Session) -> bool:
