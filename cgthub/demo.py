@@ -83,8 +83,11 @@ class Sandboxes:
     def __init__(self) -> None:
         self.urls: dict[str, str] = {}
         self._servers: list[Any] = []
+        self.mllp: tuple[str, int] | None = None
+        self._listener: tuple[Any, Any, Any] | None = None
 
     def start(self) -> None:
+        self._start_mllp_listener()
         try:
             from connectors.common.sandbox import SandboxServer
             from connectors.crm import sandbox as crm_sandbox
@@ -110,9 +113,61 @@ class Sandboxes:
         statuses = httpx.get(f"{self.urls['crm']}/sandbox/statuses", timeout=10).json()
         return sum(len(updates) for updates in statuses.values())
 
+    def _start_mllp_listener(self) -> None:
+        """The hospital's MLLP listener on loopback, archive-only: it ACKs after commit, the HL7 inbox DAG maps."""
+        try:
+            from cgthub.hl7.listener import MllpListener
+        except ModuleNotFoundError:
+            return
+        import asyncio
+        import threading
+
+        loop = asyncio.new_event_loop()
+        listener = MllpListener("127.0.0.1", 0, apply=False)
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(listener.start())
+            ready.set()
+            loop.run_forever()
+
+        thread = threading.Thread(target=serve, name="demo-mllp", daemon=True)
+        thread.start()
+        if not ready.wait(10):
+            raise RuntimeError("the MLLP listener did not start")
+        self.mllp = ("127.0.0.1", listener.port)
+        self._listener = (loop, listener, thread)
+
+    def send_hl7(self, messages: list[str]) -> None:
+        """The hospital's interface engine: one MLLP connection, each message sent and its ACK awaited."""
+        import socket
+
+        from cgthub.hl7.mllp import frame
+
+        assert self.mllp is not None
+        with socket.create_connection(self.mllp, timeout=30) as connection:
+            for message in messages:
+                connection.sendall(frame(message.encode()))
+                ack = b""
+                while not ack.endswith(b"\x1c\r"):
+                    chunk = connection.recv(65536)
+                    if not chunk:
+                        raise RuntimeError("the MLLP listener closed the connection before its ACK")
+                    ack += chunk
+                if b"MSA|AA" not in ack:
+                    raise RuntimeError(f"the MLLP listener refused a message: {ack[:200]!r}")
+
     def stop(self) -> None:
         for server in self._servers:
             server.stop()
+        if self._listener is not None:
+            import asyncio
+
+            loop, listener, thread = self._listener
+            asyncio.run_coroutine_threadsafe(listener.stop(), loop).result(timeout=30)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
 
 
 def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None) -> dict[str, int]:
@@ -145,8 +200,13 @@ def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None)
         folder.mkdir(exist_ok=True)
         page = {"crm": "items", "courier": "events"}[system]
         (folder / f"wave{wave}.json").write_text(json.dumps({page: records}, indent=1))
+    if sandboxes is not None and sandboxes.mllp is not None:
+        sandboxes.send_hl7([e.hl7 for e in hl7 if e.hl7])  # over MLLP, to the real listener
+        hl7_files = [e for e in hl7 if not e.hl7]
+    else:
+        hl7_files = hl7
     with session_scope() as session:
-        for emission in hl7:  # as the MLLP listener does: archive under the control id, ACK, nothing else
+        for emission in hl7_files:  # as the MLLP listener does: archive under the control id, ACK, nothing else
             real = bool(emission.hl7)
             archive.store(
                 session,
@@ -201,8 +261,16 @@ def _partner_paths(sandboxes: Sandboxes) -> list[str]:
         via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}{sandbox}" if connector else None
         via = via or files or f"{_shown()}/inbox/{partner}/ (canonical JSON)"
         lines.append(f"  {partner:<10} in : {via}")
-    lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
-    lines.append("                  mappings/hl7 in the HL7 inbox DAG (infusion completed: canonical JSON for now)")
+    if sandboxes.mllp:
+        where = ":".join(map(str, sandboxes.mllp))
+        lines.append(f"  hl7        in : HL7 v2 ORU^R01, SIU^S12 over MLLP to the listener on {where}")
+        lines.append("                  (archive-only, ACK after commit), mapped by mappings/hl7 in the HL7 inbox DAG;")
+        lines.append(
+            "                  infusion completed: canonical JSON into the archive (no HL7 mapping for it yet)"
+        )
+    else:
+        lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
+        lines.append("                  mappings/hl7 in the HL7 inbox DAG (infusion completed: canonical JSON for now)")
     for partner in outbound.PARTNERS:
         lines.append(f"  {partner:<10} out: {outbound.deliverer(partner)[0].replace(str(PROJECT_ROOT) + '/', '')}")
     return lines

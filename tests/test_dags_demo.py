@@ -47,10 +47,12 @@ def test_demo_table_has_25_orders_in_two_markets(demo_run):
     assert sum(" infused " in line for line in rows) >= 8  # the early patients completed the whole life cycle
 
 
-def test_demo_pulls_and_pushes_the_crm_through_its_connector_and_sandbox(demo_run):
+def test_demo_runs_the_crm_sandbox_and_the_mllp_listener_on_loopback(demo_run):
     assert re.search(r"crm +in : connector connectors\.crm\.sync <- sandbox http://127\.0\.0\.1:\d+", demo_run.output)
     updates = int(re.search(r"\((\d+) status updates PATCHed into the CRM sandbox\)", demo_run.output).group(1))
     assert updates > 25
+    mllp = r"hl7 +in : HL7 v2 ORU\^R01, SIU\^S12 over MLLP to the listener on 127\.0\.0\.1:\d+"
+    assert re.search(mllp, demo_run.output)
 
 
 def test_demo_table_shows_every_exception_case(demo_run):
