@@ -34,7 +34,8 @@ def mllp_listener() -> int:
         return 2
     from cgthub.cli import main
 
-    sys.argv = ["cgthub", "hl7", "listen", *sys.argv[2:]]
+    # Archive-only: ACK once committed to the raw archive; the HL7 inbox DAG maps and applies.
+    sys.argv = ["cgthub", "hl7", "listen", "--archive-only", *sys.argv[2:]]
     main()
     return 0
 

@@ -32,7 +32,8 @@ def _optional_services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     """The MLLP listener and the partner sandboxes, for those whose packages are installed."""
     started = []
     if importlib.util.find_spec("cgthub.hl7") is not None:
-        started.append(_start("MLLP listener", [sys.executable, "-m", "cgthub.cli", "hl7", "listen"], env))
+        listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", "2575"]
+        started.append(_start("MLLP listener on 127.0.0.1:2575 (archive-only)", listener, env))
     else:
         print("MLLP listener: cgthub.hl7 is not installed; HL7 arrives through the demo feeder's archive")
     for partner in ("crm", "erp", "courier", "cmo", "hospital"):
