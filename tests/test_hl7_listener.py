@@ -186,3 +186,28 @@ def fuzz_listener(tmp_path_factory):
     store.upgrade(url)
     with Running(url, idle_timeout=2) as running:
         yield running
+
+
+def test_five_megabyte_message_bad_date_and_graceful_shutdown(db_url):
+    _enrol(db_url)
+    bad_date = (FIXTURES / "ORM_O01" / "fixtures" / "bad_date.hl7").read_bytes()
+    huge = b"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|20260303||ORM^O01|BIG|P|2.5.1\rNTE|1||" + b"x" * 5_000_000 + b"\r"
+    running = Running(db_url)
+    with running:
+        (too_big,) = exchange(running.port, frame(huge), 1)
+        (dated,) = exchange(running.port, frame(bad_date), 1)
+        sock = socket.create_connection(("127.0.0.1", running.port), timeout=10)
+        sock.sendall(frame(ORM))  # in flight while the listener is asked to stop
+        time.sleep(0.05)
+    # Shutdown finished the in-flight message and answered it before closing.
+    decoder, answers = FrameDecoder(), []
+    while not answers:
+        block = sock.recv(65536)
+        assert block, "the connection closed before the in-flight message was acknowledged"
+        answers = [a for a in decoder.feed(block) if isinstance(a, bytes)]
+    sock.close()
+    assert ack_code(too_big) == "AR" and b"exceeds the limit" in too_big
+    assert ack_code(dated) == "AE" and b"ORC-9" in dated
+    assert ack_code(answers[0]) == "AA"
+    with session_scope(db_url) as s:
+        assert s.scalar(select(Order.status)) == "apheresis_scheduled"
