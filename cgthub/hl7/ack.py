@@ -8,6 +8,8 @@ message content, so no PHI travels back in an ACK.
 from __future__ import annotations
 
 import itertools
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cgthub import hl7v2
@@ -26,31 +28,64 @@ def _escape(text: str) -> str:
     )[:200]
 
 
-def build_ack(original: bytes | None, code: str, reason: str = "") -> bytes:
-    """An ACK for `original` (which may be unreadable: then the header is the hub's own)."""
-    message = None
-    if original:
+@dataclass(frozen=True)
+class AckHeader:
+    """What an ACK echoes from the message it answers: read once when the message arrives, so
+    answering does not parse the message again (the hot path acknowledges thousands a second)."""
+
+    sender: str  # "application|facility" of the original sender: the ACK's receiver
+    receiver: str  # "application|facility" the original was sent to: the ACK's sender
+    trigger: str
+    version: str
+    control_id: str
+
+    @classmethod
+    def of(cls, message: hl7v2.Message) -> AckHeader:
+        return cls(
+            sender=f"{message.get('MSH-3')}|{message.get('MSH-4')}",
+            receiver=f"{message.get('MSH-5') or 'CGTHUB'}|{message.get('MSH-6') or 'HUB'}",
+            trigger=message.get("MSH-9.2"),
+            version=message.version or "2.5.1",
+            control_id=message.control_id,
+        )
+
+
+_HUB = AckHeader(sender="|", receiver="CGTHUB|HUB", trigger="", version="2.5.1", control_id="")
+_clock: tuple[int, str] = (0, "")
+
+
+def _timestamp() -> str:
+    """DTM to the second, formatted once per second."""
+    global _clock  # a one-entry cache shared by every ACK
+    second = int(time.time())
+    if _clock[0] != second:
+        _clock = (second, datetime.fromtimestamp(second, UTC).strftime("%Y%m%d%H%M%S"))
+    return _clock[1]
+
+
+def build_ack(original: bytes | None, code: str, reason: str = "", *, header: AckHeader | None = None) -> bytes:
+    """An ACK for `original` (which may be unreadable: then the header is the hub's own); pass the
+    `header` read on arrival to skip parsing the original again."""
+    if header is None and original:
         try:
-            message = hl7v2.parse(original)
+            header = AckHeader.of(hl7v2.parse(original))
         except hl7v2.HL7ParseError:
-            message = None
-    now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    control = f"CGT{now}{next(_counter):06d}"
-    if message is not None:
-        trigger = message.get("MSH-9.2")
-        version = message.version or "2.5.1"
-        receiving = f"{message.get('MSH-3')}|{message.get('MSH-4')}"
-        sending = f"{message.get('MSH-5') or 'CGTHUB'}|{message.get('MSH-6') or 'HUB'}"
-        original_id = message.control_id
-    else:
-        trigger, version, receiving, sending, original_id = "", "2.5.1", "|", "CGTHUB|HUB", ""
-    msh = f"MSH|^~\\&|{sending}|{receiving}|{now}||ACK^{trigger}^ACK|{control}|P|{version}"
-    segments = [msh, f"MSA|{code}|{original_id}"]
+            header = None
+    header = header or _HUB
+    now = _timestamp()
+    msh = (
+        f"MSH|^~\\&|{header.receiver}|{header.sender}|{now}||ACK^{header.trigger}^ACK|"
+        f"CGT{now}{next(_counter):06d}|P|{header.version}"
+    )
+    segments = [msh, f"MSA|{code}|{header.control_id}"]
     if code != "AA":
         segments.append(f"ERR||||E|{_HL7_ERROR.get(code, '207')}^^HL70357|||{_escape(reason)}")
     return ("\r".join(segments) + "\r").encode()
 
 
 def ack_code(ack: bytes) -> str:
-    """The MSA-1 code of an ACK (AA, AE, AR, CA, CE, CR)."""
+    """The MSA-1 code of an ACK (AA, AE, AR, CA, CE, CR); '|'-separated ACKs are read without a parse."""
+    at = ack.find(b"\rMSA|")
+    if ack.startswith(b"MSH|") and at > 0 and ack[at + 7 : at + 8] in (b"|", b"\r", b""):
+        return ack[at + 5 : at + 7].decode("ascii", "replace")
     return hl7v2.parse(ack).get("MSA-1")

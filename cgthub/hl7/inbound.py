@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, hl7v2, pipeline, quarantine
 from cgthub.archive import Inbound
-from cgthub.hl7.ack import build_ack
+from cgthub.hl7.ack import AckHeader, build_ack
 from cgthub.mapping import get_mapper
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
@@ -27,6 +27,7 @@ class Received:
     kind: str
     dedupe_key: str | None
     problem: str | None = None
+    header: AckHeader | None = None  # what its ACK echoes, read once on arrival
 
     def item(self, channel: str, received_at: datetime) -> Inbound:
         return Inbound("hl7", self.kind, channel, self.payload, received_at, self.dedupe_key, "x-application/hl7-v2")
@@ -41,7 +42,7 @@ def read(payload: bytes) -> Received:
             raise hl7v2.HL7ParseError("MSH-9 does not carry a message type and trigger event")
         control = message.control_id
         dedupe = f"{message.sending_facility}:{control}" if control else None
-        return Received(payload, kind, dedupe)
+        return Received(payload, kind, dedupe, header=AckHeader.of(message))
     except hl7v2.HL7ParseError as exc:
         return Received(payload, UNPARSEABLE, None, str(exc))
 
@@ -63,10 +64,14 @@ def apply(session: Session, messages: Sequence[Received], channel: str) -> list[
     now = utcnow()
     problems = {id(m.payload): m.problem for m in messages if m.problem}
 
+    mappers: dict[str, pipeline.Mapper | None] = {}  # one lookup per kind per batch
+
     def mapper_for(item: Inbound) -> pipeline.Mapper | None:
         if item.kind == UNPARSEABLE:
             return _Refuse(problems.get(id(item.payload), "unreadable"))
-        return get_mapper("hl7", item.kind)
+        if item.kind not in mappers:
+            mappers[item.kind] = get_mapper("hl7", item.kind)
+        return mappers[item.kind]
 
     results = pipeline.ingest_batch(session, [m.item(channel, now) for m in messages], mapper_for)
     return [_ack(m, r) for m, r in zip(messages, results, strict=True)]
@@ -92,7 +97,7 @@ def archive_only(session: Session, messages: Sequence[Received], channel: str) -
                 archive.mark(session, saved.raw_id, "quarantined")
             acks.append(build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}"))
         else:
-            acks.append(build_ack(message.payload, "AA"))
+            acks.append(build_ack(message.payload, "AA", header=message.header))
     return acks
 
 
@@ -100,9 +105,11 @@ def _ack(message: Received, result: pipeline.IngestResult) -> bytes:
     if message.problem:
         return build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}")
     if result.duplicate_payload:
-        return build_ack(message.payload, "AA")
+        return build_ack(message.payload, "AA", header=message.header)
     if result.rejected and any(r.startswith("no mapping is configured") for r in result.reasons):
-        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}")
+        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}", header=message.header)
     if result.quarantined:
-        return build_ack(message.payload, "AE", result.reasons[0] if result.reasons else "quarantined")
-    return build_ack(message.payload, "AA")
+        return build_ack(
+            message.payload, "AE", result.reasons[0] if result.reasons else "quarantined", header=message.header
+        )
+    return build_ack(message.payload, "AA", header=message.header)
