@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from cgthub import hl7v2
 
 _counter = itertools.count(1)
-_HL7_ERROR = {"AE": "207", "AR": "200"}  # HL7 table 0357: application internal error / unsupported
+# HL7 table 0357 (ERR-3, required from 2.5): what went wrong, by ACK code.
+_HL7_ERROR = {"AE": "207^Application internal error^HL70357", "AR": "200^Unsupported message type^HL70357"}
 
 
 def _escape(text: str) -> str:
@@ -79,7 +80,8 @@ def build_ack(original: bytes | None, code: str, reason: str = "", *, header: Ac
     )
     segments = [msh, f"MSA|{code}|{header.control_id}"]
     if code != "AA":
-        segments.append(f"ERR||||E|{_HL7_ERROR.get(code, '207')}^^HL70357|||{_escape(reason)}")
+        # ERR-3 error code, ERR-4 severity E(rror), ERR-8 the reason for the hospital's operators.
+        segments.append(f"ERR|||{_HL7_ERROR.get(code, _HL7_ERROR['AE'])}|E||||{_escape(reason)}")
     return ("\r".join(segments) + "\r").encode()
 
 

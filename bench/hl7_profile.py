@@ -1,0 +1,97 @@
+"""Where HL7 full-ingest time goes (issue #4): the cost of one group-commit transaction and of
+each message in it, and which functions of the core spend it.
+
+With 8 MLLP senders each waiting for its ACK, a group commit holds at most 8 messages, so
+throughput is bounded by 8 / (fixed cost per transaction + 8 x cost per message); the file drop
+is bounded by the cost per message alone. This prints both costs (unprofiled), then a cProfile
+of a large-batch and an 8-message-batch run, as microseconds per message per function.
+Run: .venv/bin/python -m bench.hl7_profile [--messages 4000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import time
+
+from bench.hl7_bench import fresh_database, messages
+from cgthub import pipeline
+from cgthub.hl7 import inbound
+from cgthub.store import session_scope
+
+# The rooms of the hot path, by the functions that enter them (cumulative time includes callees).
+ROOMS = [
+    ("cgthub/hl7/inbound.py", "read", "MSH read for kind and dedupe key"),
+    ("cgthub/hl7/inbound.py", "_ack", "ACK built per message"),
+    ("cgthub/archive.py", "store_many", "archive: seal and insert raw messages"),
+    ("cgthub/mapping/registry.py", "get_mapper", "mapping lookup"),
+    ("cgthub/mapping/compiler.py", "map", "mapping: HL7 terser reads, events built"),
+    ("cgthub/hl7v2.py", "parse", "hl7v2.parse (read, ACK and mapping each parse)"),
+    ("cgthub/pipeline.py", "_map_and_apply", "pipeline: map + ledger + projection"),
+    ("cgthub/ledger.py", "append_many", "ledger.append_many"),
+    ("cgthub/ledger.py", "_preload", "  ledger._preload (heads, dedupe lookups)"),
+    ("cgthub/ledger.py", "_chain", "  ledger._chain (hash chain)"),
+    ("cgthub/ledger.py", "_write_rows", "  ledger._write_rows"),
+    ("cgthub/correlation.py", "preload", "  correlation.preload"),
+    ("cgthub/projection.py", "refresh_many", "projection.refresh_many"),
+    ("cgthub/store.py", "session_scope", "session_scope (begin/commit)"),
+    ("~", "<method 'commit' of 'sqlite3.Connection' objects>", "sqlite3 commit"),
+    ("~", "<method 'executemany' of 'sqlite3.Cursor' objects>", "sqlite3 executemany"),
+    ("~", "<method 'execute' of 'sqlite3.Cursor' objects>", "sqlite3 execute"),
+]
+
+
+def run(batch: list[bytes], url: str, size: int) -> None:
+    for start in range(0, len(batch), size):
+        with session_scope(url) as session:
+            inbound.apply(session, [inbound.read(m) for m in batch[start : start + size]], "mllp")
+
+
+def timed(count: int, size: int) -> float:
+    batch, url = messages(count), fresh_database(count // 2 + 1)
+    started = time.perf_counter()
+    run(batch, url, size)
+    return time.perf_counter() - started
+
+
+def profiled(count: int, size: int) -> dict[str, float]:
+    batch, url = messages(count), fresh_database(count // 2 + 1)
+    profile = cProfile.Profile()
+    profile.enable()
+    run(batch, url, size)
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # type: ignore[attr-defined]
+    costs: dict[str, float] = {}
+    for (filename, _line, function), (_cc, _nc, _tt, cumulative, _callers) in stats.items():
+        for suffix, name, label in ROOMS:
+            if filename.endswith(suffix) and function == name:
+                costs[label] = costs.get(label, 0.0) + cumulative
+    total = sum(v for (f, _l, n), (_c, _n, _t, v, _cl) in stats.items() if n == "run" and f.endswith("hl7_profile.py"))
+    costs["total (profiled)"] = total
+    return {label: seconds / count * 1e6 for label, seconds in costs.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=4000)
+    args = parser.parse_args()
+    pipeline.tune_process_for_ingest()
+    big = timed(args.messages, 1000) / args.messages
+    eight = timed(args.messages // 2, 8) / (args.messages // 2) * 8
+    single = timed(args.messages // 4, 1) / (args.messages // 4)
+    fixed = max(single - big, 0.0)
+    print("HL7 full ingest on SQLite, unprofiled (archive, parse, map, ledger, projection, commit):")
+    print(f"  per message (batches of 1000)   {big * 1e6:8.0f} us   -> file drop ceiling {1 / big:8,.0f} msg/s")
+    print(f"  per transaction, fixed          {fixed * 1e6:8.0f} us   (batch of 1 minus one message)")
+    print(f"  batch of 8 (8 MLLP senders)     {eight * 1e3:8.2f} ms   -> MLLP ceiling      {8 / eight:8,.0f} msg/s")
+    large, small = profiled(args.messages, 1000), profiled(args.messages // 2, 8)
+    print("\ncProfile, microseconds per message (cumulative, so rooms nest):")
+    print(f"  {'':52}{'batch 1000':>12}{'batch 8':>10}")
+    for label in [label for _s, _n, label in ROOMS] + ["total (profiled)"]:
+        if label in large or label in small:
+            print(f"  {label:52}{large.get(label, 0.0):12.0f}{small.get(label, 0.0):10.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""HL7 feed edges the listener and file tests leave open: MSH-18 character sets over MLLP, AE/AR
+ACKs that hl7apy accepts, a frame cut short on the wire, the hospital's address from its Airflow
+connection, and the `cgthub hl7 ingest` command."""
+
+import socket
+from pathlib import Path
+
+from hl7apy.consts import VALIDATION_LEVEL
+from hl7apy.exceptions import ValidationError
+from hl7apy.parser import parse_message
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cgthub import ledger, quarantine
+from cgthub.cli import app
+from cgthub.hl7 import outbound
+from cgthub.hl7.ack import ack_code, build_ack
+from cgthub.hl7.mllp import START, frame
+from cgthub.store import session_scope
+from cgthub.tables import Order
+from connectors.hospital import simulator
+from connectors.hospital.receiver import HospitalReceiver
+from tests.factories import enrolment
+from tests.test_hl7_listener import ORM, SIU, Running, exchange
+
+FIXTURES = Path(__file__).resolve().parent.parent / "mappings" / "hl7"
+ADT = (FIXTURES / "ADT_A04" / "fixtures" / "registration.hl7").read_bytes()
+
+
+def _latin1(adt: bytes, *, declared: bool) -> bytes:
+    """The registration with an umlaut in the name, encoded as ISO 8859-1 (MSH-18 `8859/1` if declared)."""
+    msh, rest = adt.split(b"\r", 1)
+    fields = msh.split(b"|")
+    fields += [b""] * (18 - len(fields))
+    fields[17] = b"8859/1" if declared else b""
+    fields[9] = b"LATIN1" + (b"D" if declared else b"U")
+    text = (b"|".join(fields) + b"\r" + rest).decode().replace("Smithson", "Müller")
+    return text.encode("latin-1")
+
+
+def test_msh18_latin1_is_read_and_undeclared_latin1_is_refused(db_url):
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    with Running(db_url) as running:
+        declared, undeclared = exchange(
+            running.port, frame(_latin1(ADT, declared=True)) + frame(_latin1(ADT, declared=False)), 2
+        )
+    assert ack_code(declared) == "AA", declared
+    assert ack_code(undeclared) == "AR" and b"utf-8" in undeclared.lower()
+    assert b"M\xfcller" not in declared + undeclared and "Müller".encode() not in declared + undeclared
+    with session_scope(db_url) as s:
+        reasons = [e.reason for e in quarantine.list_entries(s)]
+    assert len(reasons) == 1 and "utf-8" in reasons[0].lower() and "Müller" not in reasons[0]
+
+
+def test_error_acks_validate_with_hl7apy_and_name_the_problem():
+    for original, code, reason in (
+        (ORM, "AE", "ORC-9 is not an HL7 date: 2026-13-45"),
+        (SIU, "AR", "unsupported message type SIU^S99"),
+    ):
+        ack = build_ack(original, code, reason)
+        parsed = parse_message(ack.decode(), find_groups=True, validation_level=VALIDATION_LEVEL.STRICT)
+        assert parsed.validate()
+        assert parsed.msa.msa_1.value == code and parsed.err.err_8.value == reason.replace("^", "\\S\\")
+        assert parsed.msa.msa_2.value == parse_message(original.decode()).msh.msh_10.value
+    # An unreadable message has no control id to echo: MSA-2 stays empty (hl7apy's only complaint).
+    unreadable = parse_message(build_ack(b"not hl7 at all", "AR", "no MSH").decode(), find_groups=True)
+    assert unreadable.msa.msa_1.value == "AR" and unreadable.err.err_3.to_er7().startswith("200^")
+    try:
+        unreadable.validate()
+    except ValidationError as exc:
+        assert "MSA_2" in str(exc)
+
+
+def test_frame_cut_short_on_the_wire_is_refused_and_the_next_one_is_applied(db_url):
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    with Running(db_url) as running:
+        cut, ok = exchange(running.port, START + ORM[:40] + frame(ORM), 2)
+        # A client that vanishes mid-frame leaves the listener serving the others.
+        with socket.create_connection(("127.0.0.1", running.port)) as vanishing:
+            vanishing.sendall(START + SIU[:30])
+        (later,) = exchange(running.port, frame(SIU), 1)
+    assert ack_code(cut) == "AR" and b"cut short" in cut
+    assert ack_code(ok) == "AA" and ack_code(later) == "AA"
+    with session_scope(db_url) as s:
+        assert s.scalar(select(Order.status)) == "apheresis_scheduled"
+
+
+def test_outbound_finds_the_hospital_through_its_airflow_connection(monkeypatch):
+    payload = {"order_id": "ORD-1", "status": "released", "idempotency_key": "hl7:ORD-1:7", "refs": {}}
+    with HospitalReceiver() as hospital:
+        monkeypatch.setenv("AIRFLOW_CONN_HOSPITAL_MLLP", f"mllp://{hospital.host}:{hospital.port}")
+        result = outbound.push(payload)
+    assert result["control_id"] == "CGThl7ORD17" and len(hospital.received) == 1
+    assert b"|CGThl7ORD17|" in hospital.received[0]
+
+
+def test_cli_ingest_moves_files_and_reports_counts(db_url, tmp_path):
+    with session_scope(db_url) as s:
+        ledger.append_many(s, [enrolment(n) for n in (1, 2)])
+    feed = simulator.write_batch_file(tmp_path / "feed.hl7", list(simulator.feed(range(1, 3))), newline=b"\r\n")
+    junk = tmp_path / "junk.hl7"
+    junk.write_bytes(b"\x00\x01 not a message")
+    result = CliRunner().invoke(app, ["hl7", "ingest", str(feed), str(junk)])
+    assert "2 files, 7 messages: 6 accepted" in result.output, result.output
+    # The operator is told which file failed (cgthub's entry point prints CliError with its hint).
+    assert result.exit_code != 0 and "junk.hl7" in str(result.exception)
+    assert (tmp_path / "done" / "feed.hl7").exists() and (tmp_path / "failed" / "junk.hl7").exists()
