@@ -6,11 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cgthub import pipeline
-from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
-from cgthub.tables import utcnow
 from connectors.cmo.client import CmoClient
 from connectors.common import sync_state
 from connectors.common.connection import get_connection
@@ -28,34 +24,31 @@ def pull(
     *, database_url: str | None = None, conn_id: str = CONN_ID, cmo: CmoClient | None = None, pages: int = 50
 ) -> sync_state.SyncReport:
     cmo = cmo or client(conn_id)
-    mapper = get_mapper("cmo", "batch_event")
     report = sync_state.SyncReport(partner="cmo", stream=STREAM)
     with session_scope(database_url) as session:
         after = int(sync_state.cursor(session, "cmo", STREAM) or 0)
     report.watermark_before = str(after)
-    orders: set[str] = set()
     try:
         for _ in range(pages):
             raw, events, following, problem = cmo.events_page(after)
-            report.payloads += 1
-            report.records += len(events)
-            item = Inbound("cmo", "batch_event", "rest", raw, utcnow(), content_type="application/json")
-            with session_scope(database_url) as session:
-                (result,) = pipeline.ingest_batch(session, [item], lambda _i: mapper)
-                report.appended += result.appended
-                report.duplicates += result.duplicates
-                report.quarantined += result.quarantined
-                orders |= result.order_ids
-                if problem:
-                    report.errors.append(f"{problem} (archived as raw #{result.raw_id})")
-                sync_state.advance(session, report, None, new_cursor=str(following))
+            sync_state.ingest_page(
+                report,
+                raw,
+                system="cmo",
+                kind="batch_event",
+                channel="rest",
+                content_type="application/json",
+                records=len(events),
+                problem=problem,
+                new_cursor=str(following),
+                database_url=database_url,
+            )
             if problem or following == after:
                 break
             after = following
     except PartnerError as exc:
         report.errors.append(str(exc))
     report.watermark_after = str(after)
-    report.order_ids = sorted(orders)
     return report
 
 

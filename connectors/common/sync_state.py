@@ -13,6 +13,10 @@ from typing import Any
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from cgthub import pipeline
+from cgthub.archive import Inbound
+from cgthub.mapping import get_mapper
+from cgthub.store import session_scope
 from cgthub.tables import Base, utcnow
 
 
@@ -72,3 +76,34 @@ def advance(
     report.watermark_after = state.watermark.isoformat() if state.watermark else None
     state.updated_at = utcnow()
     state.last_report = report.as_dict()
+
+
+def ingest_page(
+    report: SyncReport,
+    raw: bytes,
+    *,
+    system: str,
+    kind: str,
+    channel: str,
+    content_type: str,
+    records: int,
+    problem: str | None = None,
+    watermark: datetime | None = None,
+    new_cursor: str | None = None,
+    database_url: str | None = None,
+) -> pipeline.IngestResult:
+    """One page as received: archived, mapped and applied, counted in `report`, and the stream's
+    watermark or cursor moved, all in one transaction (so the mark never passes an unarchived record)."""
+    report.payloads += 1
+    report.records += records
+    item = Inbound(system, kind, channel, raw, utcnow(), content_type=content_type)
+    with session_scope(database_url) as session:
+        (result,) = pipeline.ingest_batch(session, [item], lambda i: get_mapper(system, i.kind))
+        report.appended += result.appended
+        report.duplicates += result.duplicates
+        report.quarantined += result.quarantined
+        report.order_ids = sorted(set(report.order_ids) | result.order_ids)
+        if problem:
+            report.errors.append(f"page {report.payloads}: {problem} (archived as raw #{result.raw_id})")
+        advance(session, report, watermark, new_cursor=new_cursor)
+    return result

@@ -9,11 +9,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from cgthub import pipeline
-from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
-from cgthub.tables import utcnow
 from connectors.common import sync_state
 from connectors.common.connection import get_connection
 from connectors.common.http import PartnerError
@@ -34,37 +30,32 @@ def pull(
     *, database_url: str | None = None, conn_id: str = CONN_ID, courier: CourierClient | None = None, pages: int = 50
 ) -> sync_state.SyncReport:
     courier = courier or client(conn_id)
-    mapper = get_mapper("courier", "tracking_event")
     report = sync_state.SyncReport(partner="courier", stream=STREAM)
     with session_scope(database_url) as session:
         mark = sync_state.watermark(session, "courier", STREAM)
     report.watermark_before = mark.isoformat() if mark else None
     since = mark - OVERLAP if mark else None
-    orders: set[str] = set()
     try:
         for _ in range(pages):
             raw, events, problem = courier.events_page(since)
-            report.payloads += 1
-            report.records += len(events)
-            item = Inbound("courier", "tracking_event", "rest", raw, utcnow(), content_type="application/json")
-            with session_scope(database_url) as session:
-                (result,) = pipeline.ingest_batch(session, [item], lambda _i: mapper)
-                report.appended += result.appended
-                report.duplicates += result.duplicates
-                report.quarantined += result.quarantined
-                orders |= result.order_ids
-                if problem:
-                    report.errors.append(f"{problem} (archived as raw #{result.raw_id})")
-                newest = max(
-                    (datetime.fromisoformat(e["recordedAt"]) for e in events if "recordedAt" in e), default=None
-                )
-                sync_state.advance(session, report, newest)
+            newest = max((datetime.fromisoformat(e["recordedAt"]) for e in events if "recordedAt" in e), default=None)
+            sync_state.ingest_page(
+                report,
+                raw,
+                system="courier",
+                kind="tracking_event",
+                channel="rest",
+                content_type="application/json",
+                records=len(events),
+                problem=problem,
+                watermark=newest,
+                database_url=database_url,
+            )
             if problem or not events or newest is None or (since is not None and newest <= since):
                 break
             since = newest
     except PartnerError as exc:
         report.errors.append(str(exc))
-    report.order_ids = sorted(orders)
     return report
 
 

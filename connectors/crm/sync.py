@@ -13,11 +13,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-from cgthub import pipeline
-from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
-from cgthub.tables import utcnow
 from connectors.common import sync_state
 from connectors.common.connection import get_connection
 from connectors.common.http import PartnerError
@@ -37,32 +33,28 @@ def pull(
     *, database_url: str | None = None, conn_id: str = CONN_ID, crm: CrmClient | None = None
 ) -> sync_state.SyncReport:
     crm = crm or client(conn_id)
-    mapper = get_mapper("crm", "enrollment")
     report = sync_state.SyncReport(partner="crm", stream=STREAM)
     with session_scope(database_url) as session:
         mark = sync_state.watermark(session, "crm", STREAM)
     report.watermark_before = mark.isoformat() if mark else None
-    since = mark - OVERLAP if mark else None
-    orders: set[str] = set()
     try:
-        for page in crm.pages(since):
-            report.payloads += 1
-            report.records += len(page.records)
-            item = Inbound("crm", "enrollment", "rest", page.raw, utcnow(), content_type="application/json")
-            with session_scope(database_url) as session:
-                (result,) = pipeline.ingest_batch(session, [item], lambda _i: mapper)
-                report.appended += result.appended
-                report.duplicates += result.duplicates
-                report.quarantined += result.quarantined
-                orders |= result.order_ids
-                if page.problem:
-                    report.errors.append(f"page {report.payloads}: {page.problem} (archived as raw #{result.raw_id})")
-                sync_state.advance(session, report, _newest(page.records))
+        for page in crm.pages(mark - OVERLAP if mark else None):
+            sync_state.ingest_page(
+                report,
+                page.raw,
+                system="crm",
+                kind="enrollment",
+                channel="rest",
+                content_type="application/json",
+                records=len(page.records),
+                problem=page.problem,
+                watermark=_newest(page.records),
+                database_url=database_url,
+            )
     except PartnerError as exc:
         report.errors.append(str(exc))
         with session_scope(database_url) as session:
             sync_state.advance(session, report, None)
-    report.order_ids = sorted(orders)
     log.info("crm pull: %s", {k: v for k, v in report.as_dict().items() if k != "order_ids"})
     return report
 
