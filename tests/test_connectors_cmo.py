@@ -97,3 +97,26 @@ def test_notifications_are_idempotent(monkeypatch):
         sync.push(payload)
         sync.push(payload)
     assert list(app.sandbox_state.notifications) == ["cmo:ORD-1:9"]
+
+
+def test_slot_booking_is_confirmed_once_per_idempotency_key(monkeypatch):
+    app = cmo_sandbox.create_app()
+    with SandboxServer(app) as cmo:
+        monkeypatch.setenv("AIRFLOW_CONN_CMO_API", f"http://cgthub:cmo-key@127.0.0.1:{cmo.port}")
+        client = sync.client()
+        body = {"orderReference": "CRM-00001", "coiId": "CHW123426000001", "requestedDate": "2026-03-10"}
+        first, again = client.book_slot(body, "slot:CRM-00001"), client.book_slot(body, "slot:CRM-00001")
+    assert first == again and first["confirmed"] is True and first["batchId"] == "B26-0001"
+    assert len(app.sandbox_state.slots) == 1
+
+
+def test_fault_mode_is_switched_by_configuration(monkeypatch):
+    monkeypatch.setenv("CGTHUB_SANDBOX_FAULTS", '{"error_rate": 1.0}')
+    with SandboxServer(cmo_sandbox.create_app()) as cmo:
+        answer = requests.get(f"{cmo.base_url}/api/v1/events", headers={"Authorization": "ApiKey cmo-key"}, timeout=5)
+    assert answer.status_code == 503
+    monkeypatch.setenv("CGTHUB_SANDBOX_FAULTS", "chaos")
+    assert FaultConfig.from_env().reset_rate > 0
+    monkeypatch.setenv("CGTHUB_SANDBOX_FAULTS", "{nonsense")
+    with pytest.raises(ValueError, match="CGTHUB_SANDBOX_FAULTS"):
+        FaultConfig.from_env()

@@ -48,7 +48,7 @@ class CmoState:
 
 
 def create_app(*, api_key: str = "cmo-key", faults: FaultConfig | None = None) -> Any:
-    faults = faults or FaultConfig()
+    faults = faults or FaultConfig.from_env()
     state = CmoState(api_key, faults)
     app = FastAPI(title="CMO sandbox")
 

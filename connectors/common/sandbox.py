@@ -9,6 +9,8 @@ repeated. Paths under /sandbox/ (the test's own controls) are never faulted.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import socket
 import threading
@@ -30,6 +32,22 @@ class FaultConfig:
     duplicate_rate: float = 0.0  # records repeated in a page (sandbox-specific)
     reorder: bool = False  # records in a page shuffled (sandbox-specific)
     seed: int = 7
+
+    @classmethod
+    def from_env(cls) -> FaultConfig:
+        """`CGTHUB_SANDBOX_FAULTS`: unset or "off" for none, "chaos" for everything, or JSON such as
+        {"error_rate": 0.2, "latency_ms": 50} (docker-compose and `make up` set it per sandbox)."""
+        value = os.environ.get("CGTHUB_SANDBOX_FAULTS", "").strip()
+        if value in ("", "off", "none"):
+            return cls()
+        if value == "chaos":
+            return cls.chaos()
+        try:
+            return cls(**json.loads(value))
+        except (ValueError, TypeError) as exc:
+            raise ValueError(
+                f"CGTHUB_SANDBOX_FAULTS must be off, chaos or a JSON object of FaultConfig fields: {exc}"
+            ) from exc
 
     @classmethod
     def chaos(cls, seed: int = 7) -> FaultConfig:

@@ -68,7 +68,7 @@ def create_app(
     webhook_secret: str = "whsec-sandbox",  # noqa: S107 - the sandbox's own test secret
     faults: FaultConfig | None = None,
 ) -> Any:
-    faults = faults or FaultConfig()
+    faults = faults or FaultConfig.from_env()
     state = CourierState(api_key, webhook_secret, faults)
     app = FastAPI(title="Courier sandbox")
 

@@ -47,7 +47,7 @@ def create_app(
     token_ttl: float = 300.0,
     faults: FaultConfig | None = None,
 ) -> Any:
-    faults = faults or FaultConfig()
+    faults = faults or FaultConfig.from_env()
     state = CrmState(client_id=client_id, client_secret=client_secret, token_ttl=token_ttl, faults=faults)
     app = FastAPI(title="CRM sandbox")
     app.state.crm = state

@@ -97,7 +97,7 @@ def _fault(code: str, text: str) -> Response:
 
 
 def create_app(*, faults: FaultConfig | None = None) -> Any:
-    faults = faults or FaultConfig()
+    faults = faults or FaultConfig.from_env()
     state = ErpState()
     app = FastAPI(title="ERP SOAP sandbox")
 
