@@ -2,7 +2,7 @@
 
 Frames from every connection go to one queue. A committer takes everything that queued up while
 the previous batch was being committed (up to `batch_max`; optionally waiting `batch_window` for
-more), archives and (unless archive-only) maps and applies it in ONE
+more while other connections are open), archives and (unless archive-only) maps and applies it in ONE
 transaction on a dedicated worker thread, and only then answers each message: AA once it is
 durably committed, AE when it is archived but quarantined, AR when it cannot be read or is not a
 type the hub handles. A resend of a message whose ACK was lost is recognised (sending facility +
@@ -45,7 +45,7 @@ class MllpListener:
         apply: bool = True,
         max_message_bytes: int = 1024 * 1024,
         idle_timeout: float = 300.0,
-        batch_window: float = 0.0,
+        batch_window: float = 0.002,
         batch_max: int = 500,
     ) -> None:
         self.host, self.port = host, port
@@ -142,14 +142,15 @@ class MllpListener:
             if first is None:
                 break
             batch = [first]
-            # Natural group commit: take everything that queued up while the last batch was being
-            # committed; wait `batch_window` for more only when that is configured.
+            # Group commit: take everything that queued up while the last batch was being committed,
+            # then wait up to `batch_window` for the other open connections' next messages. Senders
+            # that wait for each ACK would otherwise fall into alternating batches of 1 and n-1.
             deadline = loop.time() + self.batch_window
             while len(batch) < self.batch_max:
                 try:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    if loop.time() >= deadline:
+                    if loop.time() >= deadline or len(batch) >= len(self._connections):
                         break
                     try:
                         item = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
