@@ -3,6 +3,7 @@ ACKs that hl7apy accepts, a frame cut short on the wire, the hospital's address 
 connection, and the `cgthub hl7 ingest` command."""
 
 import socket
+import time
 from pathlib import Path
 
 from hl7apy.consts import VALIDATION_LEVEL
@@ -11,7 +12,7 @@ from hl7apy.parser import parse_message
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cgthub import ledger, quarantine
+from cgthub import archive, ledger, quarantine
 from cgthub.cli import app
 from cgthub.hl7 import outbound
 from cgthub.hl7.ack import ack_code, build_ack
@@ -72,19 +73,32 @@ def test_error_acks_validate_with_hl7apy_and_name_the_problem():
         assert "MSA_2" in str(exc)
 
 
-def test_frame_cut_short_on_the_wire_is_refused_and_the_next_one_is_applied(db_url):
+def test_frames_cut_short_are_answered_archived_and_quarantined(db_url):
     with session_scope(db_url) as s:
         ledger.append(s, enrolment(1))
     with Running(db_url) as running:
         cut, ok = exchange(running.port, START + ORM[:40] + frame(ORM), 2)
-        # A client that vanishes mid-frame leaves the listener serving the others.
+        # A client that vanishes mid-frame gets no answer, but what it sent is kept.
         with socket.create_connection(("127.0.0.1", running.port)) as vanishing:
             vanishing.sendall(START + SIU[:30])
         (later,) = exchange(running.port, frame(SIU), 1)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and len(_quarantined(db_url)) < 2:
+            time.sleep(0.05)
     assert ack_code(cut) == "AR" and b"cut short" in cut
     assert ack_code(ok) == "AA" and ack_code(later) == "AA"
+    reasons = " / ".join(_quarantined(db_url))
+    assert "frame cut short by a new start block after 40 bytes" in reasons
+    assert "the connection ended 30 bytes into a frame that never closed" in reasons
     with session_scope(db_url) as s:
         assert s.scalar(select(Order.status)) == "apheresis_scheduled"
+        payloads = {archive.read(s, e.raw_id) for e in quarantine.list_entries(s)}
+    assert payloads == {ORM[:40], SIU[:30]}
+
+
+def _quarantined(url):
+    with session_scope(url) as s:
+        return [e.reason for e in quarantine.list_entries(s)]
 
 
 def test_outbound_finds_the_hospital_through_its_airflow_connection(monkeypatch):

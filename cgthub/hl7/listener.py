@@ -105,21 +105,32 @@ class MllpListener:
                     break
                 pending: list[asyncio.Future[bytes]] = []
                 for message in decoder.feed(data):
-                    if isinstance(message, Oversized | Truncated):
+                    if isinstance(message, Truncated) and message.payload.strip():
+                        self.stats.rejected_frames += 1
+                        reason = f"frame cut short by a new start block after {message.size} bytes; resend it"
+                        pending.append(self._submit(self._unreadable(message.payload, reason)))
+                    elif isinstance(message, Oversized | Truncated):
+                        # Too large to keep (the limit protects the hub) or empty: answered, not archived.
                         self.stats.rejected_frames += 1
                         done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                         reason = (
                             f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
                             if isinstance(message, Oversized)
-                            else f"frame of {message.size} bytes cut short by a new start block; resend it"
+                            else "empty frame cut short by a new start block"
                         )
                         done.set_result(build_ack(None, "AR", reason))
                         pending.append(done)
-                        continue
-                    pending.append(self._submit(inbound.read(message)))
+                    else:
+                        pending.append(self._submit(inbound.read(message)))
                 for future in pending:
                     writer.write(frame(await future))
                 await writer.drain()
+            leftover = decoder.unfinished()
+            if leftover is not None and leftover.payload.strip():
+                # The sender went away mid-frame: nothing can be answered, but what came is kept.
+                self.stats.rejected_frames += 1
+                reason = f"the connection ended {leftover.size} bytes into a frame that never closed"
+                await self._submit(self._unreadable(leftover.payload, reason))
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
@@ -127,6 +138,11 @@ class MllpListener:
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+
+    @staticmethod
+    def _unreadable(payload: bytes, reason: str) -> inbound.Received:
+        """A broken frame, to be archived and quarantined with `reason` like any unreadable message."""
+        return inbound.Received(payload, inbound.UNPARSEABLE, None, reason)
 
     def _submit(self, message: inbound.Received) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()

@@ -8,7 +8,7 @@ garbage between frames) and yields complete messages, `Oversized` for a frame ov
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 START, END, CR = b"\x0b", b"\x1c", b"\x0d"
 END_BLOCK = END + CR
@@ -26,9 +26,10 @@ class Oversized:
 
 @dataclass(frozen=True)
 class Truncated:
-    """A frame that a new start byte interrupted before its end."""
+    """A frame that a new start byte (or the end of the connection) interrupted before its end."""
 
     size: int
+    payload: bytes = field(default=b"", compare=False, repr=False)  # what arrived, to archive
 
 
 class FrameDecoder:
@@ -54,8 +55,9 @@ class FrameDecoder:
             end = self.buffer.find(END_BLOCK, 1)
             restart = self.buffer.find(START, 1)
             if restart > 0 and (end < 0 or restart < end):
+                cut = bytes(self.buffer[1:restart])
                 del self.buffer[:restart]
-                yield Truncated(restart - 1)
+                yield Truncated(len(cut), cut)
                 continue
             if end < 0:
                 if len(self.buffer) - 1 > self.max_size:
@@ -83,6 +85,14 @@ class FrameDecoder:
             del self.buffer[: end + 2]
         self._discarding = False
         return True
+
+    def unfinished(self) -> Truncated | None:
+        """The frame left open when the connection ends (None if there is none)."""
+        if self._discarding or not self.buffer.startswith(START):
+            return None
+        cut = bytes(self.buffer[1:])
+        self.buffer.clear()
+        return Truncated(len(cut), cut)
 
     @property
     def pending(self) -> int:
