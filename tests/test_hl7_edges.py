@@ -2,7 +2,12 @@
 ACKs that hl7apy accepts, a frame cut short on the wire, the hospital's address from its Airflow
 connection, and the `cgthub hl7 ingest` command."""
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,13 +17,14 @@ from hl7apy.parser import parse_message
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from cgthub import archive, ledger, quarantine
+from cgthub import archive, ledger, pipeline, quarantine
 from cgthub.cli import app
 from cgthub.hl7 import outbound
 from cgthub.hl7.ack import ack_code, build_ack
 from cgthub.hl7.mllp import START, frame
+from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
-from cgthub.tables import Order
+from cgthub.tables import Order, RawMessage
 from connectors.hospital import simulator
 from connectors.hospital.receiver import HospitalReceiver
 from tests.factories import enrolment
@@ -121,3 +127,32 @@ def test_cli_ingest_moves_files_and_reports_counts(db_url, tmp_path):
     # The operator is told which file failed (cgthub's entry point prints CliError with its hint).
     assert result.exit_code != 0 and "junk.hl7" in str(result.exception)
     assert (tmp_path / "done" / "feed.hl7").exists() and (tmp_path / "failed" / "junk.hl7").exists()
+
+
+def test_cli_listener_archive_only_acks_after_commit_and_stops_cleanly_on_sigterm(db_url):
+    """`cgthub hl7 listen --archive-only`: AA once archived (status received), applied later by
+    process_pending as the HL7 inbox DAG does, and SIGTERM finishes and exits 0."""
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    env = {**os.environ, "CGTHUB_DATABASE_URL": db_url}
+    command = [sys.executable, "-m", "cgthub.cli", "hl7", "listen", "--port", "0", "--archive-only"]
+    listener = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    try:
+        assert listener.stdout is not None
+        line = listener.stdout.readline().decode()
+        port = int(re.search(r":(\d+) \(archive only\)", line).group(1))  # type: ignore[union-attr]
+        (ack,) = exchange(port, frame(ORM), 1)
+        listener.send_signal(signal.SIGTERM)
+        out, err = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert ack_code(ack) == "AA" and listener.returncode == 0, err
+    assert b"shutting down" in out
+    with session_scope(db_url) as s:
+        assert s.scalar(select(RawMessage.status).where(RawMessage.system == "hl7")) == "received"
+        assert s.scalar(select(Order.status)) == "enrolled"
+        results = pipeline.process_pending(s, "hl7", lambda item: get_mapper("hl7", item.kind))
+    assert [r.appended for r in results] == [1]
+    with session_scope(db_url) as s:
+        assert s.scalar(select(Order.status)) == "apheresis_scheduled"

@@ -20,7 +20,11 @@ app = typer.Typer(help="Hospital HL7 v2 feed (MLLP, batch files).", no_args_is_h
 def listen(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(2575, help="TCP port (0: any free port)"),
-    archive_only: bool = typer.Option(False, "--archive-only", help="ACK once archived; the HL7 inbox DAG applies"),
+    apply: bool = typer.Option(
+        True,
+        "--apply/--archive-only",
+        help="map and apply in the ACK's transaction, or ACK once archived and let the HL7 inbox DAG apply",
+    ),
     max_bytes: int = typer.Option(1024 * 1024, help="largest message accepted"),
     idle_timeout: float = typer.Option(300.0, help="seconds a silent connection stays open"),
 ) -> None:
@@ -30,16 +34,12 @@ def listen(
     tune_process_for_ingest()
 
     async def run() -> None:
-        listener = MllpListener(
-            host, port, apply=not archive_only, max_message_bytes=max_bytes, idle_timeout=idle_timeout
-        )
+        listener = MllpListener(host, port, apply=apply, max_message_bytes=max_bytes, idle_timeout=idle_timeout)
         try:
             bound_host, bound_port = await listener.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}", "choose another --port") from exc
-        console.print(
-            f"listening for MLLP on {bound_host}:{bound_port} ({'archive only' if archive_only else 'apply'})"
-        )
+        console.print(f"listening for MLLP on {bound_host}:{bound_port} ({'apply' if apply else 'archive only'})")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
