@@ -42,12 +42,15 @@ class AckHeader:
 
     @classmethod
     def of(cls, message: hl7v2.Message) -> AckHeader:
+        """Application and facility fields are echoed as sent (all components, still escaped)."""
+        msh = message.segment("MSH")
+        assert msh is not None  # hl7v2.parse refuses a message without MSH
         return cls(
-            sender=f"{message.get('MSH-3')}|{message.get('MSH-4')}",
-            receiver=f"{message.get('MSH-5') or 'CGTHUB'}|{message.get('MSH-6') or 'HUB'}",
-            trigger=message.get("MSH-9.2"),
-            version=message.version or "2.5.1",
-            control_id=message.control_id,
+            sender=f"{msh.field(3)}|{msh.field(4)}",
+            receiver=f"{msh.field(5) or 'CGTHUB'}|{msh.field(6) or 'HUB'}",
+            trigger=msh.get(9, 1, 2),
+            version=msh.get(12) or "2.5.1",
+            control_id=msh.field(10),
         )
 
 
