@@ -8,9 +8,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import ValidationError
 from hl7apy.parser import parse_message
@@ -21,6 +23,7 @@ from cgthub import archive, ledger, pipeline, quarantine
 from cgthub.cli import app
 from cgthub.hl7 import outbound
 from cgthub.hl7.ack import ack_code, build_ack
+from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import START, frame
 from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
@@ -155,4 +158,36 @@ def test_cli_listener_archive_only_acks_after_commit_and_stops_cleanly_on_sigter
         results = pipeline.process_pending(s, "hl7", lambda item: get_mapper("hl7", item.kind))
     assert [r.appended for r in results] == [1]
     with session_scope(db_url) as s:
+        assert s.scalar(select(Order.status)) == "apheresis_scheduled"
+
+
+def test_no_ack_before_the_commit_and_ae_when_the_commit_fails(db_url, monkeypatch):
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    release, failing = threading.Event(), threading.Event()
+    commit = MllpListener._commit
+
+    def held_commit(self, messages):
+        release.wait(10)
+        if failing.is_set():
+            raise OSError("disk full")
+        return commit(self, messages)
+
+    monkeypatch.setattr(MllpListener, "_commit", held_commit)
+    with Running(db_url) as running, socket.create_connection(("127.0.0.1", running.port), timeout=10) as sock:
+        failing.set()
+        sock.sendall(frame(ORM))
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(65536)  # the transaction has not committed: no answer yet
+        release.set()
+        sock.settimeout(10)
+        failed = sock.recv(65536)
+        failing.clear()
+        sock.sendall(frame(ORM))  # the hospital resends what was not acknowledged AA
+        stored = sock.recv(65536)
+    assert ack_code(failed[1:-2]) == "AE" and b"not stored, please resend" in failed
+    assert ack_code(stored[1:-2]) == "AA"
+    with session_scope(db_url) as s:
+        assert s.scalar(select(RawMessage.receive_count)) == 1  # the failed attempt left nothing behind
         assert s.scalar(select(Order.status)) == "apheresis_scheduled"
