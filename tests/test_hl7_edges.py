@@ -191,3 +191,13 @@ def test_no_ack_before_the_commit_and_ae_when_the_commit_fails(db_url, monkeypat
     with session_scope(db_url) as s:
         assert s.scalar(select(RawMessage.receive_count)) == 1  # the failed attempt left nothing behind
         assert s.scalar(select(Order.status)) == "apheresis_scheduled"
+
+
+def test_simulator_command_sends_n_patients_and_reports_the_acks(db_url, capsys):
+    with session_scope(db_url) as s:
+        ledger.append_many(s, [enrolment(n) for n in (1, 2)])
+    with Running(db_url) as running:
+        simulator.main(["--patients", "2", "--port", str(running.port)])
+    assert "sent 6 messages for 2 patients: 6 AA" in capsys.readouterr().out
+    with session_scope(db_url) as s:
+        assert sorted(s.scalars(select(Order.status))) == ["collected", "collected"]

@@ -64,3 +64,34 @@ def write_batch_file(path: Path, messages: Iterator[bytes] | list[bytes], *, new
     trailer = f"BTS|{len(body)}".encode() + newline + b"FTS|1" + newline
     path.write_bytes(header + b"".join(body) + trailer)
     return path
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m connectors.hospital.simulator --patients N (--port P | --batch-file PATH)`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Send a hospital's HL7 v2 feed for N patients.")
+    parser.add_argument("--patients", type=int, default=10)
+    parser.add_argument("--first", type=int, default=1, help="number of the first patient")
+    parser.add_argument("--site", default="US-BOS-01")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, help="the hub's MLLP listener")
+    parser.add_argument("--batch-file", type=Path, help="write an FHS/BHS batch file instead of sending")
+    args = parser.parse_args(argv)
+    messages = list(feed(range(args.first, args.first + args.patients), site=args.site))
+    if args.batch_file is not None:
+        write_batch_file(args.batch_file, messages)
+        print(f"wrote {len(messages)} messages for {args.patients} patients to {args.batch_file}")
+        return
+    if args.port is None:
+        parser.error("give --port (MLLP) or --batch-file")
+    acks = send_over_mllp(args.host, args.port, messages)
+    codes = [ack.split(b"\rMSA|", 1)[-1][:2].decode("ascii", "replace") for ack in acks]
+    print(
+        f"sent {len(messages)} messages for {args.patients} patients: "
+        + ", ".join(f"{codes.count(code)} {code}" for code in sorted(set(codes)))
+    )
+
+
+if __name__ == "__main__":
+    main()
