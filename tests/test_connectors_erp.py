@@ -107,3 +107,16 @@ def test_material_and_batch_master_and_goods_movement_posting():
     assert first["goods_movement"]["movementType"] == "101"
     assert first["goods_movement"]["documentNumber"] == again["goods_movement"]["documentNumber"]
     assert len(app.sandbox_state.movements) == 1
+
+
+def test_a_soap_fault_on_a_read_is_archived_quarantined_and_counted(db_url, monkeypatch):
+    app = erp_sandbox.create_app()
+    app.sandbox_state.closed_period = "2026/03"
+    with SandboxServer(app) as erp:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_SOAP", f"http://127.0.0.1:{erp.port}/erp/soap")
+        report = sync.pull()
+    assert report.quarantined == 1 and any("posting period 2026/03 is closed" in e for e in report.errors)
+    with session_scope(db_url) as s:
+        (entry,) = quarantine.list_entries(s)
+        assert entry.kind == "goods_movement" and "SOAP fault (Server)" in entry.reason
+        assert s.get(RawMessage, entry.raw_id).status == "quarantined"

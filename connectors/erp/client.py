@@ -33,9 +33,10 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 class ErpFault(PartnerError):
     """The ERP refused the call with a SOAP fault; `code` is the fault code (Client or Server)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, raw: bytes | None = None) -> None:
         super().__init__(f"ERP SOAP fault ({code}): {message}")
         self.code = code
+        self.raw = raw  # the fault envelope as received, for the archive
 
 
 def _session(attempts: int) -> requests.Session:
@@ -91,7 +92,7 @@ class ErpClient:
         text = root.findtext(".//faultstring")
         if text is None:
             raise PartnerError("erp: an HTTP error without a SOAP fault")
-        raise ErpFault((root.findtext(".//faultcode") or "Server").split(":")[-1], text)
+        raise ErpFault((root.findtext(".//faultcode") or "Server").split(":")[-1], text, content)
 
     def create_sales_order(self, crm_order_id: str, material: str, plant: str) -> dict[str, Any]:
         answer = self._call("CreateSalesOrder", crmOrderId=crm_order_id, materialNumber=material, plant=plant)

@@ -41,6 +41,7 @@ class ErpState:
         self.statuses: dict[str, dict[str, str]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.posted: dict[str, dict[str, Any]] = {}
+        self.closed_period: str | None = None  # set to make GetGoodsMovements answer a SOAP fault
         self.lock = threading.Lock()
 
     def create(self, crm_order_id: str, material: str, plant: str) -> dict[str, Any]:
@@ -134,6 +135,8 @@ def create_app(*, faults: FaultConfig | None = None) -> Any:
                 if since is None or datetime.fromisoformat(o["createdAt"]) >= since
             ]
             out = _answer(name, "".join(_element("salesOrder", o) for o in found))
+        elif name == "GetGoodsMovements" and state.closed_period:
+            return _fault("Server", f"posting period {state.closed_period} is closed for reporting")
         elif name == "GetGoodsMovements":
             since = datetime.fromisoformat(args["postedSince"]) if args.get("postedSince") else None
             found = [m for m in state.movements if since is None or datetime.fromisoformat(m["postingDate"]) >= since]

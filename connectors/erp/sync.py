@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from cgthub import pipeline
+from cgthub import archive, pipeline, quarantine
 from cgthub.archive import Inbound
 from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
@@ -17,7 +17,7 @@ from cgthub.tables import utcnow
 from connectors.common import sync_state
 from connectors.common.connection import get_connection
 from connectors.common.http import PartnerError
-from connectors.erp.client import ErpClient
+from connectors.erp.client import ErpClient, ErpFault
 
 CONN_ID = "erp_soap"
 OVERLAP = timedelta(minutes=5)
@@ -43,6 +43,11 @@ def pull(
         started = utcnow()
         try:
             raw = getattr(erp, method)(mark - OVERLAP if mark else None)
+        except ErpFault as fault:
+            report.errors.append(f"{kind}: {fault}")
+            if fault.raw is not None:
+                _quarantine_fault(database_url, kind, fault, report)
+            continue
         except PartnerError as exc:
             report.errors.append(f"{kind}: {exc}")
             continue
@@ -59,6 +64,20 @@ def pull(
             sync_state.advance(session, stream_report, started)
     report.order_ids = sorted(orders)
     return report
+
+
+def _quarantine_fault(database_url: str | None, kind: str, fault: ErpFault, report: sync_state.SyncReport) -> None:
+    """A SOAP fault answer is kept like any inbound payload: archived, and quarantined with its text."""
+    assert fault.raw is not None
+    with session_scope(database_url) as session:
+        stored = archive.store(
+            session, system="erp", kind=kind, channel="soap", payload=fault.raw, content_type="text/xml"
+        )
+        quarantine.put(
+            session, stage=quarantine.Stage.RECEIVE, reason=str(fault), system="erp", kind=kind, raw_id=stored.raw_id
+        )
+        archive.mark(session, stored.raw_id, "quarantined")
+    report.quarantined += 1
 
 
 def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, erp: ErpClient | None = None) -> dict[str, Any]:
