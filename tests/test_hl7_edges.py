@@ -201,3 +201,30 @@ def test_simulator_command_sends_n_patients_and_reports_the_acks(db_url, capsys)
     assert "sent 6 messages for 2 patients: 6 AA" in capsys.readouterr().out
     with session_scope(db_url) as s:
         assert sorted(s.scalars(select(Order.status))) == ["collected", "collected"]
+
+
+def test_concurrent_connections_each_get_their_own_acks_from_shared_group_commits(db_url):
+    patients = range(1, 17)
+    with session_scope(db_url) as s:
+        ledger.append_many(s, [enrolment(n) for n in patients])
+    answers: dict[int, list[tuple[bytes, bytes]]] = {}
+
+    def hospital_system(n: int, port: int) -> None:
+        sent = list(simulator.feed(range(n, n + 1)))
+        answers[n] = list(zip(sent, simulator.send_over_mllp("127.0.0.1", port, sent), strict=True))
+
+    with Running(db_url) as running:
+        threads = [threading.Thread(target=hospital_system, args=(n, running.port)) for n in patients]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        stats = running.listener.stats
+    assert sorted(answers) == list(patients)
+    for pairs in answers.values():
+        for message, ack in pairs:
+            control_id = message.split(b"\r")[0].split(b"|")[9]
+            assert ack_code(ack) == "AA" and f"\rMSA|AA|{control_id.decode()}\r".encode() in ack
+    assert stats.messages == 48 and stats.batches < stats.messages  # connections shared transactions
+    with session_scope(db_url) as s:
+        assert list(set(s.scalars(select(Order.status)))) == ["collected"]
