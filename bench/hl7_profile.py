@@ -27,7 +27,7 @@ ROOMS = [
     ("cgthub/archive.py", "store_many", "archive: seal and insert raw messages"),
     ("cgthub/mapping/registry.py", "get_mapper", "mapping lookup"),
     ("cgthub/mapping/compiler.py", "map", "mapping: HL7 terser reads, events built"),
-    ("cgthub/hl7v2.py", "parse", "hl7v2.parse (read, ACK and mapping each parse)"),
+    ("cgthub/hl7v2.py", "parse", "hl7v2.parse (2 per message: MSH read, mapping)"),
     ("cgthub/pipeline.py", "_map_and_apply", "pipeline: map + ledger + projection"),
     ("cgthub/ledger.py", "append_many", "ledger.append_many"),
     ("cgthub/ledger.py", "_preload", "  ledger._preload (heads, dedupe lookups)"),
