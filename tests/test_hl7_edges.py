@@ -2,6 +2,7 @@
 ACKs that hl7apy accepts, a frame cut short on the wire, the hospital's address from its Airflow
 connection, and the `cgthub hl7 ingest` command."""
 
+import contextlib
 import os
 import re
 import signal
@@ -16,6 +17,8 @@ import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.exceptions import ValidationError
 from hl7apy.parser import parse_message
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -24,7 +27,7 @@ from cgthub.cli import app
 from cgthub.hl7 import outbound
 from cgthub.hl7.ack import ack_code, build_ack
 from cgthub.hl7.listener import MllpListener
-from cgthub.hl7.mllp import START, frame
+from cgthub.hl7.mllp import END_BLOCK, START, frame
 from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
 from cgthub.tables import Order, RawMessage
@@ -228,3 +231,34 @@ def test_concurrent_connections_each_get_their_own_acks_from_shared_group_commit
     assert stats.messages == 48 and stats.batches < stats.messages  # connections shared transactions
     with session_scope(db_url) as s:
         assert list(set(s.scalars(select(Order.status)))) == ["collected"]
+
+
+@pytest.fixture(scope="module")
+def framing_listener(tmp_path_factory):
+    """One listener (SQLite) for every fuzz example: it must survive them all."""
+    from cgthub import store
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('framing') / 'framing.db'}"
+    store.upgrade(url)
+    with Running(url, idle_timeout=2) as running:
+        yield running
+
+
+_PIECES = st.lists(
+    st.one_of(st.binary(max_size=60), st.just(START), st.just(END_BLOCK), st.just(frame(ORM)), st.just(ORM[:50])),
+    max_size=12,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(parts=_PIECES, close_early=st.booleans())
+def test_fuzzed_framing_and_vanishing_senders_never_take_the_listener_down(framing_listener, parts, close_early):
+    """Stray start and end blocks, half frames and senders that hang up mid-frame."""
+    with socket.create_connection(("127.0.0.1", framing_listener.port), timeout=5) as sock:
+        sock.sendall(b"".join(parts))
+        if not close_early:
+            sock.settimeout(0.2)
+            with contextlib.suppress(TimeoutError):
+                sock.recv(65536)
+    (ack,) = exchange(framing_listener.port, frame(SIU), 1)
+    assert ack_code(ack) in ("AA", "AE")
