@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub.settings import get_settings
-from cgthub.store import pair_filters
+from cgthub.store import pair_filters, race_guard
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12
@@ -152,10 +152,14 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
             }
         )
     if new_rows:
+        table = RawMessage.__table__
         try:
-            with session.begin_nested():
-                # A plain multi-row INSERT, then one lookup for the ids: SQLite answers RETURNING row by row.
-                session.execute(insert(RawMessage.__table__), new_rows)
+            with race_guard(session):
+                # One multi-row INSERT; the ids come back keyed by (system, dedupe key), so their order
+                # does not matter (asking SQLite for them in parameter order makes it go row by row).
+                inserted = session.execute(
+                    insert(table).returning(table.c.id, table.c.system, table.c.dedupe_key), new_rows
+                ).all()
         except IntegrityError:
             # A concurrent writer archived one of these first: fall back to one by one.
             return [
@@ -171,9 +175,9 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
                 )
                 for i in items
             ]
-        fresh = [(str(row["system"]), str(row["dedupe_key"])) for row in new_rows]
-        for key, (raw_id, digest) in _ids(session, fresh).items():
-            existing[key] = Archived(raw_id, digest, False, status)
+        digest_of = {(str(row["system"]), str(row["dedupe_key"])): str(row["checksum"]) for row in new_rows}
+        for raw_id, system, key in inserted:
+            existing[(system, key)] = Archived(raw_id, digest_of[(system, key)], False, status)
     out: list[Archived] = []
     repeats: list[dict[str, object]] = []
     for i, key in enumerate(keys):
@@ -192,17 +196,6 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
             repeats,
         )
     return out
-
-
-def _ids(session: Session, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str]]:
-    found: dict[tuple[str, str], tuple[int, str]] = {}
-    for where in pair_filters(RawMessage.system, RawMessage.dedupe_key, keys):
-        rows = session.execute(
-            select(RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum).where(where)
-        )
-        for system, key, raw_id, digest in rows:
-            found[(system, key)] = (raw_id, digest)
-    return found
 
 
 def _find(session: Session, system: str, key: str) -> RawMessage | None:

@@ -24,7 +24,7 @@ from cgthub import alerts, projection, quarantine
 from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
-from cgthub.store import pair_filters
+from cgthub.store import pair_filters, race_guard
 from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -80,7 +80,7 @@ def append_many(session: Session, events: Sequence[CanonicalEvent]) -> list[Appe
     for attempt in range(_MAX_ATTEMPTS):
         writer = _BatchWriter(session)
         try:
-            with session.begin_nested():
+            with race_guard(session):
                 results = writer.run(events)
             break
         except IntegrityError:
