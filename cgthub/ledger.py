@@ -54,7 +54,6 @@ class AppendResult:
     seq: int | None = None
     quarantine_id: int | None = None
     reason: str | None = None
-    new_keys: bool = False
 
 
 class OrderNotFound(LookupError):
@@ -175,7 +174,6 @@ class _BatchWriter:
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
             self.registered_keys.add(order_id)
         result = self._chain(self._order(order_id), event)
-        result.new_keys = bool(match.new_keys)
         self.done[event.key] = result
         return result
 

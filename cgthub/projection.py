@@ -109,14 +109,6 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHea
     return heads
 
 
-def refresh(session: Session, order_id: str, *, new_events: list[CanonicalEvent] | None = None) -> OrderProjection:
-    """Bring one order row up to date with its ledger (see `refresh_many`)."""
-    heads = lock_heads(session, [order_id])
-    if order_id not in heads:
-        raise LookupError(f"order {order_id} does not exist")
-    return refresh_many(session, heads, {order_id: new_events or []})[order_id]
-
-
 def refresh_many(
     session: Session, heads: dict[str, OrderHead], new_events: dict[str, list[CanonicalEvent]]
 ) -> dict[str, OrderProjection]:

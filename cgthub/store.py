@@ -141,7 +141,3 @@ def race_guard(session: Session) -> AbstractContextManager[Any]:
     savepoint's two extra statements per batch are saved.
     """
     return nullcontext() if session.get_bind().dialect.name == "sqlite" else session.begin_nested()
-
-
-def is_postgres(session: Session) -> bool:
-    return session.get_bind().dialect.name == "postgresql"

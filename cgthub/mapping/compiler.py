@@ -74,10 +74,14 @@ class CompiledEvent:
 
 
 def _hl7_getter(expr: str) -> Getter:
-    hl7v2.parse_path(expr)  # raises on a malformed path, at compile time
+    """The path is parsed here, once (a malformed one fails the compile), not per message."""
+    path = hl7v2.parse_path(expr)
+    name, occurrence = path.segment, path.segment_rep
+    field, repetition, component, sub = path.field, path.repetition, path.component, path.subcomponent
 
     def get(message: hl7v2.Message) -> Any:
-        return message.get(expr) or None
+        segment = message.segment(name, occurrence)
+        return (segment.get(field, repetition, component, sub) or None) if segment is not None else None
 
     return get
 
