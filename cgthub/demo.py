@@ -97,7 +97,42 @@ class Sandboxes:
         self._servers.append(server)
         self.urls["crm"] = server.base_url
         os.environ["AIRFLOW_CONN_CRM_API"] = f"http://cgthub:sandbox-secret@127.0.0.1:{server.port}"
+        try:
+            from connectors.courier import sandbox as courier_sandbox
+        except ModuleNotFoundError:
+            courier_sandbox = None
+        if courier_sandbox is not None:
+            courier = SandboxServer(courier_sandbox.create_app()).start()
+            self._servers.append(courier)
+            self.urls["courier"] = courier.base_url
+            os.environ["AIRFLOW_CONN_COURIER_API"] = f"http://cgthub:courier-key@127.0.0.1:{courier.port}"
         os.environ["CGTHUB_CONNECTORS"] = ",".join(self.urls)
+
+    def post(self, system: str, records: list[dict[str, Any]]) -> None:
+        """A partner's own records into its sandbox, where its connector will pull them from."""
+        if system == "crm":
+            self.post_crm_records(records)
+        elif system == "courier":
+            self.post_courier_events(records)
+        else:
+            raise ValueError(f"no sandbox for {system}")
+
+    def post_courier_events(self, events: list[dict[str, Any]]) -> None:
+        """The courier's own tracking: each shipment booked once, then its events recorded."""
+        import httpx
+
+        base = self.urls["courier"]
+        for event in events:
+            shipment = event["shipmentId"]
+            booking = {
+                "shipmentId": shipment,
+                "direction": event["direction"],
+                "reference": event.get("reference") or {},
+            }
+            headers = {"X-API-Key": "courier-key", "Idempotency-Key": f"demo-book-{shipment}"}
+            httpx.post(f"{base}/v1/shipments", json=booking, headers=headers, timeout=10).raise_for_status()
+            body = {k: v for k, v in event.items() if k != "shipmentId"}
+            httpx.post(f"{base}/sandbox/shipments/{shipment}/events", json=body, timeout=10).raise_for_status()
 
     def post_crm_records(self, records: list[dict[str, Any]]) -> None:
         import httpx
@@ -194,7 +229,7 @@ def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None)
     for (system, kind), records in native.items():  # one page per partner document kind, in its own format
         counts[system] += len(records)
         if sandboxes is not None and system in sandboxes.urls:
-            sandboxes.post_crm_records(records)
+            sandboxes.post(system, records)
             continue
         folder = canonical_feed.inbox(system) / kind
         folder.mkdir(exist_ok=True)
