@@ -106,6 +106,15 @@ class Sandboxes:
             self._servers.append(courier)
             self.urls["courier"] = courier.base_url
             os.environ["AIRFLOW_CONN_COURIER_API"] = f"http://cgthub:courier-key@127.0.0.1:{courier.port}"
+        try:
+            from connectors.cmo import sandbox as cmo_sandbox
+        except ModuleNotFoundError:
+            cmo_sandbox = None
+        if cmo_sandbox is not None:
+            cmo = SandboxServer(cmo_sandbox.create_app()).start()
+            self._servers.append(cmo)
+            self.urls["cmo"] = cmo.base_url
+            os.environ["AIRFLOW_CONN_CMO_API"] = f"http://cgthub:cmo-key@127.0.0.1:{cmo.port}"
         os.environ["CGTHUB_CONNECTORS"] = ",".join(self.urls)
 
     def post(self, system: str, records: list[dict[str, Any]]) -> None:
@@ -114,6 +123,11 @@ class Sandboxes:
             self.post_crm_records(records)
         elif system == "courier":
             self.post_courier_events(records)
+        elif system == "cmo":
+            import httpx
+
+            for record in records:  # the CMO's MES recording each step; its connector reads the feed
+                httpx.post(f"{self.urls['cmo']}/sandbox/events", json=record, timeout=10).raise_for_status()
         else:
             raise ValueError(f"no sandbox for {system}")
 
@@ -219,6 +233,8 @@ def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None)
             hl7.append(emission)
         elif emission.native is not None:
             native[(emission.system, emission.kind)].append(emission.native)
+        elif emission.system == "cmo" and sandboxes is not None and "cmo" in sandboxes.urls:
+            native[("cmo", "batch_event")].append(cmo_native(emission.event))
         else:
             by_system[emission.system].append(emission)
     counts: dict[str, int] = defaultdict(int)
@@ -255,6 +271,34 @@ def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None)
             )
     counts["hl7"] = len(hl7)
     return dict(counts)
+
+
+CMO_EVENT_TYPES = {
+    "cmo.material_received": "MATERIAL_RECEIVED",
+    "cmo.manufacturing_started": "MANUFACTURING_STARTED",
+    "cmo.qc_started": "QC_STARTED",
+    "cmo.out_of_specification": "OOS",
+    "cmo.released": "RELEASED",
+    "cmo.released_under_exception": "RELEASED_UNDER_EXCEPTION",
+    "cmo.terminated": "TERMINATED",
+}
+
+
+def cmo_native(event: dict[str, Any]) -> dict[str, Any]:
+    """The story's CMO step in the CMO's own REST format (mappings/cmo/batch_event)."""
+    refs, material = event.get("refs") or {}, event.get("material") or {}
+    record = {
+        "messageId": event["source_event_id"],
+        "eventType": CMO_EVENT_TYPES[event["event_type"]],
+        "eventTime": event["occurred_at"],
+        "orderReference": refs.get("crm_order_id"),
+        "batchId": refs.get("cmo_batch_id"),
+        "din": material.get("din"),
+        "lot": material.get("lot"),
+        "bags": material.get("bag_ids"),
+        "finding": event.get("reason"),
+    }
+    return {k: v for k, v in record.items() if v is not None}
 
 
 class Runner:
