@@ -2,7 +2,8 @@
 
 Parse: the DagBag's own per-file figure, first load (pays the hub's light imports) and the median
 of `--repeat` reloads. Run: the demo's 25 patients in three waves, every DAG run with dag.test()
-(on a temporary var dir and Airflow home), seconds per DAG run and partner messages per second.
+(on a temporary var dir and Airflow home, the partners' sandboxes on loopback as in `make demo`),
+seconds per DAG run and partner messages per second.
 Run: .venv/bin/python -m bench.dags_bench [--repeat N]
 """
 
@@ -25,7 +26,7 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="cgthub-dags-bench-"))
     os.environ["CGTHUB_VAR_DIR"] = str(tmp / "var")
     os.environ.pop("CGTHUB_DATABASE_URL", None)
-    os.environ["CGTHUB_CONNECTORS"] = ""
+    os.environ.pop("CGTHUB_CONNECTORS", None)
     from cgthub import airflow_env
 
     airflow_env.configure(home=tmp / "airflow")
@@ -48,19 +49,22 @@ def main() -> int:
     store.upgrade()
     airflow_env.migrate_metadata_db()
     runner = demo.Runner()
+    hub = demo.Hub()
+    partners = hub.start()
     now = utcnow().replace(minute=0, second=0, microsecond=0)
     _people, emissions = demo_scenario.world(now)
     per_dag: dict[str, list[float]] = defaultdict(list)
     previous = None
     wall = time.perf_counter()
     for cut in (now - timedelta(days=30), now - timedelta(days=12), now):
-        demo.deliver([e for e in emissions if (previous is None or e.at > previous) and e.at <= cut], 0)
+        demo.deliver([e for e in emissions if (previous is None or e.at > previous) and e.at <= cut], partners)
         previous = cut
         for dag_id in sorted(runner.dags):
             began = time.perf_counter()
             runner.run(dag_id, {"now": cut.isoformat()} if dag_id.endswith(("monitoring", "reconciliation")) else None)
             per_dag[dag_id].append(time.perf_counter() - began)
     wall = time.perf_counter() - wall
+    hub.stop()
     print(f"\n{'DAG (dag.test)':<28} {'runs':>4} {'mean s':>7} {'max s':>6}")
     for dag_id, figures in sorted(per_dag.items()):
         print(f"{dag_id:<28} {len(figures):>4} {statistics.mean(figures):>7.2f} {max(figures):>6.2f}")

@@ -1,4 +1,4 @@
-"""`make demo`: the hub's main job, end to end, on one machine in a couple of minutes.
+"""`make demo`: the hub's main job, end to end, on one machine in about a minute.
 
 What runs: the real Airflow DAGs of `dags/`, each executed with `dag.test()` (one in-process
 DagRun per call, on Airflow's SQLite metadata DB under var/airflow). That is Airflow's documented
@@ -6,20 +6,16 @@ way to run a DAG without a scheduler; it exercises the same DAG files, tasks, As
 callbacks as `make up` does on a schedule, with none of the scheduler's heartbeats to wait for.
 
 The story (cgthub.demo_scenario): 25 synthetic patients in the US and Germany, enrolled over the
-last seven weeks, replayed in three waves of partner traffic. Each wave the partners deliver what
-happened since the last one; then every ingest DAG pulls its partner, the HL7 inbox DAG applies
-what the hospital sent over MLLP, the outbound DAG tells the partners, and the monitoring and
-reconciliation DAGs judge deadlines and cross-system consistency at that moment. The demo ends by
-printing the order transparency table and where to look next.
-
-Partners: a partner whose connector and sandbox are installed (today the CRM) runs its sandbox on
-loopback and is pulled and pushed through its real connector; the others
-deliver through their canonical drop folders (var/demo/inbox/<partner>/) and the hospital's HL7
-messages go through the raw archive exactly as the MLLP listener leaves them. The first lines of
-the output say which path each partner took. The hospital speaks real HL7 v2 (ORU^R01 collection
-reports, SIU^S12 infusion bookings), the CRM its therapy-order records and the courier its tracking
-events, each through its mapping in mappings/ (synthetic identities the mappings pseudonymize); the
-ERP and the CMO deliver canonical JSON in this demo.
+last seven weeks, replayed in three waves of partner traffic. Each wave the partners record what
+happened since the last one in their own systems (connectors.sandboxes: the CRM, ERP, courier and
+CMO sandboxes on loopback, the CMO's nightly CSV export into the hub's drop directory, the
+hospital's HL7 v2 over MLLP to the hub's listener); then every ingest DAG pulls its partner
+through its connector, the HL7 inbox DAG applies what the listener archived, the outbound DAG
+tells the partners (REST, SOAP, and ORR^O02 over MLLP to the hospital's receiver), and the
+monitoring and reconciliation DAGs judge deadlines and cross-system consistency at that moment.
+Every payload goes through its mapping in mappings/; synthetic identities enter only as the
+pseudonyms the mappings make. The demo ends by printing the order transparency table and where
+to look next.
 """
 
 from __future__ import annotations
@@ -34,9 +30,13 @@ import warnings
 from collections import defaultdict
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cgthub.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from cgthub.demo_scenario import Emission
+    from connectors.sandboxes import SandboxPartners
 
 DEMO_VAR = Path(os.environ.get("CGTHUB_DEMO_DIR") or PROJECT_ROOT / "var" / "demo")
 INGEST_DAGS = ["crm", "erp", "courier", "cmo", "cmo_batch"]
@@ -54,9 +54,7 @@ def _prepare_environment() -> None:
     DEMO_VAR.mkdir(parents=True)
     os.environ["CGTHUB_VAR_DIR"] = str(DEMO_VAR)
     os.environ.pop("CGTHUB_DATABASE_URL", None)
-    # Partners come through their drop folders and the HL7 archive here; connectors pulling their
-    # sandboxes are enabled partner by partner once the demo starts those sandboxes.
-    os.environ.setdefault("CGTHUB_CONNECTORS", "")
+    os.environ.pop("CGTHUB_CONNECTORS", None)  # every partner through its connector
     from cgthub import airflow_env
 
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
@@ -73,103 +71,27 @@ def _quiet_logs() -> None:
         logger.setLevel(logging.INFO if name == "cgthub" else logging.WARNING)
 
 
-class Sandboxes:
-    """The partner sandboxes the demo runs on loopback: those whose connector package is installed.
-
-    A partner with a running sandbox is pulled (and pushed to) through its real connector, with its
-    Airflow connection pointing at the sandbox; the partner's story is posted into the sandbox.
-    """
+class Hub:
+    """The hub's own listener for the hospital (MLLP on loopback, archive-only) and the sandbox partners."""
 
     def __init__(self) -> None:
-        self.urls: dict[str, str] = {}
-        self._servers: list[Any] = []
+        self.partners: SandboxPartners | None = None
         self.mllp: tuple[str, int] | None = None
         self._listener: tuple[Any, Any, Any] | None = None
 
-    def start(self) -> None:
+    def start(self) -> SandboxPartners:
+        from connectors.sandboxes import SandboxPartners
+
         self._start_mllp_listener()
-        try:
-            from connectors.common.sandbox import SandboxServer
-            from connectors.crm import sandbox as crm_sandbox
-        except ModuleNotFoundError:
-            return
-        server = SandboxServer(crm_sandbox.create_app()).start()
-        self._servers.append(server)
-        self.urls["crm"] = server.base_url
-        os.environ["AIRFLOW_CONN_CRM_API"] = f"http://cgthub:sandbox-secret@127.0.0.1:{server.port}"
-        try:
-            from connectors.courier import sandbox as courier_sandbox
-        except ModuleNotFoundError:
-            courier_sandbox = None
-        if courier_sandbox is not None:
-            courier = SandboxServer(courier_sandbox.create_app()).start()
-            self._servers.append(courier)
-            self.urls["courier"] = courier.base_url
-            os.environ["AIRFLOW_CONN_COURIER_API"] = f"http://cgthub:courier-key@127.0.0.1:{courier.port}"
-        try:
-            from connectors.cmo import sandbox as cmo_sandbox
-        except ModuleNotFoundError:
-            cmo_sandbox = None
-        if cmo_sandbox is not None:
-            cmo = SandboxServer(cmo_sandbox.create_app()).start()
-            self._servers.append(cmo)
-            self.urls["cmo"] = cmo.base_url
-            os.environ["AIRFLOW_CONN_CMO_API"] = f"http://cgthub:cmo-key@127.0.0.1:{cmo.port}"
-        os.environ["CGTHUB_CONNECTORS"] = ",".join(self.urls)
-
-    def post(self, system: str, records: list[dict[str, Any]]) -> None:
-        """A partner's own records into its sandbox, where its connector will pull them from."""
-        if system == "crm":
-            self.post_crm_records(records)
-        elif system == "courier":
-            self.post_courier_events(records)
-        elif system == "cmo":
-            import httpx
-
-            for record in records:  # the CMO's MES recording each step; its connector reads the feed
-                httpx.post(f"{self.urls['cmo']}/sandbox/events", json=record, timeout=10).raise_for_status()
-        else:
-            raise ValueError(f"no sandbox for {system}")
-
-    def post_courier_events(self, events: list[dict[str, Any]]) -> None:
-        """The courier's own tracking: each shipment booked once, then its events recorded."""
-        import httpx
-
-        base = self.urls["courier"]
-        for event in events:
-            shipment = event["shipmentId"]
-            booking = {
-                "shipmentId": shipment,
-                "direction": event["direction"],
-                "reference": event.get("reference") or {},
-            }
-            headers = {"X-API-Key": "courier-key", "Idempotency-Key": f"demo-book-{shipment}"}
-            httpx.post(f"{base}/v1/shipments", json=booking, headers=headers, timeout=10).raise_for_status()
-            body = {k: v for k, v in event.items() if k != "shipmentId"}
-            httpx.post(f"{base}/sandbox/shipments/{shipment}/events", json=body, timeout=10).raise_for_status()
-
-    def post_crm_records(self, records: list[dict[str, Any]]) -> None:
-        import httpx
-
-        for record in records:  # the CRM's users editing therapy orders
-            httpx.post(f"{self.urls['crm']}/sandbox/orders", json=record, timeout=10).raise_for_status()
-
-    def crm_status_updates(self) -> int:
-        import httpx
-
-        if "crm" not in self.urls:
-            return 0
-        statuses = httpx.get(f"{self.urls['crm']}/sandbox/statuses", timeout=10).json()
-        return sum(len(updates) for updates in statuses.values())
+        self.partners = SandboxPartners.start(listener=self.mllp)
+        return self.partners
 
     def _start_mllp_listener(self) -> None:
-        """The hospital's MLLP listener on loopback, archive-only: it ACKs after commit, the HL7 inbox DAG maps."""
-        try:
-            from cgthub.hl7.listener import MllpListener
-        except ModuleNotFoundError:
-            return
+        """Archive-only, as `make up` runs it: ACK after commit; the HL7 inbox DAG maps and applies."""
         import asyncio
         import threading
+
+        from cgthub.hl7.listener import MllpListener
 
         loop = asyncio.new_event_loop()
         listener = MllpListener("127.0.0.1", 0, apply=False)
@@ -188,28 +110,9 @@ class Sandboxes:
         self.mllp = ("127.0.0.1", listener.port)
         self._listener = (loop, listener, thread)
 
-    def send_hl7(self, messages: list[str]) -> None:
-        """The hospital's interface engine: one MLLP connection, each message sent and its ACK awaited."""
-        import socket
-
-        from cgthub.hl7.mllp import frame
-
-        assert self.mllp is not None
-        with socket.create_connection(self.mllp, timeout=30) as connection:
-            for message in messages:
-                connection.sendall(frame(message.encode()))
-                ack = b""
-                while not ack.endswith(b"\x1c\r"):
-                    chunk = connection.recv(65536)
-                    if not chunk:
-                        raise RuntimeError("the MLLP listener closed the connection before its ACK")
-                    ack += chunk
-                if b"MSA|AA" not in ack:
-                    raise RuntimeError(f"the MLLP listener refused a message: {ack[:200]!r}")
-
     def stop(self) -> None:
-        for server in self._servers:
-            server.stop()
+        if self.partners is not None:
+            self.partners.stop()
         if self._listener is not None:
             import asyncio
 
@@ -219,86 +122,23 @@ class Sandboxes:
             thread.join(timeout=10)
 
 
-def deliver(emissions: list[Any], wave: int, sandboxes: Sandboxes | None = None) -> dict[str, int]:
-    """The partners' side of a wave: files into drop folders, HL7 messages into the archive (as the listener does)."""
-    from cgthub import archive, canonical_feed
-    from cgthub.store import session_scope
-    from cgthub.tables import utcnow
+def deliver(emissions: list[Emission], partners: SandboxPartners) -> dict[str, int]:
+    """The partners' side of a wave: each records its messages in its own system, the hospital sends
+    its HL7 over MLLP, and the CMO runs its nightly export into the hub's drop directory."""
+    from connectors.cmo.batch import drop_dir
 
-    by_system: dict[str, list[Any]] = defaultdict(list)
-    native: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    hl7: list[Any] = []
+    by_kind: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for emission in emissions:
-        if emission.system == "hl7":
-            hl7.append(emission)
-        elif emission.native is not None:
-            native[(emission.system, emission.kind)].append(emission.native)
-        elif emission.system == "cmo" and sandboxes is not None and "cmo" in sandboxes.urls:
-            native[("cmo", "batch_event")].append(cmo_native(emission.event))
-        else:
-            by_system[emission.system].append(emission)
+        if emission.native is not None:
+            by_kind[(emission.system, emission.kind)].append(emission.native)
     counts: dict[str, int] = defaultdict(int)
-    for system, items in by_system.items():
-        counts[system] += len(items)
-        path = canonical_feed.inbox(system) / f"wave{wave}-{system}.json"
-        path.write_text(json.dumps([e.event for e in items], indent=1))
-    for (system, kind), records in native.items():  # one page per partner document kind, in its own format
-        counts[system] += len(records)
-        if sandboxes is not None and system in sandboxes.urls:
-            sandboxes.post(system, records)
-            continue
-        folder = canonical_feed.inbox(system) / kind
-        folder.mkdir(exist_ok=True)
-        page = {"crm": "items", "courier": "events"}[system]
-        (folder / f"wave{wave}.json").write_text(json.dumps({page: records}, indent=1))
-    if sandboxes is not None and sandboxes.mllp is not None:
-        sandboxes.send_hl7([e.hl7 for e in hl7 if e.hl7])  # over MLLP, to the real listener
-        hl7_files = [e for e in hl7 if not e.hl7]
-    else:
-        hl7_files = hl7
-    with session_scope() as session:
-        for emission in hl7_files:  # as the MLLP listener does: archive under the control id, ACK, nothing else
-            real = bool(emission.hl7)
-            archive.store(
-                session,
-                system="hl7",
-                kind=emission.kind if real else canonical_feed.KIND,
-                channel="mllp",
-                payload=emission.hl7.encode() if real else json.dumps(emission.event, sort_keys=True).encode(),
-                received_at=utcnow(),
-                dedupe_key=emission.message_id,
-                content_type="x-application/hl7-v2+er7" if real else "application/json",
-            )
-    counts["hl7"] = len(hl7)
+    for (system, kind), records in by_kind.items():
+        partners.record(system, kind, records)
+        counts[f"{system}/{kind}"] += len(records)
+    if ("cmo", "batch_record") in by_kind:
+        partners.export_batch_records(drop_dir())
+    counts["hl7"] = partners.send_hl7(e.hl7 for e in emissions if e.system == "hl7")
     return dict(counts)
-
-
-CMO_EVENT_TYPES = {
-    "cmo.material_received": "MATERIAL_RECEIVED",
-    "cmo.manufacturing_started": "MANUFACTURING_STARTED",
-    "cmo.qc_started": "QC_STARTED",
-    "cmo.out_of_specification": "OOS",
-    "cmo.released": "RELEASED",
-    "cmo.released_under_exception": "RELEASED_UNDER_EXCEPTION",
-    "cmo.terminated": "TERMINATED",
-}
-
-
-def cmo_native(event: dict[str, Any]) -> dict[str, Any]:
-    """The story's CMO step in the CMO's own REST format (mappings/cmo/batch_event)."""
-    refs, material = event.get("refs") or {}, event.get("material") or {}
-    record = {
-        "messageId": event["source_event_id"],
-        "eventType": CMO_EVENT_TYPES[event["event_type"]],
-        "eventTime": event["occurred_at"],
-        "orderReference": refs.get("crm_order_id"),
-        "batchId": refs.get("cmo_batch_id"),
-        "din": material.get("din"),
-        "lot": material.get("lot"),
-        "bags": material.get("bag_ids"),
-        "finding": event.get("reason"),
-    }
-    return {k: v for k, v in record.items() if v is not None}
 
 
 class Runner:
@@ -328,30 +168,34 @@ class Runner:
         return {}
 
 
-def _partner_paths(sandboxes: Sandboxes) -> list[str]:
-    from cgthub import outbound, partner_sync
+# How each partner speaks to the hub, for the first lines of the output.
+CHANNELS = {
+    "crm": "REST, OAuth2, modified-since pages",
+    "erp": "SOAP (zeep against the sandbox's WSDL)",
+    "courier": "REST tracking feed",
+    "cmo": "REST event feed",
+    "cmo_batch": "the CMO's nightly CSV export",
+    "hl7": "HL7 v2 ORR^O02 over MLLP",
+}
 
+
+def _partner_paths(hub: Hub) -> list[str]:
+    from cgthub import outbound, partner_sync
+    from connectors.cmo.batch import drop_dir
+
+    assert hub.partners is not None and hub.mllp is not None
+    urls = {**hub.partners.urls, "cmo_batch": str(drop_dir()).replace(f"{PROJECT_ROOT}/", ""), "hl7": ""}
     lines = []
     for partner in INGEST_DAGS:
-        connector = partner_sync.connector_pull(partner) if partner_sync.connector_enabled(partner) else None
-        native = {"crm": "enrollment", "courier": "tracking_event"}.get(partner)
-        files = f"{_shown()}/inbox/{partner}/{native}/ (own format, mappings/{partner}/{native})" if native else None
-        sandbox = f" <- sandbox {sandboxes.urls[partner]}" if partner in sandboxes.urls else ""
-        via = f"connector {partner_sync.CONNECTOR_PULLS[partner][0]}{sandbox}" if connector else None
-        via = via or files or f"{_shown()}/inbox/{partner}/ (canonical JSON)"
-        lines.append(f"  {partner:<10} in : {via}")
-    if sandboxes.mllp:
-        where = ":".join(map(str, sandboxes.mllp))
-        lines.append(f"  hl7        in : HL7 v2 ORU^R01, SIU^S12 over MLLP to the listener on {where}")
-        lines.append("                  (archive-only, ACK after commit), mapped by mappings/hl7 in the HL7 inbox DAG;")
-        lines.append(
-            "                  infusion completed: canonical JSON into the archive (no HL7 mapping for it yet)"
-        )
-    else:
-        lines.append("  hl7        in : HL7 v2 ORU^R01, SIU^S12 archived as the MLLP listener leaves them, mapped by")
-        lines.append("                  mappings/hl7 in the HL7 inbox DAG (infusion completed: canonical JSON for now)")
+        module = partner_sync.CONNECTOR_PULLS[partner][0]
+        lines.append(f"  {partner:<10} in : {module} ({CHANNELS[partner]}) <- {urls[partner]}")
+    where = ":".join(map(str, hub.mllp))
+    lines.append(f"  hl7        in : HL7 v2 ORU^R01, SIU^S12 over MLLP to the hub's listener on {where}")
+    lines.append("                  (archive-only, ACK after commit), mapped by mappings/hl7 in the HL7 inbox DAG")
     for partner in outbound.PARTNERS:
-        lines.append(f"  {partner:<10} out: {outbound.deliverer(partner)[0].replace(str(PROJECT_ROOT) + '/', '')}")
+        target = hub.partners.urls["hospital" if partner == "hl7" else partner]
+        via = outbound.deliverer(partner)[0]
+        lines.append(f"  {partner:<10} out: {via} ({CHANNELS[partner] if partner == 'hl7' else 'push'}) -> {target}")
     return lines
 
 
@@ -369,26 +213,27 @@ def main() -> int:
     _quiet_logs()
     now = utcnow().replace(minute=0, second=0, microsecond=0)
     people, emissions = demo_scenario.world(now)
-    sandboxes = Sandboxes()
-    sandboxes.start()
+    hub = Hub()
     try:
-        return _run(runner_started=started, now=now, people=people, emissions=emissions, sandboxes=sandboxes)
+        hub.start()
+        return _run(runner_started=started, now=now, people=people, emissions=emissions, hub=hub)
     finally:
-        sandboxes.stop()
+        hub.stop()
 
 
-def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: list[Any], sandboxes: Sandboxes) -> int:
+def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: list[Emission], hub: Hub) -> int:
     from cgthub import demo_scenario
 
-    print("partners:")
-    print("\n".join(_partner_paths(sandboxes)))
+    assert hub.partners is not None
+    print("partners (sandboxes on loopback, each through its connector):")
+    print("\n".join(_partner_paths(hub)))
     runner = Runner()
     cuts = [now - timedelta(days=30), now - timedelta(days=12), now]
     previous = datetime.min.replace(tzinfo=now.tzinfo)
     for wave, cut in enumerate(cuts, start=1):
         batch = [e for e in emissions if previous < e.at <= cut]
         previous = cut
-        delivered = deliver(batch, wave, sandboxes)
+        delivered = deliver(batch, hub.partners)
         if cut == now:
             extract = DEMO_VAR / "snapshots" / "crm.json"
             extract.parent.mkdir(exist_ok=True)
@@ -400,10 +245,10 @@ def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: 
         runner.run("cgthub_monitoring", {"now": cut.isoformat()})
         runner.run("cgthub_reconciliation", {"now": cut.isoformat()})
         sent = ", ".join(f"{k} {v}" for k, v in sorted(delivered.items()))
-        print(f"wave {wave} (up to {cut:%Y-%m-%d}): partners sent {sent} messages; 9 DAG runs done")
+        print(f"wave {wave} (up to {cut:%Y-%m-%d}): partners recorded {sent}; 9 DAG runs done")
     print()
     print(render_table(now))
-    print(where_next(runner, time.monotonic() - runner_started, sandboxes))
+    print(where_next(runner, time.monotonic() - runner_started, hub.partners))
     return 0
 
 
@@ -450,7 +295,7 @@ def _alert_label(kind: str, severity: str) -> str:
     return kind.removeprefix("reconciliation.") + ("!" if severity == "critical" else "")
 
 
-def where_next(runner: Runner, elapsed: float, sandboxes: Sandboxes) -> str:
+def where_next(runner: Runner, elapsed: float, partners: SandboxPartners) -> str:
     from sqlalchemy import func, select
 
     from cgthub import alerts
@@ -462,7 +307,9 @@ def where_next(runner: Runner, elapsed: float, sandboxes: Sandboxes) -> str:
     with session_scope(readonly=True) as session:
         entries = session.scalar(select(func.count()).select_from(LedgerEntry))
         raw = session.scalar(select(func.count()).select_from(RawMessage))
-        resent_ids = list(session.scalars(select(RawMessage.id).where(RawMessage.receive_count > 1)))
+        resent_ids = list(
+            session.scalars(select(RawMessage.id).where(RawMessage.system == "hl7", RawMessage.receive_count > 1))
+        )
         resent_orders = sorted(
             {
                 (projection.get("refs") or {}).get("crm_order_id") or order_id
@@ -475,8 +322,12 @@ def where_next(runner: Runner, elapsed: float, sandboxes: Sandboxes) -> str:
         )
         quarantined = session.scalars(select(QuarantineEntry).where(QuarantineEntry.status == "open")).all()
         open_alerts = alerts.open_alerts(session)
-        delivered = session.scalar(
-            select(func.count()).select_from(OutboxMessage).where(OutboxMessage.status == "delivered")
+        delivered = dict(
+            session.execute(
+                select(OutboxMessage.destination_kind, func.count())
+                .where(OutboxMessage.status == "delivered")
+                .group_by(OutboxMessage.destination_kind)
+            ).all()
         )
         report = session.scalars(select(ReconciliationReport).order_by(ReconciliationReport.id.desc())).first()
     kinds: dict[str, int] = defaultdict(int)
@@ -486,7 +337,9 @@ def where_next(runner: Runner, elapsed: float, sandboxes: Sandboxes) -> str:
     db = f"CGTHUB_VAR_DIR={shown}"
     return f"""
 {raw} partner payloads archived, {entries} ledger entries, {len(quarantined)} in quarantine, \
-{delivered} outbound messages delivered ({sandboxes.crm_status_updates()} status updates PATCHed into the CRM sandbox).
+{sum(delivered.values())} outbound messages delivered ({", ".join(f"{k} {v}" for k, v in sorted(delivered.items()))}): \
+{partners.crm_status_updates()} status updates PATCHed into the CRM sandbox, \
+{partners.hospital_messages()} ORR^O02 ACKed by the hospital's receiver.
 resent by the hospital, received twice and applied once: {len(resent_ids)} HL7 message(s) of {", ".join(resent_orders)}
 open alerts: {", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))}  ("!" = critical)
 last reconciliation report #{report.id if report else "-"}: {json.dumps(report.counts if report else {})}
@@ -501,8 +354,8 @@ Where to look next:
       what was held back and why (the COI mismatch, the orphan shipment)
   {db} .venv/bin/cgthub ledger verify
       re-check every order's hash chain
-  {shown}/outbound/<partner>/
-      what the hub told the CRM, ERP, hospital and CMO
+  {db} .venv/bin/cgthub api serve
+      the order transparency API (keys: cgthub api keys create --help)
   {shown}/demo.log
       task logs and every alert as the notifier sent it
   make up

@@ -11,7 +11,9 @@ P02 the hospital resends its collection message (dup)     P13 collected, stuck i
 P18 manufacturing far beyond plan: vein-to-vein at risk   P20 scheduled, then silence: stuck
 plus a courier shipment that matches no order, and a CRM extract that lags and contradicts the hub.
 
-Events are produced as canonical JSON per source system (`Emission`), split into waves by time.
+Each partner speaks its own format (`Emission`): the CRM's therapy-order records, the ERP's sales
+orders, the courier's tracking events, the CMO's REST events and nightly CSV rows, the hospital's
+HL7 v2; the demo posts them into the partners' sandboxes, split into waves by time.
 Patient identifiers are synthetic and enter only as pseudonyms.
 """
 
@@ -20,10 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from cgthub.identifiers import mod37_2_check
 from cgthub.lifecycle import OrderStatus
-from cgthub.model import EventType as E
 
 PATIENTS = 25
 DAY = timedelta(days=1)
@@ -34,15 +36,14 @@ CMO = {"US": "CMO-NJ", "DE": "CMO-LEI"}
 
 @dataclass
 class Emission:
-    """One partner message: which system says it (and over which channel), when, and the event."""
+    """One partner message, in the partner's own format: who says it, when, and what they record."""
 
-    system: str  # drop folder: crm, erp, courier, cmo, cmo_batch, or hl7 (the MLLP inbox)
+    system: str  # crm, erp, courier, cmo, or hl7 (the hospital, over MLLP)
     at: datetime
-    event: dict[str, Any]
-    message_id: str = ""
-    hl7: str = ""  # the HL7 v2 message as the hospital sends it (mapped by mappings/hl7), when there is one
-    kind: str = ""  # its message type (ORU^R01) or the partner's document kind (enrollment, tracking_event)
-    native: dict[str, Any] | None = None  # the partner's own JSON record (mapped by mappings/<partner>/<kind>)
+    kind: str  # the partner's document kind (enrollment, sales_order, batch_record...) or HL7 type (ORU^R01)
+    native: dict[str, Any] | None = None  # the partner's own record (mapped by mappings/<system>/<kind>)
+    hl7: str = ""  # the HL7 v2 message as the hospital sends it (mapped by mappings/hl7)
+    message_id: str = ""  # MSH-10 of an HL7 message
 
 
 @dataclass
@@ -91,17 +92,7 @@ def patients(now: datetime) -> list[Patient]:
     return out
 
 
-def _event(p: Patient, system: str, kind: E, at: datetime, eid: str, **fields: Any) -> dict[str, Any]:
-    refs = {"crm_order_id": p.crm, **fields.pop("refs", {})}
-    return {
-        "source_system": {"cmo_batch": "cmo"}.get(system, system),
-        "source_event_id": eid,
-        "event_type": kind.value,
-        "occurred_at": at.isoformat(),
-        "received_at": (at + timedelta(minutes=5)).isoformat(),
-        "refs": refs,
-        **fields,
-    }
+CMO_PLANT_TZ = ZoneInfo("Europe/Brussels")  # the CMO's batch records carry the plant's local time
 
 
 def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
@@ -109,8 +100,17 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
     t0, n = p.enrolled_at, p.n
     out: list[Emission] = []
 
-    def say(system: str, kind: E, at: datetime, eid: str, message_id: str = "", **fields: Any) -> None:
-        out.append(Emission(system, at, _event(p, system, kind, at, eid, **fields), message_id))
+    def cmo(event_type: str, at: datetime, eid: str, **fields: Any) -> None:
+        """One step of the CMO's MES, as its REST event feed reports it (mappings/cmo/batch_event)."""
+        record = {"messageId": eid, "eventType": event_type, "eventTime": at.isoformat()}
+        record |= {"orderReference": p.crm, "batchId": p.batch, **fields}
+        out.append(Emission("cmo", at, "batch_event", native=record))
+
+    def batch_record(step: str, result: str, at: datetime) -> None:
+        """One row of the CMO's nightly CSV export, in the plant's local time (mappings/cmo/batch_record)."""
+        local = at.astimezone(CMO_PLANT_TZ).strftime("%Y-%m-%d %H:%M:%S")
+        row = {"batch_id": p.batch, "order_reference": p.crm, "lot": p.lot, "step": step, "step_time": local}
+        out.append(Emission("cmo", at, "batch_record", native={**row, "result": result}))
 
     def crm(at: datetime, status: str, **extra: Any) -> None:
         """The CRM's therapy-order record as it stands at `at` (the CRM sends whole records)."""
@@ -127,7 +127,7 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
             "apheresis": None,
             **extra,
         }
-        out.append(Emission("crm", at, {}, kind="enrollment", native=record))
+        out.append(Emission("crm", at, "enrollment", native=record))
 
     def track(status: str, at: datetime, eid: str, leg: dict[str, Any], **extra: Any) -> None:
         """One courier tracking event, in the courier's own format and offsets."""
@@ -142,7 +142,7 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
             "shipper": {"id": leg["shipper_id"]},
             **extra,
         }
-        out.append(Emission("courier", at, {}, kind="tracking_event", native=event))
+        out.append(Emission("courier", at, "tracking_event", native=event))
 
     ship_out = {
         "shipment_id": f"SHP-{n:04d}-O",
@@ -157,7 +157,14 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         "shipper_id": f"DS-{800 + n}",
     }
     crm(t0, "ENROLLED")
-    say("erp", E.ERP_SALES_ORDER_CREATED, t0 + 3 * HOUR, f"so-{n}-created", refs={"erp_sales_order": p.so})
+    sales_order = {  # entered by the sponsor's order desk in the ERP, keyed by the CRM order id
+        "salesOrderNumber": p.so,
+        "crmOrderId": p.crm,
+        "materialNumber": "MAT-CART19",
+        "plant": f"{p.market}10",
+        "createdAt": (t0 + 3 * HOUR).isoformat(),
+    }
+    out.append(Emission("erp", t0 + 3 * HOUR, "sales_order", native=sales_order))
     booking = {
         "scheduledFor": (t0 + 5 * DAY).isoformat(),
         "bookedAt": (t0 + DAY).isoformat(),
@@ -174,9 +181,9 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         return out
     collected_at = t0 + 5 * DAY
     oru = collection_report(p, collected_at, f"{p.site[:3]}{n:05d}C")
-    out.append(Emission("hl7", collected_at, {}, f"{p.site[:3]}{n:05d}C", hl7=oru, kind="ORU^R01"))
+    out.append(Emission("hl7", collected_at, "ORU^R01", hl7=oru, message_id=f"{p.site[:3]}{n:05d}C"))
     if n == 2:  # the interface engine resends the same message (same control id) after a timeout
-        out.append(Emission("hl7", collected_at + 2 * HOUR, {}, out[-1].message_id, hl7=oru, kind="ORU^R01"))
+        out.append(Emission("hl7", collected_at + 2 * HOUR, "ORU^R01", hl7=oru, message_id=out[-1].message_id))
         p.notes.append("HL7 resend")
     cold = {"minC": -192.0, "maxC": -186.5, "readings": 24}
     track("PICKED_UP", t0 + 5 * DAY + 4 * HOUR, f"EVT-{n:04d}-O1", ship_out, contents={"din": p.din}, temperature=cold)
@@ -196,58 +203,31 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         p.notes.append("temperature excursion")
     track("DELIVERED", t0 + 6 * DAY, f"EVT-{n:04d}-O4", ship_out, location={"code": CMO[p.market]}, temperature=cold)
     received_din = all_patients[0].din if n == 7 else p.din
-    say(
-        "cmo",
-        E.MATERIAL_RECEIVED_AT_CMO,
-        t0 + 6 * DAY + 2 * HOUR,
-        f"cmo-{n}-receipt",
-        material={"din": received_din},
-        refs={"cmo_batch_id": p.batch},
-    )
+    cmo("MATERIAL_RECEIVED", t0 + 6 * DAY + 2 * HOUR, f"cmo-{n}-receipt", din=received_din)
     if n == 7:
         p.notes.append("COI mismatch at CMO receipt")
         return out
-    say("cmo", E.MANUFACTURING_STARTED, t0 + 7 * DAY, f"cmo-{n}-mfg", refs={"cmo_batch_id": p.batch})
+    cmo("MANUFACTURING_STARTED", t0 + 7 * DAY, f"cmo-{n}-mfg")
     if n == 18:
         p.notes.append("manufacturing overrun")
         return out
-    say("cmo", E.QC_STARTED, t0 + 19 * DAY, f"cmo-{n}-qc", material={"lot": p.lot}, refs={"cmo_batch_id": p.batch})
+    cmo("QC_STARTED", t0 + 19 * DAY, f"cmo-{n}-qc", lot=p.lot)
     slip = 0 * DAY
     if n == 5:
-        say(
-            "cmo",
-            E.PRODUCT_OOS,
-            t0 + 22 * DAY,
-            f"cmo-{n}-oos",
-            reason="viability 68% < 70% specification",
-            refs={"cmo_batch_id": p.batch},
-        )
-        say(
-            "cmo_batch",
-            E.OOS_RELEASED_UNDER_EXCEPTION,
-            t0 + 26 * DAY,
-            f"coa-{n}-exception",
-            reason="released under exception after physician request and risk assessment",
-            material={"lot": p.lot},
-            refs={"cmo_batch_id": p.batch},
-        )
+        cmo("OOS", t0 + 22 * DAY, f"cmo-{n}-oos", lot=p.lot, finding="viability 68% < 70% specification")
+        # released under exception after the physician's request and a risk assessment
+        batch_record("RELEASE", "EXCEPTION", t0 + 26 * DAY)
         slip = 3 * DAY
         p.notes.append("OOS, released under exception")
     else:
-        say(
-            "cmo_batch",
-            E.PRODUCT_RELEASED,
-            t0 + 23 * DAY,
-            f"coa-{n}-released",
-            material={"lot": p.lot},
-            refs={"cmo_batch_id": p.batch},
-        )
+        batch_record("RELEASE", "PASS", t0 + 23 * DAY)
     track("PICKED_UP", t0 + 24 * DAY + slip, f"EVT-{n:04d}-B1", ship_back, contents={"lot": p.lot}, temperature=cold)
     track("DELIVERED", t0 + 25 * DAY + slip, f"EVT-{n:04d}-B4", ship_back, location={"code": p.site})
     booked_at, infusion_at = t0 + 26 * DAY + slip, t0 + 29 * DAY + slip
     siu = infusion_booking(p, booked_at, infusion_at, f"{p.site[:3]}{n:05d}S")
-    out.append(Emission("hl7", booked_at, {}, f"{p.site[:3]}{n:05d}S", hl7=siu, kind="SIU^S12"))
-    say("hl7", E.INFUSED, t0 + 29 * DAY + slip, f"ORU-{n}-infused", message_id=f"MSG{n:05d}I")
+    out.append(Emission("hl7", booked_at, "SIU^S12", hl7=siu, message_id=f"{p.site[:3]}{n:05d}S"))
+    infused = infusion_record(p, infusion_at, f"{p.site[:3]}{n:05d}I")
+    out.append(Emission("hl7", infusion_at + HOUR, "ORU^R01", hl7=infused, message_id=f"{p.site[:3]}{n:05d}I"))
     return out
 
 
@@ -289,6 +269,17 @@ def infusion_booking(p: Patient, at: datetime, infusion_at: datetime, control_id
     )
 
 
+def infusion_record(p: Patient, infused_at: datetime, control_id: str) -> str:
+    """ORU^R01 infusion record: OBR-4 INF, OBR-7 when the product went in, OBR-20 its lot."""
+    return "\r".join(
+        [
+            f"MSH|^~\\&|EPIC|{p.site}|CGTHUB|HUB|{_ts(infused_at + HOUR)}||ORU^R01^ORU_R01|{control_id}|P|2.5.1",
+            _pid(p),
+            f"OBR|1|PO-{p.n:05d}|FL-{p.n:05d}|INF^CAR-T infusion^L|||{_ts(infused_at)}|||||||||||||{p.lot}|||||F",
+        ]
+    )
+
+
 def orphan_shipment(now: datetime) -> Emission:
     """A courier pickup for a shipment no order knows (the booking reference was left out)."""
     at = now - 2 * DAY
@@ -301,7 +292,7 @@ def orphan_shipment(now: datetime) -> Emission:
         "reference": {},
         "shipper": {"id": "DS-9977"},
     }
-    return Emission("courier", at, {}, kind="tracking_event", native=event)
+    return Emission("courier", at, "tracking_event", native=event)
 
 
 def crm_extract(people: list[Patient], now: datetime) -> list[dict[str, Any]]:

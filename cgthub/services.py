@@ -17,8 +17,7 @@ import importlib.util
 import sys
 import threading
 
-PARTNERS = ("crm", "erp", "courier", "cmo", "hospital")
-SANDBOX_PORTS = {partner: 8701 + i for i, partner in enumerate(PARTNERS)}
+from connectors.sandboxes import FIXED_PORTS, PARTNERS
 
 
 def _installed(module: str) -> bool:
@@ -46,10 +45,13 @@ def sandbox(partner: str, host: str, port: int) -> int:
     if not _installed(module):
         print(f"{module} is not installed in this build", file=sys.stderr)
         return 2
+    served = importlib.import_module(module)
+    if hasattr(served, "serve"):  # not HTTP: the hospital's MLLP receiver
+        served.serve(host, port)
+        return 0
     import uvicorn
 
-    app = importlib.import_module(module).create_app()
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(served.create_app(), host=host, port=port, log_level="warning")
     return 0
 
 
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.service == "mllp-listener":
         return mllp_listener()
     if args.service == "sandbox":
-        return sandbox(args.partner, args.host, args.port or SANDBOX_PORTS[args.partner])
+        return sandbox(args.partner, args.host, args.port or FIXED_PORTS[args.partner])
     return feeder(args.tick)
 
 

@@ -2,16 +2,16 @@
 
 Airflow (`airflow standalone`: API server + UI on http://localhost:8080, scheduler, DAG processor,
 triggerer, LocalExecutor, SQLite metadata under var/airflow) runs the DAGs of `dags/` on their
-schedules, unpaused. The partners are the sandboxes of `connectors/` when installed (each on
-loopback) and the demo's synthetic partners otherwise: a feeder delivers the demo story's next
-slice into the partners' drop folders and the HL7 archive every `--tick` seconds, so data flows on
-schedule. Ctrl-C stops everything this command started.
+schedules, unpaused. The partners are the sandboxes of `connectors/`, each its own process on a
+fixed loopback port (8701-8705; `AIRFLOW_CONN_*` point the connectors at them unless already set),
+and the MLLP listener takes the hospital's HL7 on :2575. A feeder has the partners record the demo
+story's next slice in their sandboxes (and the hospital send its HL7) every `--tick` seconds, so
+data flows on schedule. Ctrl-C stops everything this command started.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import subprocess
 import sys
@@ -22,40 +22,33 @@ from pathlib import Path
 
 from cgthub.settings import PROJECT_ROOT
 
+LISTENER_PORT = 2575
+
 
 def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
     print(f"starting {name}: {' '.join(argv)}")
     return subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT)  # noqa: S603 - our interpreter, fixed modules
 
 
-def _optional_services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    """The MLLP listener and the partner sandboxes, for those whose packages are installed."""
-    started = []
-    if importlib.util.find_spec("cgthub.hl7") is not None:
-        listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", "2575"]
-        started.append(_start("MLLP listener on 127.0.0.1:2575 (archive-only)", listener, env))
-    else:
-        print("MLLP listener: cgthub.hl7 is not installed; HL7 arrives through the demo feeder's archive")
-    for partner in ("crm", "erp", "courier", "cmo", "hospital"):
-        module = f"connectors.{partner}.sandbox"
-        try:
-            found = importlib.util.find_spec(module) is not None
-        except ModuleNotFoundError:
-            found = False
-        if found:
-            port = 8701 + ("crm", "erp", "courier", "cmo", "hospital").index(partner)
-            argv = [sys.executable, "-m", "cgthub.services", "sandbox", partner, "--port", str(port)]
-            started.append(_start(f"{partner} sandbox on 127.0.0.1:{port}", argv, env))
-        else:
-            print(f"{partner} sandbox: {module} is not installed; the demo feeder stands in")
+def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
+    """The MLLP listener and the partner sandboxes, each its own process on its fixed port."""
+    from connectors.sandboxes import FIXED_PORTS
+
+    listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", str(LISTENER_PORT)]
+    started = [_start(f"MLLP listener on 127.0.0.1:{LISTENER_PORT} (archive-only)", listener, env)]
+    for partner, port in FIXED_PORTS.items():
+        argv = [sys.executable, "-m", "cgthub.services", "sandbox", partner, "--port", str(port)]
+        started.append(_start(f"{partner} sandbox on 127.0.0.1:{port}", argv, env))
     return started
 
 
 def _feed(tick: float, stop: threading.Event) -> None:
-    """Deliver the demo story in slices: each tick, the next `span` of partner traffic."""
+    """The demo story in slices: each tick, the partners record the next `span` of it in their sandboxes."""
     from cgthub import demo, demo_scenario
     from cgthub.tables import utcnow
+    from connectors.sandboxes import SandboxPartners
 
+    partners = SandboxPartners.from_connections()
     now = utcnow().replace(minute=0, second=0, microsecond=0)
     _people, emissions = demo_scenario.world(now)
     start = min(e.at for e in emissions)
@@ -65,7 +58,14 @@ def _feed(tick: float, stop: threading.Event) -> None:
         cut, wave = cut + span, wave + 1
         batch = [e for e in emissions if cut - span < e.at <= cut]
         if batch:
-            demo.deliver(batch, wave)
+            for attempt in range(30):  # the sandboxes and the listener may still be starting
+                try:
+                    demo.deliver(batch, partners)
+                    break
+                except OSError:
+                    if attempt == 29:
+                        raise
+                    stop.wait(2)
             print(f"feeder: slice {wave}/40 up to {cut:%Y-%m-%d}: {len(batch)} partner messages")
         stop.wait(tick)
 
@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
     # Task processes talk to the API server's Execution API: same port, whatever it is.
     os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
+    from connectors.sandboxes import FIXED_PORTS, LISTENER_ENV, connection_env
+
+    for name, uri in connection_env(FIXED_PORTS).items():  # a partner's real address, when set, wins
+        os.environ.setdefault(name, uri)
+    os.environ.setdefault(LISTENER_ENV, f"127.0.0.1:{LISTENER_PORT}")
     store.upgrade()
     airflow_env.migrate_metadata_db()
     env = os.environ.copy()
@@ -94,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     unpause = [*airflow, "unpause", "--treat-dag-id-as-regex", "-y", "^cgthub_"]
     subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
     children = [_start("Airflow standalone", [sys.executable, "-m", "airflow", "standalone"], env)]
-    children += _optional_services(env)
+    children += _services(env)
     stop = threading.Event()
     if not args.no_feed:
         threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()

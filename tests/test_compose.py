@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -152,3 +153,19 @@ def test_the_plugin_and_dags_reach_the_containers():
     assert targets[env["AIRFLOW__CORE__DAGS_FOLDER"]] == "./dags"
     assert targets[env["AIRFLOW__CORE__PLUGINS_FOLDER"]] == "./plugins"
     assert (ROOT / "plugins" / "cgthub_plugin.py").is_file() and any((ROOT / "dags").glob("cgthub_*.py"))
+
+
+def test_partner_connections_default_to_the_sandbox_services_on_their_ports():
+    """Each connector's connection names a sandbox service of the compose file, on that sandbox's port."""
+    from connectors.sandboxes import CONNECTIONS, FIXED_PORTS
+
+    env = COMPOSE["x-airflow-common"]["environment"]
+    for partner, (conn_id, _uri) in CONNECTIONS.items():
+        value = env[f"AIRFLOW_CONN_{conn_id.upper()}"]
+        default = re.fullmatch(r"\$\{\w+:-(.+)\}", value).group(1)
+        parts = urlsplit(default)
+        assert parts.hostname == f"{partner}-sandbox" and parts.hostname in SERVICES, value
+        assert parts.port == FIXED_PORTS[partner], value
+        assert "sandbox" in SERVICES[parts.hostname].get("profiles", []), parts.hostname
+    listener = env["CGTHUB_MLLP_LISTENER"].split(":")
+    assert listener[0] in SERVICES and f"{listener[1]}:{listener[1]}" in SERVICES[listener[0]]["ports"]

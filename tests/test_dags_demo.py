@@ -47,12 +47,46 @@ def test_demo_table_has_25_orders_in_two_markets(demo_run):
     assert sum(" infused " in line for line in rows) >= 8  # the early patients completed the whole life cycle
 
 
-def test_demo_runs_the_crm_sandbox_and_the_mllp_listener_on_loopback(demo_run):
-    assert re.search(r"crm +in : connector connectors\.crm\.sync <- sandbox http://127\.0\.0\.1:\d+", demo_run.output)
-    updates = int(re.search(r"\((\d+) status updates PATCHed into the CRM sandbox\)", demo_run.output).group(1))
-    assert updates > 25
-    mllp = r"hl7 +in : HL7 v2 ORU\^R01, SIU\^S12 over MLLP to the listener on 127\.0\.0\.1:\d+"
-    assert re.search(mllp, demo_run.output)
+def test_demo_runs_every_partner_through_its_connector_and_sandbox_on_loopback(demo_run):
+    out = demo_run.output
+    for partner, module in [
+        ("crm", "connectors.crm.sync"),
+        ("erp", "connectors.erp.sync"),
+        ("courier", "connectors.courier.sync"),
+        ("cmo", "connectors.cmo.sync"),
+    ]:
+        assert re.search(rf"{partner} +in : {module} \(.+\) <- http://127\.0\.0\.1:\d+", out), partner
+        if partner != "courier":  # the hub books no shipments in the demo: the sandbox courier has them
+            assert re.search(rf"{partner} +out: {module} \(push\) -> http://127\.0\.0\.1:\d+", out), partner
+    assert re.search(r"cmo_batch +in : connectors\.cmo\.batch \(the CMO's nightly CSV export\)", out)
+    assert re.search(r"hl7 +in : HL7 v2 ORU\^R01, SIU\^S12 over MLLP to the hub's listener on 127\.0\.0\.1:\d+", out)
+    assert re.search(r"hl7 +out: cgthub\.hl7\.outbound \(HL7 v2 ORR\^O02 over MLLP\) -> mllp://127\.0\.0\.1:\d+", out)
+    assert "canonical JSON" not in out and "inbox/" not in out  # nobody takes a shortcut past a protocol
+    recorded = re.findall(r"partners recorded (.+); 9 DAG runs done", out)
+    assert len(recorded) == 3 and all("erp/sales_order" in wave and "cmo/batch_event" in wave for wave in recorded)
+    assert sum("cmo/batch_record" in wave for wave in recorded) >= 2
+    updates = int(re.search(r"(\d+) status updates PATCHed into the CRM sandbox", out).group(1))
+    hospital = int(re.search(r"(\d+) ORR\^O02 ACKed by the hospital's receiver", out).group(1))
+    delivered = dict(re.findall(r"(cmo|crm|erp|hl7) (\d+)", re.search(r"delivered \(([^)]*)\)", out).group(1)))
+    assert updates > 25 and hospital > 10
+    assert int(delivered["crm"]) == updates and int(delivered["hl7"]) == hospital and int(delivered["erp"]) > 0
+
+
+def test_demo_maps_every_partner_format_into_the_ledger(demo_run):
+    import sqlite3
+
+    with sqlite3.connect(demo_run.database) as conn:
+        rows = conn.execute(
+            "select json_extract(body, '$.provenance.mapping_id'), json_extract(body, '$.provenance.mapping_version'),"
+            " event_type from ledger_entries"
+        ).fetchall()
+    mapped = {(mapping, event_type) for mapping, _version, event_type in rows}
+    assert {v for m, v, e in rows if e == "cmo.released_under_exception"} == {"v2"}
+    assert ("erp/sales_order", "erp.sales_order_created") in mapped  # SOAP GetSalesOrders
+    assert ("cmo/batch_record", "cmo.released_under_exception") in mapped  # the CSV export, mapping v2
+    assert ("cmo/batch_record", "cmo.released") in mapped
+    assert ("hl7/ORU^R01", "infusion.completed") in mapped  # the infusion record over MLLP
+    assert not any(mapping.startswith("canonical") for mapping, _ in mapped)
 
 
 def test_demo_table_shows_every_exception_case(demo_run):

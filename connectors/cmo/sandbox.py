@@ -92,6 +92,23 @@ def create_app(*, api_key: str = "cmo-key", faults: FaultConfig | None = None) -
     async def sandbox_event(request: Request) -> dict[str, Any]:
         return state.add_event(await request.json())
 
+    @app.post("/sandbox/batch_records")
+    async def sandbox_batch_records(request: Request) -> dict[str, Any]:
+        """Steps the CMO's MES records for its nightly export (rows in the export's CSV columns)."""
+        rows = await request.json()
+        with state.lock:
+            state.batch_records.extend({column: str(row.get(column) or "") for column in CSV_COLUMNS} for row in rows)
+            return {"pending": len(state.batch_records)}
+
+    @app.post("/sandbox/export")
+    async def sandbox_export(request: Request) -> dict[str, Any]:
+        """The nightly export: what was recorded since the last one, as a CSV file in the drop directory."""
+        directory = Path((await request.json())["directory"])
+        with state.lock:
+            rows = len(state.batch_records)
+            path = state.export(directory) if rows else None
+        return {"file": str(path) if path else None, "rows": rows}
+
     served = FaultInjector(app, faults)
     served.sandbox_state = state
     return served

@@ -41,23 +41,31 @@ class ErpState:
         self.statuses: dict[str, dict[str, str]] = {}
         self.batches: dict[str, dict[str, Any]] = {}
         self.posted: dict[str, dict[str, Any]] = {}
+        self.changed_at: dict[str, datetime] = {}
         self.closed_period: str | None = None  # set to make GetGoodsMovements answer a SOAP fault
         self.lock = threading.Lock()
 
-    def create(self, crm_order_id: str, material: str, plant: str) -> dict[str, Any]:
+    def create(
+        self, crm_order_id: str, material: str, plant: str, *, number: str | None = None, created_at: str | None = None
+    ) -> dict[str, Any]:
+        """A sales order; `number` and `created_at` are the ERP users' own (sandbox seeding), else the ERP's."""
         with self.lock:
             for order in self.sales_orders.values():
                 if order["crmOrderId"] == crm_order_id:
                     return order  # the ERP keys sales orders by the CRM reference: creating twice is a no-op
-            number = f"SO-{4500001 + len(self.sales_orders)}"
+            number = number or f"SO-{4500001 + len(self.sales_orders)}"
+            now = datetime.now(UTC)
             order = {
                 "salesOrderNumber": number,
                 "crmOrderId": crm_order_id,
-                "createdAt": datetime.now(UTC).isoformat(),
+                "createdAt": created_at or now.isoformat(),
                 "materialNumber": material,
                 "plant": plant,
             }
             self.sales_orders[number] = order
+            # The ERP's change log stamps the system time, whatever the document's own dates say:
+            # GetSalesOrders' changedSince reads that, as a real ERP's change pointers do.
+            self.changed_at[number] = now
             return order
 
     def post_movement(self, sales_order: str, movement_type: str, batch: str, plant: str) -> dict[str, Any]:
@@ -130,9 +138,7 @@ def create_app(*, faults: FaultConfig | None = None) -> Any:
         elif name == "GetSalesOrders":
             since = datetime.fromisoformat(args["changedSince"]) if args.get("changedSince") else None
             found = [
-                o
-                for o in state.sales_orders.values()
-                if since is None or datetime.fromisoformat(o["createdAt"]) >= since
+                o for number, o in state.sales_orders.items() if since is None or state.changed_at[number] >= since
             ]
             out = _answer(name, "".join(_element("salesOrder", o) for o in found))
         elif name == "GetGoodsMovements" and state.closed_period:
@@ -170,6 +176,18 @@ def create_app(*, faults: FaultConfig | None = None) -> Any:
         else:
             return _fault("Client", f"unknown operation {name}")
         return Response(_envelope(out), media_type="text/xml")
+
+    @app.post("/sandbox/sales_orders")
+    async def sandbox_sales_order(request: Request) -> dict[str, Any]:
+        """The ERP's users entering a sales order (the demo's story), with its own number and date."""
+        body = await request.json()
+        return state.create(
+            body["crmOrderId"],
+            body.get("materialNumber", "MAT-CART19"),
+            body.get("plant", "US10"),
+            number=body.get("salesOrderNumber"),
+            created_at=body.get("createdAt"),
+        )
 
     served = FaultInjector(app, faults)
     served.sandbox_state = state
