@@ -41,6 +41,7 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
 
 
 _engines: dict[tuple[str, bool], Engine] = {}
+_factories: dict[tuple[str, bool], sessionmaker[Session]] = {}
 
 
 def _create_engine(url: str, readonly: bool) -> Engine:
@@ -68,12 +69,16 @@ def dispose_engines() -> None:
     for engine in _engines.values():
         engine.dispose()
     _engines.clear()
+    _factories.clear()
 
 
 @contextmanager
 def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on any error."""
-    factory = sessionmaker(bind=get_engine(url, readonly=readonly), expire_on_commit=False)
+    key = (database_url(url), readonly)
+    factory = _factories.get(key)
+    if factory is None:  # one per engine: a new sessionmaker is a new Session class, costly to set up
+        factory = _factories[key] = sessionmaker(bind=get_engine(url, readonly=readonly), expire_on_commit=False)
     session = factory()
     try:
         yield session
