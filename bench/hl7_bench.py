@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hl7apy.parser import parse_message
 
-from cgthub import ledger, pipeline, store
+from cgthub import ledger, runtime, store
 from cgthub.archive import checksum, seal
 from cgthub.hl7.files import ingest_paths
 from cgthub.hl7.listener import MllpListener
@@ -137,7 +137,7 @@ def main() -> None:
     parser.add_argument("--senders", type=int, default=8)
     parser.add_argument("--naive", type=int, default=1_000, help="messages for the naive pipeline")
     args = parser.parse_args()
-    pipeline.tune_process_for_ingest()
+    runtime.tune_gc()
     batch = messages(args.messages)
     orders = args.messages // 2 + 1
     file_s = file_drop(batch, fresh_database(orders))

@@ -16,7 +16,7 @@ import pstats
 import time
 
 from bench.hl7_bench import fresh_database, messages
-from cgthub import pipeline
+from cgthub import runtime
 from cgthub.hl7 import inbound
 from cgthub.store import session_scope
 
@@ -76,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=4000)
     args = parser.parse_args()
-    pipeline.tune_process_for_ingest()
+    runtime.tune_gc()
     big = timed(args.messages, 1000) / args.messages
     eight = timed(args.messages // 2, 8) / (args.messages // 2) * 8
     single = timed(args.messages // 4, 1) / (args.messages // 4)

@@ -12,7 +12,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 
-from cgthub import pipeline, store
+from cgthub import pipeline, runtime, store
 from cgthub.archive import Inbound
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
@@ -54,7 +54,7 @@ def main() -> None:
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
     url = args.database_url or f"sqlite:///{Path(tempfile.mkdtemp()) / 'bench.db'}"
-    pipeline.tune_process_for_ingest()
+    runtime.tune_gc()
     run(url, args.orders, args.batch)
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import jmespath
 import yaml
 
-from cgthub import hl7v2, pipeline
+from cgthub import hl7v2, runtime
 from cgthub.identifiers import mod37_2_check, normalize_din, validate_coi_id
 from cgthub.mapping import registry
 from cgthub.mapping.transforms import parse_datetime, zone
@@ -162,7 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=50_000)
     args = parser.parse_args()
-    pipeline.tune_process_for_ingest()
+    runtime.tune_gc()
     for title, path, make in (
         ("20-field JSON mapping", JSON_MAPPING, json_record),
         ("HL7 ORM^O01 mapping", HL7_MAPPING, hl7_record),

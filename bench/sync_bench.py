@@ -15,7 +15,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from cgthub import pipeline, settings, store
+from cgthub import runtime, settings, store
 from connectors.common.sandbox import SandboxServer
 from connectors.crm import sandbox as crm_sandbox
 from connectors.crm import sync as crm_sync
@@ -41,7 +41,7 @@ def main() -> None:
     os.environ["CGTHUB_DATABASE_URL"] = url
     settings.get_settings.cache_clear()
     store.upgrade(url)
-    pipeline.tune_process_for_ingest()
+    runtime.tune_gc()
     app = crm_sandbox.create_app(token_ttl=3600)
     state = app.sandbox_state
     start = datetime.now(UTC) - timedelta(days=30)

@@ -8,7 +8,6 @@ it cannot correlate. Nothing raises for bad input: the result says what happened
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -23,19 +22,6 @@ from cgthub.model import CanonicalEvent
 from cgthub.tables import RawMessage, utcnow
 
 log = logging.getLogger(__name__)
-
-
-def tune_process_for_ingest() -> None:
-    """Call once at start-up in a long-running ingest process (listener, file ingest, bench).
-
-    A batch allocates many short-lived objects; with CPython's default thresholds the collector runs
-    full scans over every long-lived object (SQLAlchemy, Airflow, pydantic schemas) again and again,
-    which measured here costs more than half of the ingest time. Freezing what start-up created and
-    collecting the young generation less often keeps batches at their real cost.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
 
 
 class PayloadRejected(Exception):

@@ -64,6 +64,19 @@ def get_engine(url: str | None = None, *, readonly: bool = False) -> Engine:
     return _engines[key]
 
 
+def point_read_engine(url: str | None = None) -> Engine:
+    """For reads of one statement each (the API's hot path). On PostgreSQL an AUTOCOMMIT engine: no
+    BEGIN and ROLLBACK round trips around the statement, which is its own snapshot; so never use it
+    for reads that must agree with each other. On SQLite the read-only engine (reads cost no trip)."""
+    url = database_url(url)
+    if url.startswith("sqlite"):
+        return get_engine(url, readonly=True)
+    key = (url + "#autocommit", True)
+    if key not in _engines:
+        _engines[key] = get_engine(url, readonly=True).execution_options(isolation_level="AUTOCOMMIT")
+    return _engines[key]
+
+
 def dispose_engines() -> None:
     """Close every pooled connection and forget the engines (tests, after fork)."""
     for engine in _engines.values():

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from cgthub.api.auth import Principal, Scope, authenticate
 from cgthub.api.errors import ApiError
-from cgthub.store import get_engine, session_scope
+from cgthub.store import point_read_engine, session_scope
 
 _CHALLENGE = {"WWW-Authenticate": "Bearer"}
 bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer cgt_<key id>_<secret>`")
@@ -28,8 +28,9 @@ async def read_session(request: Request) -> AsyncIterator[Session]:
 
 
 async def read_connection(request: Request) -> AsyncIterator[Connection]:
-    """A read-only connection for Core queries on the hot path (see `read_session` for why async)."""
-    with get_engine(request.app.state.database_url, readonly=True).connect() as connection:
+    """A connection for single-statement Core reads on the hot path (see `read_session` for why async,
+    and `store.point_read_engine` for what a statement sees)."""
+    with point_read_engine(request.app.state.database_url).connect() as connection:
         yield connection
 
 
@@ -70,7 +71,7 @@ def authorized(scope: Scope) -> Callable[..., Principal]:
 _allowed: dict[int, frozenset[str]] = {}
 
 
-def reject_unknown_parameters(request: Request) -> None:
+async def reject_unknown_parameters(request: Request) -> None:
     """A misspelt filter must fail loudly (400), not silently return everything."""
     route: Any = request.scope.get("route")
     dependant = getattr(route, "dependant", None)

@@ -7,6 +7,7 @@ order that does not exist, so a key cannot probe for orders it may not see.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query
@@ -116,12 +117,13 @@ def list_orders(
     }
 
 
-# GET /orders/{id} is the API's hot path: two indexed reads in Core on one connection (the ORM's
-# identity map and unit of work cost three times the queries themselves here; bench/api_bench.py).
-_ORDER_BY_ID = select(Order.__table__).where(Order.__table__.c.id == bindparam("order_id"))
-_OPEN_ALERTS = (
-    select(Alert.id, Alert.kind, Alert.severity, Alert.message, Alert.opened_at)
-    .where(Alert.order_id == bindparam("order_id"), Alert.status == "open")
+# GET /orders/{id} is the API's hot path: one statement in Core, the order with its open alerts
+# (the ORM's identity map and unit of work cost three times the query itself; bench/api_bench.py).
+_ALERT_COLUMNS = ("id", "kind", "severity", "message", "opened_at")
+_ORDER_WITH_OPEN_ALERTS = (
+    select(Order.__table__, *(getattr(Alert, c).label(f"alert_{c}") for c in _ALERT_COLUMNS))
+    .select_from(Order.__table__.outerjoin(Alert, and_(Alert.order_id == Order.id, Alert.status == "open")))
+    .where(Order.id == bindparam("order_id"))
     .order_by(Alert.id)
 )
 
@@ -135,11 +137,16 @@ async def get_order(
     """Normalized status, milestones with times, external references, COI summary, open alerts.
 
     Answered on the event loop, without a thread-pool hop: the reads are short and indexed."""
-    order = connection.execute(_ORDER_BY_ID, {"order_id": order_id}).first()
+    rows = connection.execute(_ORDER_WITH_OPEN_ALERTS, {"order_id": order_id}).all()
+    order = rows[0] if rows else None
     if order is None or not principal.can_see(site=order.site, cmo=order.cmo, market=order.market):
         raise not_found()
     state = projection.OrderProjection.model_validate(order.projection)
-    alerts = connection.execute(_OPEN_ALERTS, {"order_id": order_id}).all()
+    alerts = [
+        SimpleNamespace(**{c: getattr(row, f"alert_{c}") for c in _ALERT_COLUMNS})
+        for row in rows
+        if row.alert_id is not None
+    ]
     refs: dict[str, list[str]] = {}
     for kind, value in state.refs.pairs():
         refs.setdefault(kind, []).append(value)

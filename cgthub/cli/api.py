@@ -40,9 +40,12 @@ def serve(
         if workers > 1:
             uvicorn.run("cgthub.api:create_app", factory=True, host=host, port=port, workers=workers, access_log=False)
         else:
+            from cgthub import runtime
             from cgthub.api import create_app
 
-            uvicorn.run(create_app(url), host=host, port=port, access_log=False)
+            served = create_app(url)
+            runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
+            uvicorn.run(served, host=host, port=port, access_log=False)
     finally:
         stop.set()
 

@@ -11,7 +11,7 @@ import typer
 from rich.progress import Progress
 
 from cgthub.cli.common import CliError, console
-from cgthub.pipeline import tune_process_for_ingest
+from cgthub.runtime import tune_gc
 
 app = typer.Typer(help="Hospital HL7 v2 feed (MLLP, batch files).", no_args_is_help=True)
 
@@ -31,7 +31,7 @@ def listen(
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.listener import MllpListener
 
-    tune_process_for_ingest()
+    tune_gc()
 
     async def run() -> None:
         listener = MllpListener(host, port, apply=apply, max_message_bytes=max_bytes, idle_timeout=idle_timeout)
@@ -61,7 +61,7 @@ def ingest(
     """Ingest HL7 files; each moves to done/ or failed/ beside it."""
     from cgthub.hl7.files import ingest_paths
 
-    tune_process_for_ingest()
+    tune_gc()
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("ingesting HL7 files", total=None)
         report = ingest_paths(list(paths), batch=batch, progress=lambda n: progress.advance(task, n))
