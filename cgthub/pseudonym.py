@@ -22,8 +22,15 @@ def pseudonymize(kind: str, value: str, *, key: bytes | None = None) -> str:
         return value
     secret = key if key is not None else get_settings().pseudonym_key
     normalized = value.strip().upper()
-    digest = hmac.new(secret, f"{kind}\x1f{normalized}".encode(), hashlib.sha256).hexdigest()
-    return f"psn:{kind}:{digest[:32]}"
+    keyed = _KEYED.get(secret)
+    if keyed is None:  # the key schedule once per key; each identifier then costs one copy and update
+        keyed = _KEYED[secret] = hmac.new(secret, digestmod=hashlib.sha256)
+    mac = keyed.copy()
+    mac.update(f"{kind}\x1f{normalized}".encode())
+    return f"psn:{kind}:{mac.hexdigest()[:32]}"
+
+
+_KEYED: dict[bytes, hmac.HMAC] = {}
 
 
 def is_pseudonym(value: str) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 import jmespath
 import jmespath.exceptions
+import orjson
 from lxml import etree
 from pydantic import ValidationError
 
@@ -64,6 +65,40 @@ class CompiledField:
     target: tuple[str, ...]
     source: str
     evaluate: Callable[[Any], Any]
+    put: Callable[[dict[str, Any], Any], None]  # sets the value at `target` in an event tree
+
+
+def _setter(path: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
+    if len(path) == 1:
+        (key,) = path
+
+        def put_top(tree: dict[str, Any], value: Any) -> None:
+            tree[key] = value
+
+        return put_top
+    if len(path) == 2:
+        parent, key = path
+
+        def put_nested(tree: dict[str, Any], value: Any) -> None:
+            node = tree.get(parent)
+            if node is None:
+                node = tree[parent] = {}
+            node[key] = value
+
+        return put_nested
+    return lambda tree, value: _put(tree, path, value)
+
+
+def _transform_step(
+    transform: Callable[[Any], Any], label: str, shown: Callable[[Any], str]
+) -> Callable[[Any], Any]:
+    def step(value: Any) -> Any:
+        try:
+            return transform(value)
+        except TransformError as exc:
+            raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} {exc}") from exc
+
+    return step
 
 
 @dataclass
@@ -196,37 +231,63 @@ class CompiledMapping:
         def shown(value: Any) -> str:
             return mask(value) if phi else repr(value)[:60]
 
-        def evaluate(record: Any) -> Any:
-            if constant is not None:
-                value = constant
-            elif len(getters) == 1:
-                value = getters[0](record)
-            else:
+        # Everything that can be decided now is: the closure below runs only the steps this field has.
+        if constant is not None:
+
+            def read(_record: Any) -> Any:
+                return constant
+
+        elif len(getters) == 1:
+            read = getters[0]
+        else:
+
+            def read(record: Any) -> Any:
                 present = [str(p) for p in (g(record) for g in getters) if p not in (None, "")]
-                value = separator.join(present) if present else None
-            if value in (None, "", []):
+                return separator.join(present) if present else None
+
+        steps: list[Callable[[Any], Any]] = [_transform_step(t, label, shown) for t in transforms]
+        if table is not None:
+            name = rule.map
+
+            def mapped(value: Any) -> Any:
+                found = table.get(str(value), _ABSENT)
+                if found is _ABSENT:
+                    raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} is not in code map {name!r}")
+                return found
+
+            steps.append(mapped)
+        if pattern is not None:
+
+            def matches(value: Any) -> Any:
+                if not pattern.fullmatch(str(value)):
+                    raise FieldFailure(
+                        Stage.VALIDATE, f"{label}: value {shown(value)} does not match {pattern.pattern!r}"
+                    )
+                return value
+
+            steps.append(matches)
+        if allowed is not None:
+
+            def admitted(value: Any) -> Any:
+                if str(value) not in allowed:
+                    raise FieldFailure(Stage.VALIDATE, f"{label}: value {shown(value)} is not one of {sorted(allowed)}")
+                return value
+
+            steps.append(admitted)
+
+        def evaluate(record: Any) -> Any:
+            value = read(record)
+            if value is None or value == "" or value == []:
                 value = default
-            if value is None:
-                if required:
-                    raise FieldFailure(Stage.VALIDATE, f"{label}: required value is missing")
-                return _ABSENT
-            for transform in transforms:
-                try:
-                    value = transform(value)
-                except TransformError as exc:
-                    raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} {exc}") from exc
-            if table is not None:
-                mapped = table.get(str(value), _ABSENT)
-                if mapped is _ABSENT:
-                    raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} is not in code map {rule.map!r}")
-                value = mapped
-            if pattern is not None and not pattern.fullmatch(str(value)):
-                raise FieldFailure(Stage.VALIDATE, f"{label}: value {shown(value)} does not match {pattern.pattern!r}")
-            if allowed is not None and str(value) not in allowed:
-                raise FieldFailure(Stage.VALIDATE, f"{label}: value {shown(value)} is not one of {sorted(allowed)}")
+                if value is None:
+                    if required:
+                        raise FieldFailure(Stage.VALIDATE, f"{label}: required value is missing")
+                    return _ABSENT
+            for step in steps:
+                value = step(value)
             return value
 
-        return CompiledField(tuple(target.split(".")), source_text, evaluate)
+        return CompiledField(tuple(target.split(".")), source_text, evaluate, _setter(tuple(target.split("."))))
 
     # run ---------------------------------------------------------------------------------------
     def records(self, payload: bytes) -> list[Any]:
@@ -241,7 +302,7 @@ class CompiledMapping:
                 if missing:
                     raise ValueError(f"the CSV header lacks the columns {missing}")
                 return list(reader)
-            data = json.loads(payload) if fmt == "json" else _xml_to_dict(payload)
+            data = _load_json(payload) if fmt == "json" else _xml_to_dict(payload)
             if self._records is not None:
                 found = self._records(data)
                 if found is None and not _has_parent(data, self.spec.records or ""):
@@ -315,7 +376,7 @@ class CompiledMapping:
             for compiled in event.fields:
                 value = compiled.evaluate(record)
                 if value is not _ABSENT:
-                    _put(tree, compiled.target, value)
+                    compiled.put(tree, value)
         except FieldFailure as failure:
             raise PayloadRejected(
                 failure.stage,
@@ -343,6 +404,15 @@ class CompiledMapping:
             value = _pop(tree, path)
             if value is not None:
                 _put(tree, path, pseudonymize(path[-1], str(value)))
+
+
+def _load_json(payload: bytes) -> Any:
+    """orjson (about four times the standard library's speed); what it refuses goes through `json`,
+    which parses what it can (NaN, integers beyond 64 bits) and words the error as before."""
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return json.loads(payload)
 
 
 def _has_parent(data: Any, expression: str) -> bool:

@@ -37,7 +37,7 @@ def parse_datetime(value: Any, tz: ZoneInfo) -> datetime:
         parsed = value
     else:
         text = str(value).strip()
-        match = _HL7_TS.match(text)
+        match = None if text[4:5] == "-" else _HL7_TS.match(text)  # ISO 8601 needs no rewriting
         if match:
             y, mo, d, h, mi, s, frac, offset = match.groups()
             if offset:
