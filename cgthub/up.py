@@ -43,7 +43,12 @@ def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
 
 
 def _feed(tick: float, stop: threading.Event) -> None:
-    """The demo story in slices: each tick, the partners record the next `span` of it in their sandboxes."""
+    """The demo story in slices: each tick, the partners record the next `span` of it in their sandboxes.
+
+    A slice that finds a sandbox or the listener not up yet is delivered again (records are keyed:
+    the sandboxes and the hub take a repeat as the duplicate it is)."""
+    import httpx
+
     from cgthub import demo, demo_scenario
     from cgthub.tables import utcnow
     from connectors.sandboxes import SandboxPartners
@@ -62,7 +67,7 @@ def _feed(tick: float, stop: threading.Event) -> None:
                 try:
                     demo.deliver(batch, partners)
                     break
-                except OSError:
+                except (OSError, httpx.TransportError):
                     if attempt == 29:
                         raise
                     stop.wait(2)
