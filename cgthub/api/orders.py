@@ -118,7 +118,7 @@ def list_orders(
 
 
 # GET /orders/{id} is the API's hot path: one statement in Core, the order with its open alerts
-# (the ORM's identity map and unit of work cost three times the query itself; bench/api_bench.py).
+# (through the ORM the same read cost more than twice as much; bench/api_bench.py).
 _ALERT_COLUMNS = ("id", "kind", "severity", "message", "opened_at")
 _ORDER_WITH_OPEN_ALERTS = (
     select(Order.__table__, *(getattr(Alert, c).label(f"alert_{c}") for c in _ALERT_COLUMNS))
