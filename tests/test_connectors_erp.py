@@ -120,3 +120,25 @@ def test_a_soap_fault_on_a_read_is_archived_quarantined_and_counted(db_url, monk
         (entry,) = quarantine.list_entries(s)
         assert entry.kind == "goods_movement" and "SOAP fault (Server)" in entry.reason
         assert s.get(RawMessage, entry.raw_id).status == "quarantined"
+
+
+def test_a_backdated_sales_order_entered_after_a_pull_is_still_pulled(db_url, monkeypatch):
+    """changedSince reads the ERP's change log, not the document date: an order keyed in today with
+    last month's date is not lost under the watermark the previous pull left."""
+    import httpx
+
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+        ledger.append(s, enrolment(2))
+    app = erp_sandbox.create_app()
+    with SandboxServer(app) as erp:
+        monkeypatch.setenv("AIRFLOW_CONN_ERP_SOAP", f"http://127.0.0.1:{erp.port}/erp/soap")
+        seed = {"crmOrderId": "CRM-00001", "salesOrderNumber": "SO-4500101", "createdAt": "2026-01-05T09:00:00+00:00"}
+        httpx.post(f"{erp.base_url}/sandbox/sales_orders", json=seed).raise_for_status()
+        assert sync.pull().appended == 1
+        late = {"crmOrderId": "CRM-00002", "salesOrderNumber": "SO-4500102", "createdAt": "2026-01-02T09:00:00+00:00"}
+        httpx.post(f"{erp.base_url}/sandbox/sales_orders", json=late).raise_for_status()
+        assert sync.pull().appended == 1
+    with session_scope(db_url) as s:
+        sales_orders = {o.projection["refs"].get("erp_sales_order") for o in s.scalars(select(Order))}
+    assert sales_orders == {"SO-4500101", "SO-4500102"}
