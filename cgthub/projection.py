@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import bindparam, event, insert, select, update
+from sqlalchemy import Row, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
@@ -184,7 +184,8 @@ def _expire_loaded(session: Session, order_ids: Iterable[str]) -> None:
             session.expire(loaded)
 
 
-def load(order: Order) -> OrderProjection:
+def load(order: Order | Row[Any]) -> OrderProjection:
+    """The stored projection of an order (an ORM Order or a Core row of the orders table)."""
     return OrderProjection.model_validate(order.projection)
 
 

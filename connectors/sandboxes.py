@@ -47,7 +47,8 @@ class SandboxPartners:
 
     urls: dict[str, str]
     listener: tuple[str, int] | None = None
-    _servers: list[Any] = field(default_factory=list, repr=False)
+    _servers: list[Any] = field(default_factory=list, repr=False)  # in-process: each has start() and stop()
+    _hospital: Any = field(default=None, repr=False)
 
     @classmethod
     def start(cls, listener: tuple[str, int] | None = None) -> SandboxPartners:
@@ -64,7 +65,7 @@ class SandboxPartners:
             server = SandboxServer(module.create_app()).start()
             world._servers.append(server)
             world.urls[partner] = server.base_url
-        hospital = HospitalReceiver().__enter__()
+        hospital = world._hospital = HospitalReceiver().start()
         world._servers.append(hospital)
         world.urls["hospital"] = f"mllp://{hospital.host}:{hospital.port}"
         ports = {partner: int(urlsplit(url).port or 0) for partner, url in world.urls.items()}
@@ -85,10 +86,7 @@ class SandboxPartners:
 
     def stop(self) -> None:
         for server in self._servers:
-            if hasattr(server, "stop"):
-                server.stop()
-            else:
-                server.__exit__(None, None, None)
+            server.stop()
 
     # -- the partners' own users, recording what happened -------------------------------------
 
@@ -138,8 +136,7 @@ class SandboxPartners:
 
     def hospital_messages(self) -> int:
         """How many status messages the hospital's receiver ACKed (in-process sandboxes only)."""
-        receiver = next((s for s in self._servers if hasattr(s, "received")), None)
-        return len(receiver.received) if receiver is not None else 0
+        return len(self._hospital.received) if self._hospital is not None else 0
 
     def _track(self, events: list[dict[str, Any]]) -> None:
         """The courier's own tracking: each shipment booked once, then its events recorded."""

@@ -45,7 +45,11 @@ OrderId = Annotated[str, Path(min_length=1, max_length=40, description="the hub'
 
 
 def _visible(session: Session, principal: Principal, order_id: str) -> Order:
-    order = session.get(Order, order_id)
+    return _in_scope(principal, session.get(Order, order_id))
+
+
+def _in_scope(principal: Principal, order: Any) -> Any:
+    """The order (ORM object or Core row) if the key's data scope covers it; else 404, as if missing."""
     if order is None or not principal.can_see(site=order.site, cmo=order.cmo, market=order.market):
         raise not_found()
     return order
@@ -138,10 +142,8 @@ async def get_order(
 
     Answered on the event loop, without a thread-pool hop: the reads are short and indexed."""
     rows = connection.execute(_ORDER_WITH_OPEN_ALERTS, {"order_id": order_id}).all()
-    order = rows[0] if rows else None
-    if order is None or not principal.can_see(site=order.site, cmo=order.cmo, market=order.market):
-        raise not_found()
-    state = projection.OrderProjection.model_validate(order.projection)
+    order = _in_scope(principal, rows[0] if rows else None)
+    state = projection.load(order)
     alerts = [
         SimpleNamespace(**{c: getattr(row, f"alert_{c}") for c in _ALERT_COLUMNS})
         for row in rows

@@ -89,9 +89,7 @@ def _setter(path: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
     return lambda tree, value: _put(tree, path, value)
 
 
-def _transform_step(
-    transform: Callable[[Any], Any], label: str, shown: Callable[[Any], str]
-) -> Callable[[Any], Any]:
+def _transform_step(transform: Callable[[Any], Any], label: str, shown: Callable[[Any], str]) -> Callable[[Any], Any]:
     def step(value: Any) -> Any:
         try:
             return transform(value)

@@ -19,13 +19,19 @@ class HospitalReceiver:
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._stop = False
 
-    def __enter__(self) -> HospitalReceiver:
+    def start(self) -> HospitalReceiver:
         self._thread.start()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
+    def stop(self) -> None:
         self._stop = True
         self.sock.close()
+
+    def __enter__(self) -> HospitalReceiver:
+        return self.start()
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
 
     @property
     def address(self) -> str:
