@@ -25,9 +25,10 @@ from lxml import etree
 from pydantic import ValidationError
 
 from cgthub import hl7v2
+from cgthub.mapping import codegen
 from cgthub.mapping.spec import EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
-from cgthub.model import CanonicalEvent
+from cgthub.model import CanonicalEvent, Provenance
 from cgthub.pipeline import PayloadRejected
 from cgthub.pseudonym import mask, pseudonymize
 from cgthub.quarantine import Stage
@@ -61,11 +62,29 @@ class FieldFailure(Exception):
 
 
 @dataclass
+class FieldPlan:
+    """The parts of one compiled field, for the code generator (`cgthub.mapping.codegen`)."""
+
+    label: str
+    sources: list[str]
+    getters: list[Getter]
+    constant: Any
+    default: Any
+    separator: str
+    required: bool
+    transforms: list[tuple[str, Callable[[Any], Any]]]  # (the transform as written, its function)
+    table: dict[str, Any] | None
+    pattern: re.Pattern[str] | None
+    allowed: set[str] | None
+
+
+@dataclass
 class CompiledField:
     target: tuple[str, ...]
     source: str
     evaluate: Callable[[Any], Any]
     put: Callable[[dict[str, Any], Any], None]  # sets the value at `target` in an event tree
+    plan: FieldPlan
 
 
 def _setter(path: tuple[str, ...]) -> Callable[[dict[str, Any], Any], None]:
@@ -104,6 +123,8 @@ class CompiledEvent:
     rule: EventRule
     conditions: list[Callable[[Any], bool]]
     fields: list[CompiledField] = field(default_factory=list)
+    fast: codegen.FastBuild | None = None  # the generated fast path, where the rule's shape allows one
+    fast_source: str = ""
 
 
 def _hl7_getter(expr: str) -> Getter:
@@ -138,15 +159,20 @@ def _json_getter(expr: str) -> Getter:
 
 
 def _condition(getter: Getter, rule: Any) -> Callable[[Any], bool]:
+    exists, equals = rule.exists, None if rule.equals is None else str(rule.equals)
+    among = None if rule.in_ is None else frozenset(str(v) for v in rule.in_)
+    excluded = None if rule.not_in is None else frozenset(str(v) for v in rule.not_in)
+
     def test(record: Any) -> bool:
         value = getter(record)
-        if rule.exists is not None and (value not in (None, "")) != rule.exists:
+        if exists is not None and (value not in (None, "")) != exists:
             return False
-        if rule.equals is not None and str(value) != str(rule.equals):
+        text = str(value)
+        if equals is not None and text != equals:
             return False
-        if rule.in_ is not None and str(value) not in {str(v) for v in rule.in_}:
+        if among is not None and text not in among:
             return False
-        return not (rule.not_in is not None and str(value) in {str(v) for v in rule.not_in})
+        return not (excluded is not None and text in excluded)
 
     return test
 
@@ -177,6 +203,12 @@ class CompiledMapping:
         except jmespath.exceptions.ParseError as exc:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
+        if codegen.enabled():
+            for event in self.events:
+                try:
+                    event.fast, event.fast_source = codegen.generate(self, event)
+                except codegen.NoFastPath as exc:
+                    event.fast_source = f"# no fast path: {exc}"
         # The CSV columns the rules read: a file whose header lacks them is not this export.
         self._columns = {
             source
@@ -285,7 +317,21 @@ class CompiledMapping:
                 value = step(value)
             return value
 
-        return CompiledField(tuple(target.split(".")), source_text, evaluate, _setter(tuple(target.split("."))))
+        plan = FieldPlan(
+            label,
+            sources,
+            getters,
+            constant,
+            default,
+            separator,
+            required,
+            list(zip(rule.transform, transforms, strict=True)),
+            table,
+            pattern,
+            allowed,
+        )
+        path = tuple(target.split("."))
+        return CompiledField(path, source_text, evaluate, _setter(path), plan)
 
     # run ---------------------------------------------------------------------------------------
     def records(self, payload: bytes) -> list[Any]:
@@ -320,27 +366,48 @@ class CompiledMapping:
             raise PayloadRejected(Stage.PARSE, f"{self.mapping_id}: cannot parse the {fmt} payload: {exc}") from exc
 
     def map(self, payload: bytes, *, raw_id: int | None, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        return [
-            event
-            for _rule, event in self.map_by_rule(payload, raw_id=raw_id, checksum=checksum, received_at=received_at)
-        ]
+        return self._map(payload, raw_id, checksum, received_at, None)
 
     def map_by_rule(
         self, payload: bytes, *, raw_id: int | None, checksum: str, received_at: datetime
     ) -> list[tuple[str, CanonicalEvent]]:
         """Like `map`, with the name of the rule that made each event (fixtures check coverage)."""
+        names: list[str] = []
+        events = self._map(payload, raw_id, checksum, received_at, names)
+        return list(zip(names, events, strict=True))
+
+    def _map(
+        self, payload: bytes, raw_id: int | None, checksum: str, received_at: datetime, names: list[str] | None
+    ) -> list[CanonicalEvent]:
         provenance = {
             "mapping_id": self.mapping_id,
             "mapping_version": self.version,
             "raw_id": raw_id,
             "raw_checksum": checksum,
         }
-        out: list[tuple[str, CanonicalEvent]] = []
+        out: list[CanonicalEvent] = []
+        built_provenance: Any = None
         for number, record in enumerate(self.records(payload), start=1):
             taken = False
             for event in self.events:
-                if all(test(record) for test in event.conditions):
-                    out.append((event.rule.name, self._build(event, record, provenance, received_at)))
+                for test in event.conditions:
+                    if not test(record):
+                        break
+                else:
+                    made = None
+                    if event.fast is not None:
+                        if built_provenance is None:
+                            built_provenance = _provenance(provenance)
+                        if built_provenance is not False:
+                            try:
+                                made = event.fast(record, built_provenance, received_at)
+                            except Exception:
+                                made = None
+                    if made is None:
+                        made = self._build(event, record, provenance, received_at)
+                    out.append(made)
+                    if names is not None:
+                        names.append(event.rule.name)
                     taken = True
             if not taken and self.spec.unmatched == "reject":
                 seen = self._condition_values(record)
@@ -402,6 +469,29 @@ class CompiledMapping:
             value = _pop(tree, path)
             if value is not None:
                 _put(tree, path, pseudonymize(path[-1], str(value)))
+
+
+def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
+    """The payload's provenance as a model, shared by its events (it is frozen); False where a value
+    is not of its field's type, and the reference path lets pydantic say so."""
+    raw_id, checksum = provenance["raw_id"], provenance["raw_checksum"]
+    if not (
+        (raw_id is None or type(raw_id) is int)
+        and (checksum is None or type(checksum) is str)
+        and type(provenance["mapping_id"]) is str
+        and type(provenance["mapping_version"]) is str
+    ):
+        return False
+    built = _new(Provenance)
+    _set(built, "__dict__", {name: provenance[name] for name in _PROVENANCE_FIELDS})
+    _set(built, "__pydantic_fields_set__", set(provenance))
+    _set(built, "__pydantic_extra__", None)
+    _set(built, "__pydantic_private__", None)
+    return built
+
+
+_new, _set = object.__new__, object.__setattr__
+_PROVENANCE_FIELDS = tuple(Provenance.model_fields)  # pydantic keeps fields in declaration order
 
 
 def _load_json(payload: bytes) -> Any:

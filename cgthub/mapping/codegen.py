@@ -1,0 +1,519 @@
+"""Generate one straight-line Python function per event rule: a compiled mapping's fast path.
+
+The closures in `compiler` are the reference: each field reads, transforms, maps and validates
+through a few nested calls, the event tree is then validated by pydantic. That is about 70 µs for
+a 20-field record, and most of it re-establishes what the mapping already knows. The function
+generated here does the same work inline, from the same compiled pieces (getters, transforms,
+code maps), and builds the canonical event's models directly. At run time it checks only what the
+steps have not established: a `din` transform's output is a valid DIN, a `datetime` transform's an
+aware datetime, an HL7 read a string; a raw JSON value must still be shown to be a string.
+
+Whatever it is not sure of (a transform that refuses, a value outside a code map, a value it cannot
+vouch for) raises, and the caller runs the reference path for that record, which returns the same
+event or rejects the payload in its usual words. So the fast path never decides a rejection and
+never accepts what the reference would refuse; `tests/test_mapping_codegen.py` compares the two
+on every shipped fixture and on mutated payloads. `CGTHUB_MAPPING_FASTPATH=0` turns it off.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import annotated_types
+from pydantic import AwareDatetime, BaseModel
+from pydantic.fields import FieldInfo
+from pydantic.functional_validators import AfterValidator
+
+from cgthub import hl7v2
+from cgthub import model as canonical
+from cgthub.mapping import construct
+from cgthub.pseudonym import pseudonymize
+
+if TYPE_CHECKING:
+    from cgthub.mapping.compiler import CompiledEvent, CompiledField, CompiledMapping
+
+FastBuild = Callable[[Any, Any, datetime], canonical.CanonicalEvent]
+
+_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_TOKEN_KIND = re.compile(r"^[a-z_]+$")
+_PROVIDED = ("source_system", "event_type", "received_at", "provenance")  # set by the caller, not by rules
+
+# What a transform's output is known to be. `token`: a pseudonym the model's check accepts.
+_TRANSFORM_FACTS: dict[str, frozenset[str]] = {
+    "datetime": frozenset({"aware_datetime"}),
+    "din": frozenset({"str", "din"}),
+    "coi": frozenset({"str", "coi"}),
+    "int": frozenset({"int"}),
+    "float": frozenset({"float"}),
+    "bool": frozenset({"bool"}),
+    **{name: frozenset({"str"}) for name in ("upper", "lower", "strip", "str", "prefix", "suffix", "split")},
+}
+# Validators the model declares, and the fact that satisfies each.
+_VALIDATOR_FACTS: dict[Any, str] = {canonical._din: "din", canonical._coi: "coi"}
+_DICT_VALIDATOR_FACTS = {(canonical.PatientRef, "_only_tokens"): "token"}
+_PLAIN_FACTS = {str: "str", int: "int", float: "float", bool: "bool", AwareDatetime: "aware_datetime"}
+
+
+class NoFastPath(Exception):
+    """This rule's shape is one the generator does not handle; the reference path serves it."""
+
+
+def enabled() -> bool:
+    return os.environ.get("CGTHUB_MAPPING_FASTPATH", "1") != "0" and construct.FAST_BUILD_WORKS
+
+
+def _constant_facts(value: Any) -> frozenset[str]:
+    kind = type(value)
+    if kind is str:
+        return frozenset({"str"})
+    if kind in (int, float, bool):
+        return frozenset({kind.__name__})
+    return frozenset()
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [m for m in typing.get_args(annotation) if m is not type(None)]
+        if len(members) == 1:
+            return members[0], len(members) < len(typing.get_args(annotation))
+    return annotation, False
+
+
+def _proven(annotation: Any, metadata: list[Any], validators: list[Any], facts: frozenset[str]) -> bool:
+    """Whether a value with these facts passes this field's validation unchanged."""
+    if metadata or validators:
+        return False
+    inner, _optional = _strip_optional(annotation)
+    if typing.get_origin(inner) is typing.Annotated:
+        base, *extras = typing.get_args(inner)
+        for extra in extras:
+            if not (isinstance(extra, AfterValidator) and _VALIDATOR_FACTS.get(extra.func) in facts):
+                return False
+        inner = base
+    fact = _PLAIN_FACTS.get(inner)
+    return fact is not None and fact in facts
+
+
+@dataclass
+class _Leaf:
+    var: str
+    absent: bool  # may be absent at run time
+    facts: frozenset[str]
+    # A field residency drops: not placed, but its parents are there when it was (as in the
+    # reference, which pops it from the tree and leaves its container, maybe empty).
+    ghost_of: list[_Leaf] | None = None
+
+
+@dataclass
+class _ModelNode:
+    model: type[BaseModel]
+    children: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _DictNode:
+    owner: type[BaseModel]
+    name: str
+    value_annotation: Any
+    children: dict[str, _Leaf] = field(default_factory=dict)
+
+
+def _place(node: _ModelNode, path: tuple[str, ...], leaf: _Leaf) -> None:
+    key, rest = path[0], path[1:]
+    info = node.model.model_fields.get(key)
+    if info is None:
+        raise NoFastPath(f"{key!r} is not a field of {node.model.__name__}")
+    if not rest:
+        if key in node.children:
+            raise NoFastPath(f"{key!r} is set twice")
+        node.children[key] = leaf
+        return
+    inner, _ = _strip_optional(info.annotation)
+    child = node.children.get(key)
+    if isinstance(inner, type) and issubclass(inner, BaseModel):
+        if child is None:
+            child = node.children[key] = _ModelNode(inner)
+        if not isinstance(child, _ModelNode):
+            raise NoFastPath(f"{key!r} is set whole and in parts")
+        _place(child, rest, leaf)
+        return
+    if typing.get_origin(inner) is dict and len(rest) == 1 and typing.get_args(inner)[0] is str:
+        if child is None:
+            child = node.children[key] = _DictNode(node.model, key, typing.get_args(inner)[1])
+        if not isinstance(child, _DictNode) or rest[0] in child.children:
+            raise NoFastPath(f"{key!r} is set twice")
+        child.children[rest[0]] = leaf
+        return
+    raise NoFastPath(f"cannot set {'.'.join(path)!r} inside {node.model.__name__}")
+
+
+class _Writer:
+    """The generated function's text and the objects its names refer to."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {
+            "_A": construct.ABSENT,
+            "_new": object.__new__,
+            "_set": object.__setattr__,
+            "_aware": construct.aware_datetime,
+            "isinstance": isinstance,
+            "dict": dict,
+            "str": str,
+            "type": type,
+            "len": len,
+            "float": float,
+            "int": int,
+            "bool": bool,
+            "datetime": datetime,
+        }
+        self._count = 0
+        self.cache: dict[str, str] = {}  # read prefixes already held in a local
+
+    def name(self, value: Any, stem: str = "K") -> str:
+        if stem == "K" and (value is None or type(value) in (bool, int, str) or value == ()):
+            return repr(value)  # a literal: no name to look up
+        self._count += 1
+        key = f"{stem}{self._count}"
+        self.names[key] = value
+        return key
+
+    def emit(self, line: str, depth: int = 1) -> None:
+        self.lines.append("    " * depth + line)
+
+
+def _json_read(writer: _Writer, expr: str) -> str:
+    """An expression for a dotted JSON path, sharing the lookups of common prefixes."""
+    keys = expr.split(".")
+    holder = "g"
+    value = ""
+    for depth, key in enumerate(keys):
+        prefix = ".".join(keys[: depth + 1])
+        if depth == 0:
+            value = f"g({key!r})"
+        else:
+            value = f"({holder}.get({key!r}) if isinstance({holder}, dict) else None)"
+        if depth < len(keys) - 1:
+            local = writer.cache.get(prefix)
+            if local is None:
+                local = writer.cache[prefix] = f"p{len(writer.cache)}"
+                writer.emit(f"{local} = {value}")
+            holder = local
+    return value
+
+
+def _hl7_read(writer: _Writer, expr: str) -> str:
+    path = hl7v2.parse_path(expr)
+    key = f"{path.segment}#{path.segment_rep}"
+    local = writer.cache.get(key)
+    if local is None:
+        local = writer.cache[key] = f"s{len(writer.cache)}"
+        writer.emit(f"{local} = record.segment({path.segment!r}, {path.segment_rep})")
+    args = f"{path.field}, {path.repetition}, {path.component}, {path.subcomponent}"
+    return f"(({local}.get({args}) or None) if {local} is not None else None)"
+
+
+def _join(getters: list[Callable[[Any], Any]], separator: str) -> Callable[[Any], Any]:
+    def read(record: Any) -> Any:
+        present = [str(p) for p in (g(record) for g in getters) if p not in (None, "")]
+        return separator.join(present) if present else None
+
+    return read
+
+
+def _emit_field(writer: _Writer, mapping: CompiledMapping, index: int, compiled: CompiledField) -> _Leaf:
+    """The field's value into local `x<index>` (or the absent marker), with what is known of it."""
+    plan = compiled.plan
+    fmt = mapping.spec.format
+    writer.emit(f"# {'.'.join(compiled.target)} <- {compiled.source}")
+    if plan.constant is not None:
+        read, facts = writer.name(plan.constant), _constant_facts(plan.constant)
+    elif len(plan.sources) == 1 and fmt == "hl7":
+        read, facts = _hl7_read(writer, plan.sources[0]), frozenset({"str"})
+    elif len(plan.sources) == 1 and fmt != "hl7" and _DOTTED.match(plan.sources[0]):
+        read, facts = _json_read(writer, plan.sources[0]), frozenset()
+    elif len(plan.sources) == 1:
+        read, facts = f"{writer.name(plan.getters[0], 'G')}(record)", frozenset()
+    else:
+        read, facts = f"{writer.name(_join(plan.getters, plan.separator), 'J')}(record)", frozenset({"str"})
+    writer.emit(f"v = {read}")
+    absent = False
+    writer.emit('if v is None or v == "" or v == []:')
+    if plan.default is not None:
+        writer.emit(f"v = {writer.name(plan.default)}", 2)
+        facts = facts & _constant_facts(plan.default)
+    elif plan.required:
+        writer.emit("raise LookupError", 2)
+    else:
+        writer.emit("v = _A", 2)
+        absent = True
+    depth = 2 if absent else 1
+    guard = len(writer.lines)
+    for written, function in plan.transforms:
+        writer.emit(f"v = {writer.name(function, 'T')}(v)", depth)
+        kind, _, arg = written.partition(":")
+        if kind == "pseudonymize":
+            facts = frozenset({"str", "token"}) if _TOKEN_KIND.match(arg) else frozenset({"str"})
+        else:
+            facts = _TRANSFORM_FACTS.get(kind, frozenset())
+    if plan.table is not None:
+        writer.emit(f"v = {writer.name(plan.table, 'M')}[str(v)]", depth)
+        values = list(plan.table.values())
+        facts = frozenset.intersection(*(_constant_facts(v) for v in values)) if values else frozenset()
+    if plan.pattern is not None:
+        writer.emit(f"if not {writer.name(plan.pattern.fullmatch, 'P')}(str(v)):", depth)
+        writer.emit("raise ValueError", depth + 1)
+    if plan.allowed is not None:
+        writer.emit(f"if str(v) not in {writer.name(frozenset(plan.allowed), 'S')}:", depth)
+        writer.emit("raise ValueError", depth + 1)
+    if absent and len(writer.lines) > guard:
+        writer.lines.insert(guard, "    if v is not _A:")
+    writer.emit(f"x{index} = v")
+    return _Leaf(f"x{index}", absent, facts)
+
+
+def _inline_check(annotation: Any, metadata: list[Any], validators: list[Any], var: str) -> list[str] | None:
+    """Plain-type checks as inline statements (a call per field costs more than the check), or None."""
+    if validators:
+        return None
+    inner, optional = _strip_optional(annotation)
+    low = high = None
+    for item in metadata:
+        if isinstance(item, annotated_types.MinLen):
+            low = item.min_length
+        elif isinstance(item, annotated_types.MaxLen):
+            high = item.max_length
+        else:
+            return None
+    if (low is not None or high is not None) and inner is not str:
+        return None
+    none_ok = f"{var} is not None and " if optional else ""
+    if inner is str:
+        lines = [f"if {none_ok}type({var}) is not str:", "    raise TypeError"]
+        if low is not None or high is not None:
+            bounds = " or ".join(
+                ([f"len({var}) < {low}"] if low is not None else [])
+                + ([f"len({var}) > {high}"] if high is not None else [])
+            )
+            lines += [f"if {none_ok}({bounds}):", "    raise TypeError"]
+        return lines
+    if inner in (int, bool):
+        return [f"if {none_ok}type({var}) is not {inner.__name__}:", "    raise TypeError"]
+    if inner is float:
+        return [
+            f"if {none_ok}type({var}) is not float:",
+            f"    if type({var}) is not int:",
+            "        raise TypeError",
+            f"    {var} = float({var})",
+        ]
+    if inner is AwareDatetime:
+        return [f"if {none_ok}(type({var}) is not datetime or {var}.utcoffset() is None):", "    raise TypeError"]
+    return None
+
+
+def _leaf_value(
+    writer: _Writer, leaf: _Leaf, check: Callable[[Any], Any] | None, inline: list[str] | None = None
+) -> str:
+    """The expression placing a leaf, checked where its facts do not already prove it."""
+    if check is None and inline is None:
+        return leaf.var
+    lines = inline if inline is not None else [f"{leaf.var} = {writer.name(check, 'C')}({leaf.var})"]
+    if leaf.absent:
+        writer.emit(f"if {leaf.var} is not _A:")
+        for line in lines:
+            writer.emit(line, 2)
+    else:
+        for line in lines:
+            writer.emit(line)
+    return leaf.var
+
+
+def _presence(node: Any) -> str | None:
+    """A run-time test for whether a node ends up in the tree, or None when it always does."""
+    if isinstance(node, _Leaf) and node.ghost_of is not None:
+        tests = [_presence(leaf) for leaf in node.ghost_of]
+        return None if None in tests else " or ".join(f"({t})" for t in tests)
+    if isinstance(node, _Leaf):
+        return f"{node.var} is not _A" if node.absent else None
+    tests = []
+    for child in node.children.values():
+        test = _presence(child)
+        if test is None:
+            return None
+        tests.append(test)
+    return " or ".join(f"({t})" for t in tests) or "False"
+
+
+def _emit_model(writer: _Writer, node: _ModelNode, provided: dict[str, str] | None = None) -> str:
+    """Build `node.model` from its children into a local; returns the local's name."""
+    model = node.model
+    values: dict[str, str] = {}
+    conditional: list[tuple[str, str]] = []  # (field, presence test) for fields_set
+    always: list[str] = list(provided or {})
+    for name, info in model.model_fields.items():
+        if provided and name in provided:
+            values[name] = provided[name]
+            continue
+        child = node.children.get(name)
+        default = _default_expr(writer, info)
+        if child is None or (isinstance(child, _Leaf) and child.ghost_of is not None):
+            if default is None:
+                raise NoFastPath(f"{model.__name__}.{name} is required and no rule sets it")
+            values[name] = default
+            continue
+        test = _presence(child)
+        if isinstance(child, _Leaf):
+            validators = _validators(model, name)
+            if _proven(info.annotation, list(info.metadata), validators, child.facts):
+                var = _leaf_value(writer, child, None)
+            else:
+                inline = _inline_check(info.annotation, list(info.metadata), validators, child.var)
+                var = _leaf_value(writer, child, construct.field_check(model, name, info), inline)
+        elif isinstance(child, _ModelNode):
+            var = _emit_node_guarded(writer, child, test, lambda c=child: _emit_model(writer, c))
+        else:
+            var = _emit_node_guarded(writer, child, test, lambda c=child: _emit_dict(writer, c))
+        if test is None:
+            values[name] = var
+            always.append(name)
+        else:
+            if default is None:
+                writer.emit(f"if not ({test}):")
+                writer.emit("raise LookupError", 2)
+                values[name] = var
+            else:
+                values[name] = f"({var} if {test} else {default})"
+            conditional.append((name, test))
+    local = f"o{writer._count}"
+    writer._count += 1
+    cls = writer.name(model, "M")
+    writer.emit(f"{local}_fs = {set(always)!r}" if always else f"{local}_fs = set()")
+    for name, test in conditional:
+        writer.emit(f"if {test}:")
+        writer.emit(f"{local}_fs.add({name!r})", 2)
+    body = ", ".join(f"{name!r}: {expr}" for name, expr in values.items())
+    writer.emit(f"{local} = _new({cls})")
+    writer.emit(f"_set({local}, '__dict__', {{{body}}})")
+    writer.emit(f"_set({local}, '__pydantic_fields_set__', {local}_fs)")
+    writer.emit(f"_set({local}, '__pydantic_extra__', None)")
+    writer.emit(f"_set({local}, '__pydantic_private__', None)")
+    return local
+
+
+def _emit_node_guarded(writer: _Writer, node: Any, test: str | None, emit: Callable[[], str]) -> str:
+    """Emit a sub-node's construction, only when it is present (its parent's default otherwise)."""
+    if test is None:
+        return emit()
+    # Build the node unconditionally would place defaults for an absent node: guard it.
+    start = len(writer.lines)
+    var = emit()
+    body = writer.lines[start:]
+    del writer.lines[start:]
+    writer.emit(f"{var} = None")
+    writer.emit(f"if {test}:")
+    writer.lines.extend("    " + line for line in body)
+    return var
+
+
+def _emit_dict(writer: _Writer, node: _DictNode) -> str:
+    info = node.owner.model_fields[node.name]
+    local = f"d{writer._count}"
+    writer._count += 1
+    writer.emit(f"{local} = {{}}")
+    value_check = construct.annotation_check(node.value_annotation)
+    facts_all: frozenset[str] | None = None
+    for key, leaf in node.children.items():
+        if leaf.ghost_of is not None:
+            continue
+        proven = _proven(node.value_annotation, [], [], leaf.facts)
+        facts_all = leaf.facts if facts_all is None else facts_all & leaf.facts
+        inline = None if proven else _inline_check(node.value_annotation, [], [], leaf.var)
+        var = _leaf_value(writer, leaf, None if proven else value_check, inline)
+        if leaf.absent:
+            writer.emit(f"if {var} is not _A:")
+            writer.emit(f"{local}[{key!r}] = {var}", 2)
+        else:
+            writer.emit(f"{local}[{key!r}] = {var}")
+    validators = _validators(node.owner, node.name)
+    proven_by = {_DICT_VALIDATOR_FACTS.get((node.owner, v.cls_var_name)) for v in validators}
+    if list(info.metadata) or (validators and not (None not in proven_by and proven_by <= (facts_all or set()))):
+        writer.emit(f"{local} = {writer.name(construct.field_check(node.owner, node.name, info), 'C')}({local})")
+    return local
+
+
+def _validators(model: type[BaseModel], name: str) -> list[Any]:
+    return [
+        d
+        for d in model.__pydantic_decorators__.field_validators.values()
+        if name in d.info.fields or "*" in d.info.fields
+    ]
+
+
+def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
+    if info.is_required():
+        return None
+    if info.default_factory is not None:
+        return f"{writer.name(info.default_factory, 'F')}()"
+    default = info.default
+    if default is None or type(default) in (str, int, float, bool, tuple) or isinstance(default, canonical.Enum):
+        return writer.name(default)
+    raise NoFastPath(f"default {default!r} may be mutable")
+
+
+def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild, str]:
+    """The fast build function for one event rule of `mapping`, and its source (for reading)."""
+    writer = _Writer()
+    if mapping.spec.format != "hl7":
+        writer.emit("g = record.get")
+    placed: list[tuple[tuple[str, ...], _Leaf]] = []
+    for index, compiled in enumerate(event.fields):
+        placed.append((compiled.target, _emit_field(writer, mapping, index, compiled)))
+    # Residency: dropped fields are still evaluated (their failures count), just not placed.
+    for path in mapping.drop:
+        if path[0] in _PROVIDED or any(t[: len(path)] != path and path[: len(t)] == t for t, _ in placed):
+            raise NoFastPath(f"residency drop {'.'.join(path)!r} reaches inside a value")
+        dropped = [leaf for t, leaf in placed if t[: len(path)] == path]
+        placed = [(t, leaf) for t, leaf in placed if t[: len(path)] != path]
+        if dropped:
+            placed.append((path, _Leaf("", True, frozenset(), ghost_of=dropped)))
+    for path in mapping.tokenize:
+        if path[0] in _PROVIDED or any(
+            t != path and (t[: len(path)] == path or path[: len(t)] == t) for t, _ in placed
+        ):
+            raise NoFastPath(f"residency tokenize {'.'.join(path)!r} is not one field")
+        for target, leaf in placed:
+            if target == path:
+                tokenize = writer.name(lambda v, kind=path[-1]: pseudonymize(kind, str(v)), "R")
+                writer.emit(f"if {leaf.var} is not _A:")
+                writer.emit(f"if {leaf.var} is None:", 2)  # the reference then removes the key
+                writer.emit("raise LookupError", 3)
+                writer.emit(f"{leaf.var} = {tokenize}({leaf.var})", 2)
+                leaf.facts = frozenset({"str", "token"}) if _TOKEN_KIND.match(path[-1]) else frozenset({"str"})
+    root = _ModelNode(canonical.CanonicalEvent)
+    for target, leaf in placed:
+        if target[0] in _PROVIDED:
+            raise NoFastPath(f"rules may not set {target[0]!r}")
+        _place(root, target, leaf)
+    system = writer.name(canonical.SourceSystem(mapping.spec.system.value))
+    event_type = writer.name(canonical.EventType(event.rule.event_type.value))
+    writer.emit("received_at = _aware(received_at)")
+    top = _emit_model(
+        writer,
+        root,
+        {"source_system": system, "event_type": event_type, "received_at": "received_at", "provenance": "provenance"},
+    )
+    # The caller's provenance and received_at are fields of the top model, in declaration order.
+    writer.emit(f"return {top}")
+    # Every name the body uses is a default argument: a local, not a global, to look up.
+    bound = ", ".join(f"{n}={n}" for n in writer.names)
+    source = f"def build(record, provenance, received_at, *, {bound}):\n" + "\n".join(writer.lines) + "\n"
+    namespace = dict(writer.names)
+    exec(compile(source, f"<mapping {mapping.mapping_id}@{mapping.version} rule {event.rule.name}>", "exec"), namespace)  # noqa: S102 - our own generated text
+    return namespace["build"], source

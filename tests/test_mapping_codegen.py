@@ -1,0 +1,333 @@
+"""The generated fast path of a mapping gives exactly what the reference path gives.
+
+Same events (equal, same JSON, same fields set at every level) or the same rejection, on every
+shipped fixture in every market, and on payloads mutated at random (wrong types, blanks, unknown
+codes, malformed identifiers), where the fast path must hand the decision to the reference path.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from cgthub.mapping import codegen, fixtures, registry
+from cgthub.pipeline import PayloadRejected
+
+NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
+BENCH_MAPPING = Path(__file__).parents[1] / "bench" / "mappings" / "crm" / "order_record" / "v1.yaml"
+MAPPING_FILES = [f.path for f in registry.discover()] + [BENCH_MAPPING]
+MARKETS = [None, "US", "DE"]
+
+
+_PAIRS: dict[tuple[Path, str | None], tuple[Any, Any]] = {}
+
+
+def _pair(path: Path, market: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    """The mapping compiled with its fast path and without (compiled once per test session)."""
+    if (path, market) not in _PAIRS:
+        fast = registry.compile_file(path, market)
+        with monkeypatch.context() as patch:
+            patch.setenv("CGTHUB_MAPPING_FASTPATH", "0")
+            reference = registry.compile_file(path, market)
+        assert all(e.fast is None for e in reference.events)
+        _PAIRS[path, market] = fast, reference
+    return _PAIRS[path, market]
+
+
+def _fields_set(model: BaseModel) -> Any:
+    """Which fields were given, at every level (what `exclude_unset` dumps would see)."""
+    nested = {name: _fields_set(value) for name, value in model.__dict__.items() if isinstance(value, BaseModel)}
+    return sorted(model.model_fields_set), nested
+
+
+def _outcome(mapper: Any, payload: bytes) -> Any:
+    try:
+        events = mapper.map_by_rule(payload, raw_id=7, checksum="c" * 64, received_at=NOW)
+    except PayloadRejected as exc:
+        return ("rejected", exc.stage, exc.reason, exc.details)
+    return [(rule, event, event.model_dump_json(), _fields_set(event)) for rule, event in events]
+
+
+def _same(fast: Any, reference: Any, payload: bytes) -> None:
+    assert _outcome(fast, payload) == _outcome(reference, payload)
+
+
+@pytest.mark.parametrize("market", MARKETS)
+@pytest.mark.parametrize("path", MAPPING_FILES, ids=lambda p: "/".join(p.parts[-3:]))
+def test_every_rule_has_a_fast_path_and_it_matches_the_reference_on_every_fixture(path, market, monkeypatch):
+    fast, reference = _pair(path, market, monkeypatch)
+    assert [e.rule.name for e in fast.events if e.fast is None] == [], [e.fast_source for e in fast.events]
+    inputs = fixtures.inputs(path) or [None]
+    for fixture in inputs:
+        payload = fixture.read_bytes() if fixture else b"{}"
+        _same(fast, reference, payload)
+
+
+def _bench_record() -> dict[str, Any]:
+    return {
+        "id": "CRM-000001",
+        "status": "ENROLLED",
+        "enrolledAt": "2026-03-02T09:00:00",
+        "note": "first order",
+        "product": "KYM-CD19",
+        "priority": "2",
+        "site": {"id": "US-BOS-01", "country": "us"},
+        "patient": {"coiId": "CHW123426000001", "mrn": "MRN00000001", "weightKg": "71.5"},
+        "apheresis": {"scheduledFor": "2026-03-09T08:00:00"},
+        "erp": {"salesOrder": "SO-1"},
+        "hospital": {"placer": "PL-1"},
+        "cmo": {"batch": "B-1", "site": "CMO-EAST"},
+        "unit": {"din": "W123426000001", "lot": "LOT-1"},
+        "shipment": {"id": "SHP-1", "leg": "OUT"},
+    }
+
+
+def _leaf_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    if isinstance(node, dict) and node:
+        return [p for k, v in node.items() for p in _leaf_paths(v, (*prefix, k))]
+    if isinstance(node, list) and node:
+        return [p for i, v in enumerate(node) for p in _leaf_paths(v, (*prefix, i))]
+    return [prefix]
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "us",
+            "DE",
+            "XX",
+            "OUT",
+            "BACK",
+            "KYM-BCMA",
+            "NOPE",
+            "DRAFT",
+            "2026-03-02T09:00:00",
+            "2026-03-02T09:00:00Z",
+            "20260302",
+            "2026-13-40",
+            "W123426000001",
+            "W123426000001F",
+            "W1234",
+            "CHW123426000001",
+            "chw123426000001",
+            "psn:mrn:0123456789abcdef0123456789abcdef",
+            "x" * 250,
+            "1.5",
+            "7",
+        ]
+    ),
+    st.text(max_size=12),
+    st.lists(st.integers(0, 3), max_size=2),
+    st.dictionaries(st.sampled_from(["id", "x"]), st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_json_records_get_the_reference_outcome(data, monkeypatch):
+    fast, reference = _pair(BENCH_MAPPING, data.draw(st.sampled_from(MARKETS)), monkeypatch)
+    record = _bench_record()
+    for _ in range(data.draw(st.integers(1, 4))):
+        path = data.draw(st.sampled_from(_leaf_paths(record)))
+        node = record
+        for key in path[:-1]:
+            node = node[key]
+        if data.draw(st.booleans()):
+            node[path[-1]] = data.draw(VALUES)
+        else:
+            del node[path[-1]]
+    _same(fast, reference, json.dumps(record).encode())
+
+
+@functools.cache
+def _json_fixture_records() -> list[tuple[Path, bytes]]:
+    out = []
+    for path in MAPPING_FILES:
+        if registry.load(path).spec.format != "json":
+            continue
+        for fixture in fixtures.inputs(path):
+            try:
+                json.loads(fixture.read_bytes())
+            except ValueError:
+                continue  # a fixture of what is not JSON at all (an HTML error page)
+            out.append((path, fixture.read_bytes()))
+    return out
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_partner_payloads_get_the_reference_outcome(data, monkeypatch):
+    path, payload = data.draw(st.sampled_from(_json_fixture_records()))
+    fast, reference = _pair(path, data.draw(st.sampled_from(MARKETS)), monkeypatch)
+    document = json.loads(payload)
+    mutated = copy.deepcopy(document)
+    leaves = [p for p in _leaf_paths(mutated) if p]
+    if leaves:
+        path_ = data.draw(st.sampled_from(leaves))
+        node = mutated
+        for key in path_[:-1]:
+            node = node[key]
+        node[path_[-1]] = data.draw(VALUES)
+    _same(fast, reference, json.dumps(mutated).encode())
+
+
+@functools.cache
+def _hl7_fixtures() -> list[tuple[Path, bytes]]:
+    return [
+        (path, fixture.read_bytes())
+        for path in MAPPING_FILES
+        if registry.load(path).spec.format == "hl7"
+        for fixture in fixtures.inputs(path)
+    ]
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_hl7_messages_get_the_reference_outcome(data, monkeypatch):
+    path, payload = data.draw(st.sampled_from(_hl7_fixtures()))
+    fast, reference = _pair(path, data.draw(st.sampled_from(MARKETS)), monkeypatch)
+    text = payload.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r")
+    segments = [s.split("|") for s in text.split("\r") if s]
+    for _ in range(data.draw(st.integers(1, 3))):
+        segment = data.draw(st.sampled_from(segments[1:] or segments))
+        index = data.draw(st.integers(1, max(1, len(segment) - 1)))
+        value = data.draw(
+            st.one_of(
+                st.text(alphabet="AZaz09^~&-+.: ", max_size=16),
+                st.sampled_from(
+                    ["", "20260302", "2026030209", "202603020900-0500", "W123426000001", "CHW123426000001"]
+                ),
+            )
+        )
+        if index < len(segment):
+            segment[index] = value
+    mutated = "\r".join("|".join(s) for s in segments).encode()
+    _same(fast, reference, mutated)
+
+
+def test_the_fast_path_can_be_turned_off_and_every_rule_then_takes_the_reference(monkeypatch):
+    monkeypatch.setenv("CGTHUB_MAPPING_FASTPATH", "0")
+    assert not codegen.enabled()
+    mapper = registry.compile_file(BENCH_MAPPING)
+    assert all(e.fast is None for e in mapper.events)
+    assert mapper.map(json.dumps(_bench_record()).encode(), raw_id=1, checksum="", received_at=NOW)
+
+
+RAW_MAPPING = """\
+system: courier
+kind: raw_values
+version: 1
+effective: 2026-01-01
+change_note: every field read as it comes, so only the model's own checks stand between it and the event
+format: json
+events:
+  - name: raw
+    event_type: shipment.in_transit
+    fields:
+      source_event_id: {from: id}
+      occurred_at: {from: at, transform: datetime}
+      scheduled_for: {from: eta}
+      refs.crm_order_id: {from: order}
+      refs.courier_shipment_ids: {from: shipments}
+      patient.coi_id: {from: coi}
+      patient.pseudonyms.mrn: {from: mrn, transform: strip}
+      patient.pseudonyms.visit: {from: visit, transform: strip}
+      order.market: {from: market}
+      material.din: {from: din}
+      material.bag_ids: {from: bags}
+      shipment.shipment_id: {from: shipment}
+      shipment.direction: {from: direction}
+      shipment.temperature.min_c: {from: min_c}
+      shipment.temperature.readings: {from: readings}
+      attributes.note: {from: note}
+"""
+
+RAW_VALUES = st.one_of(
+    VALUES,
+    st.sampled_from(["to_cmo", "to_site", "TO_CMO", "psn:mrn:0123456789abcdef0123456789abcdef", "psn:MRN:00"]),
+    st.lists(st.sampled_from(["S-1", "S-2", 3]), max_size=3),
+)
+RAW_KEYS = [
+    "visit",
+    "id",
+    "at",
+    "eta",
+    "order",
+    "shipments",
+    "coi",
+    "mrn",
+    "market",
+    "din",
+    "bags",
+    "shipment",
+    "direction",
+    "min_c",
+    "readings",
+    "note",
+]
+
+
+RAW_VALID = {
+    "id": "E-1",
+    "at": "2026-03-02T09:00:00Z",
+    "order": "CRM-1",
+    "shipments": ["S-1", "S-2"],
+    "coi": "CHW123426000001",
+    "mrn": "psn:mrn:0123456789abcdef0123456789abcdef",
+    "market": "us",
+    "din": "W123426000001",
+    "bags": ["B-1"],
+    "shipment": "S-1",
+    "direction": "to_cmo",
+    "min_c": -150,
+    "readings": 12,
+    "note": "ok",
+}
+
+
+def _raw_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    path = tmp_path_factory.getbasetemp() / "raw" / "courier" / "raw_values" / "v1.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True)
+        path.write_text(RAW_MAPPING)
+    return _pair(path, None, monkeypatch)
+
+
+def test_a_valid_raw_record_is_built_by_the_fast_path_itself(tmp_path_factory, monkeypatch):
+    fast, reference = _raw_pair(tmp_path_factory, monkeypatch)
+    record = dict(RAW_VALID)
+    provenance = {"mapping_id": "courier/raw_values", "mapping_version": "v1", "raw_id": 7, "raw_checksum": "c" * 64}
+    from cgthub.mapping.compiler import _provenance
+
+    built = fast.events[0].fast(record, _provenance(provenance), NOW)  # raises if it would hand over
+    (expected,) = reference.map(json.dumps(record).encode(), raw_id=7, checksum="c" * 64, received_at=NOW)
+    assert built == expected and built.order.market == "US" and built.material.din == "W123426000001N"
+    assert built.shipment.temperature.min_c == -150.0 and type(built.shipment.temperature.min_c) is float
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(changes=st.dictionaries(st.sampled_from(RAW_KEYS), st.one_of(RAW_VALUES, st.just(...)), min_size=1, max_size=2))
+def test_raw_values_are_checked_as_the_model_checks_them(changes, tmp_path_factory, monkeypatch):
+    fast, reference = _raw_pair(tmp_path_factory, monkeypatch)
+    record = dict(RAW_VALID)
+    for key, value in changes.items():
+        if value is ...:
+            record.pop(key, None)
+        else:
+            record[key] = value
+    _same(fast, reference, json.dumps(record).encode())
