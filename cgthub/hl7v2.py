@@ -72,13 +72,29 @@ class Segment:
 
     def get(self, field: int, repetition: int = 1, component: int | None = None, sub: int | None = None) -> str:
         """Like HAPI's terser: a path without a component reads component 1 (and subcomponent 1)."""
-        raw = self.field(field)
+        fields = self._fields if self._fields is not None else self.fields
+        raw = fields[field] if field < len(fields) else ""
         if not raw or (self.name == "MSH" and field in (1, 2)):
             return raw
         seps = self.seps
-        value = _nth(raw, seps.repetition, repetition)
-        value = _nth(value, seps.component, component or 1)
-        value = _nth(value, seps.subcomponent, sub or 1)
+        # The first repetition, component and subcomponent are most reads: a find, not a split.
+        if repetition == 1:
+            cut = raw.find(seps.repetition)
+            value = raw if cut < 0 else raw[:cut]
+        else:
+            value = _nth(raw, seps.repetition, repetition)
+        if not component or component == 1:
+            cut = value.find(seps.component)
+            if cut >= 0:
+                value = value[:cut]
+        else:
+            value = _nth(value, seps.component, component)
+        if not sub or sub == 1:
+            cut = value.find(seps.subcomponent)
+            if cut >= 0:
+                value = value[:cut]
+        else:
+            value = _nth(value, seps.subcomponent, sub)
         return seps.unescape(value) if seps.escape in value else value
 
     def repetitions(self, field: int) -> list[str]:
