@@ -78,23 +78,14 @@ class Segment:
             return raw
         seps = self.seps
         # The first repetition, component and subcomponent are most reads: a find, not a split.
-        if repetition == 1:
-            cut = raw.find(seps.repetition)
-            value = raw if cut < 0 else raw[:cut]
-        else:
-            value = _nth(raw, seps.repetition, repetition)
-        if not component or component == 1:
-            cut = value.find(seps.component)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, seps.component, component)
-        if not sub or sub == 1:
-            cut = value.find(seps.subcomponent)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, seps.subcomponent, sub)
+        value = raw
+        for sep, n in ((seps.repetition, repetition), (seps.component, component or 1), (seps.subcomponent, sub or 1)):
+            if n == 1:
+                cut = value.find(sep)
+                if cut >= 0:
+                    value = value[:cut]
+            else:
+                value = _nth(value, sep, n)
         return seps.unescape(value) if seps.escape in value else value
 
     def repetitions(self, field: int) -> list[str]:

@@ -467,6 +467,43 @@ def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
     raise NoFastPath(f"default {default!r} may be mutable")
 
 
+def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bool]], str]:
+    """One function that answers, for a record, which rules' conditions hold: the reads are shared
+    (an HL7 segment is looked up once for every rule that tests it), the code lists compared as sets.
+    It evaluates every condition, where the reference stops at an event's first false one; a read
+    that raises makes the caller fall back to the reference's own order."""
+    writer = _Writer()
+    if mapping.spec.format != "hl7":
+        writer.emit("g = record.get")
+    answers = []
+    for e_index, event in enumerate(mapping.events):
+        tests = []
+        for c_index, cond in enumerate(event.rule.when):
+            if mapping.spec.format == "hl7":
+                read = _hl7_read(writer, cond.source)
+            elif _DOTTED.match(cond.source):
+                read = _json_read(writer, cond.source)
+            else:
+                read = f"{writer.name(mapping._get(cond.source), 'G')}(record)"
+            local = f"c{e_index}_{c_index}"
+            writer.emit(f"{local} = {read}")
+            if cond.exists is not None:
+                tests.append(f'(({local} is not None and {local} != "") == {cond.exists!r})')
+            if cond.equals is not None:
+                tests.append(f"str({local}) == {str(cond.equals)!r}")
+            if cond.in_ is not None:
+                tests.append(f"str({local}) in {writer.name(frozenset(str(v) for v in cond.in_), 'S')}")
+            if cond.not_in is not None:
+                tests.append(f"str({local}) not in {writer.name(frozenset(str(v) for v in cond.not_in), 'S')}")
+        answers.append(" and ".join(f"({t})" for t in tests) or "True")
+    writer.emit(f"return [{', '.join(f'bool({a})' for a in answers)}]")
+    bound = ", ".join(f"{n}={n}" for n in writer.names)
+    source = f"def select(record, *, {bound}):\n" + "\n".join(writer.lines) + "\n"
+    namespace = dict(writer.names)
+    exec(compile(source, f"<mapping {mapping.mapping_id}@{mapping.version} conditions>", "exec"), namespace)  # noqa: S102 - our own generated text
+    return namespace["select"], source
+
+
 def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild, str]:
     """The fast build function for one event rule of `mapping`, and its source (for reading)."""
     writer = _Writer()

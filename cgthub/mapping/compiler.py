@@ -203,7 +203,10 @@ class CompiledMapping:
         except jmespath.exceptions.ParseError as exc:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
+        self._select: Callable[[Any], list[bool]] | None = None
+        self.select_source = ""
         if codegen.enabled():
+            self._select, self.select_source = codegen.generate_selector(self)
             for event in self.events:
                 try:
                     event.fast, event.fast_source = codegen.generate(self, event)
@@ -389,26 +392,30 @@ class CompiledMapping:
         built_provenance: Any = None
         for number, record in enumerate(self.records(payload), start=1):
             taken = False
-            for event in self.events:
-                for test in event.conditions:
-                    if not test(record):
-                        break
-                else:
-                    made = None
-                    if event.fast is not None:
-                        if built_provenance is None:
-                            built_provenance = _provenance(provenance)
-                        if built_provenance is not False:
-                            try:
-                                made = event.fast(record, built_provenance, received_at)
-                            except Exception:
-                                made = None
-                    if made is None:
-                        made = self._build(event, record, provenance, received_at)
-                    out.append(made)
-                    if names is not None:
-                        names.append(event.rule.name)
-                    taken = True
+            chosen = None
+            if self._select is not None:
+                try:
+                    chosen = self._select(record)
+                except Exception:  # a read that raises: the reference conditions decide, in their order
+                    chosen = None
+            for index, event in enumerate(self.events):
+                if not (chosen[index] if chosen is not None else _holds(event, record)):
+                    continue
+                made = None
+                if event.fast is not None:
+                    if built_provenance is None:
+                        built_provenance = _provenance(provenance)
+                    if built_provenance is not False:
+                        try:
+                            made = event.fast(record, built_provenance, received_at)
+                        except Exception:  # unsure: the reference path decides, in its own words
+                            made = None
+                if made is None:
+                    made = self._build(event, record, provenance, received_at)
+                out.append(made)
+                if names is not None:
+                    names.append(event.rule.name)
+                taken = True
             if not taken and self.spec.unmatched == "reject":
                 seen = self._condition_values(record)
                 raise PayloadRejected(
@@ -469,6 +476,11 @@ class CompiledMapping:
             value = _pop(tree, path)
             if value is not None:
                 _put(tree, path, pseudonymize(path[-1], str(value)))
+
+
+def _holds(event: CompiledEvent, record: Any) -> bool:
+    """The reference test of a rule's conditions, in their order, stopping at the first false one."""
+    return all(test(record) for test in event.conditions)
 
 
 def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
