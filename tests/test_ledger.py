@@ -1,11 +1,14 @@
 """The custody ledger: idempotent appends, per-order hash chains, COI checks, waiting events."""
 
+import json
 import os
 import subprocess
 import sys
 from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from cgthub import alerts, ledger, quarantine
@@ -156,3 +159,32 @@ class _Scoped:
 
     def execute(self, stmt):
         return self.session.execute(stmt.where(self.where))
+
+
+JSON_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(),  # NaN, infinities, exponents, -0.0
+        st.text(alphabet=st.characters(codec=None), max_size=12),  # control characters, U+2028, surrogates
+    ),
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(JSON_VALUES)
+def test_canonical_json_is_the_standard_library_text_whoever_writes_it(value):
+    """Every ledger hash is over this text: orjson writing it must not change one byte."""
+    assert ledger.canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [1e-4, 9.999999999999999e-05, 1e-05, 1e16, 9999999999999998.0, 1e15, 0.1 + 0.2, 5e-324, -0.0, -150.0, 2**63, 2**64],
+)
+def test_canonical_json_writes_numbers_at_the_exponent_boundaries_as_the_standard_library(number):
+    value = {"attributes": {"x": number, "y": [number, -number]}}
+    assert ledger.canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
