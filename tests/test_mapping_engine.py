@@ -6,6 +6,8 @@ import textwrap
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cgthub import pipeline, quarantine
 from cgthub.archive import Inbound
@@ -151,3 +153,19 @@ def _plain_strings(node):
             yield from _plain_strings(value)
     elif isinstance(node, str) and not node.startswith("psn:") and not re.fullmatch(r"[0-9a-f]{64}", node):
         yield node
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(r"[0-9]{14}", fullmatch=True) | st.datetimes().map(lambda d: d.strftime("%Y%m%d%H%M%S")))
+def test_an_hl7_timestamp_to_the_second_reads_as_the_general_parser_reads_it(text):
+    from zoneinfo import ZoneInfo
+
+    from cgthub.mapping.transforms import TransformError, parse_datetime
+
+    def outcome(value):
+        try:
+            return parse_datetime(value, ZoneInfo("America/New_York"))
+        except TransformError as exc:
+            return str(exc)
+
+    assert outcome(text) == outcome(f" {text} ")  # the padded text takes the regex path

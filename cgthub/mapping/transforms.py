@@ -35,6 +35,12 @@ def parse_datetime(value: Any, tz: ZoneInfo) -> datetime:
     """ISO 8601 or HL7 TS (YYYYMMDD[HH[MM[SS[.S]]]][+/-ZZZZ]); naive times are in the source's zone."""
     if isinstance(value, datetime):
         parsed = value
+    elif type(value) is str and len(value) == 14 and value.isdigit() and value.isascii():
+        # HL7 TS to the second, the common case: ISO 8601 basic form as it stands, no regex.
+        try:
+            parsed = datetime.fromisoformat(f"{value[:8]}T{value[8:]}")
+        except ValueError as exc:
+            raise TransformError("expected an ISO 8601 or HL7 TS date/time") from exc
     else:
         text = str(value).strip()
         match = None if text[4:5] == "-" else _HL7_TS.match(text)  # ISO 8601 needs no rewriting
