@@ -52,7 +52,15 @@ def checksum(payload: bytes) -> str:
 
 
 def _cipher() -> AESGCM:
-    return AESGCM(get_settings().archive_key)
+    """The key's cipher, set up once per key (about as dear as sealing one message)."""
+    key = get_settings().archive_key
+    cipher = _CIPHERS.get(key)
+    if cipher is None:
+        cipher = _CIPHERS[key] = AESGCM(key)
+    return cipher
+
+
+_CIPHERS: dict[bytes, AESGCM] = {}
 
 
 def seal(payload: bytes, aad: bytes) -> bytes:

@@ -1,5 +1,7 @@
 """The hospital feed end to end: simulator over MLLP and batch files in, ORR^O02 status out."""
 
+import json
+
 import pytest
 from hl7apy.parser import parse_message
 from sqlalchemy import func, select
@@ -90,3 +92,27 @@ def test_outbound_gives_up_with_a_clear_error_when_the_hospital_keeps_refusing()
         outbound.push(payload, address=hospital.address, attempts=2)
     with pytest.raises(ValueError, match="needs a host and a port"):
         outbound.push(payload, address="mllp://nowhere")
+
+
+def test_each_message_is_parsed_once_and_maps_as_a_fresh_parse_would(db_url, monkeypatch):
+    """The listener's MSH read hands its parse to the mapping: same events, half the parsing."""
+    from cgthub import hl7v2
+    from cgthub.hl7 import inbound
+    from cgthub.mapping import get_mapper
+
+    _enrol(db_url)
+    feed = list(simulator.feed(PATIENTS))
+    expected = [
+        get_mapper("hl7", hl7v2.parse(m).message_type).map(m, raw_id=None, checksum="", received_at=ledger.utcnow())
+        for m in feed
+    ]
+    calls = []
+    real_parse = hl7v2.parse
+    monkeypatch.setattr(hl7v2, "parse", lambda payload: calls.append(1) or real_parse(payload))
+    with session_scope(db_url) as s:
+        acks = inbound.apply(s, [inbound.read(m) for m in feed], "mllp")
+    assert [ack_code(a) for a in acks] == ["AA"] * len(feed) and len(calls) == len(feed)
+    with session_scope(db_url) as s:
+        bodies = s.scalars(select(LedgerEntry.body).where(LedgerEntry.source_system == "hl7")).all()
+    made = {(e.source_event_id, e.event_type.value) for events in expected for e in events}
+    assert {(b["source_event_id"], b["event_type"]) for b in map(json.loads, bodies)} == made

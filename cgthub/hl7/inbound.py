@@ -13,6 +13,7 @@ from cgthub import archive, hl7v2, pipeline, quarantine
 from cgthub.archive import Inbound
 from cgthub.hl7.ack import AckHeader, build_ack
 from cgthub.mapping import get_mapper
+from cgthub.mapping.compiler import CompiledMapping
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
 
@@ -28,6 +29,7 @@ class Received:
     dedupe_key: str | None
     problem: str | None = None
     header: AckHeader | None = None  # what its ACK echoes, read once on arrival
+    message: hl7v2.Message | None = None  # the parse that read the MSH: the mapping reads the rest of it
 
     def item(self, channel: str, received_at: datetime) -> Inbound:
         return Inbound("hl7", self.kind, channel, self.payload, received_at, self.dedupe_key, "x-application/hl7-v2")
@@ -42,9 +44,20 @@ def read(payload: bytes) -> Received:
             raise hl7v2.HL7ParseError("MSH-9 does not carry a message type and trigger event")
         control = message.control_id
         dedupe = f"{message.sending_facility}:{control}" if control else None
-        return Received(payload, kind, dedupe, header=AckHeader.of(message))
+        return Received(payload, kind, dedupe, header=AckHeader.of(message), message=message)
     except hl7v2.HL7ParseError as exc:
         return Received(payload, UNPARSEABLE, None, str(exc))
+
+
+class _ParsedOnce:
+    """A compiled mapping handed the message `read` already parsed, so it is not parsed again."""
+
+    def __init__(self, mapper: CompiledMapping, message: hl7v2.Message) -> None:
+        self.mapper, self.message = mapper, message
+        self.mapping_id, self.version = mapper.mapping_id, mapper.version
+
+    def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
+        return self.mapper.map(payload, raw_id=raw_id, checksum=checksum, received_at=received_at, parsed=self.message)
 
 
 class _Refuse:
@@ -63,6 +76,7 @@ def apply(session: Session, messages: Sequence[Received], channel: str) -> list[
     """Archive, map and apply a batch in the caller's transaction; the ACK for each message."""
     now = utcnow()
     problems = {id(m.payload): m.problem for m in messages if m.problem}
+    parsed = {id(m.payload): m.message for m in messages if m.message is not None}
 
     mappers: dict[str, pipeline.Mapper | None] = {}  # one lookup per kind per batch
 
@@ -71,7 +85,10 @@ def apply(session: Session, messages: Sequence[Received], channel: str) -> list[
             return _Refuse(problems.get(id(item.payload), "unreadable"))
         if item.kind not in mappers:
             mappers[item.kind] = get_mapper("hl7", item.kind)
-        return mappers[item.kind]
+        mapper, message = mappers[item.kind], parsed.get(id(item.payload))
+        if isinstance(mapper, CompiledMapping) and message is not None:
+            return _ParsedOnce(mapper, message)
+        return mapper
 
     results = pipeline.ingest_batch(session, [m.item(channel, now) for m in messages], mapper_for)
     return [_ack(m, r) for m, r in zip(messages, results, strict=True)]

@@ -368,19 +368,35 @@ class CompiledMapping:
         except (ValueError, etree.XMLSyntaxError, UnicodeDecodeError) as exc:
             raise PayloadRejected(Stage.PARSE, f"{self.mapping_id}: cannot parse the {fmt} payload: {exc}") from exc
 
-    def map(self, payload: bytes, *, raw_id: int | None, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        return self._map(payload, raw_id, checksum, received_at, None)
+    def map(
+        self,
+        payload: bytes,
+        *,
+        raw_id: int | None,
+        checksum: str,
+        received_at: datetime,
+        parsed: hl7v2.Message | None = None,
+    ) -> list[CanonicalEvent]:
+        """The payload's canonical events. `parsed`: the HL7 message as `hl7v2.parse(payload)` already
+        gave it to the listener (which read its MSH), so it is not parsed twice."""
+        return self._map(payload, raw_id, checksum, received_at, None, parsed)
 
     def map_by_rule(
         self, payload: bytes, *, raw_id: int | None, checksum: str, received_at: datetime
     ) -> list[tuple[str, CanonicalEvent]]:
         """Like `map`, with the name of the rule that made each event (fixtures check coverage)."""
         names: list[str] = []
-        events = self._map(payload, raw_id, checksum, received_at, names)
+        events = self._map(payload, raw_id, checksum, received_at, names, None)
         return list(zip(names, events, strict=True))
 
     def _map(
-        self, payload: bytes, raw_id: int | None, checksum: str, received_at: datetime, names: list[str] | None
+        self,
+        payload: bytes,
+        raw_id: int | None,
+        checksum: str,
+        received_at: datetime,
+        names: list[str] | None,
+        parsed: hl7v2.Message | None,
     ) -> list[CanonicalEvent]:
         provenance = {
             "mapping_id": self.mapping_id,
@@ -390,7 +406,8 @@ class CompiledMapping:
         }
         out: list[CanonicalEvent] = []
         built_provenance: Any = None
-        for number, record in enumerate(self.records(payload), start=1):
+        records = [parsed] if parsed is not None and self.spec.format == "hl7" else self.records(payload)
+        for number, record in enumerate(records, start=1):
             taken = False
             chosen = None
             if self._select is not None:
