@@ -317,3 +317,22 @@ def test_raw_values_are_checked_as_the_model_checks_them(changes, tmp_path_facto
         else:
             record[key] = value
     _same(fast, reference, json.dumps(record).encode())
+
+
+def test_a_source_expression_never_becomes_generated_code(tmp_path, monkeypatch):
+    """A JMESPath may span lines; in the generated text it stays inside a comment's repr."""
+    path = tmp_path / "crm" / "sly" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    sly = "a ||\n__import__('os').environ.setdefault('CGTHUB_INJECTED', '1')"  # valid JMESPath
+    path.write_text(
+        "system: crm\nkind: sly\nversion: 1\neffective: 2026-01-01\nchange_note: t\nformat: json\nevents:\n"
+        "  - name: a\n    event_type: order.enrolled\n    fields:\n"
+        f"      source_event_id: {{from: {json.dumps(sly)}}}\n"
+        '      occurred_at: {value: "2026-01-01T00:00:00Z", transform: datetime}\n'
+    )
+    monkeypatch.delenv("CGTHUB_INJECTED", raising=False)
+    mapper = registry.compile_file(path)
+    (event,) = mapper.map(b'{"a": "E-1"}', raw_id=None, checksum="", received_at=NOW)
+    assert event.source_event_id == "E-1"
+    assert "CGTHUB_INJECTED" not in __import__("os").environ
+    assert mapper.events[0].fast is not None

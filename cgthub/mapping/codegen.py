@@ -232,7 +232,7 @@ def _emit_field(writer: _Writer, mapping: CompiledMapping, index: int, compiled:
     """The field's value into local `x<index>` (or the absent marker), with what is known of it."""
     plan = compiled.plan
     fmt = mapping.spec.format
-    writer.emit(f"# {'.'.join(compiled.target)} <- {compiled.source}")
+    writer.emit(f"# {'.'.join(compiled.target)} <- {compiled.source!r}")  # repr: no line break gets in
     if plan.constant is not None:
         read, facts = writer.name(plan.constant), _constant_facts(plan.constant)
     elif len(plan.sources) == 1 and fmt == "hl7":
