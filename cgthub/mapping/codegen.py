@@ -188,6 +188,15 @@ class _Writer:
     def emit(self, line: str, depth: int = 1) -> None:
         self.lines.append("    " * depth + line)
 
+    def function(self, name: str, parameters: str, filename: str) -> tuple[Any, str]:
+        """The lines as a function, and its text. Every name the body uses is a keyword default:
+        a local, not a global, to look up."""
+        bound = ", ".join(f"{n}={n}" for n in self.names)
+        source = f"def {name}({parameters}, *, {bound}):\n" + "\n".join(self.lines) + "\n"
+        namespace = dict(self.names)
+        exec(compile(source, filename, "exec"), namespace)  # noqa: S102 - our own generated text
+        return namespace[name], source
+
 
 def _json_read(writer: _Writer, expr: str) -> str:
     """An expression for a dotted JSON path, sharing the lookups of common prefixes."""
@@ -497,11 +506,7 @@ def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bo
                 tests.append(f"str({local}) not in {writer.name(frozenset(str(v) for v in cond.not_in), 'S')}")
         answers.append(" and ".join(f"({t})" for t in tests) or "True")
     writer.emit(f"return [{', '.join(f'bool({a})' for a in answers)}]")
-    bound = ", ".join(f"{n}={n}" for n in writer.names)
-    source = f"def select(record, *, {bound}):\n" + "\n".join(writer.lines) + "\n"
-    namespace = dict(writer.names)
-    exec(compile(source, f"<mapping {mapping.mapping_id}@{mapping.version} conditions>", "exec"), namespace)  # noqa: S102 - our own generated text
-    return namespace["select"], source
+    return writer.function("select", "record", f"<mapping {mapping.mapping_id}@{mapping.version} conditions>")
 
 
 def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild, str]:
@@ -548,9 +553,5 @@ def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild,
     )
     # The caller's provenance and received_at are fields of the top model, in declaration order.
     writer.emit(f"return {top}")
-    # Every name the body uses is a default argument: a local, not a global, to look up.
-    bound = ", ".join(f"{n}={n}" for n in writer.names)
-    source = f"def build(record, provenance, received_at, *, {bound}):\n" + "\n".join(writer.lines) + "\n"
-    namespace = dict(writer.names)
-    exec(compile(source, f"<mapping {mapping.mapping_id}@{mapping.version} rule {event.rule.name}>", "exec"), namespace)  # noqa: S102 - our own generated text
-    return namespace["build"], source
+    where = f"<mapping {mapping.mapping_id}@{mapping.version} rule {event.rule.name}>"
+    return writer.function("build", "record, provenance, received_at", where)
