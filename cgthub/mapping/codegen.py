@@ -34,6 +34,7 @@ from pydantic.functional_validators import AfterValidator
 from cgthub import hl7v2
 from cgthub import model as canonical
 from cgthub.mapping import construct
+from cgthub.mapping.spec import DOTTED_PATH
 from cgthub.pseudonym import pseudonymize
 
 if TYPE_CHECKING:
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 
 FastBuild = Callable[[Any, Any, datetime], canonical.CanonicalEvent]
 
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _TOKEN_KIND = re.compile(r"^[a-z_]+$")
 _PROVIDED = ("source_system", "event_type", "received_at", "provenance")  # set by the caller, not by rules
 
@@ -246,7 +246,7 @@ def _emit_field(writer: _Writer, mapping: CompiledMapping, index: int, compiled:
         read, facts = writer.name(plan.constant), _constant_facts(plan.constant)
     elif len(plan.sources) == 1 and fmt == "hl7":
         read, facts = _hl7_read(writer, plan.sources[0]), frozenset({"str"})
-    elif len(plan.sources) == 1 and fmt != "hl7" and _DOTTED.match(plan.sources[0]):
+    elif len(plan.sources) == 1 and fmt != "hl7" and DOTTED_PATH.match(plan.sources[0]):
         read, facts = _json_read(writer, plan.sources[0]), frozenset()
     elif len(plan.sources) == 1:
         read, facts = f"{writer.name(plan.getters[0], 'G')}(record)", frozenset()
@@ -490,7 +490,7 @@ def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bo
         for c_index, cond in enumerate(event.rule.when):
             if mapping.spec.format == "hl7":
                 read = _hl7_read(writer, cond.source)
-            elif _DOTTED.match(cond.source):
+            elif DOTTED_PATH.match(cond.source):
                 read = _json_read(writer, cond.source)
             else:
                 read = f"{writer.name(mapping._get(cond.source), 'G')}(record)"

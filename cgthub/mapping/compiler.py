@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from cgthub import hl7v2
 from cgthub.mapping import codegen
-from cgthub.mapping.spec import EventRule, FieldRule, LoadedSpec
+from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
 from cgthub.model import CanonicalEvent, Provenance
 from cgthub.pipeline import PayloadRejected
@@ -34,7 +34,6 @@ from cgthub.pseudonym import mask, pseudonymize
 from cgthub.quarantine import Stage
 
 Getter = Callable[[Any], Any]
-_DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 _ABSENT = object()
 # Canonical fields every event must get from its rule.
 REQUIRED_TARGETS = ("source_event_id", "occurred_at")
@@ -141,7 +140,7 @@ def _hl7_getter(expr: str) -> Getter:
 
 
 def _json_getter(expr: str) -> Getter:
-    if _DOTTED.match(expr):
+    if DOTTED_PATH.match(expr):
         keys = expr.split(".")
         if len(keys) == 1:
             key = keys[0]
@@ -534,7 +533,7 @@ def _load_json(payload: bytes) -> Any:
 
 def _has_parent(data: Any, expression: str) -> bool:
     """For a dotted records path, whether everything above the last step is there (an empty answer)."""
-    if not _DOTTED.match(expression):
+    if not DOTTED_PATH.match(expression):
         return False
     node = data
     for key in expression.split(".")[:-1]:

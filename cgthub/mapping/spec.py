@@ -23,6 +23,7 @@ A mapping file lives at `mappings/<system>/<kind>/v<N>.yaml`:
 
 from __future__ import annotations
 
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +32,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cgthub.model import EventType, SourceSystem
+
+# A JSON path of plain keys (`patient.coiId`): read as chained lookups, not through JMESPath.
+DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class MappingError(ValueError):
