@@ -25,7 +25,7 @@ from lxml import etree
 from pydantic import ValidationError
 
 from cgthub import hl7v2
-from cgthub.mapping import codegen
+from cgthub.mapping import codegen, construct
 from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
 from cgthub.model import CanonicalEvent, Provenance
@@ -510,15 +510,11 @@ def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
         and type(provenance["mapping_version"]) is str
     ):
         return False
-    built = _new(Provenance)
-    _set(built, "__dict__", {name: provenance[name] for name in _PROVENANCE_FIELDS})
-    _set(built, "__pydantic_fields_set__", set(provenance))
-    _set(built, "__pydantic_extra__", None)
-    _set(built, "__pydantic_private__", None)
-    return built
+    return construct.instance(  # type: ignore[no-any-return]
+        Provenance, {name: provenance[name] for name in _PROVENANCE_FIELDS}, set(provenance)
+    )
 
 
-_new, _set = object.__new__, object.__setattr__
 _PROVENANCE_FIELDS = tuple(Provenance.model_fields)  # pydantic keeps fields in declaration order
 
 

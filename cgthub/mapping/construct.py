@@ -43,6 +43,17 @@ class Unsure(Exception):
     """The fast builder cannot vouch for a value; pydantic decides."""
 
 
+def instance(model: type[BaseModel], values: dict[str, Any], fields_set: set[str]) -> Any:
+    """An instance of `model` holding `values` (every field, in declaration order), as
+    `model_construct` lays one out; the generated fast path writes the same four slots inline."""
+    built = _new(model)
+    _set(built, "__dict__", values)
+    _set(built, "__pydantic_fields_set__", fields_set)
+    _set(built, "__pydantic_extra__", None)
+    _set(built, "__pydantic_private__", None)
+    return built
+
+
 def _unsure(_value: Any) -> Any:
     raise Unsure
 
@@ -253,12 +264,7 @@ def model_builder(model: type[BaseModel]) -> Check:
         for key, factory in factories.items():
             if key not in value:
                 values[key] = factory()
-        instance = _new(model)
-        _set(instance, "__dict__", values)
-        _set(instance, "__pydantic_fields_set__", {k for k in value if k in checks})
-        _set(instance, "__pydantic_extra__", None)
-        _set(instance, "__pydantic_private__", None)
-        return instance
+        return instance(model, values, {k for k in value if k in checks})
 
     _BUILDERS[model] = built
     return built
