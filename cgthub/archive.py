@@ -20,10 +20,15 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub.settings import get_settings
-from cgthub.store import pair_filters, race_guard
+from cgthub.store import race_guard, rows_by_pairs
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12
+_RAW = RawMessage.__table__
+_FOUND_COLUMNS = ("system", "dedupe_key", "id", "checksum", "status")
+# Statements of the batch path, built once: on a small batch, building one costs more than running it.
+_INSERT_RAW = insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key)
+_MARK = update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 
 
 @dataclass(frozen=True)
@@ -129,14 +134,9 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
     digests = [checksum(item.payload) for item in items]
     keys = [(item.system, item.dedupe_key or digest) for item, digest in zip(items, digests, strict=True)]
     existing: dict[tuple[str, str], Archived] = {}
-    for where in pair_filters(RawMessage.system, RawMessage.dedupe_key, keys):
-        rows = session.execute(
-            select(
-                RawMessage.system, RawMessage.dedupe_key, RawMessage.id, RawMessage.checksum, RawMessage.status
-            ).where(where)
-        )
-        for system, key, raw_id, digest, status in rows:
-            existing[(system, key)] = Archived(raw_id, digest, True, status)
+    found = rows_by_pairs(session, _RAW, _FOUND_COLUMNS, "system", "dedupe_key", keys)
+    for system, key, raw_id, digest, status in found:
+        existing[(system, key)] = Archived(raw_id, digest, True, status)
     new_rows: list[dict[str, object]] = []
     first_index: dict[tuple[str, str], int] = {}
     for i, (item, digest, key) in enumerate(zip(items, digests, keys, strict=True)):
@@ -160,14 +160,11 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
             }
         )
     if new_rows:
-        table = RawMessage.__table__
         try:
             with race_guard(session):
                 # One multi-row INSERT; the ids come back keyed by (system, dedupe key), so their order
                 # does not matter (asking SQLite for them in parameter order makes it go row by row).
-                inserted = session.execute(
-                    insert(table).returning(table.c.id, table.c.system, table.c.dedupe_key), new_rows
-                ).all()
+                inserted = session.connection().execute(_INSERT_RAW, new_rows).all()
         except IntegrityError:
             # A concurrent writer archived one of these first: fall back to one by one.
             return [
@@ -233,8 +230,5 @@ def mark(session: Session, raw_id: int, status: str) -> None:
 def mark_many(session: Session, statuses: dict[int, str]) -> None:
     if not statuses:
         return
-    raw = RawMessage.__table__
-    session.execute(
-        update(raw).where(raw.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=utcnow()),
-        [{"rid": rid, "st": st} for rid, st in statuses.items()],
-    )
+    now = utcnow()
+    session.connection().execute(_MARK, [{"rid": rid, "st": st, "at": now} for rid, st in statuses.items()])

@@ -17,13 +17,14 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub.model import CanonicalEvent
-from cgthub.store import pair_filters
+from cgthub.store import rows_by_pairs
 from cgthub.tables import Order, OrderKey
 
 # Kinds of which an order holds exactly one value.
 SINGLE_VALUED = frozenset({"coi_id"})
 
 Key = tuple[str, str]
+_KEYS = OrderKey.__table__
 
 
 class KeyIndex:
@@ -36,12 +37,11 @@ class KeyIndex:
 
     def preload(self, keys: Iterable[Key]) -> None:
         wanted = [k for k in set(keys) if k not in self._owner]
-        for where in pair_filters(OrderKey.kind, OrderKey.value, wanted):
-            for kind, value, order_id in self.session.execute(
-                select(OrderKey.kind, OrderKey.value, OrderKey.order_id).where(where)
-            ):
-                self._owner[(kind, value)] = order_id
-                self._orders[order_id] = True
+        for kind, value, order_id in rows_by_pairs(
+            self.session, _KEYS, ("kind", "value", "order_id"), "kind", "value", wanted
+        ):
+            self._owner[(kind, value)] = order_id
+            self._orders[order_id] = True
         for key in wanted:
             self._owner.setdefault(key, None)
 

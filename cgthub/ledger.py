@@ -24,7 +24,7 @@ from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
-from cgthub.store import pair_filters, race_guard
+from cgthub.store import race_guard, rows_by_pairs
 from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,11 @@ log = logging.getLogger(__name__)
 GENESIS = "0" * 64
 _MAX_ATTEMPTS = 5
 _CHUNK = 400
+_ENTRIES = LedgerEntry.__table__
+_DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq")
+_INSERT_ORDERS = insert(Order.__table__)
+_INSERT_KEYS = insert(OrderKey.__table__)
+_INSERT_ENTRIES = insert(_ENTRIES)
 
 
 def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
@@ -125,18 +130,9 @@ class _BatchWriter:
 
     def _preload(self, events: Sequence[CanonicalEvent]) -> None:
         keys = [e.key for e in events]
-        for where in pair_filters(LedgerEntry.source_system, LedgerEntry.source_event_id, keys):
-            rows = self.session.execute(
-                select(
-                    LedgerEntry.source_system,
-                    LedgerEntry.source_event_id,
-                    LedgerEntry.order_id,
-                    LedgerEntry.id,
-                    LedgerEntry.seq,
-                ).where(where)
-            )
-            for system, event_id, order_id, entry_id, seq in rows:
-                self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
+        rows = rows_by_pairs(self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", keys)
+        for system, event_id, order_id, entry_id, seq in rows:
+            self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
         self.index.preload(k for e in events for k in e.all_keys())
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
 
@@ -202,12 +198,13 @@ class _BatchWriter:
         # Plain multi-row INSERTs: no RETURNING, which SQLite would answer one row at a time.
         # New orders first: keys and entries refer to them. Their heads are written by the refresh.
         self.session.flush()
+        connection = self.session.connection()
         if self.new_orders:
-            self.session.execute(insert(Order.__table__), self.new_orders)
+            connection.execute(_INSERT_ORDERS, self.new_orders)
         if self.key_rows:
-            self.session.execute(insert(OrderKey.__table__), self.key_rows)
+            connection.execute(_INSERT_KEYS, self.key_rows)
         if self.entry_rows:
-            self.session.execute(insert(LedgerEntry.__table__), self.entry_rows)
+            connection.execute(_INSERT_ENTRIES, self.entry_rows)
 
     def _identity_conflict(
         self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]

@@ -82,19 +82,50 @@ def _after_rollback(session: Session, _previous: Any) -> None:
     session.info.pop(_STAGED, None)
 
 
+# Built once (building and hashing a statement costs more than running it on a small batch).
+_ORDERS = Order.__table__
+_LOCK_HEADS = (
+    select(_ORDERS.c.id, _ORDERS.c.ledger_length, _ORDERS.c.ledger_head, _ORDERS.c.projected_length)
+    .where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+_STORED_PROJECTIONS = select(_ORDERS.c.id, _ORDERS.c.projection).where(
+    _ORDERS.c.id.in_(bindparam("ids", expanding=True))
+)
+
+# The columns a refresh writes, bound as p_<column> (a bind may not share its column's name).
+_REFRESHED = (
+    "status",
+    "on_hold",
+    "status_since",
+    "therapy",
+    "market",
+    "site",
+    "cmo",
+    "coi_id",
+    "last_event_at",
+    "projection",
+    "updated_at",
+    "ledger_length",
+    "ledger_head",
+    "projected_length",
+)
+_UPDATE_ORDERS = (
+    update(_ORDERS)
+    .where(_ORDERS.c.id == bindparam("oid"))
+    .values({name: bindparam(f"p_{name}") for name in _REFRESHED})
+)
+_INSERT_CHANGES = insert(changes.OrderChange.__table__)
+
+
 def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHead]:
     """Read and lock (SELECT ... FOR UPDATE on PostgreSQL) the heads of these orders."""
     wanted = sorted(set(order_ids))
-    table = Order.__table__
     heads: dict[str, OrderHead] = {}
     missing: list[str] = []
+    connection = session.connection()
     for start in range(0, len(wanted), _CHUNK):
-        query = (
-            select(table.c.id, table.c.ledger_length, table.c.ledger_head, table.c.projected_length)
-            .where(table.c.id.in_(wanted[start : start + _CHUNK]))
-            .with_for_update()
-        )
-        for row in session.execute(query):
+        for row in connection.execute(_LOCK_HEADS, {"ids": wanted[start : start + _CHUNK]}):
             head = OrderHead(row.id, row.ledger_length, row.ledger_head, row.projected_length)
             cached = _recent.take(row.id, row.ledger_head) if row.projected_length == row.ledger_length else None
             if cached is None:
@@ -103,8 +134,7 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHea
                 head.state, head.projection = cached
             heads[row.id] = head
     for start in range(0, len(missing), _CHUNK):
-        query = select(table.c.id, table.c.projection).where(table.c.id.in_(missing[start : start + _CHUNK]))
-        for order_id, stored in session.execute(query):
+        for order_id, stored in connection.execute(_STORED_PROJECTIONS, {"ids": missing[start : start + _CHUNK]}):
             heads[order_id].projection = stored
     return heads
 
@@ -154,15 +184,12 @@ def refresh_many(
             _raise_alerts(session, state)
         states[order_id] = state
     if updates:
-        table = Order.__table__
-        values = {name: bindparam(f"p_{name}") for name in updates[0] if name != "oid"}
-        session.execute(
-            update(table).where(table.c.id == bindparam("oid")).values(values),
-            [{"oid": r["oid"], **{f"p_{k}": v for k, v in r.items() if k != "oid"}} for r in updates],
+        session.connection().execute(
+            _UPDATE_ORDERS, [{"oid": r["oid"], **{f"p_{k}": r[k] for k in _REFRESHED}} for r in updates]
         )
         _expire_loaded(session, states)
     if change_rows:
-        session.execute(insert(changes.OrderChange.__table__), change_rows)
+        session.connection().execute(_INSERT_CHANGES, change_rows)
     return states
 
 
