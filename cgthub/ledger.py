@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import insert, select
+from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,7 +25,7 @@ from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
 from cgthub.store import race_guard, rows_by_pairs
-from cgthub.tables import LedgerEntry, Order, OrderKey, utcnow
+from cgthub.tables import LedgerEntry, Order, OrderKey, QuarantineEntry, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ _DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq")
 _INSERT_ORDERS = insert(Order.__table__)
 _INSERT_KEYS = insert(OrderKey.__table__)
 _INSERT_ENTRIES = insert(_ENTRIES)
+_WAITING = WaitingKey.__table__
 
 
 def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
@@ -87,25 +88,38 @@ def append_many(session: Session, events: Sequence[CanonicalEvent]) -> list[Appe
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
     projection.refresh_many(session, writer.orders, writer.touched)
-    if writer.registered_keys:
-        _release_waiting(session, writer.registered_keys)
+    if writer.key_rows:
+        _release_waiting(session, [(row["kind"], row["value"]) for row in writer.key_rows])
     return results
 
 
-def _release_waiting(session: Session, order_ids: set[str]) -> None:
-    """Events quarantined for want of an order go through once their order is known."""
-    waiting = quarantine.list_entries(session, stage=quarantine.Stage.CORRELATE, limit=10_000)
-    if not waiting:
+def _release_waiting(session: Session, keys: list[tuple[str, str]]) -> None:
+    """Events quarantined for want of an order go through once a key they carry finds one.
+
+    Only the entries waiting on one of these newly registered keys are read (an index lookup), so
+    a quarantine holding many early events does not slow every batch down.
+    """
+    found = rows_by_pairs(session, _WAITING, ("quarantine_id",), "kind", "value", keys)
+    ids = sorted({quarantine_id for (quarantine_id,) in found})
+    if not ids:
         return
-    rows = session.execute(select(OrderKey.kind, OrderKey.value).where(OrderKey.order_id.in_(order_ids)))
-    keys = {(kind, value) for kind, value in rows}
+    waiting = session.scalars(
+        select(QuarantineEntry)
+        .where(
+            QuarantineEntry.id.in_(ids),
+            QuarantineEntry.stage == quarantine.Stage.CORRELATE.value,
+            QuarantineEntry.status == quarantine.QuarantineStatus.OPEN.value,
+        )
+        .order_by(QuarantineEntry.id)
+    ).all()
+    released = []
     for entry in waiting:
-        event = CanonicalEvent.model_validate(entry.details["event"])
-        if not keys.intersection(event.all_keys()):
-            continue
-        outcome = append(session, event)
+        outcome = append(session, CanonicalEvent.model_validate(entry.details["event"]))
         if outcome.status != "quarantined":
             quarantine.release(session, entry, f"order {outcome.order_id} became known; event {outcome.status}")
+            released.append(entry.id)
+    if released:
+        session.execute(delete(WaitingKey).where(WaitingKey.quarantine_id.in_(released)))
 
 
 class _BatchWriter:
@@ -120,7 +134,6 @@ class _BatchWriter:
         self.entry_rows: list[dict[str, Any]] = []
         self.key_rows: list[dict[str, Any]] = []
         self.touched: dict[str, list[CanonicalEvent]] = {}
-        self.registered_keys: set[str] = set()
 
     def run(self, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
         self._preload(events)
@@ -163,7 +176,6 @@ class _BatchWriter:
         if match.new_keys:
             self.index.register(order_id, match.new_keys)
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
-            self.registered_keys.add(order_id)
         result = self._chain(self._order(order_id), event)
         self.done[event.key] = result
         return result
@@ -286,6 +298,11 @@ def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
         subject=_subject(event),
         details={"event": event.to_json_dict()},
     )
+    # The keys it waits on, as this version of the event carries them (a replay may change them).
+    session.execute(delete(WaitingKey).where(WaitingKey.quarantine_id == entry.id))
+    waits_on = [{"quarantine_id": entry.id, "kind": k, "value": v} for k, v in dict.fromkeys(event.all_keys())]
+    if waits_on:
+        session.execute(insert(WaitingKey), waits_on)
     return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
 
 

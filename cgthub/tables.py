@@ -5,6 +5,7 @@ quarantine     what could not be parsed, mapped, validated or correlated, with a
 ledger_entries the append-only, per-order hash-chained custody and status ledger
 orders         the projection of each order's ledger (derived; rebuildable from the ledger)
 order_keys     index from every partner reference and identity key to its order
+quarantine_waiting_keys  the keys an event waiting for its order would be found by
 alerts         what an operator must look at
 """
 
@@ -100,6 +101,19 @@ class QuarantineEntry(Base):
     status: Mapped[str] = mapped_column(String(16), default="open")
     resolved_at: Mapped[datetime | None]
     resolution: Mapped[str | None] = mapped_column(Text)
+
+
+class WaitingKey(Base):
+    """A key by which an event quarantined for want of an order would find it: registering the key
+    for an order replays exactly the events waiting on it, without reading the whole quarantine."""
+
+    __tablename__ = "quarantine_waiting_keys"
+    __table_args__ = (Index("ix_quarantine_waiting_keys_key", "kind", "value"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    quarantine_id: Mapped[int] = mapped_column(ForeignKey("quarantine.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    value: Mapped[str] = mapped_column(String(200))
 
 
 class Order(Base):

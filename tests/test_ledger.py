@@ -188,3 +188,79 @@ def test_canonical_json_is_the_standard_library_text_whoever_writes_it(value):
 def test_canonical_json_writes_numbers_at_the_exponent_boundaries_as_the_standard_library(number):
     value = {"attributes": {"x": number, "y": [number, -number]}}
     assert ledger.canonical_json(value) == json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def test_an_enrolment_reads_only_the_events_waiting_on_its_keys(session):
+    from sqlalchemy import event as orm_event
+
+    from cgthub.tables import QuarantineEntry, WaitingKey
+
+    for n in range(2, 42):  # forty early events of orders nobody has enrolled yet
+        assert ledger.append(session, happy_path(n)[2]).status == "quarantined"
+    mine = ledger.append(session, happy_path(1)[2])
+    loaded: list[int] = []
+
+    def count(entry: QuarantineEntry, _context: object) -> None:
+        loaded.append(entry.id)
+
+    session.expunge_all()  # entries read from the database again, not found in the identity map
+    orm_event.listen(QuarantineEntry, "load", count)
+    try:
+        ledger.append(session, enrolment(1))
+    finally:
+        orm_event.remove(QuarantineEntry, "load", count)
+    assert loaded == [mine.quarantine_id]  # not the forty others
+    assert quarantine.get(session, mine.quarantine_id).status == "replayed"
+    still = quarantine.list_entries(session, stage=quarantine.Stage.CORRELATE)
+    assert len(still) == 40 and {e.occurrences for e in still} == {1}
+    # The released entry no longer waits on anything; the others still do.
+    waiting_ids = set(session.scalars(select(WaitingKey.quarantine_id)))
+    assert mine.quarantine_id not in waiting_ids and waiting_ids == {e.id for e in still}
+    ledger.append(session, enrolment(7))
+    assert quarantine.get(session, still[5].id).status == "replayed"  # patient 7's early event
+
+
+def test_the_waiting_keys_migration_reads_the_keys_the_model_gives():
+    import importlib.util
+
+    from cgthub.store import MIGRATIONS
+
+    spec = importlib.util.spec_from_file_location("m0008", MIGRATIONS / "versions" / "0008_waiting_keys.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for e in [*happy_path(3), enrolment(4).model_copy(update={"refs": ExternalRefs(courier_shipment_ids=("S1", "S2"))})]:
+        assert module.event_keys(e.to_json_dict()) == e.all_keys()
+
+
+def test_upgrading_a_database_with_waiting_events_indexes_them(tmp_path):
+    from sqlalchemy import insert
+
+    from cgthub import store
+    from cgthub.store import session_scope
+    from cgthub.tables import QuarantineEntry, WaitingKey, utcnow
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store.upgrade(url, "0007")
+    early = happy_path(1)[2]
+    with session_scope(url) as s:  # an entry as the hub before 0008 left it
+        s.execute(
+            insert(QuarantineEntry.__table__),
+            {
+                "system": "hospital",
+                "kind": early.event_type.value,
+                "stage": "correlate",
+                "subject": "early",
+                "reason": "no order matches",
+                "details": {"event": early.to_json_dict()},
+                "first_seen": utcnow(),
+                "last_seen": utcnow(),
+                "occurrences": 1,
+                "status": "open",
+            },
+        )
+    store.upgrade(url)
+    with session_scope(url) as s:
+        assert {(k.kind, k.value) for k in s.scalars(select(WaitingKey))} == set(early.all_keys())
+        ledger.append(s, enrolment(1))
+        assert s.scalars(select(QuarantineEntry)).one().status == "replayed"
+    store.dispose_engines()
