@@ -26,20 +26,33 @@ def canonical_json(value: Any) -> str:
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
         except orjson.JSONEncodeError:  # a lone surrogate
-            pass
+            extend(item.values())
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def _orjson_writes_it(value: Any) -> bool:
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is dict:
-        return all(type(k) is str for k in value) and all(_orjson_writes_it(v) for v in value.values())
-    if kind is list or kind is tuple:
-        return all(_orjson_writes_it(v) for v in value)
-    if kind is int:
-        return -(2**63) <= value < 2**64
-    if kind is float:  # Python's repr has no exponent from 1e-4 up to 1e16; NaN and inf fail both tests
-        return value == 0.0 or 1e-4 <= abs(value) < 1e16
-    return False
+    """Whether every part of `value` is one orjson writes as json.dumps does: one loop over an
+    explicit stack (a recursive walk with generators cost as much as the encoding itself)."""
+    stack = [value]
+    pop, extend = stack.pop, stack.extend
+    while stack:
+        item = pop()
+        kind = type(item)
+        if kind is str or item is None or kind is bool:
+            continue
+        if kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    return False
+            extend(item.values())
+        elif kind is list or kind is tuple:
+            extend(item)
+        elif kind is int:
+            if not -(2**63) <= item < 2**64:
+                return False
+        elif kind is float:  # Python's repr has no exponent from 1e-4 up to 1e16; NaN and inf fail both
+            if not (item == 0.0 or 1e-4 <= abs(item) < 1e16):
+                return False
+        else:
+            return False
+    return True

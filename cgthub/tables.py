@@ -53,6 +53,23 @@ class UTCDateTime(TypeDecorator[datetime]):
             return None
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
+    def bind_processor(self, dialect: Any) -> Any:
+        """On SQLite, the text SQLAlchemy's DATETIME would store, written in one step: the hot write
+        path binds several times per message, and the two-stage default costs 2 us a value."""
+        if dialect.name != "sqlite":
+            return super().bind_processor(dialect)
+
+        def process(value: datetime | None) -> str | None:
+            if value is None:
+                return None
+            if value.tzinfo is None:
+                raise ValueError("naive datetime given to the store: every time must carry its offset")
+            if value.utcoffset():
+                value = value.astimezone(UTC)
+            return value.isoformat(" ", "microseconds")[:26]  # YYYY-MM-DD HH:MM:SS.ffffff
+
+        return process
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
