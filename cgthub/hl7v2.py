@@ -73,19 +73,32 @@ class Segment:
     def get(self, field: int, repetition: int = 1, component: int | None = None, sub: int | None = None) -> str:
         """Like HAPI's terser: a path without a component reads component 1 (and subcomponent 1)."""
         fields = self._fields if self._fields is not None else self.fields
-        raw = fields[field] if field < len(fields) else ""
-        if not raw or (self.name == "MSH" and field in (1, 2)):
-            return raw
+        if field >= len(fields):
+            return ""
+        value = fields[field]
+        if not value or (field < 3 and self.name == "MSH"):
+            return value
         seps = self.seps
-        # The first repetition, component and subcomponent are most reads: a find, not a split.
-        value = raw
-        for sep, n in ((seps.repetition, repetition), (seps.component, component or 1), (seps.subcomponent, sub or 1)):
-            if n == 1:
-                cut = value.find(sep)
-                if cut >= 0:
-                    value = value[:cut]
-            else:
-                value = _nth(value, sep, n)
+        # The first repetition, component and subcomponent are most reads: a find, not a split;
+        # written out, not looped, as this runs for every field a mapping reads.
+        if repetition == 1:
+            cut = value.find(seps.repetition)
+            if cut >= 0:
+                value = value[:cut]
+        else:
+            value = _nth(value, seps.repetition, repetition)
+        if component is None or component == 1:
+            cut = value.find(seps.component)
+            if cut >= 0:
+                value = value[:cut]
+        else:
+            value = _nth(value, seps.component, component)
+        if sub is None or sub == 1:
+            cut = value.find(seps.subcomponent)
+            if cut >= 0:
+                value = value[:cut]
+        else:
+            value = _nth(value, seps.subcomponent, sub)
         return seps.unescape(value) if seps.escape in value else value
 
     def repetitions(self, field: int) -> list[str]:
