@@ -97,7 +97,8 @@ class MllpListener:
         try:
             while True:
                 try:
-                    data = await asyncio.wait_for(reader.read(65536), self.idle_timeout)
+                    async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for makes
+                        data = await reader.read(65536)
                 except TimeoutError:
                     self.stats.idle_closed += 1
                     break
@@ -169,7 +170,8 @@ class MllpListener:
                     if loop.time() >= deadline or len(batch) >= len(self._connections):
                         break
                     try:
-                        item = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
+                        async with asyncio.timeout_at(deadline):
+                            item = await self._queue.get()
                     except TimeoutError:
                         break
                 if item is None:
