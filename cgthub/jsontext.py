@@ -26,7 +26,7 @@ def canonical_json(value: Any) -> str:
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
         except orjson.JSONEncodeError:  # a lone surrogate
-            extend(item.values())
+            pass
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 

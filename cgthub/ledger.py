@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+import orjson
 from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -41,10 +42,12 @@ _WAITING = WaitingKey.__table__
 
 
 def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
-    material = canonical_json(
-        {"prev": prev_hash, "order": order_id, "seq": seq, "recorded_at": recorded_at.isoformat(), "body": body}
-    )  # strings and an int: orjson writes it
-    return hashlib.sha256(material.encode()).hexdigest()
+    fields = {"prev": prev_hash, "order": order_id, "seq": seq, "recorded_at": recorded_at.isoformat(), "body": body}
+    try:  # strings and a small int: orjson writes canonical_json's text without checking each part
+        material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate in the body: the standard library's text
+        material = canonical_json(fields).encode()
+    return hashlib.sha256(material).hexdigest()
 
 
 @dataclass

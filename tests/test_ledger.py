@@ -264,3 +264,21 @@ def test_upgrading_a_database_with_waiting_events_indexes_them(tmp_path):
         ledger.append(s, enrolment(1))
         assert s.scalars(select(QuarantineEntry)).one().status == "replayed"
     store.dispose_engines()
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.characters(codec=None), max_size=40), st.integers(min_value=1, max_value=10**9))
+def test_the_entry_hash_is_over_the_canonical_text(body, seq):
+    import hashlib
+
+    from cgthub.jsontext import canonical_json
+    from tests.factories import T0
+
+    fields = {"prev": "0" * 64, "order": "ORD-1", "seq": seq, "recorded_at": T0.isoformat(), "body": body}
+    try:
+        expected = hashlib.sha256(canonical_json(fields).encode()).hexdigest()
+    except UnicodeEncodeError:  # a lone surrogate has no UTF-8: neither way gives a hash
+        with pytest.raises(UnicodeEncodeError):
+            ledger.entry_hash(prev_hash="0" * 64, order_id="ORD-1", seq=seq, recorded_at=T0, body=body)
+        return
+    assert ledger.entry_hash(prev_hash="0" * 64, order_id="ORD-1", seq=seq, recorded_at=T0, body=body) == expected
