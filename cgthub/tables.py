@@ -88,7 +88,7 @@ class RawMessage(Base):
     kind: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str] = mapped_column(String(200))
-    checksum: Mapped[str] = mapped_column(String(64), index=True)
+    checksum: Mapped[str] = mapped_column(String(64))  # read with its row, never searched by
     size: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(64), default="application/octet-stream")
@@ -174,7 +174,8 @@ class LedgerEntry(Base):
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    # No index of its own: uq_ledger_order_seq leads with order_id and serves every lookup by order.
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"))
     seq: Mapped[int] = mapped_column(Integer)
     source_system: Mapped[str] = mapped_column(String(32))
     source_event_id: Mapped[str] = mapped_column(String(200))

@@ -35,3 +35,23 @@ def test_sqlite_datetime_text_is_sqlalchemys(value: datetime) -> None:
 def test_a_naive_datetime_is_refused() -> None:
     with pytest.raises(ValueError, match="naive datetime"):
         UTCDateTime(timezone=True)._cached_bind_processor(sqlite.dialect())(datetime(2026, 1, 1))
+
+
+def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None:
+    """Every column, index and constraint of the ORM is what `alembic upgrade` made, on each backend."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    import cgthub.api.tables
+    import cgthub.changes
+    import cgthub.ops_tables
+    import cgthub.outbox
+    import connectors.common.sync_state  # noqa: F401
+    from cgthub.store import get_engine
+    from cgthub.tables import Base
+
+    with get_engine(db_url).connect() as connection:
+        schema = connection.dialect.default_schema_name if connection.dialect.name == "postgresql" else None
+        context = MigrationContext.configure(connection, opts={"compare_type": False, "target_metadata": Base.metadata})
+        diffs = compare_metadata(context, Base.metadata)
+    assert diffs == [], (schema, diffs)
