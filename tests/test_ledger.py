@@ -228,7 +228,8 @@ def test_the_waiting_keys_migration_reads_the_keys_the_model_gives():
     spec = importlib.util.spec_from_file_location("m0008", MIGRATIONS / "versions" / "0008_waiting_keys.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    for e in [*happy_path(3), enrolment(4).model_copy(update={"refs": ExternalRefs(courier_shipment_ids=("S1", "S2"))})]:
+    shipped = enrolment(4).model_copy(update={"refs": ExternalRefs(courier_shipment_ids=("S1", "S2"))})
+    for e in [*happy_path(3), shipped]:
         assert module.event_keys(e.to_json_dict()) == e.all_keys()
 
 
