@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import compress
 from typing import Any
 
 import jmespath
@@ -197,6 +198,8 @@ class CompiledMapping:
         self.drop = [tuple(p.split(".")) for p in residency.get("drop", [])]
         self.tokenize = [tuple(p.split(".")) for p in residency.get("tokenize", [])]
         self._get = _hl7_getter if spec.format == "hl7" else _json_getter
+        self._hl7, self._json = spec.format == "hl7", spec.format == "json"
+        self._provenance_typed = type(self.mapping_id) is str and type(self.version) is str
         try:
             self._records = jmespath.compile(spec.records).search if spec.records else None
         except jmespath.exceptions.ParseError as exc:
@@ -349,15 +352,7 @@ class CompiledMapping:
                     raise ValueError(f"the CSV header lacks the columns {missing}")
                 return list(reader)
             data = _load_json(payload) if fmt == "json" else _xml_to_dict(payload)
-            if self._records is not None:
-                found = self._records(data)
-                if found is None and not _has_parent(data, self.spec.records or ""):
-                    raise ValueError(f"no records at {self.spec.records!r}")
-                data = found if found is not None else []  # the container is there and empty
-            items = data if isinstance(data, list) else [data]
-            if not all(isinstance(item, dict) for item in items):
-                raise ValueError("expected objects (one record or a list of records)")
-            return items
+            return self._split(data)
         except hl7v2.HL7ParseError as exc:
             raise PayloadRejected(Stage.PARSE, f"{self.mapping_id}: not a valid HL7 message: {exc}") from exc
         except json.JSONDecodeError as exc:
@@ -366,6 +361,32 @@ class CompiledMapping:
             ) from exc
         except (ValueError, etree.XMLSyntaxError, UnicodeDecodeError) as exc:
             raise PayloadRejected(Stage.PARSE, f"{self.mapping_id}: cannot parse the {fmt} payload: {exc}") from exc
+
+    def _split(self, data: Any) -> list[Any]:
+        """A parsed JSON or XML document's records (raises ValueError where it has none)."""
+        if self._records is not None:
+            found = self._records(data)
+            if found is None and not _has_parent(data, self.spec.records or ""):
+                raise ValueError(f"no records at {self.spec.records!r}")
+            data = found if found is not None else []  # the container is there and empty
+        items = data if isinstance(data, list) else [data]
+        if not all(isinstance(item, dict) for item in items):
+            raise ValueError("expected objects (one record or a list of records)")
+        return items
+
+    def _json_records(self, payload: bytes) -> list[Any]:
+        """`records` for JSON, the way most payloads take: orjson, then the records. Whatever does
+        not go through cleanly goes through `records` again, which decides in its own words."""
+        try:
+            data = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return self.records(payload)
+        if type(data) is dict and self._records is None:
+            return [data]
+        try:
+            return self._split(data)
+        except ValueError:
+            return self.records(payload)
 
     def map(
         self,
@@ -397,36 +418,47 @@ class CompiledMapping:
         names: list[str] | None,
         parsed: hl7v2.Message | None,
     ) -> list[CanonicalEvent]:
-        provenance = {
-            "mapping_id": self.mapping_id,
-            "mapping_version": self.version,
-            "raw_id": raw_id,
-            "raw_checksum": checksum,
-        }
-        out: list[CanonicalEvent] = []
+        # Per payload, only what depends on it: the provenance dict exists for the reference path
+        # and is made when that runs; the shared model when a fast build first needs it.
+        provenance: dict[str, Any] | None = None
         built_provenance: Any = None
-        records = [parsed] if parsed is not None and self.spec.format == "hl7" else self.records(payload)
+        out: list[CanonicalEvent] = []
+        if parsed is not None and self._hl7:
+            records = [parsed]
+        elif self._json:
+            records = self._json_records(payload)
+        else:
+            records = self.records(payload)
+        select, events = self._select, self.events
         for number, record in enumerate(records, start=1):
             taken = False
             chosen = None
-            if self._select is not None:
+            if select is not None:
                 try:
-                    chosen = self._select(record)
+                    chosen = select(record)
                 except Exception:  # a read that raises: the reference conditions decide, in their order
                     chosen = None
-            for index, event in enumerate(self.events):
-                if not (chosen[index] if chosen is not None else _holds(event, record)):
-                    continue
+            # The rules that hold, in order; without the selector's answers each is tested only
+            # when its turn comes, as the reference does.
+            for event in compress(events, chosen) if chosen is not None else _holding(events, record):
                 made = None
-                if event.fast is not None:
+                fast = event.fast
+                if fast is not None:
                     if built_provenance is None:
-                        built_provenance = _provenance(provenance)
+                        built_provenance = self._shared_provenance(raw_id, checksum)
                     if built_provenance is not False:
                         try:
-                            made = event.fast(record, built_provenance, received_at)
+                            made = fast(record, built_provenance, received_at)
                         except Exception:  # unsure: the reference path decides, in its own words
                             made = None
                 if made is None:
+                    if provenance is None:
+                        provenance = {
+                            "mapping_id": self.mapping_id,
+                            "mapping_version": self.version,
+                            "raw_id": raw_id,
+                            "raw_checksum": checksum,
+                        }
                     made = self._build(event, record, provenance, received_at)
                 out.append(made)
                 if names is not None:
@@ -441,6 +473,21 @@ class CompiledMapping:
                     {"mapping": self.mapping_id, "version": self.version},
                 )
         return out
+
+    def _shared_provenance(self, raw_id: Any, checksum: Any) -> Provenance | bool:
+        """`_provenance` of this payload's provenance, without its copy of the values (they are made
+        here in declaration order); every field is set, as the reference path's dict sets them all."""
+        values = {
+            "mapping_id": self.mapping_id,
+            "mapping_version": self.version,
+            "raw_id": raw_id,
+            "raw_checksum": checksum,
+        }
+        if not _PROVENANCE_INLINE or not self._provenance_typed:
+            return _provenance(values)
+        if not ((raw_id is None or type(raw_id) is int) and (checksum is None or type(checksum) is str)):
+            return False
+        return construct.instance(Provenance, values, set(values))  # type: ignore[no-any-return]
 
     def _condition_values(self, record: Any) -> str:
         """The values the rules' conditions looked at (codes, not patient data)."""
@@ -499,6 +546,13 @@ def _holds(event: CompiledEvent, record: Any) -> bool:
     return all(test(record) for test in event.conditions)
 
 
+def _holding(events: list[CompiledEvent], record: Any) -> Iterator[CompiledEvent]:
+    """The events whose conditions hold, each tested when the caller asks for the next."""
+    for event in events:
+        if _holds(event, record):
+            yield event
+
+
 def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
     """The payload's provenance as a model, shared by its events (it is frozen); False where a value
     is not of its field's type, and the reference path lets pydantic say so."""
@@ -516,6 +570,8 @@ def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
 
 
 _PROVENANCE_FIELDS = tuple(Provenance.model_fields)  # pydantic keeps fields in declaration order
+# `CompiledMapping._shared_provenance` writes the values in this order itself.
+_PROVENANCE_INLINE = _PROVENANCE_FIELDS == ("mapping_id", "mapping_version", "raw_id", "raw_checksum")
 
 
 def _load_json(payload: bytes) -> Any:

@@ -14,6 +14,7 @@ edit here; a type without a rule always answers `Unsure`.
 
 from __future__ import annotations
 
+import functools
 import logging
 import types
 import typing
@@ -43,10 +44,29 @@ class Unsure(Exception):
     """The fast builder cannot vouch for a value; pydantic decides."""
 
 
+SLOTS = ("__dict__", "__pydantic_fields_set__", "__pydantic_extra__", "__pydantic_private__")
+# The setters of those slots' own descriptors: `object.__setattr__` finds the same descriptor by
+# name for every call; calling its setter directly costs about a third less (seven models an event).
+SET_DICT, SET_FIELDS_SET, SET_EXTRA, SET_PRIVATE = (BaseModel.__dict__[name].__set__ for name in SLOTS)
+
+
+@functools.cache
+def plain_slots(model: type[BaseModel]) -> bool:
+    """Whether `model`'s four slots are BaseModel's own (no class between redefines one), so the
+    setters above are what `object.__setattr__` would use."""
+    return all(next(k for k in model.__mro__ if name in k.__dict__) is BaseModel for name in SLOTS)
+
+
 def instance(model: type[BaseModel], values: dict[str, Any], fields_set: set[str]) -> Any:
     """An instance of `model` holding `values` (every field, in declaration order), as
     `model_construct` lays one out; the generated fast path writes the same four slots inline."""
     built = _new(model)
+    if plain_slots(model):
+        SET_DICT(built, values)
+        SET_FIELDS_SET(built, fields_set)
+        SET_EXTRA(built, None)
+        SET_PRIVATE(built, None)
+        return built
     _set(built, "__dict__", values)
     _set(built, "__pydantic_fields_set__", fields_set)
     _set(built, "__pydantic_extra__", None)
