@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub.settings import get_settings
-from cgthub.store import race_guard, rows_by_pairs
+from cgthub.store import BulkWrite, race_guard, rows_by_pairs
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12
@@ -28,7 +28,9 @@ _RAW = RawMessage.__table__
 _FOUND_COLUMNS = ("system", "dedupe_key", "id", "checksum", "status")
 # Statements of the batch path, built once: on a small batch, building one costs more than running it.
 _INSERT_RAW = insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key)
-_MARK = update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
+_MARK = BulkWrite(
+    update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
+)
 
 
 @dataclass(frozen=True)
@@ -231,4 +233,4 @@ def mark_many(session: Session, statuses: dict[int, str]) -> None:
     if not statuses:
         return
     now = utcnow()
-    session.connection().execute(_MARK, [{"rid": rid, "st": st, "at": now} for rid, st in statuses.items()])
+    _MARK.run(session.connection(), [{"rid": rid, "st": st, "at": now} for rid, st in statuses.items()])

@@ -25,7 +25,7 @@ from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
-from cgthub.store import race_guard, rows_by_pairs
+from cgthub.store import BulkWrite, race_guard, rows_by_pairs
 from cgthub.tables import LedgerEntry, Order, OrderKey, QuarantineEntry, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -35,9 +35,9 @@ _MAX_ATTEMPTS = 5
 _CHUNK = 400
 _ENTRIES = LedgerEntry.__table__
 _DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq")
-_INSERT_ORDERS = insert(Order.__table__)
-_INSERT_KEYS = insert(OrderKey.__table__)
-_INSERT_ENTRIES = insert(_ENTRIES)
+_INSERT_ORDERS = BulkWrite(insert(Order.__table__))
+_INSERT_KEYS = BulkWrite(insert(OrderKey.__table__))
+_INSERT_ENTRIES = BulkWrite(insert(_ENTRIES))
 _WAITING = WaitingKey.__table__
 
 
@@ -214,12 +214,9 @@ class _BatchWriter:
         # New orders first: keys and entries refer to them. Their heads are written by the refresh.
         self.session.flush()
         connection = self.session.connection()
-        if self.new_orders:
-            connection.execute(_INSERT_ORDERS, self.new_orders)
-        if self.key_rows:
-            connection.execute(_INSERT_KEYS, self.key_rows)
-        if self.entry_rows:
-            connection.execute(_INSERT_ENTRIES, self.entry_rows)
+        _INSERT_ORDERS.run(connection, self.new_orders)
+        _INSERT_KEYS.run(connection, self.key_rows)
+        _INSERT_ENTRIES.run(connection, self.entry_rows)
 
     def _identity_conflict(
         self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]

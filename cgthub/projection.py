@@ -20,6 +20,7 @@ from sqlalchemy.orm.util import identity_key
 from cgthub import alerts, changes, ledger
 from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
+from cgthub.store import BulkWrite
 from cgthub.tables import Order, utcnow
 
 _CHUNK = 400
@@ -110,12 +111,12 @@ _REFRESHED = (
     "ledger_head",
     "projected_length",
 )
-_UPDATE_ORDERS = (
+_UPDATE_ORDERS = BulkWrite(
     update(_ORDERS)
     .where(_ORDERS.c.id == bindparam("oid"))
     .values({name: bindparam(f"p_{name}") for name in _REFRESHED})
 )
-_INSERT_CHANGES = insert(changes.OrderChange.__table__)
+_INSERT_CHANGES = BulkWrite(insert(changes.OrderChange.__table__))
 
 
 def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHead]:
@@ -184,12 +185,12 @@ def refresh_many(
             _raise_alerts(session, state)
         states[order_id] = state
     if updates:
-        session.connection().execute(
-            _UPDATE_ORDERS, [{"oid": r["oid"], **{f"p_{k}": r[k] for k in _REFRESHED}} for r in updates]
+        _UPDATE_ORDERS.run(
+            session.connection(), [{"oid": r["oid"], **{f"p_{k}": r[k] for k in _REFRESHED}} for r in updates]
         )
         _expire_loaded(session, states)
     if change_rows:
-        session.connection().execute(_INSERT_CHANGES, change_rows)
+        _INSERT_CHANGES.run(session.connection(), change_rows)
     return states
 
 

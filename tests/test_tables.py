@@ -56,3 +56,108 @@ def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None
         context = MigrationContext.configure(connection, opts={"compare_type": False, "target_metadata": Base.metadata})
         diffs = compare_metadata(context, Base.metadata)
     assert diffs == [], (schema, diffs)
+
+
+def test_bulk_writes_store_on_sqlite_exactly_what_core_stores(tmp_path) -> None:
+    """The batch path's statements, run on the DBAPI, leave the same bytes as the Core statements."""
+    import sqlite3
+    from datetime import timedelta
+
+    from cgthub import archive, ledger, projection, store
+    from cgthub.tables import RawMessage, utcnow
+
+    now = utcnow()
+    berlin = timezone(timedelta(hours=2))
+    raw = {
+        "system": "hl7", "kind": "ORM^O01", "channel": "mllp", "dedupe_key": "EPIC:1", "checksum": "c" * 64,
+        "size": 3, "payload": b"\x00\xffx", "content_type": "x-application/hl7-v2", "received_at": now,
+        "last_received_at": now, "receive_count": 1, "status": "received",
+    }  # fmt: skip
+    order = ledger._new_order_row("ORD-1")
+    writes = [
+        (ledger._INSERT_ORDERS, [order, {**order, "id": "ORD-2", "on_hold": True}]),
+        (ledger._INSERT_KEYS, [{"kind": "coi_id", "value": "CHW1234260000011", "order_id": "ORD-1"}]),
+        (
+            ledger._INSERT_ENTRIES,
+            [
+                {
+                    "order_id": "ORD-1",
+                    "seq": 1,
+                    "source_system": "hospital",
+                    "source_event_id": "e1",
+                    "event_type": "order.enrolled",
+                    "occurred_at": datetime(2026, 3, 2, 9, tzinfo=berlin),
+                    "recorded_at": now,
+                    "raw_id": None,
+                    "body": '{"é":"ü"}',
+                    "prev_hash": "0" * 64,
+                    "entry_hash": "f" * 64,
+                }
+            ],
+        ),
+        (
+            projection._UPDATE_ORDERS,
+            [
+                {
+                    "oid": "ORD-1",
+                    **{f"p_{name}": None for name in projection._REFRESHED},
+                    "p_status": "collected",
+                    "p_on_hold": False,
+                    "p_status_since": now,
+                    "p_projection": {"b": [1.5, None, True], "a": "ü", "n": 2**70},
+                    "p_updated_at": now,
+                    "p_ledger_length": 1,
+                    "p_ledger_head": "f" * 64,
+                    "p_projected_length": 1,
+                }
+            ],
+        ),
+        (
+            projection._INSERT_CHANGES,
+            [
+                {
+                    "order_id": "ORD-1",
+                    "status": "collected",
+                    "previous_status": None,
+                    "on_hold": False,
+                    "milestones": {"collected": "2026-03-02T09:00:00Z"},
+                    "changed": ["status"],
+                    "status_since": now,
+                    "market": "US",
+                    "site": None,
+                    "cmo": None,
+                    "recorded_at": now,
+                }
+            ],
+        ),
+    ]
+
+    def stored(bulk: bool) -> dict[str, list[tuple]]:
+        url = f"sqlite:///{tmp_path / ('bulk.db' if bulk else 'core.db')}"
+        store.upgrade(url)
+        with store.session_scope(url) as session:
+            connection = session.connection()
+            connection.execute(archive._INSERT_RAW, [raw])
+            for write, rows in [*writes, (archive._MARK, [{"rid": 1, "st": "processed", "at": now}])]:
+                write.run(connection, rows) if bulk else connection.execute(write.statement, rows)
+        store.dispose_engines()
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            tables = [RawMessage.__tablename__, "orders", "order_keys", "ledger_entries", "order_changes"]
+            return {t: db.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in tables}
+
+    core, bulk = stored(False), stored(True)
+    assert all(core.values()) and bulk == core
+
+
+def test_a_bulk_write_that_needs_python_defaults_is_refused(tmp_path) -> None:
+    from sqlalchemy import insert
+
+    from cgthub import store
+    from cgthub.tables import Order
+
+    url = f"sqlite:///{tmp_path / 'refuse.db'}"
+    store.upgrade(url)
+    write = store.BulkWrite(insert(Order.__table__))
+    with store.session_scope(url) as session, pytest.raises(ValueError, match="every value"):
+        write.run(session.connection(), [{"id": "ORD-1", "status": "enrolled"}])
+    store.dispose_engines()
