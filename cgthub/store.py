@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Row, Select, Table, and_, bindparam, create_engine, event, or_, select
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cgthub.jsontext import canonical_json
@@ -227,7 +228,11 @@ class BulkWrite:
         for i, process in processors:
             for value in values:
                 value[i] = process(value[i])
-        connection.connection.driver_connection.executemany(sql, values)  # type: ignore[union-attr]
+        dbapi = dialect.loaded_dbapi
+        try:
+            connection.connection.driver_connection.executemany(sql, values)  # type: ignore[union-attr]
+        except dbapi.Error as exc:  # as Core raises it (IntegrityError and friends), for the callers' retries
+            raise DBAPIError.instance(sql, values[:1], exc, dbapi.Error, dialect=dialect) from exc
 
     def _compile(self, dialect: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]]]:
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))

@@ -161,3 +161,19 @@ def test_a_bulk_write_that_needs_python_defaults_is_refused(tmp_path) -> None:
     with store.session_scope(url) as session, pytest.raises(ValueError, match="every value"):
         write.run(session.connection(), [{"id": "ORD-1", "status": "enrolled"}])
     store.dispose_engines()
+
+
+def test_a_bulk_write_fails_as_core_does(tmp_path) -> None:
+    """A constraint broken on the DBAPI path raises SQLAlchemy's IntegrityError, which callers retry on."""
+    from sqlalchemy.exc import IntegrityError
+
+    from cgthub import ledger, store
+
+    url = f"sqlite:///{tmp_path / 'twice.db'}"
+    store.upgrade(url)
+    with store.session_scope(url) as session:
+        ledger._INSERT_ORDERS.run(session.connection(), [ledger._new_order_row("ORD-1")])
+        with pytest.raises(IntegrityError):
+            ledger._INSERT_ORDERS.run(session.connection(), [ledger._new_order_row("ORD-1")])
+        session.rollback()
+    store.dispose_engines()
