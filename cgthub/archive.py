@@ -27,7 +27,7 @@ _NONCE = 12
 _RAW = RawMessage.__table__
 _FOUND_COLUMNS = ("system", "dedupe_key", "id", "checksum", "status")
 # Statements of the batch path, built once: on a small batch, building one costs more than running it.
-_INSERT_RAW = insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key)
+_INSERT_RAW = BulkWrite(insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key))
 _MARK = BulkWrite(
     update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 )
@@ -166,7 +166,7 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
             with race_guard(session):
                 # One multi-row INSERT; the ids come back keyed by (system, dedupe key), so their order
                 # does not matter (asking SQLite for them in parameter order makes it go row by row).
-                inserted = session.connection().execute(_INSERT_RAW, new_rows).all()
+                inserted = _INSERT_RAW.returning(session.connection(), new_rows)
         except IntegrityError:
             # A concurrent writer archived one of these first: fall back to one by one.
             return [

@@ -20,7 +20,7 @@ from sqlalchemy.orm.util import identity_key
 from cgthub import alerts, changes, ledger
 from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
-from cgthub.store import BulkWrite
+from cgthub.store import BatchRead, BulkWrite
 from cgthub.tables import Order, utcnow
 
 _CHUNK = 400
@@ -85,13 +85,13 @@ def _after_rollback(session: Session, _previous: Any) -> None:
 
 # Built once (building and hashing a statement costs more than running it on a small batch).
 _ORDERS = Order.__table__
-_LOCK_HEADS = (
+_LOCK_HEADS = BatchRead(
     select(_ORDERS.c.id, _ORDERS.c.ledger_length, _ORDERS.c.ledger_head, _ORDERS.c.projected_length)
     .where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
     .with_for_update()
 )
-_STORED_PROJECTIONS = select(_ORDERS.c.id, _ORDERS.c.projection).where(
-    _ORDERS.c.id.in_(bindparam("ids", expanding=True))
+_STORED_PROJECTIONS = BatchRead(
+    select(_ORDERS.c.id, _ORDERS.c.projection).where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
 )
 
 # The columns a refresh writes, bound as p_<column> (a bind may not share its column's name).
@@ -126,16 +126,18 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHea
     missing: list[str] = []
     connection = session.connection()
     for start in range(0, len(wanted), _CHUNK):
-        for row in connection.execute(_LOCK_HEADS, {"ids": wanted[start : start + _CHUNK]}):
-            head = OrderHead(row.id, row.ledger_length, row.ledger_head, row.projected_length)
-            cached = _recent.take(row.id, row.ledger_head) if row.projected_length == row.ledger_length else None
+        for order_id, length, chain_head, projected in _LOCK_HEADS.rows(
+            connection, {"ids": wanted[start : start + _CHUNK]}
+        ):
+            head = OrderHead(order_id, length, chain_head, projected)
+            cached = _recent.take(order_id, chain_head) if projected == length else None
             if cached is None:
-                missing.append(row.id)
+                missing.append(order_id)
             else:
                 head.state, head.projection = cached
-            heads[row.id] = head
+            heads[order_id] = head
     for start in range(0, len(missing), _CHUNK):
-        for order_id, stored in connection.execute(_STORED_PROJECTIONS, {"ids": missing[start : start + _CHUNK]}):
+        for order_id, stored in _STORED_PROJECTIONS.rows(connection, {"ids": missing[start : start + _CHUNK]}):
             heads[order_id].projection = stored
     return heads
 

@@ -13,7 +13,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Row, Select, Table, and_, bindparam, create_engine, event, or_, select
+from sqlalchemy import Connection, Engine, Select, Table, and_, bindparam, create_engine, event, or_, select
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -142,7 +142,7 @@ def rows_by_pairs(
     second: str,
     pairs: Iterable[tuple[str, str]],
     chunk: int = 500,
-) -> Iterator[Row[Any]]:
+) -> Iterator[tuple[Any, ...]]:
     """The `wanted` columns of the rows found by (first, second) pairs, for a two-column unique index.
 
     `first = ? AND second IN (...)` per distinct first value, OR-ed into one statement per chunk of
@@ -169,7 +169,7 @@ def rows_by_pairs(
         yield from _run_pairs(connection, table, wanted, first, second, branches)
 
 
-_pair_statements: dict[tuple[str, tuple[str, ...], str, str, int], Select[Any]] = {}
+_pair_reads: dict[tuple[str, tuple[str, ...], str, str, int], BatchRead] = {}
 
 
 def _run_pairs(
@@ -179,22 +179,72 @@ def _run_pairs(
     first: str,
     second: str,
     branches: list[tuple[str, list[str]]],
-) -> Iterator[Row[Any]]:
+) -> list[tuple[Any, ...]]:
     shape = (table.name, wanted, first, second, len(branches))
-    statement = _pair_statements.get(shape)
-    if statement is None:
-        statement = _pair_statements[shape] = select(*(table.c[name] for name in wanted)).where(
-            or_(
-                *(
-                    and_(table.c[first] == bindparam(f"a{i}"), table.c[second].in_(bindparam(f"b{i}", expanding=True)))
-                    for i in range(len(branches))
+    read = _pair_reads.get(shape)
+    if read is None:
+        read = _pair_reads[shape] = BatchRead(
+            select(*(table.c[name] for name in wanted)).where(
+                or_(
+                    *(
+                        and_(
+                            table.c[first] == bindparam(f"a{i}"),
+                            table.c[second].in_(bindparam(f"b{i}", expanding=True)),
+                        )
+                        for i in range(len(branches))
+                    )
                 )
             )
         )
     params: dict[str, Any] = {}
     for i, (a, values) in enumerate(branches):
         params[f"a{i}"], params[f"b{i}"] = a, values
-    yield from connection.execute(statement, params)
+    return read.rows(connection, params)
+
+
+class BatchRead:
+    """A SELECT that the batch path runs once a batch with that batch's values (IN lists).
+
+    On SQLite it runs on the DBAPI cursor: SQLAlchemy compiles it once and expands its IN lists
+    (`construct_expanded_state`), and the selected columns' result processors convert what comes
+    back, so the rows are Core's rows as tuples (tests/test_tables.py compares them) at a fifth of
+    Core's cost a statement. A statement whose parameters need bind processing runs on Core, as it
+    does on other backends.
+    """
+
+    def __init__(self, statement: Select[Any]) -> None:
+        self.statement = statement
+        self._plans: dict[int, tuple[Any, list[Any]] | None] = {}
+
+    def rows(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
+        dialect = connection.dialect
+        plan = self._plans[id(dialect)] if id(dialect) in self._plans else self._plan(dialect)
+        if plan is None:
+            return [tuple(row) for row in connection.execute(self.statement, params)]
+        compiled, processors = plan
+        state = compiled.construct_expanded_state(params)
+        values = [state.parameters[name] for name in state.positiontup]
+        dbapi = dialect.loaded_dbapi
+        try:
+            found = connection.connection.driver_connection.execute(state.statement, values).fetchall()  # type: ignore[union-attr]
+        except dbapi.Error as exc:
+            raise DBAPIError.instance(state.statement, values, exc, dbapi.Error, dialect=dialect) from exc
+        if any(processors):
+            return [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in found]
+        return found  # type: ignore[no-any-return]
+
+    def _plan(self, dialect: Any) -> tuple[Any, list[Any]] | None:
+        plan = None
+        if dialect.name == "sqlite":
+            compiled = self.statement.compile(dialect=dialect)
+            if all(b.type.dialect_impl(dialect).bind_processor(dialect) is None for b in compiled.binds.values()):
+                processors = [
+                    c.type.dialect_impl(dialect).result_processor(dialect, None)
+                    for c in self.statement.selected_columns
+                ]
+                plan = (compiled, processors)
+        self._plans[id(dialect)] = plan
+        return plan
 
 
 class BulkWrite:
@@ -215,10 +265,35 @@ class BulkWrite:
     def run(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         if not rows:
             return
-        dialect = connection.dialect
-        if dialect.name != "sqlite":
+        if connection.dialect.name != "sqlite":
             connection.execute(self.statement, rows)
             return
+        sql, values = self._bound(connection.dialect, rows)
+        self._call(connection, "executemany", sql, values)
+
+    def returning(self, connection: Connection, rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        """An INSERT ... RETURNING of all the rows, with what it returns for each (in no set order).
+        On SQLite one multi-row INSERT per chunk of rows (as Core's "insertmanyvalues" does)."""
+        if not rows:
+            return []
+        dialect = connection.dialect
+        if dialect.name != "sqlite":
+            return [tuple(row) for row in connection.execute(self.statement, rows)]
+        sql, values = self._bound(dialect, rows)
+        head, sep, tail = sql.partition(" RETURNING ")
+        group_at = head.rfind(" VALUES (")
+        if not sep or group_at < 0 or head[group_at + 8 :] != "(" + ", ".join("?" * len(values[0])) + ")":
+            raise ValueError(f"{self.statement}: not an INSERT ... VALUES (...) RETURNING ... statement")
+        group, per_chunk = head[group_at + 8 :], max(1, 32_000 // len(values[0]))  # SQLite binds at most 32,766
+        out: list[tuple[Any, ...]] = []
+        for start in range(0, len(values), per_chunk):
+            part = values[start : start + per_chunk]
+            text = f"{head[:group_at]} VALUES {', '.join([group] * len(part))} RETURNING {tail}"
+            out.extend(self._call(connection, "execute", text, [v for value in part for v in value]).fetchall())
+        return out
+
+    def _bound(self, dialect: Any, rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
+        """The compiled SQL, and each row's values in its parameters' order, bind-processed."""
         keys = tuple(rows[0])
         plan = self._plans.get((id(dialect), keys))
         if plan is None:
@@ -228,11 +303,15 @@ class BulkWrite:
         for i, process in processors:
             for value in values:
                 value[i] = process(value[i])
-        dbapi = dialect.loaded_dbapi
+        return sql, values
+
+    @staticmethod
+    def _call(connection: Connection, method: str, sql: str, values: Any) -> Any:
+        dbapi = connection.dialect.loaded_dbapi
         try:
-            connection.connection.driver_connection.executemany(sql, values)  # type: ignore[union-attr]
+            return getattr(connection.connection.driver_connection, method)(sql, values)
         except dbapi.Error as exc:  # as Core raises it (IntegrityError and friends), for the callers' retries
-            raise DBAPIError.instance(sql, values[:1], exc, dbapi.Error, dialect=dialect) from exc
+            raise DBAPIError.instance(sql, None, exc, dbapi.Error, dialect=connection.dialect) from exc
 
     def _compile(self, dialect: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]]]:
         compiled = self.statement.compile(dialect=dialect, column_keys=list(keys))

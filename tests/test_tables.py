@@ -137,7 +137,10 @@ def test_bulk_writes_store_on_sqlite_exactly_what_core_stores(tmp_path) -> None:
         store.upgrade(url)
         with store.session_scope(url) as session:
             connection = session.connection()
-            connection.execute(archive._INSERT_RAW, [raw])
+            if bulk:
+                assert archive._INSERT_RAW.returning(connection, [raw]) == [(1, "hl7", "EPIC:1")]
+            else:
+                connection.execute(archive._INSERT_RAW.statement, [raw])
             for write, rows in [*writes, (archive._MARK, [{"rid": 1, "st": "processed", "at": now}])]:
                 write.run(connection, rows) if bulk else connection.execute(write.statement, rows)
         store.dispose_engines()
@@ -176,4 +179,54 @@ def test_a_bulk_write_fails_as_core_does(tmp_path) -> None:
         with pytest.raises(IntegrityError):
             ledger._INSERT_ORDERS.run(session.connection(), [ledger._new_order_row("ORD-1")])
         session.rollback()
+    store.dispose_engines()
+
+
+def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_path) -> None:
+    """Reads by pairs and by id, and a multi-chunk INSERT ... RETURNING, on the DBAPI and on Core."""
+    from cgthub import archive, ledger, projection, store
+    from cgthub.store import rows_by_pairs
+    from cgthub.tables import OrderKey, utcnow
+
+    url = f"sqlite:///{tmp_path / 'reads.db'}"
+    store.upgrade(url)
+    now = utcnow()
+    raws = [
+        {
+            "system": "hl7", "kind": "ORM^O01", "channel": "file", "dedupe_key": f"EPIC:{n}", "checksum": "c" * 64,
+            "size": 1, "payload": b"x", "content_type": "x-application/hl7-v2", "received_at": now,
+            "last_received_at": now, "receive_count": 1, "status": "processed",
+        }
+        for n in range(3000)  # more than one chunk of the multi-row INSERT
+    ]  # fmt: skip
+    with store.session_scope(url) as session:
+        connection = session.connection()
+        returned = archive._INSERT_RAW.returning(connection, raws)
+        assert sorted(returned) == [(n + 1, "hl7", f"EPIC:{n}") for n in range(3000)]
+        ledger._INSERT_ORDERS.run(connection, [ledger._new_order_row(f"ORD-{n}") for n in range(3)])
+        projection._UPDATE_ORDERS.run(
+            connection,
+            [
+                {"oid": "ORD-1", **{f"p_{k}": None for k in projection._REFRESHED}, "p_status": "collected",
+                 "p_on_hold": False, "p_projection": {"x": [1, "ü"]}, "p_updated_at": now, "p_ledger_length": 2,
+                 "p_ledger_head": "h", "p_projected_length": 1}
+            ],
+        )  # fmt: skip
+        ledger._INSERT_KEYS.run(
+            connection, [{"kind": k, "value": v, "order_id": "ORD-1"} for k, v in (("coi_id", "C1"), ("lot", "L1"))]
+        )
+        reads = [
+            (projection._LOCK_HEADS, {"ids": ["ORD-0", "ORD-1", "ORD-9"]}),
+            (projection._STORED_PROJECTIONS, {"ids": ["ORD-1", "ORD-2"]}),
+        ]
+        for read, params in reads:
+            direct = sorted(read.rows(connection, params))
+            assert direct and direct == sorted(tuple(r) for r in connection.execute(read.statement, params))
+        assert dict(sorted(projection._STORED_PROJECTIONS.rows(connection, {"ids": ["ORD-1"]})))["ORD-1"] == {
+            "x": [1, "ü"]
+        }
+        pairs = [("coi_id", "C1"), ("lot", "L1"), ("lot", "nope"), ("din", "D9")]
+        wanted = ("kind", "value", "order_id")
+        found = sorted(rows_by_pairs(session, OrderKey.__table__, wanted, "kind", "value", pairs))
+        assert found == [("coi_id", "C1", "ORD-1"), ("lot", "L1", "ORD-1")]
     store.dispose_engines()
