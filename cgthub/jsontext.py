@@ -18,9 +18,10 @@ def canonical_json(value: Any) -> str:
     The text is what `json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)`
     gives, since every hash in the ledger is over it. orjson writes the same text about ten times
     faster for strings, booleans, null, 64-bit integers and floats Python writes without an
-    exponent; it writes other floats differently (1e16 against 1e+16, null for NaN) and refuses
-    big integers, lone surrogates and non-string keys. Values holding those go to `json.dumps`
-    itself (tests/test_ledger.py holds the two equal on generated values).
+    exponent; it writes small floats differently (0.00001 and 1.5e-7 against 1e-05 and 1.5e-07),
+    NaN as null, and refuses big integers, lone surrogates and non-string keys. Values holding
+    those, or floats from 1e16 up (which orjson happens to write alike), go to `json.dumps` itself
+    (tests/test_ledger.py holds the two equal on generated values).
     """
     if _orjson_writes_it(value):
         try:
