@@ -12,6 +12,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from operator import itemgetter
 from pathlib import Path
 from typing import Any
+from weakref import WeakKeyDictionary
 
 from sqlalchemy import Connection, Engine, Select, Table, and_, bindparam, create_engine, event, or_, select
 from sqlalchemy.exc import DBAPIError
@@ -214,11 +215,12 @@ class BatchRead:
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
-        self._plans: dict[int, tuple[Any, list[Any]] | None] = {}
+        # Per dialect object (not its id(), which a later engine's dialect may reuse once freed).
+        self._plans: WeakKeyDictionary[Any, tuple[Any, list[Any]] | None] = WeakKeyDictionary()
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         dialect = connection.dialect
-        plan = self._plans[id(dialect)] if id(dialect) in self._plans else self._plan(dialect)
+        plan = self._plans[dialect] if dialect in self._plans else self._plan(dialect)
         if plan is None:
             return [tuple(row) for row in connection.execute(self.statement, params)]
         compiled, processors = plan
@@ -243,7 +245,7 @@ class BatchRead:
                     for c in self.statement.selected_columns
                 ]
                 plan = (compiled, processors)
-        self._plans[id(dialect)] = plan
+        self._plans[dialect] = plan
         return plan
 
 
@@ -260,7 +262,9 @@ class BulkWrite:
 
     def __init__(self, statement: Any) -> None:
         self.statement = statement
-        self._plans: dict[tuple[int, tuple[str, ...]], tuple[str, Any, list[tuple[int, Any]]]] = {}
+        self._plans: WeakKeyDictionary[Any, dict[tuple[str, ...], tuple[str, Any, list[tuple[int, Any]]]]] = (
+            WeakKeyDictionary()
+        )
 
     def run(self, connection: Connection, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -295,9 +299,12 @@ class BulkWrite:
     def _bound(self, dialect: Any, rows: list[dict[str, Any]]) -> tuple[str, list[list[Any]]]:
         """The compiled SQL, and each row's values in its parameters' order, bind-processed."""
         keys = tuple(rows[0])
-        plan = self._plans.get((id(dialect), keys))
+        plans = self._plans.get(dialect)
+        if plans is None:
+            plans = self._plans[dialect] = {}
+        plan = plans.get(keys)
         if plan is None:
-            plan = self._plans[(id(dialect), keys)] = self._compile(dialect, keys)
+            plan = plans[keys] = self._compile(dialect, keys)
         sql, pick, processors = plan
         values = [list(pick(row)) for row in rows]
         for i, process in processors:
