@@ -199,7 +199,6 @@ class CompiledMapping:
         self.tokenize = [tuple(p.split(".")) for p in residency.get("tokenize", [])]
         self._get = _hl7_getter if spec.format == "hl7" else _json_getter
         self._hl7, self._json = spec.format == "hl7", spec.format == "json"
-        self._provenance_typed = type(self.mapping_id) is str and type(self.version) is str
         try:
             self._records = jmespath.compile(spec.records).search if spec.records else None
         except jmespath.exceptions.ParseError as exc:
@@ -418,10 +417,13 @@ class CompiledMapping:
         names: list[str] | None,
         parsed: hl7v2.Message | None,
     ) -> list[CanonicalEvent]:
-        # Per payload, only what depends on it: the provenance dict exists for the reference path
-        # and is made when that runs; the shared model when a fast build first needs it.
-        provenance: dict[str, Any] | None = None
-        built_provenance: Any = None
+        provenance = {
+            "mapping_id": self.mapping_id,
+            "mapping_version": self.version,
+            "raw_id": raw_id,
+            "raw_checksum": checksum,
+        }
+        built_provenance: Any = None  # the model, shared by the payload's events, once a fast build needs it
         out: list[CanonicalEvent] = []
         if parsed is not None and self._hl7:
             records = [parsed]
@@ -445,20 +447,13 @@ class CompiledMapping:
                 fast = event.fast
                 if fast is not None:
                     if built_provenance is None:
-                        built_provenance = self._shared_provenance(raw_id, checksum)
+                        built_provenance = _provenance(provenance)
                     if built_provenance is not False:
                         try:
                             made = fast(record, built_provenance, received_at)
                         except Exception:  # unsure: the reference path decides, in its own words
                             made = None
                 if made is None:
-                    if provenance is None:
-                        provenance = {
-                            "mapping_id": self.mapping_id,
-                            "mapping_version": self.version,
-                            "raw_id": raw_id,
-                            "raw_checksum": checksum,
-                        }
                     made = self._build(event, record, provenance, received_at)
                 out.append(made)
                 if names is not None:
@@ -473,21 +468,6 @@ class CompiledMapping:
                     {"mapping": self.mapping_id, "version": self.version},
                 )
         return out
-
-    def _shared_provenance(self, raw_id: Any, checksum: Any) -> Provenance | bool:
-        """`_provenance` of this payload's provenance, without its copy of the values (they are made
-        here in declaration order); every field is set, as the reference path's dict sets them all."""
-        values = {
-            "mapping_id": self.mapping_id,
-            "mapping_version": self.version,
-            "raw_id": raw_id,
-            "raw_checksum": checksum,
-        }
-        if not _PROVENANCE_INLINE or not self._provenance_typed:
-            return _provenance(values)
-        if not ((raw_id is None or type(raw_id) is int) and (checksum is None or type(checksum) is str)):
-            return False
-        return construct.instance(Provenance, values, set(values))  # type: ignore[no-any-return]
 
     def _condition_values(self, record: Any) -> str:
         """The values the rules' conditions looked at (codes, not patient data)."""
@@ -570,8 +550,6 @@ def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
 
 
 _PROVENANCE_FIELDS = tuple(Provenance.model_fields)  # pydantic keeps fields in declaration order
-# `CompiledMapping._shared_provenance` writes the values in this order itself.
-_PROVENANCE_INLINE = _PROVENANCE_FIELDS == ("mapping_id", "mapping_version", "raw_id", "raw_checksum")
 
 
 def _load_json(payload: bytes) -> Any:
