@@ -19,8 +19,9 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cgthub.bulk import BulkWrite, rows_by_pairs
 from cgthub.settings import get_settings
-from cgthub.store import BulkWrite, race_guard, rows_by_pairs
+from cgthub.store import race_guard
 from cgthub.tables import RawMessage, utcnow
 
 _NONCE = 12

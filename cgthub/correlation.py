@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cgthub.bulk import rows_by_pairs
 from cgthub.model import CanonicalEvent
-from cgthub.store import rows_by_pairs
 from cgthub.tables import Order, OrderKey
 
 # Kinds of which an order holds exactly one value.

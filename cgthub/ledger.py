@@ -21,11 +21,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub import alerts, projection, quarantine
+from cgthub.bulk import BulkWrite, rows_by_pairs
 from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
-from cgthub.store import BulkWrite, race_guard, rows_by_pairs
+from cgthub.store import race_guard
 from cgthub.tables import LedgerEntry, Order, OrderKey, QuarantineEntry, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)

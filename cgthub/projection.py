@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
 from cgthub import alerts, changes, ledger
+from cgthub.bulk import BatchRead, BulkWrite
 from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
-from cgthub.store import BatchRead, BulkWrite
 from cgthub.tables import Order, utcnow
 
 _CHUNK = 400

@@ -156,11 +156,12 @@ def test_a_bulk_write_that_needs_python_defaults_is_refused(tmp_path) -> None:
     from sqlalchemy import insert
 
     from cgthub import store
+    from cgthub.bulk import BulkWrite
     from cgthub.tables import Order
 
     url = f"sqlite:///{tmp_path / 'refuse.db'}"
     store.upgrade(url)
-    write = store.BulkWrite(insert(Order.__table__))
+    write = BulkWrite(insert(Order.__table__))
     with store.session_scope(url) as session, pytest.raises(ValueError, match="every value"):
         write.run(session.connection(), [{"id": "ORD-1", "status": "enrolled"}])
     store.dispose_engines()
@@ -185,7 +186,7 @@ def test_a_bulk_write_fails_as_core_does(tmp_path) -> None:
 def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_path) -> None:
     """Reads by pairs and by id, and a multi-chunk INSERT ... RETURNING, on the DBAPI and on Core."""
     from cgthub import archive, ledger, projection, store
-    from cgthub.store import rows_by_pairs
+    from cgthub.bulk import rows_by_pairs
     from cgthub.tables import OrderKey, utcnow
 
     url = f"sqlite:///{tmp_path / 'reads.db'}"
