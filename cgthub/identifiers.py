@@ -12,7 +12,6 @@ import uuid
 
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ*"
 _VALUE = {ch: i for i, ch in enumerate(_ALPHABET)}
-_DIN_BODY = re.compile(r"^[A-Z][0-9A-Z]{4}[0-9]{2}[0-9]{6}$")
 _COI = re.compile(r"^CH[A-Z][0-9A-Z]{4}[0-9]{2}[0-9]{6}$")
 
 
@@ -22,24 +21,18 @@ class IdentifierError(ValueError):
 
 def mod37_2_check(body: str) -> str:
     """ISO 7064 Mod 37-2 check character for `body` (digits and upper-case letters)."""
-    for ch in body:
-        if ch not in _VALUE or ch == "*":
-            raise IdentifierError(f"character {ch!r} is not allowed in an ISBT 128 identifier")
-    return _check(body)
-
-
-def _check(body: str) -> str:
-    """Mod 37-2 over characters already known to be 0-9 A-Z (the DIN pattern checked them)."""
     total = 0
-    value = _VALUE
     for ch in body:
-        total = ((total + value[ch]) * 2) % 37
+        value = _VALUE.get(ch)
+        if value is None or ch == "*":
+            raise IdentifierError(f"character {ch!r} is not allowed in an ISBT 128 identifier")
+        total = ((total + value) * 2) % 37
     return _ALPHABET[(38 - total) % 37]
 
 
-# For each of a DIN body's 13 positions, the characters `_DIN_BODY` allows there and what each
-# adds to the Mod 37-2 sum: ((total + value) * 2) % 37, run over the body, is the sum of
-# value * 2 ** (13 - position), mod 37.
+# For each of a DIN body's 13 positions (facility: a letter and four letters or digits; year and
+# sequence: eight digits), the characters allowed there and what each adds to the Mod 37-2 sum:
+# ((total + value) * 2) % 37, run over the body, is the sum of value * 2 ** (13 - position), mod 37.
 _DIN_CLASSES = ["ABCDEFGHIJKLMNOPQRSTUVWXYZ"] + [_ALPHABET[:36]] * 4 + ["0123456789"] * 8
 _P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9, _P10, _P11, _P12 = (
     {ch: (_VALUE[ch] << (13 - position)) % 37 for ch in allowed} for position, allowed in enumerate(_DIN_CLASSES)
@@ -47,10 +40,10 @@ _P0, _P1, _P2, _P3, _P4, _P5, _P6, _P7, _P8, _P9, _P10, _P11, _P12 = (
 
 
 def _din_check(body: str) -> str | None:
-    """The check character of a DIN body, or None where `_DIN_BODY` would not match it: one lookup
-    a position both checks the character and weighs it (a third of the regex and `_check` together;
-    tests/test_transforms_speed_equivalence.py holds it to them)."""
-    if len(body) != 13:  # the regex's `$` also takes a 14th "\n", which a stripped DIN never leaves there
+    """The check character of a DIN body, or None where it is not 13 such characters: one lookup
+    a position both checks the character and weighs it (a third of a pattern match and a loop;
+    tests/test_transforms_speed_equivalence.py holds it to those)."""
+    if len(body) != 13:
         return None
     try:
         total = (
