@@ -231,3 +231,15 @@ def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_pa
         found = sorted(rows_by_pairs(session, OrderKey.__table__, wanted, "kind", "value", pairs))
         assert found == [("coi_id", "C1", "ORD-1"), ("lot", "L1", "ORD-1")]
     store.dispose_engines()
+
+
+def test_a_sqlite_commit_is_synced_before_it_returns(tmp_path) -> None:
+    """An AA goes out after the commit, so the commit must survive a power cut, not only a crash of
+    the hub: the WAL is synced on every commit (synchronous=FULL), on the writer and reader engines."""
+    from cgthub.store import get_engine
+
+    url = f"sqlite:///{tmp_path / 'durable.db'}"
+    for readonly in (False, True):
+        with get_engine(url, readonly=readonly).connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
