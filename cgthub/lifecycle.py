@@ -83,6 +83,19 @@ _BACKWARD_ALLOWED = {
 }
 
 
+class _Folded(BaseModel):
+    """A model the fold writes into field by field. Nothing validates on assignment, and pydantic's
+    generic assignment costs ~0.5 µs a field while a fold writes a dozen per event: write straight
+    into the instance, recording the field as set, as pydantic does."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self).__pydantic_fields__:
+            self.__dict__[name] = value
+            self.__pydantic_fields_set__.add(name)
+        else:
+            super().__setattr__(name, value)
+
+
 class Anomaly(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -93,7 +106,7 @@ class Anomaly(BaseModel):
     message: str
 
 
-class ShipmentView(BaseModel):
+class ShipmentView(_Folded):
     shipment_id: str
     direction: str | None = None
     courier: str | None = None
@@ -105,7 +118,7 @@ class ShipmentView(BaseModel):
     excursions: int = 0
 
 
-class OrderProjection(BaseModel):
+class OrderProjection(_Folded):
     """An order as the event set says it is now. Derived, never edited."""
 
     order_id: str

@@ -2,11 +2,12 @@
 
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cgthub.lifecycle import OrderStatus, advance, can_advance, project
-from cgthub.model import EventType, Material, Shipment, SourceSystem
+from cgthub.lifecycle import OrderProjection, OrderStatus, advance, can_advance, project
+from cgthub.model import EventType, ExternalRefs, Material, Shipment, SourceSystem
 from tests.factories import T0, event, happy_path
 
 D = timedelta(days=1)
@@ -145,3 +146,23 @@ def test_missing_milestones_are_listed_until_they_arrive():
     state = project("ORD-1", gap[:5])
     assert "in_transit_to_cmo" in state.skipped_milestones
     assert project("ORD-1", events[:6]).skipped_milestones == []
+
+
+def test_the_folds_field_writes_behave_as_pydantics() -> None:
+    """The projection's own assignment (a plain write, for speed) records the field as set and
+    refuses a name the model does not declare, as pydantic's does."""
+    state = OrderProjection(order_id="ORD-1")
+    state.on_hold = True
+    assert state.on_hold is True
+    assert state.model_fields_set == {"order_id", "on_hold"}
+    assert state.model_dump(exclude_unset=True) == {"order_id": "ORD-1", "on_hold": True}
+    with pytest.raises(ValueError, match="has no field"):
+        state.no_such_field = 1  # type: ignore[attr-defined]
+
+
+def test_references_merged_onto_none_are_the_events_own() -> None:
+    later = ExternalRefs(crm_order_id="CRM-1", courier_shipment_ids=("SHP-1",))
+    assert ExternalRefs().merged(later) is later
+    assert later.merged(ExternalRefs(erp_sales_order="SO-1")) == ExternalRefs(
+        crm_order_id="CRM-1", erp_sales_order="SO-1", courier_shipment_ids=("SHP-1",)
+    )
