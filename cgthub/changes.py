@@ -59,7 +59,8 @@ def change_row(
     order_id: str, before: dict[str, Any] | None, after: dict[str, Any], fields: dict[str, Any]
 ) -> dict[str, Any] | None:
     """The change-feed row for an order whose projection went from `before` to `after`, if a watched
-    field differs; `fields` are the order row's new values (status_since, market, site, cmo).
+    field differs; `fields` are the order row's new values (status_since, market, site, cmo, and
+    updated_at, which is when the change is recorded: the moment the order row shows it).
     `projection.refresh_many` inserts these rows in bulk in the transaction that updates the orders."""
     before = before or {}
     changed = [name for name, empty in WATCHED.items() if before.get(name, empty) != after.get(name, empty)]
@@ -76,7 +77,7 @@ def change_row(
         "market": fields.get("market"),
         "site": fields.get("site"),
         "cmo": fields.get("cmo"),
-        "recorded_at": utcnow(),
+        "recorded_at": fields.get("updated_at") or utcnow(),
     }
 
 

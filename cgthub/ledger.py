@@ -138,6 +138,7 @@ class _BatchWriter:
         self.entry_rows: list[dict[str, Any]] = []
         self.key_rows: list[dict[str, Any]] = []
         self.touched: dict[str, list[CanonicalEvent]] = {}
+        self.recorded_at = utcnow()  # one moment for the batch: its entries are recorded by one commit
 
     def run(self, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
         self._preload(events)
@@ -188,7 +189,7 @@ class _BatchWriter:
         body = canonical_json(event.to_json_dict())
         seq = order.ledger_length + 1
         prev = order.ledger_head or GENESIS
-        recorded_at = utcnow()
+        recorded_at = self.recorded_at
         digest = entry_hash(prev_hash=prev, order_id=order.id, seq=seq, recorded_at=recorded_at, body=body)
         self.entry_rows.append(
             {

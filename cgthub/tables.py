@@ -55,18 +55,25 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def bind_processor(self, dialect: Any) -> Any:
         """On SQLite, the text SQLAlchemy's DATETIME would store, written in one step: the hot write
-        path binds several times per message, and the two-stage default costs 2 us a value."""
+        path binds several times per message, and the two-stage default costs 2 us a value. A batch
+        binds one moment many times (its receipt, its recording): the last one's text is kept."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)
+        last: tuple[datetime | None, str | None] = (None, None)
 
         def process(value: datetime | None) -> str | None:
+            nonlocal last
             if value is None:
                 return None
+            seen = last  # one read: another thread may replace it, never half of it
+            if seen[0] is value:  # datetimes are immutable: the same object has the same text
+                return seen[1]
             if value.tzinfo is None:
                 raise ValueError("naive datetime given to the store: every time must carry its offset")
-            if value.utcoffset():
-                value = value.astimezone(UTC)
-            return value.isoformat(" ", "microseconds")[:26]  # YYYY-MM-DD HH:MM:SS.ffffff
+            utc = value.astimezone(UTC) if value.utcoffset() else value
+            text = utc.isoformat(" ", "microseconds")[:26]  # YYYY-MM-DD HH:MM:SS.ffffff
+            last = (value, text)
+            return text
 
         return process
 

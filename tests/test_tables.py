@@ -29,6 +29,9 @@ def test_sqlite_datetime_text_is_sqlalchemys(value: datetime) -> None:
     fast = UTCDateTime(timezone=True)._cached_bind_processor(dialect)
     reference = _Reference()._cached_bind_processor(dialect)
     assert fast(value) == reference(value)
+    assert fast(value) == reference(value)  # again: the kept text of the last value
+    other = value + timedelta(microseconds=1) if value.year < 9999 else value - timedelta(microseconds=1)
+    assert fast(other) == reference(other) != reference(value)
     assert fast(None) is None
 
 
