@@ -92,29 +92,32 @@ class BatchRead:
 
     On SQLite SQLAlchemy compiles it once and expands its IN lists (`construct_expanded_state`),
     and the selected columns' result processors convert what comes back: Core's rows, as tuples,
-    at a fifth of Core's cost a statement. A statement whose parameters need bind processing runs
-    on Core.
+    at a fifth of Core's cost a statement. The expanded SQL depends only on the lengths of the IN
+    lists, so it is kept per lengths (expanding costs 25-65 us, as much as running the read), and
+    the values are the parameters in order, each list in place of its one placeholder. A statement
+    whose parameters need bind processing runs on Core.
     """
+
+    _KEEP = 256  # expanded texts kept per statement; a batch path needs a few dozen lengths
 
     def __init__(self, statement: Select[Any]) -> None:
         self.statement = statement
         # Per dialect object (not its id(), which a later engine's dialect may reuse once freed).
-        self._plans: WeakKeyDictionary[Any, tuple[Any, list[Any]] | None] = WeakKeyDictionary()
+        self._plans: WeakKeyDictionary[Any, _ReadPlan | None] = WeakKeyDictionary()
 
     def rows(self, connection: Connection, params: dict[str, Any]) -> list[tuple[Any, ...]]:
         dialect = connection.dialect
         plan = self._plans[dialect] if dialect in self._plans else self._plan(dialect)
         if plan is None:
             return [tuple(row) for row in connection.execute(self.statement, params)]
-        compiled, processors = plan
-        state = compiled.construct_expanded_state(params)
-        values = [state.parameters[name] for name in state.positiontup]
-        found = _on_driver(connection, "execute", state.statement, values).fetchall()
-        if any(processors):
+        sql, values = plan.bound(params)
+        found = _on_driver(connection, "execute", sql, values).fetchall()
+        if plan.processors:
+            processors = plan.processors
             return [tuple(p(v) if p else v for p, v in zip(processors, row, strict=True)) for row in found]
         return found  # type: ignore[no-any-return]
 
-    def _plan(self, dialect: Any) -> tuple[Any, list[Any]] | None:
+    def _plan(self, dialect: Any) -> _ReadPlan | None:
         plan = None
         if dialect.name == "sqlite":
             compiled = self.statement.compile(dialect=dialect)
@@ -123,9 +126,40 @@ class BatchRead:
                     c.type.dialect_impl(dialect).result_processor(dialect, None)
                     for c in self.statement.selected_columns
                 ]
-                plan = (compiled, processors)
+                plan = _ReadPlan(compiled, processors if any(processors) else None, self._KEEP)
         self._plans[dialect] = plan
         return plan
+
+
+class _ReadPlan:
+    """A compiled SELECT, its result processors, and its SQL expanded for each IN-list length seen."""
+
+    def __init__(self, compiled: Any, processors: list[Any] | None, keep: int) -> None:
+        self.compiled, self.processors, self.keep = compiled, processors, keep
+        self.order = list(compiled.positiontup)
+        self.expanding = frozenset(name for name, bind in compiled.binds.items() if bind.expanding)
+        self.texts: dict[tuple[int, ...], str] = {}
+
+    def bound(self, params: dict[str, Any]) -> tuple[str, list[Any]]:
+        values: list[Any] = []
+        lengths: list[int] = []
+        for name in self.order:
+            value = params[name]
+            if name in self.expanding:
+                values.extend(value)
+                lengths.append(len(value))
+            else:
+                values.append(value)
+        shape = tuple(lengths)
+        sql = self.texts.get(shape)
+        if sql is None:
+            state = self.compiled.construct_expanded_state(params)
+            if [state.parameters[name] for name in state.positiontup] != values:  # never: the order is SQL's
+                raise AssertionError(f"{self.compiled}: expanded parameters out of their SQL order")
+            if len(self.texts) >= self.keep:
+                self.texts.clear()
+            sql = self.texts[shape] = state.statement
+        return sql, values
 
 
 class BulkWrite:

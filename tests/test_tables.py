@@ -246,3 +246,49 @@ def test_a_sqlite_commit_is_synced_before_it_returns(tmp_path) -> None:
         with get_engine(url, readonly=readonly).connect() as connection:
             assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
             assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_a_batch_read_expanded_once_per_length_reads_each_calls_own_values(tmp_path) -> None:
+    """The SQL kept for one set of IN-list lengths serves a later call with other values (and an
+    empty list, and more lengths than are kept) as Core does."""
+    from sqlalchemy import and_, bindparam, or_, select
+
+    from cgthub import ledger, store
+    from cgthub.bulk import BatchRead
+    from cgthub.tables import OrderKey
+
+    url = f"sqlite:///{tmp_path / 'expand.db'}"
+    store.upgrade(url)
+    keys = OrderKey.__table__
+    read = BatchRead(
+        select(keys.c.kind, keys.c.value, keys.c.order_id).where(
+            or_(
+                *(
+                    and_(keys.c.kind == bindparam(f"a{i}"), keys.c.value.in_(bindparam(f"b{i}", expanding=True)))
+                    for i in range(2)
+                )
+            )
+        )
+    )
+    read._KEEP = 3
+    with store.session_scope(url) as session:
+        connection = session.connection()
+        ledger._INSERT_ORDERS.run(connection, [ledger._new_order_row("ORD-1")])
+        ledger._INSERT_KEYS.run(
+            connection,
+            [{"kind": k, "value": f"{k}-{n}", "order_id": "ORD-1"} for k in ("lot", "din") for n in range(6)],
+        )
+        calls = [
+            (["lot-0", "lot-1"], ["din-2"]),
+            (["lot-3", "lot-4"], ["din-5"]),  # the same lengths: the kept SQL, these values
+            ([], ["din-0", "din-1"]),
+            (["lot-5"], []),
+            (["lot-1", "lot-2", "lot-3"], ["din-3", "nope"]),  # a fourth shape: more than are kept
+            (["lot-0", "lot-1"], ["din-4"]),
+        ]
+        for lots, dins in calls:
+            params = {"a0": "lot", "b0": lots, "a1": "din", "b1": dins}
+            direct = sorted(read.rows(connection, params))
+            assert direct == sorted(tuple(r) for r in connection.execute(read.statement, params))
+            assert [value for _kind, value, _order in direct] == sorted(v for v in lots + dins if v != "nope")
+        assert 0 < len(read._plans[connection.dialect].texts) <= 3
