@@ -182,28 +182,145 @@ def _hl7_fixtures() -> list[tuple[Path, bytes]]:
     ]
 
 
+HL7_VALUES = st.one_of(
+    st.text(alphabet="AZaz09^~&-+.: \\", max_size=16),
+    st.sampled_from(
+        [
+            "",
+            "20260302",
+            "2026030209",
+            "202603020900-0500",
+            "W123426000001",
+            "CHW123426000001",
+            "\\S\\",
+            "PL\\F\\1",
+            "\\X41\\PH",
+            "CHW123426000001\\E\\",
+            "NW~CA",
+            "~CHW123426000001",
+            "X~CHW123426000001^^^COI~Y",
+            "APH&x^INF",
+            "&APH",
+        ]
+    ),
+)
+
+
+def _mutate_hl7(data: st.DataObject, payload: bytes) -> bytes:
+    """Fields replaced (escapes, repetitions, components, subcomponents), segments cut short
+    (missing fields) or left out (absent segments); the MSH's own fields too, bar MSH-1 and MSH-2."""
+    text = payload.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r")
+    segments = [s.split("|") for s in text.split("\r") if s]
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(segments) - 1))
+        segment = segments[at]
+        change = data.draw(st.sampled_from(["value", "value", "value", "cut", "drop"]))
+        if change == "drop" and at > 0:
+            del segments[at]
+        elif change == "cut":
+            del segment[data.draw(st.integers(3 if at == 0 else 1, max(3 if at == 0 else 1, len(segment)))) :]
+        else:
+            index = data.draw(st.integers(2 if at == 0 else 1, max(2, len(segment) - 1)))
+            if index < len(segment):
+                segment[index] = data.draw(HL7_VALUES)
+    return "\r".join("|".join(s) for s in segments).encode()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_mutated_hl7_messages_get_the_reference_outcome(data, monkeypatch):
     path, payload = data.draw(st.sampled_from(_hl7_fixtures()))
     fast, reference = _pair(path, data.draw(st.sampled_from(MARKETS)), monkeypatch)
-    text = payload.decode("utf-8", "replace").replace("\r\n", "\r").replace("\n", "\r")
-    segments = [s.split("|") for s in text.split("\r") if s]
-    for _ in range(data.draw(st.integers(1, 3))):
-        segment = data.draw(st.sampled_from(segments[1:] or segments))
-        index = data.draw(st.integers(1, max(1, len(segment) - 1)))
-        value = data.draw(
-            st.one_of(
-                st.text(alphabet="AZaz09^~&-+.: ", max_size=16),
-                st.sampled_from(
-                    ["", "20260302", "2026030209", "202603020900-0500", "W123426000001", "CHW123426000001"]
-                ),
-            )
-        )
-        if index < len(segment):
-            segment[index] = value
-    mutated = "\r".join("|".join(s) for s in segments).encode()
-    _same(fast, reference, mutated)
+    _same(fast, reference, _mutate_hl7(data, payload))
+
+
+# Every shape of HL7 path the generated reads write out, into attributes (which keep any string),
+# so nearly every mutation still makes an event: the fast path builds it, and must build the same.
+SHAPES_MAPPING = """\
+system: hl7
+kind: ZZS^Z01
+version: 1
+effective: 2026-01-01
+change_note: every HL7 path shape, read into attributes
+format: hl7
+events:
+  - name: shapes
+    event_type: order.updated
+    # ZZZ-1 reads None, not "": the condition holds
+    when: [{from: MSH-9.2, equals: Z01}, {from: ORC-1, not_in: [CA]}, {from: PID-3(2).1, exists: true},
+           {from: ZZZ-1, not_in: [""]}]
+    fields: &shapes
+      source_event_id: {from: MSH-10, required: true}
+      occurred_at: {value: "2026-01-01T00:00:00Z", transform: datetime}
+      attributes.msh1: {from: MSH-1}
+      attributes.msh2: {from: MSH-2}
+      attributes.kind: {from: MSH-9}
+      attributes.trigger: {from: MSH-9.2}
+      attributes.first: {from: PID-3}
+      attributes.second: {from: PID-3(2).1}
+      attributes.authority: {from: PID-3(2).4}
+      attributes.last: {from: PID-3(0)}
+      attributes.name: {from: PID-5.2}
+      attributes.sub: {from: OBR-4.1.2}
+      attributes.nested: {from: OBR-4(2).2.2}
+      attributes.order: {from: ORC-2}
+      attributes.gone: {from: ORC-99}
+      attributes.again: {from: OBR(2)-4}
+      attributes.absent: {from: ZZZ-1}
+  - name: cancelled
+    event_type: order.cancelled
+    when: [{from: ORC-1, equals: CA}, {from: PID-3(2).1, exists: true}]
+    fields: *shapes
+"""
+SHAPES_MESSAGE = (
+    b"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|20260303112000||ZZS^Z01^ZZS_Z01|BOS0000101|P|2.5.1\r"
+    b"PID|1||MRN48213377^^^US-BOS-01^MR~CHW123426000001^^^COI^PN~LAST||Smith\\S\\son^Jo\\T\\hanna\r"
+    b"ORC|NW|PL-1001|FL-77|CRM-00001|SC\r"
+    b"OBR|1|PL-1001|FL-77|APH&a&b^Apheresis~INF^Infusion&c&d\r"
+    b"OBR|2|PL-1002|FL-78|INF\r"
+)
+
+
+def _shapes_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    path = tmp_path_factory.getbasetemp() / "shapes" / "hl7" / "ZZS_Z01" / "v1.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True)
+        path.write_text(SHAPES_MAPPING)
+    return _pair(path, None, monkeypatch)
+
+
+def test_the_fast_path_reads_every_hl7_path_shape_itself(tmp_path_factory, monkeypatch):
+    from cgthub import hl7v2
+    from cgthub.mapping.compiler import _provenance
+
+    fast, reference = _shapes_pair(tmp_path_factory, monkeypatch)
+    provenance = {"mapping_id": "hl7/ZZS^Z01", "mapping_version": "v1", "raw_id": 7, "raw_checksum": "c" * 64}
+    message = hl7v2.parse(SHAPES_MESSAGE)
+    assert fast._select(message) == [True, False]
+    built = fast.events[0].fast(message, _provenance(provenance), NOW)  # raises if it would hand over
+    (expected,) = reference.map(SHAPES_MESSAGE, raw_id=7, checksum="c" * 64, received_at=NOW)
+    assert built == expected and built.attributes == {
+        "msh1": "|",
+        "msh2": "^~\\&",
+        "kind": "ZZS",
+        "trigger": "Z01",
+        "first": "MRN48213377",
+        "second": "CHW123426000001",
+        "authority": "COI",
+        "last": "LAST",
+        "name": "Jo&hanna",
+        "sub": "a",
+        "nested": "c",
+        "order": "PL-1001",
+        "again": "INF",
+    }
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_mutated_messages_get_the_reference_outcome_for_every_path_shape(data, tmp_path_factory, monkeypatch):
+    fast, reference = _shapes_pair(tmp_path_factory, monkeypatch)
+    _same(fast, reference, _mutate_hl7(data, SHAPES_MESSAGE))
 
 
 def test_the_fast_path_can_be_turned_off_and_every_rule_then_takes_the_reference(monkeypatch):

@@ -43,14 +43,17 @@ class AckHeader:
     @classmethod
     def of(cls, message: hl7v2.Message) -> AckHeader:
         """Application and facility fields are echoed as sent (all components, still escaped)."""
-        msh = message.segment("MSH")
+        msh, header = message.msh, message.header
         assert msh is not None  # hl7v2.parse refuses a message without MSH
+        raw = msh.fields  # indexed once: MSH-3 to MSH-6 and MSH-10 as sent, "" where the MSH ends first
+        if len(raw) < 11:
+            raw = [*raw, *[""] * (11 - len(raw))]
         return cls(
-            sender=f"{msh.field(3)}|{msh.field(4)}",
-            receiver=f"{msh.field(5) or 'CGTHUB'}|{msh.field(6) or 'HUB'}",
-            trigger=msh.get(9, 1, 2),
-            version=msh.get(12) or "2.5.1",
-            control_id=msh.field(10),
+            sender=f"{raw[3]}|{raw[4]}",
+            receiver=f"{raw[5] or 'CGTHUB'}|{raw[6] or 'HUB'}",
+            trigger=header.trigger,
+            version=header.version or "2.5.1",
+            control_id=raw[10],
         )
 
 

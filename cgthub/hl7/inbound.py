@@ -39,11 +39,12 @@ def read(payload: bytes) -> Received:
     """MSH only (type, sending facility, control id): the mapping reads the rest, if it is applied."""
     try:
         message = hl7v2.parse(payload)
-        kind = message.message_type
+        msh = message.header  # the MSH's fields cut once, for all of these and the ACK's
+        kind = msh.message_type
         if "^" not in kind:
             raise hl7v2.HL7ParseError("MSH-9 does not carry a message type and trigger event")
-        control = message.control_id
-        dedupe = f"{message.sending_facility}:{control}" if control else None
+        control = msh.control_id
+        dedupe = f"{msh.sending_facility}:{control}" if control else None
         return Received(payload, kind, dedupe, header=AckHeader.of(message), message=message)
     except hl7v2.HL7ParseError as exc:
         return Received(payload, UNPARSEABLE, None, str(exc))

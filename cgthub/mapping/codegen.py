@@ -231,14 +231,24 @@ def _json_read(writer: _Writer, expr: str) -> str:
 
 
 def _hl7_read(writer: _Writer, expr: str) -> str:
+    """An expression for an HL7 path's value (None for ""), after statements that read it: the
+    path's own `hl7v2.read_code`, not a `Segment.get` call and its generic cuts (half the cost of a
+    read). The separators and each segment's fields are locals, looked up once for all reads."""
     path = hl7v2.parse_path(expr)
+    if "#separators" not in writer.cache:
+        writer.cache["#separators"] = "sp"
+        for line in hl7v2.separator_code("record.seps"):
+            writer.emit(line)
     key = f"{path.segment}#{path.segment_rep}"
     local = writer.cache.get(key)
     if local is None:
         local = writer.cache[key] = f"s{len(writer.cache)}"
         writer.emit(f"{local} = record.segment({path.segment!r}, {path.segment_rep})")
-    args = f"{path.field}, {path.repetition}, {path.component}, {path.subcomponent}"
-    return f"(({local}.get({args}) or None) if {local} is not None else None)"
+        writer.emit(f"f{local} = {local}.fields if {local} is not None else ()")  # absent: every field ""
+        writer.emit(f"n{local} = len(f{local})")
+    for line in hl7v2.read_code(path, f"f{local}", f"n{local}"):
+        writer.emit(line)
+    return "(v or None)"
 
 
 def _join(getters: list[Callable[[Any], Any]], separator: str) -> Callable[[Any], Any]:
@@ -522,24 +532,28 @@ def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
 
 def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bool]], str]:
     """One function that answers, for a record, which rules' conditions hold: the reads are shared
-    (an HL7 segment is looked up once for every rule that tests it), the code lists compared as sets.
+    (a source tested by several rules, as ORC-1 is, is read once; an HL7 segment looked up once),
+    the code lists compared as sets.
     It evaluates every condition, where the reference stops at an event's first false one; a read
     that raises makes the caller fall back to the reference's own order."""
     writer = _Writer()
     if mapping.spec.format != "hl7":
         writer.emit("g = record.get")
     answers = []
+    read_into: dict[str, str] = {}  # source -> the local holding its value (rules test the same fields)
     for e_index, event in enumerate(mapping.events):
         tests = []
         for c_index, cond in enumerate(event.rule.when):
-            if mapping.spec.format == "hl7":
-                read = _hl7_read(writer, cond.source)
-            elif DOTTED_PATH.match(cond.source):
-                read = _json_read(writer, cond.source)
-            else:
-                read = f"{writer.name(mapping._get(cond.source), 'G')}(record)"
-            local = f"c{e_index}_{c_index}"
-            writer.emit(f"{local} = {read}")
+            local = read_into.get(cond.source, "")
+            if not local:
+                if mapping.spec.format == "hl7":
+                    read = _hl7_read(writer, cond.source)
+                elif DOTTED_PATH.match(cond.source):
+                    read = _json_read(writer, cond.source)
+                else:
+                    read = f"{writer.name(mapping._get(cond.source), 'G')}(record)"
+                local = read_into[cond.source] = f"c{e_index}_{c_index}"
+                writer.emit(f"{local} = {read}")
             if cond.exists is not None:
                 tests.append(f'(({local} is not None and {local} != "") == {cond.exists!r})')
             if cond.equals is not None:
