@@ -186,7 +186,7 @@ class _BatchWriter:
         return result
 
     def _chain(self, order: projection.OrderHead, event: CanonicalEvent) -> AppendResult:
-        body = canonical_json(event.to_json_dict())
+        body = event.canonical_body()
         seq = order.ledger_length + 1
         prev = order.ledger_head or GENESIS
         recorded_at = self.recorded_at

@@ -9,9 +9,11 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated, Any
 
+import orjson
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from cgthub.identifiers import normalize_din, validate_coi_id
+from cgthub.jsontext import canonical_json
 from cgthub.pseudonym import is_pseudonym
 
 
@@ -263,3 +265,15 @@ class CanonicalEvent(_Model):
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
+
+    def canonical_body(self) -> str:
+        """`canonical_json(self.to_json_dict())`, the text the ledger hashes. orjson writes it alike
+        except for floats, and an event holds floats only in its attributes and temperatures: without
+        those, orjson's text is the canonical one as it stands (nothing to look through first)."""
+        data = self.to_json_dict()
+        if not self.attributes and (self.shipment is None or self.shipment.temperature is None):
+            try:
+                return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
+            except orjson.JSONEncodeError:  # a lone surrogate: canonical_json's own fallback
+                pass
+        return canonical_json(data)
