@@ -195,9 +195,9 @@ class _BatchWriter:
             {
                 "order_id": order.id,
                 "seq": seq,
-                "source_system": event.source_system.value,
+                "source_system": event.source_system._value_,  # the plain attribute (see model.key)
                 "source_event_id": event.source_event_id,
-                "event_type": event.event_type.value,
+                "event_type": event.event_type._value_,
                 "occurred_at": event.occurred_at,
                 "recorded_at": recorded_at,
                 "raw_id": event.provenance.raw_id,

@@ -177,7 +177,7 @@ def _content(event: CanonicalEvent) -> str:
 def _order_key(event: CanonicalEvent) -> tuple[datetime, float, str, str]:
     target = TARGET.get(event.event_type)
     rank = RANK.get(target, -1) if target is not None else -1
-    return (event.occurred_at, rank, event.source_system.value, event.source_event_id)
+    return (event.occurred_at, rank, event.source_system._value_, event.source_event_id)
 
 
 def project(order_id: str, events: Iterable[CanonicalEvent]) -> OrderProjection:

@@ -240,7 +240,9 @@ class CanonicalEvent(_Model):
 
     @property
     def key(self) -> tuple[str, str]:
-        return (self.source_system.value, self.source_event_id)
+        # `_value_`, the member's plain attribute: `.value` is a descriptor, dear on a path that
+        # asks for every event's key several times
+        return (self.source_system._value_, self.source_event_id)
 
     def reference_keys(self) -> list[tuple[str, str]]:
         """Partner references that find this event's order, including the shipment it is about."""
