@@ -281,12 +281,19 @@ SHAPES_MESSAGE = (
 )
 
 
-def _shapes_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
-    path = tmp_path_factory.getbasetemp() / "shapes" / "hl7" / "ZZS_Z01" / "v1.yaml"
+def _written_pair(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch, where: str, text: str
+) -> tuple[Any, Any]:
+    """The fast and reference mappings of `text`, written once per session under `where`."""
+    path = tmp_path_factory.getbasetemp() / where / "v1.yaml"
     if not path.exists():
         path.parent.mkdir(parents=True)
-        path.write_text(SHAPES_MAPPING)
+        path.write_text(text)
     return _pair(path, None, monkeypatch)
+
+
+def _shapes_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    return _written_pair(tmp_path_factory, monkeypatch, "shapes/hl7/ZZS_Z01", SHAPES_MAPPING)
 
 
 def test_the_fast_path_reads_every_hl7_path_shape_itself(tmp_path_factory, monkeypatch):
@@ -404,11 +411,7 @@ RAW_VALID = {
 
 
 def _raw_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
-    path = tmp_path_factory.getbasetemp() / "raw" / "courier" / "raw_values" / "v1.yaml"
-    if not path.exists():
-        path.parent.mkdir(parents=True)
-        path.write_text(RAW_MAPPING)
-    return _pair(path, None, monkeypatch)
+    return _written_pair(tmp_path_factory, monkeypatch, "raw/courier/raw_values", RAW_MAPPING)
 
 
 def test_a_valid_raw_record_is_built_by_the_fast_path_itself(tmp_path_factory, monkeypatch):
