@@ -3,9 +3,9 @@ that does not move with this VM's speed, which swings two to three times from mi
 
 For comparing commits (issue #4): each revision is checked out in a temporary worktree, a database
 with the orders is prepared there without valgrind, and then the same messages go through
-archive, parse, map, ledger and projection twice under callgrind: once none (imports and a warm-up
-batch) and once `--messages`; the difference over the count is the cost of one message. Python's
-instructions, not seconds: fsync and lock waits are not in it, and a change that trades CPU for
+archive, parse, map, ledger and projection twice under callgrind: after imports and a warm-up
+batch, once no more and once `--messages`; the difference over the count is the cost of one
+message. Python's instructions, not seconds: fsync and lock waits are not in it, and a change that trades CPU for
 I/O needs the clock benchmarks too. Slow (about two minutes per revision and batch size here).
 Run: .venv/bin/python -m bench.hl7_instructions [--rev REV ...] [--messages 1000] [--batch 500 8]
 """
@@ -27,16 +27,13 @@ WARM = 10  # messages through the pipeline before counting: statements compiled,
 
 
 def prepare(path: Path, count: int) -> None:
-    """A database with the orders `count` messages refer to, checkpointed into one file."""
+    """A database with the orders the warm-up and `count` messages refer to, in one file."""
     import sqlite3
 
-    from bench.hl7_bench import fresh_database, messages
-    from cgthub.hl7 import inbound
-    from cgthub.store import dispose_engines, session_scope
+    from bench.hl7_bench import fresh_database
+    from cgthub.store import dispose_engines
 
-    url = fresh_database(count // 2 + WARM)
-    with session_scope(url) as session:
-        inbound.apply(session, [inbound.read(m) for m in messages(WARM)], "mllp")
+    url = fresh_database((WARM + count) // 2 + 1)
     dispose_engines()
     database = url.split("///", 1)[1]
     with sqlite3.connect(database) as connection:
@@ -45,7 +42,8 @@ def prepare(path: Path, count: int) -> None:
 
 
 def workload(prepared: Path, count: int, batch: int) -> None:
-    """The measured run: a copy of the prepared database, then `count` messages in `batch`es."""
+    """The measured run: a copy of the prepared database, the warm-up batch (it compiles the
+    mappings and statements, which the run without messages pays too), then `count` messages."""
     from bench.hl7_bench import messages
     from cgthub import runtime
     from cgthub.hl7 import inbound
@@ -55,7 +53,10 @@ def workload(prepared: Path, count: int, batch: int) -> None:
     copy = Path(tempfile.mkdtemp()) / "ingest.db"
     shutil.copy(prepared, copy)
     url = f"sqlite:///{copy}"
-    feed = messages(WARM + count)[WARM:]
+    feed = messages(WARM + count)
+    with session_scope(url) as session:
+        inbound.apply(session, [inbound.read(m) for m in feed[:WARM]], "mllp")
+    feed = feed[WARM:]
     for start in range(0, len(feed), batch):
         with session_scope(url) as session:
             inbound.apply(session, [inbound.read(m) for m in feed[start : start + batch]], "mllp")
