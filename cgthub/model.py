@@ -109,8 +109,9 @@ class ExternalRefs(_Model):
 
     def merged(self, other: ExternalRefs) -> ExternalRefs:
         """These references completed by `other`'s (later events fill in, never blank out)."""
-        if not any(self.__dict__.values()):  # none yet (an order's first event): `other`'s, as they are
-            return other
+        ids = other.courier_shipment_ids
+        if not any(self.__dict__.values()) and len(set(ids)) == len(ids):
+            return other  # none yet (an order's first event): `other`'s as they are, already unique
         update: dict[str, object] = {}
         for name in _SINGLE_REFS:
             value = getattr(other, name)

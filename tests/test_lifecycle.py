@@ -163,6 +163,8 @@ def test_the_folds_field_writes_behave_as_pydantics() -> None:
 def test_references_merged_onto_none_are_the_events_own() -> None:
     later = ExternalRefs(crm_order_id="CRM-1", courier_shipment_ids=("SHP-1",))
     assert ExternalRefs().merged(later) is later
+    repeated = ExternalRefs(courier_shipment_ids=("SHP-1", "SHP-2", "SHP-1"))
+    assert ExternalRefs().merged(repeated).courier_shipment_ids == ("SHP-1", "SHP-2")
     assert later.merged(ExternalRefs(erp_sales_order="SO-1")) == ExternalRefs(
         crm_order_id="CRM-1", erp_sales_order="SO-1", courier_shipment_ids=("SHP-1",)
     )
