@@ -23,6 +23,7 @@ from pathlib import Path
 
 SELF = Path(__file__).resolve()  # run as a script in each tree: older revisions lack this file
 ROOT = SELF.parent.parent
+WORK_TREE = "work tree"  # the revision label of the checkout this script runs in
 WARM = 10  # messages through the pipeline before counting: statements compiled, mappings loaded
 
 
@@ -85,7 +86,7 @@ def _counted(tree: Path, prepared: Path, count: int, batch: int) -> int:
 def per_message(rev: str, count: int, batches: list[int]) -> dict[int, float]:
     scratch = Path(tempfile.mkdtemp(prefix="hl7-instructions-"))
     tree = scratch / "tree"
-    if rev == "work tree":
+    if rev == WORK_TREE:
         tree = ROOT
     else:
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), rev], check=True)
@@ -124,7 +125,7 @@ def main() -> None:
         return
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
-    revs = args.rev or ["work tree"]
+    revs = args.rev or [WORK_TREE]
     print(f"HL7 full ingest on SQLite, instructions per message (callgrind, {args.messages:,} messages):")
     print(f"  {'revision':<16}" + "".join(f"{f'batch {size}':>16}" for size in args.batch))
     first: dict[int, float] | None = None

@@ -80,26 +80,13 @@ class Segment:
         if not value or (field < 3 and self.name == "MSH"):
             return value
         seps = self.seps
-        # The first repetition, component and subcomponent are most reads: a find, not a split;
-        # written out, not looped, as this runs for every field a mapping reads.
-        if repetition == 1:
-            cut = value.find(seps.repetition)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, seps.repetition, repetition)
-        if component is None or component == 1:
-            cut = value.find(seps.component)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, seps.component, component)
-        if sub is None or sub == 1:
-            cut = value.find(seps.subcomponent)
-            if cut >= 0:
-                value = value[:cut]
-        else:
-            value = _nth(value, seps.subcomponent, sub)
+        # The reference read (the generated mappings and the MSH header use `read_code`'s own).
+        for sep, n in (
+            (seps.repetition, repetition),
+            (seps.component, 1 if component is None else component),
+            (seps.subcomponent, 1 if sub is None else sub),
+        ):
+            value = _nth(value, sep, n)
         return seps.unescape(value) if seps.escape in value else value
 
     def repetitions(self, field: int) -> list[str]:
