@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cgthub.jsontext import canonical_json
 from cgthub.settings import get_settings
+from cgthub.wal_checkpoint import Watched, checkpointer
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -35,8 +36,8 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         # with NORMAL a committed transaction can still vanish in a power cut or an OS crash, after
         # the sender has let its copy go. It costs one fsync per commit (~0.4 ms here).
         cursor.execute("PRAGMA synchronous=FULL")
-        # Checkpoint every ~40 MB of WAL, not every 4 MB: pages a busy feed rewrites on each commit
-        # (index leaves, order rows) are copied back once per checkpoint, so fewer is much cheaper.
+        # A commit checkpoints only past ~40 MB of WAL, not 4 MB: the process's background checkpointer
+        # (`cgthub.wal_checkpoint`) copies the log back first, so this is the fallback.
         cursor.execute("PRAGMA wal_autocheckpoint=10000")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -60,6 +61,8 @@ def _create_engine(url: str, readonly: bool) -> Engine:
             url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=canonical_json
         )
         _sqlite_pragmas(engine, immediate=not readonly)
+        if not readonly and path and path != ":memory:":
+            checkpointer.watch(path)  # commits then seldom pay for copying the WAL back
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
@@ -88,10 +91,18 @@ def point_read_engine(url: str | None = None) -> Engine:
 
 def dispose_engines() -> None:
     """Close every pooled connection and forget the engines (tests, after fork)."""
-    for engine in _engines.values():
+    for (url, readonly), engine in _engines.items():
+        if url.startswith("sqlite") and not readonly:
+            checkpointer.forget(url.split("///", 1)[-1])
         engine.dispose()
     _engines.clear()
     _factories.clear()
+
+
+def wal_checkpoints(url: str | None = None) -> Watched | None:
+    """What this process's background WAL checkpoints did for a SQLite database it writes."""
+    url = database_url(url)
+    return checkpointer.watching(url.split("///", 1)[-1]) if url.startswith("sqlite") else None
 
 
 @contextmanager
