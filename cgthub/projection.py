@@ -37,6 +37,7 @@ class OrderHead:
     projection: dict[str, Any] = field(default_factory=dict)
     is_new: bool = False
     state: OrderProjection | None = None  # the stored projection, parsed, when this process has it
+    indexed: tuple[Any, ...] = ()  # the row's indexed columns that a refresh may leave as they are
 
 
 class _RecentProjections:
@@ -85,8 +86,17 @@ def _after_rollback(session: Session, _previous: Any) -> None:
 
 # Built once (building and hashing a statement costs more than running it on a small batch).
 _ORDERS = Order.__table__
+# Indexed columns an UPDATE names cost an index entry rewritten (and, on SQLite, its page logged)
+# even when the value stays: a refresh names them only when they change. `updated_at` always does.
+_KEPT_UNLESS_CHANGED = ("status", "market", "site")
 _LOCK_HEADS = BatchRead(
-    select(_ORDERS.c.id, _ORDERS.c.ledger_length, _ORDERS.c.ledger_head, _ORDERS.c.projected_length)
+    select(
+        _ORDERS.c.id,
+        _ORDERS.c.ledger_length,
+        _ORDERS.c.ledger_head,
+        _ORDERS.c.projected_length,
+        *(_ORDERS.c[name] for name in _KEPT_UNLESS_CHANGED),
+    )
     .where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
     .with_for_update()
 )
@@ -111,11 +121,23 @@ _REFRESHED = (
     "ledger_head",
     "projected_length",
 )
-_UPDATE_ORDERS = BulkWrite(
-    update(_ORDERS)
-    .where(_ORDERS.c.id == bindparam("oid"))
-    .values({name: bindparam(f"p_{name}") for name in _REFRESHED})
-)
+_ALWAYS_REFRESHED = tuple(name for name in _REFRESHED if name not in _KEPT_UNLESS_CHANGED)
+_updates: dict[tuple[str, ...], BulkWrite] = {}
+
+
+def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
+    """The UPDATE of a refresh that changes these of the `_KEPT_UNLESS_CHANGED` columns (few shapes)."""
+    statement = _updates.get(changed)
+    if statement is None:
+        names = (*_ALWAYS_REFRESHED, *changed)
+        statement = _updates[changed] = BulkWrite(
+            update(_ORDERS)
+            .where(_ORDERS.c.id == bindparam("oid"))
+            .values({name: bindparam(f"p_{name}") for name in names})
+        )
+    return statement
+
+
 _INSERT_CHANGES = BulkWrite(insert(changes.OrderChange.__table__))
 
 
@@ -126,10 +148,10 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHea
     missing: list[str] = []
     connection = session.connection()
     for start in range(0, len(wanted), _CHUNK):
-        for order_id, length, chain_head, projected in _LOCK_HEADS.rows(
+        for order_id, length, chain_head, projected, *indexed in _LOCK_HEADS.rows(
             connection, {"ids": wanted[start : start + _CHUNK]}
         ):
-            head = OrderHead(order_id, length, chain_head, projected)
+            head = OrderHead(order_id, length, chain_head, projected, indexed=tuple(indexed))
             cached = _recent.take(order_id, chain_head) if projected == length else None
             if cached is None:
                 missing.append(order_id)
@@ -153,7 +175,7 @@ def refresh_many(
     """
     session.flush()
     now = utcnow()
-    updates: list[dict[str, Any]] = []
+    updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     change_rows: list[dict[str, Any]] = []
     states: dict[str, OrderProjection] = {}
     for order_id, events in new_events.items():
@@ -177,7 +199,12 @@ def refresh_many(
             "ledger_head": head.ledger_head,
             "projected_length": head.ledger_length,
         }
-        updates.append(row)
+        changed = tuple(
+            name
+            for name, stored in zip(_KEPT_UNLESS_CHANGED, head.indexed or (_UNKNOWN,) * 3, strict=True)
+            if row[name] != stored
+        )
+        updates.setdefault(changed, []).append(row)
         change = changes.change_row(order_id, head.projection, after, row)
         if change is not None:
             change_rows.append(change)
@@ -186,14 +213,19 @@ def refresh_many(
         if state.anomalies or state.excursions:
             _raise_alerts(session, state)
         states[order_id] = state
-    if updates:
-        _UPDATE_ORDERS.run(
-            session.connection(), [{"oid": r["oid"], **{f"p_{k}": r[k] for k in _REFRESHED}} for r in updates]
+    for changed, rows in updates.items():
+        names = (*_ALWAYS_REFRESHED, *changed)
+        _update_orders(changed).run(
+            session.connection(), [{"oid": r["oid"], **{f"p_{k}": r[k] for k in names}} for r in rows]
         )
+    if updates:
         _expire_loaded(session, states)
     if change_rows:
         _INSERT_CHANGES.run(session.connection(), change_rows)
     return states
+
+
+_UNKNOWN = object()  # a stored column not read (a head made here): never equal, so always written
 
 
 def _fold_new(session: Session, head: OrderHead, events: list[CanonicalEvent]) -> OrderProjection:

@@ -51,6 +51,39 @@ def test_duplicate_returns_the_existing_entry(session):
     assert session.scalar(select(Order.ledger_length)) == 1
 
 
+def test_a_refresh_rewrites_an_indexed_column_only_when_it_changes(tmp_path):
+    """An UPDATE naming market or site rewrites their index entries even when the value stays."""
+    from cgthub import store
+    from cgthub.model import OrderDetails
+
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    store.upgrade(url)
+    with store.session_scope(url) as session:
+        ledger.append_many(session, [enrolment(1)])
+    moved = OrderDetails(therapy="CART-19", market="US", site="US-BOS-01", cmo="CMO-EAST")
+    later = [
+        event(EventType.APHERESIS_SCHEDULED, 1, at=T0 + D, scheduled_for=T0 + 7 * D),  # status changes
+        event(EventType.APHERESIS_SCHEDULED, 1, at=T0 + 2 * D, eid="moved", scheduled_for=T0 + 8 * D, order=moved),
+    ]
+    updates = []
+    for new in later:
+        statements: list[str] = []
+        with store.session_scope(url) as session:
+            driver = session.connection().connection.driver_connection
+            driver.set_trace_callback(statements.append)
+            ledger.append_many(session, [new])
+            driver.set_trace_callback(None)
+        updates.append([s for s in statements if s.startswith("UPDATE orders")])
+        with store.session_scope(url, readonly=True) as session:
+            order = session.scalars(select(Order)).one()
+            stored = order.projection
+            assert (order.status, order.market, order.site) == (stored["status"], stored["market"], stored["site"])
+    assert len(updates[0]) == 1 and "status=" in updates[0][0]
+    assert "market=" not in updates[0][0] and "site=" not in updates[0][0]
+    assert len(updates[1]) == 1 and "site='US-BOS-01'" in updates[1][0] and "market=" not in updates[1][0]
+    assert "status=" not in updates[1][0]  # rescheduled: still apheresis_scheduled
+
+
 def test_batch_append_equals_one_by_one(db_url):
     from cgthub.store import session_scope
 

@@ -99,7 +99,7 @@ def test_bulk_writes_store_on_sqlite_exactly_what_core_stores(tmp_path) -> None:
             ],
         ),
         (
-            projection._UPDATE_ORDERS,
+            projection._update_orders(projection._KEPT_UNLESS_CHANGED),
             [
                 {
                     "oid": "ORD-1",
@@ -208,7 +208,7 @@ def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_pa
         returned = archive._INSERT_RAW.returning(connection, raws)
         assert sorted(returned) == [(n + 1, "hl7", f"EPIC:{n}") for n in range(3000)]
         ledger._INSERT_ORDERS.run(connection, [ledger._new_order_row(f"ORD-{n}") for n in range(3)])
-        projection._UPDATE_ORDERS.run(
+        projection._update_orders(projection._KEPT_UNLESS_CHANGED).run(
             connection,
             [
                 {"oid": "ORD-1", **{f"p_{k}": None for k in projection._REFRESHED}, "p_status": "collected",
