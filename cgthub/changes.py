@@ -34,7 +34,7 @@ class OrderChange(Base):
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     tx: Mapped[int] = mapped_column(BigInteger, server_default=FetchedValue())
-    order_id: Mapped[str] = mapped_column(String(40), index=True)
+    order_id: Mapped[str] = mapped_column(String(40))  # not indexed: no query reads by it (migration 0010)
     status: Mapped[str] = mapped_column(String(32))
     previous_status: Mapped[str | None] = mapped_column(String(32))
     on_hold: Mapped[bool] = mapped_column(Boolean)
