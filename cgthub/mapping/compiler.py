@@ -536,20 +536,23 @@ def _holding(events: list[CompiledEvent], record: Any) -> Iterator[CompiledEvent
 def _provenance(provenance: dict[str, Any]) -> Provenance | bool:
     """The payload's provenance as a model, shared by its events (it is frozen); False where a value
     is not of its field's type, and the reference path lets pydantic say so."""
+    mapping_id, version = provenance["mapping_id"], provenance["mapping_version"]
     raw_id, checksum = provenance["raw_id"], provenance["raw_checksum"]
     if not (
         (raw_id is None or type(raw_id) is int)
         and (checksum is None or type(checksum) is str)
-        and type(provenance["mapping_id"]) is str
-        and type(provenance["mapping_version"]) is str
+        and type(mapping_id) is str
+        and type(version) is str
     ):
         return False
-    return construct.instance(  # type: ignore[no-any-return]
-        Provenance, {name: provenance[name] for name in _PROVENANCE_FIELDS}, set(provenance)
-    )
+    values = {"mapping_id": mapping_id, "mapping_version": version, "raw_id": raw_id, "raw_checksum": checksum}
+    return construct.instance(Provenance, values, set(_PROVENANCE_SET))  # type: ignore[no-any-return]
 
 
 _PROVENANCE_FIELDS = tuple(Provenance.model_fields)  # pydantic keeps fields in declaration order
+if _PROVENANCE_FIELDS != ("mapping_id", "mapping_version", "raw_id", "raw_checksum"):  # `_provenance` lists them
+    raise RuntimeError(f"Provenance's fields changed to {_PROVENANCE_FIELDS}: update mapping.compiler._provenance")
+_PROVENANCE_SET = frozenset(_PROVENANCE_FIELDS)
 
 
 def _load_json(payload: bytes) -> Any:
