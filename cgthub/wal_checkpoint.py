@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,11 @@ class Watched:
         self._seen = seen
         if self._connection is None:  # mode=rw: never create the file, it is the writer's to make
             self._connection = sqlite3.connect(
-                f"file:{self.path}?mode=rw", uri=True, timeout=30, isolation_level=None, check_same_thread=False
+                Path(self.path).resolve().as_uri() + "?mode=rw",  # as_uri escapes spaces, '?' and '#'
+                uri=True,
+                timeout=30,
+                isolation_level=None,
+                check_same_thread=False,
             )
         started = time.thread_time()
         try:

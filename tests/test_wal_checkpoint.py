@@ -33,13 +33,15 @@ def _write_pages(url: str, rows: int = 400) -> None:
 
 
 def test_the_log_is_copied_back_by_the_background_thread_not_by_a_commit(tmp_path: Path) -> None:
-    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    folder = tmp_path / "a folder #1"  # characters a file: URI must escape
+    folder.mkdir()
+    url = f"sqlite:///{folder / 'hub.db'}"
     _write_pages(url)  # ~400 pages: far below wal_autocheckpoint (10,000), so no commit checkpoints
     watched = store.wal_checkpoints(url)
     assert watched is not None
     assert _wait_for(lambda: watched.pages_copied >= 400), watched
     # Nothing is left for a checkpoint to copy: every frame in the log is already in the database.
-    with sqlite3.connect(tmp_path / "hub.db") as probe:
+    with sqlite3.connect(folder / "hub.db") as probe:
         _busy, in_log, copied = probe.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     assert in_log > 0 and copied == in_log
     store.dispose_engines()
