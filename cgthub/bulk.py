@@ -39,6 +39,8 @@ def rows_by_pairs(
     groups: dict[str, list[str]] = {}
     for a, b in set(pairs):
         groups.setdefault(a, []).append(b)
+    if not groups:
+        return  # nothing to look up: not even the session's connection (a few microseconds)
     branches: list[tuple[str, list[str]]] = []
     size = 0
     connection = session.connection()

@@ -37,6 +37,8 @@ class KeyIndex:
 
     def preload(self, keys: Iterable[Key]) -> None:
         wanted = [k for k in set(keys) if k not in self._owner]
+        if not wanted:  # the usual case per event: the batch's preload read them all
+            return
         for kind, value, order_id in rows_by_pairs(
             self.session, _KEYS, ("kind", "value", "order_id"), "kind", "value", wanted
         ):
