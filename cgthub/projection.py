@@ -89,6 +89,7 @@ _ORDERS = Order.__table__
 # Indexed columns an UPDATE names cost an index entry rewritten (and, on SQLite, its page logged)
 # even when the value stays: a refresh names them only when they change. `updated_at` always does.
 _KEPT_UNLESS_CHANGED = ("status", "market", "site")
+_NOT_READ = (object(),) * len(_KEPT_UNLESS_CHANGED)  # a head made here, not read: equal to nothing, all written
 _LOCK_HEADS = BatchRead(
     select(
         _ORDERS.c.id,
@@ -201,7 +202,7 @@ def refresh_many(
         }
         changed = tuple(
             name
-            for name, stored in zip(_KEPT_UNLESS_CHANGED, head.indexed or (_UNKNOWN,) * 3, strict=True)
+            for name, stored in zip(_KEPT_UNLESS_CHANGED, head.indexed or _NOT_READ, strict=True)
             if row[name] != stored
         )
         updates.setdefault(changed, []).append(row)
@@ -223,9 +224,6 @@ def refresh_many(
     if change_rows:
         _INSERT_CHANGES.run(session.connection(), change_rows)
     return states
-
-
-_UNKNOWN = object()  # a stored column not read (a head made here): never equal, so always written
 
 
 def _fold_new(session: Session, head: OrderHead, events: list[CanonicalEvent]) -> OrderProjection:
