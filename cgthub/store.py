@@ -52,16 +52,24 @@ _engines: dict[tuple[str, bool], Engine] = {}
 _factories: dict[tuple[str, bool], sessionmaker[Session]] = {}
 
 
+def _sqlite_file(url: str) -> str | None:
+    """The database file of a SQLite URL; None for another backend or an in-memory database."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return path if path and path != ":memory:" else None
+
+
 def _create_engine(url: str, readonly: bool) -> Engine:
     if url.startswith("sqlite"):
-        path = url.split("///", 1)[-1]
-        if path and path != ":memory:":
+        path = _sqlite_file(url)
+        if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=canonical_json
         )
         _sqlite_pragmas(engine, immediate=not readonly)
-        if not readonly and path and path != ":memory:":
+        if not readonly and path is not None:
             checkpointer.watch(path)  # commits then seldom pay for copying the WAL back
         return engine
     if url.startswith("postgresql://"):
@@ -92,8 +100,9 @@ def point_read_engine(url: str | None = None) -> Engine:
 def dispose_engines() -> None:
     """Close every pooled connection and forget the engines (tests, after fork)."""
     for (url, readonly), engine in _engines.items():
-        if url.startswith("sqlite") and not readonly:
-            checkpointer.forget(url.split("///", 1)[-1])
+        path = _sqlite_file(url)
+        if path is not None and not readonly:
+            checkpointer.forget(path)
         engine.dispose()
     _engines.clear()
     _factories.clear()
@@ -101,8 +110,8 @@ def dispose_engines() -> None:
 
 def wal_checkpoints(url: str | None = None) -> Watched | None:
     """What this process's background WAL checkpoints did for a SQLite database it writes."""
-    url = database_url(url)
-    return checkpointer.watching(url.split("///", 1)[-1]) if url.startswith("sqlite") else None
+    path = _sqlite_file(database_url(url))
+    return checkpointer.watching(path) if path is not None else None
 
 
 @contextmanager
