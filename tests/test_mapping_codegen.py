@@ -456,3 +456,45 @@ def test_a_source_expression_never_becomes_generated_code(tmp_path, monkeypatch)
     assert event.source_event_id == "E-1"
     assert "CGTHUB_INJECTED" not in __import__("os").environ
     assert mapper.events[0].fast is not None
+
+
+def test_shared_defaults_are_only_those_nothing_can_change():
+    """A default the generated builders share between instances must be immutable; a mutable one
+    gets a copy per instance, as pydantic gives it (a shared dict would leak one event's keys into the next)."""
+    from enum import StrEnum
+
+    from pydantic import ConfigDict
+
+    from cgthub.mapping import construct
+    from cgthub.model import CanonicalEvent, ExternalRefs
+
+    class Colour(StrEnum):
+        RED = "red"
+
+    class Frozen(BaseModel):
+        model_config = ConfigDict(frozen=True)
+        names: tuple[str, ...] = ()
+        colour: Colour = Colour.RED
+
+    class Loose(BaseModel):
+        names: list[str] = []
+
+    class Holder(BaseModel):
+        tags: dict[str, str] = {}
+        colour: Colour = Colour.RED
+
+    assert construct.immutable(ExternalRefs()) and construct.immutable(Frozen()) and construct.immutable(Colour.RED)
+    assert construct.immutable(("a", 1, None))
+    assert not construct.immutable(Loose()) and not construct.immutable({}) and not construct.immutable(("a", []))
+    assert CanonicalEvent.model_fields["refs"].default == ExternalRefs()  # shared: frozen, so safe
+
+    build = construct.model_builder(Holder)
+    first, second = build({}), build({})
+    assert first.colour is Colour.RED
+    first.tags["leak"] = "x"
+    assert second.tags == {} and Holder.model_fields["tags"].default == {}
+
+    writer = codegen._Writer()
+    assert codegen._default_expr(writer, Holder.model_fields["colour"]) is not None  # an enum default is a constant
+    with pytest.raises(codegen.NoFastPath):
+        codegen._default_expr(writer, Holder.model_fields["tags"])

@@ -525,7 +525,7 @@ def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
     if info.default_factory is not None:
         return f"{writer.name(info.default_factory, 'F')}()"
     default = info.default
-    if default is None or type(default) in (str, int, float, bool, tuple) or isinstance(default, canonical.Enum):
+    if construct.immutable(default):  # one shared value serves every instance
         return writer.name(default)
     raise NoFastPath(f"default {default!r} may be mutable")
 

@@ -14,6 +14,7 @@ edit here; a type without a rule always answers `Unsure`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import types
@@ -72,6 +73,18 @@ def instance(model: type[BaseModel], values: dict[str, Any], fields_set: set[str
     _set(built, "__pydantic_extra__", None)
     _set(built, "__pydantic_private__", None)
     return built
+
+
+def immutable(value: Any) -> bool:
+    """Whether `value` can be one default shared by every instance: nothing in it can change
+    (None, a str, number, bool or enum member; a tuple of such; a frozen model holding such)."""
+    if value is None or type(value) in (str, int, float, bool) or isinstance(value, Enum):
+        return True
+    if type(value) is tuple:
+        return all(immutable(item) for item in value)
+    if isinstance(value, BaseModel) and value.model_config.get("frozen"):
+        return all(immutable(item) for item in value.__dict__.values())
+    return False
 
 
 def _unsure(_value: Any) -> Any:
@@ -262,8 +275,11 @@ def model_builder(model: type[BaseModel]) -> Check:
         elif info.default_factory is not None:
             template[name] = _FACTORY
             factories[name] = info.default_factory  # type: ignore[assignment]
-        else:
+        elif immutable(info.default):
             template[name] = info.default
+        else:  # a mutable default: pydantic gives each instance its own copy, so must we
+            template[name] = _FACTORY
+            factories[name] = functools.partial(copy.deepcopy, info.default)
 
     def built(value: Any) -> Any:
         if type(value) is model:
