@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import multiprocessing
 import socket
+import sqlite3
 import tempfile
 import threading
 import time
@@ -152,16 +153,21 @@ def mllp(
     return elapsed, listener.stats.messages / max(listener.stats.batches, 1), _checkpoint_cpu(url) - checkpoints
 
 
+def durable_sqlite(name: str) -> sqlite3.Connection:
+    """A new SQLite file in a temporary folder, as durable as the hub's: WAL, synchronous=FULL,
+    autocommit (the caller writes its own BEGIN IMMEDIATE ... COMMIT)."""
+    connection = sqlite3.connect(Path(tempfile.mkdtemp()) / name, isolation_level=None, check_same_thread=False)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=FULL")
+    return connection
+
+
 def plain_split(batch: list[bytes], size: int = 1000) -> float:
     """The issue's yardstick for this machine: split each message into segments and fields, pick
     MSH-9, MSH-10, MSH-4 and PID-3, and insert one row a message, 1,000 a transaction, into a
     WAL-mode SQLite file with the hub's durability (synchronous=FULL). No archive seal, no mapping,
     ledger or projection: what is left of ingest with those taken away."""
-    import sqlite3
-
-    connection = sqlite3.connect(Path(tempfile.mkdtemp()) / "plain.db", isolation_level=None)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=FULL")
+    connection = durable_sqlite("plain.db")
     connection.execute(
         "CREATE TABLE message (id INTEGER PRIMARY KEY, kind TEXT, control_id TEXT, facility TEXT,"
         " patient TEXT, payload BLOB, UNIQUE (facility, control_id))"

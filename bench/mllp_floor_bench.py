@@ -23,12 +23,10 @@ import asyncio
 import multiprocessing
 import os
 import sqlite3
-import tempfile
 import threading
 from concurrent.futures import ProcessPoolExecutor
-from pathlib import Path
 
-from bench.hl7_bench import _hospital, messages
+from bench.hl7_bench import _hospital, durable_sqlite, messages
 from cgthub.hl7.mllp import FrameDecoder, frame
 
 ACK = frame(b"MSH|^~\\&|CGTHUB|HUB|EPIC|US-BOS-01|20260303112000||ACK^O01|A1|P|2.5.1\rMSA|AA|1\r")
@@ -49,10 +47,7 @@ class FloorServer:
 
     async def start(self) -> int:
         if self.commit_bytes is not None:
-            path = Path(tempfile.mkdtemp()) / "floor.db"
-            self._database = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            self._database.execute("PRAGMA journal_mode=WAL")
-            self._database.execute("PRAGMA synchronous=FULL")
+            self._database = durable_sqlite("floor.db")
             self._database.execute("CREATE TABLE raw (id INTEGER PRIMARY KEY, payload BLOB)")
             self._committer = asyncio.create_task(self._commit_loop())
         self._server = await asyncio.start_server(self._connection, "127.0.0.1", 0)
