@@ -1,5 +1,8 @@
 """The generated fast path of a mapping gives exactly what the reference path gives.
 
+Every test here runs twice: with the fast path as the C interpreter runs it (`native`, the default
+where it is built) and as generated Python (`CGTHUB_MAPPING_FASTPATH=python`, what serves without it).
+
 Same events (equal, same JSON, same fields set at every level) or the same rejection, on every
 shipped fixture in every market, and on payloads mutated at random (wrong types, blanks, unknown
 codes, malformed identifiers), where the fast path must hand the decision to the reference path.
@@ -10,6 +13,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
+import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +25,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from bench.mapping_bench import json_record
-from cgthub.mapping import codegen, fixtures, registry
+from cgthub.mapping import codegen, fixtures, native, registry
+from cgthub.mapping.native import _vm
 from cgthub.pipeline import PayloadRejected
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
@@ -29,19 +35,37 @@ MAPPING_FILES = [f.path for f in registry.discover()] + [BENCH_MAPPING]
 MARKETS = [None, "US", "DE"]
 
 
-_PAIRS: dict[tuple[Path, str | None], tuple[Any, Any]] = {}
+_PAIRS: dict[tuple[Path, str | None, str], tuple[Any, Any]] = {}
+BACKENDS = ["native", "python"]
+_backend = {"name": "native"}
+
+
+@pytest.fixture(autouse=True, params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    if request.param == "native" and not native.available():
+        if os.environ.get("CI") == "true":
+            pytest.fail("the C interpreter is not built (cgthub/mapping/_vm.c): `make install` compiles it")
+        pytest.skip("the C interpreter is not built here")
+    _backend["name"] = request.param
+    return str(request.param)
 
 
 def _pair(path: Path, market: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
-    """The mapping compiled with its fast path and without (compiled once per test session)."""
-    if (path, market) not in _PAIRS:
-        fast = registry.compile_file(path, market)
+    """The mapping compiled with its fast path (of this test's backend) and without (compiled once
+    per test session)."""
+    name = _backend["name"]
+    if (path, market, name) not in _PAIRS:
         with monkeypatch.context() as patch:
+            patch.setenv("CGTHUB_MAPPING_FASTPATH", "1" if name == "native" else "python")
+            fast = registry.compile_file(path, market)
             patch.setenv("CGTHUB_MAPPING_FASTPATH", "0")
             reference = registry.compile_file(path, market)
         assert all(e.fast is None for e in reference.events)
-        _PAIRS[path, market] = fast, reference
-    return _PAIRS[path, market]
+        hl7 = fast.spec.format == "hl7"  # HL7 rules keep the generated Python (native.generate says why)
+        expected = _vm.Build if name == "native" and not hl7 else types.FunctionType
+        assert all(type(e.fast) is expected for e in fast.events if e.fast is not None)
+        _PAIRS[path, market, name] = fast, reference
+    return _PAIRS[path, market, name]
 
 
 def _fields_set(model: BaseModel) -> Any:

@@ -321,11 +321,19 @@ def _transform_call(writer: _Writer, kind: str, arg: str, function: Callable[[An
     return re.sub(r"\b(arg|pseudonymize)\b", lambda m: bound[m.group(1)](), template)
 
 
-def _inline_check(
-    annotation: Any, metadata: list[Any], validators: list[Any], var: str, facts: frozenset[str] = frozenset()
-) -> list[str] | None:
-    """Plain-type checks as inline statements (a call per field costs more than the check), or None.
-    A string the steps made is not tested for being one, only for its length."""
+@dataclass(frozen=True)
+class PlainCheck:
+    """A field's check when it is a plain type: exactly `kind` (or None, when `optional`), and for
+    a string a length in `low`..`high`. The generated Python writes it inline; `native` as a step."""
+
+    kind: Any  # str, int, bool, float or AwareDatetime
+    optional: bool
+    low: int | None = None
+    high: int | None = None
+
+
+def plain_check(annotation: Any, metadata: list[Any], validators: list[Any]) -> PlainCheck | None:
+    """The field's check as a `PlainCheck`, or None where it needs the model's own."""
     if validators:
         return None
     inner, optional = _strip_optional(annotation)
@@ -339,6 +347,20 @@ def _inline_check(
             return None
     if (low is not None or high is not None) and inner is not str:
         return None
+    if inner in (str, int, bool, float, AwareDatetime):
+        return PlainCheck(inner, optional, low, high)
+    return None
+
+
+def _inline_check(
+    annotation: Any, metadata: list[Any], validators: list[Any], var: str, facts: frozenset[str] = frozenset()
+) -> list[str] | None:
+    """Plain-type checks as inline statements (a call per field costs more than the check), or None.
+    A string the steps made is not tested for being one, only for its length."""
+    shape = plain_check(annotation, metadata, validators)
+    if shape is None:
+        return None
+    inner, optional, low, high = shape.kind, shape.optional, shape.low, shape.high
     none_ok = f"{var} is not None and " if optional else ""
     # The type test first: for the value the field expects, the only comparison made.
     none_after = f" and {var} is not None" if optional else ""
@@ -360,9 +382,7 @@ def _inline_check(
             "        raise TypeError",
             f"    {var} = float({var})",
         ]
-    if inner is AwareDatetime:
-        return [f"if {none_ok}(type({var}) is not datetime or {var}.utcoffset() is None):", "    raise TypeError"]
-    return None
+    return [f"if {none_ok}(type({var}) is not datetime or {var}.utcoffset() is None):", "    raise TypeError"]
 
 
 def _leaf_value(
@@ -567,15 +587,14 @@ def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bo
     return writer.function("select", "record", f"<mapping {mapping.mapping_id}@{mapping.version} conditions>")
 
 
-def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild, str]:
-    """The fast build function for one event rule of `mapping`, and its source (for reading)."""
-    writer = _Writer()
-    if mapping.spec.format != "hl7":
-        writer.emit("g = record.get")
-    placed: list[tuple[tuple[str, ...], _Leaf]] = []
-    for index, compiled in enumerate(event.fields):
-        placed.append((compiled.target, _emit_field(writer, mapping, index, compiled)))
-    # Residency: dropped fields are still evaluated (their failures count), just not placed.
+def residency(
+    mapping: CompiledMapping,
+    placed: list[tuple[tuple[str, ...], _Leaf]],
+    tokenize: Callable[[_Leaf, Callable[[Any], str]], None],
+) -> list[tuple[tuple[str, ...], _Leaf]]:
+    """The market's residency over the placed leaves: a dropped field is still evaluated (its
+    failures count) but becomes a ghost, not placed; a tokenized one gets `tokenize(leaf, function)`
+    (code that replaces a present value by `function(value)`, and hands None to the reference)."""
     for path in mapping.drop:
         if path[0] in _PROVIDED or any(t[: len(path)] != path and path[: len(t)] == t for t, _ in placed):
             raise NoFastPath(f"residency drop {'.'.join(path)!r} reaches inside a value")
@@ -590,12 +609,28 @@ def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild,
             raise NoFastPath(f"residency tokenize {'.'.join(path)!r} is not one field")
         for target, leaf in placed:
             if target == path:
-                tokenize = writer.name(lambda v, kind=path[-1]: pseudonymize(kind, str(v)), "R")
-                writer.emit(f"if {leaf.var} is not _A:")
-                writer.emit(f"if {leaf.var} is None:", 2)  # the reference then removes the key
-                writer.emit("raise LookupError", 3)
-                writer.emit(f"{leaf.var} = {tokenize}({leaf.var})", 2)
+                tokenize(leaf, lambda v, kind=path[-1]: pseudonymize(kind, str(v)))
                 leaf.facts = frozenset({"str", "token"}) if _TOKEN_KIND.match(path[-1]) else frozenset({"str"})
+    return placed
+
+
+def generate(mapping: CompiledMapping, event: CompiledEvent) -> tuple[FastBuild, str]:
+    """The fast build function for one event rule of `mapping`, and its source (for reading)."""
+    writer = _Writer()
+    if mapping.spec.format != "hl7":
+        writer.emit("g = record.get")
+    placed: list[tuple[tuple[str, ...], _Leaf]] = []
+    for index, compiled in enumerate(event.fields):
+        placed.append((compiled.target, _emit_field(writer, mapping, index, compiled)))
+
+    def tokenize(leaf: _Leaf, function: Callable[[Any], str]) -> None:
+        name = writer.name(function, "R")
+        writer.emit(f"if {leaf.var} is not _A:")
+        writer.emit(f"if {leaf.var} is None:", 2)  # the reference then removes the key
+        writer.emit("raise LookupError", 3)
+        writer.emit(f"{leaf.var} = {name}({leaf.var})", 2)
+
+    placed = residency(mapping, placed, tokenize)
     root = _ModelNode(canonical.CanonicalEvent)
     for target, leaf in placed:
         if target[0] in _PROVIDED:

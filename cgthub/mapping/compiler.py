@@ -9,6 +9,7 @@ expression and the shape of the offending value, never the value itself.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -26,7 +27,7 @@ from lxml import etree
 from pydantic import ValidationError
 
 from cgthub import hl7v2
-from cgthub.mapping import codegen, construct
+from cgthub.mapping import codegen, construct, native
 from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
 from cgthub.model import CanonicalEvent, Provenance
@@ -205,6 +206,7 @@ class CompiledMapping:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
         self._select: Callable[[Any], list[bool]] | None = None
+        self._run: Callable[[bytes, Any, Any, datetime], list[CanonicalEvent] | None] | None = None
         self.select_source = ""
         if codegen.enabled():
             self._select, self.select_source = codegen.generate_selector(self)
@@ -213,6 +215,11 @@ class CompiledMapping:
                     event.fast, event.fast_source = codegen.generate(self, event)
                 except codegen.NoFastPath as exc:
                     event.fast_source = f"# no fast path: {exc}"
+                    continue
+                if native.available():  # the same steps, run by the C interpreter
+                    with contextlib.suppress(codegen.NoFastPath):  # else the generated Python serves
+                        event.fast = native.generate(self, event)
+            self._run = native.runner(self)
         # The CSV columns the rules read: a file whose header lacks them is not this export.
         self._columns = {
             source
@@ -398,6 +405,10 @@ class CompiledMapping:
     ) -> list[CanonicalEvent]:
         """The payload's canonical events. `parsed`: the HL7 message as `hl7v2.parse(payload)` already
         gave it to the listener (which read its MSH), so it is not parsed twice."""
+        if self._run is not None:  # a JSON object whole in C (`native.runner`); None: not that simple
+            made = self._run(payload, raw_id, checksum, received_at)
+            if made is not None:
+                return made
         return self._map(payload, raw_id, checksum, received_at, None, parsed)
 
     def map_by_rule(

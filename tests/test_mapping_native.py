@@ -1,0 +1,298 @@
+"""The C interpreter (`cgthub/mapping/_vm.c`) builds what the generated Python builds, itself.
+
+`test_mapping_codegen.py` holds both fast paths to the reference outcome; a fast path that always
+handed over would pass there. Here the C build of every rule is called directly, beside the
+generated Python function of the same rule, and the two must agree exactly: the same instances
+(same JSON, same fields set at every level), or both handing over. Its own steps (DIN, CoI,
+date/time) answer only what the Python transforms answer.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import BaseModel
+
+from bench.mapping_bench import json_record
+from cgthub.identifiers import IdentifierError, mod37_2_check, normalize_din, validate_coi_id
+from cgthub.mapping import construct, fixtures, native, registry
+from cgthub.mapping.compiler import _provenance
+from cgthub.mapping.transforms import datetime_transform, zone
+from cgthub.pseudonym import pseudonymize
+
+if not native.available():
+    if os.environ.get("CI") == "true":
+        raise RuntimeError("the C interpreter is not built (cgthub/mapping/_vm.c): `make install` compiles it")
+    pytest.skip("the C interpreter is not built here", allow_module_level=True)
+
+from cgthub.mapping.native import _vm
+
+NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
+BENCH_MAPPING = Path(__file__).parents[1] / "bench" / "mappings" / "crm" / "order_record" / "v1.yaml"
+# HL7 rules keep the generated Python, which reads segments inline (native.generate says why).
+MAPPING_FILES = [f.path for f in registry.discover() if f.system != "hl7"] + [BENCH_MAPPING]
+PROVENANCE = _provenance({"mapping_id": "x/y", "mapping_version": "v1", "raw_id": 7, "raw_checksum": "c" * 64})
+
+
+def _python_and_native(path: Path, market: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
+    with monkeypatch.context() as patch:
+        patch.setenv("CGTHUB_MAPPING_FASTPATH", "python")
+        python = registry.compile_file(path, market)
+    return python, registry.compile_file(path, market)
+
+
+def _fields_set(model: BaseModel) -> Any:
+    nested = {name: _fields_set(value) for name, value in model.__dict__.items() if isinstance(value, BaseModel)}
+    return sorted(model.model_fields_set), nested
+
+
+def _built(build: Any, record: Any) -> Any:
+    try:
+        made = build(record, PROVENANCE, NOW)
+    except Exception:
+        return "hands over"
+    return made, made.model_dump_json(), _fields_set(made)
+
+
+def _records(mapper: Any, path: Path) -> list[Any]:
+    out = []
+    for fixture in fixtures.inputs(path):
+        try:
+            out.extend(mapper.records(fixture.read_bytes()))
+        except Exception:
+            continue
+    return out
+
+
+@pytest.mark.parametrize("market", [None, "US", "DE"])
+@pytest.mark.parametrize("path", MAPPING_FILES, ids=lambda p: "/".join(p.parts[-3:]))
+def test_the_c_build_of_every_rule_builds_what_the_generated_python_builds(path, market, monkeypatch):
+    python, compiled = _python_and_native(path, market, monkeypatch)
+    built_here = 0
+    for py_event, c_event in zip(python.events, compiled.events, strict=True):
+        assert type(c_event.fast) is _vm.Build, c_event.fast_source
+        for record in _records(python, path):
+            expected = _built(py_event.fast, record)
+            assert _built(c_event.fast, record) == expected, (py_event.rule.name, c_event.fast_source)
+            built_here += expected != "hands over"
+    assert built_here or not fixtures.inputs(path), "no fixture record is built by the fast path itself"
+
+
+def test_the_bench_record_is_built_by_the_c_build_itself(monkeypatch):
+    python, compiled = _python_and_native(BENCH_MAPPING, None, monkeypatch)
+    record = json.loads(json_record(41))
+    built = compiled.events[0].fast(record, PROVENANCE, NOW)  # raises if it would hand over
+    assert built == python.events[0].fast(record, PROVENANCE, NOW)
+    assert built.occurred_at == datetime(2026, 3, 2, 14, tzinfo=UTC)  # 09:00 in New York
+    assert built.material.din == record["unit"]["din"] and built.order.market == "US"
+    assert built.patient.pseudonyms["mrn"].startswith("psn:mrn:") and built.attributes == {
+        "weight_kg": 71.5,
+        "priority": 2,
+    }
+    assert built.model_fields_set == python.events[0].fast(record, PROVENANCE, NOW).model_fields_set
+
+
+LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 10**6),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "us",
+            "de",
+            "XX",
+            "OUT",
+            "BACK",
+            "KYM-BCMA",
+            "DRAFT",
+            "2026-03-09T08:00:00",
+            "2026-02-30T08:00:00",
+            "20260309080000",
+            "2026-03-08T02:30:00",
+            "W123426000001",
+            "w123426000001",
+            "W123426000001X",
+            "CHW123426000001",
+            " CHW123426000001",
+            "7",
+            " 1.5 ",
+        ]
+    ),
+    st.text(max_size=8),
+    st.lists(st.integers(0, 2), max_size=2),
+    st.dictionaries(st.sampled_from(["id", "din"]), st.integers(0, 2), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.integers(0, 10**6), LEAVES | st.just(...)), min_size=1, max_size=3))
+def test_mutated_records_get_the_same_answer_from_both_builds(changes):
+    python, compiled = _MUTATION_PAIR
+    record = json.loads(json_record(1))
+    for pick, value in changes:
+        leaves = [(node, key) for node in _nodes(record) for key in list(node)]
+        node, key = leaves[pick % len(leaves)]
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    assert _built(compiled.events[0].fast, record) == _built(python.events[0].fast, record)
+
+
+def _nodes(record: dict[str, Any]) -> list[dict[str, Any]]:
+    return [record] + [n for v in record.values() if isinstance(v, dict) for n in _nodes(v)]
+
+
+def _mutation_pair() -> tuple[Any, Any]:
+    os.environ["CGTHUB_MAPPING_FASTPATH"] = "python"
+    try:
+        python = registry.compile_file(BENCH_MAPPING)
+    finally:
+        del os.environ["CGTHUB_MAPPING_FASTPATH"]
+    return python, registry.compile_file(BENCH_MAPPING)
+
+
+_MUTATION_PAIR = _mutation_pair()
+
+
+def _python_answer(function: Any, value: Any) -> Any:
+    try:
+        return function(value)
+    except (IdentifierError, ValueError):
+        return "refused"
+
+
+DIN_TEXT = st.text(alphabet="W12345670ABZ*a -", min_size=11, max_size=16)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(body=st.from_regex(r"[A-Z][0-9A-Z]{4}[0-9]{8}", fullmatch=True), noise=DIN_TEXT, keep=st.integers(0, 2))
+def test_the_din_step_answers_only_what_normalize_din_answers(body, noise, keep):
+    for value in (body, body + mod37_2_check(body), body + "A", noise):
+        own = _vm.din(value)
+        if own is not None:
+            assert own == _python_answer(normalize_din, value)
+    assert _vm.din(body) == normalize_din(body)  # the usual value is its own to answer
+    assert _vm.din(body + mod37_2_check(body)) == body + mod37_2_check(body)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(value=st.from_regex(r"CH[A-Z][0-9A-Z]{4}[0-9]{8}", fullmatch=True) | st.text(alphabet="CHW1234z ", max_size=16))
+def test_the_coi_step_answers_only_what_validate_coi_id_answers(value):
+    own = _vm.coi(value)
+    if own is not None:
+        assert own == _python_answer(validate_coi_id, value)
+    if _python_answer(validate_coi_id, value) == value:
+        assert own == value  # the usual value (already stripped, upper case) is its own to answer
+
+
+ZONES = ["America/New_York", "Europe/Berlin", "Australia/Lord_Howe", "UTC", "Asia/Kolkata"]
+
+
+def test_the_datetime_step_matches_the_python_transform_across_transitions():
+    """Every quarter hour over two DST years in zones with odd offsets, both shapes, and edges."""
+    rng = random.Random(5)
+    for name in ZONES:
+        tz = zone(name)
+        transform = datetime_transform(tz)
+        moment = datetime(2025, 1, 1)
+        while moment < datetime(2027, 1, 1):
+            for text in (
+                moment.strftime("%Y-%m-%dT%H:%M:%S"),
+                moment.strftime("%Y%m%d%H%M%S"),
+                moment.strftime("%Y-%m-%d %H:%M:%S"),
+            ):
+                own = _vm.datetime(text, tz.utcoffset)
+                assert own is not None and own == transform(text) and own.tzinfo is UTC, (name, text)
+            moment += timedelta(minutes=15 * rng.randint(1, 8))
+    tz = zone("Europe/Berlin")
+    for text in (
+        "2026-02-29T00:00:00",
+        "2026-13-01T00:00:00",
+        "0001-01-01T00:30:00",
+        "9999-12-31T23:59:59",
+        "2026-03-02T24:00:00",
+        "2026-03-02T09:00:60",
+        "2026-03-02T09:00:00Z",
+        "2026-03-02X09:00:00",
+        "20260302",
+        "2026030209000",
+        "2026-03-02T09:00.00",
+        "\uff12\uff10\uff12\uff16-03-02T09:00:00",
+        "2024-02-29T12:00:00",
+    ):
+        own = _vm.datetime(text, tz.utcoffset)
+        if own is not None:
+            assert own == datetime_transform(tz)(text), text
+    assert _vm.datetime("2024-02-29T12:00:00", tz.utcoffset) == datetime(2024, 2, 29, 11, tzinfo=UTC)
+
+
+def test_a_malformed_plan_is_refused_when_made_not_when_run():
+    setters = tuple(BaseModel.__dict__[name] for name in construct.SLOTS)
+    with pytest.raises(ValueError, match="register 9 out of range"):
+        _vm.Build(
+            ((_vm.OP_READ, 9, 0, "id", None, None), (_vm.OP_RETURN, 3, 0, None, None, None)),
+            4,
+            construct.ABSENT,
+            setters,
+        )
+    with pytest.raises(ValueError, match="ends with its return"):
+        _vm.Build(((_vm.OP_READ, 3, 0, "id", None, None),), 4, construct.ABSENT, setters)
+    build = _vm.Build(
+        ((_vm.OP_READ, 3, 0, "id", None, None), (_vm.OP_RETURN, 3, 0, None, None, None)), 4, construct.ABSENT, setters
+    )
+    assert build({"id": "E-1"}, None, None) == "E-1"
+    with pytest.raises(LookupError):
+        build(["not", "a", "record"], None, None)  # not a plain dict: hands over
+
+
+KEYS = st.one_of(st.binary(min_size=0, max_size=80), st.just(b"k" * 64), st.just(b"k" * 65))
+
+
+@settings(max_examples=1500, deadline=None)
+@given(
+    kind=st.sampled_from(["mrn", "visit", "ssn", "a_b"]),
+    value=st.one_of(
+        st.from_regex(r"[A-Z0-9^-]{0,60}", fullmatch=True),
+        st.text(max_size=12),
+        st.just("psn:mrn:0123456789abcdef0123456789abcdef"),
+        st.just(" MRN1 "),
+    ),
+    key=KEYS,
+)
+def test_the_pseudonym_step_answers_only_what_pseudonymize_answers(kind, value, key):
+    own = _vm.pseudonym(kind, value, key)
+    if own is not None:
+        assert own == pseudonymize(kind, value, key=key)
+    if value == value.strip().upper() and value.isascii() and not value.startswith("psn:"):
+        assert own is not None  # the usual value is its own to answer
+
+
+def test_the_pseudonym_step_follows_the_settings_key(monkeypatch):
+    """The build reads the key from the settings on every value: new settings, new pads."""
+    from cgthub import settings as hub_settings
+
+    _python, compiled = _python_and_native(BENCH_MAPPING, None, monkeypatch)
+    record = json.loads(json_record(3))
+    first = compiled.events[0].fast(record, PROVENANCE, NOW).patient.pseudonyms["mrn"]
+    with monkeypatch.context() as patch:
+        patch.setenv("CGTHUB_PSEUDONYM_KEY", base64.urlsafe_b64encode(b"\x01" * 32).decode())
+        hub_settings.get_settings.cache_clear()
+        try:
+            second = compiled.events[0].fast(record, PROVENANCE, NOW).patient.pseudonyms["mrn"]
+            assert second != first and second == pseudonymize("mrn", record["patient"]["mrn"])
+        finally:
+            hub_settings.get_settings.cache_clear()
+    assert compiled.events[0].fast(record, PROVENANCE, NOW).patient.pseudonyms["mrn"] == first
