@@ -10,6 +10,7 @@ date/time) answer only what the Python transforms answer.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import random
@@ -296,3 +297,14 @@ def test_the_pseudonym_step_follows_the_settings_key(monkeypatch):
         finally:
             hub_settings.get_settings.cache_clear()
     assert compiled.events[0].fast(record, PROVENANCE, NOW).patient.pseudonyms["mrn"] == first
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_both_sha256_compressions_give_hashlibs_digest(data):
+    """The CPU's SHA extensions serve where the module's self-check found them; either way the
+    digest is SHA-256's, at every length around the block and padding edges."""
+    for size in {len(data), 55, 56, 63, 64, 65, 119, 120, 128}:
+        chunk = (data * 3)[:size] if data else bytes(size)
+        assert _vm.sha256(chunk, False) == _vm.sha256(chunk, True) == hashlib.sha256(chunk).digest()
+    assert _vm.sha256_backend() in ("cpu", "portable")
