@@ -28,6 +28,7 @@ from bench.mapping_bench import json_record
 from cgthub.mapping import codegen, fixtures, native, registry
 from cgthub.mapping.native import _vm
 from cgthub.pipeline import PayloadRejected
+from tests.factories import MAPPED_VALUES
 
 NOW = datetime(2026, 3, 2, 12, tzinfo=UTC)
 BENCH_MAPPING = Path(__file__).parents[1] / "bench" / "mappings" / "crm" / "order_record" / "v1.yaml"
@@ -109,42 +110,7 @@ def _leaf_paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]
     return [prefix]
 
 
-VALUES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-5, 10**12),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(
-        [
-            "",
-            " ",
-            "us",
-            "DE",
-            "XX",
-            "OUT",
-            "BACK",
-            "KYM-BCMA",
-            "NOPE",
-            "DRAFT",
-            "2026-03-02T09:00:00",
-            "2026-03-02T09:00:00Z",
-            "20260302",
-            "2026-13-40",
-            "W123426000001",
-            "W123426000001F",
-            "W1234",
-            "CHW123426000001",
-            "chw123426000001",
-            "psn:mrn:0123456789abcdef0123456789abcdef",
-            "x" * 250,
-            "1.5",
-            "7",
-        ]
-    ),
-    st.text(max_size=12),
-    st.lists(st.integers(0, 3), max_size=2),
-    st.dictionaries(st.sampled_from(["id", "x"]), st.integers(0, 3), max_size=2),
-)
+VALUES = MAPPED_VALUES
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -29,6 +29,7 @@ from cgthub.mapping import construct, fixtures, native, registry
 from cgthub.mapping.compiler import _provenance
 from cgthub.mapping.transforms import datetime_transform, zone
 from cgthub.pseudonym import pseudonymize
+from tests.factories import MAPPED_VALUES
 
 if not native.available():
     if os.environ.get("CI") == "true":
@@ -102,39 +103,7 @@ def test_the_bench_record_is_built_by_the_c_build_itself(monkeypatch):
     assert built.model_fields_set == python.events[0].fast(record, PROVENANCE, NOW).model_fields_set
 
 
-LEAVES = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(-3, 10**6),
-    st.floats(allow_nan=False, allow_infinity=False),
-    st.sampled_from(
-        [
-            "",
-            " ",
-            "us",
-            "de",
-            "XX",
-            "OUT",
-            "BACK",
-            "KYM-BCMA",
-            "DRAFT",
-            "2026-03-09T08:00:00",
-            "2026-02-30T08:00:00",
-            "20260309080000",
-            "2026-03-08T02:30:00",
-            "W123426000001",
-            "w123426000001",
-            "W123426000001X",
-            "CHW123426000001",
-            " CHW123426000001",
-            "7",
-            " 1.5 ",
-        ]
-    ),
-    st.text(max_size=8),
-    st.lists(st.integers(0, 2), max_size=2),
-    st.dictionaries(st.sampled_from(["id", "din"]), st.integers(0, 2), max_size=2),
-)
+LEAVES = MAPPED_VALUES
 
 
 @settings(max_examples=300, deadline=None)
