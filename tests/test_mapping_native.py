@@ -277,3 +277,56 @@ def test_both_sha256_compressions_give_hashlibs_digest(data):
         chunk = (data * 3)[:size] if data else bytes(size)
         assert _vm.sha256(chunk, False) == _vm.sha256(chunk, True) == hashlib.sha256(chunk).digest()
     assert _vm.sha256_backend() in ("cpu", "portable")
+
+
+def _mapped(mapper: Any, payload: bytes) -> Any:
+    try:
+        events = mapper.map(payload, raw_id=7, checksum="c" * 64, received_at=NOW)
+    except Exception as exc:  # the same rejection, in the same words, is the point
+        return ("rejected", type(exc).__name__, str(exc))
+    return [(e, e.model_dump_json(), _fields_set(e)) for e in events]
+
+
+def _reference(path: Path, market: str | None) -> Any:
+    os.environ["CGTHUB_MAPPING_FASTPATH"] = "0"
+    try:
+        return registry.compile_file(path, market)
+    finally:
+        del os.environ["CGTHUB_MAPPING_FASTPATH"]
+
+
+JSON_FILES = [p for p in MAPPING_FILES if registry.load(p).spec.format == "json"]
+
+
+@pytest.mark.parametrize("market", [None, "DE"])
+@pytest.mark.parametrize("path", JSON_FILES, ids=lambda p: "/".join(p.parts[-3:]))
+def test_map_of_a_whole_json_payload_in_c_gives_the_reference_outcome(path, market):
+    """`map` hands a JSON payload to the C runner first (`native.runner`): decode, conditions,
+    provenance and builds; whatever it answers must be what the reference path answers."""
+    compiled, reference = registry.compile_file(path, market), _reference(path, market)
+    payloads = [f.read_bytes() for f in fixtures.inputs(path)] or [json_record(5)]
+    answered = 0
+    for payload in [*payloads, b"{}", b"[]", b"not json", b'{"status": "DRAFT"}']:
+        assert _mapped(compiled, payload) == _mapped(reference, payload)
+        if compiled._run is not None:
+            answered += compiled._run(payload, 7, "c" * 64, NOW) is not None
+    if path == BENCH_MAPPING:
+        assert compiled._run is not None and answered == 1  # the record itself, not the odd ones
+
+
+@settings(max_examples=300, deadline=None)
+@given(changes=st.lists(st.tuples(st.integers(0, 10**6), LEAVES | st.just(...)), min_size=1, max_size=3))
+def test_map_of_mutated_payloads_in_c_gives_the_reference_outcome(changes):
+    record = json.loads(json_record(2))
+    for pick, value in changes:
+        leaves = [(node, key) for node in _nodes(record) for key in list(node)]
+        node, key = leaves[pick % len(leaves)]
+        if value is ...:
+            del node[key]
+        else:
+            node[key] = value
+    payload = json.dumps(record).encode()
+    assert _mapped(_RUNNER_PAIR[0], payload) == _mapped(_RUNNER_PAIR[1], payload)
+
+
+_RUNNER_PAIR = (registry.compile_file(BENCH_MAPPING), _reference(BENCH_MAPPING, None))
