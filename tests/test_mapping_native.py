@@ -218,6 +218,13 @@ def test_a_malformed_plan_is_refused_when_made_not_when_run():
             construct.ABSENT,
             setters,
         )
+    with pytest.raises(ValueError, match="needs a dict operand"):
+        _vm.Build(
+            ((_vm.OP_MAP, 3, 0, ["not", "a", "map"], None, None), (_vm.OP_RETURN, 3, 0, None, None, None)),
+            4,
+            construct.ABSENT,
+            setters,
+        )
     with pytest.raises(ValueError, match="ends with its return"):
         _vm.Build(((_vm.OP_READ, 3, 0, "id", None, None),), 4, construct.ABSENT, setters)
     build = _vm.Build(

@@ -227,6 +227,31 @@ static int build_init(Build *self, PyObject *args, PyObject *kwds) {
         op->npresent = -1;
         if (check_reg(self, op->a) < 0) return -1;
         if ((op->code == OP_HOLD || op->code == OP_READ) && check_reg(self, op->b) < 0) return -1;
+        /* The operands a step uses as a given type are that type (else a run would fail inside). */
+        const char *wrong = NULL;
+        if ((op->code == OP_HOLD || op->code == OP_READ || op->code == OP_T_PREFIX || op->code == OP_T_SUFFIX ||
+             op->code == OP_T_METHOD || op->code == OP_T_PSEUDO) && !PyUnicode_Check(o1))
+            wrong = "a str operand";
+        else if (op->code == OP_MAP && !PyDict_Check(o1))
+            wrong = "a dict operand";
+        else if (op->code == OP_ALLOWED && !PyAnySet_Check(o1))
+            wrong = "a set operand";
+        else if (op->code == OP_CHK_EXACT && !PyType_Check(o1))
+            wrong = "a type operand";
+        else if (op->code == OP_CHK_STR && ((o1 != Py_None && !PyLong_Check(o1)) || (o2 != Py_None && !PyLong_Check(o2))))
+            wrong = "int bounds";
+        else if ((op->code == OP_CALLREAD || op->code == OP_T_CALL || op->code == OP_CHK_CALL || op->code == OP_PATTERN ||
+                  op->code == OP_TOKENIZE || op->code == OP_T_DATETIME) && !PyCallable_Check(o1))
+            wrong = "a callable operand";
+        else if ((op->code == OP_T_PSEUDO || op->code == OP_T_DATETIME || op->code == OP_T_DIN || op->code == OP_T_COI) &&
+                 !PyCallable_Check(o2))
+            wrong = "a Python fallback";
+        else if (op->code == OP_T_PSEUDO && !PyCallable_Check(o3))
+            wrong = "the settings";
+        if (wrong != NULL) {
+            PyErr_Format(PyExc_ValueError, "step %zd (code %d) needs %s", i, op->code, wrong);
+            return -1;
+        }
         if (op->code == OP_DICT || op->code == OP_MODEL) {
             if (read_presence(o3, &op->npresent, &op->present) < 0) return -1;
             for (Py_ssize_t k = 0; k < op->npresent; k++)
