@@ -110,7 +110,14 @@ LEAVES = MAPPED_VALUES
 @given(changes=st.lists(st.tuples(st.integers(0, 10**6), LEAVES | st.just(...)), min_size=1, max_size=3))
 def test_mutated_records_get_the_same_answer_from_both_builds(changes):
     python, compiled = _MUTATION_PAIR
-    record = json.loads(json_record(1))
+    record = _mutated(1, changes)
+    assert _built(compiled.events[0].fast, record) == _built(python.events[0].fast, record)
+
+
+def _mutated(number: int, changes: list[tuple[int, Any]]) -> dict[str, Any]:
+    """The bench's record `number` with `changes` made: (which key of all its objects', the value
+    to put there or ... to delete it)."""
+    record = json.loads(json_record(number))
     for pick, value in changes:
         leaves = [(node, key) for node in _nodes(record) for key in list(node)]
         node, key = leaves[pick % len(leaves)]
@@ -118,7 +125,7 @@ def test_mutated_records_get_the_same_answer_from_both_builds(changes):
             del node[key]
         else:
             node[key] = value
-    assert _built(compiled.events[0].fast, record) == _built(python.events[0].fast, record)
+    return record
 
 
 def _nodes(record: dict[str, Any]) -> list[dict[str, Any]]:
@@ -324,15 +331,7 @@ def test_map_of_a_whole_json_payload_in_c_gives_the_reference_outcome(path, mark
 @settings(max_examples=300, deadline=None)
 @given(changes=st.lists(st.tuples(st.integers(0, 10**6), LEAVES | st.just(...)), min_size=1, max_size=3))
 def test_map_of_mutated_payloads_in_c_gives_the_reference_outcome(changes):
-    record = json.loads(json_record(2))
-    for pick, value in changes:
-        leaves = [(node, key) for node in _nodes(record) for key in list(node)]
-        node, key = leaves[pick % len(leaves)]
-        if value is ...:
-            del node[key]
-        else:
-            node[key] = value
-    payload = json.dumps(record).encode()
+    payload = json.dumps(_mutated(2, changes)).encode()
     assert _mapped(_RUNNER_PAIR[0], payload) == _mapped(_RUNNER_PAIR[1], payload)
 
 
