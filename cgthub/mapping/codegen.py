@@ -13,6 +13,9 @@ vouch for) raises, and the caller runs the reference path for that record, which
 event or rejects the payload in its usual words. So the fast path never decides a rejection and
 never accepts what the reference would refuse; `tests/test_mapping_codegen.py` compares the two
 on every shipped fixture and on mutated payloads. `CGTHUB_MAPPING_FASTPATH=0` turns it off.
+
+For JSON the same decisions also become a plan that C runs (`cgthub.mapping.native`); the function
+written here then serves HL7, and any install where the C part is not built.
 """
 
 from __future__ import annotations

@@ -149,11 +149,11 @@ def _check(
     annotation: Any,
     metadata: list[Any],
     validators: list[Any],
-    facts: frozenset[str],
     fallback: Any,
 ) -> None:
     """The check a leaf needs where its facts do not prove it: one of the interpreter's own for a
-    plain type (as `codegen._inline_check` writes them), else a call of `fallback` (the model's)."""
+    plain type (as `codegen._inline_check` writes them; a step tests the type even where a fact
+    says str, which costs a pointer comparison), else a call of `fallback` (the model's)."""
     shape = codegen.plain_check(annotation, metadata, validators)
     if shape is None:
         plan.step(_vm.OP_CHK_CALL, reg, o1=fallback)
@@ -225,7 +225,6 @@ def _model(plan: _Plan, node: codegen._ModelNode, provided: dict[str, tuple[int,
                     info.annotation,
                     list(info.metadata),
                     validators,
-                    child.facts,
                     construct.field_check(model, name, info),
                 )
         elif isinstance(child, codegen._ModelNode):
@@ -248,7 +247,7 @@ def _dict(plan: _Plan, node: codegen._DictNode) -> int:
             continue
         facts_all = leaf.facts if facts_all is None else facts_all & leaf.facts
         if not codegen._proven(node.value_annotation, [], [], leaf.facts):
-            _check(plan, int(leaf.var), node.value_annotation, [], [], frozenset(), value_check)
+            _check(plan, int(leaf.var), node.value_annotation, [], [], value_check)
         entries.append((key, int(leaf.var)))
     validators = codegen._validators(node.owner, node.name)
     proven_by = {codegen._DICT_VALIDATOR_FACTS.get((node.owner, v.cls_var_name)) for v in validators}
