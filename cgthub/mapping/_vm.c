@@ -79,7 +79,6 @@ typedef struct {
     int nregs;
     PyObject *absent;
     PyObject *setters[4]; /* __dict__, __pydantic_fields_set__, __pydantic_extra__, __pydantic_private__ */
-    PyObject *plan;       /* what it was made from, for repr and pickling's sake */
 } Build;
 
 static PyObject *str_strip, *empty_str, *empty_tuple;
@@ -142,7 +141,6 @@ static void build_dealloc(Build *self) {
     build_clear_ops(self);
     Py_XDECREF(self->absent);
     for (int i = 0; i < 4; i++) Py_XDECREF(self->setters[i]);
-    Py_XDECREF(self->plan);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -207,7 +205,6 @@ static int build_init(Build *self, PyObject *args, PyObject *kwds) {
     self->nregs = nregs;
     Py_XSETREF(self->absent, Py_NewRef(absent));
     for (int i = 0; i < 4; i++) Py_XSETREF(self->setters[i], Py_NewRef(PyTuple_GET_ITEM(setters, i)));
-    Py_XSETREF(self->plan, Py_NewRef(ops));
     Py_ssize_t n = PyTuple_GET_SIZE(ops);
     self->ops = PyMem_Calloc(n ? n : 1, sizeof(Op));
     self->models = PyMem_Calloc(n ? n : 1, sizeof(ModelSpec));
@@ -995,13 +992,6 @@ typedef struct {
     vectorcallfunc vectorcall;
 } BuildWithCall;
 
-static PyObject *build_get_plan(Build *self, void *closure) { return Py_NewRef(self->plan ? self->plan : Py_None); }
-
-static PyGetSetDef build_getset[] = {
-    {"plan", (getter)build_get_plan, NULL, "the steps this build runs", NULL},
-    {NULL},
-};
-
 static PyTypeObject BuildType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cgthub.mapping._vm.Build",
     .tp_basicsize = sizeof(BuildWithCall),
@@ -1010,7 +1000,6 @@ static PyTypeObject BuildType = {
     .tp_call = build_tp_call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "Build(ops, nregs, absent, setters): a mapping rule's event builder, run as plan steps.",
-    .tp_getset = build_getset,
     .tp_init = (initproc)build_init,
     .tp_new = build_new,
 };

@@ -295,14 +295,10 @@ def _emit_field(writer: _Writer, mapping: CompiledMapping, index: int, compiled:
     for written, function in plan.transforms:
         kind, _, arg = written.partition(":")
         writer.emit(f"v = {_transform_call(writer, kind, arg, function)}", depth)
-        if kind == "pseudonymize":
-            facts = frozenset({"str", "token"}) if _TOKEN_KIND.match(arg) else frozenset({"str"})
-        else:
-            facts = _TRANSFORM_FACTS.get(kind, frozenset())
+        facts = transform_facts(kind, arg)
     if plan.table is not None:
         writer.emit(f"v = {writer.name(plan.table, 'M')}[str(v)]", depth)
-        values = list(plan.table.values())
-        facts = frozenset.intersection(*(_constant_facts(v) for v in values)) if values else frozenset()
+        facts = table_facts(plan.table)
     if plan.pattern is not None:
         writer.emit(f"if not {writer.name(plan.pattern.fullmatch, 'P')}(str(v)):", depth)
         writer.emit("raise ValueError", depth + 1)
@@ -313,6 +309,19 @@ def _emit_field(writer: _Writer, mapping: CompiledMapping, index: int, compiled:
         writer.lines.insert(guard, "    if v is not _A:")
     writer.emit(f"x{index} = v")
     return _Leaf(f"x{index}", absent, facts)
+
+
+def transform_facts(kind: str, arg: str) -> frozenset[str]:
+    """What a transform's output is known to be."""
+    if kind == "pseudonymize":
+        return frozenset({"str", "token"}) if _TOKEN_KIND.match(arg) else frozenset({"str"})
+    return _TRANSFORM_FACTS.get(kind, frozenset())
+
+
+def table_facts(table: dict[str, Any]) -> frozenset[str]:
+    """What every value of a code map is known to be."""
+    values = list(table.values())
+    return frozenset.intersection(*(_constant_facts(v) for v in values)) if values else frozenset()
 
 
 def _transform_call(writer: _Writer, kind: str, arg: str, function: Callable[[Any], Any]) -> str:
@@ -509,7 +518,6 @@ def _emit_node_guarded(writer: _Writer, node: Any, test: str | None, emit: Calla
 
 
 def _emit_dict(writer: _Writer, node: _DictNode) -> str:
-    info = node.owner.model_fields[node.name]
     local = f"d{writer._count}"
     writer._count += 1
     writer.emit(f"{local} = {{}}")
@@ -527,11 +535,21 @@ def _emit_dict(writer: _Writer, node: _DictNode) -> str:
             writer.emit(f"{local}[{key!r}] = {var}", 2)
         else:
             writer.emit(f"{local}[{key!r}] = {var}")
+    post = dict_check(node, facts_all)
+    if post is not None:
+        writer.emit(f"{local} = {writer.name(post, 'C')}({local})")
+    return local
+
+
+def dict_check(node: _DictNode, facts_all: frozenset[str] | None) -> Callable[[Any], Any] | None:
+    """The model's check of the whole dict, or None where its entries' facts (`facts_all`, what
+    every placed entry is known to be) prove what its validators ask."""
+    info = node.owner.model_fields[node.name]
     validators = _validators(node.owner, node.name)
     proven_by = {_DICT_VALIDATOR_FACTS.get((node.owner, v.cls_var_name)) for v in validators}
     if list(info.metadata) or (validators and not (None not in proven_by and proven_by <= (facts_all or set()))):
-        writer.emit(f"{local} = {writer.name(construct.field_check(node.owner, node.name, info), 'C')}({local})")
-    return local
+        return construct.field_check(node.owner, node.name, info)
+    return None
 
 
 def _validators(model: type[BaseModel], name: str) -> list[Any]:
@@ -542,15 +560,23 @@ def _validators(model: type[BaseModel], name: str) -> list[Any]:
     ]
 
 
-def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
+def default_of(info: FieldInfo) -> tuple[bool, Any] | None:
+    """A field's default as (is a factory, the factory or the value), None where it is required."""
     if info.is_required():
         return None
     if info.default_factory is not None:
-        return f"{writer.name(info.default_factory, 'F')}()"
-    default = info.default
-    if construct.immutable(default):  # one shared value serves every instance
-        return writer.name(default)
-    raise NoFastPath(f"default {default!r} may be mutable")
+        return True, info.default_factory
+    if construct.immutable(info.default):  # one shared value serves every instance
+        return False, info.default
+    raise NoFastPath(f"default {info.default!r} may be mutable")
+
+
+def _default_expr(writer: _Writer, info: FieldInfo) -> str | None:
+    default = default_of(info)
+    if default is None:
+        return None
+    factory, value = default
+    return f"{writer.name(value, 'F')}()" if factory else writer.name(value)
 
 
 def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bool]], str]:

@@ -101,16 +101,12 @@ def _field(plan: _Plan, mapping: CompiledMapping, compiled: CompiledField) -> co
     for written, function in field.transforms:
         kind, _, arg = written.partition(":")
         _transform(plan, reg, kind, arg, function, mapping)
-        if kind == "pseudonymize":
-            facts = frozenset({"str", "token"}) if codegen._TOKEN_KIND.match(arg) else frozenset({"str"})
-        else:
-            facts = codegen._TRANSFORM_FACTS.get(kind, frozenset())
+        facts = codegen.transform_facts(kind, arg)
     if field.table is not None:
         if type(field.table) is not dict:
             raise codegen.NoFastPath("a code map that is not a dict")
         plan.step(_vm.OP_MAP, reg, o1=field.table)
-        values = list(field.table.values())
-        facts = frozenset.intersection(*(codegen._constant_facts(v) for v in values)) if values else frozenset()
+        facts = codegen.table_facts(field.table)
     if field.pattern is not None:
         plan.step(_vm.OP_PATTERN, reg, o1=field.pattern.fullmatch)
     if field.allowed is not None:
@@ -187,13 +183,11 @@ def _presence(node: Any) -> tuple[int, ...] | None:
 
 
 def _default(info: Any) -> tuple[int, Any] | None:
-    if info.is_required():
+    default = codegen.default_of(info)
+    if default is None:
         return None
-    if info.default_factory is not None:
-        return _vm.V_FACTORY, info.default_factory
-    if construct.immutable(info.default):
-        return _vm.V_CONST, info.default
-    raise codegen.NoFastPath(f"default {info.default!r} may be mutable")
+    factory, value = default
+    return (_vm.V_FACTORY if factory else _vm.V_CONST), value
 
 
 def _model(plan: _Plan, node: codegen._ModelNode, provided: dict[str, tuple[int, Any]] | None = None) -> int:
@@ -238,7 +232,6 @@ def _model(plan: _Plan, node: codegen._ModelNode, provided: dict[str, tuple[int,
 
 
 def _dict(plan: _Plan, node: codegen._DictNode) -> int:
-    info = node.owner.model_fields[node.name]
     value_check = construct.annotation_check(node.value_annotation)
     entries = []
     facts_all: frozenset[str] | None = None
@@ -249,13 +242,8 @@ def _dict(plan: _Plan, node: codegen._DictNode) -> int:
         if not codegen._proven(node.value_annotation, [], [], leaf.facts):
             _check(plan, int(leaf.var), node.value_annotation, [], [], value_check)
         entries.append((key, int(leaf.var)))
-    validators = codegen._validators(node.owner, node.name)
-    proven_by = {codegen._DICT_VALIDATOR_FACTS.get((node.owner, v.cls_var_name)) for v in validators}
-    post = None
-    if list(info.metadata) or (validators and not (None not in proven_by and proven_by <= (facts_all or set()))):
-        post = construct.field_check(node.owner, node.name, info)
     reg = plan.register()
-    plan.step(_vm.OP_DICT, reg, 0, tuple(entries), post, _presence(node))
+    plan.step(_vm.OP_DICT, reg, 0, tuple(entries), codegen.dict_check(node, facts_all), _presence(node))
     return reg
 
 
