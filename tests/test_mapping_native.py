@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from cgthub.identifiers import IdentifierError, mod37_2_check, normalize_din, va
 from cgthub.mapping import construct, fixtures, native, registry
 from cgthub.mapping.compiler import _provenance
 from cgthub.mapping.transforms import datetime_transform, zone
+from cgthub.model import Direction
 from cgthub.pseudonym import pseudonymize
 from tests.factories import MAPPED_VALUES
 
@@ -232,6 +234,13 @@ def test_a_malformed_plan_is_refused_when_made_not_when_run():
             construct.ABSENT,
             setters,
         )
+    with pytest.raises(ValueError, match="needs a dict operand"):
+        _vm.Build(
+            ((_vm.OP_CHK_TABLE, 3, 0, ("US",), str, None), (_vm.OP_RETURN, 3, 0, None, None, None)),
+            4,
+            construct.ABSENT,
+            setters,
+        )
     with pytest.raises(ValueError, match="ends with its return"):
         _vm.Build(((_vm.OP_READ, 3, 0, "id", None, None),), 4, construct.ABSENT, setters)
     build = _vm.Build(
@@ -240,6 +249,36 @@ def test_a_malformed_plan_is_refused_when_made_not_when_run():
     assert build({"id": "E-1"}, None, None) == "E-1"
     with pytest.raises(LookupError):
         build(["not", "a", "record"], None, None)  # not a plain dict: hands over
+
+
+def test_a_check_decided_early_answers_from_its_table_and_calls_for_the_rest():
+    """`native._decided`: a model's check answered once at plan time for the values a register
+    often holds (a code map's, the allowed ones); a value not among them is checked by the call."""
+    setters = tuple(BaseModel.__dict__[name] for name in construct.SLOTS)
+    build = _vm.Build(
+        (
+            (_vm.OP_READ, 3, 0, "m", None, None),
+            (_vm.OP_CHK_TABLE, 3, 0, {"US": "decided US"}, lambda v: f"called with {v!r}", None),
+            (_vm.OP_RETURN, 3, 0, None, None, None),
+        ),
+        4,
+        construct.ABSENT,
+        setters,
+    )
+    assert build({"m": "US"}, None, None) == "decided US"
+    assert build({"m": "DE"}, None, None) == "called with 'DE'"
+    assert build({"m": None}, None, None) == "called with None"
+
+    class Text(str):
+        pass
+
+    assert build({"m": Text("US")}, None, None) == "called with 'US'"  # only exactly a str is looked up
+    compiled = registry.compile_file(BENCH_MAPPING)
+    event = compiled.map(json_record(1), raw_id=7, checksum="c" * 64, received_at=NOW)[0]
+    assert (event.order.market, event.shipment.direction) == ("US", Direction.TO_CMO)
+    assert native._decided(construct.annotation_check(Direction | None), frozenset({"to_cmo", "nowhere"})) == {
+        "to_cmo": Direction.TO_CMO
+    }
 
 
 KEYS = st.one_of(st.binary(min_size=0, max_size=80), st.just(b"k" * 64), st.just(b"k" * 65))
@@ -336,3 +375,159 @@ def test_map_of_mutated_payloads_in_c_gives_the_reference_outcome(changes):
 
 
 _RUNNER_PAIR = (registry.compile_file(BENCH_MAPPING), _reference(BENCH_MAPPING, None))
+
+
+# ---- the runner's scanner: the record orjson makes, along the paths the rules read -------------
+
+JSON_KEYS = st.sampled_from(["a", "b", "id", "é", "a.b", ""]) | st.text(max_size=3)
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(st.characters(exclude_categories=()), max_size=12),  # lone surrogates too
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(JSON_KEYS, inner, max_size=5),
+    max_leaves=25,
+)
+PATHS = st.lists(st.lists(JSON_KEYS, min_size=1, max_size=3).map(tuple), max_size=5).map(tuple)
+
+
+def _pruned(record: Any, paths: tuple[tuple[str, ...], ...]) -> Any:
+    """orjson's dict cut to `paths`, as the scanner is to make it: a value whole where a path ends
+    at it, an object followed (its other keys dropped) where paths go on below it."""
+    trie: dict[str, Any] = {}
+    for path in paths:
+        node = trie
+        for key in path:
+            node = node.setdefault(key, {})
+        node[None] = True  # a path ends here
+
+    def cut(value: Any, node: dict[Any, Any]) -> Any:
+        if None in node or not isinstance(value, dict):
+            return value
+        return {key: cut(item, node[key]) for key, item in value.items() if key in node}
+
+    return cut(record, trie)
+
+
+def _orjson_answer(payload: bytes) -> Any:
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return "refused"
+
+
+def _encoded(value: Any, style: int) -> bytes:
+    """One JSON text of `value` in one of the shapes partners send: compact, spaced, indented; with
+    non-ASCII escaped or not; with lone surrogates written raw (not valid UTF-8) or escaped."""
+    text = json.dumps(
+        value,
+        ensure_ascii=style == 1,
+        indent=2 if style == 3 else None,
+        separators=(",", ":") if style == 0 else None,
+    )
+    return text.encode("utf-8", "surrogatepass")
+
+
+@settings(max_examples=1500, deadline=None)
+@given(value=st.dictionaries(JSON_KEYS, JSON_VALUES, max_size=6), style=st.integers(0, 3), paths=PATHS)
+def test_the_scanner_reads_what_orjson_reads_along_the_paths(value, style, paths):
+    payload = _encoded(value, style)
+    scanned, decoded = _vm.scan(payload, paths), _orjson_answer(payload)
+    if scanned is not None:  # None: unsure, and orjson decodes the payload
+        assert decoded != "refused" and scanned == _pruned(decoded, paths)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    value=st.dictionaries(JSON_KEYS, JSON_VALUES, min_size=1, max_size=6),
+    paths=PATHS,
+    edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 2), st.binary(min_size=1, max_size=2)), max_size=3),
+)
+def test_the_scanner_never_accepts_a_payload_orjson_refuses(value, paths, edits):
+    payload = bytearray(_encoded(value, 2))
+    for at, kind, data in edits:  # a byte changed, dropped or put in; or the text cut short
+        at %= len(payload) + 1
+        if kind == 0:
+            payload[at : at + 1] = data[:1]
+        elif kind == 1:
+            del payload[at : at + 1]
+        else:
+            payload[at:at] = data
+    payload = bytes(payload)
+    scanned, decoded = _vm.scan(payload, paths), _orjson_answer(payload)
+    if decoded == "refused" or not isinstance(decoded, dict):
+        assert scanned is None
+    elif scanned is not None:
+        assert scanned == _pruned(decoded, paths)
+
+
+@pytest.mark.parametrize(
+    ("payload", "expected"),
+    [
+        (b'{"a": 1, "a": {"b": 2}}', {"a": {"b": 2}}),  # a repeated key: the last one, as orjson's dict
+        (b'{"a": {"b": 2}, "a": "x"}', {"a": "x"}),
+        (
+            b' {"a": -0, "b": -0.0, "c": 0.1, "d": 123456789012345678} ',
+            {"a": 0, "b": -0.0, "c": 0.1, "d": 123456789012345678},
+        ),
+        (b'{"a": "\\u00e9\\n\\"\\/", "b": "\xc3\xa9\xf0\x9f\x98\x80"}', {"a": 'é\n"/', "b": "é😀"}),
+        (b'{"a": [1, {"b": null}, [true, false]]}', {"a": [1, {"b": None}, [True, False]]}),
+        (b'{"x": {"y": 1}, "b": {"z": 1}}', {"b": {"z": 1}}),
+    ],
+)
+def test_the_scanner_reads_json_as_orjson_does(payload, expected):
+    paths = (("a",), ("b",), ("c",), ("d",), ("a", "b"))
+    assert _vm.scan(payload, paths) == expected == _pruned(orjson.loads(payload), paths)
+    scanned = _vm.scan(payload, paths)
+    if "b" in expected and expected["b"] == 0.0:
+        assert str(scanned["b"]) == "-0.0"
+
+
+def test_an_object_the_paths_go_through_keeps_only_the_keys_read():
+    paths = (("a", "b"), ("x", "y", "z"))
+    payload = b'{"x": {"y": 1, "w": 2}, "a": {"z": 1, "b": [3]}, "q": {"b": 4}}'
+    assert _vm.scan(payload, paths) == {"x": {"y": 1}, "a": {"b": [3]}} == _pruned(orjson.loads(payload), paths)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"a": 1e5}',  # an exponent
+        b'{"a": 1234567890123456789}',  # past 18 characters: orjson's own rules for big numbers
+        b'{"a": "\\ud83d\\ude00"}',  # surrogate escapes, paired or not
+        b'{"\\u0061": 1}',  # an escaped key
+        b"[" * 200 + b"]" * 200,
+        b'{"a": ' + b"[" * 200 + b"]" * 200 + b"}",  # deeper than the scanner goes
+        b"\xef\xbb\xbf{}",  # a byte order mark
+    ],
+)
+def test_the_scanner_leaves_to_orjson_what_it_is_not_sure_of(payload):
+    assert _vm.scan(payload, (("a",),)) is None
+
+
+def test_the_runner_reads_the_paths_its_rules_read_and_orjson_serves_the_rest():
+    """The paths come from the builds' own steps (and the conditions), so no rule reads a key the
+    scanner dropped; a payload the scanner leaves still maps, decoded by orjson."""
+    compiled, reference = _RUNNER_PAIR
+    rule = registry.load(BENCH_MAPPING).spec.events[0]
+    read = {tuple(f.source.split(".")) for f in rule.fields.values()} | {tuple(c.source.split(".")) for c in rule.when}
+    assert set(compiled._run.reads) == read
+    record = json.loads(json_record(3))
+    record["note"] = "d\u00e9j\u00e0 \\ud83d"  # non-ASCII and a backslash: read by the scanner
+    record["unread"] = [{"deep": 1e300}]  # an exponent where nothing reads: orjson decodes this one
+    for payload in (json.dumps(record).encode(), orjson.dumps(record)):
+        assert _mapped(compiled, payload) == _mapped(reference, payload)
+        assert compiled._run(payload, 7, "c" * 64, NOW) is not None
+
+
+def test_a_rule_that_reads_the_record_otherwise_has_it_decoded_whole(tmp_path):
+    text = BENCH_MAPPING.read_text().replace("reason: {from: note}", "reason: {from: \"join(' ', [note, status])\"}")
+    path = tmp_path / "crm" / "order_record" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    compiled = registry.compile_file(path)
+    assert compiled._run is not None and compiled._run.reads is None
+    assert (
+        compiled.map(json_record(3), raw_id=7, checksum="c" * 64, received_at=NOW)[0].reason == "first order ENROLLED"
+    )

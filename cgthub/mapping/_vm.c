@@ -12,6 +12,9 @@
 #include <Python.h>
 #include <datetime.h>
 #include <stddef.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 enum {
     OP_HOLD = 0,      /* regs[a] = regs[b].get(o1) if that is a dict, else None (a path prefix) */
@@ -39,6 +42,7 @@ enum {
     OP_CHK_FLOAT = 32, /* a float, or an int made one (b: or None) */
     OP_CHK_AWARE = 33, /* a datetime with an offset (b: or None) */
     OP_CHK_CALL = 34, /* regs[a] = o1(regs[a]) */
+    OP_CHK_TABLE = 35, /* regs[a] = o1[v] where v is exactly a str among o1's keys (o2(v) decided early), else o2(v) */
     OP_DICT = 40,     /* regs[a] = {key: regs[r] for (key, r) in o1 if present}, then o2(it); o3: presence */
     OP_MODEL = 41,    /* regs[a] = an instance of o1 from the fields o2; o3: presence */
     OP_RETURN = 50,
@@ -229,7 +233,7 @@ static int build_init(Build *self, PyObject *args, PyObject *kwds) {
         if ((op->code == OP_HOLD || op->code == OP_READ || op->code == OP_T_PREFIX || op->code == OP_T_SUFFIX ||
              op->code == OP_T_METHOD || op->code == OP_T_PSEUDO) && !PyUnicode_Check(o1))
             wrong = "a str operand";
-        else if (op->code == OP_MAP && !PyDict_Check(o1))
+        else if ((op->code == OP_MAP || op->code == OP_CHK_TABLE) && !PyDict_Check(o1))
             wrong = "a dict operand";
         else if (op->code == OP_ALLOWED && !PyAnySet_Check(o1))
             wrong = "a set operand";
@@ -240,7 +244,8 @@ static int build_init(Build *self, PyObject *args, PyObject *kwds) {
         else if ((op->code == OP_CALLREAD || op->code == OP_T_CALL || op->code == OP_CHK_CALL || op->code == OP_PATTERN ||
                   op->code == OP_TOKENIZE || op->code == OP_T_DATETIME) && !PyCallable_Check(o1))
             wrong = "a callable operand";
-        else if ((op->code == OP_T_PSEUDO || op->code == OP_T_DATETIME || op->code == OP_T_DIN || op->code == OP_T_COI) &&
+        else if ((op->code == OP_T_PSEUDO || op->code == OP_T_DATETIME || op->code == OP_T_DIN || op->code == OP_T_COI ||
+                  op->code == OP_CHK_TABLE) &&
                  !PyCallable_Check(o2))
             wrong = "a Python fallback";
         else if (op->code == OP_T_PSEUDO && !PyCallable_Check(o3))
@@ -757,6 +762,12 @@ static int run_value_step(Build *self, Op *op, PyObject **slot) {
     case OP_CHK_CALL:
         out = PyObject_CallOneArg(op->o1, v);
         break;
+    case OP_CHK_TABLE: {
+        PyObject *known = PyUnicode_CheckExact(v) ? PyDict_GetItemWithError(op->o1, v) : NULL;
+        if (known == NULL && PyErr_Occurred()) return -1;
+        out = known != NULL ? Py_NewRef(known) : PyObject_CallOneArg(op->o2, v);
+        break;
+    }
     case OP_T_PREFIX:
     case OP_T_SUFFIX: {
         PyObject *text = PyObject_Format(v, empty_str);
@@ -1004,6 +1015,515 @@ static PyTypeObject BuildType = {
     .tp_new = build_new,
 };
 
+/* ---- the parts of a JSON record the rules read ------------------------------------------- */
+/* A record's rules read a few dotted paths; decoding the whole object (orjson.loads) and freeing
+ * it was a quarter of a record's cost. This scanner checks the whole payload against the JSON
+ * grammar (RFC 8259) and makes Python objects only along the paths read: the same dict orjson
+ * makes, without the keys nobody reads. It decides only what it is sure of (plain objects, arrays,
+ * strings in valid UTF-8 with escapes outside the surrogates, numbers of at most 18 characters
+ * without an exponent, nesting to 128); anything else answers "unsure", and orjson.loads decodes
+ * the payload as before (and words the error where there is one). tests/test_mapping_native.py
+ * holds it to orjson's answer on generated and broken documents. */
+
+#define PATH_BUCKETS 32
+
+typedef struct PathNode {
+    PyObject *key;                /* str: a key on the path (the root has none) */
+    const char *utf8;             /* its UTF-8, which a key without escapes in the payload equals */
+    Py_ssize_t len;
+    int whole;                    /* this value is read itself: decoded whole, children or not */
+    Py_ssize_t nchildren;
+    struct PathNode *children;
+    int next;                     /* the next sibling in its bucket, + 1 (0: none) */
+    int buckets[PATH_BUCKETS];    /* the first child in each bucket of key_bucket, + 1 */
+} PathNode;
+
+static inline int key_bucket(const unsigned char *key, Py_ssize_t len) {
+    return len ? (int)((len * 7 + key[0] * 3 + key[len - 1]) & (PATH_BUCKETS - 1)) : 0;
+}
+
+/* The child of `node` for the key with these bytes, or NULL. */
+static inline const PathNode *path_child(const PathNode *node, const unsigned char *key, Py_ssize_t len) {
+    for (int k = node->buckets[key_bucket(key, len)]; k; k = node->children[k - 1].next) {
+        const PathNode *c = &node->children[k - 1];
+        if (c->len == len && memcmp(c->utf8, key, len) == 0) return c;
+    }
+    return NULL;
+}
+
+static void path_free(PathNode *node) {
+    for (Py_ssize_t i = 0; i < node->nchildren; i++) path_free(&node->children[i]);
+    PyMem_Free(node->children);
+    Py_XDECREF(node->key);
+    node->children = NULL;
+    node->nchildren = 0;
+    node->key = NULL;
+}
+
+/* Adds the path `keys[0..n)` under `root`; -1 with an error set. */
+static int path_add(PathNode *root, PyObject *const *keys, Py_ssize_t n) {
+    PathNode *node = root;
+    for (Py_ssize_t depth = 0; depth < n; depth++) {
+        PyObject *key = keys[depth];
+        if (!PyUnicode_CheckExact(key)) {
+            PyErr_SetString(PyExc_TypeError, "a path's keys are str");
+            return -1;
+        }
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(key, &len);
+        if (utf8 == NULL) return -1;
+        PathNode *next = (PathNode *)path_child(node, (const unsigned char *)utf8, len);
+        if (next == NULL) {
+            PathNode *grown = PyMem_Realloc(node->children, sizeof(PathNode) * (node->nchildren + 1));
+            if (grown == NULL) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            node->children = grown;
+            next = &grown[node->nchildren++];
+            memset(next, 0, sizeof(PathNode));
+            next->key = Py_NewRef(key);
+            next->utf8 = utf8; /* the str keeps its UTF-8 as long as it lives, and the node holds it */
+            next->len = len;
+            int bucket = key_bucket((const unsigned char *)utf8, len);
+            next->next = node->buckets[bucket];
+            node->buckets[bucket] = (int)node->nchildren;
+        }
+        node = next;
+    }
+    if (node != root) node->whole = 1;
+    return 0;
+}
+
+/* The paths under `node` as tuples of keys, into `out` (a list); `prefix` a tuple. */
+static int path_list(const PathNode *node, PyObject *prefix, PyObject *out) {
+    for (Py_ssize_t i = 0; i < node->nchildren; i++) {
+        const PathNode *child = &node->children[i];
+        Py_ssize_t n = PyTuple_GET_SIZE(prefix);
+        PyObject *path = PyTuple_New(n + 1);
+        if (path == NULL) return -1;
+        for (Py_ssize_t k = 0; k < n; k++) PyTuple_SET_ITEM(path, k, Py_NewRef(PyTuple_GET_ITEM(prefix, k)));
+        PyTuple_SET_ITEM(path, n, Py_NewRef(child->key));
+        int failed = (child->whole && PyList_Append(out, path) < 0) || path_list(child, path, out) < 0;
+        Py_DECREF(path);
+        if (failed) return -1;
+    }
+    return 0;
+}
+
+enum { SCAN_SKIP = 0, SCAN_WHOLE = 1, SCAN_PATHS = 2 };
+#define SCAN_DEPTH 128
+#define SCAN_NUMBER 18
+
+typedef struct {
+    const unsigned char *p, *end;
+    int depth;
+} Scan;
+
+/* Bytes that stand for themselves in a JSON string: printable ASCII but '"' and '\\'. */
+static unsigned char plain_byte[256];
+
+static void scan_init(void) {
+    for (int c = 0x20; c < 0x80; c++) plain_byte[c] = c != '"' && c != '\\';
+}
+
+static inline void skip_space(Scan *s) {
+    while (s->p < s->end && *s->p <= ' ' && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
+}
+
+/* The first byte from p on that is not plain (plain_byte), or end: sixteen at a time where SSE2 is. */
+static inline const unsigned char *plain_run(const unsigned char *p, const unsigned char *end) {
+#ifdef __SSE2__
+    const __m128i quote = _mm_set1_epi8('"'), backslash = _mm_set1_epi8('\\'), space = _mm_set1_epi8(0x20);
+    while (end - p >= 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)p);
+        /* signed: bytes from 0x80 on are below the space too, and stop the run as controls do */
+        __m128i stop = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
+                                    _mm_cmplt_epi8(v, space));
+        int mask = _mm_movemask_epi8(stop);
+        if (mask) return p + __builtin_ctz(mask);
+        p += 16;
+    }
+#endif
+    while (p < end && plain_byte[*p]) p++;
+    return p;
+}
+
+/* The length of the UTF-8 sequence at p (a byte >= 0x80), or 0 where it is not one Python decodes. */
+static int utf8_length(const unsigned char *p, const unsigned char *end) {
+    unsigned char c = p[0];
+    int n;
+    unsigned char low = 0x80, high = 0xBF;
+    if (c < 0xC2) return 0;
+    if (c < 0xE0) n = 2;
+    else if (c < 0xF0) {
+        n = 3;
+        if (c == 0xE0) low = 0xA0;
+        if (c == 0xED) high = 0x9F; /* no surrogates */
+    } else if (c < 0xF5) {
+        n = 4;
+        if (c == 0xF0) low = 0x90;
+        if (c == 0xF4) high = 0x8F;
+    } else
+        return 0;
+    if (end - p < n || p[1] < low || p[1] > high) return 0;
+    for (int i = 2; i < n; i++)
+        if ((p[i] & 0xC0) != 0x80) return 0;
+    return n;
+}
+
+static int hex_value(unsigned char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+/* A string at s->p (its opening quote), any that JSON allows but surrogate escapes; *out its str
+ * where out is given, *raw its bytes where they are its text (no escapes). 0, or -1: unsure. */
+static int scan_string_any(Scan *s, PyObject **out, const unsigned char **raw, Py_ssize_t *rawlen) {
+    const unsigned char *start = ++s->p, *end = s->end;
+    int escaped = 0, wide = 0;
+    for (;;) {
+        s->p = plain_run(s->p, end);
+        if (s->p >= end) return -1;
+        unsigned char c = *s->p;
+        if (c == '"') break;
+        if (c == '\\') {
+            if (end - s->p < 2) return -1;
+            unsigned char e = s->p[1];
+            if (e == 'u') {
+                if (end - s->p < 6) return -1;
+                int code = 0;
+                for (int i = 2; i < 6; i++) {
+                    int h = hex_value(s->p[i]);
+                    if (h < 0) return -1;
+                    code = code * 16 + h;
+                }
+                if (code >= 0xD800 && code <= 0xDFFF) return -1; /* pairs and lone halves: orjson's call */
+                s->p += 6;
+            } else if (e == '"' || e == '\\' || e == '/' || e == 'b' || e == 'f' || e == 'n' || e == 'r' || e == 't') {
+                s->p += 2;
+            } else
+                return -1;
+            escaped = 1;
+        } else if (c < 0x20) {
+            return -1;
+        } else {
+            int n = utf8_length(s->p, end);
+            if (n == 0) return -1;
+            s->p += n;
+            wide = 1;
+        }
+    }
+    Py_ssize_t len = s->p - start;
+    s->p++; /* the closing quote */
+    if (raw != NULL) {
+        *raw = escaped ? NULL : start;
+        *rawlen = len;
+    }
+    if (out == NULL) return 0;
+    if (!escaped && !wide) {
+        PyObject *text = PyUnicode_New(len, 127);
+        if (text == NULL) return -1;
+        memcpy(PyUnicode_DATA(text), start, len);
+        *out = text;
+        return 0;
+    }
+    if (!escaped) {
+        *out = PyUnicode_DecodeUTF8((const char *)start, len, "strict");
+        return *out ? 0 : -1;
+    }
+    /* Escapes: decoded into UTF-8 first (never longer than what they stand for), then to str. */
+    unsigned char *buf = PyMem_Malloc(len ? len : 1), *w = buf;
+    if (buf == NULL) return -1;
+    for (const unsigned char *r = start; r < start + len;) {
+        if (*r != '\\') {
+            *w++ = *r++;
+            continue;
+        }
+        unsigned char e = r[1];
+        r += 2;
+        switch (e) {
+        case 'b': *w++ = '\b'; break;
+        case 'f': *w++ = '\f'; break;
+        case 'n': *w++ = '\n'; break;
+        case 'r': *w++ = '\r'; break;
+        case 't': *w++ = '\t'; break;
+        case 'u': {
+            int code = (hex_value(r[0]) << 12) | (hex_value(r[1]) << 8) | (hex_value(r[2]) << 4) | hex_value(r[3]);
+            r += 4;
+            if (code < 0x80) {
+                *w++ = (unsigned char)code;
+            } else if (code < 0x800) {
+                *w++ = (unsigned char)(0xC0 | (code >> 6));
+                *w++ = (unsigned char)(0x80 | (code & 0x3F));
+            } else {
+                *w++ = (unsigned char)(0xE0 | (code >> 12));
+                *w++ = (unsigned char)(0x80 | ((code >> 6) & 0x3F));
+                *w++ = (unsigned char)(0x80 | (code & 0x3F));
+            }
+            break;
+        }
+        default: *w++ = e; /* '"', '\\', '/' */
+        }
+    }
+    *out = PyUnicode_DecodeUTF8((const char *)buf, w - buf, "strict");
+    PyMem_Free(buf);
+    return *out ? 0 : -1;
+}
+
+/* scan_string_any for the usual string, printable ASCII without escapes, without a call. */
+static inline int scan_string(Scan *s, PyObject **out, const unsigned char **raw, Py_ssize_t *rawlen) {
+    const unsigned char *start = s->p + 1, *stop = plain_run(start, s->end);
+    if (stop >= s->end || *stop != '"') return scan_string_any(s, out, raw, rawlen);
+    Py_ssize_t len = stop - start;
+    s->p = stop + 1;
+    if (raw != NULL) {
+        *raw = start;
+        *rawlen = len;
+    }
+    if (out == NULL) return 0;
+    PyObject *text = PyUnicode_New(len, 127);
+    if (text == NULL) return -1;
+    memcpy(PyUnicode_DATA(text), start, len);
+    *out = text;
+    return 0;
+}
+
+static int scan_number(Scan *s, PyObject **out) {
+    const unsigned char *start = s->p, *end = s->end;
+    int fraction = 0;
+    if (s->p < end && *s->p == '-') s->p++;
+    if (s->p < end && *s->p == '0') {
+        s->p++;
+    } else {
+        if (s->p >= end || *s->p < '1' || *s->p > '9') return -1;
+        while (s->p < end && *s->p >= '0' && *s->p <= '9') s->p++;
+    }
+    if (s->p < end && *s->p == '.') {
+        s->p++;
+        if (s->p >= end || *s->p < '0' || *s->p > '9') return -1;
+        while (s->p < end && *s->p >= '0' && *s->p <= '9') s->p++;
+        fraction = 1;
+    }
+    if (s->p < end && (*s->p == 'e' || *s->p == 'E')) return -1;
+    Py_ssize_t len = s->p - start;
+    if (len > SCAN_NUMBER) return -1; /* past int64 or a double's digits: orjson's call */
+    if (out == NULL) return 0;
+    char text[SCAN_NUMBER + 1];
+    memcpy(text, start, len);
+    text[len] = '\0';
+    if (fraction) {
+        double value = PyOS_string_to_double(text, NULL, NULL);
+        if (value == -1.0 && PyErr_Occurred()) return -1;
+        *out = PyFloat_FromDouble(value);
+    } else {
+        *out = PyLong_FromString(text, NULL, 10);
+    }
+    return *out ? 0 : -1;
+}
+
+static int scan_literal(Scan *s, const char *word, Py_ssize_t len, PyObject *value, PyObject **out) {
+    if (s->end - s->p < len || memcmp(s->p, word, len) != 0) return -1;
+    s->p += len;
+    if (out != NULL) *out = Py_NewRef(value);
+    return 0;
+}
+
+static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out);
+
+/* An object at s->p: skipped, decoded whole, or decoded along the paths under `node`. */
+static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) {
+    if (++s->depth > SCAN_DEPTH) return -1;
+    s->p++;
+    PyObject *dict = NULL;
+    if (mode == SCAN_PATHS) dict = _PyDict_NewPresized(node->nchildren);
+    else if (mode == SCAN_WHOLE) dict = PyDict_New();
+    if (mode != SCAN_SKIP && dict == NULL) return -1;
+    skip_space(s);
+    if (s->p < s->end && *s->p == '}') {
+        s->p++;
+        goto closed;
+    }
+    for (;;) {
+        if (s->p >= s->end || *s->p != '"') goto unsure;
+        PyObject *key = NULL, *value = NULL;
+        const unsigned char *raw;
+        Py_ssize_t rawlen;
+        if (scan_string(s, mode == SCAN_WHOLE ? &key : NULL, &raw, &rawlen) < 0) goto unsure;
+        const PathNode *child = NULL;
+        if (mode == SCAN_PATHS) {
+            if (raw == NULL) goto unsure; /* an escaped key: orjson compares it */
+            child = path_child(node, raw, rawlen);
+        }
+        skip_space(s);
+        if (s->p >= s->end || *s->p != ':') {
+            Py_XDECREF(key);
+            goto unsure;
+        }
+        s->p++;
+        int step = mode == SCAN_WHOLE ? scan_value(s, SCAN_WHOLE, NULL, &value)
+                   : child != NULL    ? scan_value(s, child->whole ? SCAN_WHOLE : SCAN_PATHS, child, &value)
+                                      : scan_value(s, SCAN_SKIP, NULL, NULL);
+        if (step < 0) {
+            Py_XDECREF(key);
+            goto unsure;
+        }
+        if (value != NULL) { /* a repeated key: the last one counts, as in orjson's dict */
+            int failed = PyDict_SetItem(dict, key ? key : child->key, value);
+            Py_XDECREF(key);
+            Py_DECREF(value);
+            if (failed) goto unsure;
+        }
+        skip_space(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            skip_space(s);
+            continue;
+        }
+        if (s->p < s->end && *s->p == '}') {
+            s->p++;
+            break;
+        }
+        goto unsure;
+    }
+closed:
+    s->depth--;
+    if (out != NULL) *out = dict;
+    return 0;
+unsure:
+    Py_XDECREF(dict);
+    return -1;
+}
+
+static int scan_array(Scan *s, int mode, PyObject **out) {
+    if (++s->depth > SCAN_DEPTH) return -1;
+    s->p++;
+    PyObject *list = NULL;
+    if (mode != SCAN_SKIP && (list = PyList_New(0)) == NULL) return -1;
+    skip_space(s);
+    if (s->p < s->end && *s->p == ']') {
+        s->p++;
+        goto closed;
+    }
+    for (;;) {
+        PyObject *item = NULL;
+        if (scan_value(s, mode, NULL, list ? &item : NULL) < 0) goto unsure;
+        if (item != NULL) {
+            int failed = PyList_Append(list, item);
+            Py_DECREF(item);
+            if (failed) goto unsure;
+        }
+        skip_space(s);
+        if (s->p < s->end && *s->p == ',') {
+            s->p++;
+            continue;
+        }
+        if (s->p < s->end && *s->p == ']') {
+            s->p++;
+            break;
+        }
+        goto unsure;
+    }
+closed:
+    s->depth--;
+    if (out != NULL) *out = list;
+    return 0;
+unsure:
+    Py_XDECREF(list);
+    return -1;
+}
+
+/* A value after optional white space. SCAN_PATHS on anything but an object decodes it whole (the
+ * path goes no further there: a read below it answers None, as it does on orjson's dict). */
+static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out) {
+    skip_space(s);
+    if (s->p >= s->end) return -1;
+    PyObject **into = mode == SCAN_SKIP ? NULL : out;
+    switch (*s->p) {
+    case '{': return scan_object(s, mode, node, into);
+    case '[': return scan_array(s, mode == SCAN_SKIP ? SCAN_SKIP : SCAN_WHOLE, into);
+    case '"': return scan_string(s, into, NULL, NULL);
+    case 't': return scan_literal(s, "true", 4, Py_True, into);
+    case 'f': return scan_literal(s, "false", 5, Py_False, into);
+    case 'n': return scan_literal(s, "null", 4, Py_None, into);
+    default: return scan_number(s, into);
+    }
+}
+
+/* The record `payload` (bytes) holds, along the paths under `root`: a new dict, or NULL (unsure;
+ * no error set) where orjson.loads is to decode it. */
+static PyObject *scan_record(const PathNode *root, PyObject *payload) {
+    Scan s = {(const unsigned char *)PyBytes_AS_STRING(payload),
+              (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload), 0};
+    PyObject *record = NULL;
+    skip_space(&s);
+    if (s.p >= s.end || *s.p != '{' || scan_object(&s, SCAN_PATHS, root, &record) < 0) goto unsure;
+    skip_space(&s);
+    if (s.p != s.end) goto unsure;
+    return record;
+unsure:
+    Py_XDECREF(record);
+    PyErr_Clear();
+    return NULL;
+}
+
+/* Adds to `root` the paths a build reads, from its steps: 1, or 0 where the build reads the record
+ * other than along dotted paths (a getter's call; a step or an event field given a register that
+ * holds one of the record's objects), and the record is then decoded whole; -1 with an error set. */
+static int paths_of_build(PathNode *root, Build *build) {
+    int answer = 0;
+    PyObject **held = PyMem_Calloc(build->nregs, sizeof(PyObject *)); /* the path to the object a register holds */
+    if (held == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    held[0] = Py_NewRef(empty_tuple);
+    for (Py_ssize_t i = 0; i < build->nops; i++) {
+        Op *op = &build->ops[i];
+        if (op->code == OP_CALLREAD || held[op->a] != NULL) goto done;
+        if (op->code == OP_HOLD || op->code == OP_READ) {
+            PyObject *base = held[op->b];
+            if (base == NULL) goto done;
+            Py_ssize_t n = PyTuple_GET_SIZE(base);
+            PyObject *path = PyTuple_New(n + 1);
+            if (path == NULL) goto failed;
+            for (Py_ssize_t k = 0; k < n; k++) PyTuple_SET_ITEM(path, k, Py_NewRef(PyTuple_GET_ITEM(base, k)));
+            PyTuple_SET_ITEM(path, n, Py_NewRef(op->o1));
+            if (op->code == OP_HOLD) {
+                held[op->a] = path;
+                continue;
+            }
+            int added = path_add(root, &PyTuple_GET_ITEM(path, 0), n + 1);
+            Py_DECREF(path);
+            if (added < 0) goto failed;
+        } else if (op->code == OP_DICT) {
+            for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(op->o1); k++)
+                if (held[PyLong_AsLong(PyTuple_GET_ITEM(PyTuple_GET_ITEM(op->o1, k), 1))] != NULL) goto done;
+        } else if (op->code == OP_MODEL) {
+            ModelSpec *spec = &build->models[i];
+            for (Py_ssize_t f = 0; f < spec->nfields; f++)
+            {
+                Field *fd = &spec->fields[f];
+                if (fd->vkind == V_REG && held[fd->reg] != NULL) goto done;
+                for (Py_ssize_t k = 0; k < fd->npresent; k++)
+                    if (held[fd->present[k]] != NULL) goto done;
+            }
+        }
+        for (Py_ssize_t k = 0; k < op->npresent; k++)
+            if (held[op->present[k]] != NULL) goto done;
+    }
+    answer = 1;
+    goto done;
+failed:
+    answer = -1;
+done:
+    for (int r = 0; r < build->nregs; r++) Py_XDECREF(held[r]);
+    PyMem_Free(held);
+    return answer;
+}
+
 /* ---- a JSON payload of one record, whole: decode, provenance, conditions, builds ----------- */
 /* What CompiledMapping.map does for the usual payload, without its Python frame: None (not an
  * error) wherever that method has more to decide (not one plain object, a condition or build that
@@ -1015,6 +1535,8 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *loads, *provenance_model, *provenance_names, *mapping_id, *version, *conditions, *builds;
+    int scans;       /* the record is read along `paths` (scan_record), orjson.loads where that is unsure */
+    PathNode paths;  /* what the conditions and builds read */
 } Runner;
 
 static void runner_dealloc(Runner *self) {
@@ -1025,6 +1547,7 @@ static void runner_dealloc(Runner *self) {
     Py_XDECREF(self->version);
     Py_XDECREF(self->conditions);
     Py_XDECREF(self->builds);
+    path_free(&self->paths);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1083,7 +1606,8 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
     PyObject *payload = args[0], *raw_id = args[1], *checksum = args[2], *received_at = args[3];
     if (!(raw_id == Py_None || PyLong_CheckExact(raw_id)) || !(checksum == Py_None || PyUnicode_CheckExact(checksum)))
         Py_RETURN_NONE; /* pydantic words what is wrong with them */
-    PyObject *record = PyObject_CallOneArg(self->loads, payload);
+    PyObject *record = self->scans && PyBytes_CheckExact(payload) ? scan_record(&self->paths, payload) : NULL;
+    if (record == NULL) record = PyObject_CallOneArg(self->loads, payload);
     if (record == NULL) {
         PyErr_Clear();
         Py_RETURN_NONE;
@@ -1189,8 +1713,44 @@ static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     self->version = Py_NewRef(version);
     self->conditions = Py_NewRef(conditions);
     self->builds = Py_NewRef(builds);
+    self->scans = 1;
+    for (Py_ssize_t e = 0; e < n && self->scans; e++) {
+        PyObject *conds = PyTuple_GET_ITEM(conditions, e);
+        for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(conds) && self->scans; c++) {
+            PyObject *keys = PyTuple_GET_ITEM(PyTuple_GET_ITEM(conds, c), 0);
+            if (PyTuple_GET_ITEM(PyTuple_GET_ITEM(conds, c), 1) != Py_None || PyTuple_GET_SIZE(keys) == 0) {
+                self->scans = 0; /* a getter's or the record's own value */
+            } else if (path_add(&self->paths, &PyTuple_GET_ITEM(keys, 0), PyTuple_GET_SIZE(keys)) < 0) {
+                Py_DECREF(self);
+                return NULL;
+            }
+        }
+        int read = self->scans ? paths_of_build(&self->paths, (Build *)PyTuple_GET_ITEM(builds, e)) : 0;
+        if (read < 0) {
+            Py_DECREF(self);
+            return NULL;
+        }
+        self->scans = read;
+    }
     return (PyObject *)self;
 }
+
+static PyObject *runner_reads(Runner *self, void *unused) {
+    if (!self->scans) Py_RETURN_NONE;
+    PyObject *out = PyList_New(0);
+    if (out == NULL || path_list(&self->paths, empty_tuple, out) < 0 || PyList_Sort(out) < 0) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    Py_SETREF(out, PyList_AsTuple(out));
+    return out;
+}
+
+static PyGetSetDef runner_getset[] = {
+    {"reads", (getter)runner_reads, NULL,
+     "The paths the record is decoded along (sorted), or None where orjson.loads decodes it whole.", NULL},
+    {NULL},
+};
 
 static PyTypeObject RunnerType = {
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "cgthub.mapping._vm.Runner",
@@ -1202,7 +1762,30 @@ static PyTypeObject RunnerType = {
     .tp_doc = "Runner(loads, provenance_model, provenance_names, mapping_id, version, conditions, builds): "
               "run(payload, raw_id, checksum, received_at) -> the events, or None where map decides.",
     .tp_new = runner_new,
+    .tp_getset = runner_getset,
 };
+
+static PyObject *vm_scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyBytes_Check(args[0]) || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "scan(payload: bytes, paths: tuple of tuples of str)");
+        return NULL;
+    }
+    PathNode root = {0};
+    PyObject *out = NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); i++) {
+        PyObject *path = PyTuple_GET_ITEM(args[1], i);
+        if (!PyTuple_Check(path) || PyTuple_GET_SIZE(path) == 0) {
+            PyErr_SetString(PyExc_TypeError, "a path: a non-empty tuple of str");
+            goto done;
+        }
+        if (path_add(&root, &PyTuple_GET_ITEM(path, 0), PyTuple_GET_SIZE(path)) < 0) goto done;
+    }
+    out = scan_record(&root, args[0]);
+    if (out == NULL) out = Py_NewRef(Py_None);
+done:
+    path_free(&root);
+    return out;
+}
 
 static PyObject *vm_din(PyObject *module, PyObject *v) {
     PyObject *out = fast_din(v);
@@ -1258,6 +1841,8 @@ static PyObject *vm_sha256(PyObject *module, PyObject *const *args, Py_ssize_t n
 }
 
 static PyMethodDef vm_methods[] = {
+    {"scan", (PyCFunction)(void (*)(void))vm_scan, METH_FASTCALL,
+     "The record the runner's scanner reads from a JSON payload along the paths (None: unsure, orjson decodes)."},
     {"sha256", (PyCFunction)(void (*)(void))vm_sha256, METH_FASTCALL,
      "SHA-256 of bytes with the compression in use, or the portable one (for tests)."},
     {"sha256_backend", vm_sha256_backend, METH_NOARGS, "Which SHA-256 compression serves: 'cpu' or 'portable'."},
@@ -1276,6 +1861,7 @@ static struct PyModuleDef vm_module = {PyModuleDef_HEAD_INIT, "_vm", "The mappin
 PyMODINIT_FUNC PyInit__vm(void) {
     PyDateTime_IMPORT;
     choose_compress();
+    scan_init();
     if (PyDateTimeAPI == NULL) return NULL;
     str_strip = PyUnicode_InternFromString("strip");
     str_pseudonym_key = PyUnicode_InternFromString("pseudonym_key");
@@ -1300,7 +1886,7 @@ PyMODINIT_FUNC PyInit__vm(void) {
         CONST(OP_T_INT) || CONST(OP_T_FLOAT) || CONST(OP_T_PSEUDO) || CONST(OP_T_DATETIME) || CONST(OP_T_DIN) ||
         CONST(OP_T_COI) || CONST(OP_MAP) || CONST(OP_PATTERN) || CONST(OP_ALLOWED) || CONST(OP_TOKENIZE) ||
         CONST(OP_CHK_STR) || CONST(OP_CHK_EXACT) || CONST(OP_CHK_FLOAT) || CONST(OP_CHK_AWARE) ||
-        CONST(OP_CHK_CALL) || CONST(OP_DICT) || CONST(OP_MODEL) || CONST(OP_RETURN) || CONST(V_REG) ||
+        CONST(OP_CHK_CALL) || CONST(OP_CHK_TABLE) || CONST(OP_DICT) || CONST(OP_MODEL) || CONST(OP_RETURN) || CONST(V_REG) ||
         CONST(V_CONST) || CONST(V_FACTORY) || CONST(V_DEFAULT_ONLY) || CONST(C_EXISTS) || CONST(C_EQUALS) ||
         CONST(C_IN) || CONST(C_NOT_IN)) {
         Py_DECREF(module);
