@@ -1123,12 +1123,16 @@ typedef struct {
 /* Bytes that stand for themselves in a JSON string: printable ASCII but '"' and '\\'. */
 static unsigned char plain_byte[256];
 
+/* JSON's white space: space, tab, line feed, carriage return. */
+static unsigned char space_byte[256];
+
 static void scan_init(void) {
     for (int c = 0x20; c < 0x80; c++) plain_byte[c] = c != '"' && c != '\\';
+    space_byte[' '] = space_byte['\t'] = space_byte['\n'] = space_byte['\r'] = 1;
 }
 
 static inline void skip_space(Scan *s) {
-    while (s->p < s->end && *s->p <= ' ' && (*s->p == ' ' || *s->p == '\n' || *s->p == '\r' || *s->p == '\t')) s->p++;
+    while (s->p < s->end && space_byte[*s->p]) s->p++;
 }
 
 /* The first byte from p on that is not plain (plain_byte), or end: sixteen at a time where SSE2 is. */
