@@ -892,12 +892,10 @@ static int run_value_step(Build *self, Op *op, PyObject **slot) {
     return 0;
 }
 
-static PyObject *build_call(Build *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
-    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs != 3 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
-        PyErr_SetString(PyExc_TypeError, "build(record, provenance, received_at)");
-        return NULL;
-    }
+/* The event from args (record, provenance, received_at). With `slots` (the runner's scan) the
+ * record's reads are there instead: OP_READ step i takes slots[read_slots[i]] (NULL: None), and
+ * OP_HOLD has nothing to do (the runner checked that no other step uses what it holds). */
+static PyObject *build_run(Build *self, PyObject *const *args, PyObject *const *slots, const int *read_slots) {
     PyObject *stack[64];
     PyObject **regs = self->nregs <= 64 ? stack : PyMem_Calloc(self->nregs, sizeof(PyObject *));
     if (regs == NULL) return PyErr_NoMemory();
@@ -911,6 +909,13 @@ static PyObject *build_call(Build *self, PyObject *const *args, size_t nargsf, P
         switch (op->code) {
         case OP_HOLD:
         case OP_READ: {
+            if (slots != NULL) {
+                if (op->code == OP_READ) {
+                    PyObject *found = slots[read_slots[i]];
+                    Py_XSETREF(*slot, Py_NewRef(found ? found : Py_None));
+                }
+                break;
+            }
             PyObject *holder = regs[op->b];
             PyObject *found = NULL;
             if (holder == NULL) {
@@ -984,6 +989,14 @@ done:
     return result;
 }
 
+static PyObject *build_call(Build *self, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
+    if (PyVectorcall_NARGS(nargsf) != 3 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "build(record, provenance, received_at)");
+        return NULL;
+    }
+    return build_run(self, args, NULL, NULL);
+}
+
 static PyObject *build_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames) {
     return build_call((Build *)callable, args, nargsf, kwnames);
 }
@@ -1016,10 +1029,11 @@ static PyTypeObject BuildType = {
 };
 
 /* ---- the parts of a JSON record the rules read ------------------------------------------- */
-/* A record's rules read a few dotted paths; decoding the whole object (orjson.loads) and freeing
- * it was a quarter of a record's cost. This scanner checks the whole payload against the JSON
- * grammar (RFC 8259) and makes Python objects only along the paths read: the same dict orjson
- * makes, without the keys nobody reads. It decides only what it is sure of (plain objects, arrays,
+/* A record's rules read a few dotted paths; decoding the whole object (orjson.loads), looking the
+ * paths up in it and freeing it was a third of a record's cost. This scanner checks the whole
+ * payload against the JSON grammar (RFC 8259) and makes Python objects only for the values read,
+ * each into its slot: what a build's chain of dict reads (OP_HOLD, OP_READ) would find in orjson's
+ * dict, with no dict made. It decides only what it is sure of (plain objects, arrays,
  * strings in valid UTF-8 with escapes outside the surrogates, numbers of at most 18 characters
  * without an exponent, nesting to 128); anything else answers "unsure", and orjson.loads decodes
  * the payload as before (and words the error where there is one). tests/test_mapping_native.py
@@ -1034,6 +1048,8 @@ typedef struct PathNode {
     int whole;                    /* this value is read itself: decoded whole, children or not */
     Py_ssize_t nchildren;
     struct PathNode *children;
+    int slot;                     /* where a whole value goes (-1: not read itself) */
+    int first, last;              /* the slots of this node and all below it: [first, last) */
     int next;                     /* the next sibling in its bucket, + 1 (0: none) */
     int buckets[PATH_BUCKETS];    /* the first child in each bucket of key_bucket, + 1 */
 } PathNode;
@@ -1095,6 +1111,26 @@ static int path_add(PathNode *root, PyObject *const *keys, Py_ssize_t n) {
     return 0;
 }
 
+/* Slots for the nodes read whole, depth first (so a node's and its descendants' are one range). */
+static void path_number(PathNode *node, int *next) {
+    node->first = *next;
+    node->slot = node->whole ? (*next)++ : -1;
+    for (Py_ssize_t i = 0; i < node->nchildren; i++) path_number(&node->children[i], next);
+    node->last = *next;
+}
+
+/* The slot of the path `keys` (a tuple of str) under `root`, or -1 where it is not read whole. */
+static int path_slot(const PathNode *root, PyObject *keys) {
+    const PathNode *node = root;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(keys) && node != NULL; i++) {
+        Py_ssize_t len;
+        const char *utf8 = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(keys, i), &len);
+        if (utf8 == NULL) return -1;
+        node = path_child(node, (const unsigned char *)utf8, len);
+    }
+    return node != NULL && node != root ? node->slot : -1;
+}
+
 /* The paths under `node` as tuples of keys, into `out` (a list); `prefix` a tuple. */
 static int path_list(const PathNode *node, PyObject *prefix, PyObject *out) {
     for (Py_ssize_t i = 0; i < node->nchildren; i++) {
@@ -1111,14 +1147,29 @@ static int path_list(const PathNode *node, PyObject *prefix, PyObject *out) {
     return 0;
 }
 
-enum { SCAN_SKIP = 0, SCAN_WHOLE = 1, SCAN_PATHS = 2 };
+enum { SCAN_SKIP = 0, SCAN_WHOLE = 1, SCAN_SLOTS = 2 };
 #define SCAN_DEPTH 128
 #define SCAN_NUMBER 18
 
 typedef struct {
     const unsigned char *p, *end;
     int depth;
+    PyObject **slots; /* SCAN_SLOTS: the values read, by PathNode.slot (NULL: absent, read as None) */
 } Scan;
+
+static void clear_slots(Scan *s, int first, int last) {
+    for (int i = first; i < last; i++) Py_CLEAR(s->slots[i]);
+}
+
+/* The slots below `node` from its value, decoded whole: what the chained reads find in it. */
+static void fill_slots(Scan *s, const PathNode *node, PyObject *value) {
+    for (Py_ssize_t i = 0; i < node->nchildren; i++) {
+        const PathNode *child = &node->children[i];
+        PyObject *found = value != NULL && PyDict_CheckExact(value) ? PyDict_GetItem(value, child->key) : NULL;
+        if (child->slot >= 0) Py_XSETREF(s->slots[child->slot], Py_XNewRef(found));
+        fill_slots(s, child, found);
+    }
+}
 
 /* Bytes that stand for themselves in a JSON string: printable ASCII but '"' and '\\'. */
 static unsigned char plain_byte[256];
@@ -1337,14 +1388,15 @@ static int scan_literal(Scan *s, const char *word, Py_ssize_t len, PyObject *val
 
 static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out);
 
-/* An object at s->p: skipped, decoded whole, or decoded along the paths under `node`. */
+/* An object at s->p: skipped, decoded whole, or read into the slots of the paths under `node`
+ * (SCAN_SLOTS; `out` unused). A key met again counts last, as in orjson's dict: the slots below
+ * it are cleared before it is read again. */
 static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) {
     if (++s->depth > SCAN_DEPTH) return -1;
     s->p++;
     PyObject *dict = NULL;
-    if (mode == SCAN_PATHS) dict = _PyDict_NewPresized(node->nchildren);
-    else if (mode == SCAN_WHOLE) dict = PyDict_New();
-    if (mode != SCAN_SKIP && dict == NULL) return -1;
+    if (mode == SCAN_WHOLE && (dict = PyDict_New()) == NULL) return -1;
+    if (mode == SCAN_SLOTS) clear_slots(s, node->first, node->last);
     skip_space(s);
     if (s->p < s->end && *s->p == '}') {
         s->p++;
@@ -1357,7 +1409,7 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
         Py_ssize_t rawlen;
         if (scan_string(s, mode == SCAN_WHOLE ? &key : NULL, &raw, &rawlen) < 0) goto unsure;
         const PathNode *child = NULL;
-        if (mode == SCAN_PATHS) {
+        if (mode == SCAN_SLOTS) {
             if (raw == NULL) goto unsure; /* an escaped key: orjson compares it */
             child = path_child(node, raw, rawlen);
         }
@@ -1367,16 +1419,34 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
             goto unsure;
         }
         s->p++;
-        int step = mode == SCAN_WHOLE ? scan_value(s, SCAN_WHOLE, NULL, &value)
-                   : child != NULL    ? scan_value(s, child->whole ? SCAN_WHOLE : SCAN_PATHS, child, &value)
-                                      : scan_value(s, SCAN_SKIP, NULL, NULL);
+        int step;
+        if (mode == SCAN_WHOLE) {
+            step = scan_value(s, SCAN_WHOLE, NULL, &value);
+        } else if (child == NULL) {
+            step = scan_value(s, SCAN_SKIP, NULL, NULL);
+        } else if (child->slot >= 0) { /* read itself: decoded whole; paths below it read from that */
+            step = scan_value(s, SCAN_WHOLE, NULL, &value);
+            if (step == 0) {
+                fill_slots(s, child, value);
+                Py_XSETREF(s->slots[child->slot], value);
+                value = NULL;
+            }
+        } else {
+            skip_space(s);
+            if (s->p < s->end && *s->p == '{') {
+                step = scan_object(s, SCAN_SLOTS, child, NULL);
+            } else { /* not an object: every read below it finds None */
+                step = scan_value(s, SCAN_SKIP, NULL, NULL);
+                clear_slots(s, child->first, child->last);
+            }
+        }
         if (step < 0) {
             Py_XDECREF(key);
             goto unsure;
         }
         if (value != NULL) { /* a repeated key: the last one counts, as in orjson's dict */
-            int failed = PyDict_SetItem(dict, key ? key : child->key, value);
-            Py_XDECREF(key);
+            int failed = PyDict_SetItem(dict, key, value);
+            Py_DECREF(key);
             Py_DECREF(value);
             if (failed) goto unsure;
         }
@@ -1439,8 +1509,7 @@ unsure:
     return -1;
 }
 
-/* A value after optional white space. SCAN_PATHS on anything but an object decodes it whole (the
- * path goes no further there: a read below it answers None, as it does on orjson's dict). */
+/* A value after optional white space, skipped or decoded whole (scan_object reads into slots). */
 static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out) {
     skip_space(s);
     if (s->p >= s->end) return -1;
@@ -1456,27 +1525,27 @@ static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out) {
     }
 }
 
-/* The record `payload` (bytes) holds, along the paths under `root`: a new dict, or NULL (unsure;
- * no error set) where orjson.loads is to decode it. */
-static PyObject *scan_record(const PathNode *root, PyObject *payload) {
+/* The values the paths under `root` (numbered) read in `payload` (bytes), into `slots` (all NULL
+ * before): 0, or -1 (unsure; no error set, the slots cleared) where orjson.loads is to decode it. */
+static int scan_record(const PathNode *root, PyObject *payload, PyObject **slots) {
     Scan s = {(const unsigned char *)PyBytes_AS_STRING(payload),
-              (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload), 0};
-    PyObject *record = NULL;
+              (const unsigned char *)PyBytes_AS_STRING(payload) + PyBytes_GET_SIZE(payload), 0, slots};
     skip_space(&s);
-    if (s.p >= s.end || *s.p != '{' || scan_object(&s, SCAN_PATHS, root, &record) < 0) goto unsure;
+    if (s.p >= s.end || *s.p != '{' || scan_object(&s, SCAN_SLOTS, root, NULL) < 0) goto unsure;
     skip_space(&s);
     if (s.p != s.end) goto unsure;
-    return record;
+    return 0;
 unsure:
-    Py_XDECREF(record);
+    clear_slots(&s, root->first, root->last);
     PyErr_Clear();
-    return NULL;
+    return -1;
 }
 
-/* Adds to `root` the paths a build reads, from its steps: 1, or 0 where the build reads the record
- * other than along dotted paths (a getter's call; a step or an event field given a register that
- * holds one of the record's objects), and the record is then decoded whole; -1 with an error set. */
-static int paths_of_build(PathNode *root, Build *build) {
+/* Adds to `root` the paths a build reads, from its steps, and to `reads` (a list) each OP_READ's
+ * path (None for the other steps): 1, or 0 where the build reads the record other than along
+ * dotted paths (a getter's call; a step or an event field given a register that holds one of the
+ * record's objects), and the record is then decoded whole; -1 with an error set. */
+static int paths_of_build(PathNode *root, Build *build, PyObject *reads) {
     int answer = 0;
     PyObject **held = PyMem_Calloc(build->nregs, sizeof(PyObject *)); /* the path to the object a register holds */
     if (held == NULL) {
@@ -1487,6 +1556,7 @@ static int paths_of_build(PathNode *root, Build *build) {
     for (Py_ssize_t i = 0; i < build->nops; i++) {
         Op *op = &build->ops[i];
         if (op->code == OP_CALLREAD || held[op->a] != NULL) goto done;
+        if (op->code != OP_READ && PyList_Append(reads, Py_None) < 0) goto failed;
         if (op->code == OP_HOLD || op->code == OP_READ) {
             PyObject *base = held[op->b];
             if (base == NULL) goto done;
@@ -1499,9 +1569,9 @@ static int paths_of_build(PathNode *root, Build *build) {
                 held[op->a] = path;
                 continue;
             }
-            int added = path_add(root, &PyTuple_GET_ITEM(path, 0), n + 1);
+            int broke = path_add(root, &PyTuple_GET_ITEM(path, 0), n + 1) < 0 || PyList_Append(reads, path) < 0;
             Py_DECREF(path);
-            if (added < 0) goto failed;
+            if (broke) goto failed;
         } else if (op->code == OP_DICT) {
             for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(op->o1); k++)
                 if (held[PyLong_AsLong(PyTuple_GET_ITEM(PyTuple_GET_ITEM(op->o1, k), 1))] != NULL) goto done;
@@ -1539,9 +1609,14 @@ typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *loads, *provenance_model, *provenance_names, *mapping_id, *version, *conditions, *builds;
-    int scans;       /* the record is read along `paths` (scan_record), orjson.loads where that is unsure */
-    PathNode paths;  /* what the conditions and builds read */
+    int scans;         /* the record is read along `paths` (scan_record), orjson.loads where that is unsure */
+    PathNode paths;    /* what the conditions and builds read, numbered */
+    int nslots;
+    int **read_slots;  /* for each build, the slot of each of its OP_READ steps */
+    int *cond_slots;   /* the slot of each condition, event by event */
 } Runner;
+
+#define RUNNER_SLOTS 256
 
 static void runner_dealloc(Runner *self) {
     Py_XDECREF(self->loads);
@@ -1550,7 +1625,11 @@ static void runner_dealloc(Runner *self) {
     Py_XDECREF(self->mapping_id);
     Py_XDECREF(self->version);
     Py_XDECREF(self->conditions);
+    if (self->read_slots != NULL)
+        for (Py_ssize_t e = 0; e < PyTuple_GET_SIZE(self->builds); e++) PyMem_Free(self->read_slots[e]);
     Py_XDECREF(self->builds);
+    PyMem_Free(self->read_slots);
+    PyMem_Free(self->cond_slots);
     path_free(&self->paths);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
@@ -1610,14 +1689,19 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
     PyObject *payload = args[0], *raw_id = args[1], *checksum = args[2], *received_at = args[3];
     if (!(raw_id == Py_None || PyLong_CheckExact(raw_id)) || !(checksum == Py_None || PyUnicode_CheckExact(checksum)))
         Py_RETURN_NONE; /* pydantic words what is wrong with them */
-    PyObject *record = self->scans && PyBytes_CheckExact(payload) ? scan_record(&self->paths, payload) : NULL;
-    if (record == NULL) record = PyObject_CallOneArg(self->loads, payload);
-    if (record == NULL) {
+    PyObject *slots_here[RUNNER_SLOTS];
+    PyObject **slots = NULL, *record = NULL; /* the scan's slots, or orjson's dict */
+    if (self->scans && PyBytes_CheckExact(payload)) {
+        memset(slots_here, 0, sizeof(PyObject *) * self->nslots);
+        if (scan_record(&self->paths, payload, slots_here) == 0) slots = slots_here;
+    }
+    if (slots == NULL && (record = PyObject_CallOneArg(self->loads, payload)) == NULL) {
         PyErr_Clear();
         Py_RETURN_NONE;
     }
     PyObject *out = NULL, *provenance = NULL, *values = NULL, *fields_set = NULL;
-    if (!PyDict_CheckExact(record)) goto hand_over;
+    if (slots == NULL && !PyDict_CheckExact(record)) goto hand_over;
+    int condition = 0;
     Py_ssize_t nevents = PyTuple_GET_SIZE(self->builds);
     int chosen[64], any = 0;
     if (nevents > 64) goto hand_over;
@@ -1625,8 +1709,13 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
         PyObject *conds = PyTuple_GET_ITEM(self->conditions, e);
         int holds = 1;
         for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(conds); c++) {
-            PyObject *cond = PyTuple_GET_ITEM(conds, c);
-            PyObject *value = condition_value(record, PyTuple_GET_ITEM(cond, 0), PyTuple_GET_ITEM(cond, 1));
+            PyObject *cond = PyTuple_GET_ITEM(conds, c), *value;
+            if (slots != NULL) {
+                PyObject *found = slots[self->cond_slots[condition++]];
+                value = Py_NewRef(found ? found : Py_None);
+            } else {
+                value = condition_value(record, PyTuple_GET_ITEM(cond, 0), PyTuple_GET_ITEM(cond, 1));
+            }
             if (value == NULL) goto hand_over;
             int answer = condition_holds(value, (int)PyLong_AsLong(PyTuple_GET_ITEM(cond, 2)), PyTuple_GET_ITEM(cond, 3));
             Py_DECREF(value);
@@ -1651,26 +1740,63 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
     if (out == NULL) goto hand_over;
     for (Py_ssize_t e = 0; e < nevents; e++) {
         if (!chosen[e]) continue;
-        PyObject *build_args[3] = {record, provenance, received_at};
-        PyObject *made = build_call((Build *)PyTuple_GET_ITEM(self->builds, e), build_args, 3, NULL);
+        PyObject *build_args[3] = {slots ? Py_None : record, provenance, received_at};
+        PyObject *made = build_run((Build *)PyTuple_GET_ITEM(self->builds, e), build_args, slots,
+                                   slots ? self->read_slots[e] : NULL);
         if (made == NULL) goto hand_over;
         int failed = PyList_Append(out, made);
         Py_DECREF(made);
         if (failed) goto hand_over;
     }
-    Py_DECREF(record);
+    Py_XDECREF(record);
+    if (slots != NULL) clear_slots(&(Scan){.slots = slots}, 0, self->nslots);
     Py_DECREF(provenance);
     Py_DECREF(values);
     Py_DECREF(fields_set);
     return out;
 hand_over:
     PyErr_Clear();
-    Py_DECREF(record);
+    Py_XDECREF(record);
+    if (slots != NULL) clear_slots(&(Scan){.slots = slots}, 0, self->nslots);
     Py_XDECREF(out);
     Py_XDECREF(provenance);
     Py_XDECREF(values);
     Py_XDECREF(fields_set);
     Py_RETURN_NONE;
+}
+
+/* Each OP_READ step's and each condition's slot, from the paths (numbered) they read. */
+static int runner_slots(Runner *self, PyObject *reads) {
+    Py_ssize_t n = PyTuple_GET_SIZE(self->builds), at = 0, nconds = 0;
+    for (Py_ssize_t e = 0; e < n; e++) nconds += PyTuple_GET_SIZE(PyTuple_GET_ITEM(self->conditions, e));
+    self->read_slots = PyMem_Calloc(n, sizeof(int *));
+    self->cond_slots = PyMem_Calloc(nconds ? nconds : 1, sizeof(int));
+    if (self->read_slots == NULL || self->cond_slots == NULL) goto no_memory;
+    for (Py_ssize_t e = 0, c = 0; e < n; e++) {
+        PyObject *conds = PyTuple_GET_ITEM(self->conditions, e);
+        for (Py_ssize_t k = 0; k < PyTuple_GET_SIZE(conds); k++)
+            self->cond_slots[c++] = path_slot(&self->paths, PyTuple_GET_ITEM(PyTuple_GET_ITEM(conds, k), 0));
+        Build *build = (Build *)PyTuple_GET_ITEM(self->builds, e);
+        if ((self->read_slots[e] = PyMem_Calloc(build->nops ? build->nops : 1, sizeof(int))) == NULL) goto no_memory;
+        for (Py_ssize_t i = 0; i < build->nops; i++, at++) {
+            PyObject *path = PyList_GET_ITEM(reads, at);
+            self->read_slots[e][i] = path == Py_None ? -1 : path_slot(&self->paths, path);
+        }
+    }
+    for (Py_ssize_t c = 0; c < nconds; c++)
+        if (self->cond_slots[c] < 0) goto lost;
+    for (Py_ssize_t e = 0; e < n; e++) {
+        Build *build = (Build *)PyTuple_GET_ITEM(self->builds, e);
+        for (Py_ssize_t i = 0; i < build->nops; i++)
+            if (build->ops[i].code == OP_READ && self->read_slots[e][i] < 0) goto lost;
+    }
+    return 0;
+lost:
+    PyErr_SetString(PyExc_SystemError, "a read without its slot");
+    return -1;
+no_memory:
+    PyErr_NoMemory();
+    return -1;
 }
 
 static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) {
@@ -1718,6 +1844,11 @@ static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
     self->conditions = Py_NewRef(conditions);
     self->builds = Py_NewRef(builds);
     self->scans = 1;
+    PyObject *reads = PyList_New(0); /* every build's steps' paths, one after another (paths_of_build) */
+    if (reads == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
     for (Py_ssize_t e = 0; e < n && self->scans; e++) {
         PyObject *conds = PyTuple_GET_ITEM(conditions, e);
         for (Py_ssize_t c = 0; c < PyTuple_GET_SIZE(conds) && self->scans; c++) {
@@ -1725,18 +1856,24 @@ static PyObject *runner_new(PyTypeObject *type, PyObject *args, PyObject *kwds) 
             if (PyTuple_GET_ITEM(PyTuple_GET_ITEM(conds, c), 1) != Py_None || PyTuple_GET_SIZE(keys) == 0) {
                 self->scans = 0; /* a getter's or the record's own value */
             } else if (path_add(&self->paths, &PyTuple_GET_ITEM(keys, 0), PyTuple_GET_SIZE(keys)) < 0) {
-                Py_DECREF(self);
-                return NULL;
+                goto failed;
             }
         }
-        int read = self->scans ? paths_of_build(&self->paths, (Build *)PyTuple_GET_ITEM(builds, e)) : 0;
-        if (read < 0) {
-            Py_DECREF(self);
-            return NULL;
-        }
+        int read = self->scans ? paths_of_build(&self->paths, (Build *)PyTuple_GET_ITEM(builds, e), reads) : 0;
+        if (read < 0) goto failed;
         self->scans = read;
     }
+    if (self->scans) {
+        path_number(&self->paths, &self->nslots);
+        self->scans = self->nslots <= RUNNER_SLOTS;
+    }
+    if (self->scans && runner_slots(self, reads) < 0) goto failed;
+    Py_DECREF(reads);
     return (PyObject *)self;
+failed:
+    Py_XDECREF(reads);
+    Py_DECREF(self);
+    return NULL;
 }
 
 static PyObject *runner_reads(Runner *self, void *unused) {
@@ -1775,7 +1912,8 @@ static PyObject *vm_scan(PyObject *module, PyObject *const *args, Py_ssize_t nar
         return NULL;
     }
     PathNode root = {0};
-    PyObject *out = NULL;
+    PyObject *out = NULL, *slots[RUNNER_SLOTS] = {0};
+    int nslots = 0;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); i++) {
         PyObject *path = PyTuple_GET_ITEM(args[1], i);
         if (!PyTuple_Check(path) || PyTuple_GET_SIZE(path) == 0) {
@@ -1784,9 +1922,25 @@ static PyObject *vm_scan(PyObject *module, PyObject *const *args, Py_ssize_t nar
         }
         if (path_add(&root, &PyTuple_GET_ITEM(path, 0), PyTuple_GET_SIZE(path)) < 0) goto done;
     }
-    out = scan_record(&root, args[0]);
-    if (out == NULL) out = Py_NewRef(Py_None);
+    path_number(&root, &nslots);
+    if (nslots > RUNNER_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "too many paths");
+        goto done;
+    }
+    if (scan_record(&root, args[0], slots) < 0) {
+        out = Py_NewRef(Py_None);
+        goto done;
+    }
+    if ((out = PyDict_New()) == NULL) goto done;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(args[1]); i++) {
+        PyObject *path = PyTuple_GET_ITEM(args[1], i), *found = slots[path_slot(&root, path)];
+        if (PyDict_SetItem(out, path, found ? found : Py_None) < 0) {
+            Py_CLEAR(out);
+            goto done;
+        }
+    }
 done:
+    for (int i = 0; i < nslots && i < RUNNER_SLOTS; i++) Py_XDECREF(slots[i]);
     path_free(&root);
     return out;
 }
@@ -1846,7 +2000,7 @@ static PyObject *vm_sha256(PyObject *module, PyObject *const *args, Py_ssize_t n
 
 static PyMethodDef vm_methods[] = {
     {"scan", (PyCFunction)(void (*)(void))vm_scan, METH_FASTCALL,
-     "The record the runner's scanner reads from a JSON payload along the paths (None: unsure, orjson decodes)."},
+     "What the runner's scanner reads in a JSON payload: {path: value} (None: unsure, orjson decodes)."},
     {"sha256", (PyCFunction)(void (*)(void))vm_sha256, METH_FASTCALL,
      "SHA-256 of bytes with the compression in use, or the portable one (for tests)."},
     {"sha256_backend", vm_sha256_backend, METH_NOARGS, "Which SHA-256 compression serves: 'cpu' or 'portable'."},
