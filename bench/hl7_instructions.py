@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -64,23 +63,10 @@ def workload(prepared: Path, count: int, batch: int) -> None:
 
 
 def _counted(tree: Path, prepared: Path, count: int, batch: int) -> int:
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        sys.executable,
-        str(SELF),
-        "--workload",
-        str(prepared),
-        str(count),
-        str(batch),
-    ]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise SystemExit(f"callgrind printed no count:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    from bench import callgrind  # here, not at the top: this file also runs in older trees without it
+
+    argv = [sys.executable, str(SELF), "--workload", str(prepared), str(count), str(batch)]
+    return callgrind.instructions(argv, tree)
 
 
 def per_message(rev: str, count: int, batches: list[int]) -> dict[int, float]:
@@ -123,8 +109,6 @@ def main() -> None:
     if args.workload:
         workload(Path(args.workload[0]), int(args.workload[1]), int(args.workload[2]))
         return
-    if shutil.which("valgrind") is None:
-        raise SystemExit("valgrind is not installed")
     revs = args.rev or [WORK_TREE]
     print(f"HL7 full ingest on SQLite, instructions per message (callgrind, {args.messages:,} messages):")
     print(f"  {'revision':<16}" + "".join(f"{f'batch {size}':>16}" for size in args.batch))
