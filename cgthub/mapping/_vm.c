@@ -1388,6 +1388,22 @@ static int scan_literal(Scan *s, const char *word, Py_ssize_t len, PyObject *val
 
 static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out);
 
+/* After an object's member or an array's item: 1 where a comma says another follows (white space
+ * after it skipped), 0 where `close` ends it, -1 (unsure) otherwise. */
+static inline int next_member(Scan *s, unsigned char close) {
+    skip_space(s);
+    if (s->p < s->end && *s->p == ',') {
+        s->p++;
+        skip_space(s);
+        return 1;
+    }
+    if (s->p < s->end && *s->p == close) {
+        s->p++;
+        return 0;
+    }
+    return -1;
+}
+
 /* An object at s->p: skipped, decoded whole, or read into the slots of the paths under `node`
  * (SCAN_SLOTS; `out` unused). A key met again counts last, as in orjson's dict: the slots below
  * it are cleared before it is read again. */
@@ -1450,17 +1466,9 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
             Py_DECREF(value);
             if (failed) goto unsure;
         }
-        skip_space(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            skip_space(s);
-            continue;
-        }
-        if (s->p < s->end && *s->p == '}') {
-            s->p++;
-            break;
-        }
-        goto unsure;
+        int more = next_member(s, '}');
+        if (more < 0) goto unsure;
+        if (!more) break;
     }
 closed:
     s->depth--;
@@ -1489,16 +1497,9 @@ static int scan_array(Scan *s, int mode, PyObject **out) {
             Py_DECREF(item);
             if (failed) goto unsure;
         }
-        skip_space(s);
-        if (s->p < s->end && *s->p == ',') {
-            s->p++;
-            continue;
-        }
-        if (s->p < s->end && *s->p == ']') {
-            s->p++;
-            break;
-        }
-        goto unsure;
+        int more = next_member(s, ']');
+        if (more < 0) goto unsure;
+        if (!more) break;
     }
 closed:
     s->depth--;
