@@ -73,6 +73,7 @@ typedef struct {
 typedef struct {
     Py_ssize_t nfields;
     Field *fields;
+    int attributes; /* the values go in as attributes (the class's shared keys), not as a __dict__ made here */
 } ModelSpec;
 
 typedef struct {
@@ -181,6 +182,18 @@ static int read_model(ModelSpec *spec, PyObject *fields) {
     return 0;
 }
 
+/* Whether a model's values may go in as plain attributes (object.__setattr__, into the instance's
+ * own dict as CPython keeps it): its instances have a managed dict and no field's name is a data
+ * descriptor of the class (which would take the value instead). */
+static int plain_attributes(PyTypeObject *type, ModelSpec *spec) {
+    if (!(type->tp_flags & Py_TPFLAGS_MANAGED_DICT)) return 0;
+    for (Py_ssize_t f = 0; f < spec->nfields; f++) {
+        PyObject *found = _PyType_Lookup(type, spec->fields[f].name);
+        if (found != NULL && Py_TYPE(found)->tp_descr_set != NULL) return 0;
+    }
+    return 1;
+}
+
 static int check_reg(Build *self, int r) {
     if (r < 0 || r >= self->nregs) {
         PyErr_Format(PyExc_ValueError, "register %d out of range", r);
@@ -277,6 +290,7 @@ static int build_init(Build *self, PyObject *args, PyObject *kwds) {
                 return -1;
             }
             if (read_model(&self->models[i], o2) < 0) return -1;
+            self->models[i].attributes = plain_attributes((PyTypeObject *)o1, &self->models[i]);
             for (Py_ssize_t f = 0; f < self->models[i].nfields; f++) {
                 Field *fd = &self->models[i].fields[f];
                 if (fd->vkind == V_REG && check_reg(self, fd->reg) < 0) return -1;
@@ -673,27 +687,42 @@ static int present_any(PyObject **regs, PyObject *absent, Py_ssize_t n, const in
     return 0;
 }
 
-static PyObject *make_instance(Build *self, PyObject *cls, PyObject *values, PyObject *fields_set) {
-    PyTypeObject *type = (PyTypeObject *)cls;
-    PyObject *made = PyBaseObject_Type.tp_new(type, empty_tuple, NULL);
-    if (made == NULL) return NULL;
-    PyObject *slot_values[4] = {values, fields_set, Py_None, Py_None};
-    for (int i = 0; i < 4; i++) {
+/* BaseModel's other slots: fields_set, no extra, no private. */
+static int set_slots(Build *self, PyObject *made, PyObject *fields_set) {
+    PyObject *slot_values[4] = {NULL, fields_set, Py_None, Py_None};
+    for (int i = 1; i < 4; i++) {
         PyObject *descr = self->setters[i];
         descrsetfunc set = Py_TYPE(descr)->tp_descr_set;
         if (set == NULL || set(descr, made, slot_values[i]) < 0) {
             if (set == NULL) PyErr_SetString(PyExc_TypeError, "slot descriptor without a setter");
-            Py_DECREF(made);
-            return NULL;
+            return -1;
         }
+    }
+    return 0;
+}
+
+static PyObject *make_instance(Build *self, PyObject *cls, PyObject *values, PyObject *fields_set) {
+    PyTypeObject *type = (PyTypeObject *)cls;
+    PyObject *made = PyBaseObject_Type.tp_new(type, empty_tuple, NULL);
+    if (made == NULL) return NULL;
+    descrsetfunc set = Py_TYPE(self->setters[0])->tp_descr_set;
+    if (set == NULL || set(self->setters[0], made, values) < 0 || set_slots(self, made, fields_set) < 0) {
+        if (set == NULL) PyErr_SetString(PyExc_TypeError, "slot descriptor without a setter");
+        Py_DECREF(made);
+        return NULL;
     }
     return made;
 }
 
+
+
 static PyObject *run_model(Build *self, Op *op, ModelSpec *spec, PyObject **regs) {
-    PyObject *values = _PyDict_NewPresized(spec->nfields);
+    PyObject *values = spec->attributes ? NULL : _PyDict_NewPresized(spec->nfields);
+    PyObject *made = NULL;
+    if (spec->attributes && (made = PyBaseObject_Type.tp_new((PyTypeObject *)op->o1, empty_tuple, NULL)) == NULL)
+        return NULL;
     PyObject *fields_set = PySet_New(NULL);
-    if (values == NULL || fields_set == NULL) goto fail;
+    if ((values == NULL && made == NULL) || fields_set == NULL) goto fail;
     for (Py_ssize_t f = 0; f < spec->nfields; f++) {
         Field *fd = &spec->fields[f];
         PyObject *value = NULL; /* new reference */
@@ -721,15 +750,21 @@ static PyObject *run_model(Build *self, Op *op, ModelSpec *spec, PyObject **regs
             goto fail;
         }
         if (value == NULL) goto fail;
-        int failed = PyDict_SetItem(values, fd->name, value) < 0 || (counted && PySet_Add(fields_set, fd->name) < 0);
+        int failed = (made ? PyObject_GenericSetAttr(made, fd->name, value) : PyDict_SetItem(values, fd->name, value)) < 0 ||
+                     (counted && PySet_Add(fields_set, fd->name) < 0);
         Py_DECREF(value);
         if (failed) goto fail;
     }
-    PyObject *made = make_instance(self, op->o1, values, fields_set);
-    Py_DECREF(values);
+    if (made != NULL) {
+        if (set_slots(self, made, fields_set) < 0) goto fail;
+    } else {
+        made = make_instance(self, op->o1, values, fields_set);
+    }
+    Py_XDECREF(values);
     Py_DECREF(fields_set);
     return made;
 fail:
+    Py_XDECREF(made);
     Py_XDECREF(values);
     Py_XDECREF(fields_set);
     return NULL;
