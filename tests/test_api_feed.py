@@ -11,6 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from cgthub import ledger, outbox
 from cgthub.api import webhooks
@@ -155,6 +156,25 @@ def test_webhooks_are_signed_filtered_and_scoped(api, receiver):
         assert (row.cursor_tx, row.cursor_id) == (last.tx, last.id)
     listed = client.get("/subscriptions").json()
     assert listed[0]["delivery"] == {"delivered": 2}
+
+
+def test_a_write_is_committed_before_its_answer(api, receiver, monkeypatch):
+    """A 201 means the subscription is stored: the write session commits before the response is
+    sent (FastAPI ends a yield dependency after sending unless its scope is "function"; a slow
+    commit here would then still be running when the client reads)."""
+    client = api.client(api.key("status:read"))
+    commit = Session.commit
+
+    def slow_commit(self: Session) -> None:
+        time.sleep(0.5)
+        commit(self)
+
+    monkeypatch.setattr(Session, "commit", slow_commit)
+    created = client.post("/subscriptions", json={"url": receiver.url})
+    assert created.status_code == 201, created.text
+    with session_scope(api.database_url, readonly=True) as session:  # no commit of its own
+        assert session.get(WebhookSubscription, created.json()["id"]) is not None
+    assert [s["id"] for s in client.get("/subscriptions").json()] == [created.json()["id"]]
 
 
 def test_failed_deliveries_back_off_die_and_replay(api, receiver):

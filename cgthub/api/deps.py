@@ -39,6 +39,12 @@ def write_session(request: Request) -> Iterator[Session]:
         yield session
 
 
+# A write route's session, committed when the route returns and before its answer is sent: FastAPI
+# ends a yield dependency after sending the response unless its scope is "function", and a client
+# told 201 must find what it wrote (and hear of a commit that failed).
+WRITE_SESSION = Depends(write_session, scope="function")
+
+
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> Principal:
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "unauthenticated", "send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)

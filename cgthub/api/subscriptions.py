@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from cgthub import outbox
 from cgthub.api import webhooks
 from cgthub.api.auth import Principal, Scope
-from cgthub.api.deps import authorized, read_session, write_session
+from cgthub.api.deps import WRITE_SESSION, authorized, read_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError, not_found
 from cgthub.api.schemas import ReplayResult, Subscription, SubscriptionCreated, SubscriptionRequest
 from cgthub.api.tables import WebhookSubscription
@@ -49,7 +49,7 @@ def _owned(session: Session, principal: Principal, subscription_id: str) -> Webh
 def create_subscription(
     request: SubscriptionRequest,
     principal: Principal = Depends(authorized(Scope.STATUS_READ)),
-    session: Session = Depends(write_session),
+    session: Session = WRITE_SESSION,
 ) -> dict[str, Any]:
     """Subscribe a URL to the change feed from now on; it receives what this key may see."""
     url = str(request.url)
@@ -77,7 +77,7 @@ def list_subscriptions(
 def delete_subscription(
     subscription_id: str = SubscriptionId,
     principal: Principal = Depends(authorized(Scope.STATUS_READ)),
-    session: Session = Depends(write_session),
+    session: Session = WRITE_SESSION,
 ) -> dict[str, Any]:
     """Stop deliveries; undelivered messages go dead (replayable if the subscription is re-activated)."""
     sub = _owned(session, principal, subscription_id)
@@ -89,7 +89,7 @@ def delete_subscription(
 def replay_dead_letters(
     subscription_id: str = SubscriptionId,
     principal: Principal = Depends(authorized(Scope.ADMIN)),
-    session: Session = Depends(write_session),
+    session: Session = WRITE_SESSION,
 ) -> dict[str, int]:
     """Operator action: retry the subscription's dead letters after the receiver is fixed."""
     sub = _owned(session, principal, subscription_id)
