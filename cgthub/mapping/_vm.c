@@ -1192,8 +1192,8 @@ typedef struct {
     PyObject **slots; /* SCAN_SLOTS: the values read, by PathNode.slot (NULL: absent, read as None) */
 } Scan;
 
-static void clear_slots(Scan *s, int first, int last) {
-    for (int i = first; i < last; i++) Py_CLEAR(s->slots[i]);
+static void clear_slots(PyObject **slots, int first, int last) {
+    for (int i = first; i < last; i++) Py_CLEAR(slots[i]);
 }
 
 /* The slots below `node` from its value, decoded whole: what the chained reads find in it. */
@@ -1421,7 +1421,7 @@ static int scan_literal(Scan *s, const char *word, Py_ssize_t len, PyObject *val
     return 0;
 }
 
-static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out);
+static int scan_value(Scan *s, int mode, PyObject **out);
 
 /* After an object's member or an array's item: 1 where a comma says another follows (white space
  * after it skipped), 0 where `close` ends it, -1 (unsure) otherwise. */
@@ -1447,7 +1447,7 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
     s->p++;
     PyObject *dict = NULL;
     if (mode == SCAN_WHOLE && (dict = PyDict_New()) == NULL) return -1;
-    if (mode == SCAN_SLOTS) clear_slots(s, node->first, node->last);
+    if (mode == SCAN_SLOTS) clear_slots(s->slots, node->first, node->last);
     skip_space(s);
     if (s->p < s->end && *s->p == '}') {
         s->p++;
@@ -1472,11 +1472,11 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
         s->p++;
         int step;
         if (mode == SCAN_WHOLE) {
-            step = scan_value(s, SCAN_WHOLE, NULL, &value);
+            step = scan_value(s, SCAN_WHOLE, &value);
         } else if (child == NULL) {
-            step = scan_value(s, SCAN_SKIP, NULL, NULL);
+            step = scan_value(s, SCAN_SKIP, NULL);
         } else if (child->slot >= 0) { /* read itself: decoded whole; paths below it read from that */
-            step = scan_value(s, SCAN_WHOLE, NULL, &value);
+            step = scan_value(s, SCAN_WHOLE, &value);
             if (step == 0) {
                 fill_slots(s, child, value);
                 Py_XSETREF(s->slots[child->slot], value);
@@ -1487,8 +1487,8 @@ static int scan_object(Scan *s, int mode, const PathNode *node, PyObject **out) 
             if (s->p < s->end && *s->p == '{') {
                 step = scan_object(s, SCAN_SLOTS, child, NULL);
             } else { /* not an object: every read below it finds None */
-                step = scan_value(s, SCAN_SKIP, NULL, NULL);
-                clear_slots(s, child->first, child->last);
+                step = scan_value(s, SCAN_SKIP, NULL);
+                clear_slots(s->slots, child->first, child->last);
             }
         }
         if (step < 0) {
@@ -1526,7 +1526,7 @@ static int scan_array(Scan *s, int mode, PyObject **out) {
     }
     for (;;) {
         PyObject *item = NULL;
-        if (scan_value(s, mode, NULL, list ? &item : NULL) < 0) goto unsure;
+        if (scan_value(s, mode, list ? &item : NULL) < 0) goto unsure;
         if (item != NULL) {
             int failed = PyList_Append(list, item);
             Py_DECREF(item);
@@ -1546,12 +1546,12 @@ unsure:
 }
 
 /* A value after optional white space, skipped or decoded whole (scan_object reads into slots). */
-static int scan_value(Scan *s, int mode, const PathNode *node, PyObject **out) {
+static int scan_value(Scan *s, int mode, PyObject **out) {
     skip_space(s);
     if (s->p >= s->end) return -1;
     PyObject **into = mode == SCAN_SKIP ? NULL : out;
     switch (*s->p) {
-    case '{': return scan_object(s, mode, node, into);
+    case '{': return scan_object(s, mode, NULL, into);
     case '[': return scan_array(s, mode == SCAN_SKIP ? SCAN_SKIP : SCAN_WHOLE, into);
     case '"': return scan_string(s, into, NULL, NULL);
     case 't': return scan_literal(s, "true", 4, Py_True, into);
@@ -1572,7 +1572,7 @@ static int scan_record(const PathNode *root, PyObject *payload, PyObject **slots
     if (s.p != s.end) goto unsure;
     return 0;
 unsure:
-    clear_slots(&s, root->first, root->last);
+    clear_slots(slots, root->first, root->last);
     PyErr_Clear();
     return -1;
 }
@@ -1785,7 +1785,7 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
         if (failed) goto hand_over;
     }
     Py_XDECREF(record);
-    if (slots != NULL) clear_slots(&(Scan){.slots = slots}, 0, self->nslots);
+    if (slots != NULL) clear_slots(slots, 0, self->nslots);
     Py_DECREF(provenance);
     Py_DECREF(values);
     Py_DECREF(fields_set);
@@ -1793,7 +1793,7 @@ static PyObject *runner_call(PyObject *callable, PyObject *const *args, size_t n
 hand_over:
     PyErr_Clear();
     Py_XDECREF(record);
-    if (slots != NULL) clear_slots(&(Scan){.slots = slots}, 0, self->nslots);
+    if (slots != NULL) clear_slots(slots, 0, self->nslots);
     Py_XDECREF(out);
     Py_XDECREF(provenance);
     Py_XDECREF(values);
@@ -1976,7 +1976,7 @@ static PyObject *vm_scan(PyObject *module, PyObject *const *args, Py_ssize_t nar
         }
     }
 done:
-    for (int i = 0; i < nslots && i < RUNNER_SLOTS; i++) Py_XDECREF(slots[i]);
+    clear_slots(slots, 0, nslots < RUNNER_SLOTS ? nslots : RUNNER_SLOTS);
     path_free(&root);
     return out;
 }

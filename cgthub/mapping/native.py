@@ -156,7 +156,7 @@ def _check(
     plain type (as `codegen._inline_check` writes them; a step tests the type even where a fact
     says str, which costs a pointer comparison), else a call of `fallback` (the model's)."""
     shape = codegen.plain_check(annotation, metadata, validators)
-    decided = _decided(fallback, plan.values.get(reg, frozenset()))
+    decided = _decided(fallback, plan.values.get(reg, frozenset())) if shape is None else {}
     if shape is None and decided:
         plan.step(_vm.OP_CHK_TABLE, reg, o1=decided, o2=fallback)
     elif shape is None:
