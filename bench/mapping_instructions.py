@@ -14,6 +14,7 @@ Run: .venv/bin/python -m bench.mapping_instructions [--records 2000] [--python]
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -24,8 +25,6 @@ WARM = 200
 
 
 def workload(count: int, fast_path: str) -> None:
-    import os
-
     os.environ["CGTHUB_MAPPING_FASTPATH"] = fast_path
     from bench.mapping_bench import JSON_MAPPING, NOW, json_record
     from cgthub import runtime
