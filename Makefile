@@ -2,11 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml cgthub/mapping/_vm.c | sha1sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell sha1sum < pyproject.toml | cut -c1-12)
 
 .PHONY: demo up test lint bench clean install
 
-$(STAMP): pyproject.toml cgthub/mapping/_vm.c
+$(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q uv
 	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -e '.[test]'

@@ -1,8 +1,5 @@
 """The generated fast path of a mapping gives exactly what the reference path gives.
 
-Every test here runs twice: with the fast path as the C interpreter runs it (`native`, the default
-where it is built) and as generated Python (`CGTHUB_MAPPING_FASTPATH=python`, what serves without it).
-
 Same events (equal, same JSON, same fields set at every level) or the same rejection, on every
 shipped fixture in every market, and on payloads mutated at random (wrong types, blanks, unknown
 codes, malformed identifiers), where the fast path must hand the decision to the reference path.
@@ -10,10 +7,10 @@ codes, malformed identifiers), where the fast path must hand the decision to the
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
 import json
-import os
 import types
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,8 +22,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from bench.mapping_bench import json_record
-from cgthub.mapping import codegen, fixtures, native, registry
-from cgthub.mapping.native import _vm
+from cgthub.mapping import codegen, fixtures, registry
 from cgthub.pipeline import PayloadRejected
 from tests.factories import MAPPED_VALUES
 
@@ -36,37 +32,21 @@ MAPPING_FILES = [f.path for f in registry.discover()] + [BENCH_MAPPING]
 MARKETS = [None, "US", "DE"]
 
 
-_PAIRS: dict[tuple[Path, str | None, str], tuple[Any, Any]] = {}
-BACKENDS = ["native", "python"]
-_backend = {"name": "native"}
-
-
-@pytest.fixture(autouse=True, params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "native" and not native.available():
-        if os.environ.get("CI") == "true":
-            pytest.fail("the C interpreter is not built (cgthub/mapping/_vm.c): `make install` compiles it")
-        pytest.skip("the C interpreter is not built here")
-    _backend["name"] = request.param
-    return str(request.param)
+_PAIRS: dict[tuple[Path, str | None], tuple[Any, Any]] = {}
 
 
 def _pair(path: Path, market: str | None, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any]:
-    """The mapping compiled with its fast path (of this test's backend) and without (compiled once
-    per test session)."""
-    name = _backend["name"]
-    if (path, market, name) not in _PAIRS:
+    """The mapping compiled with its fast path and without (compiled once per test session)."""
+    if (path, market) not in _PAIRS:
         with monkeypatch.context() as patch:
-            patch.setenv("CGTHUB_MAPPING_FASTPATH", "1" if name == "native" else "python")
+            patch.delenv("CGTHUB_MAPPING_FASTPATH", raising=False)
             fast = registry.compile_file(path, market)
             patch.setenv("CGTHUB_MAPPING_FASTPATH", "0")
             reference = registry.compile_file(path, market)
         assert all(e.fast is None for e in reference.events)
-        hl7 = fast.spec.format == "hl7"  # HL7 rules keep the generated Python (native.generate says why)
-        expected = _vm.Build if name == "native" and not hl7 else types.FunctionType
-        assert all(type(e.fast) is expected for e in fast.events if e.fast is not None)
-        _PAIRS[path, market, name] = fast, reference
-    return _PAIRS[path, market, name]
+        assert all(type(e.fast) is types.FunctionType for e in fast.events if e.fast is not None)
+        _PAIRS[path, market] = fast, reference
+    return _PAIRS[path, market]
 
 
 def _fields_set(model: BaseModel) -> Any:
@@ -488,3 +468,59 @@ def test_shared_defaults_are_only_those_nothing_can_change():
     assert codegen._default_expr(writer, Holder.model_fields["colour"]) is not None  # an enum default is a constant
     with pytest.raises(codegen.NoFastPath):
         codegen._default_expr(writer, Holder.model_fields["tags"])
+
+
+def _built_by_fast_path(event: Any, record: Any) -> Any:
+    from cgthub.mapping.compiler import _provenance
+
+    provenance = {"mapping_id": "x/y", "mapping_version": "v1", "raw_id": 7, "raw_checksum": "c" * 64}
+    try:
+        return event.fast(record, _provenance(provenance), NOW)
+    except Exception:
+        return None  # handed over: the reference path would decide
+
+
+@pytest.mark.parametrize("path", [p for p in MAPPING_FILES if fixtures.inputs(p)], ids=lambda p: "/".join(p.parts[-3:]))
+def test_fixture_records_are_built_by_the_fast_path_itself_not_only_handed_over(path, monkeypatch):
+    """A fast path that always handed over would pass the equivalence tests; the shipped fixtures'
+    records must be built by the generated functions themselves."""
+    fast, _reference = _pair(path, None, monkeypatch)
+    built = 0
+    for fixture in fixtures.inputs(path):
+        try:
+            records = fast.records(fixture.read_bytes())
+        except Exception:
+            continue  # a fixture of a payload the mapping rejects whole
+        built += sum(_built_by_fast_path(e, r) is not None for r in records for e in fast.events)
+    assert built, "no fixture record is built by the fast path itself"
+
+
+def test_the_bench_record_is_built_by_the_fast_path_itself(monkeypatch):
+    fast, reference = _pair(BENCH_MAPPING, None, monkeypatch)
+    record = _bench_record()
+    built = _built_by_fast_path(fast.events[0], record)
+    (expected,) = reference.map(json.dumps(record).encode(), raw_id=7, checksum="c" * 64, received_at=NOW)
+    assert built is not None and built.model_dump_json(exclude={"provenance"}) == expected.model_dump_json(
+        exclude={"provenance"}
+    )
+    assert built.occurred_at == datetime(2026, 3, 2, 14, tzinfo=UTC)  # 09:00 in New York
+    assert built.patient.pseudonyms["mrn"].startswith("psn:mrn:") and built.order.market == "US"
+
+
+def test_the_fast_path_pseudonymizes_with_the_key_the_settings_hold_now(monkeypatch):
+    """A key rotated in the settings is the key the next record is pseudonymized with."""
+    from cgthub import settings as hub_settings
+    from cgthub.pseudonym import pseudonymize
+
+    fast, _reference = _pair(BENCH_MAPPING, None, monkeypatch)
+    payload = json.dumps(_bench_record()).encode()
+    first = fast.map(payload, raw_id=7, checksum="c" * 64, received_at=NOW)[0].patient.pseudonyms["mrn"]
+    with monkeypatch.context() as patch:
+        patch.setenv("CGTHUB_PSEUDONYM_KEY", base64.urlsafe_b64encode(b"\x01" * 32).decode())
+        hub_settings.get_settings.cache_clear()
+        try:
+            second = fast.map(payload, raw_id=7, checksum="c" * 64, received_at=NOW)[0].patient.pseudonyms["mrn"]
+            assert second != first and second == pseudonymize("mrn", _bench_record()["patient"]["mrn"])
+        finally:
+            hub_settings.get_settings.cache_clear()
+    assert fast.map(payload, raw_id=7, checksum="c" * 64, received_at=NOW)[0].patient.pseudonyms["mrn"] == first

@@ -13,9 +13,7 @@ vouch for) raises, and the caller runs the reference path for that record, which
 event or rejects the payload in its usual words. So the fast path never decides a rejection and
 never accepts what the reference would refuse; `tests/test_mapping_codegen.py` compares the two
 on every shipped fixture and on mutated payloads. `CGTHUB_MAPPING_FASTPATH=0` turns it off.
-
-For JSON the same decisions also become a plan that C runs (`cgthub.mapping.native`); the function
-written here then serves HL7, and any install where the C part is not built.
+docs/mapping-fastpath.md tells how the pieces fit and what the fast path costs.
 """
 
 from __future__ import annotations
@@ -336,7 +334,7 @@ def _transform_call(writer: _Writer, kind: str, arg: str, function: Callable[[An
 @dataclass(frozen=True)
 class PlainCheck:
     """A field's check when it is a plain type: exactly `kind` (or None, when `optional`), and for
-    a string a length in `low`..`high`. The generated Python writes it inline; `native` as a step."""
+    a string a length in `low`..`high`. The generated Python writes it inline."""
 
     kind: Any  # str, int, bool, float or AwareDatetime
     optional: bool

@@ -9,7 +9,6 @@ expression and the shape of the offending value, never the value itself.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import json
@@ -27,7 +26,7 @@ from lxml import etree
 from pydantic import ValidationError
 
 from cgthub import hl7v2
-from cgthub.mapping import codegen, construct, native
+from cgthub.mapping import codegen, construct
 from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
 from cgthub.model import CanonicalEvent, Provenance
@@ -115,6 +114,9 @@ def _transform_step(transform: Callable[[Any], Any], label: str, shown: Callable
             return transform(value)
         except TransformError as exc:
             raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} {exc}") from exc
+        except Exception as exc:  # e.g. a date past year 9999: the payload's problem, not the hub's
+            problem = f"cannot be read ({type(exc).__name__})"
+            raise FieldFailure(Stage.MAP, f"{label}: value {shown(value)} {problem}") from exc
 
     return step
 
@@ -206,7 +208,6 @@ class CompiledMapping:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
         self._select: Callable[[Any], list[bool]] | None = None
-        self._run: Callable[[bytes, Any, Any, datetime], list[CanonicalEvent] | None] | None = None
         self.select_source = ""
         if codegen.enabled():
             self._select, self.select_source = codegen.generate_selector(self)
@@ -215,11 +216,6 @@ class CompiledMapping:
                     event.fast, event.fast_source = codegen.generate(self, event)
                 except codegen.NoFastPath as exc:
                     event.fast_source = f"# no fast path: {exc}"
-                    continue
-                if native.available():  # the same steps, run by the C interpreter
-                    with contextlib.suppress(codegen.NoFastPath):  # else the generated Python serves
-                        event.fast = native.generate(self, event)
-            self._run = native.runner(self)
         # The CSV columns the rules read: a file whose header lacks them is not this export.
         self._columns = {
             source
@@ -405,10 +401,6 @@ class CompiledMapping:
     ) -> list[CanonicalEvent]:
         """The payload's canonical events. `parsed`: the HL7 message as `hl7v2.parse(payload)` already
         gave it to the listener (which read its MSH), so it is not parsed twice."""
-        if self._run is not None:  # a JSON object whole in C (`native.runner`); None: not that simple
-            made = self._run(payload, raw_id, checksum, received_at)
-            if made is not None:
-                return made
         return self._map(payload, raw_id, checksum, received_at, None, parsed)
 
     def map_by_rule(
