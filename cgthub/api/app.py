@@ -7,6 +7,7 @@ the access log, whatever its outcome.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,8 +34,23 @@ an ordered change feed and signed webhooks.
 """
 
 
+_AUDIT_UNAVAILABLE = json.dumps(
+    {
+        "error": {
+            "code": "audit_unavailable",
+            "message": "the access log cannot be written just now, so nothing is answered; retry shortly",
+            "details": [],
+        }
+    }
+).encode()
+
+
 class AuditMiddleware:
-    """Pure ASGI (no body buffering): notes the status sent and queues one access-log row per request."""
+    """Pure ASGI (no body buffering): commits one access-log row per request before the answer starts.
+
+    The row is written when the response's status line is known (`http.response.start`) and the
+    status line is sent only once the row is committed; a request whose row cannot be committed is
+    answered 503 `audit_unavailable` instead, so no answer goes out unlogged."""
 
     def __init__(self, app: ASGIApp, writer: AuditWriter) -> None:
         self.app = app
@@ -44,44 +60,68 @@ class AuditMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        status = 500
+        started = False
+        refused = False
 
-        async def noting_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
+        async def logged_first(message: Message) -> None:
+            nonlocal started, refused
+            if refused:
+                return  # the app's own answer was replaced by the 503
+            if message["type"] == "http.response.start" and not started:
+                started = True
+                if not await self.writer.commit(self._access(scope, int(message["status"]))):
+                    refused = True
+                    await self._refuse(scope, send)
+                    return
             await send(message)
 
         try:
-            await self.app(scope, receive, noting_status)
+            await self.app(scope, receive, logged_first)
         finally:
-            state = scope.get("state") or {}
-            route = scope.get("route")
-            client = scope.get("client")
-            self.writer.record(
-                Access(
-                    method=scope.get("method", "?"),
-                    path=scope.get("path", ""),
-                    status_code=status,
-                    key_id=state.get("key_id"),
-                    route=getattr(route, "path", None),
-                    order_id=(scope.get("path_params") or {}).get("order_id"),
-                    client=client[0] if client else None,
-                )
-            )
+            if not started:  # no answer from the app (it raised, and the server answers 500 next)
+                access = self._access(scope, 500)
+                if not await self.writer.commit(access):
+                    self.writer.keep(access)
+
+    @staticmethod
+    def _access(scope: Scope, status: int) -> Access:
+        state = scope.get("state") or {}
+        route = scope.get("route")
+        client = scope.get("client")
+        return Access(
+            method=scope.get("method", "?"),
+            path=scope.get("path", ""),
+            status_code=status,
+            key_id=state.get("key_id"),
+            route=getattr(route, "path", None),
+            order_id=(scope.get("path_params") or {}).get("order_id"),
+            client=client[0] if client else None,
+        )
+
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        self.writer.keep(self._access(scope, 503))
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(_AUDIT_UNAVAILABLE)).encode()),
+            (b"retry-after", b"1"),
+        ]
+        await send({"type": "http.response.start", "status": 503, "headers": headers})
+        await send({"type": "http.response.body", "body": _AUDIT_UNAVAILABLE})
 
 
 def create_app(
     database_url: str | None = None, *, audit_interval: float = 0.2, key_cache_seconds: float = 2.0
 ) -> FastAPI:
     """The API on `database_url` (default: CGTHUB_DATABASE_URL). A revoked key stops working within
-    `key_cache_seconds`; access-log rows are written at most `audit_interval` seconds late."""
+    `key_cache_seconds`; each request's access-log row is committed before its answer is sent, and
+    the rows of requests refused 503 because the log was not writable are retried every
+    `audit_interval` seconds."""
     url = configured_url(database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
-        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit never runs: flush here.
+        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit never runs: write kept rows here.
         app.state.audit.close()
 
     app = FastAPI(
@@ -93,7 +133,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.database_url = url
-    app.state.audit = AuditWriter(url, interval=audit_interval)
+    app.state.audit = AuditWriter(url, retry_interval=audit_interval)
     app.state.keys = PrincipalCache(key_cache_seconds)
     errors.install(app)
 
