@@ -1,16 +1,13 @@
 """Mapping speed on one core: compiled mappings vs a naive interpreter of the same YAML, same run.
 
 Prints records/s for a 20-field JSON mapping and for the HL7 ORM^O01 mapping (the fast path as it
-serves: for JSON the C interpreter of `cgthub.mapping.native` where it is built; the same rules as
-generated Python, which serves HL7 and wherever the C part is not built; and the compiled reference
-path both fall back to: closures plus pydantic), beside two naive
-baselines in the same run: one that walks the parsed YAML rules for every record (no compilation:
-JMESPath parsed per use, transforms looked up by name, paths split per record), and one that also
-reads the YAML for every record (the issue's "interprets the YAML per record"); and the ratios.
-Also the decoding alone (orjson.loads, a plain split), what the generated Python and the reference
-pay first (the C runner decodes only the values its rules read): a reading of the machine, which
-this VM changes by two to three times between sessions; bench/mapping_instructions.py counts the
-fast path's instructions instead, which do not move.
+serves: the rules as generated Python; and the compiled reference path it hands over to: closures
+plus pydantic), beside two naive baselines in the same run: one that walks the parsed YAML rules
+for every record (no compilation: JMESPath parsed per use, transforms looked up by name, paths split
+per record), and one that also reads the YAML for every record (the issue's "interprets the YAML per
+record"); and the ratios. Also the decoding alone (orjson.loads, a plain split), which every path
+pays first: a reading of the machine, which this VM changes by two to three times between sessions;
+bench/mapping_instructions.py counts the fast path's instructions instead, which do not move.
 Target (issue #3): >= 100,000 JSON records/s and >= 20x the naive baseline.
 Run: .venv/bin/python -m bench.mapping_bench [--records N]
 """
@@ -192,25 +189,11 @@ def main() -> None:
         if same != [_comparable(e) for e in naive.map(payloads[0])]:
             raise SystemExit(f"{title}: the naive baseline does not produce the same events; the comparison is void")
         rules = len(compiled.events)
-        in_c = sum(type(e.fast).__name__ == "Build" for e in compiled.events)
-        in_python = sum(e.fast is not None for e in compiled.events) - in_c
-        reads = getattr(compiled._run, "reads", None)
-        scanned = f"; the C runner's scanner decodes the {len(reads)} paths they read" if reads else ""
-        print(
-            f"{title} ({args.records:,} records, one core; of {rules} rules {in_c} run in C, "
-            f"{in_python} as generated Python{scanned}):"
-        )
+        generated = sum(e.fast is not None for e in compiled.events)
+        print(f"{title} ({args.records:,} records, one core; of {rules} rules {generated} run as generated Python):")
         fast = measure(
             "compiled, fast path", lambda p, m=compiled: m.map(p, raw_id=1, checksum="", received_at=NOW), payloads
         )
-        os.environ["CGTHUB_MAPPING_FASTPATH"] = "python"
-        generated = registry.compile_file(path)
-        if any(type(a.fast) is not type(b.fast) for a, b in zip(compiled.events, generated.events, strict=True)):
-            measure(
-                "compiled, generated Python",
-                lambda p, m=generated: m.map(p, raw_id=1, checksum="", received_at=NOW),
-                payloads[: max(1, args.records // 2)],
-            )
         os.environ["CGTHUB_MAPPING_FASTPATH"] = "0"
         reference = registry.compile_file(path)
         del os.environ["CGTHUB_MAPPING_FASTPATH"]

@@ -2,13 +2,11 @@
 the figure for comparing changes to the fast path, which does not move with this VM's speed (the
 records/s of bench/mapping_bench.py swing two to three times between sessions).
 
-The same process runs twice under callgrind (twice more with `--python`): the mapping compiled,
+The same process runs twice under callgrind (twice more with `--reference`): the mapping compiled,
 the records made and a warm-up batch mapped, then once no more records and once `--records`; the
-difference over the count is the cost of one `map()` call and of freeing its events. Under valgrind
-the pseudonym's HMAC runs the portable SHA-256 (valgrind hides the CPU's SHA extensions), about
-8,000 instructions a record more than on the machine itself.
+difference over the count is the cost of one `map()` call and of freeing its events.
 About a minute a run here (Python's start and imports under valgrind are most of it).
-Run: .venv/bin/python -m bench.mapping_instructions [--records 2000] [--python]
+Run: .venv/bin/python -m bench.mapping_instructions [--records 2000] [--reference]
 """
 
 from __future__ import annotations
@@ -40,7 +38,7 @@ def workload(count: int, fast_path: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=int, default=2000, help="at most 5,000")
-    parser.add_argument("--python", action="store_true", help="also the generated Python (two more runs)")
+    parser.add_argument("--reference", action="store_true", help="also the reference path (two more runs)")
     parser.add_argument("--workload", nargs=2, metavar=("COUNT", "FASTPATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload:
@@ -48,7 +46,7 @@ def main() -> None:
         return
     count = min(args.records, 5_000)
     print(f"20-field JSON mapping, instructions per map() (callgrind, {count:,} records):")
-    paths = [("fast path (C where built)", "1")] + ([("generated Python", "python")] if args.python else [])
+    paths = [("fast path (generated Python)", "1")] + ([("reference path", "0")] if args.reference else [])
     for label, fast_path in paths:
         argv = [sys.executable, "-m", "bench.mapping_instructions", "--workload"]
         counts = [callgrind.instructions([*argv, str(n), fast_path], ROOT) for n in (0, count)]

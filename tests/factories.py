@@ -138,7 +138,7 @@ def happy_path(n: int, start: datetime = T0) -> list[CanonicalEvent]:
 
 
 # Values a partner may put where a mapping reads (wrong types, blanks, unknown codes, malformed
-# identifiers, a DST gap): the fast paths must answer each as the reference does.
+# identifiers, a DST gap): the generated fast path must answer each as the reference does.
 MAPPED_VALUES = st.one_of(
     st.none(),
     st.booleans(),
