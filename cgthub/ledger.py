@@ -2,17 +2,22 @@
 
 Each entry stores the hash of the previous entry of its order and its own hash over a canonical
 JSON encoding, and the order row keeps the chain's head and length, so `verify` finds any edited,
-deleted, inserted or reordered row. Appends to one order serialize on the order row (SELECT ... FOR
-UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite) and the (order_id, seq) unique key backs that up.
+deleted, inserted or reordered row. The hash is public; what someone with write access to the
+database cannot recompute is anchored outside it (`cgthub.ledger_anchor`): each entry's seal under
+the ledger key, and the signed checkpoints of every chain head. Appends to one order serialize on
+the order row (SELECT ... FOR UPDATE on PostgreSQL, BEGIN IMMEDIATE on SQLite) and the
+(order_id, seq) unique key backs that up.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 import orjson
@@ -20,7 +25,7 @@ from sqlalchemy import delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cgthub import alerts, projection, quarantine
+from cgthub import alerts, ledger_anchor, projection, quarantine
 from cgthub.bulk import BulkWrite, rows_by_pairs
 from cgthub.correlation import KeyIndex, correlate
 from cgthub.identifiers import new_order_id
@@ -218,6 +223,23 @@ class _BatchWriter:
         connection = self.session.connection()
         _INSERT_ORDERS.run(connection, self.new_orders)
         _INSERT_KEYS.run(connection, self.key_rows)
+        if self.entry_rows:
+            base = ledger_anchor.entry_mac_base()
+            seal = ledger_anchor.entry_mac
+            for row in self.entry_rows:
+                row["entry_mac"] = seal(
+                    base,
+                    entry_hash=row["entry_hash"],
+                    prev_hash=row["prev_hash"],
+                    order_id=row["order_id"],
+                    seq=row["seq"],
+                    source_system=row["source_system"],
+                    source_event_id=row["source_event_id"],
+                    event_type=row["event_type"],
+                    occurred_at=row["occurred_at"],
+                    recorded_at=row["recorded_at"],
+                    raw_id=row["raw_id"],
+                )
         _INSERT_ENTRIES.run(connection, self.entry_rows)
 
     def _identity_conflict(
@@ -324,29 +346,86 @@ class ChainProblem:
     problem: str
 
     def __str__(self) -> str:
+        if not self.order_id:
+            return f"checkpoints: {self.problem}"
         where = f"entry #{self.entry_id} (seq {self.seq})" if self.entry_id is not None else "chain head"
         return f"order {self.order_id}, {where}: {self.problem}"
 
 
+@dataclass
+class Verification:
+    """What `verify` looked at, beside the problems: which checkpoint it held the chains to."""
+
+    orders: int = 0
+    entries: int = 0
+    checkpoint_lines: int = 0
+    checkpoint_at: str | None = None
+    problems: list[ChainProblem] = field(default_factory=list)
+
+
 def verify(session: Session, order_id: str | None = None) -> tuple[int, list[ChainProblem]]:
     """Recompute every chain; return (orders checked, problems found)."""
+    result = verify_all(session, order_id)
+    return result.orders, result.problems
+
+
+def verify_all(session: Session, order_id: str | None = None, *, checkpoints: Path | None = None) -> Verification:
+    """Every chain against its entries' hashes and seals, its order row, and the latest checkpoint.
+
+    Orders and entries are matched both ways: entries whose order row is gone and orders with no
+    entries are problems too, as is an order a checkpoint recorded that the database lacks.
+    """
+    result = Verification()
+    state = ledger_anchor.read_checkpoints(session, path=checkpoints)
+    result.checkpoint_lines, result.checkpoint_at = state.lines, state.last_at
+    result.problems.extend(ChainProblem("", None, None, problem) for problem in state.problems)
+    base = ledger_anchor.entry_mac_base()
     query = select(Order).order_by(Order.id)
     if order_id is not None:
         query = query.where(Order.id == order_id)
-    problems: list[ChainProblem] = []
-    checked = 0
+    seen: set[str] = set()
     for order in session.scalars(query):
-        checked += 1
-        problems.extend(_verify_order(session, order))
-    return checked, problems
+        seen.add(order.id)
+        result.orders += 1
+        chain = entries(session, order.id)
+        result.entries += len(chain)
+        result.problems.extend(_verify_order(order.id, order, chain, base, state.heads.get(order.id)))
+    orphans = select(LedgerEntry.order_id).where(~LedgerEntry.order_id.in_(select(Order.id))).distinct()
+    if order_id is not None:
+        orphans = orphans.where(LedgerEntry.order_id == order_id)
+    for orphan in sorted(session.scalars(orphans)):
+        result.orders += 1
+        chain = entries(session, orphan)
+        result.entries += len(chain)
+        result.problems.append(
+            ChainProblem(orphan, None, None, f"{len(chain)} entries have no order row (order deleted)")
+        )
+        result.problems.extend(_verify_order(orphan, None, chain, base, state.heads.get(orphan)))
+        seen.add(orphan)
+    for gone in sorted(state.heads.keys() - seen):
+        if order_id is None or gone == order_id:
+            seq, _, at = state.heads[gone]
+            result.problems.append(
+                ChainProblem(
+                    gone, None, None, f"the checkpoint of {at} recorded {seq} entries; none is left (order deleted)"
+                )
+            )
+    return result
 
 
-def _verify_order(session: Session, order: Order) -> list[ChainProblem]:
+def _verify_order(
+    order_id: str,
+    order: Order | None,
+    chain: list[LedgerEntry],
+    base: Any,
+    recorded: tuple[int, str, str] | None,
+) -> list[ChainProblem]:
     problems: list[ChainProblem] = []
     prev = GENESIS
     expected_seq = 1
-    for entry in entries(session, order.id):
-        here = (order.id, entry.seq, entry.id)
+    hash_at: dict[int, str] = {}
+    for entry in chain:
+        here = (order_id, entry.seq, entry.id)
         if entry.seq != expected_seq:
             problems.append(ChainProblem(*here, f"sequence jumps from {expected_seq - 1} to {entry.seq}"))
         if entry.prev_hash != prev:
@@ -360,19 +439,53 @@ def _verify_order(session: Session, order: Order) -> list[ChainProblem]:
         )
         if digest != entry.entry_hash:
             problems.append(ChainProblem(*here, "content does not match its hash (row edited)"))
-        problems.extend(_check_columns(order.id, entry))
+        if entry.entry_mac is None:
+            problems.append(
+                ChainProblem(
+                    *here,
+                    "entry has no seal (written outside the ledger, or failed "
+                    "its hash when the ledger was first sealed)",
+                )
+            )
+        elif not hmac.compare_digest(entry.entry_mac, ledger_anchor.seal_of(base, entry)):
+            problems.append(
+                ChainProblem(*here, "seal does not match under the ledger key (row forged or edited, hash recomputed)")
+            )
+        problems.extend(_check_columns(order_id, entry))
+        hash_at[entry.seq] = entry.entry_hash
         prev = entry.entry_hash
         expected_seq = entry.seq + 1
-    if order.ledger_length != expected_seq - 1 or (order.ledger_head or GENESIS) != prev:
-        problems.append(
-            ChainProblem(
-                order.id,
-                None,
-                None,
-                f"head says {order.ledger_length} entries ending {order.ledger_head[:12]}, "
-                f"chain has {expected_seq - 1} ending {prev[:12]} (entries deleted or appended outside the ledger)",
+    length = expected_seq - 1
+    if order is not None:
+        if not chain:
+            problems.append(ChainProblem(order_id, None, None, "order has no ledger entries (entries deleted)"))
+        elif order.ledger_length != length or (order.ledger_head or GENESIS) != prev:
+            problems.append(
+                ChainProblem(
+                    order_id,
+                    None,
+                    None,
+                    f"head says {order.ledger_length} entries ending {order.ledger_head[:12]}, chain has "
+                    f"{length} ending {prev[:12]} (entries deleted or appended outside the ledger)",
+                )
             )
-        )
+    if recorded is not None:
+        seq, head, at = recorded
+        if length < seq:
+            problems.append(
+                ChainProblem(
+                    order_id,
+                    None,
+                    None,
+                    f"chain has {length} entries, the checkpoint of {at} recorded {seq} (entries removed)",
+                )
+            )
+        elif hash_at.get(seq) != head:
+            problems.append(
+                ChainProblem(
+                    order_id, seq, None, f"entry {seq} is not the one the checkpoint of {at} recorded (chain rewritten)"
+                )
+            )
     return problems
 
 
@@ -385,10 +498,12 @@ def _check_columns(order_id: str, entry: LedgerEntry) -> list[ChainProblem]:
     mismatched = [
         name
         for name, column, hashed in (
+            ("order_id", entry.order_id, order_id),
             ("source_system", entry.source_system, event.source_system.value),
             ("source_event_id", entry.source_event_id, event.source_event_id),
             ("event_type", entry.event_type, event.event_type.value),
             ("occurred_at", entry.occurred_at, event.occurred_at),
+            ("raw_id", entry.raw_id, event.provenance.raw_id),
         )
         if column != hashed
     ]

@@ -193,6 +193,8 @@ class LedgerEntry(Base):
     body: Mapped[str] = mapped_column(Text)
     prev_hash: Mapped[str] = mapped_column(String(64))
     entry_hash: Mapped[str] = mapped_column(String(64))
+    # HMAC-SHA-256 under the ledger key (kept outside the database) over every column above but id.
+    entry_mac: Mapped[str | None] = mapped_column(String(64))
 
 
 class Alert(Base):
