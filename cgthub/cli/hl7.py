@@ -25,16 +25,39 @@ def listen(
         "--apply/--archive-only",
         help="map and apply in the ACK's transaction, or ACK once archived and let the HL7 inbox DAG apply",
     ),
-    max_bytes: int = typer.Option(1024 * 1024, help="largest message accepted"),
-    idle_timeout: float = typer.Option(300.0, help="seconds a silent connection stays open"),
+    max_bytes: int = typer.Option(1024 * 1024, min=1, help="largest message accepted"),
+    idle_timeout: float = typer.Option(
+        300.0, min=0.001, help="seconds a connection with no frame under way stays open (stray bytes do not count)"
+    ),
+    frame_timeout: float = typer.Option(
+        60.0, min=0.001, help="seconds a frame may take from its start block to its end, however its bytes trickle"
+    ),
+    max_connections: int = typer.Option(128, min=1, help="connections open at once; more are closed on arrival"),
+    max_buffered_bytes: int = typer.Option(
+        64 * 1024 * 1024,
+        help="bytes held for unfinished frames and unanswered messages, all connections together; "
+        "a read beyond it closes its connection unanswered (the sender resends)",
+    ),
 ) -> None:
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.listener import MllpListener
 
     tune_gc()
+    try:
+        listener = MllpListener(
+            host,
+            port,
+            apply=apply,
+            max_message_bytes=max_bytes,
+            idle_timeout=idle_timeout,
+            frame_timeout=frame_timeout,
+            max_connections=max_connections,
+            max_buffered_bytes=max_buffered_bytes,
+        )
+    except ValueError as exc:
+        raise CliError(str(exc), "raise --max-buffered-bytes or lower --max-bytes") from exc
 
     async def run() -> None:
-        listener = MllpListener(host, port, apply=apply, max_message_bytes=max_bytes, idle_timeout=idle_timeout)
         try:
             bound_host, bound_port = await listener.start()
         except OSError as exc:

@@ -9,6 +9,14 @@ type the hub handles. A resend of a message whose ACK was lost is recognised (se
 MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the
 committer finish what is queued, and answers it.
 
+What a sender can make the listener hold is bounded: at most `max_connections` connections (more
+are closed as they arrive), a frame must end within `frame_timeout` of its start block however
+slowly its bytes trickle in, a connection with no frame under way is closed after `idle_timeout`
+(bytes outside a frame do not count), and the bytes held for unfinished frames and unanswered
+messages across all connections stay under `max_buffered_bytes`: a read that would go over it
+closes its connection, unanswered, so the sender resends later. Memory freed by a burst of large
+frames is handed back to the operating system.
+
 The transaction runs on the event loop's own thread. Senders that wait for their ACKs have nothing
 to send meanwhile, so a worker thread would overlap nothing, and handing the batch to one and the
 result back cost about a quarter of a millisecond per group commit (`bench/hl7_bench.py`, 8 senders).
@@ -19,7 +27,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from cgthub.hl7 import inbound
@@ -29,6 +41,11 @@ from cgthub.store import session_scope
 
 log = logging.getLogger(__name__)
 
+READ_SIZE = 65536
+MEBIBYTE = 1024 * 1024
+TRIM_AFTER_FREEING = 8 * MEBIBYTE  # bytes released since the last trim before memory is handed back
+WARNING_INTERVAL = 10.0  # seconds between two warnings of one kind: a flood is not logged line by line
+
 
 @dataclass
 class ListenerStats:
@@ -37,6 +54,22 @@ class ListenerStats:
     batches: int = 0
     rejected_frames: int = 0
     idle_closed: int = 0
+    refused_connections: int = 0  # closed on arrival: `max_connections` were open
+    frame_deadline_closed: int = 0  # a frame did not end within `frame_timeout`
+    buffer_cap_closed: int = 0  # a read would have taken the held bytes over `max_buffered_bytes`
+    peak_buffered_bytes: int = 0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, which returns freed heap pages to the system (None elsewhere)."""
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
 
 
 class MllpListener:
@@ -47,18 +80,34 @@ class MllpListener:
         *,
         database_url: str | None = None,
         apply: bool = True,
-        max_message_bytes: int = 1024 * 1024,
+        max_message_bytes: int = MEBIBYTE,
         idle_timeout: float = 300.0,
+        frame_timeout: float = 60.0,
+        max_connections: int = 128,
+        max_buffered_bytes: int = 64 * MEBIBYTE,
         batch_window: float = 0.002,
         batch_max: int = 500,
     ) -> None:
+        if max_buffered_bytes < max_message_bytes + READ_SIZE:
+            raise ValueError(
+                f"the buffer cap ({max_buffered_bytes} bytes) must hold a largest message ({max_message_bytes} bytes) "
+                f"and one read ({READ_SIZE} bytes)"
+            )
+        if max_connections < 1 or idle_timeout <= 0 or frame_timeout <= 0:
+            raise ValueError("max_connections, idle_timeout and frame_timeout must be positive")
         self.host, self.port = host, port
         self.database_url = database_url
         self.apply = apply
         self.max_message_bytes = max_message_bytes
-        self.idle_timeout = idle_timeout
+        self.idle_timeout, self.frame_timeout = idle_timeout, frame_timeout
+        self.max_connections, self.max_buffered_bytes = max_connections, max_buffered_bytes
         self.batch_window, self.batch_max = batch_window, batch_max
         self.stats = ListenerStats()
+        self.buffered_bytes = 0  # held for unfinished frames and unanswered messages, all connections
+        self._freed_since_trim = 0
+        self._warn_refused = _Throttled("refused MLLP connections on arrival: %d open, the limit is %d")
+        self._warn_buffer_cap = _Throttled("closed MLLP connections unanswered: %d bytes held, the cap is %d")
+        self._warn_frame_deadline = _Throttled("closed MLLP connections: a frame did not end within %s s")
         self._queue: asyncio.Queue[tuple[inbound.Received, asyncio.Future[bytes]] | None] = asyncio.Queue()
         self._server: asyncio.Server | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -66,7 +115,9 @@ class MllpListener:
 
     async def start(self) -> tuple[str, int]:
         self._committer = asyncio.create_task(self._commit_loop())
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=2**20)
+        # The stream's own buffer is read as it fills, so a small limit (reading pauses at twice it)
+        # keeps what waits there, beyond the listener's accounting, small while an ACK is awaited.
+        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=READ_SIZE)
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listener on %s:%s (%s)", self.host, self.port, "apply" if self.apply else "archive only")
         return self.host, self.port
@@ -91,56 +142,122 @@ class MllpListener:
 
     # connections -------------------------------------------------------------------------------
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            self._refuse(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         self.stats.connections += 1
-        decoder = FrameDecoder(self.max_message_bytes)
+        held = _Held(self)
         try:
-            while True:
-                try:
-                    async with asyncio.timeout(self.idle_timeout):  # no task per read, as wait_for makes
-                        data = await reader.read(65536)
-                except TimeoutError:
-                    self.stats.idle_closed += 1
-                    break
-                if not data:
-                    break
-                pending: list[asyncio.Future[bytes]] = []
-                for message in decoder.feed(data):
-                    if isinstance(message, Truncated) and message.payload.strip():
-                        self.stats.rejected_frames += 1
-                        reason = f"frame cut short by a new start block after {message.size} bytes; resend it"
-                        pending.append(self._submit(self._unreadable(message.payload, reason)))
-                    elif isinstance(message, Oversized | Truncated):
-                        # Too large to keep (the limit protects the hub) or empty: answered, not archived.
-                        self.stats.rejected_frames += 1
-                        done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                        reason = (
-                            f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
-                            if isinstance(message, Oversized)
-                            else "empty frame cut short by a new start block"
-                        )
-                        done.set_result(build_ack(None, "AR", reason))
-                        pending.append(done)
-                    else:
-                        pending.append(self._submit(inbound.read(message)))
-                for future in pending:
-                    writer.write(frame(await future))
-                await writer.drain()
-            leftover = decoder.unfinished()
-            if leftover is not None and leftover.payload.strip():
-                # The sender went away mid-frame: nothing can be answered, but what came is kept.
-                self.stats.rejected_frames += 1
-                reason = f"the connection ended {leftover.size} bytes into a frame that never closed"
-                await self._submit(self._unreadable(leftover.payload, reason))
+            await self._serve(reader, writer, held)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            held.set(0)
             self._connections.discard(task)
             writer.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
                 await writer.wait_closed()
+            self._return_freed_memory()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: _Held) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = FrameDecoder(self.max_message_bytes)
+        idle_since = loop.time()  # the connection opened or its last frame was answered
+        frame_began: float | None = None  # when the frame now under way sent its start block
+        while True:
+            if frame_began is None:
+                deadline = idle_since + self.idle_timeout
+            else:
+                deadline = frame_began + self.frame_timeout
+            try:
+                async with asyncio.timeout_at(deadline):  # no task per read, as wait_for makes
+                    data = await reader.read(READ_SIZE)
+            except TimeoutError:
+                if frame_began is None:
+                    self.stats.idle_closed += 1
+                else:
+                    self.stats.frame_deadline_closed += 1
+                    self._warn_frame_deadline(self.frame_timeout)
+                break
+            if not data:
+                break
+            if self.buffered_bytes + len(data) > self.max_buffered_bytes:
+                self.stats.buffer_cap_closed += 1
+                self._warn_buffer_cap(self.buffered_bytes, self.max_buffered_bytes)
+                return  # what it sent of an unfinished frame is dropped: it was never acknowledged
+            held.set(held.bytes + len(data))
+            pending, waiting = self._read_frames(decoder, data)
+            held.set(decoder.pending + waiting)
+            if not pending:
+                if decoder.in_frame and frame_began is None:
+                    frame_began = loop.time()
+                continue
+            for future in pending:
+                writer.write(frame(await future))
+            try:
+                async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
+                    await writer.drain()
+            except TimeoutError:
+                self.stats.idle_closed += 1
+                return
+            held.set(decoder.pending)
+            idle_since = loop.time()
+            frame_began = idle_since if decoder.in_frame else None
+        leftover = decoder.unfinished()
+        if leftover is not None and leftover.payload.strip():
+            # The sender went away or ran out of time mid-frame: nothing can be answered, but what came is kept.
+            self.stats.rejected_frames += 1
+            reason = f"the connection ended {leftover.size} bytes into a frame that never closed"
+            held.set(len(leftover.payload))
+            await self._submit(self._unreadable(leftover.payload, reason))
+
+    def _read_frames(self, decoder: FrameDecoder, data: bytes) -> tuple[list[asyncio.Future[bytes]], int]:
+        """The ACK to come for each frame `data` completes, and the bytes of those that await a commit."""
+        pending: list[asyncio.Future[bytes]] = []
+        waiting = 0
+        for message in decoder.feed(data):
+            if isinstance(message, Truncated) and message.payload.strip():
+                self.stats.rejected_frames += 1
+                reason = f"frame cut short by a new start block after {message.size} bytes; resend it"
+                pending.append(self._submit(self._unreadable(message.payload, reason)))
+                waiting += len(message.payload)
+            elif isinstance(message, Oversized | Truncated):
+                # Too large to keep (the limit protects the hub) or empty: answered, not archived.
+                self.stats.rejected_frames += 1
+                done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+                reason = (
+                    f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
+                    if isinstance(message, Oversized)
+                    else "empty frame cut short by a new start block"
+                )
+                done.set_result(build_ack(None, "AR", reason))
+                pending.append(done)
+            else:
+                pending.append(self._submit(inbound.read(message)))
+                waiting += len(message)
+        return pending, waiting
+
+    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Close a connection over `max_connections` at once."""
+        writer.transport.abort()
+        self.stats.refused_connections += 1
+        self._warn_refused(len(self._connections), self.max_connections)
+
+    def _account(self, change: int) -> None:
+        self.buffered_bytes += change
+        if change < 0:
+            self._freed_since_trim -= change
+        elif self.buffered_bytes > self.stats.peak_buffered_bytes:
+            self.stats.peak_buffered_bytes = self.buffered_bytes
+
+    def _return_freed_memory(self) -> None:
+        """Hand the heap pages large frames left free back to the system: the allocator keeps them otherwise."""
+        if self._freed_since_trim >= TRIM_AFTER_FREEING and _TRIM is not None:
+            self._freed_since_trim = 0
+            _TRIM(0)
 
     @staticmethod
     def _unreadable(payload: bytes, reason: str) -> inbound.Received:
@@ -180,22 +297,56 @@ class MllpListener:
                     stopping = True
                     break
                 batch.append(item)
-            messages = [m for m, _f in batch]
-            try:
-                acks = self._commit(messages)
-            except Exception as exc:  # the transaction failed: nothing is committed, so nothing is ACKed AA
-                log.exception("MLLP batch of %d failed to commit", len(batch))
-                acks = [
-                    build_ack(m.payload, "AE", f"not stored, please resend: {type(exc).__name__}") for m in messages
-                ]
-            for (_m, future), ack in zip(batch, acks, strict=True):
-                if not future.done():
-                    future.set_result(ack)
-            self.stats.messages += len(batch)
-            self.stats.batches += 1
+            self._commit_and_answer(batch)
+            # Nothing of this batch stays referenced while the next is awaited: its frames may be large.
+            del first, batch
+            item = None
+
+    def _commit_and_answer(self, batch: list[tuple[inbound.Received, asyncio.Future[bytes]]]) -> None:
+        messages = [m for m, _f in batch]
+        try:
+            acks = self._commit(messages)
+        except Exception as exc:  # the transaction failed: nothing is committed, so nothing is ACKed AA
+            log.exception("MLLP batch of %d failed to commit", len(batch))
+            acks = [build_ack(m.payload, "AE", f"not stored, please resend: {type(exc).__name__}") for m in messages]
+        for (_m, future), ack in zip(batch, acks, strict=True):
+            if not future.done():
+                future.set_result(ack)
+        self.stats.messages += len(batch)
+        self.stats.batches += 1
 
     def _commit(self, messages: list[inbound.Received]) -> list[bytes]:
         with session_scope(self.database_url) as session:
             if self.apply:
                 return inbound.apply(session, messages, "mllp")
             return inbound.archive_only(session, messages, "mllp")
+
+
+class _Held:
+    """The bytes one connection holds, kept in its listener's total as they change."""
+
+    __slots__ = ("_listener", "bytes")
+
+    def __init__(self, listener: MllpListener) -> None:
+        self.bytes = 0
+        self._listener = listener
+
+    def set(self, count: int) -> None:
+        self._listener._account(count - self.bytes)
+        self.bytes = count
+
+
+class _Throttled:
+    """A warning logged at most once per `WARNING_INTERVAL`, saying how often it happened meanwhile."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message + " (%d since the last such warning)"
+        self.count = 0
+        self.next_at = 0.0
+
+    def __call__(self, *args: object) -> None:
+        self.count += 1
+        now = time.monotonic()
+        if now >= self.next_at:
+            log.warning(self.message, *args, self.count)
+            self.count, self.next_at = 0, now + WARNING_INTERVAL

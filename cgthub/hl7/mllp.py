@@ -38,6 +38,9 @@ class FrameDecoder:
         self.buffer = bytearray()
         self.skipped = 0  # garbage bytes seen outside frames
         self._discarding = False
+        # Where the next search for an end or start block begins: the bytes before it were searched
+        # already, so a frame arriving in many small reads is not scanned again from its start each time.
+        self._searched = 1
 
     def feed(self, data: bytes) -> Iterator[bytes | Oversized | Truncated]:
         self.buffer += data
@@ -47,42 +50,64 @@ class FrameDecoder:
             start = self.buffer.find(START)
             if start < 0:
                 self.skipped += len(self.buffer)
-                self.buffer.clear()
+                self._drop_all()
                 return
             if start:
                 self.skipped += start
-                del self.buffer[:start]
-            end = self.buffer.find(END_BLOCK, 1)
-            restart = self.buffer.find(START, 1)
+                self._drop(start)
+            end = self.buffer.find(END_BLOCK, self._searched)
+            restart = self.buffer.find(START, self._searched)
             if restart > 0 and (end < 0 or restart < end):
-                cut = bytes(self.buffer[1:restart])
-                del self.buffer[:restart]
+                cut = self._take(1, restart)
+                self._drop(restart)
                 yield Truncated(len(cut), cut)
                 continue
             if end < 0:
                 if len(self.buffer) - 1 > self.max_size:
                     size = len(self.buffer) - 1
-                    self.buffer.clear()
+                    self._drop_all()
                     self._discarding = True
                     yield Oversized(size, self.max_size)
+                else:  # an end block may be split over reads: its first byte is searched again
+                    self._searched = max(1, len(self.buffer) - 1)
                 return
-            message = bytes(self.buffer[1:end])
-            del self.buffer[: end + 2]
-            if len(message) > self.max_size:
-                yield Oversized(len(message), self.max_size)
+            if end - 1 > self.max_size:
+                self._drop(end + 2)
+                yield Oversized(end - 1, self.max_size)
                 continue
+            message = self._take(1, end)
+            self._drop(end + 2)
             yield message
+
+    def _take(self, start: int, end: int) -> bytes:
+        """A copy of buffer[start:end], made once (slicing a bytearray first would copy it twice)."""
+        with memoryview(self.buffer) as view:
+            return bytes(view[start:end])
+
+    def _drop(self, count: int) -> None:
+        del self.buffer[:count]
+        self._searched = 1
+        if not self.buffer:
+            self._drop_all()
+
+    def _drop_all(self) -> None:
+        """Empty the buffer and give its memory back: a big frame's allocation is not kept for small ones."""
+        self.buffer = bytearray()
+        self._searched = 1
 
     def _skip_oversized_tail(self) -> bool:
         """Drop the rest of a frame already reported as oversized; False while its end has not come."""
         end, start = self.buffer.find(END_BLOCK), self.buffer.find(START)
         if start >= 0 and (end < 0 or start < end):
-            del self.buffer[:start]  # a new frame begins: the oversized one never ended
+            self._drop(start)  # a new frame begins: the oversized one never ended
         elif end < 0:
-            self.buffer.clear()
+            keep = self.buffer.endswith(END)  # the first byte of an end block split over reads
+            self._drop_all()
+            if keep:
+                self.buffer += END
             return False
         else:
-            del self.buffer[: end + 2]
+            self._drop(end + 2)
         self._discarding = False
         return True
 
@@ -90,10 +115,16 @@ class FrameDecoder:
         """The frame left open when the connection ends (None if there is none)."""
         if self._discarding or not self.buffer.startswith(START):
             return None
-        cut = bytes(self.buffer[1:])
-        self.buffer.clear()
+        cut = self._take(1, len(self.buffer))
+        self._drop_all()
         return Truncated(len(cut), cut)
 
     @property
     def pending(self) -> int:
+        """Bytes held for a frame not yet complete."""
         return len(self.buffer)
+
+    @property
+    def in_frame(self) -> bool:
+        """A frame has begun and not yet ended (including the unkept rest of an oversized one)."""
+        return self._discarding or self.buffer.startswith(START)
