@@ -60,6 +60,28 @@ def raise_alert(
     return alert
 
 
+CONTROL_ID_REUSED = "control_id_reused"
+
+
+def control_id_reused(session: Session, *, system: str, raw_id: int, earlier_raw_id: int) -> Alert:
+    """A sender reused a message's delivery id (an HL7 control id, a file name) for other content.
+
+    The new payload was archived and applied as a message of its own; the operator should know, since
+    a sender that reuses ids may also resend what it means as new. Raw ids only: the text goes to
+    every operator, and the ids themselves may be partner data.
+    """
+    return raise_alert(
+        session,
+        kind=CONTROL_ID_REUSED,
+        message=(
+            f"{system} reused the delivery id of raw message #{earlier_raw_id} for different content: "
+            f"raw message #{raw_id} was archived and applied as a new message"
+        ),
+        dedupe_key=f"{CONTROL_ID_REUSED}:{system}:{raw_id}",
+        details={"system": system, "raw_id": raw_id, "earlier_raw_id": earlier_raw_id},
+    )
+
+
 def open_alerts(session: Session, order_id: str | None = None) -> list[Alert]:
     query = select(Alert).where(Alert.status == "open").order_by(Alert.id)
     if order_id is not None:

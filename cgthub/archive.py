@@ -2,8 +2,8 @@
 
 Payloads carry PHI (an HL7 PID segment has names and birth dates), so the archive stores them
 AES-GCM encrypted under the archive key; the checksum (SHA-256 of the clear bytes) is what mapped
-events cite as provenance. A payload delivered again (same system and dedupe key) is counted, not
-stored twice.
+events cite as provenance. A payload delivered again (same system, dedupe key and content) is
+counted, not stored twice; the same dedupe key with other content is a new message.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from cgthub import alerts
 from cgthub.bulk import BulkWrite, rows_by_pairs
 from cgthub.settings import get_settings
 from cgthub.store import race_guard
@@ -28,7 +29,10 @@ _NONCE = 12
 _RAW = RawMessage.__table__
 _FOUND_COLUMNS = ("system", "dedupe_key", "id", "checksum", "status")
 # Statements of the batch path, built once: on a small batch, building one costs more than running it.
-_INSERT_RAW = BulkWrite(insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key))
+_INSERT_RAW = BulkWrite(insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key, _RAW.c.checksum))
+_KEY_LIMIT = _RAW.c.dedupe_key.type.length
+_KIND_LIMIT = _RAW.c.kind.type.length
+_CONTENT_TYPE_LIMIT = _RAW.c.content_type.type.length
 _MARK = BulkWrite(
     update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 )
@@ -80,6 +84,15 @@ def unseal(sealed: bytes, aad: bytes) -> bytes:
     return _cipher().decrypt(sealed[:_NONCE], sealed[_NONCE:], aad)
 
 
+def fitted(value: str, limit: int) -> str:
+    """`value` cut to a column of `limit` characters, the same way every time: a longer value keeps its
+    head and ends in a digest of the whole, so two long values stay apart and a resend finds its copy."""
+    if len(value) <= limit:
+        return value
+    digest = hashlib.sha256(value.encode()).hexdigest()[: min(32, limit // 2)]
+    return f"{value[: limit - len(digest) - 1]}~{digest}"
+
+
 def store(
     session: Session,
     *,
@@ -91,123 +104,137 @@ def store(
     dedupe_key: str | None = None,
     content_type: str = "application/octet-stream",
 ) -> Archived:
-    """Archive one inbound payload in the caller's transaction; idempotent on (system, dedupe_key)."""
-    digest = checksum(payload)
-    key = dedupe_key or digest
-    now = received_at or utcnow()
-    existing = _find(session, system, key)
-    if existing is None:
-        row = RawMessage(
-            system=system,
-            kind=kind,
-            channel=channel,
-            dedupe_key=key,
-            checksum=digest,
-            size=len(payload),
-            payload=seal(payload, _aad(system, digest)),
-            content_type=content_type,
-            received_at=now,
-            last_received_at=now,
-            receive_count=1,
-            status="received",
-        )
-        try:
-            with session.begin_nested():
-                session.add(row)
-            return Archived(row.id, digest, False, row.status)
-        except IntegrityError:
-            existing = _find(session, system, key)
-            if existing is None:
-                raise
-    session.execute(
-        update(RawMessage)
-        .where(RawMessage.id == existing.id)
-        .values(receive_count=RawMessage.receive_count + 1, last_received_at=now)
-    )
-    return Archived(existing.id, existing.checksum, True, existing.status)
+    """Archive one inbound payload in the caller's transaction; idempotent on (system, dedupe_key, content)."""
+    item = Inbound(system, kind, channel, payload, received_at or utcnow(), dedupe_key, content_type)
+    return store_many(session, [item], status="received")[0]
 
 
 def store_many(session: Session, items: Sequence[Inbound], *, status: str = "received") -> list[Archived]:
-    """Archive a batch with one lookup and one multi-row INSERT; same semantics as `store` per item.
+    """Archive a batch with one lookup and one multi-row INSERT.
 
-    A payload repeated inside the batch is a duplicate of its first occurrence. `status` is what new
+    A payload is a duplicate when one with the same system, dedupe key and content is archived (or
+    came earlier in the batch); it is counted, not stored. The same key with other content is a new
+    message: archived, and an operator alert says the sender reused the key. `status` is what new
     rows start as: a caller that applies them in the same transaction passes "processed" and marks
     only the exceptions, instead of updating every row it just wrote.
     """
     digests = [checksum(item.payload) for item in items]
-    keys = [(item.system, item.dedupe_key or digest) for item, digest in zip(items, digests, strict=True)]
-    existing: dict[tuple[str, str], Archived] = {}
-    found = rows_by_pairs(session, _RAW, _FOUND_COLUMNS, "system", "dedupe_key", keys)
-    for system, key, raw_id, digest, status in found:
-        existing[(system, key)] = Archived(raw_id, digest, True, status)
+    keys = [
+        (item.system, fitted(item.dedupe_key or digest, _KEY_LIMIT))
+        for item, digest in zip(items, digests, strict=True)
+    ]
+    contents = [(system, key, digest) for (system, key), digest in zip(keys, digests, strict=True)]
+    existing: dict[tuple[str, str, str], Archived] = {}
+    holder: dict[tuple[str, str], int] = {}  # a key already held, by the raw id of its earliest content
+    for system, key, raw_id, digest, row_status in rows_by_pairs(
+        session, _RAW, _FOUND_COLUMNS, "system", "dedupe_key", keys
+    ):
+        existing[(system, key, digest)] = Archived(raw_id, digest, True, row_status)
+        if raw_id < holder.get((system, key), raw_id + 1):
+            holder[(system, key)] = raw_id
     new_rows: list[dict[str, object]] = []
-    first_index: dict[tuple[str, str], int] = {}
-    for i, (item, digest, key) in enumerate(zip(items, digests, keys, strict=True)):
-        if key in existing or key in first_index:
+    first_index: dict[tuple[str, str, str], int] = {}
+    first_content: dict[tuple[str, str], tuple[str, str, str]] = {}  # each key's first new content here
+    reused: list[tuple[tuple[str, str, str], tuple[str, str]]] = []  # new contents under a key already held
+    for i, (item, content, key) in enumerate(zip(items, contents, keys, strict=True)):
+        if content in existing or content in first_index:
             continue
-        first_index[key] = i
-        new_rows.append(
-            {
-                "system": item.system,
-                "kind": item.kind,
-                "channel": item.channel,
-                "dedupe_key": key[1],
-                "checksum": digest,
-                "size": len(item.payload),
-                "payload": seal(item.payload, _aad(item.system, digest)),
-                "content_type": item.content_type,
-                "received_at": item.received_at,
-                "last_received_at": item.received_at,
-                "receive_count": 1,
-                "status": status,
-            }
-        )
+        if key in holder or key in first_content:
+            reused.append((content, key))
+        first_index[content] = i
+        first_content.setdefault(key, content)
+        new_rows.append(_row(item, key[1], content[2], status))
     if new_rows:
         try:
             with race_guard(session):
-                # One multi-row INSERT; the ids come back keyed by (system, dedupe key), so their order
-                # does not matter (asking SQLite for them in parameter order makes it go row by row).
+                # One multi-row INSERT; the ids come back keyed by their content, so their order does
+                # not matter (asking SQLite for them in parameter order makes it go row by row).
                 inserted = _INSERT_RAW.returning(session.connection(), new_rows)
         except IntegrityError:
             # A concurrent writer archived one of these first: fall back to one by one.
-            return [
-                store(
-                    session,
-                    system=i.system,
-                    kind=i.kind,
-                    channel=i.channel,
-                    payload=i.payload,
-                    received_at=i.received_at,
-                    dedupe_key=i.dedupe_key,
-                    content_type=i.content_type,
-                )
-                for i in items
-            ]
-        digest_of = {(str(row["system"]), str(row["dedupe_key"])): str(row["checksum"]) for row in new_rows}
-        for raw_id, system, key in inserted:
-            existing[(system, key)] = Archived(raw_id, digest_of[(system, key)], False, status)
+            return [_store_one(session, item, status) for item in items]
+        for raw_id, system, key, digest in inserted:
+            existing[(system, key, digest)] = Archived(raw_id, digest, False, status)
+    for content, key in reused:
+        earlier = holder[key] if key in holder else existing[first_content[key]].raw_id
+        alerts.control_id_reused(session, system=key[0], raw_id=existing[content].raw_id, earlier_raw_id=earlier)
     out: list[Archived] = []
     repeats: list[dict[str, object]] = []
-    for i, key in enumerate(keys):
-        found = existing[key]
-        if first_index.get(key) == i:
+    for i, content in enumerate(contents):
+        found = existing[content]
+        if first_index.get(content) == i:
             out.append(found)
         else:
             out.append(Archived(found.raw_id, found.checksum, True, found.status))
             repeats.append({"rid": found.raw_id, "at": items[i].received_at})
     if repeats:
-        raw = RawMessage.__table__
         session.execute(
-            update(raw)
-            .where(raw.c.id == bindparam("rid"))
-            .values(receive_count=raw.c.receive_count + 1, last_received_at=bindparam("at")),
+            update(_RAW)
+            .where(_RAW.c.id == bindparam("rid"))
+            .values(receive_count=_RAW.c.receive_count + 1, last_received_at=bindparam("at")),
             repeats,
         )
     return out
 
 
-def _find(session: Session, system: str, key: str) -> RawMessage | None:
-    return session.scalars(select(RawMessage).where(RawMessage.system == system, RawMessage.dedupe_key == key)).first()
+def _row(item: Inbound, key: str, digest: str, status: str) -> dict[str, object]:
+    """The archive row of a new payload; the sender's labels cut to their columns (they are not the
+    payload, which is kept whole): a 100-character message type must not make the insert fail."""
+    return {
+        "system": item.system,
+        "kind": fitted(item.kind, _KIND_LIMIT),
+        "channel": item.channel,
+        "dedupe_key": key,
+        "checksum": digest,
+        "size": len(item.payload),
+        "payload": seal(item.payload, _aad(item.system, digest)),
+        "content_type": fitted(item.content_type, _CONTENT_TYPE_LIMIT),
+        "received_at": item.received_at,
+        "last_received_at": item.received_at,
+        "receive_count": 1,
+        "status": status,
+    }
+
+
+def _store_one(session: Session, item: Inbound, status: str) -> Archived:
+    """`store_many` for one payload in a savepoint, for a writer that may lose a race to another."""
+    digest = checksum(item.payload)
+    key = fitted(item.dedupe_key or digest, _KEY_LIMIT)
+    found = _find(session, item.system, key, digest)
+    if found is None:
+        earlier = session.scalar(
+            select(RawMessage.id)
+            .where(RawMessage.system == item.system, RawMessage.dedupe_key == key)
+            .order_by(RawMessage.id)
+            .limit(1)
+        )
+        try:
+            with session.begin_nested():
+                raw_id = session.execute(
+                    insert(_RAW).returning(_RAW.c.id), [_row(item, key, digest, status)]
+                ).scalar_one()
+        except IntegrityError:
+            found = _find(session, item.system, key, digest)
+            if found is None:
+                raise
+        else:
+            if earlier is not None:
+                alerts.control_id_reused(session, system=item.system, raw_id=raw_id, earlier_raw_id=earlier)
+            return Archived(raw_id, digest, False, status)
+    session.execute(
+        update(RawMessage)
+        .where(RawMessage.id == found.id)
+        .values(receive_count=RawMessage.receive_count + 1, last_received_at=item.received_at)
+    )
+    return Archived(found.id, found.checksum, True, found.status)
+
+
+def _find(session: Session, system: str, key: str, digest: str) -> RawMessage | None:
+    return session.scalars(
+        select(RawMessage).where(
+            RawMessage.system == system, RawMessage.dedupe_key == key, RawMessage.checksum == digest
+        )
+    ).first()
 
 
 def _aad(system: str, digest: str) -> bytes:

@@ -12,16 +12,20 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import select
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub import archive, ledger, quarantine
 from cgthub.model import CanonicalEvent
-from cgthub.tables import RawMessage, utcnow
+from cgthub.tables import LedgerEntry, Order, OrderKey, RawMessage, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)
+
+_Item = TypeVar("_Item")
+_Result = TypeVar("_Result")
 
 
 class PayloadRejected(Exception):
@@ -55,6 +59,7 @@ class IngestResult:
     order_ids: set[str] = field(default_factory=set)
     reasons: list[str] = field(default_factory=list)
     rejected: bool = False
+    not_stored: str | None = None  # why the payload could not even be archived: the sender must resend
 
     @property
     def ok(self) -> bool:
@@ -93,7 +98,21 @@ def ingest_batch(
 
     One multi-row archive insert, one ledger batch, one projection refresh per touched order. The
     caller commits; only then may it acknowledge any of the payloads (ACK-after-commit).
+
+    A payload that makes the batch fail (a crash anywhere past the mapping) does not fail the rest:
+    the batch is run again one payload at a time, and that one is archived and quarantined.
     """
+    return isolated(
+        session,
+        items,
+        lambda part: _ingest(session, part, mapper_for),
+        lambda item, exc: _quarantine_poison(session, item, exc),
+    )
+
+
+def _ingest(
+    session: Session, items: Sequence[archive.Inbound], mapper_for: Callable[[archive.Inbound], Mapper | None]
+) -> list[IngestResult]:
     stored = archive.store_many(session, items, status="processed")
     results = [IngestResult(raw_id=saved.raw_id) for saved in stored]
     todo: list[tuple[IngestResult, archive.Inbound, str]] = []
@@ -118,8 +137,19 @@ def process_pending(
         .limit(limit)
     ).all()
     todo = [(IngestResult(raw_id=row.id), _inbound(session, row), row.checksum) for row in rows]
-    _map_and_apply(session, todo, mapper_for)
-    return [result for result, _item, _checksum in todo]
+
+    def apply(part: Sequence[tuple[IngestResult, archive.Inbound, str]]) -> list[IngestResult]:
+        _map_and_apply(session, list(part), mapper_for)
+        return [result for result, _item, _checksum in part]
+
+    def poisoned(one: tuple[IngestResult, archive.Inbound, str], exc: Exception) -> IngestResult:
+        result, item, _checksum = one
+        fresh = IngestResult(raw_id=result.raw_id)
+        with session.begin_nested():
+            _reject(session, fresh, item.system, item.kind, _poison_rejection(exc))
+        return fresh
+
+    return isolated(session, todo, apply, poisoned)
 
 
 def process(session: Session, raw_id: int, mapper: Mapper) -> IngestResult:
@@ -162,7 +192,20 @@ def _map_and_apply(
         try:
             if mapper is None:
                 raise PayloadRejected(quarantine.Stage.MAP, f"no mapping is configured for {item.system}/{item.kind}")
-            mapped = mapper.map(item.payload, raw_id=result.raw_id, checksum=digest, received_at=item.received_at)
+            try:
+                mapped = mapper.map(item.payload, raw_id=result.raw_id, checksum=digest, received_at=item.received_at)
+            except PayloadRejected:
+                raise
+            except Exception as exc:  # whatever a mapping raises is its rejection, never the batch's crash
+                raise PayloadRejected(
+                    quarantine.Stage.MAP,
+                    f"{mapper.mapping_id}@{mapper.version}: the mapping failed on this payload "
+                    f"({type(exc).__name__}); fix the mapping, then replay",
+                    {"mapping": mapper.mapping_id, "version": mapper.version},
+                ) from exc
+            too_long = _beyond_columns(mapped)
+            if too_long:
+                raise PayloadRejected(quarantine.Stage.VALIDATE, too_long)
         except PayloadRejected as rejected:
             _reject(session, result, item.system, item.kind, rejected)
             continue
@@ -202,3 +245,101 @@ def _reject(session: Session, result: IngestResult, system: str, kind: str, reje
     result.quarantined += 1
     result.reasons.append(rejected.reason)
     return result
+
+
+def isolated(
+    session: Session,
+    batch: Sequence[_Item],
+    run: Callable[[Sequence[_Item]], list[_Result]],
+    poisoned: Callable[[_Item, Exception], _Result],
+) -> list[_Result]:
+    """`run(batch)`; if it raises, `run` each item alone, and `poisoned(item, exc)` for one that raises.
+
+    The happy path pays nothing: a batch that starts the session's transaction runs in it, and a
+    failure rolls that back before the retry (the batch is then all the transaction held). Only a
+    batch joining a transaction already under way runs in a savepoint. On the retry each item has a
+    savepoint of its own, so one poison message fails only itself.
+    """
+    owns_transaction = not session.in_transaction()
+    try:
+        if owns_transaction:
+            return run(batch)
+        with session.begin_nested():
+            return run(batch)
+    except Exception as exc:
+        if owns_transaction:
+            session.rollback()
+        if len(batch) == 1:
+            log.warning("a payload failed (%s): archived and quarantined", type(exc).__name__)
+            return [poisoned(batch[0], exc)]
+        log.warning("a batch of %d failed (%s); running it one by one", len(batch), type(exc).__name__)
+    out: list[_Result] = []
+    for item in batch:
+        try:
+            with session.begin_nested():
+                out.extend(run([item]))
+        except Exception as exc:
+            log.warning("a payload failed alone (%s): archived and quarantined", type(exc).__name__)
+            out.append(poisoned(item, exc))
+    return out
+
+
+def _quarantine_poison(session: Session, item: archive.Inbound, exc: Exception) -> IngestResult:
+    """Keep a payload that failed on its own, and quarantine it with the reason; if even keeping it
+    fails, say so, and the sender is asked to resend it."""
+    try:
+        with session.begin_nested():
+            (saved,) = archive.store_many(session, [item], status="quarantined")
+            result = IngestResult(raw_id=saved.raw_id, duplicate_payload=saved.duplicate)
+            _reject(session, result, item.system, item.kind, _poison_rejection(exc))
+            return result
+    except Exception as again:
+        log.error("a payload could not be archived (%s after %s)", type(again).__name__, type(exc).__name__)
+        result = IngestResult(raw_id=0, not_stored=failure_text(again))
+        result.reasons.append(result.not_stored or "")
+        return result
+
+
+def _poison_rejection(exc: Exception) -> PayloadRejected:
+    return PayloadRejected(
+        quarantine.Stage.VALIDATE,
+        f"could not be applied: {failure_text(exc)}; it is archived, replay it once the cause is fixed",
+        {"error": type(getattr(exc, "orig", None) or exc).__name__},
+    )
+
+
+def failure_text(exc: Exception) -> str:
+    """What went wrong with a payload, in words that quote no value (a database's message may quote it)."""
+    if isinstance(exc, DataError):
+        return f"a value does not fit the store ({type(exc.orig).__name__})"
+    if isinstance(exc, IntegrityError):
+        return f"it conflicts with what is stored ({type(exc.orig).__name__})"
+    if isinstance(exc, DBAPIError):
+        return f"the database refused it ({type(exc.orig).__name__})"
+    return f"an unexpected {type(exc).__name__}"
+
+
+def _column_limit(column: Any) -> int:
+    return int(column.type.length)
+
+
+_KEY_LIMIT = min(_column_limit(OrderKey.__table__.c.value), _column_limit(WaitingKey.__table__.c.value))
+_EVENT_ID_LIMIT = _column_limit(LedgerEntry.__table__.c.source_event_id)
+_ORDER_LIMITS = {name: _column_limit(Order.__table__.c[name]) for name in ("therapy", "site", "cmo")}
+
+
+def _beyond_columns(events: list[CanonicalEvent]) -> str | None:
+    """Which value of these events is longer than the column that keeps it, checked before any
+    insert so both databases answer alike (SQLite keeps any length; PostgreSQL fails the statement)."""
+    for event in events:
+        if len(event.source_event_id) > _EVENT_ID_LIMIT:
+            return f"the event id is {len(event.source_event_id)} characters; the hub keeps at most {_EVENT_ID_LIMIT}"
+        for kind, value in event.all_keys():
+            if len(value) > _KEY_LIMIT:
+                return f"{kind} is {len(value)} characters; the hub keeps references of at most {_KEY_LIMIT}"
+        if event.order is not None:
+            for name, limit in _ORDER_LIMITS.items():
+                value = getattr(event.order, name)
+                if value is not None and len(value) > limit:
+                    return f"order.{name} is {len(value)} characters; the hub keeps at most {limit}"
+    return None

@@ -13,12 +13,17 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cgthub.archive import fitted
 from cgthub.tables import QuarantineEntry, utcnow
+
+_KIND_LIMIT = QuarantineEntry.__table__.c.kind.type.length
+_SUBJECT_LIMIT = QuarantineEntry.__table__.c.subject.type.length
 
 
 class Stage(StrEnum):
     RECEIVE = "receive"
     PARSE = "parse"
+    ROUTE = "route"  # the payload's site, sender or market is not in the site registry
     MAP = "map"
     VALIDATE = "validate"
     CORRELATE = "correlate"
@@ -46,9 +51,12 @@ def put(
 ) -> QuarantineEntry:
     """Quarantine, or count again if the same payload (and subject) is already open at this stage.
 
-    `subject` tells apart several events of one payload (e.g. "crm:order.enrolled:42").
+    `subject` tells apart several events of one payload (e.g. "crm:order.enrolled:42"). A kind or
+    subject longer than its column (a sender's 100-character message type) is cut to it the same way
+    each time, so the entry is written, and found again when the payload comes back.
     """
     now = utcnow()
+    kind, subject = fitted(kind, _KIND_LIMIT), fitted(subject, _SUBJECT_LIMIT)
     existing = None
     if raw_id is not None or subject:
         existing = session.scalars(

@@ -87,15 +87,18 @@ class Base(DeclarativeBase):
 
 
 class RawMessage(Base):
+    """One payload as received. A sender's delivery id (dedupe key) names a message only together
+    with its content: a key reused for other content is another message, kept and applied."""
+
     __tablename__ = "raw_messages"
-    __table_args__ = (UniqueConstraint("system", "dedupe_key", name="uq_raw_system_dedupe"),)
+    __table_args__ = (UniqueConstraint("system", "dedupe_key", "checksum", name="uq_raw_system_dedupe_content"),)
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     system: Mapped[str] = mapped_column(String(32))
     kind: Mapped[str] = mapped_column(String(64))
     channel: Mapped[str] = mapped_column(String(32))
     dedupe_key: Mapped[str] = mapped_column(String(200))
-    checksum: Mapped[str] = mapped_column(String(64))  # read with its row, never searched by
+    checksum: Mapped[str] = mapped_column(String(64))  # with (system, dedupe_key): what a duplicate is
     size: Mapped[int] = mapped_column(Integer)
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str] = mapped_column(String(64), default="application/octet-stream")

@@ -141,7 +141,7 @@ def test_bulk_writes_store_on_sqlite_exactly_what_core_stores(tmp_path) -> None:
         with store.session_scope(url) as session:
             connection = session.connection()
             if bulk:
-                assert archive._INSERT_RAW.returning(connection, [raw]) == [(1, "hl7", "EPIC:1")]
+                assert archive._INSERT_RAW.returning(connection, [raw]) == [(1, "hl7", "EPIC:1", "c" * 64)]
             else:
                 connection.execute(archive._INSERT_RAW.statement, [raw])
             for write, rows in [*writes, (archive._MARK, [{"rid": 1, "st": "processed", "at": now}])]:
@@ -206,7 +206,7 @@ def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_pa
     with store.session_scope(url) as session:
         connection = session.connection()
         returned = archive._INSERT_RAW.returning(connection, raws)
-        assert sorted(returned) == [(n + 1, "hl7", f"EPIC:{n}") for n in range(3000)]
+        assert sorted(returned) == [(n + 1, "hl7", f"EPIC:{n}", "c" * 64) for n in range(3000)]
         ledger._INSERT_ORDERS.run(connection, [ledger._new_order_row(f"ORD-{n}") for n in range(3)])
         projection._update_orders(projection._KEPT_UNLESS_CHANGED).run(
             connection,

@@ -9,10 +9,10 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from cgthub import archive, hl7v2, pipeline, quarantine
+from cgthub import archive, hl7v2, pipeline, quarantine, routing
 from cgthub.archive import Inbound
 from cgthub.hl7.ack import AckHeader, build_ack
-from cgthub.mapping import get_mapper
+from cgthub.mapping import registry
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
@@ -79,49 +79,64 @@ def apply(session: Session, messages: Sequence[Received], channel: str) -> list[
     problems = {id(m.payload): m.problem for m in messages if m.problem}
     parsed = {id(m.payload): m.message for m in messages if m.message is not None}
 
-    mappers: dict[str, pipeline.Mapper | None] = {}  # one lookup per kind per batch
-
     def mapper_for(item: Inbound) -> pipeline.Mapper | None:
         if item.kind == UNPARSEABLE:
             return _Refuse(problems.get(id(item.payload), "unreadable"))
-        if item.kind not in mappers:
-            mappers[item.kind] = get_mapper("hl7", item.kind)
-        mapper, message = mappers[item.kind], parsed.get(id(item.payload))
-        if isinstance(mapper, CompiledMapping) and message is not None:
-            return _ParsedOnce(mapper, message)
-        return mapper
+        # The sending facility's site decides the market (its pins, code maps and residency), and
+        # bounds which orders the message may touch; the parse that read the MSH is reused.
+        return routing.mapper(session, "hl7", item.kind, parsed=parsed.get(id(item.payload)))
 
     results = pipeline.ingest_batch(session, [m.item(channel, now) for m in messages], mapper_for)
     return [_ack(m, r) for m, r in zip(messages, results, strict=True)]
 
 
 def archive_only(session: Session, messages: Sequence[Received], channel: str) -> list[bytes]:
-    """Archive a batch (status `received`, applied later by the HL7 inbox DAG); quarantine unreadable ones."""
+    """Archive a batch (status `received`, applied later by the HL7 inbox DAG), and answer now what
+    will never be applied: an unreadable message or a type no mapping handles gets AR, and is
+    archived and quarantined with the reason. A message that fails the batch fails only itself."""
     now = utcnow()
-    stored = archive.store_many(session, [m.item(channel, now) for m in messages])
-    acks = []
-    for message, saved in zip(messages, stored, strict=True):
-        if message.problem:
-            if not saved.duplicate:
-                reason = f"not an HL7 v2 message we can read: {message.problem}"
-                quarantine.put(
-                    session,
-                    stage=quarantine.Stage.PARSE,
-                    reason=reason,
-                    system="hl7",
-                    kind=UNPARSEABLE,
-                    raw_id=saved.raw_id,
-                )
-                archive.mark(session, saved.raw_id, "quarantined")
-            acks.append(build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}"))
-        else:
-            acks.append(build_ack(message.payload, "AA", header=message.header))
-    return acks
+    handled: dict[str, bool] = {}  # one look per kind per batch
+
+    def run(part: Sequence[Received]) -> list[bytes]:
+        stored = archive.store_many(session, [m.item(channel, now) for m in part])
+        return [_archived_ack(session, m, saved, handled) for m, saved in zip(part, stored, strict=True)]
+
+    def poisoned(message: Received, exc: Exception) -> bytes:
+        reason = f"not stored, please resend: {pipeline.failure_text(exc)}"
+        return build_ack(message.payload, "AE", reason, header=message.header)
+
+    return pipeline.isolated(session, messages, run, poisoned)
+
+
+def _archived_ack(session: Session, message: Received, saved: archive.Archived, handled: dict[str, bool]) -> bytes:
+    """The ACK of an archived message under archive-only, quarantining one that cannot be applied."""
+    if message.problem:
+        reason = f"not an HL7 v2 message we can read: {message.problem}"
+        if not saved.duplicate:
+            _quarantine(session, saved.raw_id, quarantine.Stage.PARSE, UNPARSEABLE, reason)
+        return build_ack(message.payload, "AR", reason)
+    if message.kind not in handled:
+        handled[message.kind] = bool(registry.versions("hl7", message.kind))
+    if not handled[message.kind]:
+        if not saved.duplicate:
+            reason = f"no mapping is configured for hl7/{message.kind}"
+            _quarantine(session, saved.raw_id, quarantine.Stage.MAP, message.kind, reason)
+        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}", header=message.header)
+    return build_ack(message.payload, "AA", header=message.header)
+
+
+def _quarantine(session: Session, raw_id: int, stage: quarantine.Stage, kind: str, reason: str) -> None:
+    quarantine.put(session, stage=stage, reason=reason, system="hl7", kind=kind, raw_id=raw_id)
+    archive.mark(session, raw_id, "quarantined")
 
 
 def _ack(message: Received, result: pipeline.IngestResult) -> bytes:
     if message.problem:
         return build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}")
+    if result.not_stored:
+        return build_ack(
+            message.payload, "AE", f"not stored, please resend: {result.not_stored}", header=message.header
+        )
     if result.duplicate_payload:
         return build_ack(message.payload, "AA", header=message.header)
     if result.rejected and any(r.startswith("no mapping is configured") for r in result.reasons):
