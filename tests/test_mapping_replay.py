@@ -60,13 +60,13 @@ def test_cli_diff_on_archived_payloads_and_replay(db_url):
     assert shown.returncode == 0, shown.stderr
     assert "3 archived payloads" in shown.stdout and "order.therapy" in shown.stdout
     assert "CART-19 -> CART-19-KYM" in shown.stdout
-    run = _cli("mappings", "replay", "--system", "crm", "--kind", "enrollment", "--version", "v2", url=db_url)
+    replay_v2 = ("mappings", "replay", "--system", "crm", "--kind", "enrollment", "--version", "v2")
+    refused = _cli(*replay_v2, url=db_url)  # the shipped markets pin v1: live ingest does not use v2
+    assert refused.returncode == 1 and "pins crm/enrollment to v1" in refused.stderr
+    run = _cli(*replay_v2, "--force", url=db_url)
     assert run.returncode == 0, run.stderr
     assert "1 corrected" in run.stdout and "1 quarantined payloads released" in run.stdout
-    assert (
-        "0 corrected"
-        in _cli("mappings", "replay", "--system", "crm", "--kind", "enrollment", "--version", "v2", url=db_url).stdout
-    )
+    assert "0 corrected" in _cli(*replay_v2, "--force", url=db_url).stdout
     missing = _cli("mappings", "replay", "--system", "crm", "--kind", "enrollment", "--version", "v9", url=db_url)
     assert missing.returncode == 1 and "there is no version v9" in missing.stderr
 

@@ -4,6 +4,10 @@ Replay never edits the ledger. For each archived payload it maps again and compa
 with the one the ledger holds for the same source event: identical content appends nothing (so a
 second replay is a no-op), different content appends a correction `<id>@v<N>` that supersedes the
 old entry, and a payload that sat in quarantine and now maps goes through and its entry is closed.
+Counts come from what the ledger actually did: an event the ledger already holds from another
+payload (a partner that resends whole records) is reported as such, not as added. A dry run maps
+and compares in a read-only session and writes nothing. `refusals` says why a version is not the
+one live ingest would use for a market, so the CLI can refuse it unless forced.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -20,7 +24,7 @@ from sqlalchemy.orm import Session
 from cgthub import archive, ledger, quarantine
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
-from cgthub.mapping.registry import kind_dir, load_file, versions
+from cgthub.mapping.registry import kind_dir, load_file, market_config, markets_dir, versions
 from cgthub.model import CanonicalEvent
 from cgthub.pipeline import PayloadRejected
 from cgthub.pseudonym import mask
@@ -39,7 +43,42 @@ class ReplayReport:
     still_failing: int = 0
     no_longer_produced: int = 0
     quarantined: int = 0
+    already_recorded: int = 0  # new to this payload, but the ledger holds it from another payload
+    dry_run: bool = False
     failures: list[str] = field(default_factory=list)
+
+
+def pinned_version(market: str, system: str, kind: str) -> int | None:
+    """The version a market's config pins for system/kind, read as the registry reads it."""
+    pins = market_config(market).get("mappings") or {}
+    pin = pins.get(f"{system}/{kind_dir(kind)}") or pins.get(f"{system}/{kind}")
+    return int(str(pin).lstrip("v")) if pin is not None else None
+
+
+def configured_markets() -> list[str]:
+    return sorted({path.stem.upper() for path in markets_dir().glob("*.yaml")})
+
+
+def refusals(system: str, kind: str, version: int, market: str | None, today: date | None = None) -> list[str]:
+    """Why `version` is not what live ingest maps system/kind with (for `market`, or for any market).
+
+    Live ingest uses a market's pin when it has one, else the newest version already effective, so a
+    replay with anything else would rewrite the ledger with a mapping no new payload gets."""
+    today = today or datetime.now(UTC).date()
+    chosen = [f for f in versions(system, kind) if f.version == version]
+    if not chosen:
+        return []  # the registry names the missing version itself
+    effective = load_file(chosen[0].path).spec.effective
+    reasons = []
+    markets = [market.upper()] if market else configured_markets()
+    pins = {m: pinned_version(m, system, kind) for m in markets}
+    unpinned = market is None or pins[market.upper()] is None
+    if effective > today and unpinned:
+        reasons.append(f"{system}/{kind} v{version} takes effect on {effective}, not yet")
+    for name, pin in pins.items():
+        if pin is not None and pin != version:
+            reasons.append(f"market {name} pins {system}/{kind} to v{pin} (config/markets/{name}.yaml)")
+    return reasons
 
 
 def archived(session: Session, system: str, kind: str, since: datetime | None = None) -> Iterator[RawMessage]:
@@ -63,19 +102,24 @@ def replay(
     *,
     since: datetime | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
 ) -> ReplayReport:
-    """Re-map every archived payload of the mapper's system/kind (in the caller's transaction)."""
-    report = ReplayReport()
+    """Re-map every archived payload of the mapper's system/kind (in the caller's transaction).
+
+    With `dry_run` nothing is appended, released or marked: the report says what would be."""
+    report = ReplayReport(dry_run=dry_run)
     rows = list(archived(session, mapper.spec.system.value, kind_dir(mapper.spec.kind), since))
     for done, row in enumerate(rows, start=1):
         report.payloads += 1
-        _replay_one(session, mapper, row, report)
+        _replay_one(session, mapper, row, report, dry_run=dry_run)
         if progress:
             progress(done, len(rows))
     return report
 
 
-def _replay_one(session: Session, mapper: CompiledMapping, row: RawMessage, report: ReplayReport) -> None:
+def _replay_one(
+    session: Session, mapper: CompiledMapping, row: RawMessage, report: ReplayReport, *, dry_run: bool
+) -> None:
     payload = archive.read(session, row.id)
     try:
         fresh = mapper.map(payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at)
@@ -84,35 +128,61 @@ def _replay_one(session: Session, mapper: CompiledMapping, row: RawMessage, repo
         report.failures.append(f"raw #{row.id}: {rejected.reason}")
         return
     current = _current_events(session, row.id)
-    to_append: list[CanonicalEvent] = []
+    new: list[CanonicalEvent] = []
+    corrections: list[CanonicalEvent] = []
     for event in fresh:
         base = base_id(event.source_event_id)
         old = current.pop(base, None)
         if old is None:
-            to_append.append(event)
-            report.added += 1
+            new.append(event)
         elif _content(old) == _content(event):
             report.unchanged += 1
         else:
-            to_append.append(
+            corrections.append(
                 event.model_copy(
                     update={"source_event_id": f"{base}@{mapper.version}", "supersedes": old.source_event_id}
                 )
             )
-            report.corrected += 1
     report.no_longer_produced += len(current)
-    outcomes = ledger.append_many(session, to_append)
-    report.quarantined += sum(1 for o in outcomes if o.status == "quarantined")
     waiting = [
         e
         for e in quarantine.open_for_raw(session, row.id)
         if e.stage in (quarantine.Stage.PARSE, quarantine.Stage.MAP, quarantine.Stage.VALIDATE)
     ]
+    if dry_run:
+        held = _recorded(session, new + corrections)
+        report.already_recorded += sum(1 for e in new if e.source_event_id in held)
+        report.added += sum(1 for e in new if e.source_event_id not in held)
+        report.corrected += sum(1 for e in corrections if e.source_event_id not in held)
+        report.released += len(waiting)
+        return
+    outcomes = ledger.append_many(session, new + corrections)
+    for position, outcome in enumerate(outcomes):
+        is_new = position < len(new)
+        if outcome.status == "quarantined":
+            report.quarantined += 1
+        elif outcome.status == "duplicate":
+            report.already_recorded += int(is_new)
+        elif is_new:
+            report.added += 1
+        else:
+            report.corrected += 1
     if waiting and not any(o.status == "quarantined" for o in outcomes):
         for entry in waiting:
             quarantine.release(session, entry, f"mapped by {mapper.mapping_id}@{mapper.version} on replay")
             report.released += 1
         archive.mark(session, row.id, "processed")
+
+
+def _recorded(session: Session, events: list[CanonicalEvent]) -> set[str]:
+    """Which of these events' source ids the ledger already holds for their system, from any payload."""
+    if not events:
+        return set()
+    query = select(LedgerEntry.source_event_id).where(
+        LedgerEntry.source_system == events[0].source_system._value_,
+        LedgerEntry.source_event_id.in_({e.source_event_id for e in events}),
+    )
+    return set(session.scalars(query))
 
 
 def _current_events(session: Session, raw_id: int) -> dict[str, CanonicalEvent]:
