@@ -290,7 +290,7 @@ def _quarantine_poison(session: Session, item: archive.Inbound, exc: Exception) 
     try:
         with session.begin_nested():
             (saved,) = archive.store_many(session, [item], status="quarantined")
-            result = IngestResult(raw_id=saved.raw_id, duplicate_payload=saved.duplicate)
+            result = IngestResult(raw_id=saved.raw_id)  # quarantined, even if it was archived before
             _reject(session, result, item.system, item.kind, _poison_rejection(exc))
             return result
     except Exception as again:
