@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cgthub import sites
 from cgthub.bulk import rows_by_pairs
 from cgthub.model import CanonicalEvent
 from cgthub.tables import Order, OrderKey
@@ -34,6 +35,7 @@ class KeyIndex:
         self.session = session
         self._owner: dict[Key, str | None] = {}
         self._orders: dict[str, bool] = {}
+        self._sites: dict[str, str | None] = {}
 
     def preload(self, keys: Iterable[Key]) -> None:
         wanted = [k for k in set(keys) if k not in self._owner]
@@ -67,16 +69,43 @@ class KeyIndex:
             self.session.scalars(select(OrderKey.value).where(OrderKey.order_id == order_id, OrderKey.kind == kind))
         )
 
+    def site_of(self, order_id: str) -> str | None:
+        """The order's site as its row has it (read for all orders known so far at once)."""
+        if order_id not in self._sites:
+            wanted = (self.known_orders() | {order_id}) - self._sites.keys()
+            for oid, site in self.session.execute(select(Order.id, Order.site).where(Order.id.in_(sorted(wanted)))):
+                self._sites[oid] = site
+            for oid in wanted:
+                self._sites.setdefault(oid, None)
+        return self._sites[order_id]
+
     def register(self, order_id: str, keys: Iterable[Key]) -> None:
         self._orders[order_id] = True
         for key in keys:
             self._owner[key] = order_id
 
 
+class Conflict(str):
+    """One contradiction, in words for operators, with the kind of key it is about (`coi_id`, `din`,
+    `references`...), which is all a partner's answer may say of it."""
+
+    kind: str
+
+    def __new__(cls, text: str, kind: str) -> Conflict:
+        made = super().__new__(cls, text)
+        made.kind = kind
+        return made
+
+
+class ScopeConflict(Conflict):
+    """A conflict that is the sender's, not the order's: its HL7 sender may not touch this order's
+    site. The order is not held for it (a sender must not stop another site's order)."""
+
+
 @dataclass
 class Correlation:
     order_id: str | None
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: list[Conflict] = field(default_factory=list)
     conflicting_orders: set[str] = field(default_factory=set)
     new_keys: list[Key] = field(default_factory=list)
 
@@ -99,14 +128,20 @@ def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = 
     if len(by_ref) > 1:
         return Correlation(
             order_id=None,
-            conflicts=[f"partner references point to {len(by_ref)} different orders: {sorted(by_ref)}"],
+            conflicts=[
+                Conflict(f"partner references point to {len(by_ref)} different orders: {sorted(by_ref)}", "references")
+            ],
             conflicting_orders=by_ref,
         )
     target = next(iter(by_ref)) if by_ref else (next(iter(by_identity)) if len(by_identity) == 1 else None)
     if target is None and len(by_identity) > 1:
         return Correlation(
             order_id=None,
-            conflicts=[f"identity keys belong to {len(by_identity)} different orders: {sorted(by_identity)}"],
+            conflicts=[
+                Conflict(
+                    f"identity keys belong to {len(by_identity)} different orders: {sorted(by_identity)}", "identity"
+                )
+            ],
             conflicting_orders=by_identity,
         )
     result = Correlation(order_id=target)
@@ -114,12 +149,20 @@ def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = 
         result.new_keys = ref_keys + identity_keys
         return result
     if not index.exists(target):
-        result.conflicts.append(f"order {target} named by the event does not exist")
+        result.conflicts.append(Conflict(f"order {target} named by the event does not exist", "order_id"))
         return result
+    sender = sites.sender_of(session, event)
+    if sender is not None:
+        site = index.site_of(target)
+        if site is not None and site not in sender.sites:
+            result.conflicts.append(
+                ScopeConflict(f"sending facility {sender.facility!r} is not registered for site {site}", "sender")
+            )
+            return result
     for key in identity_keys:
         owner = known.get(key)
         if owner is not None and owner != target:
-            result.conflicts.append(f"{key[0]} {key[1]} belongs to order {owner}, not {target}")
+            result.conflicts.append(Conflict(f"{key[0]} {key[1]} belongs to order {owner}, not {target}", key[0]))
             result.conflicting_orders.add(owner)
     for kind in SINGLE_VALUED:
         asserted = [v for k, v in identity_keys if k == kind]
@@ -127,6 +170,8 @@ def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = 
             continue
         held = index.values_of(target, kind)
         if held and asserted[0] not in held:
-            result.conflicts.append(f"{kind} {asserted[0]} contradicts order {target}'s {kind} {held[0]}")
+            result.conflicts.append(
+                Conflict(f"{kind} {asserted[0]} contradicts order {target}'s {kind} {held[0]}", kind)
+            )
     result.new_keys = [k for k in ref_keys + identity_keys if k not in known]
     return result

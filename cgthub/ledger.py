@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import alerts, ledger_anchor, projection, quarantine
 from cgthub.bulk import BulkWrite, rows_by_pairs
-from cgthub.correlation import KeyIndex, correlate
+from cgthub.correlation import KeyIndex, ScopeConflict, correlate
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
@@ -245,18 +245,24 @@ class _BatchWriter:
     def _identity_conflict(
         self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]
     ) -> AppendResult:
-        reason = "chain-of-identity discrepancy: " + "; ".join(conflicts)
+        """Quarantine at stage `identity`. Texts (the reason an ACK or a partner reads, the alerts of
+        each order) name no other order and no identifier; the conflicts themselves and the orders
+        they link are facts in the entry's and the alerts' details, for operators with scope."""
+        if any(isinstance(c, ScopeConflict) for c in conflicts):
+            return self._scope_conflict(event, order_id, conflicts)
+        kinds = ", ".join(dict.fromkeys(getattr(c, "kind", "identity") for c in conflicts))
+        reason = f"chain-of-identity discrepancy ({kinds}): the event's identifiers contradict the order they name"
         involved = sorted({*others, *([order_id] if order_id else [])})
         entry = quarantine.put(
             self.session,
             stage=quarantine.Stage.IDENTITY,
-            reason=reason,
+            reason="chain-of-identity discrepancy: " + "; ".join(conflicts),  # for operators: `quarantine show`
             system=event.source_system.value,
             kind=event.event_type.value,
             raw_id=event.provenance.raw_id,
             order_id=order_id,
             subject=_subject(event),
-            details={"event": event.to_json_dict(), "orders": involved},
+            details={"event": event.to_json_dict(), "orders": involved, "conflicts": list(conflicts)},
         )
         for oid in involved:
             if not self.index.exists(oid):
@@ -281,10 +287,44 @@ class _BatchWriter:
                 order_id=oid,
                 message=f"order held: {reason} (quarantine #{entry.id})",
                 dedupe_key=f"coi:{oid}:{event.source_system.value}:{event.source_event_id}",
-                details={"quarantine_id": entry.id},
+                details={
+                    "quarantine_id": entry.id,
+                    "related_orders": [o for o in involved if o != oid],
+                    "conflicts": list(conflicts),
+                },
             )
-        log.error("quarantined %s %s: %s", event.source_system.value, event.source_event_id, reason)
-        return AppendResult("quarantined", order_id, quarantine_id=entry.id, reason=reason)
+        log.error("quarantined %s event (quarantine #%s): %s", event.source_system.value, entry.id, reason)
+        return AppendResult(
+            "quarantined", order_id, quarantine_id=entry.id, reason=f"{reason} (quarantine #{entry.id})"
+        )
+
+    def _scope_conflict(self, event: CanonicalEvent, order_id: str | None, conflicts: list[str]) -> AppendResult:
+        """A sender naming an order of a site it does not speak for: quarantined and alerted; the
+        order is not held (one site's sender must not stop another's order) and keeps its site."""
+        reason = "the sender is not registered for the site of the order this message names"
+        entry = quarantine.put(
+            self.session,
+            stage=quarantine.Stage.IDENTITY,
+            reason=reason,
+            system=event.source_system.value,
+            kind=event.event_type.value,
+            raw_id=event.provenance.raw_id,
+            order_id=order_id,
+            subject=_subject(event),
+            details={"event": event.to_json_dict(), "orders": [order_id] if order_id else [], "conflicts": conflicts},
+        )
+        alerts.raise_alert(
+            self.session,
+            kind="sender_scope_violation",
+            severity=alerts.Severity.CRITICAL,
+            order_id=order_id,
+            message=f"a message from a sender not registered for this order's site was refused "
+            f"(quarantine #{entry.id})",
+            dedupe_key=f"scope:{order_id}:{event.source_system.value}:{event.source_event_id}",
+            details={"quarantine_id": entry.id, "raw_id": event.provenance.raw_id, "conflicts": conflicts},
+        )
+        log.error("quarantined %s event (quarantine #%s): %s", event.source_system.value, entry.id, reason)
+        return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
 
 
 def _new_order_row(order_id: str) -> dict[str, Any]:

@@ -15,7 +15,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cgthub import archive, canonical_feed, pipeline
+from sqlalchemy.orm import Session
+
+from cgthub import archive, canonical_feed, pipeline, routing
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 
@@ -81,16 +83,17 @@ def connector_pull(partner: str) -> Callable[..., Any] | None:
     return getattr(module, attr, None)
 
 
-def mapper_for(item: archive.Inbound) -> pipeline.Mapper | None:
-    """The mapping for an archived payload: canonical JSON here, partner formats in cgthub.mapping."""
-    if item.kind == canonical_feed.KIND:
-        return canonical_feed.CanonicalJsonMapper()
-    try:
-        mapping = importlib.import_module("cgthub.mapping")
-    except ModuleNotFoundError:
-        return None
-    mapper: pipeline.Mapper | None = mapping.get_mapper(item.system, item.kind)
-    return mapper
+def mapper_for(session: Session) -> Callable[[archive.Inbound], pipeline.Mapper | None]:
+    """The mapping for an archived payload: canonical JSON here, partner formats in cgthub.mapping
+    under the market their site belongs to (cgthub.routing)."""
+    routed = routing.mapper_for(session)
+
+    def lookup(item: archive.Inbound) -> pipeline.Mapper | None:
+        if item.kind == canonical_feed.KIND:
+            return canonical_feed.CanonicalJsonMapper()
+        return routed(item)
+
+    return lookup
 
 
 def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
@@ -122,7 +125,7 @@ def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
             for kind, path in files
         ]
         with session_scope(database_url) as session:
-            summary.absorb(pipeline.ingest_batch(session, items, mapper_for))
+            summary.absorb(pipeline.ingest_batch(session, items, mapper_for(session)))
         for _kind, path in files:  # only after the commit: a crash before this re-reads them, and the archive dedupes
             canonical_feed.mark_done(path)
     log.info("pulled %s: %s", partner, summary.as_dict())
@@ -133,5 +136,5 @@ def apply_hl7_inbox(*, database_url: str | None = None, limit: int = 5000) -> di
     """Map and apply what the MLLP listener archived (status `received`), oldest first."""
     summary = PullSummary(partner="hl7", via=["raw archive (MLLP listener)"])
     with session_scope(database_url) as session:
-        summary.absorb(pipeline.process_pending(session, "hl7", mapper_for, limit=limit))
+        summary.absorb(pipeline.process_pending(session, "hl7", mapper_for(session), limit=limit))
     return summary.as_dict()

@@ -79,8 +79,15 @@ def _spec_of(path: Path, _mtime: int) -> LoadedSpec:
     return load(path)
 
 
+# The market of a payload whose market cannot be known yet (a record of an order not enrolled
+# yet): every market's residency rules apply, no market's pins or code maps.
+EVERY_MARKET = "*"
+
+
 @lru_cache(maxsize=64)
 def market_config(market: str) -> dict[str, Any]:
+    if market == EVERY_MARKET:
+        return _every_market()
     path = markets_dir() / f"{market.upper()}.yaml"
     if not path.exists():
         path = markets_dir() / f"{market.lower()}.yaml"
@@ -88,6 +95,17 @@ def market_config(market: str) -> dict[str, Any]:
         return {"market": market.upper()}
     data = yaml.safe_load(path.read_text()) or {}
     return {"market": market.upper(), **data}
+
+
+def _every_market() -> dict[str, Any]:
+    """The union of every market's residency rules: what must not leave any market stays out."""
+    drop: dict[str, None] = {}
+    tokenize: dict[str, None] = {}
+    for path in sorted(markets_dir().glob("*.yaml")):
+        residency = (yaml.safe_load(path.read_text()) or {}).get("residency") or {}
+        drop.update(dict.fromkeys(residency.get("drop") or []))
+        tokenize.update(dict.fromkeys(residency.get("tokenize") or []))
+    return {"market": EVERY_MARKET, "residency": {"drop": list(drop), "tokenize": list(tokenize)}}
 
 
 _lock = threading.Lock()

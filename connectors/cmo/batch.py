@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from cgthub import pipeline
+from cgthub import pipeline, routing
 from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 from connectors.common.sync_state import SyncReport
@@ -37,7 +36,6 @@ def pull(*, database_url: str | None = None, directory: Path | None = None) -> S
     folder = directory or drop_dir()
     report = SyncReport(partner="cmo", stream="batch_records")
     files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
-    mapper = get_mapper("cmo", "batch_record")
     orders: set[str] = set()
     for path in files:
         data = path.read_bytes()
@@ -55,7 +53,7 @@ def pull(*, database_url: str | None = None, directory: Path | None = None) -> S
             for n, payload in enumerate(rows or [data], start=1)
         ]
         with session_scope(database_url) as session:
-            results = pipeline.ingest_batch(session, items, lambda _i: mapper)
+            results = pipeline.ingest_batch(session, items, routing.mapper_for(session))
         report.payloads += len(items)
         report.records += len(rows)
         for result in results:

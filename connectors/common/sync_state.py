@@ -13,9 +13,8 @@ from typing import Any
 from sqlalchemy import String
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from cgthub import pipeline
+from cgthub import pipeline, routing
 from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
 from cgthub.tables import Base, utcnow
 
@@ -98,7 +97,7 @@ def ingest_page(
     report.records += records
     item = Inbound(system, kind, channel, raw, utcnow(), content_type=content_type)
     with session_scope(database_url) as session:
-        (result,) = pipeline.ingest_batch(session, [item], lambda i: get_mapper(system, i.kind))
+        (result,) = pipeline.ingest_batch(session, [item], routing.mapper_for(session))
         report.appended += result.appended
         report.duplicates += result.duplicates
         report.quarantined += result.quarantined

@@ -9,9 +9,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from cgthub import archive, pipeline, quarantine
+from cgthub import archive, pipeline, quarantine, routing
 from cgthub.archive import Inbound
-from cgthub.mapping import get_mapper
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 from connectors.common import sync_state
@@ -53,7 +52,7 @@ def pull(
             continue
         item = Inbound("erp", kind, "soap", raw, started, content_type="text/xml")
         with session_scope(database_url) as session:
-            (result,) = pipeline.ingest_batch(session, [item], lambda i: get_mapper("erp", i.kind))
+            (result,) = pipeline.ingest_batch(session, [item], routing.mapper_for(session))
             report.payloads += 1
             report.appended += result.appended
             report.duplicates += result.duplicates

@@ -1,0 +1,205 @@
+"""A payload's market, decided before it is mapped, on every ingest path.
+
+Every path that maps a partner payload (the MLLP listener, the HL7 inbox, `cgthub hl7 ingest`, the
+connectors, the courier webhook, the CMO's CSV drop) asks `mapper(session, system, kind)` for its
+mapping. The answer reads where the site registry (`config/sites.yaml`, `sources`) says each record
+names its site: a site field, the HL7 sending facility, or the orders it refers to. It then maps
+with `get_mapper(system, kind, market=...)`, so the market's pinned version, code maps and
+residency rules hold before anything reaches the central store.
+
+- a site or sending facility the registry does not know: quarantined at stage `route`;
+- a record of an order not known yet (or of no declared source): mapped under every market's
+  residency rules (`EVERY_MARKET`), and it waits for its order as before;
+- a page whose records belong to several markets: each record mapped under its own market (JSON
+  and CSV; another format under every market's residency rules).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from cgthub import hl7v2, pipeline, sites
+from cgthub.archive import Inbound
+from cgthub.mapping.compiler import CompiledMapping
+from cgthub.mapping.registry import EVERY_MARKET, get_mapper
+from cgthub.model import CanonicalEvent
+from cgthub.quarantine import Stage
+from cgthub.tables import Order, OrderKey
+
+REPLAY_HINT = "add it to config/sites.yaml, then `cgthub quarantine replay --stage route`"
+
+
+def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | None = None) -> pipeline.Mapper | None:
+    """The mapping of a `system`/`kind` payload under its market, or None when none is configured."""
+    neutral = get_mapper(system, kind)
+    if neutral is None:
+        return None
+    return RoutedMapper(session, system, kind, neutral, sites.registry().source(system, kind), parsed)
+
+
+def mapper_for(session: Session) -> Callable[[Inbound], pipeline.Mapper | None]:
+    """`pipeline.ingest_batch`'s mapper_for, routed by market, for payloads read in `session`."""
+
+    def lookup(item: Inbound) -> pipeline.Mapper | None:
+        return mapper(session, item.system, item.kind)
+
+    return lookup
+
+
+class RoutedMapper:
+    """One payload's mapping under the market of its records (see the module's docstring)."""
+
+    def __init__(
+        self,
+        session: Session,
+        system: str,
+        kind: str,
+        neutral: CompiledMapping,
+        source: sites.Source | None,
+        parsed: hl7v2.Message | None,
+    ) -> None:
+        self.session, self.system, self.kind = session, system, kind
+        self.neutral, self.source, self.parsed = neutral, source, parsed
+        self.mapping_id, self.version = neutral.mapping_id, neutral.version
+
+    def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
+        facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
+        if self.source is not None and self.source.facility:
+            return self._map_hl7(payload, self.source.facility, facts)
+        records = self.neutral.records(payload) if self.source is not None else []
+        markets = self._markets(records) if records else []
+        chosen = set(markets)
+        if len(chosen) <= 1:
+            market = next(iter(chosen), None) or EVERY_MARKET
+            return self._with(market).map(payload, **facts)
+        split = self._split(records)
+        if split is None:  # a format whose records cannot stand alone: the strictest rules for all
+            return self._with(EVERY_MARKET).map(payload, **facts)
+        events: list[CanonicalEvent] = []
+        for record_payload, market in zip(split, markets, strict=True):
+            events.extend(self._with(market or EVERY_MARKET).map(record_payload, **facts))
+        return events
+
+    # HL7: the sending facility names the site --------------------------------------------------
+    def _map_hl7(self, payload: bytes, path: str, facts: dict[str, Any]) -> list[CanonicalEvent]:
+        message = self.parsed
+        if message is None:
+            try:
+                message = hl7v2.parse(payload)
+            except hl7v2.HL7ParseError as exc:
+                raise pipeline.PayloadRejected(Stage.PARSE, f"not an HL7 v2 message we can read: {exc}") from exc
+        facility = message.get(path)
+        registry = sites.registry()
+        sender = sites.Sender(facility, registry.sites_of_facility(facility))
+        if not facility:
+            raise pipeline.PayloadRejected(
+                Stage.ROUTE, f"the message names no sending facility ({path}): its site and market are unknown"
+            )
+        if not sender.sites:
+            raise pipeline.PayloadRejected(
+                Stage.ROUTE,
+                f"sending facility {facility!r} ({path}) is not registered for any site; {REPLAY_HINT}",
+                {"facility": facility},
+            )
+        sites.remember_sender(self.session, facts["raw_id"], sender)
+        market = registry.market_of(next(iter(sender.sites)))
+        made = self._with(market or EVERY_MARKET).map(payload, **facts, parsed=message)
+        return [_without_site(event) for event in made]
+
+    # JSON, XML, CSV: a site field, or the orders the records name ------------------------------
+    def _markets(self, records: list[Any]) -> list[str | None]:
+        assert self.source is not None
+        registry = sites.registry()
+        if self.source.site:
+            out: list[str | None] = []
+            for number, record in enumerate(records, start=1):
+                site = _read(record, self.source.site)
+                if site in (None, ""):
+                    out.append(None)  # the mapping says whether a record without a site may pass
+                    continue
+                market = registry.market_of(str(site))
+                if market is None:
+                    raise pipeline.PayloadRejected(
+                        Stage.ROUTE,
+                        f"{self.system}/{self.kind}: record {number} names site {str(site)[:40]!r}, which is "
+                        f"not in the site registry; {REPLAY_HINT}",
+                        {"site": str(site)[:40], "record": number},
+                    )
+                out.append(market)
+            return out
+        return self._markets_of_orders(records)
+
+    def _markets_of_orders(self, records: list[Any]) -> list[str | None]:
+        assert self.source is not None
+        keys = [
+            [(kind, str(value)) for kind, path in self.source.orders.items() if (value := _read(record, path))]
+            for record in records
+        ]
+        wanted = {key for record_keys in keys for key in record_keys}
+        found: dict[tuple[str, str], str | None] = {}
+        by_kind: dict[str, set[str]] = {}
+        for kind, value in wanted:
+            by_kind.setdefault(kind, set()).add(value)
+        for kind, values in by_kind.items():
+            rows = self.session.execute(
+                select(OrderKey.value, Order.market)
+                .join(Order, Order.id == OrderKey.order_id)
+                .where(OrderKey.kind == kind, OrderKey.value.in_(sorted(values)))
+            )
+            found.update({(kind, value): market for value, market in rows})
+        out: list[str | None] = []
+        for record_keys in keys:
+            markets = {found[key] for key in record_keys if found.get(key)}
+            out.append(markets.pop() if len(markets) == 1 else None)
+        return out
+
+    def _split(self, records: list[Any]) -> list[bytes] | None:
+        """Each record as a payload of its own, where the format allows it."""
+        fmt = self.neutral.spec.format
+        if fmt == "json":
+            return [orjson.dumps(record) for record in records]
+        if fmt == "csv":
+            out = []
+            for record in records:
+                text = io.StringIO()
+                writer = csv.DictWriter(text, fieldnames=list(record), lineterminator="\n")
+                writer.writeheader()
+                writer.writerow(record)
+                out.append(text.getvalue().encode())
+            return out
+        return None
+
+    def _with(self, market: str) -> CompiledMapping:
+        found = get_mapper(self.system, self.kind, market=market)
+        if found is None:
+            raise pipeline.PayloadRejected(
+                Stage.MAP, f"no mapping is configured for {self.system}/{self.kind} in market {market}"
+            )
+        return found
+
+
+def _read(record: Any, path: str) -> Any:
+    value = record
+    for part in path.split("."):
+        if not isinstance(value, dict):
+            return None
+        value = value.get(part)
+    return value
+
+
+def _without_site(event: CanonicalEvent) -> CanonicalEvent:
+    """A sending facility is not a site: an HL7 event never sets its order's site (the enrolment does)."""
+    details = event.order
+    if details is None or details.site is None:
+        return event
+    kept = details.model_copy(update={"site": None})
+    empty = not (kept.therapy or kept.market or kept.cmo)
+    return event.model_copy(update={"order": None if empty else kept})
