@@ -103,7 +103,8 @@ class Receiver:
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
+def receiver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Receiver]:
+    """A consumer on loopback, which webhooks reach only because the operator's allow-list names it."""
     state = Receiver(url="")
 
     class Handler(BaseHTTPRequestHandler):
@@ -120,6 +121,7 @@ def receiver() -> Iterator[Receiver]:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hooks/cgthub"
+    monkeypatch.setenv("CGTHUB_WEBHOOK_ALLOW", f"127.0.0.1:{server.server_address[1]}")
     try:
         yield state
     finally:

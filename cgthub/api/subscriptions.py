@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Request
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from cgthub import outbox
-from cgthub.api import webhooks
+from cgthub.api import webhook_targets, webhooks
 from cgthub.api.auth import Principal, Scope
 from cgthub.api.deps import WRITE_SESSION, authorized, read_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError, not_found
@@ -48,6 +48,7 @@ def _owned(session: Session, principal: Principal, subscription_id: str) -> Webh
 @router.post("/subscriptions", response_model=SubscriptionCreated, status_code=201)
 def create_subscription(
     request: SubscriptionRequest,
+    http_request: Request,
     principal: Principal = Depends(authorized(Scope.STATUS_READ)),
     session: Session = WRITE_SESSION,
 ) -> dict[str, Any]:
@@ -55,6 +56,15 @@ def create_subscription(
     url = str(request.url)
     if len(url) > 2000:
         raise ApiError(422, "invalid_request", "the URL is longer than 2000 characters")
+    server = http_request.scope.get("server")
+    try:
+        webhook_targets.check(url, serving_port=server[1] if server else None)
+    except webhook_targets.HostUnresolved:
+        pass  # judged at each delivery, where it must resolve to an address webhooks may reach
+    except webhook_targets.TargetRefused as exc:
+        raise ApiError(
+            422, "webhook_target_refused", str(exc), [{"location": "body.url", "problem": "target refused"}]
+        ) from exc
     sub, secret = webhooks.create(
         session, key_id=principal.key_id, url=url, statuses=[s.value for s in request.statuses]
     )

@@ -25,6 +25,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub import archive, changes, outbox
+from cgthub.api import webhook_targets
 from cgthub.api.auth import principal_of
 from cgthub.api.cursor import encode_feed_cursor
 from cgthub.api.tables import ApiKey, WebhookSubscription
@@ -181,12 +182,29 @@ def _post(http: httpx.Client, message: outbox.OutboxMessage, target: tuple[str, 
         "User-Agent": "cgthub-webhooks/1",
     }
     try:
-        response = http.post(url, content=body, headers=headers)
+        target = webhook_targets.check(url)
+    except webhook_targets.TargetRefused as exc:
+        # Decided before any connection, so an internal port's state never shows in the outcome.
+        return f"target refused: {exc}"
+    try:
+        pinned, host_header, extensions = _pinned(url, target)
+        response = http.post(pinned, content=body, headers={**headers, "Host": host_header}, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"[:500]
     if 200 <= response.status_code < 300:
         return None
     return f"receiver answered HTTP {response.status_code}"
+
+
+def _pinned(url: str, target: webhook_targets.Target) -> tuple[httpx.URL, str, dict[str, Any]]:
+    """The URL with its host replaced by the checked address (no second lookup that a rebinding name
+    could answer differently), the Host header the receiver expects, and the extension that keeps TLS
+    verifying the URL's own host name."""
+    original = httpx.URL(url)
+    extensions: dict[str, Any] = {}
+    if original.scheme == "https":
+        extensions["sni_hostname"] = original.host
+    return original.copy_with(host=target.address), original.netloc.decode("ascii"), extensions
 
 
 def pump(database_url: str | None, *, client: httpx.Client | None = None, rounds: int = 20) -> DeliveryReport:
