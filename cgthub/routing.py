@@ -26,7 +26,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import hl7v2, pipeline, sites
+from cgthub import hl7v2, pipeline, quarantine, sites
 from cgthub.archive import Inbound
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.registry import EVERY_MARKET, get_mapper
@@ -34,7 +34,7 @@ from cgthub.model import CanonicalEvent
 from cgthub.quarantine import Stage
 from cgthub.tables import Order, OrderKey
 
-REPLAY_HINT = "add it to config/sites.yaml, then `cgthub quarantine replay --stage route`"
+REPLAY_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
 
 
 def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | None = None) -> pipeline.Mapper | None:
@@ -203,3 +203,27 @@ def _without_site(event: CanonicalEvent) -> CanonicalEvent:
     kept = details.model_copy(update={"site": None})
     empty = not (kept.therapy or kept.market or kept.cmo)
     return event.model_copy(update={"order": None if empty else kept})
+
+
+def replay_unrouted(session: Session, *, system: str | None = None) -> tuple[int, int]:
+    """Map again what waits at stage `route`, once the site registry knows its site or sender.
+
+    Each payload goes through as if it came in now (its market decided again); an entry whose
+    payload maps is closed. Returns (released, still waiting).
+    """
+    released = still = 0
+    for entry in quarantine.list_entries(session, stage=Stage.ROUTE, system=system, limit=100_000):
+        if entry.raw_id is None:
+            continue
+        routed = mapper(session, entry.system, entry.kind)
+        if routed is None:
+            still += 1
+            continue
+        seen = entry.occurrences
+        result = pipeline.process(session, entry.raw_id, routed)
+        if entry.occurrences > seen:  # refused at this stage again: counted on the same entry
+            still += 1
+            continue
+        quarantine.release(session, entry, f"routed by the site registry; {result.appended} event(s) appended")
+        released += 1
+    return released, still

@@ -8,7 +8,7 @@ import sys
 import typer
 from sqlalchemy.exc import SQLAlchemyError
 
-from cgthub.cli import api, db, hl7, ledger, mappings, orders, quarantine
+from cgthub.cli import api, db, hl7, ledger, mappings, orders, quarantine, sites
 from cgthub.cli.common import CliError, console_err
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ app.add_typer(hl7.app, name="hl7")
 app.add_typer(orders.app, name="orders")
 app.add_typer(ledger.app, name="ledger")
 app.add_typer(quarantine.app, name="quarantine")
+app.add_typer(sites.app, name="sites")
 
 
 def main() -> None:
