@@ -327,8 +327,18 @@ def crm_extract(people: list[Patient], now: datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def world(now: datetime) -> tuple[list[Patient], list[Emission]]:
+def stories(now: datetime) -> tuple[list[Patient], list[list[Emission]]]:
+    """Each patient's whole life cycle placed against `now` (the part after `now` included).
+
+    Everything is relative to `now`: a story placed at the real time is judged truthfully by
+    monitoring that runs on the real clock."""
     people = patients(now)
-    emissions = [e for p in people for e in life_cycle(p, people) if e.at <= now]
+    return people, [life_cycle(p, people) for p in people]
+
+
+def world(now: datetime) -> tuple[list[Patient], list[Emission]]:
+    """What the partners have said by `now`, oldest first (the demo's whole story as of `now`)."""
+    people, lives = stories(now)
+    emissions = [e for life in lives for e in life if e.at <= now]
     emissions.append(orphan_shipment(now))
     return people, sorted(emissions, key=lambda e: e.at)

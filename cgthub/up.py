@@ -5,8 +5,12 @@ triggerer, LocalExecutor, SQLite metadata under var/airflow) runs the DAGs of `d
 schedules, unpaused. The partners are the sandboxes of `connectors/`, each its own process on a
 fixed loopback port (8701-8705; `AIRFLOW_CONN_*` point the connectors at them unless already set),
 and the MLLP listener takes the hospital's HL7 on :2575. A feeder has the partners record the demo
-story's next slice in their sandboxes (and the hospital send its HL7) every `--tick` seconds, so
-data flows on schedule. Ctrl-C stops everything this command started.
+story in their sandboxes (and the hospital send its HL7), one slice every `--tick` seconds, so data
+flows on schedule. The story is `make demo`'s, placed against the real clock the monitoring DAGs
+judge by: each slice brings the next order's whole story so far (oldest enrolment first), so every
+order the hub shows stands where `make demo` shows it and raises the same alerts; what the story
+says happens later is delivered when the clock reaches it. Ctrl-C stops everything this command
+started.
 """
 
 from __future__ import annotations
@@ -17,10 +21,16 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cgthub.settings import PROJECT_ROOT
+
+if TYPE_CHECKING:
+    from cgthub.demo_scenario import Emission
+    from connectors.sandboxes import SandboxPartners
 
 LISTENER_PORT = 2575
 
@@ -42,36 +52,72 @@ def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     return started
 
 
-def _feed(tick: float, stop: threading.Event) -> None:
-    """The demo story in slices: each tick, the partners record the next `span` of it in their sandboxes.
+@dataclass
+class FeedPlan:
+    """The demo story against the real clock: the past in slices of whole orders, then the future as it comes."""
 
-    A slice that finds a sandbox or the listener not up yet is delivered again (records are keyed:
+    now: datetime
+    slices: list[list[Emission]]  # each: the next orders' whole story up to `now`
+    upcoming: list[Emission]  # what the story says happens after `now`, oldest first
+
+
+def feed_plan(now: datetime, orders_per_slice: int = 1) -> FeedPlan:
+    """Slice `make demo`'s story as of `now` by order, oldest enrolment first.
+
+    A slice of time would show each order half told while monitoring judges it against now (an
+    order enrolled six weeks ago whose story stops at enrolment is six weeks late); a slice of
+    whole orders shows each as far as it has come. The courier's orphan shipment, no order's, comes last."""
+    from cgthub import demo_scenario
+
+    people, lives = demo_scenario.stories(now)
+    by_enrolment = sorted(zip(people, lives, strict=True), key=lambda pair: (pair[0].enrolled_at, pair[0].n))
+    slices: list[list[Emission]] = []
+    for first in range(0, len(by_enrolment), orders_per_slice):
+        group = by_enrolment[first : first + orders_per_slice]
+        slices.append(sorted((e for _p, life in group for e in life if e.at <= now), key=lambda e: e.at))
+    slices[-1] = sorted([*slices[-1], demo_scenario.orphan_shipment(now)], key=lambda e: e.at)
+    upcoming = sorted((e for life in lives for e in life if e.at > now), key=lambda e: e.at)
+    return FeedPlan(now, slices, upcoming)
+
+
+def _deliver_when_up(batch: list[Emission], partners: SandboxPartners, stop: threading.Event) -> None:
+    """Deliver a batch, again while the sandboxes or the listener are still starting (records are keyed:
     the sandboxes and the hub take a repeat as the duplicate it is)."""
     import httpx
 
-    from cgthub import demo, demo_scenario
+    from cgthub import demo
+
+    for attempt in range(30):
+        try:
+            demo.deliver(batch, partners)
+            return
+        except (OSError, httpx.TransportError):
+            if attempt == 29:
+                raise
+            stop.wait(2)
+
+
+def _feed(tick: float, stop: threading.Event) -> None:
+    """Each tick the partners record the next slice of the plan; then the story's future, as it falls due."""
     from cgthub.tables import utcnow
     from connectors.sandboxes import SandboxPartners
 
     partners = SandboxPartners.from_connections()
-    now = utcnow().replace(minute=0, second=0, microsecond=0)
-    _people, emissions = demo_scenario.world(now)
-    start = min(e.at for e in emissions)
-    span = (now - start) / 40
-    cut, wave = start, 0
-    while not stop.is_set() and cut < now:
-        cut, wave = cut + span, wave + 1
-        batch = [e for e in emissions if cut - span < e.at <= cut]
-        if batch:
-            for attempt in range(30):  # the sandboxes and the listener may still be starting
-                try:
-                    demo.deliver(batch, partners)
-                    break
-                except (OSError, httpx.TransportError):
-                    if attempt == 29:
-                        raise
-                    stop.wait(2)
-            print(f"feeder: slice {wave}/40 up to {cut:%Y-%m-%d}: {len(batch)} partner messages")
+    plan = feed_plan(utcnow().replace(second=0, microsecond=0))
+    for wave, batch in enumerate(plan.slices, start=1):
+        if stop.is_set():
+            return
+        _deliver_when_up(batch, partners, stop)
+        print(f"feeder: slice {wave}/{len(plan.slices)}: {len(batch)} partner messages")
+        stop.wait(tick)
+    upcoming = plan.upcoming
+    while upcoming and not stop.is_set():
+        now = utcnow()
+        due = [e for e in upcoming if e.at <= now]
+        if due:
+            upcoming = upcoming[len(due) :]
+            _deliver_when_up(due, partners, stop)
+            print(f"feeder: {len(due)} partner messages due by {now:%Y-%m-%d %H:%M}Z")
         stop.wait(tick)
 
 
