@@ -9,6 +9,7 @@ also bound what a sender may change: only orders of the sites its facility code 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -96,13 +97,23 @@ def registry_path() -> Path:
     return Path(os.environ.get("CGTHUB_CONFIG_DIR", PROJECT_ROOT / "config")) / "sites.yaml"
 
 
+_LOOK_AGAIN_AFTER = 1.0  # seconds: the file is asked for its change time at most this often
+_last_look: tuple[float, Path, int] | None = None
+
+
 def registry() -> SiteRegistry:
-    """The registry as the file says now (read again when the file changes, so a fix needs no restart)."""
+    """The registry as the file says now (read again when the file changes, so a fix needs no
+    restart); asked per payload, so the file's change time is looked at once a second at most."""
+    global _last_look
     path = registry_path()
+    now = time.monotonic()
+    if _last_look is not None and _last_look[1] == path and now - _last_look[0] < _LOOK_AGAIN_AFTER:
+        return _load(path, _last_look[2])
     try:
         stamp = path.stat().st_mtime_ns
     except FileNotFoundError:
         raise SiteRegistryError(f"{path}: the site registry is missing") from None
+    _last_look = (now, path, stamp)
     return _load(path, stamp)
 
 
@@ -140,6 +151,8 @@ def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], in
 
 
 def clear_cache() -> None:
+    global _last_look
+    _last_look = None
     _load.cache_clear()
 
 

@@ -73,6 +73,7 @@ def test_an_unknown_sender_waits_at_route_until_the_registry_knows_it(db_url, mo
     # The new interface engine is registered for the Heidelberg site; the waiting message goes through.
     text = (config_dir / "sites.yaml").read_text()
     (config_dir / "sites.yaml").write_text(text.replace("facilities: [DE-HD-01]", "facilities: [DE-HD-01, DE-HD-02]"))
+    sites.clear_cache()  # as the `cgthub` process starting now reads it
     result = CliRunner().invoke(cli, ["sites", "replay"], catch_exceptions=False)
     assert result.exit_code == 0 and "1 payload(s) routed and applied, 0 still waiting" in result.output
     order = _orders(db_url)["CRM-00002"]
