@@ -7,6 +7,7 @@ separate engine with deferred transactions so API reads never queue behind the w
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -60,11 +61,19 @@ def _sqlite_file(url: str) -> str | None:
     return path if path and path != ":memory:" else None
 
 
+def _create_private(path: Path) -> None:
+    """Make a new database file readable by its owner only, before SQLite opens it: SQLite gives the
+    -wal and -shm files it makes beside it the database file's mode, so none of the three, which
+    hold every payload's metadata and the pseudonymized ledger, is readable by other users."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an existing file keeps its mode
+
+
 def _create_engine(url: str, readonly: bool) -> Engine:
     if url.startswith("sqlite"):
         path = _sqlite_file(url)
         if path is not None:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _create_private(Path(path))
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=canonical_json
         )

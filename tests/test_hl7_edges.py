@@ -132,7 +132,8 @@ def test_cli_ingest_moves_files_and_reports_counts(db_url, tmp_path):
     assert "2 files, 7 messages: 6 accepted" in result.output, result.output
     # The operator is told which file failed (cgthub's entry point prints CliError with its hint).
     assert result.exit_code != 0 and "junk.hl7" in str(result.exception)
-    assert (tmp_path / "done" / "feed.hl7").exists() and (tmp_path / "failed" / "junk.hl7").exists()
+    assert (tmp_path / "done" / "feed.hl7.receipt.json").exists()
+    assert (tmp_path / "failed" / "junk.hl7.receipt.json").exists()
 
 
 def test_cli_listener_archive_only_acks_after_commit_and_stops_cleanly_on_sigterm(db_url):

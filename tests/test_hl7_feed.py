@@ -42,16 +42,17 @@ def test_simulated_hospital_over_mllp(db_url):
 def test_batch_files_with_any_line_ending(db_url, tmp_path, newline):
     _enrol(db_url)
     path = simulator.write_batch_file(tmp_path / "feed.hl7", list(simulator.feed(PATIENTS)), newline=newline)
-    assert len(split_messages(path.read_bytes())) == 9
+    dropped = path.read_bytes()
+    assert len(split_messages(dropped)) == 9
     report = ingest_paths([path], database_url=db_url)
     assert (report.messages, report.accepted, report.errors, report.rejected) == (9, 9, 0, 0)
-    assert (tmp_path / "done" / "feed.hl7").exists() and not path.exists()
+    assert (tmp_path / "done" / "feed.hl7.receipt.json").exists() and not path.exists()
     assert [s[1] for s in _statuses(db_url)] == ["collected"] * 3
     with session_scope(db_url) as s:
         entries = s.scalar(select(func.count()).select_from(LedgerEntry))
     assert entries == 3 + 3 * 4  # enrolments; per patient: order, booking, collection, cell counts
     again = tmp_path / "again.hl7"
-    again.write_bytes((tmp_path / "done" / "feed.hl7").read_bytes())
+    again.write_bytes(dropped)
     ingest_paths([again], database_url=db_url)  # the same feed dropped twice is applied once
     with session_scope(db_url) as s:
         assert s.scalar(select(func.count()).select_from(LedgerEntry)) == entries
@@ -61,7 +62,7 @@ def test_file_without_any_message_goes_to_failed(db_url, tmp_path):
     path = tmp_path / "junk.hl7"
     path.write_bytes(b"hello, this is not HL7")
     report = ingest_paths([path], database_url=db_url)
-    assert report.failed_files == ["junk.hl7"] and (tmp_path / "failed" / "junk.hl7").exists()
+    assert report.failed_files == ["junk.hl7"] and (tmp_path / "failed" / "junk.hl7.receipt.json").exists()
 
 
 def test_outbound_status_is_a_valid_orr_o02_without_phi_and_is_retried():

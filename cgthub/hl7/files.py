@@ -1,17 +1,26 @@
 """File-drop ingest: files of one HL7 message or HL7 batch files (FHS/BHS ... BTS/FTS), with
-\\r, \\n or \\r\\n between segments, ingested in batches; each file then moves to done/ (even if
-some of its messages were quarantined: they are archived) or to failed/ when it holds no message."""
+\\r, \\n or \\r\\n between segments, ingested in batches.
+
+Once every message of a file is in the encrypted archive (quarantined ones too), the clear-text
+file is deleted and only a receipt stays, in done/ (or failed/ when no message could be used):
+its SHA-256, size and outcome counts, no content. A file with a message the archive could not
+store stays where it was, to be ingested again (what was stored is then a duplicate)."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
+
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import ack_code
 from cgthub.store import session_scope
+from cgthub.tables import utcnow
 
 _SEGMENT_BREAK = re.compile(rb"\r\n|\n|\r")
 _BATCH_SEGMENTS = (b"FHS", b"BHS", b"BTS", b"FTS")
@@ -37,6 +46,7 @@ class FileReport:
     errors: int = 0
     rejected: int = 0
     failed_files: list[str] = field(default_factory=list)
+    kept_files: list[str] = field(default_factory=list)  # some message not stored: left to ingest again
 
 
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
@@ -59,20 +69,53 @@ def ingest_paths(
         if not messages or not any(m.startswith(b"MSH") for m in messages):
             messages = [data]  # archive and quarantine what is there
         codes: list[str] = []
+        unstored = 0
         for chunk in _chunks(messages, batch):
             with session_scope(database_url) as session:
                 acks = inbound.apply(session, [inbound.read(m) for m in chunk], "file")
             codes.extend(ack_code(a) for a in acks)
+            unstored += sum(1 for a in acks if _NOT_STORED in a)
             if progress:
                 progress(len(chunk))
         report.messages += len(codes)
         report.accepted += codes.count("AA")
         report.errors += codes.count("AE")
         report.rejected += codes.count("AR")
+        if unstored:
+            report.kept_files.append(path.name)
+            continue
         failed = codes.count("AR") == len(codes)
-        target = path.parent / ("failed" if failed else "done")
-        target.mkdir(exist_ok=True)
-        path.replace(target / path.name)
+        _leave_receipt(path, path.parent / ("failed" if failed else "done"), data, codes)
         if failed:
             report.failed_files.append(path.name)
     return report
+
+
+# What the ACK of a message the archive could not take says (ERR-8): it must be sent again.
+_NOT_STORED = b"|not stored, please resend"
+
+
+def _leave_receipt(path: Path, target: Path, data: bytes, codes: list[str]) -> None:
+    """Replace the clear-text file by a receipt naming what it held, never its content.
+
+    The receipt is written (and synced) before the file goes: a crash between the two leaves the
+    file to be ingested again, its messages then duplicates."""
+    target.mkdir(mode=0o700, exist_ok=True)
+    receipt = {
+        "file": path.name,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "bytes": len(data),
+        "messages": len(codes),
+        "acks": {code: codes.count(code) for code in sorted(set(codes))},
+        "ingested_at": utcnow().isoformat(),
+        "content": "in the hub's encrypted raw archive (quarantined messages too); this file was deleted",
+    }
+    receipt_path = target / f"{path.name}.receipt.json"
+    temporary = receipt_path.with_name(receipt_path.name + ".tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(orjson.dumps(receipt, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    temporary.replace(receipt_path)
+    path.unlink()
