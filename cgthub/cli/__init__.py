@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import api, db, hl7, ledger, mappings, orders, quarantine, sites
 from cgthub.cli.common import CliError, console_err
+from cgthub.settings import MissingSetting, get_settings
 
 app = typer.Typer(
     help="cgthub: integration hub for cell and gene therapy orders.",
@@ -30,7 +31,11 @@ app.add_typer(sites.app, name="sites")
 def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        if sys.argv[1:] and not {"--help", "-h"} & set(sys.argv[1:]):
+            get_settings()  # a missing key stops any command here, before a listener takes a message
         app()
+    except MissingSetting as exc:
+        _fail(CliError(str(exc), "set it (see deploy/.env.example), or CGTHUB_ENV=dev on a development machine"))
     except CliError as err:
         _fail(err)
     except SQLAlchemyError as exc:
