@@ -330,16 +330,32 @@ _ORDER_LIMITS = {name: _column_limit(Order.__table__.c[name]) for name in ("ther
 
 def _beyond_columns(events: list[CanonicalEvent]) -> str | None:
     """Which value of these events is longer than the column that keeps it, checked before any
-    insert so both databases answer alike (SQLite keeps any length; PostgreSQL fails the statement)."""
+    insert so both databases answer alike (SQLite keeps any length; PostgreSQL fails the statement).
+
+    The values the ledger indexes are read straight from the models (CoI ids and DINs are checked by
+    their format already): this runs for every event on the batch path.
+    """
+    keys, event_ids = _KEY_LIMIT, _EVENT_ID_LIMIT
     for event in events:
-        if len(event.source_event_id) > _EVENT_ID_LIMIT:
-            return f"the event id is {len(event.source_event_id)} characters; the hub keeps at most {_EVENT_ID_LIMIT}"
-        for kind, value in event.all_keys():
-            if len(value) > _KEY_LIMIT:
-                return f"{kind} is {len(value)} characters; the hub keeps references of at most {_KEY_LIMIT}"
-        if event.order is not None:
+        if len(event.source_event_id) > event_ids:
+            return f"the event id is {len(event.source_event_id)} characters; the hub keeps at most {event_ids}"
+        for name, value in event.refs.__dict__.items():
+            if value and (len(value) > keys if type(value) is str else max(map(len, value)) > keys):
+                return (
+                    f"{name} is {max(map(len, _texts(value)))} characters; the hub keeps references of at most {keys}"
+                )
+        material, shipment, order = event.material, event.shipment, event.order
+        if material is not None and material.lot and len(material.lot) > keys:
+            return f"material.lot is {len(material.lot)} characters; the hub keeps references of at most {keys}"
+        if shipment is not None and len(shipment.shipment_id) > keys:
+            return f"shipment.shipment_id is {len(shipment.shipment_id)} characters; the hub keeps at most {keys}"
+        if order is not None:
             for name, limit in _ORDER_LIMITS.items():
-                value = getattr(event.order, name)
+                value = getattr(order, name)
                 if value is not None and len(value) > limit:
                     return f"order.{name} is {len(value)} characters; the hub keeps at most {limit}"
     return None
+
+
+def _texts(value: str | tuple[str, ...]) -> tuple[str, ...]:
+    return (value,) if type(value) is str else value
