@@ -42,7 +42,8 @@ def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | 
     neutral = get_mapper(system, kind)
     if neutral is None:
         return None
-    return RoutedMapper(session, system, kind, neutral, sites.registry().source(system, kind), parsed)
+    known = sites.registry()
+    return RoutedMapper(session, system, kind, neutral, known, known.source(system, kind), parsed)
 
 
 def mapper_for(session: Session) -> Callable[[Inbound], pipeline.Mapper | None]:
@@ -63,11 +64,12 @@ class RoutedMapper:
         system: str,
         kind: str,
         neutral: CompiledMapping,
+        known: sites.SiteRegistry,
         source: sites.Source | None,
         parsed: hl7v2.Message | None,
     ) -> None:
         self.session, self.system, self.kind = session, system, kind
-        self.neutral, self.source, self.parsed = neutral, source, parsed
+        self.neutral, self.known, self.source, self.parsed = neutral, known, source, parsed
         self.mapping_id, self.version = neutral.mapping_id, neutral.version
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
@@ -97,7 +99,7 @@ class RoutedMapper:
             except hl7v2.HL7ParseError as exc:
                 raise pipeline.PayloadRejected(Stage.PARSE, f"not an HL7 v2 message we can read: {exc}") from exc
         facility = message.get(path)
-        registry = sites.registry()
+        registry = self.known
         sender = sites.Sender(facility, registry.sites_of_facility(facility))
         if not facility:
             raise pipeline.PayloadRejected(
@@ -117,7 +119,7 @@ class RoutedMapper:
     # JSON, XML, CSV: a site field, or the orders the records name ------------------------------
     def _markets(self, records: list[Any]) -> list[str | None]:
         assert self.source is not None
-        registry = sites.registry()
+        registry = self.known
         if self.source.site:
             out: list[str | None] = []
             for number, record in enumerate(records, start=1):

@@ -94,7 +94,12 @@ class SiteRegistry(_Strict):
 
 
 def registry_path() -> Path:
-    return Path(os.environ.get("CGTHUB_CONFIG_DIR", PROJECT_ROOT / "config")) / "sites.yaml"
+    return _path_in(os.environ.get("CGTHUB_CONFIG_DIR"))
+
+
+@lru_cache(maxsize=8)
+def _path_in(config_dir: str | None) -> Path:
+    return Path(config_dir or PROJECT_ROOT / "config") / "sites.yaml"
 
 
 _LOOK_AGAIN_AFTER = 1.0  # seconds: the file is asked for its change time at most this often

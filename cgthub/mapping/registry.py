@@ -24,7 +24,12 @@ from cgthub.settings import PROJECT_ROOT
 
 
 def mappings_dir() -> Path:
-    return Path(os.environ.get("CGTHUB_MAPPINGS_DIR", PROJECT_ROOT / "mappings"))
+    return _mappings_in(os.environ.get("CGTHUB_MAPPINGS_DIR"))
+
+
+@lru_cache(maxsize=8)
+def _mappings_in(folder: str | None) -> Path:  # asked per payload: a Path is not made each time
+    return Path(folder or PROJECT_ROOT / "mappings")
 
 
 def markets_dir() -> Path:
