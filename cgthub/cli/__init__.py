@@ -12,11 +12,14 @@ from cgthub.cli import api, db, hl7, ledger, mappings, orders, quarantine, sites
 from cgthub.cli.common import CliError, console_err
 from cgthub.settings import MissingSetting, get_settings
 
+# Plain help (no Rich panels): it lists a flag as a flag, where Rich's layout gives every
+# option, --help included, a value type such as `<bool>`. Sub-commands inherit the mode.
 app = typer.Typer(
     help="cgthub: integration hub for cell and gene therapy orders.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,
 )
 app.add_typer(db.app, name="db")
 app.add_typer(api.app, name="api")
