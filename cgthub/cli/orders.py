@@ -7,9 +7,13 @@ from datetime import UTC, datetime
 import typer
 from rich.table import Table
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from cgthub import alerts, ledger, projection
 from cgthub.cli.common import CliError, console, open_session
+from cgthub.correlation import KeyIndex
+from cgthub.lifecycle import OrderStatus
+from cgthub.model import ExternalRefs
 from cgthub.tables import Order
 
 app = typer.Typer(help="Normalized orders.", no_args_is_help=True)
@@ -17,18 +21,21 @@ app = typer.Typer(help="Normalized orders.", no_args_is_help=True)
 
 @app.command("list")
 def list_orders(
-    status: str | None = typer.Option(None, help="only orders in this status"),
+    status: OrderStatus | None = typer.Option(None, help="only orders in this status"),
     market: str | None = typer.Option(None, help="only orders of this market (country code)"),
-    limit: int = typer.Option(100, min=1, max=10_000),
+    site: str | None = typer.Option(None, help="only orders of this treatment site, e.g. US-SITE-1"),
+    limit: int = typer.Option(100, min=1, max=10_000, help="most orders to show"),
 ) -> None:
     """One line per order: status, market, site, milestones reached, vein-to-vein so far, alerts."""
     now = datetime.now(UTC)
     with open_session(readonly=True) as session:
         query = select(Order).order_by(Order.created_at, Order.id).limit(limit)
         if status:
-            query = query.where(Order.status == status)
+            query = query.where(Order.status == status.value)
         if market:
             query = query.where(Order.market == market.upper())
+        if site:
+            query = query.where(Order.site == site)
         rows = list(session.scalars(query))
         open_by_order: dict[str, int] = {}
         for alert in alerts.open_alerts(session):
@@ -53,13 +60,48 @@ def list_orders(
     console.print(table)
 
 
+# Every kind of key the order index holds: each partner's own reference, then the identity keys.
+_REFERENCE_KINDS = tuple(
+    kind
+    for kind, _ in ExternalRefs(
+        **{name: ("?",) if name == "courier_shipment_ids" else "?" for name in ExternalRefs.model_fields}
+    ).pairs()
+)
+_IDENTITY_KINDS = ("coi_id", "din", "lot")
+
+
+def find_order(session: Session, reference: str) -> Order:
+    """The order a hub id or any partner reference (CRM id, hospital order, DIN, COI id...) names.
+
+    People arrive with whatever id their own system shows; the order index already maps each to
+    its order, so the lookup asks it rather than making them find the hub's id first.
+    """
+    order = session.get(Order, reference)
+    if order is not None:
+        return order
+    owners = KeyIndex(session).owners([(kind, reference) for kind in (*_REFERENCE_KINDS, *_IDENTITY_KINDS)])
+    found = sorted(set(owners.values()))
+    if not found:
+        raise CliError(
+            f"no order {reference}: neither a hub order id nor a partner reference the hub knows",
+            "list orders with `cgthub orders list` (a CRM order id, hospital order number, DIN or COI id also works)",
+        )
+    if len(found) > 1:
+        named = ", ".join(f"{order_id} ({kind})" for (kind, _v), order_id in sorted(owners.items()))
+        raise CliError(f"{reference} names several orders: {named}", "show one of them by its hub order id")
+    return session.get(Order, found[0])  # type: ignore[return-value]
+
+
 @app.command()
-def show(order_id: str) -> None:
+def show(
+    reference: str = typer.Argument(
+        ..., metavar="ORDER", help="hub order id (ORD-...) or a partner reference: CRM id, hospital order, DIN, COI id"
+    ),
+) -> None:
     """Status, milestones, external references, alerts and the full timeline of one order."""
     with open_session(readonly=True) as session:
-        order = session.get(Order, order_id)
-        if order is None:
-            raise CliError(f"no order {order_id}", "list orders with `cgthub orders list`")
+        order = find_order(session, reference)
+        order_id = order.id
         state = projection.load(order)
         entries = ledger.entries(session, order_id)
         open_alerts = alerts.open_alerts(session, order_id)
