@@ -3,23 +3,43 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cgthub import quarantine
 from cgthub.cli.common import CliError, console, open_session
+from cgthub.pseudonym import mask
+from cgthub.tables import RawMessage
 
 app = typer.Typer(help="Quarantined payloads and events.", no_args_is_help=True)
+
+# What each stage means to the person reading the entry, and where the fix usually is.
+_STAGE_MEANING = {
+    quarantine.Stage.RECEIVE: "the payload could not be received and archived",
+    quarantine.Stage.PARSE: "the payload could not be read in its format",
+    quarantine.Stage.MAP: "the partner's mapping could not turn the payload into events",
+    quarantine.Stage.VALIDATE: "the mapping made an event the canonical model refuses",
+    quarantine.Stage.CORRELATE: "no order matches the event's references (yet)",
+    quarantine.Stage.IDENTITY: "the event contradicts its order's chain of identity",
+    quarantine.Stage.DELIVER: "an outbound message could not be delivered",
+}
+_MAPPING_STAGES = (quarantine.Stage.PARSE, quarantine.Stage.MAP, quarantine.Stage.VALIDATE)
+# Free text a partner typed may name a patient: shown by shape only.
+_FREE_TEXT_KEYS = frozenset({"reason", "comment", "note", "notes", "text", "finding"})
 
 
 @app.command("list")
 def list_entries(
     status: quarantine.QuarantineStatus = typer.Option(quarantine.QuarantineStatus.OPEN, help="entry status"),
     stage: quarantine.Stage | None = typer.Option(None, help="only this stage"),
-    system: str | None = typer.Option(None, help="only this source system"),
-    limit: int = typer.Option(200, min=1, max=10_000),
+    system: str | None = typer.Option(None, help="only this source system (partner), e.g. crm, hl7"),
+    limit: int = typer.Option(200, min=1, max=10_000, help="most entries to show"),
 ) -> None:
+    """One line per quarantined payload or event: partner, kind, stage, how often seen, why."""
     with open_session(readonly=True) as session:
         rows = quarantine.list_entries(session, status=status, stage=stage, system=system, limit=limit)
     table = Table(title=f"{len(rows)} {status.value} quarantine entries")
@@ -34,21 +54,108 @@ def list_entries(
             str(row.occurrences),
             row.last_seen.isoformat(timespec="seconds"),
             str(row.raw_id or ""),
-            row.reason,
+            escape(row.reason),
         )
     console.print(table)
 
 
 @app.command()
-def show(entry_id: int) -> None:
+def show(
+    entry_id: int = typer.Argument(..., metavar="ID", help="the entry's id, from `cgthub quarantine list`"),
+) -> None:
+    """One entry in full: why, at which stage, from which partner, since when, and what to do."""
+    now = datetime.now(UTC)
     with open_session(readonly=True) as session:
         row = quarantine.get(session, entry_id)
         if row is None:
             raise CliError(f"no quarantine entry {entry_id}", "list entries with `cgthub quarantine list`")
-    console.print(f"[bold]quarantine #{row.id}[/] {row.status}  {row.system}/{row.kind}  stage {row.stage}")
-    console.print(f"reason: {row.reason}")
-    console.print(f"raw payload: #{row.raw_id}  order: {row.order_id or '-'}")
-    console.print(f"first seen {row.first_seen.isoformat()}  last seen {row.last_seen.isoformat()}  x{row.occurrences}")
+        raw = session.get(RawMessage, row.raw_id) if row.raw_id is not None else None
+    stage = quarantine.Stage(row.stage)
+    lines = [
+        f"[bold]quarantine #{row.id}[/] {row.status}",
+        f"reason:  {escape(row.reason)}",
+        f"stage:   {stage.value}: {_STAGE_MEANING[stage]}",
+        f"partner: {row.system}",
+        f"kind:    {row.kind}",
+        f"age:     first seen {_at(row.first_seen)} ({_age(now - _aware(row.first_seen))} ago), "
+        f"last seen {_at(row.last_seen)}, {row.occurrences} time(s)",
+        f"order:   {row.order_id or '-'}",
+    ]
+    if raw is not None:
+        lines.append(
+            f"payload: raw #{raw.id}, {raw.size} bytes {raw.content_type} over {raw.channel}, "
+            f"received {_at(raw.received_at)} (read it with the archive, it may hold PHI)"
+        )
     if row.resolution:
-        console.print(f"resolution: {row.resolution} at {row.resolved_at}")
-    console.print_json(json.dumps(row.details, default=str))
+        lines.append(f"resolved: {escape(row.resolution)} at {_at(row.resolved_at)}")
+    for line in lines:
+        console.print(line)
+    details = dict(row.details or {})
+    if stage in _MAPPING_STAGES and "mapping" not in details:
+        details["mapping now in use"] = _mapping_in_use(row.system, row.kind)
+    console.print("details:" if details else "details: none recorded beyond the reason")
+    for key, value in _masked(details).items():
+        console.print(f"  {escape(str(key))}: {escape(_text(value))}")
+    if row.status == quarantine.QuarantineStatus.OPEN.value:
+        console.print(f"what to do: {_next_step(stage, row.system, row.kind)}")
+
+
+def _mapping_in_use(system: str, kind: str) -> str:
+    """The version live ingest maps this partner's payloads with today: the one a fix replaces."""
+    from cgthub.mapping import registry
+    from cgthub.mapping.spec import MappingError
+
+    try:
+        mapper = registry.get_mapper(system, kind)
+    except (MappingError, ValueError) as exc:
+        return f"none that loads ({exc})"
+    return f"{mapper.mapping_id}@v{mapper.spec.version}" if mapper else f"none for {system}/{kind}"
+
+
+def _next_step(stage: quarantine.Stage, system: str, kind: str) -> str:
+    if stage in _MAPPING_STAGES:
+        return (
+            f"fix or add a mapping version under mappings/{system}/ (`cgthub mappings test`), then "
+            f"`cgthub mappings replay --system {system} --kind {kind} --version vN` releases it"
+        )
+    if stage is quarantine.Stage.CORRELATE:
+        return "nothing if the order is still to be enrolled: the event is replayed once it is"
+    if stage is quarantine.Stage.IDENTITY:
+        return "the order is on hold: settle the chain-of-identity discrepancy with the partners named above"
+    return "fix the cause named in the reason; the partner's next delivery or a replay releases it"
+
+
+def _masked(value: Any, key: str = "") -> Any:
+    """Details as stored, with free text and attribute values shown by their shape only."""
+    if isinstance(value, dict):
+        if key == "attributes":
+            return {k: mask(v) if isinstance(v, str) else v for k, v in value.items()}
+        return {k: _masked(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_masked(v, key) for v in value]
+    if isinstance(value, str) and key in _FREE_TEXT_KEYS:
+        return mask(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str, sort_keys=True)
+    return str(value)
+
+
+def _aware(at: datetime) -> datetime:
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _at(at: datetime | None) -> str:
+    return "-" if at is None else _aware(at).isoformat(timespec="seconds")
+
+
+def _age(span: timedelta) -> str:
+    seconds = max(span.total_seconds(), 0)
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
