@@ -331,6 +331,24 @@ def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
+def not_a_custody_document(document: Any) -> str | None:
+    """Why `document` is not a custody document at all, or None when it has the shape of one.
+
+    Asked before any hash is checked: a FHIR bundle or an empty object is the wrong file, not a
+    tampered ledger, and saying so sends the reader to the right fix.
+    """
+    if not isinstance(document, dict):
+        return f"it is a JSON {type(document).__name__}, not an object"
+    if document.get("resourceType"):
+        return f"it is a FHIR {document['resourceType']}, not an EPCIS document"
+    if document.get("type") != "EPCISDocument":
+        return 'it has no "type": "EPCISDocument"'
+    ledger = document.get("cgthub:ledger")
+    if not isinstance(ledger, dict) or not isinstance(ledger.get("entries"), list):
+        return "it carries no cgthub:ledger with entries"
+    return None
+
+
 def verify_ledger(document: dict[str, Any]) -> list[str]:
     """Problems found recomputing the document's ledger chain; empty when it verifies.
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import socket
 import threading
 
 import typer
 from rich.table import Table
 
-from cgthub.cli.common import CliError, console, open_session
+from cgthub.cli.common import CliError, console, console_err, open_session
 from cgthub.store import database_url
 
 app = typer.Typer(help="Order transparency API: serve, keys, webhooks, OpenAPI schema.", no_args_is_help=True)
@@ -18,10 +20,15 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(webhooks_app, name="webhooks")
 
 
+# Clear of Airflow's API server and UI (8080 under `make up` and docker compose), the MLLP
+# listener (2575) and the partner sandboxes (8701-8705).
+DEFAULT_PORT = 8088
+
+
 @app.command()
 def serve(
     host: str = typer.Option("127.0.0.1", help="interface to listen on"),
-    port: int = typer.Option(8080, min=0, max=65535, help="port (0: any free port)"),
+    port: int = typer.Option(DEFAULT_PORT, min=0, max=65535, help="port (0: any free port)"),
     webhooks: bool = typer.Option(True, "--webhooks/--no-webhooks", help="deliver webhooks from this process"),
     workers: int = typer.Option(1, min=1, max=32, help="uvicorn worker processes"),
 ) -> None:
@@ -33,21 +40,54 @@ def serve(
     url = database_url()
     with open_session(readonly=True):
         pass  # fail early, with a useful message, when the database is missing or not migrated
+    listening = _listening_socket(host, port)
+    bound_port = listening.getsockname()[1]
+    shown_host = f"[{host}]" if ":" in host else host
+    console_err.print(f"serving the API on http://{shown_host}:{bound_port} (docs at /docs)")
     stop = threading.Event()
     if webhooks:
         threading.Thread(target=delivery.run_forever, args=(url, stop), name="cgthub-webhooks", daemon=True).start()
     try:
         if workers > 1:
-            uvicorn.run("cgthub.api:create_app", factory=True, host=host, port=port, workers=workers, access_log=False)
+            uvicorn.run("cgthub.api:create_app", factory=True, fd=listening.fileno(), workers=workers, access_log=False)
         else:
             from cgthub import runtime
             from cgthub.api import create_app
 
             served = create_app(url)
             runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
-            uvicorn.run(served, host=host, port=port, access_log=False)
+            uvicorn.run(served, fd=listening.fileno(), access_log=False)
     finally:
         stop.set()
+        listening.close()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    """The API's socket, bound here rather than by uvicorn: a taken port is then one clear line, not
+    uvicorn's logged error and exit."""
+    try:
+        family, kind, proto, _name, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}", "check --host") from exc
+    listening = socket.socket(family, kind, proto)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind(address)
+        listening.listen(2048)
+    except OSError as exc:
+        listening.close()
+        taken = exc.errno == errno.EADDRINUSE
+        raise CliError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            "another process has that port (Airflow takes 8080 under `make up`): choose another --port, "
+            "or --port 0 for any free one"
+            if taken
+            else "choose another --port or --host",
+        ) from exc
+    listening.set_inheritable(True)  # uvicorn's worker processes accept on it too
+    return listening
 
 
 @app.command()
@@ -73,13 +113,19 @@ def verify_custody(
     path: str = typer.Argument(..., help="an EPCIS document saved from GET /orders/{id}/custody"),
 ) -> None:
     """Check a custody document offline: every ledger hash recomputed, the chain unbroken to its head."""
-    from cgthub.api.epcis import verify_ledger
+    from cgthub.api.epcis import not_a_custody_document, verify_ledger
 
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
     except (OSError, ValueError) as exc:
         raise CliError(f"cannot read {path}: {exc}", "save the body of GET /orders/{id}/custody to a file") from exc
+    wrong_file = not_a_custody_document(document)
+    if wrong_file:
+        raise CliError(
+            f"{path} is not a custody document: {wrong_file}",
+            "save the body of GET /orders/{id}/custody (an EPCIS 2.0 document with the order's ledger) and check that",
+        )
     problems = verify_ledger(document)
     ledger = document.get("cgthub:ledger") or {}
     if problems:
