@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import textwrap
 from datetime import datetime
 
 import typer
+from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
@@ -27,6 +30,10 @@ def _compile_all() -> list[tuple[registry.MappingFile, object]]:
     return compiled
 
 
+# A change note longer than this is cut at a word, with an ellipsis; the file has the whole note.
+CHANGE_NOTE_WIDTH = 120
+
+
 @app.command("list")
 def list_mappings() -> None:
     """Every mapping file: system, kind, version, effective date, change note."""
@@ -45,7 +52,7 @@ def list_mappings() -> None:
             str(spec.effective),
             spec.format,
             ", ".join(e.name for e in spec.events),
-            " ".join(spec.change_note.split())[:90],
+            textwrap.shorten(spec.change_note, CHANGE_NOTE_WIDTH, placeholder=" …"),
         )
     console.print(table)
 
@@ -87,21 +94,27 @@ def test_fixtures(
             console.print(f"[red]FAIL[/] {found.ref}: {problem}")
         for result in report.results:
             mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
-            console.print(f"{mark} {found.ref} {result.name}{': ' + result.problem if result.problem else ''}")
+            console.print(f"{mark} {found.ref} {result.name}{': ' + escape(result.problem) if result.problem else ''}")
+        for written in report.updated:
+            console.print(f"[yellow]wrote[/] {found.ref} fixtures/{written}")
         failed += 0 if report.ok else 1
     if failed:
-        raise CliError(f"{failed} mapping(s) fail their fixtures", "compare the events above with the .expected.json")
+        raise CliError(
+            f"{failed} mapping(s) fail their fixtures",
+            "compare the events above with <fixture>.expected.json, or <fixture>.vN.expected.json for version N only",
+        )
+
+
+_DIFF_USAGE = "cgthub mappings diff SYSTEM/KIND vA [vB], e.g. crm/enrollment v1 v2 (or crm enrollment v1)"
 
 
 @app.command("diff")
 def diff_versions(
-    target: str = typer.Argument(..., metavar="SYSTEM/KIND"),
-    old: str = typer.Argument(..., metavar="vA"),
-    new: str = typer.Argument(..., metavar="vB"),
+    words: list[str] = typer.Argument(..., metavar="SYSTEM/KIND vA [vB]", help="vB defaults to the newest version"),
     limit: int = typer.Option(10_000, help="archived payloads to compare at most"),
 ) -> None:
     """Which canonical fields change between two versions, on the archived payloads (or the fixtures)."""
-    system, _, kind = target.partition("/")
+    system, kind, old, new = _diff_target(words)
     mapper_a, mapper_b = _mapper(system, kind, old), _mapper(system, kind, new)
     with open_session(readonly=True) as session:
         payloads = [(f"raw #{row.id}", archive.read(session, row.id)) for row in archived(session, system, kind)][
@@ -173,6 +186,30 @@ def replay_archived(
         )
     for failure in report.failures[:20]:
         console.print(f"[yellow]still failing:[/] {failure}")
+
+
+def _diff_target(words: list[str]) -> tuple[str, str, str, str]:
+    """System, kind and the two versions, from `crm/enrollment v1 v2` or `crm enrollment v1`."""
+    if words and "/" in words[0]:
+        system, _, kind = words[0].partition("/")
+        versions = words[1:]
+    else:
+        system, kind = [*words, "", ""][:2]
+        versions = words[2:]
+    if not system or not kind or not 1 <= len(versions) <= 2:
+        raise CliError(f"cannot tell SYSTEM/KIND and versions from {' '.join(words)!r}", f"usage: {_DIFF_USAGE}")
+    for version in versions:
+        if not re.fullmatch(r"v?\d+", version):
+            raise CliError(f"{version!r} is not a version", f"usage: {_DIFF_USAGE}")
+    if len(versions) == 1:
+        known = registry.versions(system, kind)
+        if not known:
+            raise CliError(f"no mapping for {system}/{kind}", "list mappings with `cgthub mappings list`")
+        versions.append(f"v{known[-1].version}")
+    old, new = (v if v.startswith("v") else f"v{v}" for v in versions)
+    if old == new:
+        raise CliError(f"{old} against itself changes nothing", f"name two versions: {_DIFF_USAGE}")
+    return system, kind, old, new
 
 
 def _mapper(system: str, kind: str, version: str, market: str | None = None):

@@ -35,6 +35,7 @@ class MappingReport:
     results: list[FixtureResult] = field(default_factory=list)
     unreached_rules: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    updated: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -70,6 +71,8 @@ def run_fixture(mapper: CompiledMapping, fixture: Path) -> tuple[list[tuple[str,
 
 
 def check(mapper: CompiledMapping, mapping_path: Path, *, update: bool = False) -> MappingReport:
+    """Each fixture's output against its expectation. With `update`, an expectation this version
+    does not meet (or a missing one) is written; one it meets is left as it is, byte for byte."""
     version = mapper.spec.version
     report = MappingReport(ref=f"{mapper.mapping_id}@v{version}")
     fixtures = inputs(mapping_path)
@@ -79,35 +82,65 @@ def check(mapper: CompiledMapping, mapping_path: Path, *, update: bool = False) 
     reached: set[str] = set()
     for fixture in fixtures:
         produced, rejection = run_fixture(mapper, fixture)
+        if produced is not None:
+            reached.update(rule for rule, _e in produced)
         target = expected_path(fixture, version)
-        if update:
-            target = _update(fixture, version, produced, rejection)
-        if not target.exists():
-            report.results.append(FixtureResult(fixture.name, False, f"no expectation {target.name}"))
-            continue
-        expected = json.loads(target.read_text())
-        if produced is None:
-            wanted = expected.get("rejected") if isinstance(expected, dict) else None
-            ok = bool(wanted) and rejection is not None and rejection.startswith(wanted["stage"] + ":")
-            ok = ok and wanted.get("reason_contains", "") in (rejection or "")
-            report.results.append(FixtureResult(fixture.name, ok, "" if ok else f"rejected: {rejection}"))
-            continue
-        reached.update(rule for rule, _e in produced)
-        events = [e for _r, e in produced]
-        if isinstance(expected, dict):
-            report.results.append(FixtureResult(fixture.name, False, "expected a rejection, got events"))
-            continue
-        problem = _compare(expected, events)
-        report.results.append(FixtureResult(fixture.name, problem is None, problem or ""))
+        result = _judge(fixture, target, produced, rejection) if target.exists() else None
+        if update and (result is None or not result.ok):
+            target, written = _update(fixture, version, produced, rejection)
+            if written:
+                report.updated.append(target.name)
+            result = _judge(fixture, target, produced, rejection)
+        if result is None:
+            own = fixture.with_name(f"{fixture.stem}.v{version}.expected.json").name
+            result = FixtureResult(fixture.name, False, f"no expectation: write {target.name} or {own}")
+        elif not result.ok and target.name != f"{fixture.stem}.v{version}.expected.json":
+            result.problem += _fallback_hint(fixture, version, target, produced, rejection)
+        report.results.append(result)
     report.unreached_rules = [e.rule.name for e in mapper.events if e.rule.name not in reached]
     return report
 
 
+def _judge(
+    fixture: Path, target: Path, produced: list[tuple[str, dict[str, Any]]] | None, rejection: str | None
+) -> FixtureResult:
+    expected = json.loads(target.read_text())
+    if produced is None:
+        wanted = expected.get("rejected") if isinstance(expected, dict) else None
+        ok = bool(wanted) and rejection is not None and rejection.startswith(wanted["stage"] + ":")
+        ok = ok and wanted.get("reason_contains", "") in (rejection or "")
+        return FixtureResult(fixture.name, ok, "" if ok else f"rejected: {rejection}")
+    if isinstance(expected, dict):
+        return FixtureResult(fixture.name, False, "expected a rejection, got events")
+    problem = _compare(expected, [e for _r, e in produced])
+    return FixtureResult(fixture.name, problem is None, problem or "")
+
+
+def _fallback_hint(
+    fixture: Path,
+    version: int,
+    compared: Path,
+    produced: list[tuple[str, dict[str, Any]]] | None,
+    rejection: str | None,
+) -> str:
+    """Say which file a version without its own expectation was held to, and what would fix it."""
+    own = f"{fixture.stem}.v{version}.expected.json"
+    hint = f" (compared with {compared.name}: there is no {own}"
+    for earlier in range(version - 1, 0, -1):
+        other = fixture.with_name(f"{fixture.stem}.v{earlier}.expected.json")
+        if other.exists() and _judge(fixture, other, produced, rejection).ok:
+            return hint + f"; v{version} gives what {other.name} documents: copy it to {own})"
+    return hint + f"; if v{version} is meant to give this, `cgthub mappings test --update` writes {own})"
+
+
 def _update(
     fixture: Path, version: int, produced: list[tuple[str, dict[str, Any]]] | None, rejection: str | None
-) -> Path:
+) -> tuple[Path, bool]:
     """Write what this version produces: into the shared expectation when there is none or it agrees,
-    else into this version's own file (a later version that changes output documents the change)."""
+    else into this version's own file (a later version that changes output documents the change).
+
+    Returns the file and whether it was written: one whose content already says this is left alone.
+    """
     body: Any = [_mask_tokens(e) for _r, e in produced] if produced is not None else {"rejected": _rejection(rejection)}
     shared = fixture.with_name(f"{fixture.stem}.expected.json")
     own = fixture.with_name(f"{fixture.stem}.v{version}.expected.json")
@@ -115,8 +148,10 @@ def _update(
         target = shared
     else:
         target = own
+    if target.exists() and json.loads(target.read_text()) == body:
+        return target, False
     target.write_text(json.dumps(body, indent=2, sort_keys=True) + "\n")
-    return target
+    return target, True
 
 
 def _mask_tokens(value: Any) -> Any:
