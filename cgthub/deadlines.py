@@ -145,8 +145,11 @@ def run(session: Session, now: datetime, config: OpsConfig) -> DeadlineRun:
                 details=breach.details,
             )
             if alert.status != "open":  # cleared once, late again: reopen the same alert
-                alert.status, alert.closed_at, alert.message = "open", None, breach.message
+                alert.status, alert.closed_at = "open", None
                 known = None
+            # The text says how late, so far: it follows the order rather than the day it was raised.
+            if alert.message != breach.message or alert.details != breach.details:
+                alert.message, alert.details = breach.message, breach.details
             if known is None:
                 session.flush()
                 result.opened.append(alert.id)

@@ -270,24 +270,35 @@ def render_table(now: datetime) -> str:
             if alert.order_id:
                 open_by_order[alert.order_id].append(_alert_label(alert.kind, alert.severity))
     header = (
-        f"{'order':<20} {'crm':<9} {'mkt':<3} {'site':<9} {'status':<19} {'milestones':<36} {'v2v d':>5}  open alerts"
+        f"{'order':<20} {'CRM order':<9} {'market':<6} {'site':<9} {'status':<19} "
+        f"{'milestones reached, latest':<40} {'vein-to-vein':>12}  open alerts"
     )
     lines = [header, "-" * len(header)]
     for order in orders:
         reached = [s for s in MAIN_PATH if s.value in order.milestones]
         last = reached[-1] if reached else None
-        marks = f"{len(reached):>2}/{len(MAIN_PATH)}"
+        marks = f"{len(reached):>2} of {len(MAIN_PATH)}"
         if last is not None:
-            marks += f" {last.value} {order.milestones[last.value]:%m-%d}"
+            marks += f", {last.value} {order.milestones[last.value]:%m-%d}"
         if order.released_under_exception:
-            marks += " (OOS->exc)"
+            marks += " *"
         v2v = order.vein_to_vein_days(now)
         lines.append(
-            f"{order.order_id:<20} {order.refs.crm_order_id or '':<9} {order.market or '':<3} {order.site or '':<9} "
-            f"{order.status.value:<19} {marks:<36} {'' if v2v is None else f'{v2v:g}':>5}  "
+            f"{order.order_id:<20} {order.refs.crm_order_id or '':<9} {order.market or '':<6} {order.site or '':<9} "
+            f"{order.status.value:<19} {marks:<40} {'' if v2v is None else f'{v2v:g} d':>12}  "
             f"{', '.join(sorted(open_by_order.get(order.order_id, []))) or '-'}"
         )
+    lines += ["", *_TABLE_LEGEND]
     return "\n".join(lines)
+
+
+_TABLE_LEGEND = (
+    "milestones reached: how many of the main path's steps (enrolled ... infused) the order has passed,",
+    "  then the latest one and its date (month-day); * = the batch failed a QC specification (OOS) and",
+    "  was released under a documented exception.",
+    "vein-to-vein: days from apheresis collection to infusion, or to now while the order is open.",
+    "open alerts: the kinds still open on the order; ! = critical.",
+)
 
 
 def _alert_label(kind: str, severity: str) -> str:
