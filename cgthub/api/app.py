@@ -8,6 +8,7 @@ the access log, whatever its outcome.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,8 @@ from cgthub.api.auth import PrincipalCache
 from cgthub.api.deps import reject_unknown_parameters
 from cgthub.api.schemas import Health
 from cgthub.store import database_url as configured_url
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """\
 Normalized CGT order status, PHI-free timelines, chain of custody (GS1 EPCIS 2.0), FHIR R4 bundles,
@@ -46,11 +49,11 @@ _AUDIT_UNAVAILABLE = json.dumps(
 
 
 class AuditMiddleware:
-    """Pure ASGI (no body buffering): commits one access-log row per request before the answer starts.
+    """Pure ASGI (no body buffering): journals one access-log row per request before the answer starts.
 
     The row is written when the response's status line is known (`http.response.start`) and the
-    status line is sent only once the row is committed; a request whose row cannot be committed is
-    answered 503 `audit_unavailable` instead, so no answer goes out unlogged."""
+    status line is sent only after it; a request whose row cannot be written is answered 503
+    `audit_unavailable` instead, so no answer goes out unlogged."""
 
     def __init__(self, app: ASGIApp, writer: AuditWriter) -> None:
         self.app = app
@@ -69,9 +72,9 @@ class AuditMiddleware:
                 return  # the app's own answer was replaced by the 503
             if message["type"] == "http.response.start" and not started:
                 started = True
-                if not await self.writer.commit(self._access(scope, int(message["status"]))):
+                if not self._record(scope, int(message["status"])):
                     refused = True
-                    await self._refuse(scope, send)
+                    await self._refuse(send)
                     return
             await send(message)
 
@@ -79,16 +82,13 @@ class AuditMiddleware:
             await self.app(scope, receive, logged_first)
         finally:
             if not started:  # no answer from the app (it raised, and the server answers 500 next)
-                access = self._access(scope, 500)
-                if not await self.writer.commit(access):
-                    self.writer.keep(access)
+                self._record(scope, 500)
 
-    @staticmethod
-    def _access(scope: Scope, status: int) -> Access:
+    def _record(self, scope: Scope, status: int) -> bool:
         state = scope.get("state") or {}
         route = scope.get("route")
         client = scope.get("client")
-        return Access(
+        access = Access(
             method=scope.get("method", "?"),
             path=scope.get("path", ""),
             status_code=status,
@@ -97,9 +97,15 @@ class AuditMiddleware:
             order_id=(scope.get("path_params") or {}).get("order_id"),
             client=client[0] if client else None,
         )
+        try:
+            self.writer.record(access)
+        except OSError:
+            log.exception("could not journal an API access; the request is answered 503")
+            return False
+        return True
 
-    async def _refuse(self, scope: Scope, send: Send) -> None:
-        self.writer.keep(self._access(scope, 503))
+    @staticmethod
+    async def _refuse(send: Send) -> None:
         headers = [
             (b"content-type", b"application/json"),
             (b"content-length", str(len(_AUDIT_UNAVAILABLE)).encode()),
@@ -113,15 +119,15 @@ def create_app(
     database_url: str | None = None, *, audit_interval: float = 0.2, key_cache_seconds: float = 2.0
 ) -> FastAPI:
     """The API on `database_url` (default: CGTHUB_DATABASE_URL). A revoked key stops working within
-    `key_cache_seconds`; each request's access-log row is committed before its answer is sent, and
-    the rows of requests refused 503 because the log was not writable are retried every
-    `audit_interval` seconds."""
+    `key_cache_seconds`; each request's access-log row is journaled before its answer is sent and
+    in the table at most `audit_interval` seconds later (see `cgthub.api.audit`)."""
     url = configured_url(database_url)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.audit.start()  # replays the journals of processes that died
         yield
-        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit never runs: write kept rows here.
+        # uvicorn re-raises SIGTERM after a graceful shutdown, so atexit never runs: drain here.
         app.state.audit.close()
 
     app = FastAPI(
@@ -133,7 +139,7 @@ def create_app(
         openapi_url="/openapi.json",
     )
     app.state.database_url = url
-    app.state.audit = AuditWriter(url, retry_interval=audit_interval)
+    app.state.audit = AuditWriter(url, interval=audit_interval)
     app.state.keys = PrincipalCache(key_cache_seconds)
     errors.install(app)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Boolean, Index, Integer, LargeBinary, String
+from sqlalchemy import Boolean, Index, Integer, LargeBinary, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from cgthub.tables import Base, BigId, utcnow
@@ -32,7 +32,10 @@ class ApiAccess(Base):
     """One line per request, allowed or not (21 CFR Part 11: who looked at what, when)."""
 
     __tablename__ = "api_access_log"
-    __table_args__ = (Index("ix_api_access_key_at", "key_id", "at"),)
+    __table_args__ = (
+        Index("ix_api_access_key_at", "key_id", "at"),
+        UniqueConstraint("request_id", name="uq_api_access_request"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     at: Mapped[datetime] = mapped_column(index=True)
@@ -43,6 +46,8 @@ class ApiAccess(Base):
     order_id: Mapped[str | None] = mapped_column(String(40), index=True)
     status_code: Mapped[int] = mapped_column(Integer)
     client: Mapped[str | None] = mapped_column(String(64))
+    # Names the request in the API's local journal, so a row replayed after a crash is written once.
+    request_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class WebhookSubscription(Base):
