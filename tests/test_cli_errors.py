@@ -18,7 +18,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from cgthub import ledger, pipeline
+from cgthub import ledger, pipeline, quarantine
 from cgthub.cli import app
 from cgthub.mapping import registry
 from cgthub.store import session_scope
@@ -253,3 +253,14 @@ def test_demo_table_explains_its_columns(db_url):
     assert "vein-to-vein" in header and "milestones reached" in header
     assert "vein-to-vein: days from apheresis collection to infusion" in legend and "! = critical" in legend
     assert f"{len(MAIN_PATH)} of {len(MAIN_PATH)}" in table
+
+
+@pytest.mark.parametrize("stage", list(quarantine.Stage))
+def test_quarantine_show_explains_every_stage(db_url, stage):
+    """A stage added to the pipeline (such as `route`) is explained, not a crash of `show`."""
+    with session_scope(db_url) as s:
+        entry = quarantine.put(s, stage=stage, reason="an operator-readable reason", system="hl7", kind="ORM^O01")
+        entry_id = str(entry.id)
+    shown = CliRunner().invoke(app, ["quarantine", "show", entry_id])
+    assert shown.exit_code == 0, shown.output
+    assert f"stage:   {stage.value}: " in shown.output and "an operator-readable reason" in shown.output

@@ -21,6 +21,7 @@ app = typer.Typer(help="Quarantined payloads and events.", no_args_is_help=True)
 _STAGE_MEANING = {
     quarantine.Stage.RECEIVE: "the payload could not be received and archived",
     quarantine.Stage.PARSE: "the payload could not be read in its format",
+    quarantine.Stage.ROUTE: "its site, sender or market is not in the site registry (config/sites.yaml)",
     quarantine.Stage.MAP: "the partner's mapping could not turn the payload into events",
     quarantine.Stage.VALIDATE: "the mapping made an event the canonical model refuses",
     quarantine.Stage.CORRELATE: "no order matches the event's references (yet)",
