@@ -6,6 +6,7 @@ order that does not exist, so a key cannot probe for orders it may not see.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Annotated, Any
@@ -36,7 +37,7 @@ from cgthub.api.schemas import (
 )
 from cgthub.lifecycle import OrderStatus, effective_events
 from cgthub.model import CanonicalEvent
-from cgthub.tables import Alert, Order
+from cgthub.tables import Alert, Order, QuarantineEntry
 
 router = APIRouter(tags=["orders"], responses=ERROR_RESPONSES | {404: NOT_FOUND_RESPONSE})
 
@@ -123,13 +124,58 @@ def list_orders(
 
 # GET /orders/{id} is the API's hot path: one statement in Core, the order with its open alerts
 # (through the ORM the same read cost more than twice as much; bench/api_bench.py).
-_ALERT_COLUMNS = ("id", "kind", "severity", "message", "opened_at")
+_ALERT_COLUMNS = ("id", "kind", "severity", "message", "opened_at", "details")
 _ORDER_WITH_OPEN_ALERTS = (
     select(Order.__table__, *(getattr(Alert, c).label(f"alert_{c}") for c in _ALERT_COLUMNS))
     .select_from(Order.__table__.outerjoin(Alert, and_(Alert.order_id == Order.id, Alert.status == "open")))
     .where(Order.id == bindparam("order_id"))
     .order_by(Alert.id)
 )
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _linked_orders(connection: Connection, order_id: str, details: Any) -> list[Any]:
+    """The other orders an alert's facts link it to: order ids in its details, or in the details of
+    the quarantine entry it names (which records every order a conflict involved)."""
+    facts = dict(details) if isinstance(details, dict) else {}
+    quarantine_id = facts.get("quarantine_id")
+    if isinstance(quarantine_id, int):
+        entry = connection.execute(
+            select(QuarantineEntry.details).where(QuarantineEntry.id == quarantine_id)
+        ).scalar_one_or_none()
+        facts["quarantine"] = entry or {}
+    candidates = {text for text in _strings(facts) if 0 < len(text) <= 40 and text != order_id}
+    if not candidates:
+        return []
+    return list(
+        connection.execute(select(Order.id, Order.site, Order.cmo, Order.market).where(Order.id.in_(candidates)))
+    )
+
+
+def _alert_text(connection: Connection, principal: Principal, order_id: str, alert: Any) -> str:
+    """The alert's text with the orders its facts link it to, for a key that may see them all; a key
+    that may not see one of them reads only what happened to its own order (an alert stored before
+    links moved into the facts may name the other order or its identifiers in its text)."""
+    if not alert.details:
+        return str(alert.message)
+    linked = _linked_orders(connection, order_id, alert.details)
+    if any(not principal.can_see(site=o.site, cmo=o.cmo, market=o.market) for o in linked):
+        return (
+            f"{alert.kind.replace('_', ' ')} on this order, involving an order outside this key's data scope; "
+            "an operator who may see both has the details"
+        )
+    unnamed = sorted(o.id for o in linked if o.id not in alert.message)
+    return f"{alert.message} (linked orders: {', '.join(unnamed)})" if unnamed else str(alert.message)
 
 
 @router.get("/orders/{order_id}", response_model=OrderDetail, response_model_exclude_none=False)
@@ -182,7 +228,13 @@ async def get_order(
             for s in state.shipments.values()
         ],
         alerts=[
-            AlertView(id=a.id, kind=a.kind, severity=a.severity, message=a.message, opened_at=a.opened_at)
+            AlertView(
+                id=a.id,
+                kind=a.kind,
+                severity=a.severity,
+                message=_alert_text(connection, principal, order.id, a),
+                opened_at=a.opened_at,
+            )
             for a in alerts
         ],
         vein_to_vein_days=state.vein_to_vein_days(datetime.now(UTC)),
