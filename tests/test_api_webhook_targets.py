@@ -3,6 +3,7 @@ when subscribing and again at delivery, on the address actually connected to."""
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import threading
 from collections.abc import Iterator
@@ -107,7 +108,10 @@ def test_a_site_key_cannot_point_webhooks_inward(api, receiver, monkeypatch):
         "http://[fe80::1]/",
         "http://0.0.0.0:9000/",
         "http://224.0.0.251/",
+        "http://100.64.0.1/",
+        f"http://{PUBLIC}/",  # a public address of this very machine
     ]
+    monkeypatch.setattr(webhook_targets, "own_addresses", lambda: frozenset({ipaddress.ip_address(PUBLIC)}))
     for url in inward:
         _refused(site_key.post("/subscriptions", json={"url": url}))
     assert site_key.get("/subscriptions").json() == []
@@ -121,9 +125,10 @@ def test_the_allow_list_opens_exactly_what_it_names(api, receiver, monkeypatch):
     _refused(client.post("/subscriptions", json={"url": f"http://127.0.0.1:{_closed_port()}/"}))
     # A host named without a port opens its ports but the hub's own.
     monkeypatch.setenv("CGTHUB_WEBHOOK_ALLOW", "127.0.0.1")
+    monkeypatch.setenv("CGTHUB_MLLP_LISTENER", "0.0.0.0:12575")
     assert client.post("/subscriptions", json={"url": target}).status_code == 201
     api_port = int(api.base_url.rsplit(":", 1)[1])
-    for port in (2575, 8080, api_port):
+    for port in (2575, 8080, 8088, 12575, api_port):
         _refused(client.post("/subscriptions", json={"url": f"http://127.0.0.1:{port}/"}))
 
     api_server.build_orders(api.database_url, [happy_path(1)[:1]])

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 import psutil
 
 ALLOW_ENV = "CGTHUB_WEBHOOK_ALLOW"
-DEFAULT_HUB_PORTS = frozenset({2575, 8080})
+DEFAULT_HUB_PORTS = frozenset({2575, 8080, 8088})  # MLLP listener, Airflow, `cgthub api serve`
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
@@ -63,7 +63,7 @@ class _Entry:
 
 
 def hub_ports() -> frozenset[int]:
-    """Ports of the hub's own services: the MLLP listener's (CGTHUB_MLLP_LISTENER), the API's and Airflow's."""
+    """Ports of the hub's own services: the MLLP listener's (also CGTHUB_MLLP_LISTENER's), Airflow's and the API's."""
     ports = set(DEFAULT_HUB_PORTS)
     listener = os.environ.get("CGTHUB_MLLP_LISTENER", "")
     if listener.rpartition(":")[2].isdigit():
