@@ -48,15 +48,20 @@ def serve(
     if webhooks:
         threading.Thread(target=delivery.run_forever, args=(url, stop), name="cgthub-webhooks", daemon=True).start()
     try:
+        # The bound socket itself goes to uvicorn, not its fd: uvicorn opens an fd as a Unix socket,
+        # so asyncio would leave Nagle on for TCP and every small answer waits for a delayed ACK.
         if workers > 1:
-            uvicorn.run("cgthub.api:create_app", factory=True, fd=listening.fileno(), workers=workers, access_log=False)
+            from uvicorn.supervisors import Multiprocess
+
+            config = uvicorn.Config("cgthub.api:create_app", factory=True, workers=workers, access_log=False)
+            Multiprocess(config, sockets=[listening]).run()
         else:
             from cgthub import runtime
             from cgthub.api import create_app
 
             served = create_app(url)
             runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
-            uvicorn.run(served, fd=listening.fileno(), access_log=False)
+            uvicorn.Server(uvicorn.Config(served, access_log=False)).run(sockets=[listening])
     finally:
         stop.set()
         listening.close()
