@@ -21,7 +21,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 from typing import IO, Any
@@ -51,9 +51,13 @@ def entry_mac_base(key: bytes | None = None) -> hmac.HMAC:
     return _keyed(key if key is not None else get_settings().ledger_key, _ENTRY_DOMAIN)
 
 
-def _utc_text(moment: datetime) -> str:
-    """As the store gives the moment back (UTC), whatever offset it was written with."""
-    return moment.astimezone(UTC).isoformat()
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def _micros(moment: datetime) -> int:
+    """The instant in whole microseconds (what both stores keep), whatever offset it carries."""
+    return (moment - _EPOCH) // _MICROSECOND
 
 
 def entry_mac(
@@ -79,8 +83,8 @@ def entry_mac(
         source_system,
         source_event_id,
         event_type,
-        _utc_text(occurred_at),
-        _utc_text(recorded_at),
+        _micros(occurred_at),
+        _micros(recorded_at),
         raw_id,
     ]
     try:

@@ -37,11 +37,32 @@ def cgthub_monitoring():
         return {"checked": result.orders_checked, "opened": result.opened, "closed": result.closed}
 
     @task
+    def checkpoint_ledger() -> dict:
+        """Sign every moved chain head into the checkpoint file outside the database; a chain that
+        contradicts an earlier checkpoint is not recorded and opens a critical alert."""
+        from cgthub import alerts, ledger_anchor
+        from cgthub.store import session_scope
+
+        with session_scope() as session:
+            result = ledger_anchor.checkpoint(session)
+            for order_id, problem in result.problems:
+                alerts.raise_alert(
+                    session,
+                    kind="ledger_tampered",
+                    severity=alerts.Severity.CRITICAL,
+                    order_id=order_id or None,
+                    message=f"ledger contradicts its checkpoint: {problem}; run `cgthub ledger verify`",
+                    dedupe_key=f"ledger_tampered:{order_id}:{problem}"[:300],
+                )
+        return {"recorded": result.recorded, "orders": result.orders, "problems": len(result.problems)}
+
+    @task
     def notify(result: dict, **context) -> dict:
         HubAlertNotifier().notify(context)
         return result
 
-    notify(check_deadlines())
+    anchored = checkpoint_ledger()
+    anchored >> notify(check_deadlines())
 
 
 cgthub_monitoring()

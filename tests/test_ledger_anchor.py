@@ -225,3 +225,70 @@ def test_an_entry_sealed_with_another_key_does_not_verify(db_url, checkpoints, m
     monkeypatch.setenv("CGTHUB_LEDGER_KEY", base64.urlsafe_b64encode(b"k" * 32).decode())
     bad = _cli("ledger", "verify", url=db_url)
     assert bad.returncode == 1 and bad.stdout.count("seal does not match") == 13
+
+
+def test_upgrading_seals_the_entries_that_still_hash_and_only_those(tmp_path, checkpoints):
+    """0013 seals what the hub wrote before it; an entry already edited stays unsealed and named."""
+    import sqlalchemy as sa
+
+    from cgthub import store
+    from cgthub.tables import UTCDateTime
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    store.upgrade(url, "0012")
+    orders = sa.table(
+        "orders",
+        *(sa.column(c) for c in ("id", "status", "on_hold", "projection", "ledger_length", "ledger_head")),
+        *(sa.column(c) for c in ("projected_length",)),
+        sa.column("created_at", UTCDateTime()),
+        sa.column("updated_at", UTCDateTime()),
+    )
+    entries = sa.table(
+        "ledger_entries",
+        *(sa.column(c) for c in ("order_id", "seq", "source_system", "source_event_id", "event_type", "raw_id")),
+        *(sa.column(c) for c in ("body", "prev_hash", "entry_hash")),
+        sa.column("occurred_at", UTCDateTime()),
+        sa.column("recorded_at", UTCDateTime()),
+    )
+    rows, heads = [], {}
+    for order_id, events in (("ORD-OLD-1", happy_path(1)), ("ORD-OLD-2", happy_path(2))):
+        prev = ledger.GENESIS
+        for seq, e in enumerate(events, start=1):
+            body = e.canonical_body()
+            digest = ledger.entry_hash(prev_hash=prev, order_id=order_id, seq=seq, recorded_at=T0, body=body)
+            rows.append(
+                {
+                    "order_id": order_id,
+                    "seq": seq,
+                    "source_system": e.source_system.value,
+                    "source_event_id": e.source_event_id,
+                    "event_type": e.event_type.value,
+                    "raw_id": None,
+                    "body": body,
+                    "prev_hash": prev,
+                    "entry_hash": digest,
+                    "occurred_at": e.occurred_at,
+                    "recorded_at": T0,
+                }
+            )
+            prev = digest
+        heads[order_id] = (len(events), prev)
+    rows[1]["body"] = rows[1]["body"].replace('"mapping_version":"1"', '"mapping_version":"2"')  # edited before
+    with store.session_scope(url) as s:
+        s.execute(
+            sa.insert(orders),
+            [
+                {"id": oid, "status": "infused", "on_hold": False, "projection": "{}", "ledger_length": n,
+                 "ledger_head": head, "projected_length": n, "created_at": T0, "updated_at": T0}
+                for oid, (n, head) in heads.items()
+            ],
+        )  # fmt: skip
+        s.execute(sa.insert(entries), rows)
+    store.upgrade(url)
+    with store.session_scope(url, readonly=True) as s:
+        unsealed = s.scalars(select(LedgerEntry.seq).where(LedgerEntry.entry_mac.is_(None))).all()
+        orders_checked, problems = ledger.verify(s)
+    store.dispose_engines()
+    assert unsealed == [2] and orders_checked == 2
+    assert {(p.order_id, p.seq) for p in problems} == {("ORD-OLD-1", 2)}
+    assert {p.problem.split(" (")[0] for p in problems} == {"content does not match its hash", "entry has no seal"}

@@ -81,7 +81,7 @@ def ingest(
     paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="HL7 files or batch files"),
     batch: int = typer.Option(500, min=1, max=10_000),
 ) -> None:
-    """Ingest HL7 files; each moves to done/ or failed/ beside it."""
+    """Ingest HL7 files; each is deleted once archived, a receipt left in done/ or failed/ beside it."""
     from cgthub.hl7.files import ingest_paths
 
     tune_gc()
@@ -92,5 +92,10 @@ def ingest(
         f"{report.files} files, {report.messages} messages: {report.accepted} accepted, "
         f"{report.errors} archived but quarantined (AE), {report.rejected} rejected (AR)"
     )
+    if report.kept_files:
+        raise CliError(
+            f"some messages of {', '.join(report.kept_files)} could not be archived; the files stay where they are",
+            "ingest them again once the database is healthy (what was archived counts as a duplicate)",
+        )
     if report.failed_files:
-        raise CliError(f"no readable message in {', '.join(report.failed_files)} (moved to failed/)", None)
+        raise CliError(f"no readable message in {', '.join(report.failed_files)} (receipt in failed/)", None)
