@@ -14,8 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from cgthub import pipeline
-from cgthub.mapping import get_mapper
+from cgthub import pipeline, routing
 from cgthub.store import session_scope
 from connectors.courier.signature import HEADER, EmptySecret, verify
 
@@ -37,8 +36,8 @@ def create_app(*, secret: str, database_url: str | None = None) -> FastAPI:
             client = request.client.host if request.client else "?"
             log.warning("courier webhook from %s refused: missing or invalid %s", client, HEADER)
             return JSONResponse({"error": f"missing or invalid {HEADER}"}, status_code=401)
-        mapper = get_mapper("courier", "tracking_event")
         with session_scope(database_url) as session:
+            mapper = routing.mapper(session, "courier", "tracking_event")
             result = pipeline.ingest(
                 session,
                 system="courier",
