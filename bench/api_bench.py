@@ -33,9 +33,9 @@ from sqlalchemy import create_engine, text
 
 from cgthub import store
 from cgthub.api.auth import create_key
+from cgthub.devtools.samples import happy_path
 from cgthub.ledger import GENESIS, canonical_json
 from cgthub.lifecycle import project
-from tests.factories import happy_path
 
 PG_ADMIN_URL = os.environ.get("CGTHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MARKETS = ["US", "DE", "FR", "ES", "IT", "GB", "NL", "CH"]

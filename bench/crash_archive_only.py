@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     sys.path.insert(0, str(ROOT))
 
     from cgthub import ledger, store
-    from tests.factories import enrolment
+    from cgthub.devtools.samples import enrolment
 
     store.upgrade(url)
     acked_total = lost_total = 0

@@ -26,12 +26,12 @@ from hl7apy.parser import parse_message
 
 from cgthub import ledger, runtime, store
 from cgthub.archive import checksum, seal
+from cgthub.devtools.samples import enrolment
 from cgthub.hl7.files import ingest_paths
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import FrameDecoder, frame
 from cgthub.store import session_scope
 from cgthub.tables import RawMessage, utcnow
-from tests.factories import enrolment
 
 
 def messages(count: int) -> list[bytes]:

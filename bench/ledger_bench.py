@@ -14,9 +14,9 @@ from pathlib import Path
 
 from cgthub import pipeline, runtime, store
 from cgthub.archive import Inbound
+from cgthub.devtools.samples import happy_path
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
-from tests.factories import happy_path
 
 
 class PassThrough:

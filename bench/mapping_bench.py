@@ -27,7 +27,8 @@ import orjson
 import yaml
 
 from cgthub import hl7v2, runtime
-from cgthub.identifiers import mod37_2_check, normalize_din, validate_coi_id
+from cgthub.devtools.samples import json_record
+from cgthub.identifiers import normalize_din, validate_coi_id
 from cgthub.mapping import registry
 from cgthub.mapping.transforms import parse_datetime, zone
 from cgthub.model import CanonicalEvent
@@ -37,28 +38,6 @@ HERE = Path(__file__).parent
 JSON_MAPPING = HERE / "mappings" / "crm" / "order_record" / "v1.yaml"
 HL7_MAPPING = registry.mappings_dir() / "hl7" / "ORM_O01" / "v1.yaml"
 NOW = datetime(2026, 3, 2, tzinfo=UTC)
-
-
-def json_record(n: int) -> bytes:
-    body = f"W1234{26:02d}{n % 1_000_000:06d}"
-    return json.dumps(
-        {
-            "id": f"CRM-{n:06d}",
-            "status": "ENROLLED",
-            "enrolledAt": "2026-03-02T09:00:00",
-            "note": "first order",
-            "product": "KYM-CD19",
-            "priority": "2",
-            "site": {"id": "US-BOS-01", "country": "us"},
-            "patient": {"coiId": f"CHW123426{n % 1_000_000:06d}", "mrn": f"MRN{n:08d}", "weightKg": "71.5"},
-            "apheresis": {"scheduledFor": "2026-03-09T08:00:00"},
-            "erp": {"salesOrder": f"SO-{n}"},
-            "hospital": {"placer": f"PL-{n}"},
-            "cmo": {"batch": f"B-{n}", "site": "CMO-EAST"},
-            "unit": {"din": body + mod37_2_check(body), "lot": f"LOT-{n}"},
-            "shipment": {"id": f"SHP-{n}", "leg": "OUT"},
-        }
-    ).encode()
 
 
 def hl7_record(n: int) -> bytes:

@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-from bench.mapping_bench import json_record
+from cgthub.devtools.samples import json_record
 from cgthub.mapping import codegen, fixtures, registry
 from cgthub.pipeline import PayloadRejected
 from tests.factories import MAPPED_VALUES
