@@ -1,11 +1,11 @@
-"""HL7 ingest speed (issue #4): file drop and MLLP with 8 concurrent senders, beside a naive pipeline.
+"""HL7 ingest speed: file drop and MLLP with 8 concurrent senders, beside a naive pipeline.
 
 20,000 generated ORM^O01 / SIU^S12 messages for pre-enrolled orders go the whole way: frame ->
 archive -> parse -> map -> ledger -> projection, on SQLite. The naive pipeline parses each message
 with hl7apy and inserts and commits one ORM row per message (measured on a slice: it is slow).
 The MLLP senders run in a process of their own (the hospital's core, not the listener's), by
 default all on one event loop, as an interface engine holds its connections; `--client threads`
-gives each sender a thread, whose GIL hand-offs added about 0.1 ms to a round of ACKs here.
+gives each sender a thread, whose GIL hand-offs lengthen a round of ACKs.
 Run: .venv/bin/python -m bench.hl7_bench [--messages 20000] [--senders 8] [--repeat 3] [--client threads]
 """
 

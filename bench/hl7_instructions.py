@@ -1,7 +1,7 @@
 """Instructions per HL7 message on the full ingest path, counted by valgrind (callgrind): a figure
 that does not move with this VM's speed, which swings two to three times from minute to minute.
 
-For comparing commits (issue #4): each revision is checked out in a temporary worktree, a database
+For comparing commits: each revision is checked out in a temporary worktree, a database
 with the orders is prepared there without valgrind, and then the same messages go through
 archive, parse, map, ledger and projection twice under callgrind: after imports and a warm-up
 batch, once no more and once `--messages`; the difference over the count is the cost of one

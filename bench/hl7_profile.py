@@ -1,4 +1,4 @@
-"""Where HL7 full-ingest time goes (issue #4): the cost of one group-commit transaction and of
+"""Where HL7 full-ingest time goes: the cost of one group-commit transaction and of
 each message in it, and which functions of the core spend it.
 
 With 8 MLLP senders each waiting for its ACK, a group commit holds at most 8 messages, so

@@ -8,7 +8,7 @@ per record), and one that also reads the YAML for every record (the issue's "int
 record"); and the ratios. Also the decoding alone (orjson.loads, a plain split), which every path
 pays first: a reading of the machine, which this VM changes by two to three times between sessions;
 bench/mapping_instructions.py counts the fast path's instructions instead, which do not move.
-Target (issue #3): >= 100,000 JSON records/s and >= 20x the naive baseline.
+Target: >= 100,000 JSON records/s and >= 20x the naive baseline.
 Run: .venv/bin/python -m bench.mapping_bench [--records N]
 """
 

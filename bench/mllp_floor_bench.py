@@ -1,5 +1,5 @@
-"""What 8 MLLP senders that each wait for their ACK can reach on this machine with no ingest at all
-(issue #4): the ceiling the listener's figure sits under.
+"""What 8 MLLP senders that each wait for their ACK can reach on this machine with no ingest at all:
+the ceiling the listener's figure sits under.
 
 The same hospital process as `bench.hl7_bench` (one event loop, 8 connections, a message, its ACK,
 the next) talks to a bare asyncio server built on the listener's own frame decoder, in three modes:

@@ -1,4 +1,4 @@
-"""Incremental sync costs in proportion to what changed (issue #5).
+"""Incremental sync costs in proportion to what changed.
 
 The CRM sandbox holds N therapy-order records last modified over the past 30 days. A full sync reads and
 applies all of them; then 100 records change and an incremental pull (modified-since watermark,

@@ -1,10 +1,10 @@
 """The statements the batch ingest path runs for every group commit, cheap on SQLite.
 
-On a small batch, SQLAlchemy's work per statement (about 40 us) and per row (about 4 us) cost
-more than SQLite's own. The statements here are built once, and on SQLite run on the DBAPI
-connection of the caller's transaction with the SQL and the value conversions SQLAlchemy
-compiles for them, so what is stored and read is what Core would store and read
-(tests/test_tables.py compares the two). On other backends they are plain Core statements.
+On a small batch, SQLAlchemy's work per statement and per row costs more than SQLite's own. The
+statements here are built once, and on SQLite run on the DBAPI connection of the caller's
+transaction with the SQL and the value conversions SQLAlchemy compiles for them, so what is
+stored and read is what Core would store and read (tests/test_tables.py compares the two).
+On other backends they are plain Core statements.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class BatchRead:
     On SQLite SQLAlchemy compiles it once and expands its IN lists (`construct_expanded_state`),
     and the selected columns' result processors convert what comes back: Core's rows, as tuples,
     at a fifth of Core's cost a statement. The expanded SQL depends only on the lengths of the IN
-    lists, so it is kept per lengths (expanding costs 25-65 us, as much as running the read), and
+    lists, so it is kept per lengths (expanding costs as much as running the read), and
     the values are the parameters in order, each list in place of its one placeholder. A statement
     whose parameters need bind processing runs on Core.
     """

@@ -1,7 +1,7 @@
 """A fast HL7 v2 reader: segments, fields, repetitions, components, terser-style paths.
 
-hl7apy parses ~150 messages/s here, which is right for building and validating messages but not
-for an ingest path. This reader splits only what is asked for: a message is split into segments
+hl7apy parses a whole message into objects, which is right for building and validating messages
+but too slow for an ingest path. This reader splits only what is asked for: a message is split into segments
 once, a segment into fields on first access, and a field into repetitions/components on demand.
 
 Paths follow HL7's (and HAPI terser's) numbering: `PID-3(2).1.2` is segment PID, field 3,

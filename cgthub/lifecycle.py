@@ -85,7 +85,7 @@ _BACKWARD_ALLOWED = {
 
 class _Folded(BaseModel):
     """A model the fold writes into field by field. Nothing validates on assignment, and pydantic's
-    generic assignment costs ~0.5 µs a field while a fold writes a dozen per event: write straight
+    generic assignment is slow for a fold that writes a dozen fields per event: write straight
     into the instance, recording the field as set, as pydantic does."""
 
     def __setattr__(self, name: str, value: Any) -> None:

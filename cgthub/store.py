@@ -35,7 +35,7 @@ def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
         cursor.execute("PRAGMA journal_mode=WAL")
         # FULL: every commit syncs the WAL before it returns. An AA is sent only after the commit, and
         # with NORMAL a committed transaction can still vanish in a power cut or an OS crash, after
-        # the sender has let its copy go. It costs one fsync per commit (~0.4 ms here).
+        # the sender has let its copy go. It costs one fsync per commit.
         cursor.execute("PRAGMA synchronous=FULL")
         # A commit checkpoints only past ~40 MB of WAL, not 4 MB: the process's background checkpointer
         # (`cgthub.wal_checkpoint`) copies the log back first, so this is the fallback.

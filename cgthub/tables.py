@@ -55,7 +55,7 @@ class UTCDateTime(TypeDecorator[datetime]):
 
     def bind_processor(self, dialect: Any) -> Any:
         """On SQLite, the text SQLAlchemy's DATETIME would store, written in one step: the hot write
-        path binds several times per message, and the two-stage default costs 2 us a value. A batch
+        path binds several times per message, and the two-stage default is slow. A batch
         binds one moment many times (its receipt, its recording): the last one's text is kept."""
         if dialect.name != "sqlite":
             return super().bind_processor(dialect)

@@ -2,8 +2,7 @@
 
 In WAL mode every commit appends pages to the `-wal` file; a checkpoint copies them into the
 database file and syncs it, so the log can start over. SQLite runs one inside whichever commit
-crosses `wal_autocheckpoint`: that commit then takes tens of milliseconds instead of a fraction of
-one (up to 70 ms measured for an 8-message group commit, 150 ms for a 1000-message one), and on the
+crosses `wal_autocheckpoint`: that commit then takes many times its usual time, and on the
 MLLP listener every sender in that group commit waits for its ACK meanwhile. One thread per
 process checkpoints each database it writes (PASSIVE: it never blocks a writer or a reader) a few
 times a second on a connection of its own, so a commit rarely pays for a checkpoint. The automatic

@@ -58,7 +58,7 @@ def parse_datetime(value: Any, tz: ZoneInfo) -> datetime:
 def datetime_transform(tz: ZoneInfo) -> Transform:
     """`parse_datetime` in `tz`, with a short cut for the two shapes feeds send most (ISO 8601
     `YYYY-MM-DDTHH:MM:SS`, HL7 TS to the second): `datetime.replace(tzinfo=...)` and `astimezone`
-    cost about 0.8 µs together, so the local time is parsed as if it were UTC and the zone's offset
+    together cost more than the parse, so the local time is parsed as if it were UTC and the zone's offset
     for it subtracted. That is `astimezone`'s own arithmetic (the zone's `utcoffset` reads only the
     wall-clock fields and `fold`, which is 0 here as for any parsed time), so DST gaps and folds come
     out as before; `tests/test_transforms_speed_equivalence.py` checks it on transition days. A value
