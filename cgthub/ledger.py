@@ -14,20 +14,21 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-from sqlalchemy import delete, insert, select
+from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub import alerts, ledger_anchor, projection, quarantine
-from cgthub.bulk import BulkWrite, rows_by_pairs
+from cgthub.bulk import BatchRead, BulkWrite, rows_by_pairs
 from cgthub.correlation import KeyIndex, ScopeConflict, correlate
+from cgthub.errors import CgthubError, Rejection
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
@@ -64,10 +65,53 @@ class AppendResult:
     seq: int | None = None
     quarantine_id: int | None = None
     reason: str | None = None
+    rejection: Rejection | None = None  # why it was quarantined, for the answer to its sender
 
 
-class OrderNotFound(LookupError):
+class OrderNotFound(CgthubError, LookupError):
     pass
+
+
+_ORDERS = Order.__table__
+_LOCK_HEADS = BatchRead(
+    select(
+        _ORDERS.c.id,
+        _ORDERS.c.ledger_length,
+        _ORDERS.c.ledger_head,
+        _ORDERS.c.projected_length,
+        *(_ORDERS.c[name] for name in projection.KEPT_UNLESS_CHANGED),
+    )
+    .where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
+    .with_for_update()
+)
+
+
+def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, projection.OrderHead]:
+    """Read and lock (SELECT ... FOR UPDATE on PostgreSQL) the chain heads of these orders, with
+    their stored projections."""
+    wanted = sorted(set(order_ids))
+    heads: dict[str, projection.OrderHead] = {}
+    connection = session.connection()
+    for start in range(0, len(wanted), _CHUNK):
+        for order_id, length, chain_head, projected, *indexed in _LOCK_HEADS.rows(
+            connection, {"ids": wanted[start : start + _CHUNK]}
+        ):
+            heads[order_id] = projection.OrderHead(order_id, length, chain_head, projected, indexed=tuple(indexed))
+    projection.attach_stored(session, heads.values())
+    return heads
+
+
+def _refresh_projections(
+    session: Session, heads: dict[str, projection.OrderHead], new_events: dict[str, list[CanonicalEvent]]
+) -> None:
+    """Hand the projection the new events of each touched order, and the whole chain of an order
+    whose new events it cannot fold onto what it stored."""
+    histories = {
+        order_id: events(session, order_id)
+        for order_id, new in new_events.items()
+        if projection.needs_history(heads[order_id], new)
+    }
+    projection.refresh_many(session, heads, new_events, histories)
 
 
 def append(session: Session, event: CanonicalEvent) -> AppendResult:
@@ -96,7 +140,7 @@ def append_many(session: Session, events: Sequence[CanonicalEvent]) -> list[Appe
             # Another writer created the order, a key or this very event first: look again.
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
-    projection.refresh_many(session, writer.orders, writer.touched)
+    _refresh_projections(session, writer.orders, writer.touched)
     if writer.key_rows:
         _release_waiting(session, [(row["kind"], row["value"]) for row in writer.key_rows])
     return results
@@ -160,7 +204,7 @@ class _BatchWriter:
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
 
     def _lock(self, order_ids: set[str]) -> None:
-        self.orders.update(projection.lock_heads(self.session, order_ids - self.orders.keys()))
+        self.orders.update(lock_heads(self.session, order_ids - self.orders.keys()))
 
     def _order(self, order_id: str) -> projection.OrderHead:
         if order_id not in self.orders:
@@ -295,7 +339,11 @@ class _BatchWriter:
             )
         log.error("quarantined %s event (quarantine #%s): %s", event.source_system.value, entry.id, reason)
         return AppendResult(
-            "quarantined", order_id, quarantine_id=entry.id, reason=f"{reason} (quarantine #{entry.id})"
+            "quarantined",
+            order_id,
+            quarantine_id=entry.id,
+            reason=f"{reason} (quarantine #{entry.id})",
+            rejection=Rejection.IDENTITY,
         )
 
     def _scope_conflict(self, event: CanonicalEvent, order_id: str | None, conflicts: list[str]) -> AppendResult:
@@ -324,7 +372,7 @@ class _BatchWriter:
             details={"quarantine_id": entry.id, "raw_id": event.provenance.raw_id, "conflicts": conflicts},
         )
         log.error("quarantined %s event (quarantine #%s): %s", event.source_system.value, entry.id, reason)
-        return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
+        return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason, rejection=Rejection.IDENTITY)
 
 
 def _new_order_row(order_id: str) -> dict[str, Any]:
@@ -367,7 +415,7 @@ def _uncorrelated(session: Session, event: CanonicalEvent) -> AppendResult:
     waits_on = [{"quarantine_id": entry.id, "kind": k, "value": v} for k, v in dict.fromkeys(event.all_keys())]
     if waits_on:
         session.execute(insert(WaitingKey), waits_on)
-    return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason)
+    return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason, rejection=Rejection.CORRELATE)
 
 
 def entries(session: Session, order_id: str) -> list[LedgerEntry]:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from cgthub import archive, ledger, quarantine
+from cgthub.errors import PayloadRejected, Rejection
 from cgthub.model import CanonicalEvent
 from cgthub.tables import LedgerEntry, Order, OrderKey, RawMessage, WaitingKey, utcnow
 
@@ -26,16 +27,6 @@ log = logging.getLogger(__name__)
 
 _Item = TypeVar("_Item")
 _Result = TypeVar("_Result")
-
-
-class PayloadRejected(Exception):
-    """A payload that cannot become canonical events. The message must be PHI-free."""
-
-    def __init__(self, stage: quarantine.Stage, reason: str, details: dict[str, Any] | None = None) -> None:
-        super().__init__(reason)
-        self.stage = stage
-        self.reason = reason
-        self.details = details or {}
 
 
 class Mapper(Protocol):
@@ -60,6 +51,7 @@ class IngestResult:
     reasons: list[str] = field(default_factory=list)
     rejected: bool = False
     not_stored: str | None = None  # why the payload could not even be archived: the sender must resend
+    code: Rejection | None = None  # the code of its first rejection or quarantine: what its sender is told
 
     @property
     def ok(self) -> bool:
@@ -191,7 +183,11 @@ def _map_and_apply(
         mapper = mapper_for(item)
         try:
             if mapper is None:
-                raise PayloadRejected(quarantine.Stage.MAP, f"no mapping is configured for {item.system}/{item.kind}")
+                raise PayloadRejected(
+                    quarantine.Stage.MAP,
+                    f"no mapping is configured for {item.system}/{item.kind}",
+                    code=Rejection.UNSUPPORTED_TYPE,
+                )
             try:
                 mapped = mapper.map(item.payload, raw_id=result.raw_id, checksum=digest, received_at=item.received_at)
             except PayloadRejected:
@@ -227,12 +223,13 @@ def _count(owners: list[IngestResult], outcomes: list[ledger.AppendResult]) -> N
         else:
             result.quarantined += 1
             result.reasons.append(outcome.reason or "quarantined")
+            result.code = result.code or outcome.rejection or Rejection.UNAPPLIED
 
 
 def _reject(session: Session, result: IngestResult, system: str, kind: str, rejected: PayloadRejected) -> IngestResult:
     entry = quarantine.put(
         session,
-        stage=rejected.stage,
+        stage=quarantine.Stage(rejected.stage),
         reason=rejected.reason,
         system=system,
         kind=kind,
@@ -244,6 +241,7 @@ def _reject(session: Session, result: IngestResult, system: str, kind: str, reje
     log.warning("quarantined raw #%s (%s/%s) at %s: %s", result.raw_id, system, kind, entry.stage, rejected.reason)
     result.quarantined += 1
     result.reasons.append(rejected.reason)
+    result.code = result.code or rejected.code
     return result
 
 
@@ -295,7 +293,7 @@ def _quarantine_poison(session: Session, item: archive.Inbound, exc: Exception) 
             return result
     except Exception as again:
         log.error("a payload could not be archived (%s after %s)", type(again).__name__, type(exc).__name__)
-        result = IngestResult(raw_id=0, not_stored=failure_text(again))
+        result = IngestResult(raw_id=0, not_stored=failure_text(again), code=Rejection.NOT_STORED)
         result.reasons.append(result.not_stored or "")
         return result
 
@@ -305,6 +303,7 @@ def _poison_rejection(exc: Exception) -> PayloadRejected:
         quarantine.Stage.VALIDATE,
         f"could not be applied: {failure_text(exc)}; it is archived, replay it once the cause is fixed",
         {"error": type(getattr(exc, "orig", None) or exc).__name__},
+        code=Rejection.UNAPPLIED,
     )
 
 

@@ -4,12 +4,16 @@
 or out-of-order events land where they belong; in the common case (new events after everything
 folded) they are folded onto the stored projection. Rows are written with Core statements, one
 UPDATE for a whole batch. New anomalies and excursions raise alerts.
+
+The projection folds only the events it is handed: the ledger locks the order rows, reads their
+chain heads, and hands over an order's whole history when `needs_history` says the new events
+cannot be folded onto what is stored. So this module never reads the ledger (nor imports it).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +21,7 @@ from sqlalchemy import Row, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 
-from cgthub import alerts, changes, ledger
+from cgthub import alerts, changes
 from cgthub.bulk import BatchRead, BulkWrite
 from cgthub.lifecycle import OrderProjection, can_advance, fold_onto, project
 from cgthub.model import CanonicalEvent
@@ -88,19 +92,9 @@ def _after_rollback(session: Session, _previous: Any) -> None:
 _ORDERS = Order.__table__
 # Indexed columns an UPDATE names cost an index entry rewritten (and, on SQLite, its page logged)
 # even when the value stays: a refresh names them only when they change. `updated_at` always does.
-_KEPT_UNLESS_CHANGED = ("status", "market", "site")
-_NOT_READ = (object(),) * len(_KEPT_UNLESS_CHANGED)  # a head made here, not read: equal to nothing, all written
-_LOCK_HEADS = BatchRead(
-    select(
-        _ORDERS.c.id,
-        _ORDERS.c.ledger_length,
-        _ORDERS.c.ledger_head,
-        _ORDERS.c.projected_length,
-        *(_ORDERS.c[name] for name in _KEPT_UNLESS_CHANGED),
-    )
-    .where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
-    .with_for_update()
-)
+# The ledger reads them with the heads it locks (`OrderHead.indexed`).
+KEPT_UNLESS_CHANGED = ("status", "market", "site")
+_NOT_READ = (object(),) * len(KEPT_UNLESS_CHANGED)  # a head made here, not read: equal to nothing, all written
 _STORED_PROJECTIONS = BatchRead(
     select(_ORDERS.c.id, _ORDERS.c.projection).where(_ORDERS.c.id.in_(bindparam("ids", expanding=True)))
 )
@@ -122,12 +116,12 @@ _REFRESHED = (
     "ledger_head",
     "projected_length",
 )
-_ALWAYS_REFRESHED = tuple(name for name in _REFRESHED if name not in _KEPT_UNLESS_CHANGED)
+_ALWAYS_REFRESHED = tuple(name for name in _REFRESHED if name not in KEPT_UNLESS_CHANGED)
 _updates: dict[tuple[str, ...], BulkWrite] = {}
 
 
 def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
-    """The UPDATE of a refresh that changes these of the `_KEPT_UNLESS_CHANGED` columns (few shapes)."""
+    """The UPDATE of a refresh that changes these of the `KEPT_UNLESS_CHANGED` columns (few shapes)."""
     statement = _updates.get(changed)
     if statement is None:
         names = (*_ALWAYS_REFRESHED, *changed)
@@ -142,37 +136,47 @@ def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
 _INSERT_CHANGES = BulkWrite(insert(changes.OrderChange.__table__))
 
 
-def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, OrderHead]:
-    """Read and lock (SELECT ... FOR UPDATE on PostgreSQL) the heads of these orders."""
-    wanted = sorted(set(order_ids))
-    heads: dict[str, OrderHead] = {}
+def attach_stored(session: Session, heads: Iterable[OrderHead]) -> None:
+    """Give each head just read (and locked) by the ledger its stored projection: the state this
+    process folded last when it is still current, else the row's projection column."""
     missing: list[str] = []
+    by_id: dict[str, OrderHead] = {}
+    for head in heads:
+        by_id[head.id] = head
+        cached = _recent.take(head.id, head.ledger_head) if head.projected_length == head.ledger_length else None
+        if cached is None:
+            missing.append(head.id)
+        else:
+            head.state, head.projection = cached
     connection = session.connection()
-    for start in range(0, len(wanted), _CHUNK):
-        for order_id, length, chain_head, projected, *indexed in _LOCK_HEADS.rows(
-            connection, {"ids": wanted[start : start + _CHUNK]}
-        ):
-            head = OrderHead(order_id, length, chain_head, projected, indexed=tuple(indexed))
-            cached = _recent.take(order_id, chain_head) if projected == length else None
-            if cached is None:
-                missing.append(order_id)
-            else:
-                head.state, head.projection = cached
-            heads[order_id] = head
     for start in range(0, len(missing), _CHUNK):
         for order_id, stored in _STORED_PROJECTIONS.rows(connection, {"ids": missing[start : start + _CHUNK]}):
-            heads[order_id].projection = stored
-    return heads
+            by_id[order_id].projection = stored
+
+
+def needs_history(head: OrderHead, events: list[CanonicalEvent]) -> bool:
+    """Whether these new events cannot be folded onto the stored projection, so the order's whole
+    history must be handed to `refresh_many` (late or out-of-order events, a stale projection)."""
+    if not events or head.projected_length + len(events) != head.ledger_length:
+        return True
+    if head.projected_length == 0:
+        return False  # a new order: these are all its events
+    if head.state is None:
+        head.state = OrderProjection.model_validate(head.projection)
+    return not can_advance(head.state, events)
 
 
 def refresh_many(
-    session: Session, heads: dict[str, OrderHead], new_events: dict[str, list[CanonicalEvent]]
+    session: Session,
+    heads: dict[str, OrderHead],
+    new_events: dict[str, list[CanonicalEvent]],
+    histories: Mapping[str, list[CanonicalEvent]],
 ) -> dict[str, OrderProjection]:
     """Fold each order's new ledger entries into its row, with one UPDATE and one INSERT for all.
 
-    `new_events` are the entries just appended (their chain is already in `heads`): when they all
-    happened after everything folded so far, they are folded onto the stored projection instead of
-    re-reading the whole ledger; a new order is projected from them alone.
+    `new_events` are the entries just appended (their chain is already in `heads`): they are folded
+    onto the stored projection, or a new order is projected from them alone; an order for which
+    `needs_history` holds is projected from its whole chain in `histories` instead.
     """
     session.flush()
     now = utcnow()
@@ -181,7 +185,7 @@ def refresh_many(
     states: dict[str, OrderProjection] = {}
     for order_id, events in new_events.items():
         head = heads[order_id]
-        state = _fold_new(session, head, events)
+        state = _fold_new(head, events, histories.get(order_id))
         after = state.model_dump(mode="json")
         row = {
             "oid": order_id,
@@ -202,7 +206,7 @@ def refresh_many(
         }
         changed = tuple(
             name
-            for name, stored in zip(_KEPT_UNLESS_CHANGED, head.indexed or _NOT_READ, strict=True)
+            for name, stored in zip(KEPT_UNLESS_CHANGED, head.indexed or _NOT_READ, strict=True)
             if row[name] != stored
         )
         updates.setdefault(changed, []).append(row)
@@ -226,14 +230,15 @@ def refresh_many(
     return states
 
 
-def _fold_new(session: Session, head: OrderHead, events: list[CanonicalEvent]) -> OrderProjection:
-    if events and head.projected_length + len(events) == head.ledger_length:
-        if head.projected_length == 0:
-            return project(head.id, events)  # a new order: these are all its events
-        stored = head.state or OrderProjection.model_validate(head.projection)
-        if can_advance(stored, events):
-            return fold_onto(stored, events)
-    return project(head.id, ledger.events(session, head.id))
+def _fold_new(head: OrderHead, events: list[CanonicalEvent], history: list[CanonicalEvent] | None) -> OrderProjection:
+    if history is not None:
+        return project(head.id, history)
+    if needs_history(head, events):
+        raise ValueError(f"order {head.id}: these events cannot be folded onto its projection; hand its history")
+    if head.projected_length == 0:
+        return project(head.id, events)
+    assert head.state is not None  # parsed by needs_history
+    return fold_onto(head.state, events)
 
 
 def _expire_loaded(session: Session, order_ids: Iterable[str]) -> None:
