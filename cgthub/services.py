@@ -1,8 +1,10 @@
 """One entry point for the hub's long-running services, for containers and `make up`.
 
     python -m cgthub.services mllp-listener      the hospital HL7 v2 MLLP listener (cgthub.hl7)
-    python -m cgthub.services sandbox <partner>  a partner sandbox (connectors.<partner>.sandbox)
+    python -m cgthub.services sandbox <partner>  a partner's declared sandbox (cgthub.partners)
     python -m cgthub.services feeder [--tick S]  the demo story's partner traffic, slice by slice
+    python -m cgthub.services webhook-delivery   the API's webhook deliveries from the outbox
+    python -m cgthub.services courier-webhook    the courier's signed webhooks (CGTHUB_COURIER_WEBHOOK_SECRET)
 
 docker-compose.yml names these rather than each package's internals, so a container's command
 stays valid when a package moves; a service whose package is not installed exits with a clear
@@ -17,7 +19,7 @@ import importlib.util
 import sys
 import threading
 
-from connectors.sandboxes import FIXED_PORTS, PARTNERS
+from cgthub import partners
 
 
 def _installed(module: str) -> bool:
@@ -40,8 +42,8 @@ def mllp_listener() -> int:
 
 
 def sandbox(partner: str, host: str, port: int) -> int:
-    """Serve `connectors.<partner>.sandbox.create_app()` with uvicorn."""
-    module = f"connectors.{partner}.sandbox"
+    """Serve the sandbox a partner declares: its `create_app()` with uvicorn, or its own `serve()`."""
+    module = partners.sandboxes()[partner].module
     if not _installed(module):
         print(f"{module} is not installed in this build", file=sys.stderr)
         return 2
@@ -62,16 +64,61 @@ def feeder(tick: float) -> int:
     return 0
 
 
+def webhook_delivery(health_host: str, health_port: int) -> int:
+    """The delivery loop, with /health, /health/ready and /metrics on a small HTTP port."""
+    import signal
+
+    from cgthub import health, metrics
+    from cgthub.api import webhooks
+    from cgthub.store import database_url
+
+    url = database_url()
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    metrics.serve_http(health_host, health_port, lambda: health.report(url, listener_address=""))
+    webhooks.run_forever(url, stop)
+    return 0
+
+
+def courier_webhook(host: str, port: int) -> int:
+    """The courier webhook receiver, with /health and /health/ready beside its endpoint."""
+    import os
+
+    import uvicorn
+    from fastapi.responses import JSONResponse
+
+    from cgthub import health
+    from cgthub.store import database_url
+    from connectors.courier.webhook import create_app
+
+    url = database_url()
+    app = create_app(secret=os.environ.get("CGTHUB_COURIER_WEBHOOK_SECRET", ""), database_url=url)
+
+    @app.get("/health/ready")
+    def ready() -> JSONResponse:
+        is_ready, state = health.report(url, listener_address="")
+        return JSONResponse(state, status_code=200 if is_ready else 503)
+
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m cgthub.services", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="service", required=True)
     sub.add_parser("mllp-listener", help="hospital HL7 v2 over MLLP")
     box = sub.add_parser("sandbox", help="a partner sandbox")
-    box.add_argument("partner", choices=PARTNERS)
+    box.add_argument("partner", choices=tuple(partners.sandboxes()))
     box.add_argument("--host", default="127.0.0.1")
     box.add_argument("--port", type=int, default=0, help="default: 8701.. by partner")
     feed = sub.add_parser("feeder", help="demo partner traffic")
     feed.add_argument("--tick", type=float, default=30.0)
+    delivery = sub.add_parser("webhook-delivery", help="webhook deliveries from the outbox")
+    delivery.add_argument("--health-host", default="0.0.0.0")  # noqa: S104 - a container's probe port
+    delivery.add_argument("--health-port", type=int, default=9101)
+    courier = sub.add_parser("courier-webhook", help="the courier webhook receiver")
+    courier.add_argument("--host", default="127.0.0.1")
+    courier.add_argument("--port", type=int, default=8710)
     return parser
 
 
@@ -81,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.service == "mllp-listener":
         return mllp_listener()
     if args.service == "sandbox":
-        return sandbox(args.partner, args.host, args.port or FIXED_PORTS[args.partner])
+        return sandbox(args.partner, args.host, args.port or partners.sandboxes()[args.partner].port)
+    if args.service == "webhook-delivery":
+        return webhook_delivery(args.health_host, args.health_port)
+    if args.service == "courier-webhook":
+        return courier_webhook(args.host, args.port)
     return feeder(args.tick)
 
 
