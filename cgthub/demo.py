@@ -36,7 +36,8 @@ from cgthub.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from cgthub.demo_scenario import Emission
-    from connectors.sandboxes import SandboxPartners
+
+SandboxPartners = Any  # the configured partner packages' sandbox world (cgthub.partners.sandbox_world)
 
 DEMO_VAR = Path(os.environ.get("CGTHUB_DEMO_DIR") or PROJECT_ROOT / "var" / "demo")
 INGEST_DAGS = ["crm", "erp", "courier", "cmo", "cmo_batch"]
@@ -80,10 +81,10 @@ class Hub:
         self._listener: tuple[Any, Any, Any] | None = None
 
     def start(self) -> SandboxPartners:
-        from connectors.sandboxes import SandboxPartners
+        from cgthub.partners import sandbox_world
 
         self._start_mllp_listener()
-        self.partners = SandboxPartners.start(listener=self.mllp)
+        self.partners = sandbox_world().SandboxPartners.start(listener=self.mllp)
         return self.partners
 
     def _start_mllp_listener(self) -> None:
@@ -125,7 +126,7 @@ class Hub:
 def deliver(emissions: list[Emission], partners: SandboxPartners) -> dict[str, int]:
     """The partners' side of a wave: each records its messages in its own system, the hospital sends
     its HL7 over MLLP, and the CMO runs its nightly export into the hub's drop directory."""
-    from connectors.cmo.batch import drop_dir
+    from cgthub.partners import inbox
 
     by_kind: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for emission in emissions:
@@ -136,7 +137,7 @@ def deliver(emissions: list[Emission], partners: SandboxPartners) -> dict[str, i
         partners.record(system, kind, records)
         counts[f"{system}/{kind}"] += len(records)
     if ("cmo", "batch_record") in by_kind:
-        partners.export_batch_records(drop_dir())
+        partners.export_batch_records(inbox("cmo_batch"))
     counts["hl7"] = partners.send_hl7(e.hl7 for e in emissions if e.system == "hl7")
     return dict(counts)
 
@@ -179,19 +180,19 @@ CHANNELS = {
 
 
 def _partner_paths(hub: Hub) -> list[str]:
-    from cgthub import outbound, partner_sync
-    from connectors.cmo.batch import drop_dir
+    from cgthub import outbound, partners
+    from cgthub.partners import inbox
 
     assert hub.partners is not None and hub.mllp is not None
-    urls = {**hub.partners.urls, "cmo_batch": str(drop_dir()).replace(f"{PROJECT_ROOT}/", ""), "hl7": ""}
+    urls = {**hub.partners.urls, "cmo_batch": str(inbox("cmo_batch")).replace(f"{PROJECT_ROOT}/", ""), "hl7": ""}
     lines = []
     for partner in INGEST_DAGS:
-        module = partner_sync.CONNECTOR_PULLS[partner][0]
+        module = partners.origin(partners.get(partner).pulls[0].fetch)
         lines.append(f"  {partner:<10} in : {module} ({CHANNELS[partner]}) <- {urls[partner]}")
     where = ":".join(map(str, hub.mllp))
     lines.append(f"  hl7        in : HL7 v2 ORU^R01, SIU^S12 over MLLP to the hub's listener on {where}")
     lines.append("                  (archive-only, ACK after commit), mapped by mappings/hl7 in the HL7 inbox DAG")
-    for partner in outbound.PARTNERS:
+    for partner in outbound.interests():
         target = hub.partners.urls["hospital" if partner == "hl7" else partner]
         via = outbound.deliverer(partner)[0]
         lines.append(f"  {partner:<10} out: {via} ({CHANNELS[partner] if partner == 'hl7' else 'push'}) -> {target}")

@@ -2,14 +2,14 @@
 
 `route` reads the change feed from its cursor and enqueues one outbox message per interested
 partner (in the same transaction that moves the cursor, so a change is routed exactly once).
-`drain(kind)` delivers one partner's due messages through its connector's push function, or, when
-that connector is not installed, as JSON files in `var/outbound/<kind>/` (the file exchange many
-CMOs and hospitals use); failures go back to the outbox with backoff (cgthub.outbox).
+`drain(kind)` delivers one partner's due messages through the push its declaration names
+(cgthub.partners), or, when its connector is switched off, as JSON files in `var/outbound/<kind>/`
+(the file exchange many CMOs and hospitals use); failures go back to the outbox with backoff
+(cgthub.outbox).
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 from collections.abc import Callable
@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import changes, outbox
+from cgthub import changes, outbox, partners
 from cgthub.lifecycle import OrderStatus
 from cgthub.ops_tables import FeedCursor
 from cgthub.settings import var_dir
@@ -26,29 +26,16 @@ from cgthub.store import session_scope
 from cgthub.tables import Order, utcnow
 
 log = logging.getLogger(__name__)
-S = OrderStatus
 CURSOR = "outbound-router"
 
-# Which statuses each partner is told about. The CRM shows liaisons everything.
-INTERESTS: dict[str, frozenset[OrderStatus] | None] = {
-    "crm": None,
-    "hl7": frozenset(
-        {S.RECEIVED_AT_CMO, S.MANUFACTURING, S.RELEASED, S.IN_TRANSIT_TO_SITE, S.ON_HOLD, S.CANCELLED, S.TERMINATED}
-    ),
-    "erp": frozenset({S.RELEASED, S.IN_TRANSIT_TO_SITE, S.RECEIVED_AT_SITE, S.INFUSED, S.CANCELLED, S.TERMINATED}),
-    "cmo": frozenset({S.COLLECTED, S.IN_TRANSIT_TO_CMO, S.ON_HOLD, S.CANCELLED}),
-}
-PARTNERS = tuple(INTERESTS)
-CONNECTOR_PUSH: dict[str, tuple[str, str]] = {
-    "crm": ("connectors.crm.sync", "push"),
-    "erp": ("connectors.erp.sync", "push"),
-    "hl7": ("cgthub.hl7.outbound", "push"),
-    "cmo": ("connectors.cmo.sync", "push"),
-}
+
+def interests() -> dict[str, frozenset[str] | None]:
+    """Which statuses each partner is told about (None: every change), from the partners' declarations."""
+    return {name: partner.push.statuses for name, partner in partners.pushed().items() if partner.push}
 
 
-def interested(partner: str, status: str, changed: list[str]) -> bool:
-    wanted = INTERESTS[partner]
+def interested(wanted: frozenset[str] | None, status: str, changed: list[str]) -> bool:
+    """Whether a change concerns a partner told about `wanted` statuses (None: every change)."""
     if wanted is None:
         return True
     return ("status" in changed or "on_hold" in changed) and OrderStatus(status) in wanted
@@ -62,10 +49,11 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
         session.add(cursor)
     rows = changes.read(session, changes.FeedPosition(cursor.tx, cursor.change_id), limit)
     refs = _refs(session, {row.order_id for row in rows})
-    counts = dict.fromkeys(PARTNERS, 0)
+    wanted = interests()
+    counts = dict.fromkeys(wanted, 0)
     for row in rows:
-        for partner in PARTNERS:
-            if not interested(partner, row.status, list(row.changed)):
+        for partner, statuses in wanted.items():
+            if not interested(statuses, row.status, list(row.changed)):
                 continue
             payload = {
                 "order_id": row.order_id,
@@ -94,19 +82,12 @@ def _refs(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
 
 
 def deliverer(partner: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
-    """How messages reach `partner`: its connector's push, or the file exchange when none is installed."""
+    """How messages reach `partner`: its declared push, or the file exchange when its connector is off."""
     from cgthub.partner_sync import connector_enabled
 
-    module_name, attr = CONNECTOR_PUSH[partner]
-    push = None
-    try:
-        if connector_enabled(partner):
-            push = getattr(importlib.import_module(module_name), attr, None)
-    except ModuleNotFoundError as missing:
-        if not (missing.name and module_name.startswith(missing.name)):
-            raise
-    if push is not None:
-        return module_name, push
+    declared = partners.get(partner).push
+    if declared is not None and connector_enabled(partner):
+        return partners.origin(declared.deliver), partners.resolve(declared.deliver)
     folder = var_dir() / "outbound" / partner
     folder.mkdir(parents=True, exist_ok=True)
 

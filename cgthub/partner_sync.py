@@ -1,86 +1,50 @@
-"""What the sync DAGs' tasks do, as plain functions: pull a partner, apply the HL7 inbox, drain the outbox.
+"""What the sync DAGs' tasks do, as plain functions: pull a partner, apply the HL7 inbox.
 
-DAG files stay thin and import this module inside their tasks. A partner is pulled through its
-connector (`connectors.<partner>...pull`) when that package is installed, and always through its
-canonical drop folder (see cgthub.canonical_feed); every payload goes archive -> mapping -> ledger
-via cgthub.pipeline. Each function returns a small JSON-able summary (it becomes the task's XCom).
+DAG files stay thin and import this module inside their tasks. A partner is pulled through the
+streams its declaration names (cgthub.partners) and always through its canonical drop folder
+(cgthub.canonical_feed). Connectors only fetch: they yield pages ready for the archive and where
+their stream stands after each; `ingest_pages` here archives, maps and applies each page and moves
+the stream's watermark in one transaction, so the mark never passes an uncommitted record. Every
+run is counted in one `SyncReport`, which becomes the task's XCom.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cgthub import archive, canonical_feed, pipeline, routing
+from cgthub import archive, canonical_feed, partners, pipeline, quarantine, routing, sync_state
+from cgthub.model import CanonicalEvent
 from cgthub.store import session_scope
+from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
 
 log = logging.getLogger(__name__)
-
-# Partner -> (connector module, pull function). The connectors package (issue 5) provides these.
-CONNECTOR_PULLS: dict[str, tuple[str, str]] = {
-    "crm": ("connectors.crm.sync", "pull"),
-    "erp": ("connectors.erp.sync", "pull"),
-    "courier": ("connectors.courier.sync", "pull"),
-    "cmo": ("connectors.cmo.sync", "pull"),
-    "cmo_batch": ("connectors.cmo.batch", "pull"),
-}
-# Drop-folder name -> the source system its events are archived under.
-ARCHIVE_SYSTEM = {"cmo_batch": "cmo"}
-
-
-@dataclass
-class PullSummary:
-    partner: str
-    via: list[str] = field(default_factory=list)
-    payloads: int = 0
-    duplicate_payloads: int = 0
-    appended: int = 0
-    duplicates: int = 0
-    quarantined: int = 0
-    orders: list[str] = field(default_factory=list)
-
-    @property
-    def new_events(self) -> bool:
-        return self.appended > 0
-
-    def absorb(self, results: list[pipeline.IngestResult]) -> None:
-        orders = set(self.orders)
-        for result in results:
-            self.payloads += 1
-            self.duplicate_payloads += int(result.duplicate_payload)
-            self.appended += result.appended
-            self.duplicates += result.duplicates
-            self.quarantined += result.quarantined
-            orders |= result.order_ids
-        self.orders = sorted(orders)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "new_events": self.new_events}
+CONNECTORS_ENV = "CGTHUB_CONNECTORS"
 
 
 def connector_enabled(partner: str) -> bool:
-    """CGTHUB_CONNECTORS (comma list) limits which partners are pulled through their connector; unset = all."""
-    chosen = os.environ.get("CGTHUB_CONNECTORS")
+    """CGTHUB_CONNECTORS (comma list) limits which partners are reached through their connector; unset = all."""
+    chosen = os.environ.get(CONNECTORS_ENV)
     return chosen is None or partner in {p.strip() for p in chosen.split(",")}
 
 
-def connector_pull(partner: str) -> Callable[..., Any] | None:
-    """The connector's pull function, or None when that connector is not installed."""
-    module_name, attr = CONNECTOR_PULLS[partner]
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as missing:
-        if missing.name and module_name.startswith(missing.name):
-            return None
-        raise
-    return getattr(module, attr, None)
+class _Refused:
+    """The mapping of a partner's error document: archived as received, quarantined with the partner's words."""
+
+    mapping_id = "partner-refusal"
+    version = "1"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
+        raise pipeline.PayloadRejected(quarantine.Stage.RECEIVE, self.reason)
 
 
 def mapper_for(session: Session) -> Callable[[archive.Inbound], pipeline.Mapper | None]:
@@ -96,45 +60,127 @@ def mapper_for(session: Session) -> Callable[[archive.Inbound], pipeline.Mapper 
     return lookup
 
 
+def _page_mapper(session: Session, page: partners.Page) -> Callable[[archive.Inbound], pipeline.Mapper | None]:
+    if page.refused:
+        refused = _Refused(page.refused)
+        return lambda _item: refused
+    return mapper_for(session)
+
+
+def count(report: SyncReport, results: Iterable[pipeline.IngestResult]) -> None:
+    """Add ingested payloads to a report: the one place results become counters."""
+    orders = set(report.order_ids)
+    for result in results:
+        report.payloads += 1
+        report.duplicate_payloads += int(result.duplicate_payload)
+        report.appended += result.appended
+        report.duplicates += result.duplicates
+        report.quarantined += result.quarantined
+        orders |= result.order_ids
+    report.order_ids = sorted(orders)
+
+
+def ingest_pages(
+    report: SyncReport,
+    stream: str,
+    pages: Iterable[partners.Page],
+    *,
+    partner: str | None = None,
+    database_url: str | None = None,
+) -> None:
+    """Each page archived, mapped and applied, counted, and its stream's mark moved, in one transaction.
+
+    A partner that cannot be read (`partners.PartnerUnavailable`) ends the stream for this run with
+    its message in the report; what was committed before stays, and the next run goes on from there.
+    """
+    owner = partner or report.partner
+    label = f"{stream}: " if report.stream != stream else ""
+    try:
+        for page in pages:
+            with session_scope(database_url) as session:
+                results = pipeline.ingest_batch(session, page.items, _page_mapper(session, page))
+                first = report.payloads + 1
+                count(report, results)
+                report.records += page.records
+                for n, result in enumerate(results, start=first):
+                    why = page.problem if page.problem and n == first else None
+                    why = why or ("; ".join(result.reasons) if result.rejected else None)
+                    if why:
+                        report.errors.append(f"{label}page {n}: {why} (archived as raw #{result.raw_id})")
+                sync_state.advance(session, owner, stream, report, page.watermark, new_cursor=page.cursor)
+            if page.after_commit is not None:  # only after the commit: a crash before re-reads, the archive dedupes
+                page.after_commit()
+    except partners.PartnerUnavailable as unavailable:
+        report.errors.append(f"{label}{unavailable}")
+    with session_scope(database_url) as session:
+        sync_state.advance(session, owner, stream, report, None)
+
+
+def pull_stream(
+    partner: partners.Partner,
+    declared: partners.Pull,
+    *,
+    database_url: str | None = None,
+    fetch: Callable[[partners.Mark], Iterable[partners.Page]] | None = None,
+    report: SyncReport | None = None,
+) -> SyncReport:
+    """One stream of a partner from its mark: the connector's `fetch` (or the declared one) into the hub."""
+    report = report or SyncReport(partner=partner.name, stream=declared.stream)
+    with session_scope(database_url) as session:
+        row = sync_state.state(session, partner.name, declared.stream)
+        mark = partners.Mark(row.watermark, row.cursor) if row else partners.Mark()
+    if report.watermark_before is None:
+        report.watermark_before = sync_state.describe(mark.watermark, mark.cursor)
+    report.via.append(partners.origin(declared.fetch))
+    fetcher = fetch or partners.resolve(declared.fetch)
+    ingest_pages(report, declared.stream, fetcher(mark), partner=partner.name, database_url=database_url)
+    return report
+
+
 def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
-    """One batch from a partner: its connector's pull, then its canonical drop folder."""
-    summary = PullSummary(partner=partner)
-    pull_fn = connector_pull(partner) if connector_enabled(partner) else None
-    if pull_fn is not None:
-        report = pull_fn()
-        summary.via.append(CONNECTOR_PULLS[partner][0])
-        for name in ("appended", "duplicates", "quarantined"):
-            setattr(summary, name, getattr(summary, name) + int(getattr(report, name, 0) or 0))
-        summary.payloads += int(getattr(report, "payloads", getattr(report, "fetched", 0)) or 0)
-        summary.orders = sorted(set(summary.orders) | set(getattr(report, "order_ids", ()) or ()))
-    files = [(canonical_feed.KIND, path) for path in canonical_feed.pending_files(partner)]
-    files += canonical_feed.native_files(partner)
-    if files:
-        summary.via.append(f"drop folder {canonical_feed.inbox(partner)}")
-        system = ARCHIVE_SYSTEM.get(partner, partner)
-        items = [
-            archive.Inbound(
-                system=system,
-                kind=kind,
-                channel="file",
-                payload=path.read_bytes(),
-                received_at=utcnow(),
-                dedupe_key=f"file:{partner}:{kind}:{path.name}",
-                content_type="application/json" if path.suffix == ".json" else "application/octet-stream",
-            )
-            for kind, path in files
-        ]
-        with session_scope(database_url) as session:
-            summary.absorb(pipeline.ingest_batch(session, items, mapper_for(session)))
-        for _kind, path in files:  # only after the commit: a crash before this re-reads them, and the archive dedupes
+    """One batch from a partner: each stream it declares, then its canonical drop folder."""
+    declared = partners.get(partner)
+    streams = "+".join(p.stream for p in declared.pulls)
+    report = SyncReport(partner=partner, stream=streams or "files")
+    if connector_enabled(partner):
+        for stream in declared.pulls:
+            pull_stream(declared, stream, database_url=database_url, report=report)
+    page = _drop_folder_page(declared)
+    if page is not None:
+        report.via.append(f"drop folder {canonical_feed.inbox(partner)}")
+        ingest_pages(report, "files", [page], database_url=database_url)
+    log.info("pulled %s: %s", partner, {k: v for k, v in report.as_dict().items() if k != "order_ids"})
+    return report.as_dict()
+
+
+def _drop_folder_page(partner: partners.Partner) -> partners.Page | None:
+    files = [(canonical_feed.KIND, path) for path in canonical_feed.pending_files(partner.name)]
+    files += canonical_feed.native_files(partner.name)
+    if not files:
+        return None
+    items = [
+        archive.Inbound(
+            system=partner.system,
+            kind=kind,
+            channel="file",
+            payload=path.read_bytes(),
+            received_at=utcnow(),
+            dedupe_key=f"file:{partner.name}:{kind}:{path.name}",
+            content_type="application/json" if path.suffix == ".json" else "application/octet-stream",
+        )
+        for kind, path in files
+    ]
+
+    def done() -> None:
+        for _kind, path in files:
             canonical_feed.mark_done(path)
-    log.info("pulled %s: %s", partner, summary.as_dict())
-    return summary.as_dict()
+
+    return partners.Page(items=items, after_commit=done)
 
 
 def apply_hl7_inbox(*, database_url: str | None = None, limit: int = 5000) -> dict[str, Any]:
     """Map and apply what the MLLP listener archived (status `received`), oldest first."""
-    summary = PullSummary(partner="hl7", via=["raw archive (MLLP listener)"])
+    report = SyncReport(partner="hl7", stream="inbox", via=["raw archive (MLLP listener)"])
     with session_scope(database_url) as session:
-        summary.absorb(pipeline.process_pending(session, "hl7", mapper_for(session), limit=limit))
-    return summary.as_dict()
+        count(report, pipeline.process_pending(session, "hl7", mapper_for(session), limit=limit))
+    return report.as_dict()

@@ -1,53 +1,37 @@
 """Each partner's own current record of its orders, for reconciliation.
 
-A connector that can list its partner's current records offers `snapshot() -> list[PartnerRecord]`
-(or dicts of the same fields). A partner without such an API delivers a periodic extract instead,
-`var/snapshots/<partner>.json` (a list of records), the usual nightly report from CRMs and CMOs.
+A partner whose API can list its current records declares `snapshot` (cgthub.partners), a
+function returning `PartnerRecord`s or dicts of the same fields. A partner without such an API
+delivers a periodic extract instead, `var/snapshots/<partner>.json` (a list of records), the
+usual nightly report from CRMs and CMOs.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
+from cgthub import partners
 from cgthub.lifecycle import OrderStatus
 from cgthub.reconciliation import PartnerRecord
 from cgthub.settings import var_dir
 from cgthub.tables import utcnow
 
-SNAPSHOT_SOURCES = {
-    "crm": "connectors.crm.sync",
-    "erp": "connectors.erp.sync",
-    "cmo": "connectors.cmo.sync",
-    "courier": "connectors.courier.sync",
-}
-
-
-def _connector_snapshot(module_name: str) -> list[Any] | None:
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as missing:
-        if missing.name and module_name.startswith(missing.name):
-            return None
-        raise
-    snapshot = getattr(module, "snapshot", None)
-    return list(snapshot()) if snapshot is not None else None
-
 
 def snapshots() -> list[dict[str, Any]]:
     """Every partner's current records, as JSON-able dicts (they travel between tasks as XCom)."""
     records: list[dict[str, Any]] = []
-    for partner, module_name in SNAPSHOT_SOURCES.items():
-        items = _connector_snapshot(module_name)
-        if items is None:
-            extract = var_dir() / "snapshots" / f"{partner}.json"
+    for name, partner in partners.registry().items():
+        if partner.snapshot is not None:
+            items = list(partners.resolve(partner.snapshot)())
+        else:
+            extract = var_dir() / "snapshots" / f"{name}.json"
             items = json.loads(extract.read_text()) if extract.exists() else []
         for item in items:
             data = asdict(item) if isinstance(item, PartnerRecord) else dict(item)
-            data.setdefault("system", partner)
+            data.setdefault("system", name)
             records.append(to_json(from_json([data])[0]))
     return records
 

@@ -24,13 +24,12 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cgthub.settings import PROJECT_ROOT
 
 if TYPE_CHECKING:
     from cgthub.demo_scenario import Emission
-    from connectors.sandboxes import SandboxPartners
 
 LISTENER_PORT = 2575
 
@@ -42,11 +41,11 @@ def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[
 
 def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
     """The MLLP listener and the partner sandboxes, each its own process on its fixed port."""
-    from connectors.sandboxes import FIXED_PORTS
+    from cgthub import partners
 
     listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", str(LISTENER_PORT)]
     started = [_start(f"MLLP listener on 127.0.0.1:{LISTENER_PORT} (archive-only)", listener, env)]
-    for partner, port in FIXED_PORTS.items():
+    for partner, port in ((name, box.port) for name, box in partners.sandboxes().items()):
         argv = [sys.executable, "-m", "cgthub.services", "sandbox", partner, "--port", str(port)]
         started.append(_start(f"{partner} sandbox on 127.0.0.1:{port}", argv, env))
     return started
@@ -80,7 +79,7 @@ def feed_plan(now: datetime, orders_per_slice: int = 1) -> FeedPlan:
     return FeedPlan(now, slices, upcoming)
 
 
-def _deliver_when_up(batch: list[Emission], partners: SandboxPartners, stop: threading.Event) -> None:
+def _deliver_when_up(batch: list[Emission], partners: Any, stop: threading.Event) -> None:
     """Deliver a batch, again while the sandboxes or the listener are still starting (records are keyed:
     the sandboxes and the hub take a repeat as the duplicate it is)."""
     import httpx
@@ -99,10 +98,10 @@ def _deliver_when_up(batch: list[Emission], partners: SandboxPartners, stop: thr
 
 def _feed(tick: float, stop: threading.Event) -> None:
     """Each tick the partners record the next slice of the plan; then the story's future, as it falls due."""
+    from cgthub.partners import sandbox_world
     from cgthub.tables import utcnow
-    from connectors.sandboxes import SandboxPartners
 
-    partners = SandboxPartners.from_connections()
+    partners = sandbox_world().SandboxPartners.from_connections()
     plan = feed_plan(utcnow().replace(second=0, microsecond=0))
     for wave, batch in enumerate(plan.slices, start=1):
         if stop.is_set():
@@ -134,11 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
     # Task processes talk to the API server's Execution API: same port, whatever it is.
     os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
-    from connectors.sandboxes import FIXED_PORTS, LISTENER_ENV, connection_env
+    from cgthub.partners import sandbox_world
 
-    for name, uri in connection_env(FIXED_PORTS).items():  # a partner's real address, when set, wins
+    world = sandbox_world()
+    for name, uri in world.connection_env(world.FIXED_PORTS).items():  # a partner's real address, when set, wins
         os.environ.setdefault(name, uri)
-    os.environ.setdefault(LISTENER_ENV, f"127.0.0.1:{LISTENER_PORT}")
+    os.environ.setdefault(world.LISTENER_ENV, f"127.0.0.1:{LISTENER_PORT}")
     store.upgrade()
     airflow_env.migrate_metadata_db()
     env = os.environ.copy()

@@ -19,15 +19,18 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-PARTNERS = ("crm", "erp", "courier", "cmo", "hospital")
-FIXED_PORTS = {partner: 8701 + i for i, partner in enumerate(PARTNERS)}
-# partner -> (Airflow connection id, its URI for a sandbox at {host}:{port}); the credentials are the sandboxes'.
+from cgthub import partners
+
+# The sandboxes as the partners declare them (connectors/<partner>/__init__.py), in port order.
+SANDBOXES = partners.sandboxes()
+PARTNERS = tuple(SANDBOXES)
+FIXED_PORTS = {name: box.port for name, box in SANDBOXES.items()}
+# sandbox -> (Airflow connection id, its URI for a sandbox at {host}:{port}); the credentials are the sandboxes'.
 CONNECTIONS = {
-    "crm": ("crm_api", "http://cgthub:sandbox-secret@{host}:{port}"),
-    "erp": ("erp_soap", "http://{host}:{port}/erp/soap"),
-    "courier": ("courier_api", "http://cgthub:courier-key@{host}:{port}"),
-    "cmo": ("cmo_api", "http://cgthub:cmo-key@{host}:{port}"),
-    "hospital": ("hospital_mllp", "mllp://{host}:{port}"),
+    name: (partner.connection_id, partner.sandbox.connection_uri)
+    for partner in partners.registry().values()
+    if partner.sandbox is not None and partner.connection_id is not None
+    for name in [partner.sandbox.service]
 }
 LISTENER_ENV = "CGTHUB_MLLP_LISTENER"  # where the hospital sends its HL7 (the hub's listener), host:port
 
@@ -53,18 +56,18 @@ class SandboxPartners:
     @classmethod
     def start(cls, listener: tuple[str, int] | None = None) -> SandboxPartners:
         """Every sandbox in this process on a free loopback port, and the connections set to them."""
-        from connectors.cmo import sandbox as cmo
+        import importlib
+
         from connectors.common.sandbox import SandboxServer
-        from connectors.courier import sandbox as courier
-        from connectors.crm import sandbox as crm
-        from connectors.erp import sandbox as erp
         from connectors.hospital.receiver import HospitalReceiver
 
         world = cls(urls={}, listener=listener)
-        for partner, module in (("crm", crm), ("erp", erp), ("courier", courier), ("cmo", cmo)):
-            server = SandboxServer(module.create_app()).start()
+        for name, box in SANDBOXES.items():
+            if box.scheme != "http":
+                continue
+            server = SandboxServer(importlib.import_module(box.module).create_app()).start()
             world._servers.append(server)
-            world.urls[partner] = server.base_url
+            world.urls[name] = server.base_url
         hospital = world._hospital = HospitalReceiver().start()
         world._servers.append(hospital)
         world.urls["hospital"] = f"mllp://{hospital.host}:{hospital.port}"
@@ -80,7 +83,7 @@ class SandboxPartners:
         urls = {}
         for partner, (conn_id, _uri) in CONNECTIONS.items():
             parts = urlsplit(get_connection(conn_id).base_url)
-            urls[partner] = f"{'mllp' if partner == 'hospital' else 'http'}://{parts.hostname}:{parts.port}"
+            urls[partner] = f"{SANDBOXES[partner].scheme}://{parts.hostname}:{parts.port}"
         host, _, port = os.environ.get(LISTENER_ENV, "127.0.0.1:2575").rpartition(":")
         return cls(urls=urls, listener=(host, int(port)))
 

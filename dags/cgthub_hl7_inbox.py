@@ -48,7 +48,7 @@ def cgthub_hl7_inbox():
 
     @task(outlets=[partner_asset("hl7"), LEDGER_EVENTS])
     def announce(summary: dict):
-        extra = {"partner": "hl7", "appended": summary["appended"], "orders": len(summary["orders"])}
+        extra = {"partner": "hl7", "appended": summary["appended"], "orders": len(summary["order_ids"])}
         yield Metadata(partner_asset("hl7"), extra)
         yield Metadata(LEDGER_EVENTS, extra)
 

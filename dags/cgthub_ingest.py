@@ -1,12 +1,13 @@
 """
-Partner ingest: one DAG per partner system, all of the same shape, made here from one table.
+Partner ingest: one DAG per partner system, all of the same shape, made from the partners'
+declarations (connectors/<partner>/__init__.py).
 
-Each runs on its own schedule. One batch task pulls everything new (the connector keeps its
-cursor), archives every payload, maps it and appends the canonical events to the ledger
-(`cgthub.partner_sync.pull`); nothing here is one task per order. When events actually landed,
-`announce` emits the partner's and the ledger's Assets, so the reconciliation and monitoring DAGs
-run right after. Retries back off exponentially; a run still going after its deadline (counted
-from when it was queued) raises a Deadline Alert.
+Each runs on the schedule its partner declares (cgthub.partners). One batch task pulls everything
+new from where the stream's watermark stands, archives every payload, maps it and appends the
+canonical events to the ledger (`cgthub.partner_sync.pull`); nothing here is one task per order.
+When events actually landed, `announce` emits the partner's and the ledger's Assets, so the
+reconciliation and monitoring DAGs run right after. Retries back off exponentially; a run still
+going after its deadline (counted from when it was queued) raises a Deadline Alert.
 """
 
 from __future__ import annotations
@@ -15,42 +16,8 @@ from datetime import timedelta
 
 from airflow.sdk import Metadata, dag, task
 
+from cgthub import partners
 from cgthub.dag_defaults import LEDGER_EVENTS, START, default_args, partner_asset, sync_deadline
-
-# partner -> (what it sends, schedule, deadline, tag)
-PARTNERS: dict[str, tuple[str, timedelta | str, timedelta, str]] = {
-    "crm": (
-        "enrolments, case updates and scheduling requests from the sponsor's CRM (REST)",
-        timedelta(minutes=5),
-        timedelta(minutes=10),
-        "crm",
-    ),
-    "erp": (
-        "sales orders, batch master data and goods movements from the ERP (SOAP)",
-        timedelta(minutes=15),
-        timedelta(minutes=20),
-        "erp",
-    ),
-    "courier": (
-        "bookings, pickups, transit, customs and deliveries with the dry shipper's temperature log "
-        "(every 2 minutes: the chain of condition is time-critical)",
-        timedelta(minutes=2),
-        timedelta(minutes=5),
-        "courier",
-    ),
-    "cmo": (
-        "slot confirmations, material receipt, manufacturing start, QC, release and OOS from the CMO's API",
-        timedelta(minutes=10),
-        timedelta(minutes=15),
-        "cmo",
-    ),
-    "cmo_batch": (
-        "the CMO's batch record and certificate-of-analysis CSV files (SFTP drop)",
-        "@hourly",
-        timedelta(minutes=45),
-        "cmo-batch",
-    ),
-}
 
 
 def ingest_dag(partner: str, sends: str, every: timedelta | str, deadline: timedelta, tag: str) -> object:
@@ -78,7 +45,7 @@ def ingest_dag(partner: str, sends: str, every: timedelta | str, deadline: timed
 
         @task(outlets=[partner_asset(partner), LEDGER_EVENTS])
         def announce(summary: dict):
-            extra = {"partner": partner, "appended": summary["appended"], "orders": len(summary["orders"])}
+            extra = {"partner": partner, "appended": summary["appended"], "orders": len(summary["order_ids"])}
             yield Metadata(partner_asset(partner), extra)
             yield Metadata(LEDGER_EVENTS, extra)
 
@@ -88,5 +55,9 @@ def ingest_dag(partner: str, sends: str, every: timedelta | str, deadline: timed
     return ingest()
 
 
-for _partner, (_sends, _every, _deadline, _tag) in PARTNERS.items():
-    globals()[f"cgthub_ingest_{_partner}"] = ingest_dag(_partner, _sends, _every, _deadline, _tag)
+# One DAG per partner that declares streams to pull (connectors/<partner>/__init__.py).
+PARTNERS = partners.pulled()
+for _name, _partner in PARTNERS.items():
+    globals()[f"cgthub_ingest_{_name}"] = ingest_dag(
+        _name, _partner.describes, _partner.schedule, _partner.deadline, _name.replace("_", "-")
+    )

@@ -1,5 +1,5 @@
 """
-Outbound: tell the CRM, the ERP, the hospital (HL7) and the CMO what changed.
+Outbound: tell each partner that declares a push (the CRM, the ERP, the hospital's HL7, the CMO) what changed.
 
 Runs when new canonical events landed and every 2 minutes (to retry what failed). `route` reads
 the order change feed from its cursor and queues one outbox message per interested partner; then
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable, dag, task
 
+from cgthub import partners
 from cgthub.dag_defaults import LEDGER_EVENTS, START, default_args
 
-PARTNERS = ["crm", "erp", "hl7", "cmo"]
+PARTNERS = list(partners.pushed())  # every partner that declares a push (connectors/<partner>/__init__.py)
 
 
 @dag(

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
 from sqlalchemy import func, select
 
-from cgthub import airflow_env, archive, canonical_feed, outbound
+from cgthub import airflow_env, archive, canonical_feed, partners
 from cgthub.lifecycle import OrderStatus
 from cgthub.ops_tables import AlertNotification, ReconciliationReport
 from cgthub.outbox import OutboxMessage
@@ -134,14 +135,16 @@ def test_outbound_delivers_each_partner_and_one_outage_blocks_no_other(dags, hub
     drop("cmo", "c.json", events[5:9])  # received at CMO .. released (skipping ahead is allowed)
     run(dags["cgthub_ingest_crm"])
     run(dags["cgthub_ingest_cmo"])
-    monkeypatch.setitem(outbound.CONNECTOR_PUSH, "erp", ("tests.test_dags_run", "broken_push"))
+    declared = partners.registry()
+    broken = partners.Push("tests.test_dags_run:broken_push", declared["erp"].push.statuses)
+    monkeypatch.setattr(partners, "registry", lambda: {**declared, "erp": replace(declared["erp"], push=broken)})
     monkeypatch.setenv("CGTHUB_CONNECTORS", "erp")  # the ERP through its (broken) connector, the rest as files
 
     dag_run, states = run(dags["cgthub_outbound"])
     assert states["route"] == "success"
     assert dag_run.state == "failed"  # the ERP's task failed ...
     failed = {k for k, v in states.items() if v == "failed"}
-    assert failed == {"drain[1]"}  # ... and only the ERP's (crm, erp, hl7, cmo)
+    assert failed == {f"drain[{list(partners.pushed()).index('erp')}]"}  # ... and only the ERP's
     with session_scope(readonly=True) as session:
         rows = session.execute(select(OutboxMessage.destination_kind, OutboxMessage.status)).all()
     by_kind = {}

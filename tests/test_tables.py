@@ -49,8 +49,8 @@ def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None
     import cgthub.api.tables
     import cgthub.changes
     import cgthub.ops_tables
-    import cgthub.outbox  # noqa: F401
-    import connectors.common.sync_state  # noqa: F401
+    import cgthub.outbox
+    import cgthub.sync_state  # noqa: F401
     from cgthub.store import get_engine
     from cgthub.tables import Base
 

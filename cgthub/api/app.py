@@ -16,7 +16,7 @@ from typing import Any
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from cgthub.api import errors, feed, orders, subscriptions
+from cgthub.api import decisions, errors, feed, orders, subscriptions
 from cgthub.api.audit import Access, AuditWriter
 from cgthub.api.auth import PrincipalCache
 from cgthub.api.deps import reject_unknown_parameters
@@ -151,5 +151,6 @@ def create_app(
     app.include_router(orders.router)
     app.include_router(feed.router)
     app.include_router(subscriptions.router)
+    app.include_router(decisions.router)
     app.add_middleware(AuditMiddleware, writer=app.state.audit)
     return app

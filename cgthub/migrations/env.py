@@ -9,8 +9,8 @@ from sqlalchemy import create_engine
 import cgthub.api.tables
 import cgthub.changes
 import cgthub.ops_tables
-import cgthub.outbox  # noqa: F401
-import connectors.common.sync_state  # noqa: F401
+import cgthub.outbox
+import cgthub.sync_state  # noqa: F401
 from cgthub.tables import Base
 
 config = context.config

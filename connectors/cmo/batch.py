@@ -7,13 +7,13 @@ to done/ once its transaction committed, or to failed/ when it is not a CSV with
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cgthub import pipeline, routing
+from cgthub import partner_sync, partners
 from cgthub.archive import Inbound
-from cgthub.store import session_scope
+from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
-from connectors.common.sync_state import SyncReport
 
 DROP_DIR_ENV = "CGTHUB_CMO_DROP_DIR"
 
@@ -32,12 +32,10 @@ def _rows(data: bytes) -> list[bytes]:
     return [lines[0] + b"\n" + line + b"\n" for line in lines[1:]]
 
 
-def pull(*, database_url: str | None = None, directory: Path | None = None) -> SyncReport:
+def pages(mark: partners.Mark, *, directory: Path | None = None) -> Iterator[partners.Page]:
+    """One page per dropped file, its rows as payloads; the file moves once the page committed."""
     folder = directory or drop_dir()
-    report = SyncReport(partner="cmo", stream="batch_records")
-    files = sorted(folder.glob("*.csv")) if folder.is_dir() else []
-    orders: set[str] = set()
-    for path in files:
+    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
         data = path.read_bytes()
         rows = _rows(data)
         items = [
@@ -52,18 +50,21 @@ def pull(*, database_url: str | None = None, directory: Path | None = None) -> S
             )
             for n, payload in enumerate(rows or [data], start=1)
         ]
-        with session_scope(database_url) as session:
-            results = pipeline.ingest_batch(session, items, routing.mapper_for(session))
-        report.payloads += len(items)
-        report.records += len(rows)
-        for result in results:
-            report.appended += result.appended
-            report.duplicates += result.duplicates
-            report.quarantined += result.quarantined
-            orders |= result.order_ids
-            report.errors.extend(f"{path.name}: {reason}" for reason in result.reasons)
-        target = folder / ("done" if rows else "failed")
+        yield partners.Page(items, records=len(rows), after_commit=_mover(path, "done" if rows else "failed"))
+
+
+def _mover(path: Path, into: str) -> Callable[[], None]:
+    def move() -> None:
+        target = path.parent / into
         target.mkdir(exist_ok=True)
         path.replace(target / path.name)
-    report.order_ids = sorted(orders)
-    return report
+
+    return move
+
+
+def pull(*, database_url: str | None = None, directory: Path | None = None) -> SyncReport:
+    """Every dropped file into the hub (what the CMO batch ingest DAG runs, for one directory)."""
+    partner = partners.get("cmo_batch")
+    return partner_sync.pull_stream(
+        partner, partner.pulls[0], database_url=database_url, fetch=lambda mark: pages(mark, directory=directory)
+    )

@@ -1,55 +1,54 @@
-"""CMO sync entry points: `pull()` walks the event feed from its saved sequence cursor, archiving
-and mapping each page in the transaction that moves the cursor; `push(payload)` tells the CMO about
-order changes it must act on (collection, shipment, hold, cancellation)."""
+"""CMO sync entry points: `pages(mark)` walks the event feed from the saved sequence cursor, each
+page yielded as received with the cursor after it (the hub archives, maps and applies the page in
+the transaction that moves the cursor); `push(payload)` tells the CMO about order changes it must
+act on (collection, shipment, hold, cancellation)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
-from cgthub.store import session_scope
+from cgthub import partner_sync, partners
+from cgthub.archive import Inbound
+from cgthub.sync_state import SyncReport
+from cgthub.tables import utcnow
 from connectors.cmo.client import CmoClient
-from connectors.common import sync_state
 from connectors.common.connection import get_connection
-from connectors.common.http import PartnerError
 
 CONN_ID = "cmo_api"
 STREAM = "events"
+PAGES = 50  # per run: the next run goes on from the cursor
 
 
 def client(conn_id: str = CONN_ID) -> CmoClient:
     return CmoClient(get_connection(conn_id))
 
 
+def pages(mark: partners.Mark, *, cmo: CmoClient | None = None, limit: int = PAGES) -> Iterator[partners.Page]:
+    cmo = cmo or client()
+    after = int(mark.cursor or 0)
+    for _ in range(limit):
+        raw, events, following, problem = cmo.events_page(after)
+        item = Inbound("cmo", "batch_event", "rest", raw, utcnow(), content_type="application/json")
+        yield partners.Page([item], records=len(events), cursor=str(following), problem=problem)
+        if problem or following == after:
+            return
+        after = following
+
+
 def pull(
-    *, database_url: str | None = None, conn_id: str = CONN_ID, cmo: CmoClient | None = None, pages: int = 50
-) -> sync_state.SyncReport:
-    cmo = cmo or client(conn_id)
-    report = sync_state.SyncReport(partner="cmo", stream=STREAM)
-    with session_scope(database_url) as session:
-        after = int(sync_state.cursor(session, "cmo", STREAM) or 0)
-    report.watermark_before = str(after)
-    try:
-        for _ in range(pages):
-            raw, events, following, problem = cmo.events_page(after)
-            sync_state.ingest_page(
-                report,
-                raw,
-                system="cmo",
-                kind="batch_event",
-                channel="rest",
-                content_type="application/json",
-                records=len(events),
-                problem=problem,
-                new_cursor=str(following),
-                database_url=database_url,
-            )
-            if problem or following == after:
-                break
-            after = following
-    except PartnerError as exc:
-        report.errors.append(str(exc))
-    report.watermark_after = str(after)
-    return report
+    *, database_url: str | None = None, conn_id: str = CONN_ID, cmo: CmoClient | None = None, pages: int = PAGES
+) -> SyncReport:
+    """One walk of the event feed into the hub (what the CMO ingest DAG runs, for one client)."""
+    chosen, limit = cmo or client(conn_id), pages
+    partner = partners.get("cmo")
+    return partner_sync.pull_stream(
+        partner, partner.pulls[0], database_url=database_url, fetch=lambda mark: _pages(mark, chosen, limit)
+    )
+
+
+def _pages(mark: partners.Mark, cmo: CmoClient, limit: int) -> Iterator[partners.Page]:
+    return pages(mark, cmo=cmo, limit=limit)
 
 
 def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, cmo: CmoClient | None = None) -> dict[str, Any]:

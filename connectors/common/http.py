@@ -19,10 +19,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from cgthub.partners import PartnerUnavailable
 from connectors.common.breaker import breaker_for
 
 
-class PartnerError(RuntimeError):
+class PartnerError(PartnerUnavailable):
     """A partner answered, but not usefully; the message says what came back (never the body's PHI)."""
 
 

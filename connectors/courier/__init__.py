@@ -1,1 +1,16 @@
 """The specialty courier (liquid-nitrogen dry shippers): bookings, tracking, signed webhooks."""
+
+from datetime import timedelta
+
+from cgthub.partners import Partner, Pull, Sandbox
+
+PARTNER = Partner(
+    name="courier",
+    describes="bookings, pickups, transit, customs and deliveries with the dry shipper's temperature log "
+    "(every 2 minutes: the chain of condition is time-critical)",
+    connection_id="courier_api",
+    pulls=(Pull("events", "connectors.courier.sync:pages"),),
+    sandbox=Sandbox("courier", "connectors.courier.sandbox", 8703, "http://cgthub:courier-key@{host}:{port}"),
+    schedule=timedelta(minutes=2),
+    deadline=timedelta(minutes=5),
+)

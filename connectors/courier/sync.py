@@ -1,24 +1,26 @@
-"""Courier sync entry points: `pull()` reads the tracking-event feed since the watermark (webhooks
-deliver the same events sooner; the archive and the ledger make the two paths meet), and `push()`
-books a shipment when an order needs one (collected -> to the CMO, released -> back to the site).
+"""Courier sync entry points: `pages(mark)` reads the tracking-event feed since the watermark
+(webhooks deliver the same events sooner; the archive and the ledger make the two paths meet),
+and `push()` books a shipment when an order needs one (collected -> to the CMO, released -> back
+to the site).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from cgthub.store import session_scope
-from connectors.common import sync_state
+from cgthub import partner_sync, partners
+from cgthub.archive import Inbound
+from cgthub.sync_state import SyncReport
+from cgthub.tables import utcnow
 from connectors.common.connection import get_connection
-from connectors.common.http import PartnerError
 from connectors.courier.client import CourierClient
 
-log = logging.getLogger(__name__)
 CONN_ID = "courier_api"
 STREAM = "events"
 OVERLAP = timedelta(minutes=5)
+PAGES = 50
 BOOKINGS = {"collected": "TO_MANUFACTURER", "released": "TO_SITE"}
 
 
@@ -26,37 +28,32 @@ def client(conn_id: str = CONN_ID) -> CourierClient:
     return CourierClient(get_connection(conn_id))
 
 
+def pages(mark: partners.Mark, *, courier: CourierClient | None = None, limit: int = PAGES) -> Iterator[partners.Page]:
+    courier = courier or client()
+    since = mark.watermark - OVERLAP if mark.watermark else None
+    for _ in range(limit):
+        raw, events, problem = courier.events_page(since)
+        newest = max((datetime.fromisoformat(e["recordedAt"]) for e in events if "recordedAt" in e), default=None)
+        item = Inbound("courier", "tracking_event", "rest", raw, utcnow(), content_type="application/json")
+        yield partners.Page([item], records=len(events), watermark=newest, problem=problem)
+        if problem or not events or newest is None or (since is not None and newest <= since):
+            return
+        since = newest
+
+
 def pull(
-    *, database_url: str | None = None, conn_id: str = CONN_ID, courier: CourierClient | None = None, pages: int = 50
-) -> sync_state.SyncReport:
-    courier = courier or client(conn_id)
-    report = sync_state.SyncReport(partner="courier", stream=STREAM)
-    with session_scope(database_url) as session:
-        mark = sync_state.watermark(session, "courier", STREAM)
-    report.watermark_before = mark.isoformat() if mark else None
-    since = mark - OVERLAP if mark else None
-    try:
-        for _ in range(pages):
-            raw, events, problem = courier.events_page(since)
-            newest = max((datetime.fromisoformat(e["recordedAt"]) for e in events if "recordedAt" in e), default=None)
-            sync_state.ingest_page(
-                report,
-                raw,
-                system="courier",
-                kind="tracking_event",
-                channel="rest",
-                content_type="application/json",
-                records=len(events),
-                problem=problem,
-                watermark=newest,
-                database_url=database_url,
-            )
-            if problem or not events or newest is None or (since is not None and newest <= since):
-                break
-            since = newest
-    except PartnerError as exc:
-        report.errors.append(str(exc))
-    return report
+    *, database_url: str | None = None, conn_id: str = CONN_ID, courier: CourierClient | None = None, pages: int = PAGES
+) -> SyncReport:
+    """One walk of the tracking feed into the hub (what the courier ingest DAG runs, for one client)."""
+    chosen, limit = courier or client(conn_id), pages
+    partner = partners.get("courier")
+    return partner_sync.pull_stream(
+        partner, partner.pulls[0], database_url=database_url, fetch=lambda mark: _pages(mark, chosen, limit)
+    )
+
+
+def _pages(mark: partners.Mark, courier: CourierClient, limit: int) -> Iterator[partners.Page]:
+    return pages(mark, courier=courier, limit=limit)
 
 
 def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierClient | None = None) -> dict[str, Any]:

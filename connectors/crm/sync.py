@@ -1,25 +1,26 @@
-"""CRM sync entry points for the DAGs: `pull()` (incremental, by modified-since watermark) and
+"""CRM sync entry points: `pages(mark)` (incremental, by modified-since watermark) and
 `push(payload)` (one outbox message: the normalized status back to the CRM).
 
-Each page is archived exactly as received and mapped with mappings/crm/enrollment in one
-transaction, which also moves the watermark past the page's newest record; the next pull starts
-`overlap` earlier so records modified during a page walk are not missed (the archive and the
-ledger absorb the repeats).
+Each page is yielded exactly as received with the newest record's modification time as its
+watermark; the hub archives, maps and applies it and moves the watermark in one transaction
+(cgthub.partner_sync). Each read starts `OVERLAP` before the watermark so records modified during
+a page walk are not missed (the archive and the ledger absorb the repeats).
 """
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from cgthub.store import session_scope
-from connectors.common import sync_state
+from cgthub import partner_sync, partners
+from cgthub.archive import Inbound
+from cgthub.sync_state import SyncReport
+from cgthub.tables import utcnow
 from connectors.common.connection import get_connection
 from connectors.common.http import PartnerError
 from connectors.crm.client import CrmClient
 
-log = logging.getLogger(__name__)
 CONN_ID = "crm_api"
 STREAM = "orders"
 OVERLAP = timedelta(minutes=5)
@@ -29,34 +30,21 @@ def client(conn_id: str = CONN_ID) -> CrmClient:
     return CrmClient(get_connection(conn_id))
 
 
-def pull(
-    *, database_url: str | None = None, conn_id: str = CONN_ID, crm: CrmClient | None = None
-) -> sync_state.SyncReport:
-    crm = crm or client(conn_id)
-    report = sync_state.SyncReport(partner="crm", stream=STREAM)
-    with session_scope(database_url) as session:
-        mark = sync_state.watermark(session, "crm", STREAM)
-    report.watermark_before = mark.isoformat() if mark else None
-    try:
-        for page in crm.pages(mark - OVERLAP if mark else None):
-            sync_state.ingest_page(
-                report,
-                page.raw,
-                system="crm",
-                kind="enrollment",
-                channel="rest",
-                content_type="application/json",
-                records=len(page.records),
-                problem=page.problem,
-                watermark=_newest(page.records),
-                database_url=database_url,
-            )
-    except PartnerError as exc:
-        report.errors.append(str(exc))
-        with session_scope(database_url) as session:
-            sync_state.advance(session, report, None)
-    log.info("crm pull: %s", {k: v for k, v in report.as_dict().items() if k != "order_ids"})
-    return report
+def pages(mark: partners.Mark, *, crm: CrmClient | None = None) -> Iterator[partners.Page]:
+    """The CRM's orders modified since the mark, page by page, as received."""
+    crm = crm or client()
+    for page in crm.pages(mark.watermark - OVERLAP if mark.watermark else None):
+        item = Inbound("crm", "enrollment", "rest", page.raw, utcnow(), content_type="application/json")
+        yield partners.Page([item], records=len(page.records), watermark=_newest(page.records), problem=page.problem)
+
+
+def pull(*, database_url: str | None = None, conn_id: str = CONN_ID, crm: CrmClient | None = None) -> SyncReport:
+    """One incremental pull into the hub (what the CRM ingest DAG runs, for one client)."""
+    chosen = crm or client(conn_id)
+    partner = partners.get("crm")
+    return partner_sync.pull_stream(
+        partner, partner.pulls[0], database_url=database_url, fetch=lambda mark: pages(mark, crm=chosen)
+    )
 
 
 def _newest(records: list[dict[str, Any]]) -> datetime | None:

@@ -1,19 +1,22 @@
-"""ERP sync entry points: `pull()` reads sales orders and goods movements changed since the
-watermark (each SOAP response archived as received, mapped by mappings/erp), and `push(payload)`
+"""ERP sync entry points: `pages(kind, mark)` reads sales orders or goods movements changed since
+the watermark (each SOAP response yielded as received, mapped by mappings/erp), and `push(payload)`
 posts the hub's status to the order's sales order, creating the sales order first when the ERP
 has none for it (the ERP keys sales orders by the CRM order id, so that is idempotent too).
+
+A SOAP fault answer is yielded as a refused page: the hub archives and quarantines it with the
+fault's text, like any payload it cannot use, and the stream's watermark stays where it was.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
-from cgthub import archive, pipeline, quarantine, routing
+from cgthub import partner_sync, partners
 from cgthub.archive import Inbound
-from cgthub.store import session_scope
+from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
-from connectors.common import sync_state
 from connectors.common.connection import get_connection
 from connectors.common.http import PartnerError
 from connectors.erp.client import ErpClient, ErpFault
@@ -30,53 +33,44 @@ def client(conn_id: str = CONN_ID) -> ErpClient:
     return ErpClient(get_connection(conn_id))
 
 
-def pull(
-    *, database_url: str | None = None, conn_id: str = CONN_ID, erp: ErpClient | None = None
-) -> sync_state.SyncReport:
-    erp = erp or client(conn_id)
-    report = sync_state.SyncReport(partner="erp", stream="sales_order+goods_movement")
-    orders: set[str] = set()
-    for kind, method in STREAMS.items():
-        with session_scope(database_url) as session:
-            mark = sync_state.watermark(session, "erp", kind)
-        started = utcnow()
-        try:
-            raw = getattr(erp, method)(mark - OVERLAP if mark else None)
-        except ErpFault as fault:
-            report.errors.append(f"{kind}: {fault}")
-            if fault.raw is not None:
-                _quarantine_fault(database_url, kind, fault, report)
-            continue
-        except PartnerError as exc:
-            report.errors.append(f"{kind}: {exc}")
-            continue
-        item = Inbound("erp", kind, "soap", raw, started, content_type="text/xml")
-        with session_scope(database_url) as session:
-            (result,) = pipeline.ingest_batch(session, [item], routing.mapper_for(session))
-            report.payloads += 1
-            report.appended += result.appended
-            report.duplicates += result.duplicates
-            report.quarantined += result.quarantined
-            orders |= result.order_ids
-            report.errors.extend(f"{kind}: {reason}" for reason in result.reasons if result.rejected)
-            stream_report = sync_state.SyncReport(partner="erp", stream=kind)
-            sync_state.advance(session, stream_report, started)
-    report.order_ids = sorted(orders)
+def pages(kind: str, mark: partners.Mark, *, erp: ErpClient | None = None) -> Iterator[partners.Page]:
+    """One SOAP read of `kind` changed since the mark; its start time is the stream's next watermark."""
+    erp = erp or client()
+    started = utcnow()
+    try:
+        raw = getattr(erp, STREAMS[kind])(mark.watermark - OVERLAP if mark.watermark else None)
+    except ErpFault as fault:
+        if fault.raw is None:
+            raise
+        yield partners.Page(
+            [Inbound("erp", kind, "soap", fault.raw, started, content_type="text/xml")], refused=str(fault)
+        )
+        return
+    yield partners.Page([Inbound("erp", kind, "soap", raw, started, content_type="text/xml")], watermark=started)
+
+
+def sales_orders(mark: partners.Mark) -> Iterator[partners.Page]:
+    return pages("sales_order", mark)
+
+
+def goods_movements(mark: partners.Mark) -> Iterator[partners.Page]:
+    return pages("goods_movement", mark)
+
+
+def pull(*, database_url: str | None = None, conn_id: str = CONN_ID, erp: ErpClient | None = None) -> SyncReport:
+    """Both streams into the hub (what the ERP ingest DAG runs, for one client)."""
+    chosen = erp or client(conn_id)
+    partner = partners.get("erp")
+    report = SyncReport(partner="erp", stream="+".join(p.stream for p in partner.pulls))
+    for declared in partner.pulls:
+        partner_sync.pull_stream(
+            partner,
+            declared,
+            database_url=database_url,
+            report=report,
+            fetch=lambda mark, kind=declared.stream: pages(kind, mark, erp=chosen),
+        )
     return report
-
-
-def _quarantine_fault(database_url: str | None, kind: str, fault: ErpFault, report: sync_state.SyncReport) -> None:
-    """A SOAP fault answer is kept like any inbound payload: archived, and quarantined with its text."""
-    assert fault.raw is not None
-    with session_scope(database_url) as session:
-        stored = archive.store(
-            session, system="erp", kind=kind, channel="soap", payload=fault.raw, content_type="text/xml"
-        )
-        quarantine.put(
-            session, stage=quarantine.Stage.RECEIVE, reason=str(fault), system="erp", kind=kind, raw_id=stored.raw_id
-        )
-        archive.mark(session, stored.raw_id, "quarantined")
-    report.quarantined += 1
 
 
 def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, erp: ErpClient | None = None) -> dict[str, Any]:
