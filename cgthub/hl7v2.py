@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
+from cgthub.errors import CgthubError
+
 _PATH = re.compile(r"^([A-Z][A-Z0-9]{2})(?:\((\d+)\))?-(\d+)(?:\((\d+)\))?(?:\.(\d+))?(?:\.(\d+))?$")
 
 
-class HL7ParseError(ValueError):
+class HL7ParseError(CgthubError, ValueError):
     """The bytes are not an HL7 v2 message this reader can take apart; the message says why."""
 
 

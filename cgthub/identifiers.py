@@ -10,12 +10,14 @@ from __future__ import annotations
 import re
 import uuid
 
+from cgthub.errors import CgthubError
+
 _ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ*"
 _VALUE = {ch: i for i, ch in enumerate(_ALPHABET)}
 _COI = re.compile(r"^CH[A-Z][0-9A-Z]{4}[0-9]{2}[0-9]{6}$")
 
 
-class IdentifierError(ValueError):
+class IdentifierError(CgthubError, ValueError):
     """An identifier that is malformed or fails its check character."""
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from cgthub.errors import CgthubError
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 KEY_VARIABLES = {
@@ -24,7 +26,7 @@ KEY_VARIABLES = {
 }
 
 
-class MissingSetting(RuntimeError):
+class MissingSetting(CgthubError, RuntimeError):
     """Settings a non-development environment must give explicitly are absent."""
 
     def __init__(self, variables: list[str], env: str) -> None:

@@ -19,11 +19,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from sqlalchemy.orm import Session
 
+from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
 from cgthub.settings import PROJECT_ROOT
 
 
-class SiteRegistryError(ValueError):
+class SiteRegistryError(CgthubError, ValueError):
     """config/sites.yaml cannot be used; names file and line, like a mapping file's errors."""
 
 

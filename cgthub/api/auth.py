@@ -21,8 +21,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.orm import Session
 
-from cgthub import audit_trail
 from cgthub.api.tables import ApiKey
+from cgthub.errors import CgthubError
 from cgthub.tables import utcnow
 
 TOKEN_PREFIX = "cgt"  # noqa: S105  (a public prefix, not a secret)
@@ -33,10 +33,9 @@ class Scope(StrEnum):
     TIMELINE_READ = "timeline:read"  # the PHI-free event timeline
     CUSTODY_READ = "custody:read"  # EPCIS custody chain, FHIR bundle, patient pseudonyms
     ADMIN = "admin"  # everything above, plus operating webhooks (dead-letter replay)
-    OPERATE = "operate"  # signed operator decisions (each also needs the signer's re-authentication)
 
 
-class InvalidKeyRequest(ValueError):
+class InvalidKeyRequest(CgthubError, ValueError):
     """A key that cannot be created as asked (the message says why)."""
 
 
@@ -124,7 +123,6 @@ def create_key(
     )
     session.add(row)
     session.flush()
-    audit_trail.record(session, "api_key.created", f"api_key:{key_id}", {"name": name, "scopes": wanted})
     return row, f"{TOKEN_PREFIX}_{key_id}_{secret}"
 
 
@@ -167,7 +165,6 @@ def revoke(session: Session, key_id: str) -> bool:
         return False
     if row.revoked_at is None:
         row.revoked_at = utcnow()
-        audit_trail.record(session, "api_key.revoked", f"api_key:{key_id}")
     return True
 
 

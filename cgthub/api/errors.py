@@ -15,6 +15,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from cgthub.errors import CgthubError
+
 log = logging.getLogger(__name__)
 
 _CODES = {
@@ -42,7 +44,7 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
-class ApiError(Exception):
+class ApiError(CgthubError):
     def __init__(
         self,
         status: int,

@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from cgthub.errors import CgthubError
+
 ALLOW_ENV = "CGTHUB_WEBHOOK_ALLOW"
 DEFAULT_HUB_PORTS = frozenset({2575, 8080, 8088})  # MLLP listener, Airflow, `cgthub api serve`
 
@@ -31,7 +33,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SHARED = ipaddress.ip_network("100.64.0.0/10")
 
 
-class TargetRefused(ValueError):
+class TargetRefused(CgthubError, ValueError):
     """The URL may not be a webhook target; the message names no resolved address."""
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from cgthub.errors import CgthubError
 from cgthub.store import database_url, get_engine, session_scope
 
 # Piped output (logs, CI, grep) gets wide lines instead of rich's 80-column wrapping.
@@ -18,7 +19,7 @@ console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 console_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
 
 
-class CliError(Exception):
+class CliError(CgthubError):
     """An error the user can act on: what went wrong, what to do, which exit code."""
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int = 1) -> None:

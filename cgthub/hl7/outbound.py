@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message, parse_segment
 
+from cgthub.errors import CgthubError
 from cgthub.hl7.ack import ack_code
 from cgthub.hl7.mllp import FrameDecoder, frame
 
@@ -35,7 +36,7 @@ ORDER_STATUS = {
 }
 
 
-class HospitalRefused(RuntimeError):
+class HospitalRefused(CgthubError, RuntimeError):
     """The hospital answered AE/AR (or not at all); the outbox retries."""
 
 
@@ -104,7 +105,7 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
 
 def _address(address: str | None) -> tuple[str, int]:
     if address is None:
-        from cgthub.connections import get_connection
+        from connectors.common.connection import get_connection
 
         address = get_connection(CONN_ID).base_url
     parts = urlsplit(address if "://" in address else f"mllp://{address}")

@@ -34,6 +34,7 @@ from pydantic.functional_validators import AfterValidator
 
 from cgthub import hl7v2
 from cgthub import model as canonical
+from cgthub.errors import CgthubError
 from cgthub.mapping import construct
 from cgthub.mapping.spec import DOTTED_PATH
 from cgthub.mapping.transforms import INLINE
@@ -63,7 +64,7 @@ _DICT_VALIDATOR_FACTS = {(canonical.PatientRef, "_only_tokens"): "token"}
 _PLAIN_FACTS = {str: "str", int: "int", float: "float", bool: "bool", AwareDatetime: "aware_datetime"}
 
 
-class NoFastPath(Exception):
+class NoFastPath(CgthubError):
     """This rule's shape is one the generator does not handle; the reference path serves it."""
 
 

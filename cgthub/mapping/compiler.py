@@ -26,11 +26,11 @@ from lxml import etree
 from pydantic import ValidationError
 
 from cgthub import hl7v2
+from cgthub.errors import CgthubError, PayloadRejected
 from cgthub.mapping import codegen, construct
 from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
 from cgthub.mapping.transforms import TransformError, compile_transform, zone
 from cgthub.model import CanonicalEvent, Provenance
-from cgthub.pipeline import PayloadRejected
 from cgthub.pseudonym import mask, pseudonymize
 from cgthub.quarantine import Stage
 
@@ -55,7 +55,7 @@ _TARGET_ROOTS = {
 }
 
 
-class FieldFailure(Exception):
+class FieldFailure(CgthubError):
     def __init__(self, stage: Stage, problem: str) -> None:
         super().__init__(problem)
         self.stage, self.problem = stage, problem

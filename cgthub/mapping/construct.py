@@ -29,6 +29,7 @@ from pydantic import AwareDatetime, BaseModel
 from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator
 
+from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ _FACTORY = object()
 ABSENT = object()  # a field the record did not fill (generated code marks it with this)
 
 
-class Unsure(Exception):
+class Unsure(CgthubError):
     """The fast builder cannot vouch for a value; pydantic decides."""
 
 

@@ -31,13 +31,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cgthub.errors import CgthubError
 from cgthub.model import EventType, SourceSystem
 
 # A JSON path of plain keys (`patient.coiId`): read as chained lookups, not through JMESPath.
 DOTTED_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
-class MappingError(ValueError):
+class MappingError(CgthubError, ValueError):
     """A mapping file that cannot be loaded or compiled; names file, line and rule."""
 
     def __init__(self, file: Path | str, line: int | None, rule: str | None, problem: str) -> None:

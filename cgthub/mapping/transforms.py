@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cgthub.errors import CgthubError
 from cgthub.identifiers import normalize_din, validate_coi_id
 from cgthub.pseudonym import pseudonymize
 
@@ -20,7 +21,7 @@ Transform = Callable[[Any], Any]
 _HL7_TS = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(?:\.(\d{1,6}))?([+-]\d{4})?$")
 
 
-class TransformError(ValueError):
+class TransformError(CgthubError, ValueError):
     """A value a transform cannot take; the message says what was expected, never the value."""
 
 

@@ -12,10 +12,12 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from cgthub.errors import CgthubError
+
 T = TypeVar("T")
 
 
-class CircuitOpen(RuntimeError):
+class CircuitOpen(CgthubError, RuntimeError):
     """The partner failed too often recently; the call was not attempted."""
 
 

@@ -19,11 +19,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from cgthub.partners import PartnerUnavailable
+from cgthub.errors import CgthubError
 from connectors.common.breaker import breaker_for
 
 
-class PartnerError(PartnerUnavailable):
+class PartnerError(CgthubError, RuntimeError):
     """A partner answered, but not usefully; the message says what came back (never the body's PHI)."""
 
 

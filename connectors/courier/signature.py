@@ -9,10 +9,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from cgthub.errors import CgthubError
+
 HEADER = "X-Courier-Signature"
 
 
-class EmptySecret(ValueError):
+class EmptySecret(CgthubError, ValueError):
     """The webhook's shared secret is empty: every request would pass for the courier's."""
 
     def __init__(self) -> None:
