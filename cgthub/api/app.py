@@ -14,8 +14,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import Depends, FastAPI
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cgthub import health as hub_health
+from cgthub import metrics
 from cgthub.api import decisions, errors, feed, orders, subscriptions
 from cgthub.api.audit import Access, AuditWriter
 from cgthub.api.auth import PrincipalCache
@@ -147,6 +150,19 @@ def create_app(
     def health() -> dict[str, Any]:
         """Liveness: no auth, no data."""
         return {"status": "ok"}
+
+    hub_metrics = metrics.hub_registry(url)
+
+    @app.get("/health/ready", include_in_schema=False)
+    def ready() -> JSONResponse:
+        """Readiness: 503 while the database does not answer; reports the listener and delivery loop too."""
+        is_ready, state = hub_health.report(url)
+        return JSONResponse(state, status_code=200 if is_ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus_metrics() -> Response:
+        """Prometheus scrape: gauges read from the database now (no auth: counts only, no order data)."""
+        return Response(metrics.exposition(hub_metrics), media_type=metrics.CONTENT_TYPE)
 
     app.include_router(orders.router)
     app.include_router(feed.router)

@@ -38,6 +38,10 @@ def listen(
         help="bytes held for unfinished frames and unanswered messages, all connections together; "
         "a read beyond it closes its connection unanswered (the sender resends)",
     ),
+    metrics_port: int | None = typer.Option(
+        None, help="serve /metrics, /health and /health/ready on this HTTP port (0: any free port)"
+    ),
+    metrics_host: str = typer.Option("127.0.0.1", help="address of the metrics port"),
 ) -> None:
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.listener import MllpListener
@@ -63,6 +67,18 @@ def listen(
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}", "choose another --port") from exc
         console.print(f"listening for MLLP on {bound_host}:{bound_port} ({'apply' if apply else 'archive only'})")
+        served = None
+        if metrics_port is not None:
+            from cgthub.metrics import serve_http
+
+            try:
+                served = serve_http(metrics_host, metrics_port, listener.health)
+            except OSError as exc:
+                raise CliError(
+                    f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}",
+                    "choose another --metrics-port",
+                ) from exc
+            console.print(f"metrics and health on http://{metrics_host}:{served.server_address[1]}/metrics")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -71,6 +87,8 @@ def listen(
         await stop.wait()
         console.print("shutting down: finishing in-flight messages")
         await listener.stop()
+        if served is not None:
+            served.shutdown()
         console.print(f"done: {listener.stats}")
 
     asyncio.run(run())

@@ -34,6 +34,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from cgthub import health as hub_health
+from cgthub import metrics
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import build_ack
 from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
@@ -266,8 +268,23 @@ class MllpListener:
 
     def _submit(self, message: inbound.Received) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        metrics.HL7_RECEIVED.inc()
+        arrived = time.perf_counter()
+        future.add_done_callback(lambda done: _observe(done, arrived))
         self._queue.put_nowait((message, future))
         return future
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        """(ready, state) for the listener's HTTP port: ready while it accepts and its database answers."""
+        accepting = self._server is not None and self._server.is_serving()
+        database = hub_health.database(self.database_url)
+        state = {
+            "status": "ok" if accepting and database["status"] == "ok" else "unavailable",
+            "listener": {"status": "ok" if accepting else "stopped", "connections": len(self._connections)},
+            "database": database,
+            "mode": "apply" if self.apply else "archive only",
+        }
+        return state["status"] == "ok", state
 
     # group commit ------------------------------------------------------------------------------
     async def _commit_loop(self) -> None:
@@ -320,6 +337,11 @@ class MllpListener:
             if self.apply:
                 return inbound.apply(session, messages, "mllp")
             return inbound.archive_only(session, messages, "mllp")
+
+
+def _observe(done: asyncio.Future[bytes], arrived: float) -> None:
+    if not done.cancelled() and done.exception() is None:
+        metrics.observe_ack(done.result(), time.perf_counter() - arrived)
 
 
 class _Held:

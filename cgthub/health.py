@@ -1,0 +1,91 @@
+"""What `/health/ready` answers: the database, the MLLP listener and the webhook delivery loop.
+
+Ready means the database answers: without it nothing the hub does can succeed, so a load balancer
+or compose should stop sending work. The listener and the delivery loop are reported (a deployment
+alerts on them) but do not make the API unready: the API serves orders without either.
+No order data appears here, only counts and ages.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, text
+
+from cgthub.outbox import OutboxMessage, OutboxStatus
+from cgthub.store import session_scope
+
+WEBHOOK_KIND = "webhook"
+DELIVERY_BEHIND_AFTER = timedelta(minutes=5)  # a due webhook older than this: the loop is not keeping up
+LISTENER_ENV = "CGTHUB_MLLP_LISTENER"
+
+
+def database(database_url: str | None) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        with session_scope(database_url, readonly=True) as session:
+            session.execute(text("SELECT 1"))
+    except Exception as exc:
+        return {"status": "unreachable", "error": type(exc).__name__}
+    return {"status": "ok", "seconds": round(time.perf_counter() - started, 4)}
+
+
+def listener(address: str | None = None, *, timeout: float = 0.5) -> dict[str, Any]:
+    """Whether the MLLP listener accepts connections (`host:port`, default CGTHUB_MLLP_LISTENER)."""
+    address = address if address is not None else os.environ.get(LISTENER_ENV, "")
+    if not address:
+        return {"status": "not configured"}
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as exc:
+        return {"status": "unreachable", "address": address, "error": type(exc).__name__}
+    return {"status": "ok", "address": address}
+
+
+def delivery(database_url: str | None) -> dict[str, Any]:
+    """The webhook delivery loop, judged by its work: due messages waiting, the oldest's age, dead letters."""
+    now = datetime.now(UTC)
+    due = (OutboxStatus.PENDING.value, OutboxStatus.FAILED.value)
+    try:
+        with session_scope(database_url, readonly=True) as session:
+            waiting, oldest = session.execute(
+                select(func.count(), func.min(OutboxMessage.next_attempt_at)).where(
+                    OutboxMessage.destination_kind == WEBHOOK_KIND,
+                    OutboxMessage.status.in_(due),
+                    OutboxMessage.next_attempt_at <= now,
+                )
+            ).one()
+            dead = session.scalar(
+                select(func.count()).where(
+                    OutboxMessage.destination_kind == WEBHOOK_KIND, OutboxMessage.status == OutboxStatus.DEAD.value
+                )
+            )
+    except Exception as exc:
+        return {"status": "unknown", "error": type(exc).__name__}
+    if oldest is not None and oldest.tzinfo is None:
+        oldest = oldest.replace(tzinfo=UTC)
+    late = (now - oldest) if oldest is not None else timedelta(0)
+    return {
+        "status": "behind" if late > DELIVERY_BEHIND_AFTER else "ok",
+        "due": int(waiting),
+        "oldest_due_seconds": round(late.total_seconds(), 1),
+        "dead": int(dead or 0),
+    }
+
+
+def report(database_url: str | None, *, listener_address: str | None = None) -> tuple[bool, dict[str, Any]]:
+    """(ready, state): ready while the database answers."""
+    db = database(database_url)
+    state = {
+        "status": "ok" if db["status"] == "ok" else "unavailable",
+        "database": db,
+        "listener": listener(listener_address),
+        "delivery": delivery(database_url) if db["status"] == "ok" else {"status": "unknown"},
+    }
+    return db["status"] == "ok", state

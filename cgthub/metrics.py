@@ -1,0 +1,200 @@
+"""Prometheus metrics: what the listener counts as it goes, and what the database says at scrape time.
+
+Two kinds of series, so that no number is counted twice across replicas:
+
+- process-local counters and histograms of the MLLP listener (messages received, ACKs by code,
+  ACK latency), served by the listener's own small HTTP port (`serve_http`);
+- gauges read from the hub's database when Prometheus scrapes (quarantine depth by stage, outbox
+  backlog and dead letters per partner, partner lag, last sync duration, open alerts by kind),
+  served once, by the API's `/metrics`. Each is one indexed GROUP BY, so a scrape stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from cgthub.outbox import OutboxMessage, OutboxStatus
+from cgthub.store import session_scope
+from cgthub.sync_state import SyncState
+from cgthub.tables import Alert, QuarantineEntry
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+HL7_RECEIVED = Counter("cgthub_hl7_messages_received", "HL7 v2 messages received over MLLP (whole frames)")
+HL7_ACKS = Counter("cgthub_hl7_acks", "ACKs sent over MLLP, by acknowledgment code (MSA-1)", ["code"])
+HL7_ACK_LATENCY = Histogram(
+    "cgthub_hl7_ack_latency_seconds",
+    "From a frame's last byte to its ACK: queueing, group commit and answer",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+)
+for _code in ("AA", "AE", "AR"):
+    HL7_ACKS.labels(_code)  # present at zero from the start, so rate() and alerts see them
+
+
+def ack_code(ack: bytes) -> str:
+    """MSA-1 of an ACK the listener built (AA, AE or AR)."""
+    at = ack.find(b"MSA|")
+    return ack[at + 4 : at + 6].decode("ascii", "replace") if at >= 0 else "??"
+
+
+def observe_ack(ack: bytes, seconds: float) -> None:
+    HL7_ACKS.labels(ack_code(ack)).inc()
+    HL7_ACK_LATENCY.observe(seconds)
+
+
+class HubCollector(Collector):
+    """Gauges computed from the hub's database at each scrape."""
+
+    def __init__(self, database_url: str | None) -> None:
+        self.database_url = database_url
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("cgthub_database_up", "1 when the hub's database answered this scrape")
+        try:
+            families = self._from_database()
+        except Exception as exc:  # a scrape must answer even when the database does not
+            log.warning("metrics: the hub's database did not answer: %s", type(exc).__name__)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from families
+
+    def _from_database(self) -> list[GaugeMetricFamily]:
+        quarantine = GaugeMetricFamily("cgthub_quarantine_open", "Open quarantine entries, by stage", labels=["stage"])
+        backlog = GaugeMetricFamily(
+            "cgthub_outbox_backlog",
+            "Outbox messages not yet delivered (pending or retrying), by partner",
+            labels=["partner"],
+        )
+        dead = GaugeMetricFamily(
+            "cgthub_outbox_dead", "Outbox messages given up on (dead letters), by partner", labels=["partner"]
+        )
+        lag = GaugeMetricFamily(
+            "cgthub_partner_lag_seconds", "Now minus the partner stream's watermark", labels=["partner", "stream"]
+        )
+        since = GaugeMetricFamily(
+            "cgthub_partner_last_sync_age_seconds",
+            "Now minus the partner stream's last sync",
+            labels=["partner", "stream"],
+        )
+        duration = GaugeMetricFamily(
+            "cgthub_partner_sync_duration_seconds",
+            "How long the partner stream's last sync took (when its report says)",
+            labels=["partner", "stream"],
+        )
+        alerts = GaugeMetricFamily("cgthub_alerts_open", "Open operator alerts, by kind", labels=["kind"])
+        now = datetime.now(UTC)
+        with session_scope(self.database_url, readonly=True) as session:
+            for stage, count in session.execute(
+                select(QuarantineEntry.stage, func.count())
+                .where(QuarantineEntry.status == "open")
+                .group_by(QuarantineEntry.stage)
+            ):
+                quarantine.add_metric([stage], count)
+            undelivered: dict[str, int] = {}
+            given_up: dict[str, int] = {}
+            for kind, status, count in session.execute(
+                select(OutboxMessage.destination_kind, OutboxMessage.status, func.count())
+                .where(
+                    OutboxMessage.status.in_(
+                        [OutboxStatus.PENDING.value, OutboxStatus.FAILED.value, OutboxStatus.DEAD.value]
+                    )
+                )
+                .group_by(OutboxMessage.destination_kind, OutboxMessage.status)
+            ):
+                target = given_up if status == OutboxStatus.DEAD.value else undelivered
+                target[kind] = target.get(kind, 0) + count
+            for kind in sorted({*undelivered, *given_up}):
+                backlog.add_metric([kind], undelivered.get(kind, 0))
+                dead.add_metric([kind], given_up.get(kind, 0))
+            for partner, stream, watermark, updated_at, seconds in session.execute(
+                select(
+                    SyncState.partner,
+                    SyncState.stream,
+                    SyncState.watermark,
+                    SyncState.updated_at,
+                    _report_duration(),
+                )
+            ):
+                if watermark is not None:
+                    lag.add_metric([partner, stream], max(0.0, (now - _aware(watermark)).total_seconds()))
+                if updated_at is not None:
+                    since.add_metric([partner, stream], max(0.0, (now - _aware(updated_at)).total_seconds()))
+                if seconds is not None:
+                    duration.add_metric([partner, stream], float(seconds))
+            for kind, count in session.execute(
+                select(Alert.kind, func.count()).where(Alert.status == "open").group_by(Alert.kind)
+            ):
+                alerts.add_metric([kind], count)
+        return [quarantine, backlog, dead, lag, since, duration, alerts]
+
+
+def _report_duration() -> Any:
+    """`last_report.duration_seconds`, read in SQL so a scrape never loads whole reports."""
+    return SyncState.last_report["duration_seconds"].as_float()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def hub_registry(database_url: str | None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HubCollector(database_url))
+    return registry
+
+
+def exposition(*registries: CollectorRegistry) -> bytes:
+    return b"".join(generate_latest(registry) for registry in registries)
+
+
+def serve_http(
+    host: str,
+    port: int,
+    health: Callable[[], tuple[bool, dict[str, Any]]],
+    registries: tuple[CollectorRegistry, ...] = (REGISTRY,),
+) -> ThreadingHTTPServer:
+    """A small HTTP port beside a non-HTTP service: /metrics, /health (state) and /health/ready
+    (503 while not ready), served from a daemon thread. Returns the server (its port, shutdown)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._answer(200, exposition(*registries), CONTENT_TYPE)
+            elif path in ("/health", "/health/ready"):
+                ready, state = health()
+                status = 503 if path == "/health/ready" and not ready else 200
+                self._answer(status, json.dumps(state).encode(), "application/json")
+            else:
+                self._answer(404, b'{"error": "not found"}', "application/json")
+
+        def _answer(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few seconds: not logged
+            pass
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="cgthub-metrics", daemon=True).start()
+    return server
