@@ -1,9 +1,10 @@
-"""Airflow plugin: the hub's order API inside Airflow's API server, and "Orders" in Airflow's navigation.
+"""Airflow plugin: the hub's order API and order console inside Airflow's API server and navigation.
 
 - `fastapi_apps` mounts cgthub.orders_view.plugin_app under /cgthub: the order transparency API at
   /cgthub/api (the hub's own bearer-key auth on every data route: Airflow does not protect plugin
-  apps) and the Orders page at /cgthub/ui/orders.
-- `external_views` adds "Orders" to Airflow's navigation; the page opens inside Airflow's UI.
+  apps) and the console at /cgthub/console (the signed-in Airflow user, through Airflow's own auth
+  manager; roles map to hub scopes in config/console_roles.yaml).
+- `external_views` adds the console's pages to Airflow's navigation; they open inside Airflow's UI.
 """
 
 from __future__ import annotations
@@ -22,10 +23,16 @@ class CgthubPlugin(AirflowPlugin):
     ]
     external_views = [
         {
-            "name": "Orders",
-            "href": f"{URL_PREFIX}/ui/orders",
+            "name": name,
+            "href": f"{URL_PREFIX}/console/{page}",
             "destination": "nav",
-            "url_route": "cgthub-orders",
+            "url_route": f"cgthub-{page}",
             "category": "browse",
-        },
+        }
+        for page, name in (
+            ("orders", "Orders"),
+            ("quarantine", "Quarantine"),
+            ("partners", "Partner health"),
+            ("mappings", "Mappings in force"),
+        )
     ]

@@ -29,9 +29,10 @@ def test_airflow_loads_the_plugin_with_its_app_and_orders_view():
     apps, _middlewares = plugins_manager.get_fastapi_plugins()
     assert [a["url_prefix"] for a in apps if a["name"] == "cgthub order transparency API"] == ["/cgthub"]
     external_views, _react = plugins_manager._get_ui_plugins()
-    orders = [v for v in external_views if v["name"] == "Orders"]
-    assert orders == plugin.external_views
-    assert orders[0]["href"] == "/cgthub/ui/orders" and orders[0]["destination"] == "nav"
+    console = [v for v in external_views if v["href"].startswith("/cgthub/console/")]
+    assert console == plugin.external_views
+    assert console[0]["name"] == "Orders" and console[0]["href"] == "/cgthub/console/orders"
+    assert {v["destination"] for v in console} == {"nav"}
 
 
 @pytest.fixture(scope="module")
@@ -55,8 +56,10 @@ def test_mounted_api_answers_inside_airflow_and_refuses_requests_without_a_hub_k
     refused = airflow_api.get("/cgthub/api/orders")
     assert refused.status_code == 401
     assert refused.json()["error"]["code"]
-    page = airflow_api.get("/cgthub/ui/orders")
-    assert page.status_code == 200 and "<h2>Orders</h2>" in page.text
+    page = airflow_api.get("/cgthub/ui/orders", follow_redirects=False)
+    assert page.status_code == 308 and page.headers["location"] == "/cgthub/console/orders"
+    console = airflow_api.get("/cgthub/console/orders", follow_redirects=False)
+    assert console.status_code == 303 and console.headers["location"].startswith("/auth/login")
 
 
 def test_orders_through_the_plugin_app_with_a_scoped_key(db_url):
@@ -72,6 +75,6 @@ def test_orders_through_the_plugin_app_with_a_scoped_key(db_url):
         answer = client.get("/api/orders", headers={"Authorization": f"Bearer {us_only}"})
         assert answer.status_code == 200
         assert sorted(o["status"] for o in answer.json()["orders"]) == ["collected", "received_at_cmo"]
-        page = client.get("/ui/orders").text
-        assert "ORD-" not in page and "MRN" not in page  # the page holds no data; the API serves it
+        page = client.get("/console/orders", follow_redirects=False)
+        assert page.status_code == 303 and "ORD-" not in page.text  # no Airflow session, no data
     hub_api.state.audit.close()  # write the access log while this test's database still exists

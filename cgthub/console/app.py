@@ -1,0 +1,227 @@
+"""The order console: server-rendered pages for coordinators and QA, inside Airflow's API server.
+
+Every page answers only to a signed-in Airflow user (see cgthub.console.auth) and reads only the
+orders their role's data scope covers; the templates and the one stylesheet ship in this package,
+so the console works with no internet.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
+
+from cgthub.api.auth import Scope
+from cgthub.api.errors import ApiError
+from cgthub.console import auth, board, detail, ops, timeline
+from cgthub.lifecycle import OrderStatus
+from cgthub.model import EventType
+from cgthub.store import database_url as configured_url
+from cgthub.store import point_read_engine, session_scope
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+templates.env.filters["at"] = lambda at: "" if at is None else f"{ops.aware(at):%Y-%m-%d %H:%M}"
+templates.env.filters["words"] = lambda text: str(text or "").replace("_", " ")
+
+PAGES = (
+    ("orders", "Orders board"),
+    ("quarantine", "Quarantine"),
+    ("partners", "Partner health"),
+    ("mappings", "Mappings in force"),
+)
+
+
+def console_app(database_url: str | None = None) -> FastAPI:
+    """The console as an app of its own, for the plugin to mount (at /cgthub/console)."""
+    url = configured_url(database_url)
+    app = FastAPI(title="cgthub console", docs_url=None, redoc_url=None, openapi_url=None)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+
+    @contextmanager
+    def reading() -> Iterator[Session]:
+        with session_scope(url, readonly=True) as session:
+            yield session
+
+    @app.exception_handler(auth.SignInRequired)
+    async def sign_in(request: Request, _exc: auth.SignInRequired) -> Response:
+        return RedirectResponse(auth.login_url(str(request.url)), status_code=303)
+
+    @app.exception_handler(ApiError)
+    async def refused(request: Request, exc: ApiError) -> Response:
+        user = getattr(request.state, "console_user", None)
+        return page(request, user, "refused.html", {"status": exc.status, "message": exc.message}, exc.status)
+
+    async def signed_in(request: Request) -> auth.ConsoleUser:
+        user = await auth.console_user(request)
+        request.state.console_user = user
+        return user
+
+    def page(
+        request: Request, user: auth.ConsoleUser | None, name: str, context: dict[str, Any], status: int = 200
+    ) -> HTMLResponse:
+        return templates.TemplateResponse(
+            request,
+            name,
+            {"user": user, "pages": PAGES, "base": request.scope.get("root_path", ""), **context},
+            status_code=status,
+        )
+
+    @app.get("/", include_in_schema=False)
+    def home(request: Request) -> Response:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}/orders", status_code=303)
+
+    @app.get("/orders", response_class=HTMLResponse)
+    def orders_board(
+        request: Request,
+        user: auth.ConsoleUser = Depends(signed_in),
+        status: str | None = Query(None, max_length=32),
+        market: str | None = Query(None, max_length=2),
+        site: str | None = Query(None, max_length=64),
+        therapy: str | None = Query(None, max_length=64),
+        held: bool = False,
+        at_risk: bool = False,
+        has_alerts: bool = False,
+        q: str | None = Query(None, max_length=200),
+    ) -> HTMLResponse:
+        """Most urgent first: what a coordinator looks at when the shift starts."""
+        filters = board.BoardFilters(
+            status=status or None,
+            market=market or None,
+            site=site or None,
+            therapy=therapy or None,
+            held=held,
+            at_risk=at_risk,
+            has_alerts=has_alerts,
+            search=q or None,
+        )
+        started = time.perf_counter()
+        with reading() as session:
+            rows = board.board(session, user.principal, filters)
+            choices = board.choices(session, user.principal)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        response = page(
+            request,
+            user,
+            "orders.html",
+            {
+                "rows": rows,
+                "filters": filters,
+                "choices": choices,
+                "statuses": [s.value for s in OrderStatus],
+                "page_size": board.PAGE_SIZE,
+            },
+        )
+        response.headers["Server-Timing"] = f"db;dur={elapsed_ms:.1f}"
+        return response
+
+    @app.get("/orders/{order_id}", response_class=HTMLResponse)
+    async def order_page(request: Request, order_id: str, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:
+        """The order as a coordinator follows it: where it is against plan, who held it, what is open."""
+        if not user.principal.has(Scope.STATUS_READ):
+            raise ApiError(403, "forbidden", "your Airflow role does not grant reading order status")
+        with point_read_engine(url).connect() as connection:
+            shown = await detail.order_detail(connection, user.principal, order_id)
+        now = detail.now()
+        with reading() as session:
+            events = detail.events(session, order_id)
+            verified, problems = detail.ledger_state(session, order_id)
+        holds = detail.holds(events)
+        excursions = [
+            timeline.Excursion(e.occurred_at, f"temperature excursion {e.occurred_at:%Y-%m-%d %H:%M}")
+            for e in events
+            if e.event_type is EventType.TEMPERATURE_EXCURSION
+        ]
+        planned = detail.planned(shown, now)
+        actual = {m.milestone: m.at for m in shown["milestones"]}
+        start = actual.get(OrderStatus.COLLECTED.value)
+        deadline = None
+        if start is not None:
+            from datetime import timedelta
+
+            deadline = start + timedelta(days=detail.target_days(shown["market"]))
+        at_risk = any(a.kind == "vein_to_vein_at_risk" for a in shown["alerts"])
+        svg = timeline.render(
+            planned=planned,
+            actual=actual,
+            holds=holds,
+            excursions=excursions,
+            deadline=deadline,
+            at_risk=at_risk,
+            now=now,
+        )
+        return page(
+            request,
+            user,
+            "order.html",
+            {
+                "order": shown,
+                "svg": svg,
+                "custody": detail.custody_chain(events) if user.principal.has(Scope.CUSTODY_READ) else None,
+                "holds": holds,
+                "verified": verified,
+                "problems": problems,
+                "hub_hold": shown["on_hold"] and any(a.kind == "coi_discrepancy" for a in shown["alerts"]),
+            },
+        )
+
+    @app.get("/quarantine", response_class=HTMLResponse)
+    def quarantine_page(
+        request: Request,
+        user: auth.ConsoleUser = Depends(signed_in),
+        stage: str | None = Query(None, max_length=16),
+        partner: str | None = Query(None, max_length=32),
+        status: str = Query("open", max_length=16),
+    ) -> HTMLResponse:
+        now = detail.now()
+        with reading() as session:
+            entries = ops.quarantine_list(session, user.principal, stage=stage, partner=partner, status=status)
+        rows = [(e, ops.age(e.first_seen, now)) for e in entries]
+        return page(
+            request,
+            user,
+            "quarantine.html",
+            {
+                "rows": rows,
+                "stage": stage or "",
+                "partner": partner or "",
+                "status": status,
+                "stages": [s.value for s in ops.quarantine.Stage],
+                "query": urlencode({k: v for k, v in (("stage", stage), ("partner", partner)) if v}),
+            },
+        )
+
+    @app.get("/quarantine/{entry_id}", response_class=HTMLResponse)
+    def quarantine_entry_page(
+        request: Request, entry_id: int, user: auth.ConsoleUser = Depends(signed_in)
+    ) -> HTMLResponse:
+        with reading() as session:
+            view = ops.quarantine_entry(session, user.principal, entry_id)
+            if view is None:
+                raise ApiError(404, "not_found", f"no quarantine entry {entry_id} you may see")
+            age = ops.age(view.entry.first_seen, detail.now())
+            return page(request, user, "quarantine_entry.html", {"view": view, "age": age})
+
+    @app.get("/partners", response_class=HTMLResponse)
+    def partners_page(
+        request: Request, user: auth.ConsoleUser = Depends(signed_in), partner: str | None = Query(None, max_length=32)
+    ) -> HTMLResponse:
+        with reading() as session:
+            health = ops.partner_health(session, detail.now())
+            letters = ops.dead_letters(session, partner) if user.principal.all_data else []
+        return page(request, user, "partners.html", {"health": health, "letters": letters, "partner": partner})
+
+    @app.get("/mappings", response_class=HTMLResponse)
+    def mappings_page(request: Request, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:
+        return page(request, user, "mappings.html", {"mappings": ops.mappings_in_force()})
+
+    return app

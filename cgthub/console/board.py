@@ -1,0 +1,158 @@
+"""The orders board: the orders a user may see, filtered, most urgent first, with alert names and references.
+
+Urgency is what a coordinator acts on first: the most severe open alert, then a hold, then a
+vein-to-vein deadline at risk, then how long the order has stood in its status. One statement
+ranks and pages the orders; two more fetch the page's alert names and partner references.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, case, exists, func, or_, select
+from sqlalchemy.orm import Session
+
+from cgthub.api.auth import Principal
+from cgthub.deadlines import VEIN_TO_VEIN_AT_RISK
+from cgthub.tables import Alert, Order, OrderKey
+
+PAGE_SIZE = 200
+_SEVERITY_RANK = case((Alert.severity == "critical", 3), (Alert.severity == "warning", 2), else_=1)
+
+
+@dataclass(frozen=True)
+class BoardFilters:
+    status: str | None = None
+    market: str | None = None
+    site: str | None = None
+    therapy: str | None = None
+    held: bool = False
+    at_risk: bool = False
+    has_alerts: bool = False
+    search: str | None = None
+
+    def active(self) -> bool:
+        return any((self.status, self.market, self.site, self.therapy, self.held, self.at_risk, self.has_alerts))
+
+
+@dataclass
+class BoardRow:
+    id: str
+    therapy: str | None
+    market: str | None
+    site: str | None
+    cmo: str | None
+    status: str
+    on_hold: bool
+    status_since: datetime | None
+    at_risk: bool
+    severity: int
+    alerts: list[str] = field(default_factory=list)
+    refs: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _alert_summary() -> Any:
+    return (
+        select(
+            Alert.order_id.label("order_id"),
+            func.max(_SEVERITY_RANK).label("severity"),
+            func.max(case((Alert.kind == VEIN_TO_VEIN_AT_RISK, 1), else_=0)).label("at_risk"),
+        )
+        .where(Alert.status == "open", Alert.order_id.is_not(None))
+        .group_by(Alert.order_id)
+        .subquery("open_alerts")
+    )
+
+
+def board_query(principal: Principal, filters: BoardFilters) -> Select[Any]:
+    alerts = _alert_summary()
+    severity = func.coalesce(alerts.c.severity, 0)
+    at_risk = func.coalesce(alerts.c.at_risk, 0)
+    query = (
+        select(
+            Order.id,
+            Order.therapy,
+            Order.market,
+            Order.site,
+            Order.cmo,
+            Order.status,
+            Order.on_hold,
+            Order.status_since,
+            severity.label("severity"),
+            at_risk.label("at_risk"),
+        )
+        .outerjoin(alerts, alerts.c.order_id == Order.id)
+        .where(*principal.data_filter(Order.site, Order.cmo, Order.market))
+    )
+    if filters.status:
+        query = query.where(Order.status == filters.status)
+    if filters.market:
+        query = query.where(Order.market == filters.market.upper())
+    if filters.site:
+        query = query.where(Order.site == filters.site)
+    if filters.therapy:
+        query = query.where(Order.therapy == filters.therapy)
+    if filters.held:
+        query = query.where(Order.on_hold.is_(True))
+    if filters.at_risk:
+        query = query.where(alerts.c.at_risk == 1)
+    if filters.has_alerts:
+        query = query.where(alerts.c.order_id.is_not(None))
+    if filters.search:
+        term = filters.search.strip()
+        by_reference = exists().where(OrderKey.order_id == Order.id, OrderKey.value == term)
+        query = query.where(or_(Order.id == term, Order.coi_id == term, by_reference))
+    return query.order_by(
+        severity.desc(), Order.on_hold.desc(), at_risk.desc(), Order.status_since.asc(), Order.id
+    ).limit(PAGE_SIZE)
+
+
+def board(session: Session, principal: Principal, filters: BoardFilters) -> list[BoardRow]:
+    """The board's rows: at most PAGE_SIZE orders in the user's data scope, most urgent first."""
+    rows = [
+        BoardRow(
+            id=r.id,
+            therapy=r.therapy,
+            market=r.market,
+            site=r.site,
+            cmo=r.cmo,
+            status=r.status,
+            on_hold=bool(r.on_hold),
+            status_since=r.status_since,
+            at_risk=bool(r.at_risk),
+            severity=int(r.severity),
+        )
+        for r in session.execute(board_query(principal, filters))
+    ]
+    by_id = {row.id: row for row in rows}
+    if not by_id:
+        return rows
+    names = session.execute(
+        select(Alert.order_id, Alert.kind)
+        .where(Alert.order_id.in_(by_id), Alert.status == "open")
+        .order_by(Alert.order_id, _SEVERITY_RANK.desc(), Alert.kind)
+    )
+    for order_id, kind in names:
+        if kind not in by_id[order_id].alerts:
+            by_id[order_id].alerts.append(kind)
+    refs = session.execute(
+        select(OrderKey.order_id, OrderKey.kind, OrderKey.value)
+        .where(OrderKey.order_id.in_(by_id))
+        .order_by(OrderKey.order_id, OrderKey.kind, OrderKey.value)
+    )
+    for order_id, kind, value in refs:
+        by_id[order_id].refs.append((kind, value))
+    return rows
+
+
+def choices(session: Session, principal: Principal) -> dict[str, list[str]]:
+    """The values the filters offer: only those of orders the user may see."""
+    scope = principal.data_filter(Order.site, Order.cmo, Order.market)
+    found: dict[str, list[str]] = {}
+    for name, column in (("market", Order.market), ("site", Order.site), ("therapy", Order.therapy)):
+        found[name] = [
+            v for v in session.scalars(select(column).where(*scope).distinct().order_by(column)) if v is not None
+        ]
+    return found
