@@ -216,4 +216,54 @@ class Alert(Base):
     closed_at: Mapped[datetime | None]
 
 
+# operators, their signed decisions, the audit trail of people ----------------------------------
+
+
+class Operator(Base):
+    """A person who may sign decisions. Only a scrypt hash of the password is kept."""
+
+    __tablename__ = "operators"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the user id typed when signing
+    scopes: Mapped[list[Any]]
+    password_hash: Mapped[str] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class OperatorDecision(Base):
+    """One signed decision: who, meaning, why, when, and a hash of the state the signer saw."""
+
+    __tablename__ = "operator_decisions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    action: Mapped[str] = mapped_column(String(40))
+    subject: Mapped[str] = mapped_column(String(200))  # e.g. "order:ORD-..", "alert:12", "outbox:crm"
+    order_id: Mapped[str | None] = mapped_column(String(40), index=True)
+    signer: Mapped[str] = mapped_column(String(64))
+    meaning: Mapped[str] = mapped_column(String(16))
+    reason_code: Mapped[str] = mapped_column(String(40))
+    reason_text: Mapped[str] = mapped_column(Text)
+    shown_hash: Mapped[str] = mapped_column(String(64))
+    signed_at: Mapped[datetime]
+    outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AuditRecord(Base):
+    """One action of a person, chained to the one before under the ledger key (see audit_trail)."""
+
+    __tablename__ = "audit_trail"
+    __table_args__ = (UniqueConstraint("seq", name="uq_audit_trail_seq"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(100))
+    action: Mapped[str] = mapped_column(String(64))
+    subject: Mapped[str] = mapped_column(String(200))
+    details: Mapped[str] = mapped_column(Text)  # canonical JSON, the text the seal covers
+    prev_mac: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str] = mapped_column(String(64))
+
+
 __all__ = ["Alert", "Base", "LedgerEntry", "Order", "OrderKey", "QuarantineEntry", "RawMessage"]

@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, false, select
 from sqlalchemy.orm import Session
 
+from cgthub import audit_trail
 from cgthub.api.tables import ApiKey
 from cgthub.errors import CgthubError
 from cgthub.tables import utcnow
@@ -33,6 +34,7 @@ class Scope(StrEnum):
     TIMELINE_READ = "timeline:read"  # the PHI-free event timeline
     CUSTODY_READ = "custody:read"  # EPCIS custody chain, FHIR bundle, patient pseudonyms
     ADMIN = "admin"  # everything above, plus operating webhooks (dead-letter replay)
+    OPERATE = "operate"  # signed operator decisions (each also needs the signer's re-authentication)
 
 
 class InvalidKeyRequest(CgthubError, ValueError):
@@ -123,6 +125,7 @@ def create_key(
     )
     session.add(row)
     session.flush()
+    audit_trail.record(session, "api_key.created", f"api_key:{key_id}", {"name": name, "scopes": wanted})
     return row, f"{TOKEN_PREFIX}_{key_id}_{secret}"
 
 
@@ -165,6 +168,7 @@ def revoke(session: Session, key_id: str) -> bool:
         return False
     if row.revoked_at is None:
         row.revoked_at = utcnow()
+        audit_trail.record(session, "api_key.revoked", f"api_key:{key_id}")
     return True
 
 

@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.progress import Progress
 from rich.table import Table
 
-from cgthub import archive
+from cgthub import archive, audit_trail
 from cgthub.cli.common import CliError, console, open_session
 from cgthub.mapping import fixtures, registry
 from cgthub.mapping.replay import archived, diff, refusals, replay
@@ -167,6 +167,13 @@ def replay_archived(
             progress=lambda done, total: progress.update(task, completed=done, total=total),
             dry_run=dry_run,
         )
+        if not dry_run:
+            audit_trail.record(
+                session,
+                "mapping.replayed",
+                f"mapping:{mapper.mapping_id}@{mapper.version}",
+                {k: v for k, v in vars(report).items() if k != "failures"},
+            )
     if report.dry_run:
         console.print(
             f"dry run, nothing written: {report.payloads} payloads mapped with {mapper.mapping_id}@{mapper.version} "
