@@ -32,14 +32,14 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import PROJECT_ROOT, get_settings
 
 if TYPE_CHECKING:
     from cgthub.demo_scenario import Emission
 
 SandboxPartners = Any  # the configured partner packages' sandbox world (cgthub.partners.sandbox_world)
 
-DEMO_VAR = Path(os.environ.get("CGTHUB_DEMO_DIR") or PROJECT_ROOT / "var" / "demo")
+DEMO_VAR = get_settings().demo_dir or PROJECT_ROOT / "var" / "demo"
 INGEST_DAGS = ["crm", "erp", "courier", "cmo", "cmo_batch"]
 
 
@@ -56,6 +56,7 @@ def _prepare_environment() -> None:
     os.environ["CGTHUB_VAR_DIR"] = str(DEMO_VAR)
     os.environ.pop("CGTHUB_DATABASE_URL", None)
     os.environ.pop("CGTHUB_CONNECTORS", None)  # every partner through its connector
+    get_settings.cache_clear()  # settings are read once per process: read them again
     from cgthub import airflow_env
 
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")

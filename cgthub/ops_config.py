@@ -5,7 +5,6 @@ Validated with pydantic so a typo in the file fails loudly at load, not silently
 
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -14,7 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cgthub.lifecycle import OrderStatus
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import PROJECT_ROOT, get_settings
 
 DEFAULT_PATH = PROJECT_ROOT / "config" / "ops.yaml"
 SeverityName = Literal["info", "warning", "critical"]
@@ -61,7 +60,7 @@ class Notify(_Strict):
     min_severity: SeverityName = "warning"
 
     def effective_webhook(self) -> str | None:
-        return os.environ.get("CGTHUB_ALERT_WEBHOOK_URL") or self.webhook_url
+        return get_settings().alert_webhook_url or self.webhook_url
 
 
 class OpsConfig(_Strict):
@@ -71,7 +70,7 @@ class OpsConfig(_Strict):
 
 
 def load(path: Path | None = None) -> OpsConfig:
-    path = path or Path(os.environ.get("CGTHUB_OPS_CONFIG", DEFAULT_PATH))
+    path = path or get_settings().ops_config or DEFAULT_PATH
     return OpsConfig.model_validate(yaml.safe_load(path.read_text()))
 
 

@@ -1,23 +1,32 @@
-"""Where the hub keeps its state and secrets, read from the environment once.
+"""Every `CGTHUB_*` variable in one place, read from the environment once per process.
 
 Defaults make a fresh clone work with no configuration: an SQLite file and dev keys under var/.
 That convenience is for development only: outside `CGTHUB_ENV=dev` (the default) a missing key is
 an error naming its variable, so a deployment never runs on keys it silently made itself (lost with
 the volume, readable by whoever reads var/).
+
+Keys are decoded when first used, not at startup: a command that needs no pseudonym key (such as
+`orders list`) works whatever that variable holds, and one that does names it in one line.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import os
 import secrets
-from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cgthub.errors import CgthubError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ENV_PREFIX = "CGTHUB_"
 
 KEY_VARIABLES = {
     "pseudonym": "CGTHUB_PSEUDONYM_KEY",
@@ -25,82 +34,166 @@ KEY_VARIABLES = {
     "ledger": "CGTHUB_LEDGER_KEY",
 }
 
+_NEW_KEY_HINT = (
+    "make one with: python -c 'import base64, secrets; "
+    "print(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())'"
+)
 
-class MissingSetting(CgthubError, RuntimeError):
+
+class SettingError(RuntimeError):
+    """A setting the user must fix before the command can run; `hint` says how."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+class MissingSetting(CgthubError, SettingError):
     """Settings a non-development environment must give explicitly are absent."""
 
     def __init__(self, variables: list[str], env: str) -> None:
         super().__init__(
             f"{', '.join(variables)} {'is' if len(variables) == 1 else 'are'} not set: CGTHUB_ENV={env} needs "
             "every key given explicitly (32 bytes, url-safe base64); dev keys are made under var/ only "
-            "when CGTHUB_ENV=dev"
+            "when CGTHUB_ENV=dev",
+            "set it (see deploy/.env.example), or CGTHUB_ENV=dev on a development machine",
         )
         self.variables = variables
 
 
+class InvalidSetting(SettingError):
+    """A variable is set to something the hub cannot use; the message names it, never its value."""
+
+    def __init__(self, variable: str, why: str, hint: str | None = None) -> None:
+        super().__init__(
+            f"{variable} is not valid: {why}", hint or f"correct or unset {variable} (see deploy/.env.example)"
+        )
+        self.variable = variable
+
+
+def _decode_key(variable: str, value: str) -> bytes:
+    try:
+        raw = base64.urlsafe_b64decode(value.strip().encode())
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise InvalidSetting(variable, "must be 32 bytes, url-safe base64", _NEW_KEY_HINT)
+    return raw
+
+
+class Settings(BaseSettings):
+    """The hub's configuration; each field is the variable `CGTHUB_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    env: Literal["dev", "validation", "production"] = "dev"
+    var_dir: Path = PROJECT_ROOT / "var"
+    database_url_text: str | None = Field(default=None, validation_alias="CGTHUB_DATABASE_URL")
+    pseudonym_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_PSEUDONYM_KEY")
+    archive_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_ARCHIVE_KEY")
+    ledger_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_LEDGER_KEY")
+    ledger_checkpoints: Path | None = None
+    config_dir: Path = PROJECT_ROOT / "config"
+    mappings_dir: Path = PROJECT_ROOT / "mappings"
+    ops_config: Path | None = None
+    alert_webhook_url: str | None = None
+    connectors: str | None = None  # comma list of partners pulled through their connector; unset = all
+    webhook_allow: str = ""  # comma list of internal webhook targets an operator vouches for
+    mllp_listener: str = ""  # host:port the hospital sends its HL7 to (the hub's listener)
+    mapping_fastpath: bool = True
+    sandbox_faults: str = ""
+    cmo_drop_dir: Path | None = None
+    demo_dir: Path | None = None
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_in_any_case(cls, value: object) -> object:
+        return (value.strip().lower() or "dev") if isinstance(value, str) else value
+
+    @property
+    def environment(self) -> str:
+        return self.env
+
+    @cached_property
+    def database_url(self) -> str:
+        """The configured URL, or an SQLite file in the var directory (not created here)."""
+        return self.database_url_text or f"sqlite:///{self.var_dir / 'cgthub.db'}"
+
+    @cached_property
+    def pseudonym_key(self) -> bytes:
+        return self._key("pseudonym")
+
+    @cached_property
+    def archive_key(self) -> bytes:
+        return self._key("archive")
+
+    @cached_property
+    def ledger_key(self) -> bytes:
+        return self._key("ledger")
+
+    @property
+    def ledger_checkpoint_path(self) -> Path:
+        """The append-only file of signed chain heads; outside the database by design."""
+        return self.ledger_checkpoints or self.var_dir / "ledger-checkpoints.jsonl"
+
+    def missing_keys(self) -> list[str]:
+        texts = {"pseudonym": self.pseudonym_key_text, "archive": self.archive_key_text, "ledger": self.ledger_key_text}
+        return [KEY_VARIABLES[name] for name, text in texts.items() if not (text and text.get_secret_value())]
+
+    def _key(self, name: str) -> bytes:
+        variable = KEY_VARIABLES[name]
+        text: SecretStr | None = getattr(self, f"{name}_key_text")
+        if text and text.get_secret_value():
+            return _decode_key(variable, text.get_secret_value())
+        if self.env != "dev":
+            raise MissingSetting([variable], self.env)
+        return _dev_key(self.var_dir, name)
+
+
+def _dev_key(folder: Path, name: str) -> bytes:
+    """A 32-byte key kept in var/<name>.key, created on first use (development only)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.key"
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
+        with os.fdopen(fd, "w") as handle:
+            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
+    return _decode_key(str(path), path.read_text())
+
+
+def _variable_of(location: tuple[int | str, ...]) -> str:
+    field = str(location[0]) if location else ""
+    alias = Settings.model_fields[field].validation_alias if field in Settings.model_fields else None
+    return alias if isinstance(alias, str) else ENV_PREFIX + field.upper()
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings (cached: asked on every session and message). Outside dev, every key
+    variable must be present (checked here, at startup); its value is checked when first used."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise InvalidSetting(_variable_of(error["loc"]), error["msg"].lower()) from None
+    missing = settings.missing_keys()
+    if missing and settings.env != "dev":
+        raise MissingSetting(missing, settings.env)
+    return settings
+
+
 def var_dir() -> Path:
-    path = Path(os.environ.get("CGTHUB_VAR_DIR", PROJECT_ROOT / "var"))
+    """The hub's own working directory (made on first use): receipts, journals, dev keys."""
+    path = get_settings().var_dir
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
 def environment() -> str:
     """`dev` (the default) lets the hub make its own keys under var/; anything else does not."""
-    return os.environ.get("CGTHUB_ENV", "dev").strip().lower() or "dev"
-
-
-def _dev_key(name: str) -> bytes:
-    """A 32-byte key kept in var/<name>.key, created on first use (development only)."""
-    path = var_dir() / f"{name}.key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others
-        with os.fdopen(fd, "w") as handle:
-            handle.write(base64.urlsafe_b64encode(secrets.token_bytes(32)).decode())
-    return base64.urlsafe_b64decode(path.read_text().strip())
-
-
-def _keys() -> dict[str, bytes]:
-    """Every key, from its variable or (dev only) its file; all missing variables named at once."""
-    env = environment()
-    missing = [variable for variable in KEY_VARIABLES.values() if not os.environ.get(variable)]
-    if missing and env != "dev":
-        raise MissingSetting(missing, env)
-    keys = {}
-    for name, variable in KEY_VARIABLES.items():
-        value = os.environ.get(variable)
-        if not value:
-            keys[name] = _dev_key(name)
-            continue
-        raw = base64.urlsafe_b64decode(value.encode())
-        if len(raw) != 32:
-            raise ValueError(f"{variable} must be 32 bytes, url-safe base64 encoded")
-        keys[name] = raw
-    return keys
+    return get_settings().env
 
 
 def ledger_checkpoint_path() -> Path:
     """The append-only file of signed chain heads; outside the database by design."""
-    configured = os.environ.get("CGTHUB_LEDGER_CHECKPOINTS")
-    return Path(configured) if configured else var_dir() / "ledger-checkpoints.jsonl"
-
-
-@dataclass(frozen=True)
-class Settings:
-    database_url: str
-    pseudonym_key: bytes
-    archive_key: bytes
-    ledger_key: bytes
-    environment: str = "dev"
-
-
-@lru_cache(maxsize=1)
-def get_settings() -> Settings:
-    url = os.environ.get("CGTHUB_DATABASE_URL") or f"sqlite:///{var_dir() / 'cgthub.db'}"
-    keys = _keys()
-    return Settings(
-        database_url=url,
-        pseudonym_key=keys["pseudonym"],
-        archive_key=keys["archive"],
-        ledger_key=keys["ledger"],
-        environment=environment(),
-    )
+    return get_settings().ledger_checkpoint_path

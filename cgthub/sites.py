@@ -8,7 +8,6 @@ also bound what a sender may change: only orders of the sites its facility code 
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import get_settings
 
 
 class SiteRegistryError(CgthubError, ValueError):
@@ -95,12 +94,12 @@ class SiteRegistry(_Strict):
 
 
 def registry_path() -> Path:
-    return _path_in(os.environ.get("CGTHUB_CONFIG_DIR"))
+    return _path_in(get_settings().config_dir)
 
 
 @lru_cache(maxsize=8)
-def _path_in(config_dir: str | None) -> Path:
-    return Path(config_dir or PROJECT_ROOT / "config") / "sites.yaml"
+def _path_in(config_dir: Path) -> Path:
+    return config_dir / "sites.yaml"
 
 
 _LOOK_AGAIN_AFTER = 1.0  # seconds: the file is asked for its change time at most this often

@@ -17,7 +17,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from cgthub.jsontext import canonical_json
-from cgthub.settings import get_settings
+from cgthub.settings import SettingError, get_settings
 from cgthub.wal_checkpoint import Watched, checkpointer
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
@@ -25,6 +25,52 @@ MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
 def database_url(url: str | None = None) -> str:
     return url or get_settings().database_url
+
+
+class DatabaseMissing(SettingError):
+    """The database a command would read or write is not there (only `cgthub db upgrade` makes one)."""
+
+
+class NotADatabaseURL(SettingError):
+    """The configured URL names no database the hub can use."""
+
+
+def safe_url(url: str) -> str:
+    """The database URL without its password."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        creds, host = rest.rsplit("@", 1)
+        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
+    return url
+
+
+_URL_FORMS = "sqlite:///path/to/cgthub.db or postgresql://user@host:5432/database"
+
+
+def check_database(url: str | None = None, *, may_create: bool = False) -> None:
+    """Refuse a URL that is no database, and an SQLite file that does not exist, before anything is
+    made: SQLite would otherwise create an empty database (and its directories) at any typo.
+    `may_create` (schema upgrades only) allows a new file in an existing directory, or in the var
+    directory, which the hub makes itself."""
+    url = database_url(url)
+    if not url.startswith(("sqlite://", "sqlite+", "postgresql://", "postgresql+")):
+        raise NotADatabaseURL(f"{safe_url(url)} is not a database URL", f"set CGTHUB_DATABASE_URL to {_URL_FORMS}")
+    path = _sqlite_file(url)
+    if path is None or Path(path).exists():
+        return
+    file = Path(path)
+    if not may_create:
+        raise DatabaseMissing(
+            f"the database {file} does not exist",
+            "create it with `cgthub db upgrade`, or set CGTHUB_DATABASE_URL (or CGTHUB_VAR_DIR) to the hub's database",
+        )
+    if file.parent.resolve() == get_settings().var_dir.resolve():
+        file.parent.mkdir(parents=True, exist_ok=True)
+    elif not file.parent.is_dir():
+        raise DatabaseMissing(
+            f"cannot create the database {file}: the directory {file.parent} does not exist",
+            "create the directory first, or correct CGTHUB_DATABASE_URL",
+        )
 
 
 def _sqlite_pragmas(engine: Engine, *, immediate: bool) -> None:
@@ -57,7 +103,7 @@ def _sqlite_file(url: str) -> str | None:
     """The database file of a SQLite URL; None for another backend or an in-memory database."""
     if not url.startswith("sqlite"):
         return None
-    path = url.split("///", 1)[-1]
+    path = url.split("///", 1)[-1].split("?", 1)[0]
     return path if path and path != ":memory:" else None
 
 
@@ -154,9 +200,10 @@ def alembic_config(url: str | None = None) -> Any:
 
 
 def upgrade(url: str | None = None, revision: str = "heads") -> None:
-    """Bring the schema to `revision` (Alembic)."""
+    """Bring the schema to `revision` (Alembic); the only way a new database is made."""
     from alembic import command
 
+    check_database(url, may_create=True)
     cfg = alembic_config(url)
     with get_engine(url).connect() as connection:
         cfg.attributes["connection"] = connection

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cgthub import partners
+from cgthub.settings import get_settings
 
 # The sandboxes as the partners declare them (connectors/<partner>/__init__.py), in port order.
 SANDBOXES = partners.sandboxes()
@@ -84,7 +85,7 @@ class SandboxPartners:
         for partner, (conn_id, _uri) in CONNECTIONS.items():
             parts = urlsplit(get_connection(conn_id).base_url)
             urls[partner] = f"{SANDBOXES[partner].scheme}://{parts.hostname}:{parts.port}"
-        host, _, port = os.environ.get(LISTENER_ENV, "127.0.0.1:2575").rpartition(":")
+        host, _, port = (get_settings().mllp_listener or "127.0.0.1:2575").rpartition(":")
         return cls(urls=urls, listener=(host, int(port)))
 
     def stop(self) -> None:

@@ -30,6 +30,37 @@ airflow_env.configure()
 import pytest  # noqa: E402
 from sqlalchemy import create_engine, text  # noqa: E402
 
+
+class _RereadingMonkeyPatch(pytest.MonkeyPatch):
+    """pytest's monkeypatch, after whose every change to the environment (and its undoing) the hub
+    reads its settings again, as a new process would: get_settings() is read once per process."""
+
+    def setenv(self, name: str, value: str, prepend: str | None = None) -> None:
+        super().setenv(name, value, prepend)
+        _reread_settings()
+
+    def delenv(self, name: str, raising: bool = True) -> None:
+        super().delenv(name, raising)
+        _reread_settings()
+
+    def undo(self) -> None:
+        super().undo()
+        _reread_settings()
+
+
+def _reread_settings() -> None:
+    from cgthub import settings
+
+    settings.get_settings.cache_clear()
+
+
+@pytest.fixture
+def monkeypatch() -> Iterator[pytest.MonkeyPatch]:
+    patch = _RereadingMonkeyPatch()
+    yield patch
+    patch.undo()
+
+
 PG_ADMIN_URL = os.environ.get("CGTHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

@@ -15,7 +15,6 @@ with that port opens.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 import psutil
 
 from cgthub.errors import CgthubError
+from cgthub.settings import get_settings
 
 ALLOW_ENV = "CGTHUB_WEBHOOK_ALLOW"
 DEFAULT_HUB_PORTS = frozenset({2575, 8080, 8088})  # MLLP listener, Airflow, `cgthub api serve`
@@ -67,7 +67,7 @@ class _Entry:
 def hub_ports() -> frozenset[int]:
     """Ports of the hub's own services: the MLLP listener's (also CGTHUB_MLLP_LISTENER's), Airflow's and the API's."""
     ports = set(DEFAULT_HUB_PORTS)
-    listener = os.environ.get("CGTHUB_MLLP_LISTENER", "")
+    listener = get_settings().mllp_listener
     if listener.rpartition(":")[2].isdigit():
         ports.add(int(listener.rpartition(":")[2]))
     return frozenset(ports)
@@ -96,7 +96,7 @@ def _entries(value: str) -> list[_Entry]:
 
 
 def allow_list() -> list[_Entry]:
-    return _entries(os.environ.get(ALLOW_ENV, ""))
+    return _entries(get_settings().webhook_allow)
 
 
 def _unwrapped(address: IpAddress) -> IpAddress:

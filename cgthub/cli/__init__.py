@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import api, audit, db, decisions, hl7, ledger, mappings, orders, quarantine, sites
 from cgthub.cli.common import CliError, console_err
-from cgthub.settings import MissingSetting, get_settings
+from cgthub.settings import SettingError, get_settings
 
 # Plain help (no Rich panels): it lists a flag as a flag, where Rich's layout gives every
 # option, --help included, a value type such as `<bool>`. Sub-commands inherit the mode.
@@ -39,8 +39,8 @@ def main() -> None:
         if sys.argv[1:] and not {"--help", "-h"} & set(sys.argv[1:]):
             get_settings()  # a missing key stops any command here, before a listener takes a message
         app()
-    except MissingSetting as exc:
-        _fail(CliError(str(exc), "set it (see deploy/.env.example), or CGTHUB_ENV=dev on a development machine"))
+    except SettingError as exc:
+        _fail(CliError(str(exc), exc.hint))
     except CliError as err:
         _fail(err)
     except SQLAlchemyError as exc:

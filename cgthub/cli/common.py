@@ -12,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from cgthub.errors import CgthubError
-from cgthub.store import database_url, get_engine, session_scope
+from cgthub.store import check_database, database_url, get_engine, safe_url, session_scope
 
 # Piped output (logs, CI, grep) gets wide lines instead of rich's 80-column wrapping.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -31,16 +31,13 @@ class CliError(CgthubError):
 
 def _safe_url(url: str) -> str:
     """The database URL without its password."""
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        creds, host = rest.rsplit("@", 1)
-        return f"{scheme}://{creds.split(':', 1)[0]}:***@{host}" if ":" in creds else url
-    return url
+    return safe_url(url)
 
 
 @contextmanager
 def open_session(*, readonly: bool = False) -> Iterator[Session]:
     url = database_url()
+    check_database(url)  # a missing SQLite file is named, not created
     try:
         engine = get_engine(url, readonly=readonly)
         with engine.connect() as conn:

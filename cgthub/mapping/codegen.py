@@ -18,7 +18,6 @@ docs/mapping-fastpath.md tells how the pieces fit and what the fast path costs.
 
 from __future__ import annotations
 
-import os
 import re
 import types
 import typing
@@ -39,6 +38,7 @@ from cgthub.mapping import construct
 from cgthub.mapping.spec import DOTTED_PATH
 from cgthub.mapping.transforms import INLINE
 from cgthub.pseudonym import pseudonymize
+from cgthub.settings import get_settings
 
 if TYPE_CHECKING:
     from cgthub.mapping.compiler import CompiledEvent, CompiledField, CompiledMapping
@@ -69,7 +69,7 @@ class NoFastPath(CgthubError):
 
 
 def enabled() -> bool:
-    return os.environ.get("CGTHUB_MAPPING_FASTPATH", "1") != "0" and construct.FAST_BUILD_WORKS
+    return get_settings().mapping_fastpath and construct.FAST_BUILD_WORKS
 
 
 def _constant_facts(value: Any) -> frozenset[str]:

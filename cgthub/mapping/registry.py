@@ -8,7 +8,6 @@ Without a pin the newest version whose effective date has come is used.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,20 +19,15 @@ import yaml
 
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.spec import LoadedSpec, MappingError, load
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import get_settings
 
 
 def mappings_dir() -> Path:
-    return _mappings_in(os.environ.get("CGTHUB_MAPPINGS_DIR"))
-
-
-@lru_cache(maxsize=8)
-def _mappings_in(folder: str | None) -> Path:  # asked per payload: a Path is not made each time
-    return Path(folder or PROJECT_ROOT / "mappings")
+    return get_settings().mappings_dir
 
 
 def markets_dir() -> Path:
-    return Path(os.environ.get("CGTHUB_CONFIG_DIR", PROJECT_ROOT / "config")) / "markets"
+    return get_settings().config_dir / "markets"
 
 
 def kind_dir(kind: str) -> str:

@@ -6,7 +6,6 @@ to done/ once its transaction committed, or to failed/ when it is not a CSV with
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ DROP_DIR_ENV = "CGTHUB_CMO_DROP_DIR"
 
 
 def drop_dir() -> Path:
-    from cgthub.settings import var_dir
+    from cgthub.settings import get_settings, var_dir
 
-    return Path(os.environ.get(DROP_DIR_ENV) or var_dir() / "drop" / "cmo")
+    return get_settings().cmo_drop_dir or var_dir() / "drop" / "cmo"
 
 
 def _rows(data: bytes) -> list[bytes]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import socket
 import threading
@@ -19,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+from cgthub.settings import get_settings
 
 
 @dataclass
@@ -37,7 +38,7 @@ class FaultConfig:
     def from_env(cls) -> FaultConfig:
         """`CGTHUB_SANDBOX_FAULTS`: unset or "off" for none, "chaos" for everything, or JSON such as
         {"error_rate": 0.2, "latency_ms": 50} (docker-compose and `make up` set it per sandbox)."""
-        value = os.environ.get("CGTHUB_SANDBOX_FAULTS", "").strip()
+        value = get_settings().sandbox_faults.strip()
         if value in ("", "off", "none"):
             return cls()
         if value == "chaos":
