@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import hl7v2, pipeline, quarantine, sites
 from cgthub.archive import Inbound
+from cgthub.errors import Rejection
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.registry import EVERY_MARKET, get_mapper
 from cgthub.model import CanonicalEvent
@@ -183,7 +184,9 @@ class RoutedMapper:
         found = get_mapper(self.system, self.kind, market=market)
         if found is None:
             raise pipeline.PayloadRejected(
-                Stage.MAP, f"no mapping is configured for {self.system}/{self.kind} in market {market}"
+                Stage.MAP,
+                f"no mapping is configured for {self.system}/{self.kind} in market {market}",
+                code=Rejection.UNSUPPORTED_TYPE,
             )
         return found
 

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from cgthub.errors import CgthubError
+from cgthub.errors import CgthubError, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ _CODES = {
     405: "method_not_allowed",
     406: "not_acceptable",
     409: "conflict",
-    413: "payload_too_large",
+    413: Rejection.TOO_LARGE.value,
     415: "unsupported_media_type",
     422: "invalid_request",
     429: "too_many_requests",

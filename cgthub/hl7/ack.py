@@ -1,8 +1,9 @@
 """HL7 acknowledgements, built from a template (hl7apy validates them in the tests).
 
 AA: accepted (durably archived). AE: accepted but it could not be applied; the ERR segment says
-why. AR: rejected (not HL7, unsupported type, too large); ERR says why. Reasons never quote
-message content, so no PHI travels back in an ACK.
+why. AR: rejected (not HL7, unsupported type, too large); ERR says why. Which of them, and the
+ERR-3 code, follow from the message's `Rejection` code (`answer`), never from the reason's words.
+Reasons never quote message content, so no PHI travels back in an ACK.
 """
 
 from __future__ import annotations
@@ -13,10 +14,29 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cgthub import hl7v2
+from cgthub.errors import Rejection
 
 _counter = itertools.count(1)
-# HL7 table 0357 (ERR-3, required from 2.5): what went wrong, by ACK code.
-_HL7_ERROR = {"AE": "207^Application internal error^HL70357", "AR": "200^Unsupported message type^HL70357"}
+# HL7 table 0357 (ERR-3, required from 2.5): what went wrong.
+_INTERNAL = "207^Application internal error^HL70357"
+_UNSUPPORTED = "200^Unsupported message type^HL70357"
+_HL7_ERROR = {"AE": _INTERNAL, "AR": _UNSUPPORTED}  # for an ACK built from its code alone
+
+# MSA-1 and ERR-3 for each rejection. AR: the message will never be applied as sent (the sender
+# must change it); AE: it is kept, and is applied or replayed once the hub's side is fixed (or, not
+# stored, the sender resends it). HL7 has no code for "too large": 207, with ERR-8 giving the limit.
+ANSWERS: dict[Rejection, tuple[str, str]] = {
+    Rejection.UNREADABLE: ("AR", "100^Segment sequence error^HL70357"),
+    Rejection.UNSUPPORTED_TYPE: ("AR", _UNSUPPORTED),
+    Rejection.TOO_LARGE: ("AR", _INTERNAL),
+    Rejection.ROUTE: ("AE", "103^Table value not found^HL70357"),
+    Rejection.MAPPING: ("AE", _INTERNAL),
+    Rejection.VALIDATION: ("AE", "102^Data type error^HL70357"),
+    Rejection.CORRELATE: ("AE", "204^Unknown key identifier^HL70357"),
+    Rejection.IDENTITY: ("AE", "205^Duplicate key identifier^HL70357"),
+    Rejection.UNAPPLIED: ("AE", _INTERNAL),
+    Rejection.NOT_STORED: ("AE", _INTERNAL),
+}
 
 
 def _escape(text: str) -> str:
@@ -70,9 +90,23 @@ def _timestamp() -> str:
     return _clock[1]
 
 
-def build_ack(original: bytes | None, code: str, reason: str = "", *, header: AckHeader | None = None) -> bytes:
+def answer(
+    original: bytes | None, rejection: Rejection | None, reason: str = "", *, header: AckHeader | None = None
+) -> bytes:
+    """The ACK for a message with this outcome: AA when nothing rejected it, else the rejection's
+    code and ERR-3, with `reason` (PHI-free) as ERR-8."""
+    if rejection is None:
+        return build_ack(original, "AA", header=header)
+    code, error = ANSWERS[rejection]
+    return build_ack(original, code, reason, header=header, error=error)
+
+
+def build_ack(
+    original: bytes | None, code: str, reason: str = "", *, header: AckHeader | None = None, error: str | None = None
+) -> bytes:
     """An ACK for `original` (which may be unreadable: then the header is the hub's own); pass the
-    `header` read on arrival to skip parsing the original again."""
+    `header` read on arrival to skip parsing the original again. `error` is ERR-3 (by default the
+    code's: 207 for AE, 200 for AR)."""
     if header is None and original:
         try:
             header = AckHeader.of(hl7v2.parse(original))
@@ -87,7 +121,7 @@ def build_ack(original: bytes | None, code: str, reason: str = "", *, header: Ac
     segments = [msh, f"MSA|{code}|{header.control_id}"]
     if code != "AA":
         # ERR-3 error code, ERR-4 severity E(rror), ERR-8 the reason for the hospital's operators.
-        segments.append(f"ERR|||{_HL7_ERROR.get(code, _HL7_ERROR['AE'])}|E||||{_escape(reason)}")
+        segments.append(f"ERR|||{error or _HL7_ERROR.get(code, _INTERNAL)}|E||||{_escape(reason)}")
     return ("\r".join(segments) + "\r").encode()
 
 

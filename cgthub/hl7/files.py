@@ -17,8 +17,8 @@ from pathlib import Path
 
 import orjson
 
+from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
-from cgthub.hl7.ack import ack_code
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 
@@ -72,9 +72,9 @@ def ingest_paths(
         unstored = 0
         for chunk in _chunks(messages, batch):
             with session_scope(database_url) as session:
-                acks = inbound.apply(session, [inbound.read(m) for m in chunk], "file")
-            codes.extend(ack_code(a) for a in acks)
-            unstored += sum(1 for a in acks if _NOT_STORED in a)
+                answers = inbound.apply_answers(session, [inbound.read(m) for m in chunk], "file")
+            codes.extend(a.code for a in answers)
+            unstored += sum(1 for a in answers if a.rejection is Rejection.NOT_STORED)
             if progress:
                 progress(len(chunk))
         report.messages += len(codes)
@@ -89,10 +89,6 @@ def ingest_paths(
         if failed:
             report.failed_files.append(path.name)
     return report
-
-
-# What the ACK of a message the archive could not take says (ERR-8): it must be sent again.
-_NOT_STORED = b"|not stored, please resend"
 
 
 def _leave_receipt(path: Path, target: Path, data: bytes, codes: list[str]) -> None:

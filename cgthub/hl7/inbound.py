@@ -11,7 +11,8 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, hl7v2, pipeline, quarantine, routing
 from cgthub.archive import Inbound
-from cgthub.hl7.ack import AckHeader, build_ack
+from cgthub.errors import PayloadRejected, Rejection
+from cgthub.hl7.ack import ANSWERS, AckHeader, answer
 from cgthub.mapping import registry
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.model import CanonicalEvent
@@ -70,11 +71,29 @@ class _Refuse:
         self.reason = reason
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        raise pipeline.PayloadRejected(quarantine.Stage.PARSE, f"not an HL7 v2 message we can read: {self.reason}")
+        raise PayloadRejected(quarantine.Stage.PARSE, f"not an HL7 v2 message we can read: {self.reason}")
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A message's ACK with the outcome it was built from, for callers that count outcomes."""
+
+    ack: bytes
+    rejection: Rejection | None = None
+
+    @property
+    def code(self) -> str:
+        """MSA-1: AA, AE or AR."""
+        return "AA" if self.rejection is None else ANSWERS[self.rejection][0]
 
 
 def apply(session: Session, messages: Sequence[Received], channel: str) -> list[bytes]:
     """Archive, map and apply a batch in the caller's transaction; the ACK for each message."""
+    return [a.ack for a in apply_answers(session, messages, channel)]
+
+
+def apply_answers(session: Session, messages: Sequence[Received], channel: str) -> list[Answer]:
+    """`apply`, with each ACK's outcome beside it."""
     now = utcnow()
     problems = {id(m.payload): m.problem for m in messages if m.problem}
     parsed = {id(m.payload): m.message for m in messages if m.message is not None}
@@ -87,7 +106,7 @@ def apply(session: Session, messages: Sequence[Received], channel: str) -> list[
         return routing.mapper(session, "hl7", item.kind, parsed=parsed.get(id(item.payload)))
 
     results = pipeline.ingest_batch(session, [m.item(channel, now) for m in messages], mapper_for)
-    return [_ack(m, r) for m, r in zip(messages, results, strict=True)]
+    return [_answer(m, r) for m, r in zip(messages, results, strict=True)]
 
 
 def archive_only(session: Session, messages: Sequence[Received], channel: str) -> list[bytes]:
@@ -103,7 +122,7 @@ def archive_only(session: Session, messages: Sequence[Received], channel: str) -
 
     def poisoned(message: Received, exc: Exception) -> bytes:
         reason = f"not stored, please resend: {pipeline.failure_text(exc)}"
-        return build_ack(message.payload, "AE", reason, header=message.header)
+        return answer(message.payload, Rejection.NOT_STORED, reason, header=message.header)
 
     return pipeline.isolated(session, messages, run, poisoned)
 
@@ -114,15 +133,15 @@ def _archived_ack(session: Session, message: Received, saved: archive.Archived, 
         reason = f"not an HL7 v2 message we can read: {message.problem}"
         if not saved.duplicate:
             _quarantine(session, saved.raw_id, quarantine.Stage.PARSE, UNPARSEABLE, reason)
-        return build_ack(message.payload, "AR", reason)
+        return answer(message.payload, Rejection.UNREADABLE, reason)
     if message.kind not in handled:
         handled[message.kind] = bool(registry.versions("hl7", message.kind))
     if not handled[message.kind]:
         if not saved.duplicate:
             reason = f"no mapping is configured for hl7/{message.kind}"
             _quarantine(session, saved.raw_id, quarantine.Stage.MAP, message.kind, reason)
-        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}", header=message.header)
-    return build_ack(message.payload, "AA", header=message.header)
+        return answer(message.payload, Rejection.UNSUPPORTED_TYPE, _unsupported(message), header=message.header)
+    return answer(message.payload, None, header=message.header)
 
 
 def _quarantine(session: Session, raw_id: int, stage: quarantine.Stage, kind: str, reason: str) -> None:
@@ -130,19 +149,21 @@ def _quarantine(session: Session, raw_id: int, stage: quarantine.Stage, kind: st
     archive.mark(session, raw_id, "quarantined")
 
 
-def _ack(message: Received, result: pipeline.IngestResult) -> bytes:
+def _answer(message: Received, result: pipeline.IngestResult) -> Answer:
+    """The ACK of an applied message, from the rejection code its result carries."""
     if message.problem:
-        return build_ack(message.payload, "AR", f"not an HL7 v2 message we can read: {message.problem}")
-    if result.not_stored:
-        return build_ack(
-            message.payload, "AE", f"not stored, please resend: {result.not_stored}", header=message.header
-        )
-    if result.duplicate_payload:
-        return build_ack(message.payload, "AA", header=message.header)
-    if result.rejected and any(r.startswith("no mapping is configured") for r in result.reasons):
-        return build_ack(message.payload, "AR", f"unsupported message type {message.kind}", header=message.header)
-    if result.quarantined:
-        return build_ack(
-            message.payload, "AE", result.reasons[0] if result.reasons else "quarantined", header=message.header
-        )
-    return build_ack(message.payload, "AA", header=message.header)
+        reason = f"not an HL7 v2 message we can read: {message.problem}"
+        return Answer(answer(message.payload, Rejection.UNREADABLE, reason), Rejection.UNREADABLE)
+    if result.duplicate_payload or result.code is None:
+        return Answer(answer(message.payload, None, header=message.header))
+    if result.code is Rejection.NOT_STORED:
+        reason = f"not stored, please resend: {result.not_stored}"
+    elif result.code is Rejection.UNSUPPORTED_TYPE:
+        reason = _unsupported(message)
+    else:
+        reason = result.reasons[0] if result.reasons else "quarantined"
+    return Answer(answer(message.payload, result.code, reason, header=message.header), result.code)
+
+
+def _unsupported(message: Received) -> str:
+    return f"unsupported message type {message.kind}"
