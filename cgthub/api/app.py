@@ -23,6 +23,7 @@ from cgthub.api import decisions, errors, feed, orders, subscriptions
 from cgthub.api.audit import Access, AuditWriter
 from cgthub.api.auth import PrincipalCache
 from cgthub.api.deps import reject_unknown_parameters
+from cgthub.api.docs import serve_docs_offline
 from cgthub.api.schemas import Health
 from cgthub.store import database_url as configured_url
 
@@ -140,11 +141,14 @@ def create_app(
         description=DESCRIPTION,
         dependencies=[Depends(reject_unknown_parameters)],
         openapi_url="/openapi.json",
+        docs_url=None,  # served offline below
+        redoc_url=None,
     )
     app.state.database_url = url
     app.state.audit = AuditWriter(url, interval=audit_interval)
     app.state.keys = PrincipalCache(key_cache_seconds)
     errors.install(app)
+    serve_docs_offline(app)
 
     @app.get("/health", response_model=Health, tags=["meta"])
     def health() -> dict[str, Any]:
