@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 import pytest
@@ -99,3 +100,52 @@ def test_backoff_is_exponential_jittered_and_capped():
         if attempts > 2:
             assert len({round(s, 3) for s in samples}) > 100  # jitter spreads retries of many messages
     assert max(outbox.backoff(30).total_seconds() for _ in range(500)) > 1800
+
+
+@pytest.fixture
+def delivered(monkeypatch) -> list[int]:
+    """What reached the CRM, in the order it arrived, through the drainer the outbound DAG runs."""
+    from cgthub import outbound
+
+    arrived: list[int] = []
+    monkeypatch.setattr(
+        outbound, "deliverer", lambda partner: ("test push", lambda payload: arrived.append(payload["n"]))
+    )
+    return arrived
+
+
+def _drain_once(url: str) -> int:
+    """One drainer pass as the outbound DAG's task runs it; how many messages it claimed."""
+    from cgthub import outbound
+
+    return outbound.drain("crm", database_url=url, limit=7)["claimed"]
+
+
+def _drain_until_empty(url: str) -> None:
+    while _drain_once(url):
+        pass
+
+
+def test_two_drainers_at_once_deliver_every_message_exactly_once(db_url, delivered):
+    with session_scope(db_url) as session:
+        for n in range(60):
+            outbox.enqueue(session, CRM, f"k{n}", {"n": n})
+    with ThreadPoolExecutor(2) as pool:
+        for done in [pool.submit(_drain_until_empty, db_url) for _ in range(2)]:
+            done.result(timeout=120)
+    assert sorted(delivered) == list(range(60))
+    with session_scope(db_url) as session:
+        assert {m.status for m in outbox.messages(session, limit=100)} == {OutboxStatus.DELIVERED}
+
+
+def test_a_drainer_that_dies_mid_delivery_loses_only_its_lease(db_url, delivered):
+    with session_scope(db_url) as session:
+        outbox.enqueue(session, CRM, "k", {"n": 1})
+    with session_scope(db_url) as session:
+        (taken,) = outbox.claim(session, "crm")  # and then the process is killed: no mark at all
+    assert _drain_once(db_url) == 0  # leased: the next drainer leaves it
+    _due_now(db_url)  # the lease runs out
+    assert _drain_once(db_url) == 1 and delivered == [1]
+    with session_scope(db_url) as session:
+        (row,) = outbox.messages(session)
+    assert (row.id, row.status, row.attempts) == (taken.id, OutboxStatus.DELIVERED, 1)
