@@ -2,14 +2,20 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell sha1sum < pyproject.toml | cut -c1-12)
+# The environment is uv.lock's: every package at its locked version and hash. After editing the
+# dependencies in pyproject.toml, run `.venv/bin/uv lock` and commit uv.lock with them (install
+# refuses a lock that no longer matches pyproject.toml).
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
+LOCKED_REQUIREMENTS := $(VENV)/requirements.lock.txt
 
-.PHONY: demo up test lint bench clean install
+.PHONY: demo up test lint bench clean install lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@$(BIN)/python -m pip install -q uv
-	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -e '.[test]'
+	@test -x $(BIN)/uv || $(BIN)/python -m pip install -q 'uv>=0.5'
+	@$(BIN)/uv export -q --locked --extra test --no-emit-project -o $(LOCKED_REQUIREMENTS)
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q -r $(LOCKED_REQUIREMENTS)
+	@VIRTUAL_ENV=$(VENV) $(BIN)/uv pip install -q --no-deps -e .
 	@rm -f $(VENV)/.installed-* && touch $(STAMP)
 
 install: $(STAMP)
@@ -24,6 +30,11 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# Re-resolve uv.lock after a change to the dependencies in pyproject.toml.
+lock:
+	@test -x $(BIN)/uv || { test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); $(BIN)/python -m pip install -q 'uv>=0.5'; }
+	$(BIN)/uv lock
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
