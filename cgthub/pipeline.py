@@ -121,12 +121,16 @@ def _ingest(
 def process_pending(
     session: Session, system: str, mapper_for: Callable[[archive.Inbound], Mapper | None], *, limit: int = 5000
 ) -> list[IngestResult]:
-    """Map and apply what a listener archived but did not apply yet (status `received`), oldest first."""
+    """Map and apply what a listener archived but did not apply yet (status `received`), oldest first.
+
+    On PostgreSQL the rows are claimed FOR UPDATE SKIP LOCKED, so workers running this at once take
+    disjoint messages instead of applying the same ones twice (SQLite has one writer anyway)."""
     rows = session.scalars(
         select(RawMessage)
         .where(RawMessage.system == system, RawMessage.status == "received")
         .order_by(RawMessage.id)
         .limit(limit)
+        .with_for_update(skip_locked=True)
     ).all()
     todo = [(IngestResult(raw_id=row.id), _inbound(session, row), row.checksum) for row in rows]
 
