@@ -12,8 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from cgthub.errors import CgthubError
 
-class ConnectionMissing(LookupError):
+
+class ConnectionMissing(CgthubError, LookupError):
     """The Airflow Connection is not defined."""
 
 

@@ -33,6 +33,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from cgthub import audit_trail, ledger, outbox, pipeline, projection, quarantine
+from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
@@ -64,7 +65,7 @@ ALL_ACTIONS = "all"  # an operator scope that grants every action
 # errors: each says what the person can do about it ---------------------------------------------
 
 
-class DecisionError(Exception):
+class DecisionError(CgthubError):
     status = 400
     code = "bad_request"
 

@@ -19,6 +19,7 @@ import yaml
 from fastapi import Request
 
 from cgthub.api.auth import Principal
+from cgthub.errors import CgthubError
 from cgthub.settings import PROJECT_ROOT
 
 AIRFLOW_TOKEN_COOKIE = "_token"  # noqa: S105  (the cookie's name in Airflow's auth managers, not a secret)
@@ -30,7 +31,7 @@ OUTBOX_REPLAY = "outbox:replay"
 ACTION_SCOPES = (RELEASE_HOLD, RESOLVE_ALERT, QUARANTINE_ACT, OUTBOX_REPLAY)
 
 
-class SignInRequired(Exception):
+class SignInRequired(CgthubError):
     """No valid Airflow session: the console answers with a redirect to Airflow's login page."""
 
 
