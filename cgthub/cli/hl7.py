@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 import signal
+import time
+from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import Progress
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cgthub.cli.common import CliError, console
+from cgthub.cli.common import CliError, console, console_err, open_session
 from cgthub.runtime import tune_gc
+
+if TYPE_CHECKING:
+    from cgthub.errors import Rejection
+    from cgthub.hl7.files import FileReport
 
 app = typer.Typer(help="Hospital HL7 v2 feed (MLLP, batch files).", no_args_is_help=True)
 
@@ -46,6 +55,8 @@ def listen(
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.listener import MllpListener
 
+    with open_session(readonly=True):
+        pass  # the database exists and has the hub's schema: named now, not at the first message
     tune_gc()
     try:
         listener = MllpListener(
@@ -94,21 +105,88 @@ def listen(
     asyncio.run(run())
 
 
+# What each rejection means to the person who ran the ingest.
+_REASON_WORDS = {
+    "unreadable": "no readable HL7 message",
+    "unsupported_type": "unsupported message type",
+    "payload_too_large": "too large",
+    "route": "unknown site or sender",
+    "mapping": "mapping failed",
+    "validation": "invalid value",
+    "correlate": "no matching order yet",
+    "identity": "identity conflict",
+    "unapplied": "not applied",
+    "not_stored": "not stored",
+}
+
+
+def _reasons(counts: Counter[Rejection], codes: frozenset[str]) -> str:
+    """`2 unsupported message type, 1 no readable HL7 message` for the rejections answered with `codes`."""
+    from cgthub.hl7.ack import ANSWERS
+
+    named = [(n, _REASON_WORDS.get(r.value, r.value)) for r, n in counts.most_common() if ANSWERS[r][0] in codes]
+    return ", ".join(f"{n} {words}" for n, words in named)
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
 @app.command()
 def ingest(
-    paths: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="HL7 files or batch files"),
-    batch: int = typer.Option(500, min=1, max=10_000),
+    paths: list[Path] = typer.Argument(
+        ..., exists=True, help="HL7 files or batch files, or folders of them (every file in each)"
+    ),
+    recursive: bool = typer.Option(False, "--recursive", "-r", help="ingest the files of subfolders too"),
+    batch: int = typer.Option(500, min=1, max=10_000, help="messages archived and applied per transaction"),
 ) -> None:
-    """Ingest HL7 files; each is deleted once archived, a receipt left in done/ or failed/ beside it."""
-    from cgthub.hl7.files import ingest_paths
+    """Ingest HL7 files; each is deleted once archived, a receipt left in done/ or failed/ beside it.
 
+    Every message is archived. One quarantined (AE) waits in the quarantine for someone to act; one
+    rejected (AR) will never be applied as sent (unreadable, or a type no mapping handles)."""
+    from cgthub.hl7.files import files_in, ingest_paths
+    from cgthub.settings import get_settings
+
+    files = files_in(list(paths), recursive=recursive)
+    unreadable = [f for f in files if not os.access(f, os.R_OK)]
+    if unreadable:
+        raise CliError(
+            f"cannot read {', '.join(map(str, unreadable))}: permission denied", "check the files' owner and mode"
+        )
+    if not files:
+        raise CliError(f"no files in {', '.join(map(str, paths))}", "pass --recursive to ingest subfolders' files")
+    get_settings().pseudonym_key  # noqa: B018  a bad key is named before any file is touched
+    get_settings().archive_key  # noqa: B018
+    with open_session(readonly=True):
+        pass  # the database exists and has the hub's schema
     tune_gc()
-    with Progress(console=console, transient=True) as progress:
-        task = progress.add_task("ingesting HL7 files", total=None)
-        report = ingest_paths(list(paths), batch=batch, progress=lambda n: progress.advance(task, n))
+    logging.getLogger("cgthub.pipeline").setLevel(logging.ERROR)  # the summary below counts each outcome
+    started = time.monotonic()
+    with Progress(
+        TextColumn("ingesting HL7 files"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[messages]} messages, {task.fields[rate]:.0f}/s"),
+        TimeElapsedColumn(),
+        console=console_err,
+        transient=True,
+        disable=not console_err.is_terminal,
+    ) as progress:
+        task = progress.add_task("ingest", total=len(files), messages=0, rate=0.0)
+
+        def advanced(report: FileReport) -> None:
+            rate = report.messages / max(time.monotonic() - started, 1e-6)
+            progress.update(task, completed=report.files, messages=report.messages, rate=rate)
+
+        report = ingest_paths(files, batch=batch, progress=advanced)
+    seconds = time.monotonic() - started
+    rejected = _reasons(report.rejections, frozenset({"AR"}))
+    quarantined = _reasons(report.rejections, frozenset({"AE"}))
     console.print(
-        f"{report.files} files, {report.messages} messages: {report.accepted} accepted, "
-        f"{report.errors} archived but quarantined (AE), {report.rejected} rejected (AR)"
+        f"{_count(report.files, 'file')}, {_count(report.messages, 'message')} in {seconds:.1f} s "
+        f"({report.messages / max(seconds, 1e-6):.0f}/s): {report.accepted} accepted, "
+        f"{report.errors} quarantined (AE{': ' + quarantined if quarantined else ''}), "
+        f"{report.rejected} rejected (AR{': ' + rejected if rejected else ''})"
     )
     if report.kept_files:
         raise CliError(
@@ -116,4 +194,9 @@ def ingest(
             "ingest them again once the database is healthy (what was archived counts as a duplicate)",
         )
     if report.failed_files:
-        raise CliError(f"no readable message in {', '.join(report.failed_files)} (receipt in failed/)", None)
+        raise CliError(
+            f"every message of {', '.join(report.failed_files)} was rejected "
+            f"({_reasons(report.failed_reasons, frozenset({'AR'}))}); receipts in failed/",
+            "`cgthub quarantine list` shows each message and why; "
+            "an unsupported type needs a mapping under mappings/hl7/",
+        )

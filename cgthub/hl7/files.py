@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,10 +44,35 @@ class FileReport:
     files: int = 0
     messages: int = 0
     accepted: int = 0
-    errors: int = 0
-    rejected: int = 0
+    errors: int = 0  # quarantined (AE): archived, held until someone acts
+    rejected: int = 0  # rejected (AR): archived, but never applied as sent
+    rejections: Counter[Rejection] = field(default_factory=Counter)  # why each AE or AR was answered
     failed_files: list[str] = field(default_factory=list)
+    failed_reasons: Counter[Rejection] = field(default_factory=Counter)  # of the failed files' messages
     kept_files: list[str] = field(default_factory=list)  # some message not stored: left to ingest again
+
+
+# Folders the ingest itself writes (receipts) and files that are not drops: never ingested.
+_RECEIPT_FOLDERS = frozenset({"done", "failed"})
+
+
+def files_in(paths: list[Path], *, recursive: bool = False) -> list[Path]:
+    """The files to ingest: each file named, and every file in each folder named (its subfolders
+    too when `recursive`), in name order; receipts (done/, failed/) and hidden files are skipped."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.is_dir():
+            found.append(path)
+            continue
+        for child in sorted(path.iterdir()):
+            if child.name.startswith("."):
+                continue
+            if child.is_dir():
+                if recursive and child.name not in _RECEIPT_FOLDERS:
+                    found.extend(files_in([child], recursive=True))
+            elif child.is_file():
+                found.append(child)
+    return found
 
 
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
@@ -59,8 +85,9 @@ def ingest_paths(
     *,
     database_url: str | None = None,
     batch: int = 500,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[FileReport], None] | None = None,
 ) -> FileReport:
+    """Ingest each file; `progress` is handed the running report after every batch."""
     report = FileReport()
     for path in paths:
         data = path.read_bytes()
@@ -69,25 +96,27 @@ def ingest_paths(
         if not messages or not any(m.startswith(b"MSH") for m in messages):
             messages = [data]  # archive and quarantine what is there
         codes: list[str] = []
-        unstored = 0
+        rejections: Counter[Rejection] = Counter()
         for chunk in _chunks(messages, batch):
             with session_scope(database_url) as session:
                 answers = inbound.apply_answers(session, [inbound.read(m) for m in chunk], "file")
             codes.extend(a.code for a in answers)
-            unstored += sum(1 for a in answers if a.rejection is Rejection.NOT_STORED)
+            rejections.update(a.rejection for a in answers if a.rejection is not None)
+            report.messages += len(answers)
             if progress:
-                progress(len(chunk))
-        report.messages += len(codes)
+                progress(report)
         report.accepted += codes.count("AA")
         report.errors += codes.count("AE")
         report.rejected += codes.count("AR")
-        if unstored:
+        report.rejections.update(rejections)
+        if rejections[Rejection.NOT_STORED]:
             report.kept_files.append(path.name)
             continue
         failed = codes.count("AR") == len(codes)
         _leave_receipt(path, path.parent / ("failed" if failed else "done"), data, codes)
         if failed:
             report.failed_files.append(path.name)
+            report.failed_reasons.update(rejections)
     return report
 
 
