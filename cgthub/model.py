@@ -6,24 +6,76 @@ id and pseudonyms (keyed HMACs); a model that would hold a clear MRN refuses to 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import orjson
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, GetCoreSchemaHandler, field_validator
+from pydantic_core import CoreSchema, core_schema
 
 from cgthub.identifiers import normalize_din, validate_coi_id
 from cgthub.jsontext import canonical_json
 from cgthub.pseudonym import is_pseudonym
 
 
-class SourceSystem(StrEnum):
-    CRM = "crm"
-    ERP = "erp"
-    HL7 = "hl7"
-    COURIER = "courier"
-    CMO = "cmo"
-    HUB = "cgthub"
+class SourceSystem(str):
+    """Which system an event came from: a declared partner's name (`cgthub.partners`) or the hub's own.
+
+    Open, not an enum, so a partner added as one folder brings its own name; the canonical model
+    checks only the name's form (the mapping spec checks it is declared), so events of a partner
+    that has since left still read. It is stored as the plain text. One instance per name, so the
+    built-in constants (`SourceSystem.HL7`) compare by `is` and `.value` reads as an enum member's did.
+    """
+
+    PATTERN: ClassVar[str] = r"^[a-z][a-z0-9_]{1,31}$"  # fits the ledger's source_system column
+    CRM: ClassVar[SourceSystem]
+    ERP: ClassVar[SourceSystem]
+    HL7: ClassVar[SourceSystem]
+    COURIER: ClassVar[SourceSystem]
+    CMO: ClassVar[SourceSystem]
+    HUB: ClassVar[SourceSystem]
+
+    value: str  # the plain text, as stored and hashed
+    _value_: str  # the same; the name an enum member's plain attribute had
+    _interned: ClassVar[dict[str, SourceSystem]] = {}
+    _form: ClassVar[re.Pattern[str]] = re.compile(PATTERN)
+
+    def __new__(cls, name: str) -> SourceSystem:
+        known = cls._interned.get(name)
+        if known is not None:
+            return known
+        text = str(name)
+        if not cls._form.match(text):
+            raise ValueError(f"{text[:40]!r} is not a source system name (lower case, digits, _; 2-32 long)")
+        made = super().__new__(cls, text)
+        made.value = made._value_ = text
+        if len(cls._interned) < _INTERNED_LIMIT:
+            cls._interned[text] = made
+        return made
+
+    def __repr__(self) -> str:
+        return f"SourceSystem({self.value!r})"
+
+    def __reduce__(self) -> tuple[type[SourceSystem], tuple[str]]:
+        return (SourceSystem, (self.value,))
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source: Any, _handler: GetCoreSchemaHandler) -> CoreSchema:
+        return core_schema.no_info_after_validator_function(
+            cls,
+            core_schema.str_schema(pattern=cls.PATTERN),
+            serialization=core_schema.plain_serializer_function_ser_schema(str, when_used="json"),
+        )
+
+
+_INTERNED_LIMIT = 4096  # names are few; past this a name is still valid, just not shared
+SourceSystem.CRM = SourceSystem("crm")
+SourceSystem.ERP = SourceSystem("erp")
+SourceSystem.HL7 = SourceSystem("hl7")
+SourceSystem.COURIER = SourceSystem("courier")
+SourceSystem.CMO = SourceSystem("cmo")
+SourceSystem.HUB = SourceSystem("cgthub")
 
 
 class EventType(StrEnum):

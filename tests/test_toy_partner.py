@@ -123,11 +123,6 @@ def toy_partner(tmp_path, monkeypatch):
     settings.get_settings.cache_clear()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cgthub.model.SourceSystem is a closed enum: a mapping for a new partner's system is refused "
-    "until the canonical model takes systems from the partner registry",
-)
 def test_a_toy_partner_in_its_own_folder_lands_events_and_moves_its_watermark(db_url, toy_partner):
     with session_scope(db_url) as s:
         ledger.append_many(s, happy_path(1)[:3])  # enrolled .. collected

@@ -30,7 +30,7 @@ from pydantic.fields import FieldInfo
 from pydantic.functional_validators import AfterValidator
 
 from cgthub.errors import CgthubError
-from cgthub.model import CanonicalEvent
+from cgthub.model import CanonicalEvent, SourceSystem
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +131,18 @@ def _enum(kind: type[Enum]) -> Check:
     return check
 
 
+def _source_system(value: Any) -> Any:
+    """The open source system name: its one shared instance, as its pydantic validator returns it."""
+    if type(value) is SourceSystem:
+        return value
+    if type(value) is str:
+        try:
+            return SourceSystem(value)
+        except ValueError:
+            raise Unsure from None
+    raise Unsure
+
+
 def _then(first: Check, validator: Callable[[Any], Any]) -> Check:
     """A Python validator the model declares (AfterValidator, field_validator): run it as pydantic
     would; when it refuses, pydantic words the refusal."""
@@ -222,6 +234,8 @@ def annotation_check(annotation: Any) -> Check:
         return _float
     if annotation in (str, int, bool):
         return _exact(annotation)
+    if annotation is SourceSystem:
+        return _source_system
     if isinstance(annotation, type) and issubclass(annotation, Enum):
         return _enum(annotation)
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):

@@ -31,6 +31,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from cgthub import partners
 from cgthub.errors import CgthubError
 from cgthub.model import EventType, SourceSystem
 
@@ -101,9 +102,26 @@ class MappingSpec(_Spec):
     residency: dict[str, list[str]] = Field(default_factory=dict)
     events: list[EventRule] = Field(min_length=1)
 
+    @field_validator("system")
+    @classmethod
+    def _declared(cls, system: SourceSystem) -> SourceSystem:
+        known = declared_systems()
+        if system.value not in known:
+            raise ValueError(
+                f"no partner declares the system {system.value!r}; declared: {', '.join(known)} "
+                f"(declared in <package>/<partner>/__init__.py; packages: {', '.join(partners.packages())})"
+            )
+        return system
+
     @property
     def mapping_id(self) -> str:
         return f"{self.system.value}/{self.kind}"
+
+
+def declared_systems() -> list[str]:
+    """The systems a mapping may be written for: the hub's own and each declared partner's, whose
+    archived messages it reads (a partner's files may be archived under another's system)."""
+    return sorted({SourceSystem.HUB.value, *(partner.system for partner in partners.registry().values())})
 
 
 def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
