@@ -149,11 +149,16 @@ def create_key(
     cmo: list[str] = typer.Option([], "--cmo", help="CMO(s) whose batches the key may see"),
     market: list[str] = typer.Option([], "--market", help="market(s) (country codes) the key may see"),
     all_data: bool = typer.Option(False, "--all-data", help="every order (sponsor-wide consumers)"),
+    force: bool = typer.Option(
+        False, "--force", help="accept sites, CMOs or markets the site registry (config/sites.yaml) does not list"
+    ),
 ) -> None:
     """Create a key and print it once: only its hash is stored."""
     from cgthub.api.auth import InvalidKeyRequest
     from cgthub.api.auth import create_key as create
 
+    if not force:
+        _refuse_unknown_scope(_split(site), _split(cmo), _split(market))
     with open_session() as session:
         try:
             row, token = create(
@@ -170,6 +175,25 @@ def create_key(
     console.print(f"key {row.id} created for {name!r}; scopes {', '.join(row.scopes)}")
     console.print("store it now, it is not shown again:")
     typer.echo(token)
+
+
+def _refuse_unknown_scope(sites: list[str], cmos: list[str], markets: list[str]) -> None:
+    """A key scoped to a site the registry does not know sees nothing: say so before it is made."""
+    from cgthub.sites import registry
+
+    known = registry().sites
+    given = {
+        "site": (sites, sorted(known)),
+        "CMO": (cmos, sorted({s.cmo for s in known.values() if s.cmo})),
+        "market": (markets, sorted({s.market for s in known.values()})),
+    }
+    for what, (values, listed) in given.items():
+        unknown = [v for v in values if v not in listed]
+        if unknown:
+            raise CliError(
+                f"unknown {what} {', '.join(unknown)}: the site registry knows {', '.join(listed)}",
+                "correct it, add the site to config/sites.yaml, or pass --force for one not listed yet",
+            )
 
 
 @keys_app.command("list")
