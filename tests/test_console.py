@@ -162,13 +162,13 @@ def test_quarantine_shows_the_payload_decoded_with_patient_identifiers_masked(db
         )
     client = signed_in(console, auth_manager)
     listing = client.get("/cgthub/console/quarantine").text
-    assert f'data-entry="{entry.id}"' in listing and "no mapping" in listing and 'class="retry"' in listing
+    assert f'data-entry="{entry.id}"' in listing and "no mapping" in listing and "actions/retry_quarantine/" in listing
     page = client.get(f"/cgthub/console/quarantine/{entry.id}").text
     assert "OBR|1|PL-1|FL-1|APH^Apheresis" in page and "PID|1|" in page
     for phi in ("MRN123456", "DOE", "JANE", "19800101"):
         assert phi not in page
     viewer = signed_in(console, auth_manager, "vera", "viewer").get("/cgthub/console/quarantine").text
-    assert f'data-entry="{entry.id}"' in viewer and 'class="retry"' not in viewer
+    assert f'data-entry="{entry.id}"' in viewer and "actions/retry_quarantine/" not in viewer
 
 
 def test_partner_health_and_mappings_pages(db_url, console, auth_manager):
@@ -192,3 +192,83 @@ def test_hub_api_keys_still_work_beside_the_console(db_url, console):
         _, token = create_key(session, name="liaison", scopes=["status:read"], all_data=True)
     assert console.get("/cgthub/api/orders", headers={"Authorization": f"Bearer {token}"}).status_code == 200
     assert console.get("/cgthub/api/orders").status_code == 401
+
+
+OPERATOR_PASSWORD = "correct horse battery"
+
+
+def add_operator(url: str, name: str = "olga", scopes: tuple[str, ...] = ("all",)) -> None:
+    from cgthub import decisions
+
+    with session_scope(url) as session:
+        decisions.add_operator(session, name, OPERATOR_PASSWORD, scopes)
+
+
+def sign(client: TestClient, path: str, password: str = OPERATOR_PASSWORD, code: str = "COI-VERIFIED") -> Any:
+    form = client.get(path)
+    assert form.status_code == 200, form.text
+    shown_hash = form.text.split('name="shown_hash" value="')[1].split('"')[0]
+    return client.post(
+        path,
+        data={
+            "shown_hash": shown_hash,
+            "meaning": "approved",
+            "reason_code": code,
+            "reason_text": "DIN checked with the CMO: a label swap at receipt, corrected",
+            "password": password,
+        },
+        follow_redirects=False,
+    )
+
+
+def test_release_a_hub_hold_with_a_signed_reason_and_watch_it_leave_the_held_filter(db_url, console, auth_manager):
+    from cgthub import decisions
+
+    ids = seed(db_url)
+    add_operator(db_url)
+    client = signed_in(console, auth_manager)
+    path = f"/cgthub/console/actions/release_hold/{ids['held']}"
+    refused = sign(client, path, password="not my password at all")
+    assert refused.status_code == 401 and 'id="sign-error"' in refused.text
+    assert ids["held"] in client.get("/cgthub/console/orders", params={"held": "true"}).text
+    signed = sign(client, path)
+    assert signed.status_code == 303 and "signed=" in signed.headers["location"]
+    assert ids["held"] not in client.get("/cgthub/console/orders", params={"held": "true"}).text
+    page = client.get(signed.headers["location"].removeprefix("http://testserver")).text
+    assert 'id="signed"' in page and 'id="held"' not in page
+    with session_scope(db_url) as session:
+        [decision] = decisions.for_order(session, ids["held"])
+        assert (decision.signer, decision.reason_code, decision.meaning) == ("olga", "COI-VERIFIED", "approved")
+        assert ledger.verify(session, ids["held"]) == (1, [])
+
+
+def test_a_user_without_the_scope_is_refused_the_signing_form_and_the_signature(db_url, console, auth_manager):
+    ids = seed(db_url)
+    add_operator(db_url, "vera")
+    viewer = signed_in(console, auth_manager, "vera", "viewer")
+    path = f"/cgthub/console/actions/release_hold/{ids['held']}"
+    assert viewer.get(path).status_code == 403
+    answer = viewer.post(
+        path,
+        data={"meaning": "approved", "reason_code": "COI-VERIFIED", "reason_text": "x", "password": OPERATOR_PASSWORD},
+    )
+    assert answer.status_code == 403
+    assert ids["held"] in viewer.get("/cgthub/console/orders", params={"held": "true"}).text
+
+
+def test_replay_a_partners_dead_letter_signed_from_partner_health(db_url, console, auth_manager):
+    from cgthub.outbox import Destination, OutboxMessage, enqueue
+
+    with session_scope(db_url) as session:
+        message = enqueue(session, Destination("crm", "crm"), "k1", {"order": "x"})
+        message.status = "dead"
+    add_operator(db_url)
+    client = signed_in(console, auth_manager)
+    letters = client.get("/cgthub/console/partners", params={"partner": "crm"}).text
+    assert f'data-dead-letter="{message.id}"' in letters
+    answer = sign(
+        client, f"/cgthub/console/actions/replay_dead_letters/crm?message={message.id}", code="RECEIVER-FIXED"
+    )
+    assert answer.status_code == 303
+    with session_scope(db_url) as session:
+        assert session.get(OutboxMessage, message.id).status == "pending"

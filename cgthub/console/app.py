@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -18,11 +19,16 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
+from cgthub import decisions
 from cgthub.api.auth import Scope
 from cgthub.api.errors import ApiError
-from cgthub.console import auth, board, detail, ops, timeline
+from cgthub.cli.quarantine import _masked
+from cgthub.console import actions, auth, board, detail, ops, timeline
+from cgthub.decisions import Action, Signature
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import EventType
 from cgthub.store import database_url as configured_url
@@ -146,8 +152,6 @@ def console_app(database_url: str | None = None) -> FastAPI:
         start = actual.get(OrderStatus.COLLECTED.value)
         deadline = None
         if start is not None:
-            from datetime import timedelta
-
             deadline = start + timedelta(days=detail.target_days(shown["market"]))
         at_risk = any(a.kind == "vein_to_vein_at_risk" for a in shown["alerts"])
         svg = timeline.render(
@@ -219,6 +223,88 @@ def console_app(database_url: str | None = None) -> FastAPI:
             health = ops.partner_health(session, detail.now())
             letters = ops.dead_letters(session, partner) if user.principal.all_data else []
         return page(request, user, "partners.html", {"health": health, "letters": letters, "partner": partner})
+
+    @app.get("/actions/{action}/{key}", response_class=HTMLResponse)
+    def sign_form(
+        request: Request,
+        action: Action,
+        key: str,
+        user: auth.ConsoleUser = Depends(signed_in),
+        message: list[int] | None = Query(None),
+    ) -> HTMLResponse:
+        """What the signer is about to sign, and the signature's fields."""
+        return signing_page(request, user, action, key, message, error=None, status=200)
+
+    @app.post("/actions/{action}/{key}", response_class=HTMLResponse)
+    async def sign(request: Request, action: Action, key: str, user: auth.ConsoleUser = Depends(signed_in)) -> Response:
+        """Sign as the signed-in Airflow user, re-authenticated by their operator password."""
+        form = await request.form()
+        message_ids = [int(v) for v in form.getlist("message") if str(v).isdigit()] or None
+        with reading() as session:
+            subject = subject_or_refusal(session, user, action, key)
+        try:
+            signature = Signature(
+                signer=user.name,
+                password=str(form.get("password", "")),
+                meaning=str(form.get("meaning", "")),
+                reason_code=str(form.get("reason_code", "")),
+                reason_text=str(form.get("reason_text", "")),
+                shown_hash=str(form.get("shown_hash", "")) or None,
+            )
+        except ValidationError as invalid:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in invalid.errors())
+            return signing_page(request, user, action, key, message_ids, error=problems, status=422)
+        try:
+            result = await run_in_threadpool(
+                decisions.run,
+                url,
+                actions.work(subject, signature, message_ids),
+                signer=user.name,
+                action=action,
+                subject=key,
+            )
+        except decisions.DecisionError as refused:
+            error = f"{refused.message}. {refused.hint}".strip()
+            return signing_page(request, user, action, key, message_ids, error=error, status=refused.status)
+        base = request.scope.get("root_path", "")
+        joiner = "&" if "?" in subject.back else "?"
+        return RedirectResponse(f"{base}{subject.back}{joiner}signed={result.decision_id}", status_code=303)
+
+    def subject_or_refusal(session: Session, user: auth.ConsoleUser, action: Action, key: str) -> actions.Subject:
+        try:
+            return actions.subject_of(session, user, action, key)
+        except actions.NotOffered as refused:
+            code = "forbidden" if refused.status == 403 else "not_found"
+            raise ApiError(refused.status, code, refused.message) from refused
+
+    def signing_page(
+        request: Request,
+        user: auth.ConsoleUser,
+        action: Action,
+        key: str,
+        message_ids: list[int] | None,
+        *,
+        error: str | None,
+        status: int,
+    ) -> HTMLResponse:
+        with reading() as session:
+            subject = subject_or_refusal(session, user, action, key)
+            try:
+                shown = actions.preview(session, subject, message_ids)
+            except decisions.DecisionError as missing:
+                raise ApiError(missing.status, missing.code, missing.message) from missing
+        context = {
+            "action": action,
+            "title": actions.TITLES[action],
+            "subject": subject,
+            "shown": shown,
+            "state": _masked(shown.state),
+            "codes": actions.reason_codes(action),
+            "meanings": [m.value for m in decisions.Meaning],
+            "message_ids": message_ids or [],
+            "error": error,
+        }
+        return page(request, user, "sign.html", context, status)
 
     @app.get("/mappings", response_class=HTMLResponse)
     def mappings_page(request: Request, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:

@@ -1,0 +1,122 @@
+"""The console's signed decisions: a form showing what is signed, then cgthub.decisions does the rest.
+
+The console adds nothing to a decision's rules: the signer re-enters their operator password at
+the moment of signing, picks a reason code allowed for the action and says why in words; the
+preview's hash goes with the signature, so a subject that changed after it was shown is refused.
+The console only decides who is offered the form: the Airflow user's role must grant the action's
+console scope and their data scope must cover the subject's order (else 403 / 404, no form).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from cgthub import decisions
+from cgthub.console import auth
+from cgthub.decisions import Action, Signature
+from cgthub.errors import CgthubError
+from cgthub.tables import Alert, Order, QuarantineEntry
+
+CONSOLE_SCOPE = {
+    Action.RELEASE_HOLD: auth.RELEASE_HOLD,
+    Action.RELEASE_UNDER_EXCEPTION: auth.RELEASE_HOLD,
+    Action.RESOLVE_ALERT: auth.RESOLVE_ALERT,
+    Action.ACKNOWLEDGE_ALERT: auth.RESOLVE_ALERT,
+    Action.RETRY_QUARANTINE: auth.QUARANTINE_ACT,
+    Action.DISCARD_QUARANTINE: auth.QUARANTINE_ACT,
+    Action.REPLAY_DEAD_LETTERS: auth.OUTBOX_REPLAY,
+}
+
+TITLES = {
+    Action.RELEASE_HOLD: "Release the hold",
+    Action.RELEASE_UNDER_EXCEPTION: "Release under exception",
+    Action.RESOLVE_ALERT: "Resolve the alert",
+    Action.ACKNOWLEDGE_ALERT: "Acknowledge the alert",
+    Action.RETRY_QUARANTINE: "Retry the quarantined message",
+    Action.DISCARD_QUARANTINE: "Discard the quarantined message",
+    Action.REPLAY_DEAD_LETTERS: "Replay dead letters",
+}
+
+
+class NotOffered(CgthubError):
+    """The user may not be offered this action on this subject (status 403 or 404)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What a decision is about, and the page the signer goes back to."""
+
+    action: Action
+    key: str
+    order_id: str | None
+    back: str
+
+
+def subject_of(session: Session, user: auth.ConsoleUser, action: Action, key: str) -> Subject:
+    """The subject if this user may act on it: the role grants the action, the data scope the order."""
+    if not user.may(CONSOLE_SCOPE[action]):
+        raise NotOffered(403, f"your Airflow role does not grant {CONSOLE_SCOPE[action]}")
+    order_id: str | None
+    if action in (Action.RELEASE_HOLD, Action.RELEASE_UNDER_EXCEPTION):
+        order_id, back = key, f"/orders/{key}"
+    elif action in (Action.RESOLVE_ALERT, Action.ACKNOWLEDGE_ALERT):
+        alert = session.get(Alert, int(key)) if key.isdigit() else None
+        if alert is None:
+            raise NotOffered(404, f"no alert {key}")
+        order_id = alert.order_id
+        back = f"/orders/{order_id}" if order_id else "/orders"
+    elif action in (Action.RETRY_QUARANTINE, Action.DISCARD_QUARANTINE):
+        entry = session.get(QuarantineEntry, int(key)) if key.isdigit() else None
+        if entry is None:
+            raise NotOffered(404, f"no quarantine entry {key}")
+        order_id, back = entry.order_id, f"/quarantine/{entry.id}"
+    else:
+        order_id, back = None, f"/partners?partner={key}"
+    if order_id is None:
+        if not user.principal.all_data:
+            raise NotOffered(404, "no such subject you may see")
+    else:
+        order = session.get(Order, order_id)
+        if order is None or not user.principal.can_see(site=order.site, cmo=order.cmo, market=order.market):
+            raise NotOffered(404, "no such order")
+    return Subject(action, key, order_id, back)
+
+
+def preview(session: Session, subject: Subject, message_ids: list[int] | None) -> decisions.Preview:
+    if subject.action in (Action.RELEASE_HOLD, Action.RELEASE_UNDER_EXCEPTION):
+        return decisions.preview_order(session, subject.key)
+    if subject.action in (Action.RESOLVE_ALERT, Action.ACKNOWLEDGE_ALERT):
+        return decisions.preview_alert(session, int(subject.key))
+    if subject.action in (Action.RETRY_QUARANTINE, Action.DISCARD_QUARANTINE):
+        return decisions.preview_quarantine(session, int(subject.key))
+    return decisions.preview_dead_letters(session, subject.key, message_ids)
+
+
+def work(subject: Subject, signature: Signature, message_ids: list[int] | None) -> Callable[[Session], Any]:
+    """The decision itself, as cgthub.decisions runs it for the CLI and the API."""
+    action, key = subject.action, subject.key
+    if action is Action.RELEASE_HOLD:
+        return lambda s: decisions.release_hold(s, key, signature)
+    if action is Action.RELEASE_UNDER_EXCEPTION:
+        return lambda s: decisions.release_under_exception(s, key, signature)
+    if action is Action.RESOLVE_ALERT:
+        return lambda s: decisions.resolve_alert(s, int(key), signature)
+    if action is Action.ACKNOWLEDGE_ALERT:
+        return lambda s: decisions.resolve_alert(s, int(key), signature, acknowledge=True)
+    if action is Action.RETRY_QUARANTINE:
+        return lambda s: decisions.retry_quarantine(s, int(key), signature)
+    if action is Action.DISCARD_QUARANTINE:
+        return lambda s: decisions.discard_quarantine(s, int(key), signature)
+    return lambda s: decisions.replay_dead_letters(s, key, signature, message_ids)
+
+
+def reason_codes(action: Action) -> list[decisions.ReasonCode]:
+    return decisions.reason_codes().for_action(action)
