@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
 
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
     os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+    # The LocalExecutor starts `parallelism` worker processes (Airflow's default: 32); the hub's tasks
+    # mostly wait on partners and the database, so two per core keeps the machine responsive.
+    os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(min(8, 2 * (os.cpu_count() or 1))))
     port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
     # Task processes talk to the API server's Execution API: same port, whatever it is.
     os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
