@@ -207,3 +207,31 @@ def test_alert_rules_name_only_series_the_hub_exports():
     assert "delta(cgthub_quarantine_open" in exprs["CgthubQuarantineGrowing"]
     assert "cgthub_partner_lag_seconds" in exprs["CgthubPartnerLagHigh"]
     assert exprs["CgthubDeadLetters"].endswith("(cgthub_outbox_dead) > 0")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "service",
+    [["webhook-delivery", "--health-host", "127.0.0.1", "--health-port"], ["courier-webhook", "--port"]],
+    ids=["webhook-delivery", "courier-webhook"],
+)
+def test_the_compose_services_answer_their_healthchecks(db_url, service):
+    """What compose's healthcheck curls: /health/ready of the delivery loop and the courier receiver."""
+    port = _free_port()
+    env = {**os.environ, "CGTHUB_DATABASE_URL": db_url, "CGTHUB_COURIER_WEBHOOK_SECRET": "whsec-test"}
+    command = [sys.executable, "-m", "cgthub.services", *service, str(port)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, answer = time.monotonic() + 60, None
+        while answer is None and time.monotonic() < deadline:
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{port}/health/ready", timeout=2)
+            except httpx.TransportError:
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(30)
+    assert answer is not None and answer.status_code == 200, answer and answer.text
+    state = answer.json()
+    assert state["database"]["status"] == "ok" and state["delivery"]["status"] == "ok"
