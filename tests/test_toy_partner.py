@@ -8,6 +8,7 @@ through the function the ingest DAG calls; nothing in cgthub/, connectors/ or ma
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 import sys
 import textwrap
@@ -16,9 +17,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from pydantic import ValidationError
 from sqlalchemy import select
 
 from cgthub import ledger, partner_sync, partners, settings, sync_state
+from cgthub.mapping import spec
+from cgthub.model import CanonicalEvent, SourceSystem
 from cgthub.settings import PROJECT_ROOT
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, Order
@@ -91,6 +95,12 @@ class _Sandbox(BaseHTTPRequestHandler):
         pass
 
 
+def _toy_mapping() -> str:
+    """The toy's one mapping: the courier's tracking mapping under the toy's system and kind."""
+    courier = (PROJECT_ROOT / "mappings" / "courier" / "tracking_event" / "v1.yaml").read_text()
+    return courier.replace("system: courier", "system: toy").replace("kind: tracking_event", "kind: shipment_event")
+
+
 @pytest.fixture
 def toy_partner(tmp_path, monkeypatch):
     package = tmp_path / "toyhub" / "toy"
@@ -100,11 +110,8 @@ def toy_partner(tmp_path, monkeypatch):
     (package / "feed.py").write_text(textwrap.dedent(FEED))
     mappings = tmp_path / "mappings"
     shutil.copytree(PROJECT_ROOT / "mappings", mappings)
-    courier = (PROJECT_ROOT / "mappings" / "courier" / "tracking_event" / "v1.yaml").read_text()
     (mappings / "toy" / "shipment_event").mkdir(parents=True)
-    (mappings / "toy" / "shipment_event" / "v1.yaml").write_text(
-        courier.replace("system: courier", "system: toy").replace("kind: tracking_event", "kind: shipment_event")
-    )
+    (mappings / "toy" / "shipment_event" / "v1.yaml").write_text(_toy_mapping())
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Sandbox)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Sandbox.asked = []
@@ -140,3 +147,33 @@ def test_a_toy_partner_in_its_own_folder_lands_events_and_moves_its_watermark(db
         assert s.scalars(select(Order.status)).one() == "in_transit_to_cmo"
         mark = sync_state.watermark(s, "toy", "events")
         assert mark is not None and mark.isoformat().startswith("2026-03-10T00:10:01")
+
+
+def test_a_mapping_for_a_system_no_partner_declares_is_refused_naming_the_declared_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv(partners.PACKAGES_ENV, raising=False)
+    partners.refresh()
+    path = tmp_path / "mappings" / "toy" / "shipment_event" / "v1.yaml"
+    path.parent.mkdir(parents=True)
+    path.write_text(_toy_mapping())
+    system_line = 1 + next(i for i, line in enumerate(path.read_text().splitlines()) if line.startswith("system:"))
+
+    with pytest.raises(spec.MappingError) as refused:
+        spec.load(path)
+
+    assert refused.value.line == system_line
+    assert "no partner declares the system 'toy'" in str(refused.value)
+    assert "declared: cgthub, cmo, courier, crm, erp, hl7" in str(refused.value)
+
+
+def test_events_of_a_partner_that_left_still_read_and_hash_as_stored():
+    stored = happy_path(1)[0].model_dump(mode="json") | {"source_system": "retired_lab"}
+
+    event = CanonicalEvent.model_validate_json(json.dumps(stored))
+
+    assert event.key == ("retired_lab", stored["source_event_id"])
+    assert json.loads(event.canonical_body())["source_system"] == "retired_lab"
+    assert CanonicalEvent.model_validate(event.to_json_dict()) == event
+    assert pickle.loads(pickle.dumps(event)).source_system is event.source_system
+    assert SourceSystem("hl7") is SourceSystem.HL7 and SourceSystem.HUB.value == "cgthub"
+    with pytest.raises(ValidationError, match="source_system"):
+        CanonicalEvent.model_validate(stored | {"source_system": "Retired Lab"})
