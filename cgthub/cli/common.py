@@ -16,7 +16,10 @@ from cgthub.store import check_database, database_url, get_engine, safe_url, ses
 
 # Piped output (logs, CI, grep) gets wide lines instead of rich's 80-column wrapping.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-console_err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+# An error stays one line however long the path it names, so a log or a grep gets it whole.
+console_err = Console(
+    stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200, soft_wrap=not sys.stderr.isatty()
+)
 
 
 class CliError(CgthubError):
