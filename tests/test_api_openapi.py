@@ -58,6 +58,8 @@ def test_schemathesis_finds_no_server_error(api, tmp_path):
         "--request-timeout",
         "10",
         "--no-color",
+        "--warnings",
+        "missing_auth,validation_mismatch",
         "-H",
         f"Authorization: Bearer {token}",
     ]

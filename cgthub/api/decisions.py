@@ -10,9 +10,9 @@ answers 401 `signature_refused`, an operator without the action 403, a view that
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
@@ -20,11 +20,17 @@ from cgthub import decisions
 from cgthub.api.auth import Principal, Scope
 from cgthub.api.deps import authorized, read_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError
+from cgthub.api.orders import OrderId
 from cgthub.decisions import Action, DecisionResult, Signature
 from cgthub.tables import Alert, Order, QuarantineEntry
 
 router = APIRouter(tags=["decisions"], responses={**ERROR_RESPONSES, 404: NOT_FOUND_RESPONSE})
 OPERATE = Depends(authorized(Scope.OPERATE))
+_ROW_ID = 2**53  # ids beyond any row, refused before they reach a 64-bit column
+RowId = Annotated[int, Path(ge=1, le=_ROW_ID)]
+Partner = Annotated[str, Path(min_length=1, max_length=32, pattern="^[a-z][a-z0-9_-]*$", description="crm, erp, ...")]
+Ids = list[Annotated[int, Field(ge=1, le=_ROW_ID)]]
+_WORD = "^[A-Za-z0-9_.^-]*$"
 
 
 class DecisionOut(BaseModel):
@@ -47,15 +53,15 @@ class PreviewOut(BaseModel):
 
 
 class BulkQuarantineBody(Signature):
-    entry_ids: list[int] | None = Field(default=None, max_length=10_000, description="these entries, or:")
-    stage: str | None = Field(default=None, max_length=16, description="every open entry at this stage")
-    system: str | None = Field(default=None, max_length=32, description="... from this partner")
-    kind: str | None = Field(default=None, max_length=64, description="... of this kind")
+    entry_ids: Ids | None = Field(default=None, max_length=10_000, description="these entries, or:")
+    stage: str | None = Field(default=None, max_length=16, pattern=_WORD, description="every open entry at this stage")
+    system: str | None = Field(default=None, max_length=32, pattern=_WORD, description="... from this partner")
+    kind: str | None = Field(default=None, max_length=64, pattern=_WORD, description="... of this kind")
     limit: int = Field(default=1000, ge=1, le=10_000)
 
 
 class ReplayBody(Signature):
-    message_ids: list[int] | None = Field(default=None, max_length=10_000, description="default: every dead letter")
+    message_ids: Ids | None = Field(default=None, max_length=10_000, description="default: every dead letter")
 
 
 def _order_visible(session: Session, principal: Principal, order_id: str | None, what: str) -> None:
@@ -93,7 +99,12 @@ def _out(result: DecisionResult) -> DecisionOut:
 
 @router.get("/decisions/preview", response_model=PreviewOut)
 def preview(
-    subject: str = Query(..., max_length=200, description="order:ID, alert:ID, quarantine:ID or outbox:PARTNER"),
+    subject: str = Query(
+        ...,
+        max_length=200,
+        pattern="^(order|alert|quarantine|outbox):[^\\x00]+$",
+        description="order:ID, alert:ID, quarantine:ID or outbox:PARTNER",
+    ),
     principal: Principal = OPERATE,
     session: Session = Depends(read_session),
 ) -> PreviewOut:
@@ -103,11 +114,11 @@ def preview(
         if kind == "order":
             _order_visible(session, principal, ident, "order")
             shown = decisions.preview_order(session, ident)
-        elif kind == "alert" and ident.isdigit():
+        elif kind == "alert" and ident.isdigit() and len(ident) <= 15:
             alert = session.get(Alert, int(ident))
             _order_visible(session, principal, alert.order_id if alert else None, "alert")
             shown = decisions.preview_alert(session, int(ident))
-        elif kind == "quarantine" and ident.isdigit():
+        elif kind == "quarantine" and ident.isdigit() and len(ident) <= 15:
             entry = session.get(QuarantineEntry, int(ident))
             _order_visible(session, principal, entry.order_id if entry else None, "quarantine entry")
             shown = decisions.preview_quarantine(session, int(ident))
@@ -122,7 +133,7 @@ def preview(
 
 
 @router.post("/orders/{order_id}/release-hold", response_model=DecisionOut, status_code=201)
-def release_hold(order_id: str, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
+def release_hold(order_id: OrderId, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
     """Lift a hold the hub placed (COI discrepancy), signed; it enters the order's ledger."""
 
     def work(session: Session) -> DecisionResult:
@@ -134,7 +145,7 @@ def release_hold(order_id: str, body: Signature, request: Request, principal: Pr
 
 @router.post("/orders/{order_id}/release-under-exception", response_model=DecisionOut, status_code=201)
 def release_under_exception(
-    order_id: str, body: Signature, request: Request, principal: Principal = OPERATE
+    order_id: OrderId, body: Signature, request: Request, principal: Principal = OPERATE
 ) -> DecisionOut:
     """Release an out-of-specification product under exception (QA), signed."""
 
@@ -145,7 +156,7 @@ def release_under_exception(
     return _out(_sign(request, Action.RELEASE_UNDER_EXCEPTION, f"order:{order_id}", body, work))
 
 
-def _alert(request: Request, alert_id: int, body: Signature, principal: Principal, acknowledge: bool) -> DecisionOut:
+def _alert(request: Request, alert_id: RowId, body: Signature, principal: Principal, acknowledge: bool) -> DecisionOut:
     def work(session: Session) -> DecisionResult:
         alert = session.get(Alert, alert_id)
         _order_visible(session, principal, alert.order_id if alert else None, "alert")
@@ -156,18 +167,20 @@ def _alert(request: Request, alert_id: int, body: Signature, principal: Principa
 
 
 @router.post("/alerts/{alert_id}/resolve", response_model=DecisionOut, status_code=201)
-def resolve_alert(alert_id: int, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
+def resolve_alert(alert_id: RowId, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
     """Close an alert, signed."""
     return _alert(request, alert_id, body, principal, acknowledge=False)
 
 
 @router.post("/alerts/{alert_id}/acknowledge", response_model=DecisionOut, status_code=201)
-def acknowledge_alert(alert_id: int, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
+def acknowledge_alert(
+    alert_id: RowId, body: Signature, request: Request, principal: Principal = OPERATE
+) -> DecisionOut:
     """Mark an alert seen and in hand (it stays open), signed."""
     return _alert(request, alert_id, body, principal, acknowledge=True)
 
 
-def _entry(request: Request, entry_id: int, body: Signature, principal: Principal, action: Action) -> DecisionOut:
+def _entry(request: Request, entry_id: RowId, body: Signature, principal: Principal, action: Action) -> DecisionOut:
     act = decisions.retry_quarantine if action is Action.RETRY_QUARANTINE else decisions.discard_quarantine
 
     def work(session: Session) -> DecisionResult:
@@ -179,13 +192,15 @@ def _entry(request: Request, entry_id: int, body: Signature, principal: Principa
 
 
 @router.post("/quarantine/{entry_id}/retry", response_model=DecisionOut, status_code=201)
-def retry_quarantine(entry_id: int, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
+def retry_quarantine(entry_id: RowId, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
     """Run an entry through again with the mapping and registry in force now, signed."""
     return _entry(request, entry_id, body, principal, Action.RETRY_QUARANTINE)
 
 
 @router.post("/quarantine/{entry_id}/discard", response_model=DecisionOut, status_code=201)
-def discard_quarantine(entry_id: int, body: Signature, request: Request, principal: Principal = OPERATE) -> DecisionOut:
+def discard_quarantine(
+    entry_id: RowId, body: Signature, request: Request, principal: Principal = OPERATE
+) -> DecisionOut:
     """Close an entry without applying it (the payload stays archived), signed."""
     return _entry(request, entry_id, body, principal, Action.DISCARD_QUARANTINE)
 
