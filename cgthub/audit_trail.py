@@ -45,7 +45,7 @@ _actor: ContextVar[str | None] = ContextVar("cgthub_audit_actor", default=None)
 
 def cli_actor() -> str:
     """The person behind a command: CGTHUB_OPERATOR if set, else the operating-system account."""
-    named = os.environ.get("CGTHUB_OPERATOR", "").strip()
+    named = get_settings().operator.strip()
     if named:
         return named
     try:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import os
 import secrets
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,7 +36,7 @@ from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 from cgthub.tables import Alert, LedgerEntry, Operator, OperatorDecision, Order, QuarantineEntry, WaitingKey, utcnow
 
@@ -143,7 +142,7 @@ REASON_CODES = "config/reason_codes.yaml"
 
 def reason_codes_path() -> Path:
     """config/reason_codes.yaml of the configuration directory in force (CGTHUB_CONFIG_DIR)."""
-    return Path(os.environ.get("CGTHUB_CONFIG_DIR") or PROJECT_ROOT / "config") / "reason_codes.yaml"
+    return get_settings().config_dir / "reason_codes.yaml"
 
 
 def reason_codes() -> ReasonCodes:

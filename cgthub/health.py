@@ -8,7 +8,6 @@ No order data appears here, only counts and ages.
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -17,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 
 from cgthub.outbox import OutboxMessage, OutboxStatus
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 
 WEBHOOK_KIND = "webhook"
@@ -36,7 +36,7 @@ def database(database_url: str | None) -> dict[str, Any]:
 
 def listener(address: str | None = None, *, timeout: float = 0.5) -> dict[str, Any]:
     """Whether the MLLP listener accepts connections (`host:port`, default CGTHUB_MLLP_LISTENER)."""
-    address = address if address is not None else os.environ.get(LISTENER_ENV, "")
+    address = address if address is not None else get_settings().mllp_listener
     if not address:
         return {"status": "not configured"}
     host, _, port = address.rpartition(":")

@@ -11,7 +11,6 @@ run is counted in one `SyncReport`, which becomes the task's XCom.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, canonical_feed, partners, pipeline, quarantine, routing, sync_state
 from cgthub.model import CanonicalEvent
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
@@ -30,7 +30,7 @@ CONNECTORS_ENV = "CGTHUB_CONNECTORS"
 
 def connector_enabled(partner: str) -> bool:
     """CGTHUB_CONNECTORS (comma list) limits which partners are reached through their connector; unset = all."""
-    chosen = os.environ.get(CONNECTORS_ENV)
+    chosen = get_settings().connectors
     return chosen is None or partner in {p.strip() for p in chosen.split(",")}
 
 

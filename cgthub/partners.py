@@ -14,7 +14,6 @@ a DAG file can list partners without importing zeep or requests.
 from __future__ import annotations
 
 import importlib
-import os
 import pkgutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cgthub.errors import CgthubError
+from cgthub.settings import get_settings
 
 if TYPE_CHECKING:  # the registry is read when DAG files are parsed: it stays light
     from cgthub.archive import Inbound
@@ -129,7 +129,7 @@ def origin(ref: FunctionRef) -> str:
 
 
 def packages() -> tuple[str, ...]:
-    chosen = os.environ.get(PACKAGES_ENV)
+    chosen = get_settings().partner_packages
     if chosen is None:
         return DEFAULT_PACKAGES
     return tuple(name.strip() for name in chosen.split(",") if name.strip())

@@ -20,6 +20,7 @@ import sys
 import threading
 
 from cgthub import partners
+from cgthub.settings import get_settings
 
 
 def _installed(module: str) -> bool:
@@ -82,7 +83,6 @@ def webhook_delivery(health_host: str, health_port: int) -> int:
 
 def courier_webhook(host: str, port: int) -> int:
     """The courier webhook receiver, with /health and /health/ready beside its endpoint."""
-    import os
 
     import uvicorn
     from fastapi.responses import JSONResponse
@@ -92,7 +92,7 @@ def courier_webhook(host: str, port: int) -> int:
     from connectors.courier.webhook import create_app
 
     url = database_url()
-    app = create_app(secret=os.environ.get("CGTHUB_COURIER_WEBHOOK_SECRET", ""), database_url=url)
+    app = create_app(secret=get_settings().courier_webhook_secret, database_url=url)
 
     @app.get("/health/ready")
     def ready() -> JSONResponse:

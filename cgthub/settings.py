@@ -40,7 +40,7 @@ _NEW_KEY_HINT = (
 )
 
 
-class SettingError(RuntimeError):
+class SettingError(CgthubError, RuntimeError):
     """A setting the user must fix before the command can run; `hint` says how."""
 
     def __init__(self, message: str, hint: str | None = None) -> None:
@@ -48,7 +48,7 @@ class SettingError(RuntimeError):
         self.hint = hint
 
 
-class MissingSetting(CgthubError, SettingError):
+class MissingSetting(SettingError):
     """Settings a non-development environment must give explicitly are absent."""
 
     def __init__(self, variables: list[str], env: str) -> None:
@@ -104,6 +104,9 @@ class Settings(BaseSettings):
     sandbox_faults: str = ""
     cmo_drop_dir: Path | None = None
     demo_dir: Path | None = None
+    partner_packages: str | None = None  # comma list of partner packages to load; unset = all
+    courier_webhook_secret: str = ""  # shared with the courier for its webhook; empty is refused
+    operator: str = ""  # who runs an operator command, when not given on the command line
 
     @field_validator("env", mode="before")
     @classmethod

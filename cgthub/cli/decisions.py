@@ -9,7 +9,6 @@ with --password-stdin), and signs with a meaning, a reason code and free text; s
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -25,6 +24,7 @@ from cgthub.cli import orders as orders_cli
 from cgthub.cli import quarantine as quarantine_cli
 from cgthub.cli.common import CliError, console, open_session
 from cgthub.decisions import Action, DecisionError, Meaning, Preview, Signature
+from cgthub.settings import get_settings
 from cgthub.store import database_url
 from cgthub.tables import Alert, Operator, OperatorDecision
 
@@ -65,7 +65,7 @@ def _password(from_stdin: bool, prompt: str = "password") -> str:
 
 
 def _signature(signer: str | None, meaning: Meaning, reason: str, text: str, stdin: bool, shown: str) -> Signature:
-    user = signer or os.environ.get("CGTHUB_OPERATOR", "").strip()
+    user = signer or get_settings().operator.strip()
     if not user:
         raise CliError("who signs? no --signer given and CGTHUB_OPERATOR is not set", "pass --signer YOUR_USER_ID")
     try:

@@ -9,7 +9,6 @@ operator needs no hub API key.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -20,7 +19,7 @@ from fastapi import Request
 
 from cgthub.api.auth import Principal
 from cgthub.errors import CgthubError
-from cgthub.settings import PROJECT_ROOT
+from cgthub.settings import get_settings
 
 AIRFLOW_TOKEN_COOKIE = "_token"  # noqa: S105  (the cookie's name in Airflow's auth managers, not a secret)
 
@@ -52,7 +51,7 @@ class ConsoleUser:
 
 
 def roles_file() -> Path:
-    return Path(os.environ.get("CGTHUB_CONFIG_DIR", PROJECT_ROOT / "config")) / "console_roles.yaml"
+    return get_settings().config_dir / "console_roles.yaml"
 
 
 @lru_cache(maxsize=4)
