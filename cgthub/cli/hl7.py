@@ -128,10 +128,6 @@ def _reasons(counts: Counter[Rejection], codes: frozenset[str]) -> str:
     return ", ".join(f"{n} {words}" for n, words in named)
 
 
-def _count(number: int, noun: str) -> str:
-    return f"{number} {noun}{'' if number == 1 else 's'}"
-
-
 @app.command()
 def ingest(
     paths: list[Path] = typer.Argument(
@@ -183,10 +179,10 @@ def ingest(
     rejected = _reasons(report.rejections, frozenset({"AR"}))
     quarantined = _reasons(report.rejections, frozenset({"AE"}))
     console.print(
-        f"{_count(report.files, 'file')}, {_count(report.messages, 'message')} in {seconds:.1f} s "
-        f"({report.messages / max(seconds, 1e-6):.0f}/s): {report.accepted} accepted, "
+        f"{report.files} files, {report.messages} messages: {report.accepted} accepted, "
         f"{report.errors} quarantined (AE{': ' + quarantined if quarantined else ''}), "
-        f"{report.rejected} rejected (AR{': ' + rejected if rejected else ''})"
+        f"{report.rejected} rejected (AR{': ' + rejected if rejected else ''}) "
+        f"in {seconds:.1f} s ({report.messages / max(seconds, 1e-6):.0f} messages/s)"
     )
     if report.kept_files:
         raise CliError(
