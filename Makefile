@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock | sha1sum | cut -c1-12)
 LOCKED_REQUIREMENTS := $(VENV)/requirements.lock.txt
 
-.PHONY: demo up test lint bench clean install lock
+.PHONY: demo up test lint bench clean install lock screenshots
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,3 +41,11 @@ bench: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var/*.db var/*.key var/airflow
+
+# Each console page as a PNG under var/screenshots/, from the browser test's story (Debian's chromium;
+# installed with apt-get where missing and this runs as root).
+screenshots: $(STAMP)
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } || { echo "install chromium: sudo apt-get install -y chromium"; exit 1; }
+	@mkdir -p var/screenshots
+	CGTHUB_SCREENSHOTS=$(CURDIR)/var/screenshots $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_console_browser.py -k sqlite
+	@ls var/screenshots

@@ -16,6 +16,7 @@ WIDTH, HEIGHT = 980, 250
 LEFT, RIGHT = 110, 30
 PLANNED_Y, ACTUAL_Y = 120, 175
 LATE_AFTER = timedelta(days=1)
+LABEL_GAP = 13.0
 
 
 @dataclass(frozen=True)
@@ -40,17 +41,23 @@ def render(
 ) -> str:
     """The SVG markup, or a short note when the order has no dated milestone yet."""
     on_course = {s.value for s in COURSE}
-    instants = [*planned.values(), *(at for m, at in actual.items() if m in on_course), now]
-    instants += [h.start for h in holds] + [e.at for e in excursions] + ([deadline] if deadline else [])
     if len(planned) + len(actual) == 0:
         return '<p class="muted">No dated milestone yet: the picture starts at collection.</p>'
+    instants = [*planned.values(), *(at for m, at in actual.items() if m in on_course)]
+    instants += [h.start for h in holds] + [h.end for h in holds if h.end] + [e.at for e in excursions]
+    instants += [deadline] if deadline else []
     first, last = min(instants), max(instants)
+    # "now" widens the axis only while it is near the course; long after (an order held for months),
+    # it is drawn at the right edge so the course keeps a readable scale.
+    if now > first and (now - first) < (last - first) * 1.5:
+        last = max(last, now)
     span = max((last - first).total_seconds(), 3600.0)
     first -= timedelta(seconds=span * 0.03)
-    span *= 1.06
+    span *= 1.08
+    right_edge = WIDTH - RIGHT
 
     def x(at: datetime) -> float:
-        return LEFT + (WIDTH - LEFT - RIGHT) * (at - first).total_seconds() / span
+        return min(LEFT + (WIDTH - LEFT - RIGHT) * (at - first).total_seconds() / span, right_edge)
 
     parts = [
         f'<svg class="v2v" viewBox="0 0 {WIDTH} {HEIGHT}" width="100%" role="img" '
@@ -72,14 +79,16 @@ def render(
         cls = "deadline at-risk" if at_risk else "deadline"
         parts.append(
             f'<line class="{cls}" data-deadline="{deadline:%Y-%m-%d}" x1="{x(deadline):.1f}" x2="{x(deadline):.1f}" '
-            f'y1="40" y2="{HEIGHT - 20}"/>'
-            f'<text class="{cls}" x="{x(deadline) - 4:.1f}" y="{HEIGHT - 6}" text-anchor="end">'
+            f'y1="22" y2="{HEIGHT - 20}"/>'
+            f'<text class="{cls}" x="{x(deadline) - 4:.1f}" y="30" text-anchor="end">'
             f"vein-to-vein target {deadline:%d %b}{' (at risk)' if at_risk else ''}</text>"
         )
+    now_label = "now" if x(now) < right_edge else f"now ({now:%d %b %Y}) →"
     parts.append(
         f'<line class="now" x1="{x(now):.1f}" x2="{x(now):.1f}" y1="40" y2="{HEIGHT - 20}"/>'
-        f'<text class="now" x="{x(now) + 4:.1f}" y="{HEIGHT - 6}">now</text>'
+        f'<text class="now" x="{x(now) - 4:.1f}" y="{HEIGHT - 6}" text-anchor="end">{now_label}</text>'
     )
+    last_label = -100.0
     for status in COURSE:
         name = status.value
         plan, done = planned.get(name), actual.get(name)
@@ -88,9 +97,13 @@ def render(
             parts.append(
                 f'<circle class="planned" data-milestone="{name}" data-kind="planned" cx="{px:.1f}" cy="{PLANNED_Y}" '
                 f'r="6"><title>{_label(name)} planned {plan:%Y-%m-%d}</title></circle>'
-                f'<text class="milestone" transform="translate({px:.1f},{PLANNED_Y - 14}) rotate(-35)">'
-                f"{_label(name)}</text>"
             )
+            if px - last_label >= LABEL_GAP:  # a label too close to the last one is left to the tooltip
+                last_label = px
+                parts.append(
+                    f'<text class="milestone" transform="translate({px:.1f},{PLANNED_Y - 14}) rotate(-35)">'
+                    f"{_label(name)}</text>"
+                )
         if done is not None:
             late = plan is not None and done - plan > LATE_AFTER
             parts.append(
