@@ -272,3 +272,17 @@ def test_replay_a_partners_dead_letter_signed_from_partner_health(db_url, consol
     assert answer.status_code == 303
     with session_scope(db_url) as session:
         assert session.get(OutboxMessage, message.id).status == "pending"
+
+
+def test_each_airflow_session_signing_in_to_the_console_is_in_the_audit_trail_once(db_url, console, auth_manager):
+    from cgthub import audit_trail
+    from cgthub.tables import AuditRecord
+
+    client = signed_in(console, auth_manager, "olga", "op")
+    for _ in range(3):
+        assert client.get("/cgthub/console/orders").status_code == 200
+    signed_in(console, auth_manager, "vera", "viewer").get("/cgthub/console/orders")
+    with session_scope(db_url) as session:
+        rows = session.query(AuditRecord).filter_by(action="console.sign_in").order_by(AuditRecord.seq).all()
+        assert [r.actor for r in rows] == ["airflow:olga", "airflow:vera"]
+        assert audit_trail.verify(session).problems == []

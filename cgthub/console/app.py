@@ -67,9 +67,12 @@ def console_app(database_url: str | None = None) -> FastAPI:
         user = getattr(request.state, "console_user", None)
         return page(request, user, "refused.html", {"status": exc.status, "message": exc.message}, exc.status)
 
+    sign_ins = auth.SignIns()
+
     async def signed_in(request: Request) -> auth.ConsoleUser:
         user = await auth.console_user(request)
         request.state.console_user = user
+        await run_in_threadpool(sign_ins.note, url, user, auth.request_token(request) or "")
         return user
 
     def page(

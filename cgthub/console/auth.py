@@ -127,6 +127,42 @@ async def console_user(request: Request) -> ConsoleUser:
     return ConsoleUser(name=name, roles=roles, principal=principal_for(name, roles))
 
 
+CONSOLE_SIGN_IN = "console.sign_in"
+
+
+class SignIns:
+    """Records each Airflow session's first request to the console in the audit trail, once.
+
+    A session is one Airflow token (its `jti`, else its subject and issue time). The process keeps
+    the sessions it has recorded; a session first seen by another worker is found in the trail."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def note(self, url: str, user: ConsoleUser, token: str) -> None:
+        import jwt
+        from sqlalchemy import select
+
+        from cgthub import audit_trail
+        from cgthub.store import session_scope
+        from cgthub.tables import AuditRecord
+
+        claims = jwt.decode(token, options={"verify_signature": False})  # verified by Airflow already
+        session_id = str(claims.get("jti") or f"{claims.get('sub')}@{claims.get('iat')}")[:120]
+        if session_id in self._seen:
+            return
+        subject = f"airflow-session:{session_id}"
+        with session_scope(url) as session:
+            recorded = session.scalar(
+                select(AuditRecord.id).where(AuditRecord.action == CONSOLE_SIGN_IN, AuditRecord.subject == subject)
+            )
+            if recorded is None:
+                audit_trail.record(
+                    session, CONSOLE_SIGN_IN, subject, {"roles": list(user.roles)}, actor=f"airflow:{user.name}"
+                )
+        self._seen.add(session_id)
+
+
 def login_url(next_url: str) -> str:
     """Airflow's own login page, coming back to `next_url` once signed in."""
     from airflow.api_fastapi.app import get_auth_manager
