@@ -1,7 +1,8 @@
 """The audit trail of people: who did what, append-only and chained like the ledger.
 
-Every operator decision, API key creation or revocation, mapping replay, configuration change and
-console sign-in is one row. Each row carries `seq` (1, 2, 3, ... with no gap), the seal of the row
+Every operator decision, API key creation or revocation, mapping replay, configuration change (a
+YAML file of the configuration directory added, edited or removed, noted the next time the hub
+looks) and console sign-in is one row. Each row carries `seq` (1, 2, 3, ... with no gap), the seal of the row
 before it (`prev_mac`) and its own seal: HMAC-SHA-256 under the ledger key (kept outside the
 database) over every column but the row id. So `verify` finds a row edited (its seal), deleted
 (a gap in `seq` and a broken link) or inserted (a seal nobody without the key can make). Details
@@ -16,12 +17,14 @@ from __future__ import annotations
 
 import csv
 import getpass
+import hashlib
 import hmac
 import io
 import os
 from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -30,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from cgthub.jsontext import canonical_json
 from cgthub.ledger_anchor import _keyed, _micros
-from cgthub.settings import get_settings
+from cgthub.settings import PROJECT_ROOT, get_settings
 from cgthub.tables import AuditRecord, utcnow
 
 _DOMAIN = b"cgthub audit trail\n"  # a trail seal is never a ledger seal or a checkpoint line
@@ -193,3 +196,39 @@ def export_text(session: Session, fmt: str) -> str:
     for item in items:
         writer.writerow({**item, "details": canonical_json(item["details"])})
     return out.getvalue()
+
+
+CONFIG_CHANGED = "config.changed"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("CGTHUB_CONFIG_DIR") or PROJECT_ROOT / "config")
+
+
+def config_fingerprints(root: Path | None = None) -> dict[str, str]:
+    """SHA-256 of every YAML file of the configuration directory, by path relative to it."""
+    root = root or config_dir()
+    return {
+        path.relative_to(root).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(root.rglob("*.yaml"))
+        if path.is_file()
+    }
+
+
+def record_config_changes(session: Session, root: Path | None = None) -> AuditRecord | None:
+    """A row naming the configuration files added, changed or removed since the last such row.
+
+    Who edited a file is not known to the hub: the actor is `config-files`; the row says when the
+    hub first saw the change (at the next decision, `cgthub audit config`, or a monitoring run)."""
+    now = config_fingerprints(root)
+    last = session.scalars(
+        select(AuditRecord.details)
+        .where(AuditRecord.action == CONFIG_CHANGED)
+        .order_by(AuditRecord.seq.desc())
+        .limit(1)
+    ).first()
+    before: dict[str, str] = orjson.loads(last)["files"] if last else {}
+    changed = sorted(name for name in now.keys() | before.keys() if now.get(name) != before.get(name))
+    if not changed:
+        return None
+    return record(session, CONFIG_CHANGED, "config", {"changed": changed, "files": now}, actor="config-files")

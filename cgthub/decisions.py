@@ -674,6 +674,7 @@ def run(url: str | None, work: Callable[[Session], _T], *, signer: str, action: 
     and is then recorded in the audit trail by a transaction of its own (repeated failures show)."""
     try:
         with session_scope(url) as session:
+            audit_trail.record_config_changes(session)  # the configuration the decision is taken under
             return work(session)
     except (SignatureRefused, NotPermitted) as refused:
         with session_scope(url) as session:

@@ -12,6 +12,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -19,11 +20,12 @@ from sqlalchemy import text
 
 from cgthub import audit_trail, decisions
 from cgthub.api.auth import create_key, revoke
+from cgthub.settings import PROJECT_ROOT
 from cgthub.store import session_scope
 
 
-def _cli(*args: str, url: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "CGTHUB_DATABASE_URL": url, "CGTHUB_OPERATOR": "it.admin"}
+def _cli(*args: str, url: str, stdin: str | None = None, **env_vars: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "CGTHUB_DATABASE_URL": url, "CGTHUB_OPERATOR": "it.admin", **env_vars}
     return subprocess.run(
         [sys.executable, "-m", "cgthub.cli", *args], capture_output=True, text=True, env=env, input=stdin
     )
@@ -97,3 +99,19 @@ def test_verify_catches_an_inserted_row(db_url):
     run = _tamper_and_verify(db_url, forged)
     assert run.returncode == 1
     assert "(seq 6): seal does not match under the ledger key" in run.stdout
+
+
+def test_a_configuration_change_is_noted_once(db_url, tmp_path):
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    env = {"CGTHUB_CONFIG_DIR": str(config)}
+    first = _cli("audit", "config", url=db_url, **env)
+    assert first.returncode == 0 and "sites.yaml" in first.stdout
+    assert "changed since the trail last noted it" in _cli("audit", "config", url=db_url, **env).stdout
+    sites = config / "sites.yaml"
+    sites.write_text(sites.read_text() + "\n# a site added by hand\n")
+    noted = _cli("audit", "config", url=db_url, **env)
+    assert noted.returncode == 0 and noted.stdout.strip().endswith(": sites.yaml")
+    with session_scope(db_url) as s:
+        rows = [r for r in audit_trail.rows(s) if r.action == "config.changed"]
+    assert [r.actor for r in rows] == ["config-files", "config-files"]

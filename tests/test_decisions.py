@@ -7,6 +7,8 @@ password, the operator's scope or the key's `operate` scope it is refused and no
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -147,10 +149,13 @@ def test_quarantine_retry_after_a_mapping_fix_and_bulk_discard_from_the_cli(db_u
         assert quarantine.get(s, first).status == "replayed" and "decision #1" in quarantine.get(s, first).resolution
         assert quarantine.get(s, second).status == "discarded"
         assert s.scalars(select(Order.therapy)).all() == ["CART-22"]
-        assert [r.action for r in audit_trail.rows(s)][-2:] == [
-            "decision.retry_quarantine",
-            "decision.discard_quarantine",
-        ]
+        trail = [(r.action, r.details) for r in audit_trail.rows(s)]
+        signed = [action for action, _details in trail if action.startswith("decision.")]
+        assert signed == ["decision.retry_quarantine", "decision.discard_quarantine"]
+        noted = [json.loads(details) for action, details in trail if action == "config.changed"]
+        fixed_us = hashlib.sha256(us.read_bytes()).hexdigest()
+        assert noted[0]["files"]["markets/US.yaml"] == fixed_us  # the fix the retry ran under is on record
+        assert noted[1]["changed"] == ["markets/US.yaml"]  # and the configuration the discard ran under
 
 
 def test_outbox_replay_per_partner_from_the_cli(db_url):

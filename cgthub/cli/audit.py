@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+import orjson
 import typer
 
 from cgthub import audit_trail
@@ -46,3 +47,14 @@ def verify() -> None:
             "compare with an earlier export; the rows named above are where it changed",
         )
     console.print(f"verified: {result.rows} audit rows, chain unbroken to seq {result.head_seq}")
+
+
+@app.command("config")
+def config() -> None:
+    """Record which configuration files changed since the trail last noted them (run it after an edit)."""
+    with open_session() as session:
+        row = audit_trail.record_config_changes(session)
+    if row is None:
+        console.print(f"no configuration file under {audit_trail.config_dir()} changed since the trail last noted it")
+        return
+    console.print(f"recorded as audit row {row.seq}: {', '.join(orjson.loads(row.details)['changed'])}")
