@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from cgthub.jsontext import canonical_json
 from cgthub.ledger_anchor import _keyed, _micros
-from cgthub.settings import PROJECT_ROOT, get_settings
+from cgthub.settings import get_settings
 from cgthub.tables import AuditRecord, utcnow
 
 _DOMAIN = b"cgthub audit trail\n"  # a trail seal is never a ledger seal or a checkpoint line
@@ -202,7 +202,7 @@ CONFIG_CHANGED = "config.changed"
 
 
 def config_dir() -> Path:
-    return Path(os.environ.get("CGTHUB_CONFIG_DIR") or PROJECT_ROOT / "config")
+    return get_settings().config_dir
 
 
 def config_fingerprints(root: Path | None = None) -> dict[str, str]:
