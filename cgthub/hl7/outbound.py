@@ -105,7 +105,7 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
 
 def _address(address: str | None) -> tuple[str, int]:
     if address is None:
-        from connectors.common.connection import get_connection
+        from cgthub.connections import get_connection
 
         address = get_connection(CONN_ID).base_url
     parts = urlsplit(address if "://" in address else f"mllp://{address}")

@@ -19,11 +19,11 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from cgthub.errors import CgthubError
+from cgthub.partners import PartnerUnavailable
 from connectors.common.breaker import breaker_for
 
 
-class PartnerError(CgthubError, RuntimeError):
+class PartnerError(PartnerUnavailable):
     """A partner answered, but not usefully; the message says what came back (never the body's PHI)."""
 
 
