@@ -108,6 +108,7 @@ class Partner:
     deadline: timedelta = timedelta(minutes=15)
     archive_system: str = ""  # the source system its drop-folder files are archived under; default: name
     inbox: FunctionRef | None = None  # the folder the partner drops its files in, for the demo's partners
+    receiver: FunctionRef | None = None  # app factory for what the partner sends us: create_app(secret=, database_url=)
 
     @property
     def system(self) -> str:

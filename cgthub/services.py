@@ -87,12 +87,15 @@ def courier_webhook(host: str, port: int) -> int:
     import uvicorn
     from fastapi.responses import JSONResponse
 
-    from cgthub import health
+    from cgthub import health, partners
     from cgthub.store import database_url
-    from connectors.courier.webhook import create_app
 
+    declared = partners.registry().get("courier")
+    if declared is None or declared.receiver is None:
+        print("no registered partner named 'courier' declares a webhook receiver", file=sys.stderr)
+        return 2
     url = database_url()
-    app = create_app(secret=get_settings().courier_webhook_secret, database_url=url)
+    app = partners.resolve(declared.receiver)(secret=get_settings().courier_webhook_secret, database_url=url)
 
     @app.get("/health/ready")
     def ready() -> JSONResponse:

@@ -114,9 +114,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
 ]
 
 # (file, imported module): upward imports still present, reported as debt until they are gone.
-KNOWN_UPWARD: list[tuple[str, str]] = [
-    ("cgthub/services.py", "connectors.courier.webhook"),
-]
+KNOWN_UPWARD: list[tuple[str, str]] = []
 
 _BUILTIN_EXCEPTIONS = frozenset(
     name

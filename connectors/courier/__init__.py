@@ -13,4 +13,5 @@ PARTNER = Partner(
     sandbox=Sandbox("courier", "connectors.courier.sandbox", 8703, "http://cgthub:courier-key@{host}:{port}"),
     schedule=timedelta(minutes=2),
     deadline=timedelta(minutes=5),
+    receiver="connectors.courier.webhook:create_app",
 )
