@@ -5,7 +5,7 @@ they sign (meaning, reason code and text, a hash of the state they saw), and the
 row per action of a person, each sealed under the ledger key and chained to the row before.
 
 Revision ID: 0015
-Revises: 0014
+Revises: 0013
 Create Date: 2026-12-03
 """
 
@@ -17,7 +17,7 @@ from alembic import op
 from cgthub.tables import UTCDateTime
 
 revision = "0015"
-down_revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
