@@ -31,6 +31,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m cgthub.devtools.layers
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile $(PYTEST_ARGS)
 
 # Re-resolve uv.lock after a change to the dependencies in pyproject.toml.

@@ -23,16 +23,16 @@ from cgthub import alerts
 from cgthub.bulk import BulkWrite, rows_by_pairs
 from cgthub.settings import get_settings
 from cgthub.store import race_guard
-from cgthub.tables import RawMessage, utcnow
+from cgthub.tables import RawMessage, text_limit, utcnow
 
 _NONCE = 12
 _RAW = RawMessage.__table__
 _FOUND_COLUMNS = ("system", "dedupe_key", "id", "checksum", "status")
 # Statements of the batch path, built once: on a small batch, building one costs more than running it.
 _INSERT_RAW = BulkWrite(insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.dedupe_key, _RAW.c.checksum))
-_KEY_LIMIT = _RAW.c.dedupe_key.type.length
-_KIND_LIMIT = _RAW.c.kind.type.length
-_CONTENT_TYPE_LIMIT = _RAW.c.content_type.type.length
+_KEY_LIMIT = text_limit(_RAW.c.dedupe_key)
+_KIND_LIMIT = text_limit(_RAW.c.kind)
+_CONTENT_TYPE_LIMIT = text_limit(_RAW.c.content_type)
 _MARK = BulkWrite(
     update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 )

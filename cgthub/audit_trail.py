@@ -34,13 +34,13 @@ from sqlalchemy.orm import Session
 from cgthub.jsontext import canonical_json
 from cgthub.ledger_anchor import _keyed, _micros
 from cgthub.settings import get_settings
-from cgthub.tables import AuditRecord, utcnow
+from cgthub.tables import AuditRecord, text_limit, utcnow
 
 _DOMAIN = b"cgthub audit trail\n"  # a trail seal is never a ledger seal or a checkpoint line
 _LOCK_ID = 0x63677441  # "cgtA": the advisory lock that serializes appends on PostgreSQL
 GENESIS = ""
-_ACTOR_LIMIT = AuditRecord.__table__.c.actor.type.length
-_SUBJECT_LIMIT = AuditRecord.__table__.c.subject.type.length
+_ACTOR_LIMIT = text_limit(AuditRecord.__table__.c.actor)
+_SUBJECT_LIMIT = text_limit(AuditRecord.__table__.c.subject)
 
 # Who acts in this context when a caller does not say: the console sets the signed-in user.
 _actor: ContextVar[str | None] = ContextVar("cgthub_audit_actor", default=None)

@@ -25,7 +25,7 @@ def rows_by_pairs(
     wanted: tuple[str, ...],
     first: str,
     second: str,
-    pairs: Iterable[tuple[str, str]],
+    pairs: Iterable[tuple[str, str | int]],
     chunk: int = 500,
 ) -> Iterator[tuple[Any, ...]]:
     """The `wanted` columns of the rows found by (first, second) pairs, for a two-column unique index.
@@ -36,12 +36,12 @@ def rows_by_pairs(
     built once and kept, its values bound as parameters: building and hashing a fresh one cost
     four times more than running it, which is most of a small batch's time.
     """
-    groups: dict[str, list[str]] = {}
+    groups: dict[str, list[str | int]] = {}
     for a, b in set(pairs):
         groups.setdefault(a, []).append(b)
     if not groups:
         return  # nothing to look up: not even the session's connection (a few microseconds)
-    branches: list[tuple[str, list[str]]] = []
+    branches: list[tuple[str, list[str | int]]] = []
     size = 0
     connection = session.connection()
     for a, values in groups.items():
@@ -65,7 +65,7 @@ def _run_pairs(
     wanted: tuple[str, ...],
     first: str,
     second: str,
-    branches: list[tuple[str, list[str]]],
+    branches: list[tuple[str, list[str | int]]],
 ) -> list[tuple[Any, ...]]:
     shape = (table.name, wanted, first, second, len(branches))
     read = _pair_reads.get(shape)

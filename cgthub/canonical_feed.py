@@ -17,8 +17,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from cgthub import quarantine
+from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, Provenance
-from cgthub.pipeline import PayloadRejected
 from cgthub.settings import var_dir
 
 KIND = "canonical+json"
@@ -33,8 +33,10 @@ class CanonicalJsonMapper:
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
         try:
             data = json.loads(payload)
-        except ValueError as error:
+        except json.JSONDecodeError as error:
             raise PayloadRejected(quarantine.Stage.PARSE, f"not JSON: {error.msg} at byte {error.pos}") from None
+        except UnicodeDecodeError as error:
+            raise PayloadRejected(quarantine.Stage.PARSE, f"not JSON: not UTF-8 text at byte {error.start}") from None
         items = data if isinstance(data, list) else [data]
         events: list[CanonicalEvent] = []
         for index, item in enumerate(items):
@@ -65,7 +67,7 @@ def pending_files(system: str) -> list[Path]:
 
 def native_files(system: str) -> list[tuple[str, Path]]:
     """Partner-format files waiting in `inbox/<system>/<kind>/`: (kind, path), mapped by mappings/<system>/<kind>."""
-    found = []
+    found: list[tuple[str, Path]] = []
     for folder in sorted(p for p in inbox(system).iterdir() if p.is_dir() and p.name != "done"):
         found.extend((folder.name, path) for path in sorted(folder.iterdir()) if path.is_file())
     return found

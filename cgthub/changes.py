@@ -102,7 +102,7 @@ def read_rows(
 ) -> list[Any]:
     """Like `read` but as plain rows (no ORM identity map): the fast path for the HTTP feed."""
     columns = OrderChange.__table__.c
-    query = select(columns).where(_after(session, after), *where).order_by(columns.tx, columns.id).limit(limit)
+    query = select(*columns).where(_after(session, after), *where).order_by(columns.tx, columns.id).limit(limit)
     if session.get_bind().dialect.name == "postgresql":
         query = query.where(columns.tx < _pg_horizon(session))
     return list(session.execute(query))

@@ -9,7 +9,11 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset, AsyncCallback, DeadlineAlert, DeadlineReference
+from airflow.sdk import Asset
+
+# airflow.sdk exports these at run time, but its stub (__init__.pyi) does not list them.
+from airflow.sdk.definitions.callback import AsyncCallback
+from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from cgthub.notifier import HubAlertNotifier, sync_deadline_missed
 

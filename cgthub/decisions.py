@@ -19,6 +19,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -117,8 +118,7 @@ class ReasonCodes(BaseModel):
     @field_validator("codes")
     @classmethod
     def _unique(cls, codes: tuple[ReasonCode, ...]) -> tuple[ReasonCode, ...]:
-        seen: set[str] = set()
-        twice = sorted({c.code for c in codes if c.code in seen or seen.add(c.code)})
+        twice = sorted(code for code, count in Counter(c.code for c in codes).items() if count > 1)
         if twice:
             raise ValueError(f"reason code(s) listed twice: {', '.join(twice)}")
         return codes
@@ -372,7 +372,9 @@ class DecisionResult:
         return dict(self.__dict__)
 
 
-def _sign(session: Session, action: Action, signature: Signature, preview: Preview, order_id: str | None) -> tuple:
+def _sign(
+    session: Session, action: Action, signature: Signature, preview: Preview, order_id: str | None
+) -> tuple[OperatorDecision, ReasonCode]:
     operator = authenticate(session, signature.signer, signature.password.get_secret_value())
     if action.value not in operator.scopes and ALL_ACTIONS not in operator.scopes:
         raise NotPermitted(

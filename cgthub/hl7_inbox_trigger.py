@@ -33,7 +33,7 @@ class HL7InboxTrigger(BaseEventTrigger):
     """Fires when HL7 messages newer than the last one it announced wait in the archive."""
 
     def __init__(self, poll_seconds: float = 5.0, database_url: str | None = None) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # Airflow's trigger base is untyped
         self.poll_seconds = poll_seconds
         self.database_url = database_url
 
@@ -49,5 +49,5 @@ class HL7InboxTrigger(BaseEventTrigger):
             newest = await asyncio.to_thread(newest_waiting_hl7, self.database_url)
             if newest is not None and newest > announced:
                 announced = newest
-                yield TriggerEvent({"newest_raw_id": newest})
+                yield TriggerEvent({"newest_raw_id": newest})  # type: ignore[no-untyped-call]  # untyped in Airflow
             await asyncio.sleep(self.poll_seconds)

@@ -287,7 +287,7 @@ class _BatchWriter:
         _INSERT_ENTRIES.run(connection, self.entry_rows)
 
     def _identity_conflict(
-        self, event: CanonicalEvent, order_id: str | None, conflicts: list[str], others: set[str]
+        self, event: CanonicalEvent, order_id: str | None, conflicts: Sequence[str], others: set[str]
     ) -> AppendResult:
         """Quarantine at stage `identity`. Texts (the reason an ACK or a partner reads, the alerts of
         each order) name no other order and no identifier; the conflicts themselves and the orders
@@ -346,7 +346,7 @@ class _BatchWriter:
             rejection=Rejection.IDENTITY,
         )
 
-    def _scope_conflict(self, event: CanonicalEvent, order_id: str | None, conflicts: list[str]) -> AppendResult:
+    def _scope_conflict(self, event: CanonicalEvent, order_id: str | None, conflicts: Sequence[str]) -> AppendResult:
         """A sender naming an order of a site it does not speak for: quarantined and alerted; the
         order is not held (one site's sender must not stop another's order) and keeps its site."""
         reason = "the sender is not registered for the site of the order this message names"

@@ -119,7 +119,7 @@ def database_identity(session: Session) -> str:
     """Which database a checkpoint line is about: the same from every host that reaches it."""
     bind = session.get_bind()
     if bind.dialect.name == "sqlite":
-        path = bind.url.database or ""
+        path = bind.engine.url.database or ""
         return f"sqlite:{Path(path).resolve() if path and path != ':memory:' else path}"
     name, schema = session.execute(select(func.current_database(), func.current_schema())).one()
     return f"{bind.dialect.name}:{name}/{schema}"

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from cgthub import archive, canonical_feed, partners, pipeline, quarantine, routing, sync_state
+from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent
 from cgthub.settings import get_settings
 from cgthub.store import session_scope
@@ -44,7 +45,7 @@ class _Refused:
         self.reason = reason
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        raise pipeline.PayloadRejected(quarantine.Stage.RECEIVE, self.reason)
+        raise PayloadRejected(quarantine.Stage.RECEIVE, self.reason)
 
 
 def mapper_for(session: Session) -> Callable[[archive.Inbound], pipeline.Mapper | None]:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 from sqlalchemy import select
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -361,4 +361,4 @@ def _beyond_columns(events: list[CanonicalEvent]) -> str | None:
 
 
 def _texts(value: str | tuple[str, ...]) -> tuple[str, ...]:
-    return (value,) if type(value) is str else value
+    return (value,) if type(value) is str else cast(tuple[str, ...], value)

@@ -14,10 +14,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub.archive import fitted
-from cgthub.tables import QuarantineEntry, utcnow
+from cgthub.tables import QuarantineEntry, text_limit, utcnow
 
-_KIND_LIMIT = QuarantineEntry.__table__.c.kind.type.length
-_SUBJECT_LIMIT = QuarantineEntry.__table__.c.subject.type.length
+_KIND_LIMIT = text_limit(QuarantineEntry.__table__.c.kind)
+_SUBJECT_LIMIT = text_limit(QuarantineEntry.__table__.c.subject)
 
 
 class Stage(StrEnum):

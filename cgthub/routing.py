@@ -20,7 +20,7 @@ import csv
 import io
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import orjson
 from sqlalchemy import select
@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import hl7v2, pipeline, quarantine, sites
 from cgthub.archive import Inbound
-from cgthub.errors import Rejection
+from cgthub.errors import PayloadRejected, Rejection
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.registry import EVERY_MARKET, get_mapper
 from cgthub.model import CanonicalEvent
@@ -36,6 +36,14 @@ from cgthub.quarantine import Stage
 from cgthub.tables import Order, OrderKey
 
 REPLAY_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
+
+
+class _Facts(TypedDict):
+    """What the archive knows of a payload, passed on to whichever mapping maps it."""
+
+    raw_id: int
+    checksum: str
+    received_at: datetime
 
 
 def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | None = None) -> pipeline.Mapper | None:
@@ -74,7 +82,7 @@ class RoutedMapper:
         self.mapping_id, self.version = neutral.mapping_id, neutral.version
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
+        facts: _Facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
         if self.source is not None and self.source.facility:
             return self._map_hl7(payload, self.source.facility, facts)
         records = self.neutral.records(payload) if self.source is not None else []
@@ -87,27 +95,27 @@ class RoutedMapper:
         if split is None:  # a format whose records cannot stand alone: the strictest rules for all
             return self._with(EVERY_MARKET).map(payload, **facts)
         events: list[CanonicalEvent] = []
-        for record_payload, market in zip(split, markets, strict=True):
-            events.extend(self._with(market or EVERY_MARKET).map(record_payload, **facts))
+        for record_payload, record_market in zip(split, markets, strict=True):
+            events.extend(self._with(record_market or EVERY_MARKET).map(record_payload, **facts))
         return events
 
     # HL7: the sending facility names the site --------------------------------------------------
-    def _map_hl7(self, payload: bytes, path: str, facts: dict[str, Any]) -> list[CanonicalEvent]:
+    def _map_hl7(self, payload: bytes, path: str, facts: _Facts) -> list[CanonicalEvent]:
         message = self.parsed
         if message is None:
             try:
                 message = hl7v2.parse(payload)
             except hl7v2.HL7ParseError as exc:
-                raise pipeline.PayloadRejected(Stage.PARSE, f"not an HL7 v2 message we can read: {exc}") from exc
+                raise PayloadRejected(Stage.PARSE, f"not an HL7 v2 message we can read: {exc}") from exc
         facility = message.get(path)
         registry = self.known
         sender = sites.Sender(facility, registry.sites_of_facility(facility))
         if not facility:
-            raise pipeline.PayloadRejected(
+            raise PayloadRejected(
                 Stage.ROUTE, f"the message names no sending facility ({path}): its site and market are unknown"
             )
         if not sender.sites:
-            raise pipeline.PayloadRejected(
+            raise PayloadRejected(
                 Stage.ROUTE,
                 f"sending facility {facility!r} ({path}) is not registered for any site; {REPLAY_HINT}",
                 {"facility": facility},
@@ -130,7 +138,7 @@ class RoutedMapper:
                     continue
                 market = registry.market_of(str(site))
                 if market is None:
-                    raise pipeline.PayloadRejected(
+                    raise PayloadRejected(
                         Stage.ROUTE,
                         f"{self.system}/{self.kind}: record {number} names site {str(site)[:40]!r}, which is "
                         f"not in the site registry; {REPLAY_HINT}",
@@ -183,7 +191,7 @@ class RoutedMapper:
     def _with(self, market: str) -> CompiledMapping:
         found = get_mapper(self.system, self.kind, market=market)
         if found is None:
-            raise pipeline.PayloadRejected(
+            raise PayloadRejected(
                 Stage.MAP,
                 f"no mapping is configured for {self.system}/{self.kind} in market {market}",
                 code=Rejection.UNSUPPORTED_TYPE,

@@ -85,6 +85,7 @@ def courier_webhook(host: str, port: int) -> int:
     """The courier webhook receiver, with /health and /health/ready beside its endpoint."""
 
     import uvicorn
+    from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
     from cgthub import health, partners
@@ -95,7 +96,7 @@ def courier_webhook(host: str, port: int) -> int:
         print("no registered partner named 'courier' declares a webhook receiver", file=sys.stderr)
         return 2
     url = database_url()
-    app = partners.resolve(declared.receiver)(secret=get_settings().courier_webhook_secret, database_url=url)
+    app: FastAPI = partners.resolve(declared.receiver)(secret=get_settings().courier_webhook_secret, database_url=url)
 
     @app.get("/health/ready")
     def ready() -> JSONResponse:

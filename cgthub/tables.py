@@ -12,18 +12,20 @@ alerts         what an operator must look at
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Column,
     DateTime,
     ForeignKey,
     Index,
     Integer,
     LargeBinary,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -84,6 +86,19 @@ def utcnow() -> datetime:
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+    if TYPE_CHECKING:
+        # Every model here maps one Table; DeclarativeBase only promises some FromClause.
+        __table__: ClassVar[Table]
+
+
+def text_limit(column: Column[Any]) -> int:
+    """The most characters a String column keeps: values are checked against it before an insert,
+    so SQLite (which keeps any length) and PostgreSQL (which fails the statement) answer alike."""
+    length = cast(String, column.type).length
+    if length is None:
+        raise TypeError(f"column {column.name} has no length")
+    return length
 
 
 class RawMessage(Base):

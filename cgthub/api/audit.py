@@ -25,13 +25,16 @@ import logging
 import os
 import secrets
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import Insert as PgInsert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import Insert as SqliteInsert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from cgthub.api.tables import ApiAccess
@@ -72,7 +75,7 @@ class Access:
 
 
 def _row_of(line: bytes) -> dict[str, Any]:
-    row = json.loads(line)
+    row: dict[str, Any] = json.loads(line)
     row["at"] = datetime.fromisoformat(row["at"])
     return row
 
@@ -200,7 +203,11 @@ class AuditWriter:
         if not rows:
             return
         engine = get_engine(self.database_url)
-        make = {"postgresql": pg_insert, "sqlite": sqlite_insert}.get(engine.dialect.name)
+        upserts: dict[str, Callable[[type[ApiAccess]], PgInsert | SqliteInsert]] = {
+            "postgresql": pg_insert,
+            "sqlite": sqlite_insert,
+        }
+        make = upserts.get(engine.dialect.name)
         statement = make(ApiAccess).on_conflict_do_nothing(index_elements=["request_id"]) if make else insert(ApiAccess)
         with engine.begin() as conn:
             for at in range(0, len(rows), self.batch):

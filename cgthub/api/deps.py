@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 from fastapi import Depends, Request, Security
@@ -48,14 +48,16 @@ WRITE_SESSION = Depends(write_session, scope="function")
 def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> Principal:
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "unauthenticated", "send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
-    principal = request.app.state.keys.get(credentials.credentials, lambda token: authenticate(session, token))
+    principal: Principal | None = request.app.state.keys.get(
+        credentials.credentials, lambda token: authenticate(session, token)
+    )
     if principal is None:
         raise ApiError(401, "unauthenticated", "the API key is not valid or was revoked", headers=_CHALLENGE)
     request.state.key_id = principal.key_id
     return principal
 
 
-def authorized(scope: Scope) -> Callable[..., Principal]:
+def authorized(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits keys holding `scope` (or admin): 401 without a valid key, 403 without the scope.
 
     It runs on the event loop: a cached key is a dict lookup, an uncached one a single indexed read."""

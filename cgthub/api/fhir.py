@@ -153,4 +153,5 @@ def build_bundle(order: OrderProjection, *, updated_at: datetime) -> dict[str, A
         }
     )
     validated = Bundle.model_validate(bundle)  # raises if the bundle is not valid FHIR
-    return json.loads(validated.model_dump_json())
+    document: dict[str, Any] = json.loads(validated.model_dump_json())
+    return document

@@ -46,7 +46,8 @@ OrderId = Annotated[str, Path(min_length=1, max_length=40, description="the hub'
 
 
 def _visible(session: Session, principal: Principal, order_id: str) -> Order:
-    return _in_scope(principal, session.get(Order, order_id))
+    order: Order = _in_scope(principal, session.get(Order, order_id))
+    return order
 
 
 def _in_scope(principal: Principal, order: Any) -> Any:

@@ -182,12 +182,12 @@ def _post(http: httpx.Client, message: outbox.OutboxMessage, target: tuple[str, 
         "User-Agent": "cgthub-webhooks/1",
     }
     try:
-        target = webhook_targets.check(url)
+        checked = webhook_targets.check(url)
     except webhook_targets.TargetRefused as exc:
         # Decided before any connection, so an internal port's state never shows in the outcome.
         return f"target refused: {exc}"
     try:
-        pinned, host_header, extensions = _pinned(url, target)
+        pinned, host_header, extensions = _pinned(url, checked)
         response = http.post(pinned, content=body, headers={**headers, "Host": host_header}, extensions=extensions)
     except httpx.HTTPError as exc:
         return f"{type(exc).__name__}: {exc}"[:500]

@@ -61,7 +61,8 @@ def _password(from_stdin: bool, prompt: str = "password") -> str:
         if not line:
             raise CliError("no password on stdin", "pipe it in: printf '%s\\n' \"$PASSWORD\" | cgthub ...")
         return line
-    return typer.prompt(prompt, hide_input=True)
+    typed: str = typer.prompt(prompt, hide_input=True)
+    return typed
 
 
 def _signature(signer: str | None, meaning: Meaning, reason: str, text: str, stdin: bool, shown: str) -> Signature:

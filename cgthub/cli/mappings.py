@@ -14,14 +14,15 @@ from rich.table import Table
 from cgthub import archive, audit_trail
 from cgthub.cli.common import CliError, console, open_session
 from cgthub.mapping import fixtures, registry
+from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.replay import archived, diff, refusals, replay
 from cgthub.mapping.spec import MappingError
 
 app = typer.Typer(help="Versioned mapping files: partner payload -> canonical events.", no_args_is_help=True)
 
 
-def _compile_all() -> list[tuple[registry.MappingFile, object]]:
-    compiled = []
+def _compile_all() -> list[tuple[registry.MappingFile, CompiledMapping | MappingError]]:
+    compiled: list[tuple[registry.MappingFile, CompiledMapping | MappingError]] = []
     for found in registry.discover():
         try:
             compiled.append((found, registry.compile_file(found.path)))
@@ -44,7 +45,7 @@ def list_mappings() -> None:
         if isinstance(compiled, MappingError):
             table.add_row(found.system, found.kind, f"v{found.version}", "", "", "", f"[red]{compiled}[/]")
             continue
-        spec = compiled.spec  # type: ignore[attr-defined]
+        spec = compiled.spec
         table.add_row(
             found.system,
             spec.kind,
@@ -66,7 +67,7 @@ def validate() -> None:
             console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
             problems += 1
             continue
-        report = fixtures.check(compiled, found.path)  # type: ignore[arg-type]
+        report = fixtures.check(compiled, found.path)
         issues = list(report.problems) + [f"rule {r!r} is reached by no fixture" for r in report.unreached_rules]
         if issues:
             problems += 1
@@ -89,7 +90,7 @@ def test_fixtures(
             console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
             failed += 1
             continue
-        report = fixtures.check(compiled, found.path, update=update)  # type: ignore[arg-type]
+        report = fixtures.check(compiled, found.path, update=update)
         for problem in report.problems:
             console.print(f"[red]FAIL[/] {found.ref}: {problem}")
         for result in report.results:
@@ -219,7 +220,7 @@ def _diff_target(words: list[str]) -> tuple[str, str, str, str]:
     return system, kind, old, new
 
 
-def _mapper(system: str, kind: str, version: str, market: str | None = None):
+def _mapper(system: str, kind: str, version: str, market: str | None = None) -> CompiledMapping:
     try:
         mapper = registry.get_mapper(system, kind, version=version, market=market)
     except (MappingError, ValueError) as exc:

@@ -13,7 +13,7 @@ from cgthub import alerts, ledger, projection
 from cgthub.cli.common import CliError, console, open_session
 from cgthub.correlation import KeyIndex
 from cgthub.lifecycle import OrderStatus
-from cgthub.model import ExternalRefs
+from cgthub.model import CanonicalEvent, ExternalRefs
 from cgthub.tables import Order
 
 app = typer.Typer(help="Normalized orders.", no_args_is_help=True)
@@ -147,7 +147,7 @@ def show(
         timeline.add_column(col)
     for entry in entries:
         body = entry.body
-        event = ledger.CanonicalEvent.model_validate_json(body)
+        event = CanonicalEvent.model_validate_json(body)
         timeline.add_row(
             str(entry.seq),
             event.occurred_at.isoformat(),

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from cgthub import decisions
+from cgthub import decisions, quarantine
 from cgthub.api.auth import Scope
 from cgthub.api.errors import ApiError
 from cgthub.cli.quarantine import _masked
@@ -202,7 +202,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
                 "stage": stage or "",
                 "partner": partner or "",
                 "status": status,
-                "stages": [s.value for s in ops.quarantine.Stage],
+                "stages": [s.value for s in quarantine.Stage],
                 "query": urlencode({k: v for k, v in (("stage", stage), ("partner", partner)) if v}),
             },
         )
@@ -242,7 +242,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
     async def sign(request: Request, action: Action, key: str, user: auth.ConsoleUser = Depends(signed_in)) -> Response:
         """Sign as the signed-in Airflow user, re-authenticated by their operator password."""
         form = await request.form()
-        message_ids = [int(v) for v in form.getlist("message") if str(v).isdigit()] or None
+        message_ids = [int(str(v)) for v in form.getlist("message") if str(v).isdigit()] or None
         with reading() as session:
             subject = subject_or_refusal(session, user, action, key)
         try:

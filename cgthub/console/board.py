@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.orm import Session
@@ -135,8 +135,9 @@ def board(session: Session, principal: Principal, filters: BoardFilters) -> list
         .order_by(Alert.order_id, _SEVERITY_RANK.desc(), Alert.kind)
     )
     for order_id, kind in names:
-        if kind not in by_id[order_id].alerts:
-            by_id[order_id].alerts.append(kind)
+        row = by_id[cast(str, order_id)]  # the IN above matched only the rows' ids: never None
+        if kind not in row.alerts:
+            row.alerts.append(kind)
     refs = session.execute(
         select(OrderKey.order_id, OrderKey.kind, OrderKey.value)
         .where(OrderKey.order_id.in_(by_id))

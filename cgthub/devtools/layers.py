@@ -175,6 +175,8 @@ def imports(module: str, path: Path, known: dict[str, Path], root: Path) -> Iter
         for inner in ast.walk(statement)
     }
     for node in ast.walk(tree):
+        if not isinstance(node, ast.Import | ast.ImportFrom):
+            continue
         targets: list[str] = []
         if isinstance(node, ast.Import):
             targets = [alias.name for alias in node.names]

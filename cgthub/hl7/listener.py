@@ -278,7 +278,7 @@ class MllpListener:
         """(ready, state) for the listener's HTTP port: ready while it accepts and its database answers."""
         accepting = self._server is not None and self._server.is_serving()
         database = hub_health.database(self.database_url)
-        state = {
+        state: dict[str, object] = {
             "status": "ok" if accepting and database["status"] == "ok" else "unavailable",
             "listener": {"status": "ok" if accepting else "stopped", "connections": len(self._connections)},
             "database": database,

@@ -18,6 +18,7 @@ docs/mapping-fastpath.md tells how the pieces fit and what the fast path costs.
 
 from __future__ import annotations
 
+import functools
 import re
 import types
 import typing
@@ -60,7 +61,7 @@ _TRANSFORM_FACTS: dict[str, frozenset[str]] = {
 }
 # Validators the model declares, and the fact that satisfies each.
 _VALIDATOR_FACTS: dict[Any, str] = {canonical._din: "din", canonical._coi: "coi"}
-_DICT_VALIDATOR_FACTS = {(canonical.PatientRef, "_only_tokens"): "token"}
+_DICT_VALIDATOR_FACTS: dict[tuple[type[BaseModel], str], str] = {(canonical.PatientRef, "_only_tokens"): "token"}
 _PLAIN_FACTS = {str: "str", int: "int", float: "float", bool: "bool", AwareDatetime: "aware_datetime"}
 
 
@@ -465,9 +466,9 @@ def _emit_model(writer: _Writer, node: _ModelNode, provided: dict[str, str] | No
                 inline = _inline_check(info.annotation, list(info.metadata), validators, child.var, child.facts)
                 var = _leaf_value(writer, child, construct.field_check(model, name, info), inline)
         elif isinstance(child, _ModelNode):
-            var = _emit_node_guarded(writer, child, test, lambda c=child: _emit_model(writer, c))
+            var = _emit_node_guarded(writer, child, test, functools.partial(_emit_model, writer, child))
         else:
-            var = _emit_node_guarded(writer, child, test, lambda c=child: _emit_dict(writer, c))
+            var = _emit_node_guarded(writer, child, test, functools.partial(_emit_dict, writer, child))
         if test is None:
             values[name] = var
             always.append(name)
@@ -637,7 +638,11 @@ def residency(
             raise NoFastPath(f"residency tokenize {'.'.join(path)!r} is not one field")
         for target, leaf in placed:
             if target == path:
-                tokenize(leaf, lambda v, kind=path[-1]: pseudonymize(kind, str(v)))
+
+                def token(value: Any, kind: str = path[-1]) -> str:
+                    return pseudonymize(kind, str(value))
+
+                tokenize(leaf, token)
                 leaf.facts = frozenset({"str", "token"}) if _TOKEN_KIND.match(path[-1]) else frozenset({"str"})
     return placed
 

@@ -269,18 +269,22 @@ class CompiledMapping:
             return mask(value) if phi else repr(value)[:60]
 
         # Everything that can be decided now is: the closure below runs only the steps this field has.
+        read: Getter
         if constant is not None:
 
-            def read(_record: Any) -> Any:
+            def read_constant(_record: Any) -> Any:
                 return constant
 
+            read = read_constant
         elif len(getters) == 1:
             read = getters[0]
         else:
 
-            def read(record: Any) -> Any:
+            def read_joined(record: Any) -> Any:
                 present = [str(p) for p in (g(record) for g in getters) if p not in (None, "")]
                 return separator.join(present) if present else None
+
+            read = read_joined
 
         steps: list[Callable[[Any], Any]] = [_transform_step(t, label, shown) for t in transforms]
         if table is not None:

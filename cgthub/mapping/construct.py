@@ -337,7 +337,7 @@ def _works() -> bool:
         "provenance": {"mapping_id": "crm/enrollment", "mapping_version": "v1"},
     }
     try:
-        fast = model_builder(CanonicalEvent)(sample)
+        fast: CanonicalEvent = model_builder(CanonicalEvent)(sample)
     except Unsure:
         return False
     slow = CanonicalEvent.model_validate(sample)

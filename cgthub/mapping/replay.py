@@ -22,11 +22,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub import archive, ledger, quarantine
+from cgthub.errors import PayloadRejected
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
 from cgthub.mapping.registry import kind_dir, load_file, market_config, markets_dir, versions
 from cgthub.model import CanonicalEvent
-from cgthub.pipeline import PayloadRejected
 from cgthub.pseudonym import mask
 from cgthub.tables import LedgerEntry, RawMessage
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cgthub.errors import CgthubError
@@ -64,7 +64,8 @@ def datetime_transform(tz: ZoneInfo) -> Transform:
     wall-clock fields and `fold`, which is 0 here as for any parsed time), so DST gaps and folds come
     out as before; `tests/test_transforms_speed_equivalence.py` checks it on transition days. A value
     the short cut cannot take exactly goes through `parse_datetime` (its result or its error)."""
-    offset = tz.utcoffset
+    # A zone has an offset for every datetime (None is only for naive tzinfo implementations).
+    offset = cast(Callable[[datetime], timedelta], tz.utcoffset)
     parse = datetime.fromisoformat
 
     def transform(value: Any) -> Any:

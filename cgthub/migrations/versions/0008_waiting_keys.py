@@ -40,7 +40,7 @@ def upgrade() -> None:
     waiting = bind.execute(
         sa.text("SELECT id, details FROM quarantine WHERE stage = 'correlate' AND status = 'open'")
     ).all()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for entry_id, details in waiting:
         event = (json.loads(details) if isinstance(details, str) else details or {}).get("event") or {}
         rows.extend({"quarantine_id": entry_id, "kind": k, "value": v} for k, v in dict.fromkeys(event_keys(event)))
