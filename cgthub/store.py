@@ -111,18 +111,19 @@ def _create_private(path: Path) -> None:
     """Make a new database file readable by its owner only, before SQLite opens it: SQLite gives the
     -wal and -shm files it makes beside it the database file's mode, so none of the three, which
     hold every payload's metadata and the pseudonymized ledger, is readable by other users."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an existing file keeps its mode
+    if path.parent.is_dir():  # a missing folder is the caller's mistake: SQLite then names it, nothing is made
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an existing file keeps its mode
 
 
 def _create_engine(url: str, readonly: bool) -> Engine:
     if url.startswith("sqlite"):
         path = _sqlite_file(url)
-        if path is not None:
-            _create_private(Path(path))
         engine = create_engine(
             url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=canonical_json
         )
+        if path is not None:
+            # On the first connection, not here: making an engine (or watching its file) creates nothing.
+            event.listen(engine, "do_connect", lambda *_args: _create_private(Path(path)))
         _sqlite_pragmas(engine, immediate=not readonly)
         if not readonly and path is not None:
             checkpointer.watch(path)  # commits then seldom pay for copying the WAL back

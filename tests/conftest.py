@@ -114,6 +114,8 @@ def db_url(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
         store.upgrade(url)
         _truncate(url)
     monkeypatch.setenv("CGTHUB_DATABASE_URL", url)
+    # A fresh database gets a fresh checkpoint file: the last test's heads are not this database's.
+    monkeypatch.setenv("CGTHUB_LEDGER_CHECKPOINTS", str(_TMP / f"checkpoints-{uuid.uuid4().hex[:8]}.jsonl"))
     settings.get_settings.cache_clear()
     yield url
     settings.get_settings.cache_clear()

@@ -17,6 +17,10 @@ def _run(*args, url):
 def test_unmigrated_database_tells_to_upgrade(tmp_path):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     run = _run("orders", "list", url=url)
+    assert run.returncode == 1 and not (tmp_path / "empty.db").exists()
+    assert "does not exist" in run.stderr and "cgthub db upgrade" in run.stderr
+    (tmp_path / "empty.db").touch()  # a database that exists but was never migrated
+    run = _run("orders", "list", url=url)
     assert run.returncode == 1
     assert "no cgthub schema" in run.stderr and "cgthub db upgrade" in run.stderr
     assert _run("db", "upgrade", url=url).returncode == 0

@@ -99,7 +99,7 @@ def test_bulk_writes_store_on_sqlite_exactly_what_core_stores(tmp_path) -> None:
             ],
         ),
         (
-            projection._update_orders(projection._KEPT_UNLESS_CHANGED),
+            projection._update_orders(projection.KEPT_UNLESS_CHANGED),
             [
                 {
                     "oid": "ORD-1",
@@ -208,7 +208,7 @@ def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_pa
         returned = archive._INSERT_RAW.returning(connection, raws)
         assert sorted(returned) == [(n + 1, "hl7", f"EPIC:{n}", "c" * 64) for n in range(3000)]
         ledger._INSERT_ORDERS.run(connection, [ledger._new_order_row(f"ORD-{n}") for n in range(3)])
-        projection._update_orders(projection._KEPT_UNLESS_CHANGED).run(
+        projection._update_orders(projection.KEPT_UNLESS_CHANGED).run(
             connection,
             [
                 {"oid": "ORD-1", **{f"p_{k}": None for k in projection._REFRESHED}, "p_status": "collected",
@@ -220,7 +220,7 @@ def test_batch_reads_and_returning_inserts_give_on_sqlite_what_core_gives(tmp_pa
             connection, [{"kind": k, "value": v, "order_id": "ORD-1"} for k, v in (("coi_id", "C1"), ("lot", "L1"))]
         )
         reads = [
-            (projection._LOCK_HEADS, {"ids": ["ORD-0", "ORD-1", "ORD-9"]}),
+            (ledger._LOCK_HEADS, {"ids": ["ORD-0", "ORD-1", "ORD-9"]}),
             (projection._STORED_PROJECTIONS, {"ids": ["ORD-1", "ORD-2"]}),
         ]
         for read, params in reads:
