@@ -12,18 +12,16 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy.orm import Session
 
-from cgthub.errors import CgthubError
+from cgthub import config_file
 from cgthub.model import CanonicalEvent, SourceSystem
 from cgthub.settings import get_settings
 
 
-class SiteRegistryError(CgthubError, ValueError):
+class SiteRegistryError(config_file.ConfigFileError):
     """config/sites.yaml cannot be used; names file and line, like a mapping file's errors."""
 
 
@@ -124,35 +122,7 @@ def registry() -> SiteRegistry:
 
 @lru_cache(maxsize=4)
 def _load(path: Path, _stamp: int) -> SiteRegistry:
-    text = path.read_text()
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise SiteRegistryError(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}") from exc
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _lines(node, (), lines)
-    try:
-        return SiteRegistry.model_validate(data or {})
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = tuple(first["loc"])
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
-        where = ".".join(str(p) for p in loc) or "top level"
-        raise SiteRegistryError(f"{path}:{line}: {where}: {first['msg']}") from exc
-
-
-def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _lines(value, (*path, key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*path, i), out)
+    return config_file.load(path, SiteRegistry, SiteRegistryError)
 
 
 def clear_cache() -> None:

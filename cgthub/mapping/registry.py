@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from cgthub import config_file
+from cgthub.config_file import ConfigFileError
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.spec import LoadedSpec, MappingError, load
 from cgthub.settings import get_settings
@@ -83,6 +85,44 @@ def _spec_of(path: Path, _mtime: int) -> LoadedSpec:
 EVERY_MARKET = "*"
 
 
+class MarketConfigError(ConfigFileError):
+    """config/markets/<market>.yaml cannot be used; names file and line."""
+
+
+class Residency(BaseModel):
+    """Fields that must not leave the market: dropped, or replaced by a keyed token."""
+
+    model_config = ConfigDict(extra="forbid")
+    drop: list[str] = []
+    tokenize: list[str] = []
+
+
+class MarketConfig(BaseModel):
+    """One market's file: mapping versions pinned (`crm/enrollment: 2`), code maps, residency."""
+
+    model_config = ConfigDict(extra="forbid")
+    market: str = Field(pattern=r"^[A-Z]{2,3}$")
+    mappings: dict[str, int | Annotated[str, Field(pattern=r"^v?[1-9][0-9]*$")]] = {}
+    code_maps: dict[str, dict[str, str]] = {}
+    residency: Residency = Residency()
+
+    @field_validator("mappings")
+    @classmethod
+    def _pins_name_a_system_and_kind(cls, pins: dict[str, int | str]) -> dict[str, int | str]:
+        for key in pins:
+            if key.count("/") != 1 or not all(key.split("/")):
+                raise ValueError(f"pin {key!r} must be <system>/<kind>, e.g. crm/enrollment")
+        return pins
+
+
+def market_file(path: Path) -> MarketConfig:
+    """A market file, validated; its `market` must be the one its name says."""
+    config = config_file.load(path, MarketConfig, MarketConfigError)
+    if config.market != path.stem.upper():
+        raise MarketConfigError(f"{path}:1: market: says {config.market!r}, but the file is {path.name}")
+    return config
+
+
 @lru_cache(maxsize=64)
 def market_config(market: str) -> dict[str, Any]:
     if market == EVERY_MARKET:
@@ -92,8 +132,7 @@ def market_config(market: str) -> dict[str, Any]:
         path = markets_dir() / f"{market.lower()}.yaml"
     if not path.exists():
         return {"market": market.upper()}
-    data = yaml.safe_load(path.read_text()) or {}
-    return {"market": market.upper(), **data}
+    return market_file(path).model_dump(exclude_unset=True)  # what the file leaves out, the mapping decides
 
 
 def _every_market() -> dict[str, Any]:
@@ -101,9 +140,9 @@ def _every_market() -> dict[str, Any]:
     drop: dict[str, None] = {}
     tokenize: dict[str, None] = {}
     for path in sorted(markets_dir().glob("*.yaml")):
-        residency = (yaml.safe_load(path.read_text()) or {}).get("residency") or {}
-        drop.update(dict.fromkeys(residency.get("drop") or []))
-        tokenize.update(dict.fromkeys(residency.get("tokenize") or []))
+        residency = market_file(path).residency
+        drop.update(dict.fromkeys(residency.drop))
+        tokenize.update(dict.fromkeys(residency.tokenize))
     return {"market": EVERY_MARKET, "residency": {"drop": list(drop), "tokenize": list(tokenize)}}
 
 
