@@ -31,9 +31,7 @@ def load(path: Path, model: type[Model], error: type[ConfigFileError] = ConfigFi
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise error(f"{path}:{mark.line + 1 if mark else 1}: not valid YAML: {exc}") from exc
-    lines: dict[tuple[Any, ...], int] = {}
-    if node is not None:
-        _lines(node, (), lines)
+    lines = key_lines(node)
     try:
         return model.model_validate(data or {})
     except ValidationError as exc:
@@ -42,6 +40,14 @@ def load(path: Path, model: type[Model], error: type[ConfigFileError] = ConfigFi
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), 1)
         where = ".".join(str(p) for p in loc) or "top level"
         raise error(f"{path}:{line}: {where}: {first['msg']}") from exc
+
+
+def key_lines(node: yaml.Node | None) -> dict[tuple[Any, ...], int]:
+    """The line of every key and item of a composed YAML document, by its path (("residency", "drop"))."""
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _lines(node, (), lines)
+    return lines
 
 
 def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:

@@ -32,6 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cgthub import partners
+from cgthub.config_file import key_lines
 from cgthub.errors import CgthubError
 from cgthub.model import EventType, SourceSystem
 
@@ -124,17 +125,6 @@ def declared_systems() -> list[str]:
     return sorted({SourceSystem.HUB.value, *(partner.system for partner in partners.registry().values())})
 
 
-def _lines(node: yaml.Node, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            out[(*path, key.value)] = key.start_mark.line + 1
-            _lines(value, (*path, key.value), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _lines(item, (*path, i), out)
-
-
 class LoadedSpec:
     """A validated spec with the line of every key, so later errors can point into the file."""
 
@@ -163,8 +153,7 @@ def load(path: Path) -> LoadedSpec:
         raise MappingError(path, mark.line + 1 if mark else None, None, f"not valid YAML: {exc}") from exc
     if not isinstance(data, dict) or node is None:
         raise MappingError(path, 1, None, "a mapping file is a YAML mapping (system, kind, version, ... events)")
-    lines: dict[tuple[Any, ...], int] = {}
-    _lines(node, (), lines)
+    lines = key_lines(node)
     try:
         spec = MappingSpec.model_validate(data)
     except ValidationError as exc:
