@@ -674,6 +674,14 @@ def for_order(session: Session, order_id: str) -> list[OperatorDecision]:
 def run(url: str | None, work: Callable[[Session], _T], *, signer: str, action: Action, subject: str) -> _T:
     """Run a decision in its own transaction. A refused signature or scope rolls the decision back
     and is then recorded in the audit trail by a transaction of its own (repeated failures show)."""
+    if action is Action.RETRY_QUARANTINE:
+        # A retry follows a fix on disk (a mapping, a market pin, the site registry): a long-running
+        # server must map with what is there now, not with what it compiled before the fix.
+        from cgthub import sites
+        from cgthub.mapping import registry
+
+        registry.clear_cache()
+        sites.clear_cache()
     try:
         with session_scope(url) as session:
             audit_trail.record_config_changes(session)  # the configuration the decision is taken under

@@ -251,3 +251,38 @@ def test_the_api_signs_the_same_way_and_refuses_without_scope_or_reauthenticatio
 def test_a_signature_without_words_or_meaning_is_not_a_signature(field):
     with pytest.raises(ValueError):
         decisions.Signature.model_validate(_body(**{field: "   " if field == "reason_text" else "liked"}))
+
+
+def test_a_running_server_retries_with_the_fix_made_on_disk_since_it_started(db_url, tmp_path, monkeypatch):
+    """The console and the API retry inside a long-running process: the mapping in force must be
+    read again, not the one that process compiled before the fix."""
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    monkeypatch.setenv("CGTHUB_CONFIG_DIR", str(config))
+    registry.clear_cache()
+    with session_scope(db_url) as s:  # the server has mapped under the US pin (v1) and refused KYM-CD22
+        mapper = registry.get_mapper("crm", "enrollment", market="US")
+        assert mapper is not None and mapper.version == "v1"
+        pipeline.ingest(s, system="crm", kind="enrollment", channel="t", payload=_crm(1, "KYM-CD22"), mapper=mapper)
+        (entry,) = quarantine.list_entries(s)
+    _add_operator(db_url, "coordinator", "retry_quarantine")
+    us = config / "markets" / "US.yaml"
+    us.write_text(us.read_text().replace("crm/enrollment: 1", "crm/enrollment: 2"))  # the fix, while it runs
+    signature = decisions.Signature(
+        signer="coordinator",
+        password=PASSWORD,
+        meaning="approved",
+        reason_code="MAPPING-FIXED",
+        reason_text="US moved to v2, which knows KYM-CD22",
+    )
+    result = decisions.run(
+        db_url,
+        lambda s: decisions.retry_quarantine(s, entry.id, signature),
+        signer="coordinator",
+        action=decisions.Action.RETRY_QUARANTINE,
+        subject=f"quarantine #{entry.id}",
+    )
+    assert result.outcome.get("result") == "released", result.outcome
+    with session_scope(db_url) as s:
+        assert s.scalars(select(Order.therapy)).all() == ["CART-22"]
+    registry.clear_cache()
