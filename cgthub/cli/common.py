@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from sqlalchemy import inspect
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
@@ -56,3 +59,40 @@ def open_session(*, readonly: bool = False) -> Iterator[Session]:
         ) from exc
     with session_scope(url, readonly=readonly) as session:
         yield session
+
+
+class WorkProgress:
+    """Moves one bar: items done of a total, plus a count of what they held and its rate per second."""
+
+    def __init__(self, progress: Progress, task: TaskID, started: float) -> None:
+        self._progress = progress
+        self._task = task
+        self._started = started
+
+    def advance_to(self, done: int, total: int | None = None, *, count: int | None = None) -> None:
+        counted = done if count is None else count
+        rate = counted / max(time.monotonic() - self._started, 1e-6)
+        self._progress.update(self._task, completed=done, total=total, count=counted, rate=rate)
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._started
+
+
+@contextmanager
+def work_progress(label: str, *, total: int | None, unit: str) -> Iterator[WorkProgress]:
+    """A Rich bar on stderr for long work (ingest, replay): counts, rate and elapsed time.
+
+    Shown only when stderr is a terminal, so scripts and logs get the one-line summary alone, and
+    stdout stays free for that summary."""
+    with Progress(
+        TextColumn(escape(label)),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn(f"{{task.fields[count]}} {unit}, {{task.fields[rate]:.0f}}/s"),
+        TimeElapsedColumn(),
+        console=console_err,
+        transient=True,
+        disable=not console_err.is_terminal,
+    ) as progress:
+        task = progress.add_task(label, total=total, count=0, rate=0.0)
+        yield WorkProgress(progress, task, time.monotonic())

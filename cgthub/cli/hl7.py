@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from cgthub.cli.common import CliError, console, console_err, open_session
+from cgthub.cli.common import CliError, console, open_session, work_progress
 from cgthub.runtime import tune_gc
 
 if TYPE_CHECKING:
@@ -158,21 +157,10 @@ def ingest(
     tune_gc()
     logging.getLogger("cgthub.pipeline").setLevel(logging.ERROR)  # the summary below counts each outcome
     started = time.monotonic()
-    with Progress(
-        TextColumn("ingesting HL7 files"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[messages]} messages, {task.fields[rate]:.0f}/s"),
-        TimeElapsedColumn(),
-        console=console_err,
-        transient=True,
-        disable=not console_err.is_terminal,
-    ) as progress:
-        task = progress.add_task("ingest", total=len(files), messages=0, rate=0.0)
+    with work_progress("ingesting HL7 files", total=len(files), unit="messages") as bar:
 
         def advanced(report: FileReport) -> None:
-            rate = report.messages / max(time.monotonic() - started, 1e-6)
-            progress.update(task, completed=report.files, messages=report.messages, rate=rate)
+            bar.advance_to(report.files, count=report.messages)
 
         report = ingest_paths(files, batch=batch, progress=advanced)
     seconds = time.monotonic() - started
