@@ -32,8 +32,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from cgthub.jsontext import canonical_json
-from cgthub.ledger_anchor import _keyed, _micros
-from cgthub.settings import get_settings
+from cgthub.ledger_anchor import _checkpoint_file, _keyed, _line_mac, _micros, _read, database_identity
+from cgthub.settings import get_settings, ledger_checkpoint_path
 from cgthub.tables import AuditRecord, text_limit, utcnow
 
 _DOMAIN = b"cgthub audit trail\n"  # a trail seal is never a ledger seal or a checkpoint line
@@ -139,10 +139,18 @@ class TrailVerification:
         return not self.problems
 
 
-def verify(session: Session, *, key: bytes | None = None) -> TrailVerification:
-    """Every row's seal and its link to the row before; a gap in `seq` is a row deleted."""
+def verify(session: Session, *, key: bytes | None = None, checkpoints: Path | None = None) -> TrailVerification:
+    """Every row's seal and its link to the row before; a gap in `seq` is a row deleted.
+
+    The newest rows leave no gap when cut off, so the trail must also reach the head its signed
+    checkpoint (outside the database) recorded, with the same seal there."""
     key = key if key is not None else get_settings().ledger_key
+    return _verify(session, key, read_checkpoint(session, path=checkpoints, key=key))
+
+
+def _verify(session: Session, key: bytes, anchor: TrailAnchor) -> TrailVerification:
     result = TrailVerification()
+    seal_at_anchor: str | None = None
     expected_seq, prev = 1, GENESIS
     for row in rows(session):
         result.rows += 1
@@ -165,7 +173,88 @@ def verify(session: Session, *, key: bytes | None = None) -> TrailVerification:
             result.problems.append(f"{where}: seal does not match under the ledger key (row edited or forged)")
         expected_seq, prev = row.seq + 1, row.mac
         result.head_seq = row.seq
+        if anchor.head is not None and row.seq == anchor.head[0]:
+            seal_at_anchor = row.mac
+    result.problems += anchor.problems
+    if anchor.head is not None:
+        anchored_seq, anchored_seal, anchored_at = anchor.head
+        if result.head_seq < anchored_seq:
+            result.problems.append(
+                f"trail ends at seq {result.head_seq}, the checkpoint of {anchored_at} recorded seq {anchored_seq}"
+                " (newest rows deleted)"
+            )
+        elif seal_at_anchor != anchored_seal:
+            result.problems.append(
+                f"audit row seq {anchored_seq} is not the one the checkpoint of {anchored_at} recorded"
+                " (trail rewritten)"
+            )
     return result
+
+
+# checkpoints of the trail's head ----------------------------------------------------------------
+
+_HEAD_NAME = "audit-trail"  # the one head an audit checkpoint line records
+
+
+def audit_checkpoint_path() -> Path:
+    """Next to the ledger's checkpoint file (so a deployment keeps both where it keeps one)."""
+    ledger = ledger_checkpoint_path()
+    return ledger.with_name(f"{ledger.stem}.audit{ledger.suffix or '.jsonl'}")
+
+
+@dataclass
+class TrailAnchor:
+    head: tuple[int, str, str] | None = None  # (seq, seal, when checkpointed)
+    problems: list[str] = field(default_factory=list)
+
+
+def read_checkpoint(session: Session, *, path: Path | None = None, key: bytes | None = None) -> TrailAnchor:
+    """The head the trail's signed checkpoint file last recorded for this database."""
+    key = key if key is not None else get_settings().ledger_key
+    with _checkpoint_file(path or audit_checkpoint_path(), write=False) as handle:
+        if handle is None:
+            return TrailAnchor()
+        state = _read(handle, database_identity(session), key)
+    problems = [problem.replace("checkpoint line", "audit checkpoint line") for problem in state.problems]
+    return TrailAnchor(state.heads.get(_HEAD_NAME), problems)
+
+
+@dataclass
+class TrailCheckpoint:
+    recorded: bool
+    head_seq: int
+    path: Path
+    problems: list[str]
+
+
+def checkpoint(session: Session, *, path: Path | None = None, key: bytes | None = None) -> TrailCheckpoint:
+    """Append one signed line with the trail's head (seq, seal) if it moved since the last line.
+
+    A trail that no longer verifies (shorter than, or different at, the recorded head) is reported
+    and not recorded, so a checkpoint never blesses a cut or a rewrite."""
+    key = key if key is not None else get_settings().ledger_key
+    path = path or audit_checkpoint_path()
+    last = session.execute(select(AuditRecord.seq, AuditRecord.mac).order_by(AuditRecord.seq.desc()).limit(1)).first()
+    head = (int(last[0]), str(last[1])) if last else (0, GENESIS)
+    with _checkpoint_file(path, write=True) as handle:
+        assert handle is not None
+        state = _read(handle, database_identity(session), key)
+        anchored = TrailAnchor(state.heads.get(_HEAD_NAME), list(state.problems))
+        problems = _verify(session, key, anchored).problems
+        known = state.heads.get(_HEAD_NAME)
+        moved = head[0] > 0 and (known is None or known[:2] != head)
+        if moved and not problems:
+            line: dict[str, Any] = {
+                "database": database_identity(session),
+                "at": utcnow().isoformat(),
+                "prev": state.last_mac,
+                "heads": {_HEAD_NAME: list(head)},
+            }
+            line["mac"] = _line_mac(key, line)
+            handle.write(orjson.dumps(line) + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    return TrailCheckpoint(moved and not problems, head[0], path, problems)
 
 
 EXPORT_COLUMNS = ("seq", "at", "actor", "action", "subject", "details", "prev_mac", "mac")

@@ -40,7 +40,7 @@ def cgthub_monitoring():
     def checkpoint_ledger() -> dict:
         """Sign every moved chain head into the checkpoint file outside the database; a chain that
         contradicts an earlier checkpoint is not recorded and opens a critical alert."""
-        from cgthub import alerts, ledger_anchor
+        from cgthub import alerts, audit_trail, ledger_anchor
         from cgthub.store import session_scope
 
         with session_scope() as session:
@@ -53,6 +53,15 @@ def cgthub_monitoring():
                     order_id=order_id or None,
                     message=f"ledger contradicts its checkpoint: {problem}; run `cgthub ledger verify`",
                     dedupe_key=f"ledger_tampered:{order_id}:{problem}"[:300],
+                )
+            trail = audit_trail.checkpoint(session)
+            for problem in trail.problems:
+                alerts.raise_alert(
+                    session,
+                    kind="audit_trail_tampered",
+                    severity=alerts.Severity.CRITICAL,
+                    message=f"audit trail contradicts its checkpoint: {problem}; run `cgthub audit verify`",
+                    dedupe_key=f"audit_trail_tampered:{problem}"[:300],
                 )
         return {"recorded": result.recorded, "orders": result.orders, "problems": len(result.problems)}
 

@@ -115,3 +115,35 @@ def test_a_configuration_change_is_noted_once(db_url, tmp_path):
     with session_scope(db_url) as s:
         rows = [r for r in audit_trail.rows(s) if r.action == "config.changed"]
     assert [r.actor for r in rows] == ["config-files", "config-files"]
+
+
+def test_verify_catches_the_newest_rows_deleted_against_the_checkpoint(db_url):
+    # Cutting the newest rows leaves a chain with no gap and every seal genuine: only the signed
+    # head outside the database shows it.
+    with session_scope(db_url) as s:
+        for action in ("console.sign_in", "config.changed", "api_key.created"):
+            audit_trail.record(s, action, "console", actor="maria.k")
+    anchored = _cli("audit", "checkpoint", url=db_url)
+    assert anchored.returncode == 0 and "head seq 3" in anchored.stdout, anchored.stderr
+    assert _cli("audit", "verify", url=db_url).returncode == 0
+    with session_scope(db_url) as s:
+        s.execute(text("DELETE FROM audit_trail WHERE seq >= 2"))
+    run = _cli("audit", "verify", url=db_url)
+    assert run.returncode == 1
+    assert "trail ends at seq 1" in run.stdout and "recorded seq 3 (newest rows deleted)" in run.stdout
+    refused = _cli("audit", "checkpoint", url=db_url)
+    assert refused.returncode == 1 and "head not recorded" in refused.stderr
+
+
+def test_the_trail_grows_past_its_checkpoint_and_still_verifies(db_url):
+    with session_scope(db_url) as s:
+        audit_trail.record(s, "console.sign_in", "console", actor="maria.k")
+    assert _cli("audit", "checkpoint", url=db_url).returncode == 0
+    with session_scope(db_url) as s:
+        audit_trail.record(s, "config.changed", "console", actor="maria.k")
+    verified = _cli("audit", "verify", url=db_url)
+    assert verified.returncode == 0 and "chain unbroken to seq 2" in verified.stdout
+    with session_scope(db_url) as s:  # the checkpointed row rewritten with a fresh (unkeyed) seal
+        s.execute(text("UPDATE audit_trail SET mac = '" + "1" * 64 + "' WHERE seq = 1"))
+    run = _cli("audit", "verify", url=db_url)
+    assert run.returncode == 1 and "audit row seq 1 is not the one the checkpoint" in run.stdout

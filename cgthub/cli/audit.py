@@ -49,6 +49,26 @@ def verify() -> None:
     console.print(f"verified: {result.rows} audit rows, chain unbroken to seq {result.head_seq}")
 
 
+@app.command("checkpoint")
+def checkpoint() -> None:
+    """Sign the trail's head (seq, seal) into the checkpoint file outside the database.
+
+    Deleting the newest rows leaves no gap in the chain; against a checkpoint, verify sees it."""
+    with open_session(readonly=True) as session:
+        result = audit_trail.checkpoint(session)
+    for problem in result.problems:
+        console.print(f"[red]problem:[/] {problem}")
+    if result.problems:
+        raise CliError(
+            f"the audit trail contradicts its checkpoint in {result.path}: head not recorded",
+            "run `cgthub audit verify` and compare with an earlier export",
+        )
+    if result.recorded:
+        console.print(f"checkpointed audit trail head seq {result.head_seq} in {result.path}")
+    else:
+        console.print(f"audit trail head seq {result.head_seq} already checkpointed (or empty)")
+
+
 @app.command("config")
 def config() -> None:
     """Record which configuration files changed since the trail last noted them (run it after an edit)."""
