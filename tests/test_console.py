@@ -286,3 +286,43 @@ def test_each_airflow_session_signing_in_to_the_console_is_in_the_audit_trail_on
         rows = session.query(AuditRecord).filter_by(action="console.sign_in").order_by(AuditRecord.seq).all()
         assert [r.actor for r in rows] == ["airflow:olga", "airflow:vera"]
         assert audit_trail.verify(session).problems == []
+
+
+def test_bulk_discard_by_filter_is_signed_once_and_refused_without_the_scope(db_url, console, auth_manager):
+    from cgthub import quarantine
+    from cgthub.tables import OperatorDecision, QuarantineEntry
+
+    with session_scope(db_url) as session:
+        crm = [
+            quarantine.put(session, stage=quarantine.Stage.MAP, system="crm", kind="enrollment", reason=f"no pin {n}")
+            for n in (1, 2)
+        ]
+        other = quarantine.put(session, stage=quarantine.Stage.MAP, system="erp", kind="enrollment", reason="erp")
+        crm_ids, other_id = [e.id for e in crm], other.id
+    add_operator(db_url)
+    add_operator(db_url, "vera")
+    viewer = signed_in(console, auth_manager, "vera", "viewer")
+    assert "bulk-discard" not in viewer.get("/cgthub/console/quarantine", params={"partner": "crm"}).text
+    bulk = "/cgthub/console/actions/discard_quarantine/bulk?partner=crm&kind=enrollment"
+    assert viewer.get(bulk).status_code == 403
+    answer = viewer.post(
+        bulk,
+        data={"meaning": "approved", "reason_code": "TEST-MESSAGE", "reason_text": "x", "password": OPERATOR_PASSWORD},
+    )
+    assert answer.status_code == 403
+
+    client = signed_in(console, auth_manager)
+    listing = client.get("/cgthub/console/quarantine", params={"partner": "crm", "kind": "enrollment"}).text
+    assert (
+        'id="bulk-discard"' in listing and "actions/discard_quarantine/bulk?partner=crm&amp;kind=enrollment" in listing
+    )
+    form = client.get(bulk).text
+    assert all(f"<dt>#{i}</dt>" in form for i in crm_ids) and f"<dt>#{other_id}</dt>" not in form
+    signed = sign(client, bulk, code="TEST-MESSAGE")
+    assert signed.status_code == 303 and "signed=" in signed.headers["location"]
+    with session_scope(db_url) as session:
+        statuses = {e.id: e.status for e in session.query(QuarantineEntry)}
+        assert [statuses[i] for i in crm_ids] == ["discarded", "discarded"] and statuses[other_id] == "open"
+        decided = session.query(OperatorDecision).filter_by(action="discard_quarantine").all()
+        assert {(d.signer, d.reason_code) for d in decided} == {("olga", "TEST-MESSAGE")} and len(decided) == 2
+    assert "bulk-discard" not in client.get("/cgthub/console/quarantine", params={"partner": "crm"}).text

@@ -9,14 +9,15 @@ console scope and their data scope must cover the subject's order (else 403 / 40
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy.orm import Session
 
-from cgthub import decisions
-from cgthub.console import auth
+from cgthub import decisions, quarantine
+from cgthub.console import auth, ops
 from cgthub.decisions import Action, Signature
 from cgthub.errors import CgthubError
 from cgthub.tables import Alert, Order, QuarantineEntry
@@ -41,6 +42,13 @@ TITLES = {
     Action.REPLAY_DEAD_LETTERS: "Replay dead letters",
 }
 
+BULK = "bulk"  # the key of a quarantine action on every open entry a filter matches
+BULK_TITLES = {
+    Action.RETRY_QUARANTINE: "Retry every quarantined message the filter matches",
+    Action.DISCARD_QUARANTINE: "Discard every quarantined message the filter matches",
+}
+BULK_FILTERS = ("stage", "partner", "kind")
+
 
 class NotOffered(CgthubError):
     """The user may not be offered this action on this subject (status 403 or 404)."""
@@ -58,12 +66,36 @@ class Subject:
     key: str
     order_id: str | None
     back: str
+    entry_ids: tuple[int, ...] = ()  # a bulk quarantine action: the open entries the filter matched
 
 
-def subject_of(session: Session, user: auth.ConsoleUser, action: Action, key: str) -> Subject:
+def bulk_filters(params: Mapping[str, str]) -> dict[str, str]:
+    """The bulk filter a page or form carries (stage, partner, kind), empty values left out."""
+    return {name: params[name] for name in BULK_FILTERS if params.get(name)}
+
+
+def bulk_entries(session: Session, user: auth.ConsoleUser, filters: Mapping[str, str]) -> list[int]:
+    """Open entries matching the filter that the user's data scope covers, oldest first."""
+    if filters.get("stage") and filters["stage"] not in {s.value for s in quarantine.Stage}:
+        return []
+    entries = ops.quarantine_list(session, user.principal, stage=filters.get("stage"), partner=filters.get("partner"))
+    return sorted(e.id for e in entries if not filters.get("kind") or e.kind == filters["kind"])
+
+
+def subject_of(
+    session: Session, user: auth.ConsoleUser, action: Action, key: str, filters: Mapping[str, str] | None = None
+) -> Subject:
     """The subject if this user may act on it: the role grants the action, the data scope the order."""
     if not user.may(CONSOLE_SCOPE[action]):
         raise NotOffered(403, f"your Airflow role does not grant {CONSOLE_SCOPE[action]}")
+    if key == BULK and action in BULK_TITLES:
+        chosen = bulk_filters(filters or {})
+        if not chosen:
+            raise NotOffered(404, "a bulk action needs a filter: stage, partner or kind")
+        entry_ids = bulk_entries(session, user, chosen)
+        if not entry_ids:
+            raise NotOffered(404, "no open quarantine entry you may see matches the filter")
+        return Subject(action, key, None, f"/quarantine?{urlencode(chosen)}", tuple(entry_ids))
     order_id: str | None
     if action in (Action.RELEASE_HOLD, Action.RELEASE_UNDER_EXCEPTION):
         order_id, back = key, f"/orders/{key}"
@@ -91,6 +123,14 @@ def subject_of(session: Session, user: auth.ConsoleUser, action: Action, key: st
 
 
 def preview(session: Session, subject: Subject, message_ids: list[int] | None) -> decisions.Preview:
+    if subject.entry_ids:
+        ids = list(subject.entry_ids)
+        states = [decisions.preview_quarantine(session, i).state for i in ids]
+        return decisions.Preview(
+            f"{len(ids)} quarantine entries",
+            {f"#{s['entry']}": f"{s['status']} {s['stage']} {s['system']} {s.get('kind', '')}".strip() for s in states},
+            decisions.bulk_hash(session, ids),
+        )
     if subject.action in (Action.RELEASE_HOLD, Action.RELEASE_UNDER_EXCEPTION):
         return decisions.preview_order(session, subject.key)
     if subject.action in (Action.RESOLVE_ALERT, Action.ACKNOWLEDGE_ALERT):
@@ -103,6 +143,9 @@ def preview(session: Session, subject: Subject, message_ids: list[int] | None) -
 def work(subject: Subject, signature: Signature, message_ids: list[int] | None) -> Callable[[Session], Any]:
     """The decision itself, as cgthub.decisions runs it for the CLI and the API."""
     action, key = subject.action, subject.key
+    if subject.entry_ids:
+        ids = list(subject.entry_ids)
+        return lambda s: decisions.bulk_quarantine(s, action, ids, signature)
     if action is Action.RELEASE_HOLD:
         return lambda s: decisions.release_hold(s, key, signature)
     if action is Action.RELEASE_UNDER_EXCEPTION:

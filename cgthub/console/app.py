@@ -188,11 +188,13 @@ def console_app(database_url: str | None = None) -> FastAPI:
         stage: str | None = Query(None, max_length=16),
         partner: str | None = Query(None, max_length=32),
         status: str = Query("open", max_length=16),
+        kind: str | None = Query(None, max_length=64),
     ) -> HTMLResponse:
         now = detail.now()
         with reading() as session:
             entries = ops.quarantine_list(session, user.principal, stage=stage, partner=partner, status=status)
-        rows = [(e, ops.age(e.first_seen, now)) for e in entries]
+        rows = [(e, ops.age(e.first_seen, now)) for e in entries if not kind or e.kind == kind]
+        bulk = actions.bulk_filters({"stage": stage or "", "partner": partner or "", "kind": kind or ""})
         return page(
             request,
             user,
@@ -202,8 +204,10 @@ def console_app(database_url: str | None = None) -> FastAPI:
                 "stage": stage or "",
                 "partner": partner or "",
                 "status": status,
+                "kind": kind or "",
                 "stages": [s.value for s in quarantine.Stage],
-                "query": urlencode({k: v for k, v in (("stage", stage), ("partner", partner)) if v}),
+                "query": urlencode(bulk),
+                "bulk": bulk,
             },
         )
 
@@ -244,7 +248,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
         form = await request.form()
         message_ids = [int(str(v)) for v in form.getlist("message") if str(v).isdigit()] or None
         with reading() as session:
-            subject = subject_or_refusal(session, user, action, key)
+            subject = subject_or_refusal(session, user, action, key, request)
         try:
             signature = Signature(
                 signer=user.name,
@@ -271,11 +275,14 @@ def console_app(database_url: str | None = None) -> FastAPI:
             return signing_page(request, user, action, key, message_ids, error=error, status=refused.status)
         base = request.scope.get("root_path", "")
         joiner = "&" if "?" in subject.back else "?"
-        return RedirectResponse(f"{base}{subject.back}{joiner}signed={result.decision_id}", status_code=303)
+        signed = ",".join(str(r.decision_id) for r in result) if isinstance(result, list) else result.decision_id
+        return RedirectResponse(f"{base}{subject.back}{joiner}signed={signed}", status_code=303)
 
-    def subject_or_refusal(session: Session, user: auth.ConsoleUser, action: Action, key: str) -> actions.Subject:
+    def subject_or_refusal(
+        session: Session, user: auth.ConsoleUser, action: Action, key: str, request: Request
+    ) -> actions.Subject:
         try:
-            return actions.subject_of(session, user, action, key)
+            return actions.subject_of(session, user, action, key, dict(request.query_params))
         except actions.NotOffered as refused:
             code = "forbidden" if refused.status == 403 else "not_found"
             raise ApiError(refused.status, code, refused.message) from refused
@@ -291,14 +298,14 @@ def console_app(database_url: str | None = None) -> FastAPI:
         status: int,
     ) -> HTMLResponse:
         with reading() as session:
-            subject = subject_or_refusal(session, user, action, key)
+            subject = subject_or_refusal(session, user, action, key, request)
             try:
                 shown = actions.preview(session, subject, message_ids)
             except decisions.DecisionError as missing:
                 raise ApiError(missing.status, missing.code, missing.message) from missing
         context = {
             "action": action,
-            "title": actions.TITLES[action],
+            "title": actions.BULK_TITLES[action] if subject.entry_ids else actions.TITLES[action],
             "subject": subject,
             "shown": shown,
             "state": _masked(shown.state),
