@@ -326,3 +326,17 @@ def test_bulk_discard_by_filter_is_signed_once_and_refused_without_the_scope(db_
         decided = session.query(OperatorDecision).filter_by(action="discard_quarantine").all()
         assert {(d.signer, d.reason_code) for d in decided} == {("olga", "TEST-MESSAGE")} and len(decided) == 2
     assert "bulk-discard" not in client.get("/cgthub/console/quarantine", params={"partner": "crm"}).text
+
+
+def test_mappings_page_shows_what_the_next_version_changes_on_archived_traffic(db_url, console, auth_manager):
+    from cgthub import archive
+    from cgthub.settings import PROJECT_ROOT
+
+    page = PROJECT_ROOT / "mappings/crm/enrollment/fixtures/page_with_cancellation.json"
+    with session_scope(db_url) as session:
+        archive.store(session, system="crm", kind="enrollment", channel="poll", payload=page.read_bytes())
+    mappings = signed_in(console, auth_manager).get("/cgthub/console/mappings").text
+    us_crm = mappings[mappings.index('data-mapping="US/crm/enrollment"') :].split("</tr>")[0]
+    shown = us_crm[us_crm.index('data-diff="v1-v2"') :]
+    assert "On the 1 newest archived payloads" in shown
+    assert "<code>order.therapy</code> changed 1" in shown and "CART-19 -&gt; CART-19-KYM" in shown

@@ -318,6 +318,8 @@ def console_app(database_url: str | None = None) -> FastAPI:
 
     @app.get("/mappings", response_class=HTMLResponse)
     def mappings_page(request: Request, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:
-        return page(request, user, "mappings.html", {"mappings": ops.mappings_in_force()})
+        with reading() as session:
+            mappings = ops.mappings_in_force(session)
+        return page(request, user, "mappings.html", {"mappings": mappings, "diff_payloads": ops.DIFF_PAYLOADS})
 
     return app

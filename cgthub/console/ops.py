@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,7 +14,7 @@ from cgthub.api.auth import Principal
 from cgthub.cli.quarantine import _MAPPING_STAGES, _STAGE_MEANING, _masked
 from cgthub.console.masking import masked_payload
 from cgthub.mapping import registry
-from cgthub.mapping.replay import configured_markets
+from cgthub.mapping.replay import FieldChange, configured_markets, diff
 from cgthub.mapping.spec import MappingError
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.sync_state import SyncState
@@ -192,12 +192,34 @@ class MappingInForce:
     next_effective: str
     next_note: str
     problem: str | None = None
+    next_compared: int = 0  # archived payloads the next version was compared on
+    next_changes: list[FieldChange] = field(default_factory=list)
 
 
-def mappings_in_force() -> list[MappingInForce]:
-    """Per market and partner feed: the version live ingest maps with today, and the one after it."""
+DIFF_PAYLOADS = 50  # newest archived payloads a page compares versions on, so it stays quick
+
+
+def newest_archived(session: Session, system: str, kind: str, limit: int) -> list[tuple[str, bytes]]:
+    """The newest archived payloads a mapping of this feed maps (its kind and the kinds it also maps)."""
+    kinds = {kind, kind.replace("_", "^")}
+    for mapping in registry.versions(system, kind):
+        kinds.update(registry.load_file(mapping.path).spec.also_for)
+    query = (
+        select(RawMessage.id)
+        .where(RawMessage.system == system, RawMessage.kind.in_(sorted(kinds)))
+        .order_by(RawMessage.id.desc())
+        .limit(limit)
+    )
+    return [(f"raw #{raw_id}", archive.read(session, raw_id)) for raw_id in session.scalars(query)]
+
+
+def mappings_in_force(session: Session | None = None, *, diff_payloads: int = DIFF_PAYLOADS) -> list[MappingInForce]:
+    """Per market and partner feed: the version live ingest maps with today, and the one after it
+    with the canonical fields it would fill differently on the newest archived payloads."""
     feeds = sorted({(f.system, f.kind) for f in registry.discover()})
     found = []
+    payloads: dict[tuple[str, str], list[tuple[str, bytes]]] = {}
+    diffs: dict[tuple[str, str, str, int | None, int], tuple[int, list[FieldChange]]] = {}
     for market in configured_markets():
         pins = registry.market_config(market).get("mappings") or {}
         for system, kind in feeds:
@@ -210,6 +232,18 @@ def mappings_in_force() -> list[MappingInForce]:
             number = current.spec.version if current else None
             later = [v for v in versions if number is None or v.version > number]
             nxt = registry.load_file(later[0].path).spec if later else None
+            compared, changes = 0, list[FieldChange]()
+            if session is not None and current is not None and later:
+                key = (market, system, kind, number, later[0].version)
+                if key not in diffs:
+                    if (system, kind) not in payloads:
+                        payloads[(system, kind)] = newest_archived(session, system, kind, diff_payloads)
+                    try:
+                        upcoming = registry.compile_file(later[0].path, market)
+                        diffs[key] = diff(payloads[(system, kind)], current, upcoming)
+                    except MappingError:
+                        diffs[key] = (0, [])
+                compared, changes = diffs[key]
             found.append(
                 MappingInForce(
                     market=market,
@@ -222,6 +256,8 @@ def mappings_in_force() -> list[MappingInForce]:
                     next_version=nxt.version if nxt else None,
                     next_effective=str(nxt.effective) if nxt else "",
                     next_note=nxt.change_note if nxt else "",
+                    next_compared=compared,
+                    next_changes=changes,
                 )
             )
     return found
