@@ -158,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_feed:
         threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
     print(f"Airflow UI: http://localhost:{port} (login: var/airflow/simple_auth_manager_passwords.json.generated)")
-    print(f"Orders view: http://localhost:{port}/cgthub/ui/orders; hub API: http://localhost:{port}/cgthub/api/docs")
+    print(f"Console: http://localhost:{port}/cgthub/console/orders; hub API: http://localhost:{port}/cgthub/api/docs")
     print("API keys: .venv/bin/cgthub api keys create --help")
     try:
         while all(child.poll() is None for child in children):
