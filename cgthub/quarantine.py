@@ -14,6 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub.archive import fitted
+from cgthub.pseudonym import mask
 from cgthub.tables import QuarantineEntry, text_limit, utcnow
 
 _KIND_LIMIT = text_limit(QuarantineEntry.__table__.c.kind)
@@ -29,6 +30,35 @@ class Stage(StrEnum):
     CORRELATE = "correlate"
     IDENTITY = "identity"
     DELIVER = "deliver"
+
+
+# What each stage means to the person reading the entry, and where the fix usually is.
+STAGE_MEANING = {
+    Stage.RECEIVE: "the payload could not be received and archived",
+    Stage.PARSE: "the payload could not be read in its format",
+    Stage.ROUTE: "its site, sender or market is not in the site registry (config/sites.yaml)",
+    Stage.MAP: "the partner's mapping could not turn the payload into events",
+    Stage.VALIDATE: "the mapping made an event the canonical model refuses",
+    Stage.CORRELATE: "no order matches the event's references (yet)",
+    Stage.IDENTITY: "the event contradicts its order's chain of identity",
+    Stage.DELIVER: "an outbound message could not be delivered",
+}
+MAPPING_STAGES = (Stage.PARSE, Stage.MAP, Stage.VALIDATE)
+# Free text a partner typed may name a patient: shown by shape only.
+_FREE_TEXT_KEYS = frozenset({"reason", "comment", "note", "notes", "text", "finding"})
+
+
+def masked_details(value: Any, key: str = "") -> Any:
+    """Details as stored, with free text and attribute values shown by their shape only."""
+    if isinstance(value, dict):
+        if key == "attributes":
+            return {k: mask(v) if isinstance(v, str) else v for k, v in value.items()}
+        return {k: masked_details(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [masked_details(v, key) for v in value]
+    if isinstance(value, str) and key in _FREE_TEXT_KEYS:
+        return mask(value)
+    return value
 
 
 class QuarantineStatus(StrEnum):

@@ -12,25 +12,9 @@ from rich.table import Table
 
 from cgthub import quarantine
 from cgthub.cli.common import CliError, console, open_session
-from cgthub.pseudonym import mask
 from cgthub.tables import RawMessage
 
 app = typer.Typer(help="Quarantined payloads and events.", no_args_is_help=True)
-
-# What each stage means to the person reading the entry, and where the fix usually is.
-_STAGE_MEANING = {
-    quarantine.Stage.RECEIVE: "the payload could not be received and archived",
-    quarantine.Stage.PARSE: "the payload could not be read in its format",
-    quarantine.Stage.ROUTE: "its site, sender or market is not in the site registry (config/sites.yaml)",
-    quarantine.Stage.MAP: "the partner's mapping could not turn the payload into events",
-    quarantine.Stage.VALIDATE: "the mapping made an event the canonical model refuses",
-    quarantine.Stage.CORRELATE: "no order matches the event's references (yet)",
-    quarantine.Stage.IDENTITY: "the event contradicts its order's chain of identity",
-    quarantine.Stage.DELIVER: "an outbound message could not be delivered",
-}
-_MAPPING_STAGES = (quarantine.Stage.PARSE, quarantine.Stage.MAP, quarantine.Stage.VALIDATE)
-# Free text a partner typed may name a patient: shown by shape only.
-_FREE_TEXT_KEYS = frozenset({"reason", "comment", "note", "notes", "text", "finding"})
 
 
 @app.command("list")
@@ -75,7 +59,7 @@ def show(
     lines = [
         f"[bold]quarantine #{row.id}[/] {row.status}",
         f"reason:  {escape(row.reason)}",
-        f"stage:   {stage.value}: {_STAGE_MEANING[stage]}",
+        f"stage:   {stage.value}: {quarantine.STAGE_MEANING[stage]}",
         f"partner: {row.system}",
         f"kind:    {row.kind}",
         f"age:     first seen {_at(row.first_seen)} ({_age(now - _aware(row.first_seen))} ago), "
@@ -92,10 +76,10 @@ def show(
     for line in lines:
         console.print(line)
     details = dict(row.details or {})
-    if stage in _MAPPING_STAGES and "mapping" not in details:
+    if stage in quarantine.MAPPING_STAGES and "mapping" not in details:
         details["mapping now in use"] = _mapping_in_use(row.system, row.kind)
     console.print("details:" if details else "details: none recorded beyond the reason")
-    for key, value in _masked(details).items():
+    for key, value in quarantine.masked_details(details).items():
         console.print(f"  {escape(str(key))}: {escape(_text(value))}")
     if row.status == quarantine.QuarantineStatus.OPEN.value:
         console.print(f"what to do: {_next_step(stage, row.system, row.kind)}")
@@ -114,7 +98,7 @@ def _mapping_in_use(system: str, kind: str) -> str:
 
 
 def _next_step(stage: quarantine.Stage, system: str, kind: str) -> str:
-    if stage in _MAPPING_STAGES:
+    if stage in quarantine.MAPPING_STAGES:
         return (
             f"fix or add a mapping version under mappings/{system}/ (`cgthub mappings test`), then "
             f"`cgthub mappings replay --system {system} --kind {kind} --version vN` releases it"
@@ -124,19 +108,6 @@ def _next_step(stage: quarantine.Stage, system: str, kind: str) -> str:
     if stage is quarantine.Stage.IDENTITY:
         return "the order is on hold: settle the chain-of-identity discrepancy with the partners named above"
     return "fix the cause named in the reason; the partner's next delivery or a replay releases it"
-
-
-def _masked(value: Any, key: str = "") -> Any:
-    """Details as stored, with free text and attribute values shown by their shape only."""
-    if isinstance(value, dict):
-        if key == "attributes":
-            return {k: mask(v) if isinstance(v, str) else v for k, v in value.items()}
-        return {k: _masked(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_masked(v, key) for v in value]
-    if isinstance(value, str) and key in _FREE_TEXT_KEYS:
-        return mask(value)
-    return value
 
 
 def _text(value: Any) -> str:

@@ -26,7 +26,6 @@ from starlette.concurrency import run_in_threadpool
 from cgthub import decisions, quarantine
 from cgthub.api.auth import Scope
 from cgthub.api.errors import ApiError
-from cgthub.cli.quarantine import _masked
 from cgthub.console import actions, auth, board, detail, ops, timeline
 from cgthub.decisions import Action, Signature
 from cgthub.lifecycle import OrderStatus
@@ -308,7 +307,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
             "title": actions.BULK_TITLES[action] if subject.entry_ids else actions.TITLES[action],
             "subject": subject,
             "shown": shown,
-            "state": _masked(shown.state),
+            "state": quarantine.masked_details(shown.state),
             "codes": actions.reason_codes(action),
             "meanings": [m.value for m in decisions.Meaning],
             "message_ids": message_ids or [],

@@ -11,9 +11,8 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, quarantine
 from cgthub.api.auth import Principal
-from cgthub.cli.quarantine import _MAPPING_STAGES, _STAGE_MEANING, _masked
 from cgthub.console.masking import masked_payload
-from cgthub.mapping import registry
+from cgthub.mapping import registry, replay
 from cgthub.mapping.replay import FieldChange, configured_markets, diff
 from cgthub.mapping.spec import MappingError
 from cgthub.outbox import OutboxMessage, OutboxStatus
@@ -82,7 +81,7 @@ def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> Q
         except (LookupError, ValueError) as exc:
             payload = f"(the archived payload cannot be read: {exc})"
     mapping = None
-    if stage in _MAPPING_STAGES:
+    if stage in quarantine.MAPPING_STAGES:
         try:
             found = registry.get_mapper(entry.system, entry.kind)
             mapping = f"{found.mapping_id}@v{found.spec.version}" if found else f"none for {entry.system}/{entry.kind}"
@@ -90,8 +89,8 @@ def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> Q
             mapping = f"none that loads ({exc})"
     return QuarantineView(
         entry=entry,
-        meaning=_STAGE_MEANING[stage],
-        details=_masked(dict(entry.details or {})),
+        meaning=quarantine.STAGE_MEANING[stage],
+        details=quarantine.masked_details(dict(entry.details or {})),
         payload=payload,
         content_type=content_type,
         mapping_in_use=mapping,
@@ -134,7 +133,10 @@ def partner_health(session: Session, now: datetime) -> list[PartnerHealth]:
     rejected = dict(
         session.execute(
             select(QuarantineEntry.system, func.count())
-            .where(QuarantineEntry.first_seen >= day, QuarantineEntry.stage.in_([s.value for s in _MAPPING_STAGES]))
+            .where(
+                QuarantineEntry.first_seen >= day,
+                QuarantineEntry.stage.in_([s.value for s in quarantine.MAPPING_STAGES]),
+            )
             .group_by(QuarantineEntry.system)
         ).all()
     )
@@ -201,16 +203,8 @@ DIFF_PAYLOADS = 50  # newest archived payloads a page compares versions on, so i
 
 def newest_archived(session: Session, system: str, kind: str, limit: int) -> list[tuple[str, bytes]]:
     """The newest archived payloads a mapping of this feed maps (its kind and the kinds it also maps)."""
-    kinds = {kind, kind.replace("_", "^")}
-    for mapping in registry.versions(system, kind):
-        kinds.update(registry.load_file(mapping.path).spec.also_for)
-    query = (
-        select(RawMessage.id)
-        .where(RawMessage.system == system, RawMessage.kind.in_(sorted(kinds)))
-        .order_by(RawMessage.id.desc())
-        .limit(limit)
-    )
-    return [(f"raw #{raw_id}", archive.read(session, raw_id)) for raw_id in session.scalars(query)]
+    rows = replay.archived(session, system, kind, newest=limit)
+    return [(f"raw #{row.id}", archive.read(session, row.id)) for row in rows]
 
 
 def mappings_in_force(session: Session | None = None, *, diff_payloads: int = DIFF_PAYLOADS) -> list[MappingInForce]:

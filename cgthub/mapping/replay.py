@@ -81,15 +81,22 @@ def refusals(system: str, kind: str, version: int, market: str | None, today: da
     return reasons
 
 
-def archived(session: Session, system: str, kind: str, since: datetime | None = None) -> Iterator[RawMessage]:
-    """Archived payloads of this system and kind (and of kinds the mapping also maps), oldest first."""
+def archived(
+    session: Session, system: str, kind: str, since: datetime | None = None, *, newest: int | None = None
+) -> Iterator[RawMessage]:
+    """Archived payloads of this system and kind (and of kinds the mapping also maps), oldest first;
+    with `newest`, only that many of the latest, newest first."""
     kinds = {kind, kind.replace("_", "^")}
     for mapping in versions(system, kind):
         kinds.update(load_file(mapping.path).spec.also_for)
     query = select(RawMessage).where(RawMessage.system == system, RawMessage.kind.in_(sorted(kinds)))
     if since is not None:
         query = query.where(RawMessage.received_at >= since)
-    yield from session.scalars(query.order_by(RawMessage.id))
+    if newest is not None:
+        query = query.order_by(RawMessage.id.desc()).limit(newest)
+    else:
+        query = query.order_by(RawMessage.id)
+    yield from session.scalars(query)
 
 
 def base_id(source_event_id: str) -> str:
