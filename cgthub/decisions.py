@@ -355,8 +355,9 @@ def preview_dead_letters(session: Session, partner: str, message_ids: list[int] 
 # signing ---------------------------------------------------------------------------------------
 
 
-@dataclass
-class DecisionResult:
+class DecisionResult(BaseModel):
+    """What a signed decision did: the API answers with it as it is (`api.decisions.DecisionOut`)."""
+
     decision_id: int
     action: str
     subject: str
@@ -367,9 +368,6 @@ class DecisionResult:
     signed_at: str
     shown_hash: str
     outcome: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 def _sign(

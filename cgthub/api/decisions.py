@@ -33,17 +33,8 @@ Ids = list[Annotated[int, Field(ge=1, le=_ROW_ID)]]
 _WORD = "^[A-Za-z0-9_.^-]*$"
 
 
-class DecisionOut(BaseModel):
-    decision_id: int
-    action: str
-    subject: str
-    order_id: str | None
-    signer: str
-    meaning: str
-    reason_code: str
-    signed_at: str
-    shown_hash: str
-    outcome: dict[str, Any]
+class DecisionOut(DecisionResult):
+    """A signed decision and what it did."""
 
 
 class PreviewOut(BaseModel):
@@ -94,7 +85,7 @@ def _sign(
 
 
 def _out(result: DecisionResult) -> DecisionOut:
-    return DecisionOut(**result.to_json())
+    return DecisionOut(**result.model_dump())
 
 
 @router.get("/decisions/preview", response_model=PreviewOut)
