@@ -14,7 +14,6 @@ from cgthub.archive import Inbound
 from cgthub.errors import PayloadRejected, Rejection
 from cgthub.hl7.ack import ANSWERS, AckHeader, answer
 from cgthub.mapping import registry
-from cgthub.mapping.compiler import CompiledMapping
 from cgthub.model import CanonicalEvent
 from cgthub.tables import utcnow
 
@@ -49,17 +48,6 @@ def read(payload: bytes) -> Received:
         return Received(payload, kind, dedupe, header=AckHeader.of(message), message=message)
     except hl7v2.HL7ParseError as exc:
         return Received(payload, UNPARSEABLE, None, str(exc))
-
-
-class _ParsedOnce:
-    """A compiled mapping handed the message `read` already parsed, so it is not parsed again."""
-
-    def __init__(self, mapper: CompiledMapping, message: hl7v2.Message) -> None:
-        self.mapper, self.message = mapper, message
-        self.mapping_id, self.version = mapper.mapping_id, mapper.version
-
-    def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
-        return self.mapper.map(payload, raw_id=raw_id, checksum=checksum, received_at=received_at, parsed=self.message)
 
 
 class _Refuse:
