@@ -52,6 +52,7 @@ class Action(StrEnum):
     RETRY_QUARANTINE = "retry_quarantine"
     DISCARD_QUARANTINE = "discard_quarantine"
     REPLAY_DEAD_LETTERS = "replay_dead_letters"
+    BOOK_SLOT = "book_slot"  # cgthub.booking: reserve a manufacturing slot and schedule the apheresis
 
 
 class Meaning(StrEnum):
