@@ -53,6 +53,7 @@ class Action(StrEnum):
     DISCARD_QUARANTINE = "discard_quarantine"
     REPLAY_DEAD_LETTERS = "replay_dead_letters"
     BOOK_SLOT = "book_slot"  # cgthub.booking: reserve a manufacturing slot and schedule the apheresis
+    APPROVE_RELEASE = "approve_release"  # cgthub.release: approve a release bundle for production
 
 
 class Meaning(StrEnum):

@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     partner_packages: str | None = None  # comma list of partner packages to load; unset = all
     courier_webhook_secret: str = ""  # shared with the courier for its webhook; empty is refused
     operator: str = ""  # who runs an operator command, when not given on the command line
+    # The release environment this hub runs as: unset, the mapping and config files as they are on
+    # disk; `validation` or `production`, only the bundle last promoted there (cgthub.release).
+    release_env: Literal["", "validation", "production"] = ""
 
     @field_validator("env", mode="before")
     @classmethod
