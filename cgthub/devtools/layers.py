@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.api.tables",
             "cgthub.changes",
             "cgthub.outbox",
+            "cgthub.release_tables",
             "cgthub.sync_state",
             "cgthub.store",
         ),
