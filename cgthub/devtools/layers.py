@@ -53,6 +53,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.api.tables",
             "cgthub.changes",
             "cgthub.outbox",
+            "cgthub.scheduling_tables",
             "cgthub.release_tables",
             "cgthub.sync_state",
             "cgthub.store",
@@ -95,6 +96,8 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.health",
             "cgthub.metrics",
             "cgthub.demo_scenario",
+            "cgthub.slots",
+            "cgthub.booking",
         ),
     ),
     (
