@@ -24,6 +24,7 @@ class Rejection(StrEnum):
     UNSUPPORTED_TYPE = "unsupported_type"  # no mapping is configured for its system/kind (or market)
     TOO_LARGE = "payload_too_large"  # over the size the hub accepts; the API's 413 code too
     ROUTE = "route"  # its site, sender or market is not in the site registry
+    QUALIFY = "qualify"  # its site is not qualified for the therapy on that day (refused, replayable)
     MAPPING = "mapping"  # its mapping failed on it
     VALIDATION = "validation"  # mapped, but a value breaks a rule of the canonical model or the store
     CORRELATE = "correlate"  # no order matches it yet (replayed once the order is enrolled)
@@ -50,6 +51,7 @@ _BY_STAGE = {
     "receive": Rejection.UNREADABLE,
     "parse": Rejection.UNREADABLE,
     "route": Rejection.ROUTE,
+    "qualify": Rejection.QUALIFY,
     "map": Rejection.MAPPING,
     "validate": Rejection.VALIDATION,
     "correlate": Rejection.CORRELATE,

@@ -25,6 +25,7 @@ class Stage(StrEnum):
     RECEIVE = "receive"
     PARSE = "parse"
     ROUTE = "route"  # the payload's site, sender or market is not in the site registry
+    QUALIFY = "qualify"  # its site is not qualified for the therapy on that day (config/sites.yaml)
     MAP = "map"
     VALIDATE = "validate"
     CORRELATE = "correlate"
@@ -37,6 +38,7 @@ STAGE_MEANING = {
     Stage.RECEIVE: "the payload could not be received and archived",
     Stage.PARSE: "the payload could not be read in its format",
     Stage.ROUTE: "its site, sender or market is not in the site registry (config/sites.yaml)",
+    Stage.QUALIFY: "its site is not qualified for the order's therapy on that day (config/sites.yaml)",
     Stage.MAP: "the partner's mapping could not turn the payload into events",
     Stage.VALIDATE: "the mapping made an event the canonical model refuses",
     Stage.CORRELATE: "no order matches the event's references (yet)",

@@ -12,6 +12,12 @@ residency rules hold before anything reaches the central store.
   residency rules (`EVERY_MARKET`), and it waits for its order as before;
 - a page whose records belong to several markets: each record mapped under its own market (JSON
   and CSV; another format under every market's residency rules).
+
+Where the site is known, its qualification is judged too (`cgthub.qualification`): an enrolment or
+hospital order from a site not qualified for the therapy on that day is quarantined at stage
+`qualify` and alerted. A payload of one record is refused whole; a page of several (the CRM's) is
+split, and each refused record is archived as a payload of its own and quarantined, so the others
+go through and the refused one is retried alone once the registry is fixed.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import hl7v2, pipeline, quarantine, sites
+from cgthub import archive, hl7v2, pipeline, qualification, quarantine, sites
 from cgthub.archive import Inbound
 from cgthub.errors import PayloadRejected, Rejection
 from cgthub.mapping.compiler import CompiledMapping
@@ -83,6 +89,16 @@ class RoutedMapper:
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
         facts: _Facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
+        self._sender_sites: frozenset[str] = frozenset()
+        events = self._map(payload, facts)
+        judged = qualification.judge_events(self.session, self.known, events, sender_sites=self._sender_sites)
+        refused = [j for j in judged if not j.verdict.qualified]
+        if not refused:
+            qualification.keep(self.session, self.known, judged)
+            return events
+        return self._without_refused(payload, events, judged, facts)
+
+    def _map(self, payload: bytes, facts: _Facts) -> list[CanonicalEvent]:
         if self.source is not None and self.source.facility:
             return self._map_hl7(payload, self.source.facility, facts)
         records = self.neutral.records(payload) if self.source is not None else []
@@ -121,6 +137,7 @@ class RoutedMapper:
                 {"facility": facility},
             )
         sites.remember_sender(self.session, facts["raw_id"], sender)
+        self._sender_sites = sender.sites
         market = registry.market_of(next(iter(sender.sites)))
         made = self._with(market or EVERY_MARKET).map(payload, **facts, parsed=message)
         return [_without_site(event) for event in made]
@@ -188,6 +205,63 @@ class RoutedMapper:
             return out
         return None
 
+    # Qualification: what a site not qualified that day sent waits at stage `qualify` --------------
+    def _without_refused(
+        self, payload: bytes, events: list[CanonicalEvent], judged: list[qualification.Judged], facts: _Facts
+    ) -> list[CanonicalEvent]:
+        """The events of the records whose site is qualified; each refused record quarantined alone.
+
+        A payload that is one record (an HL7 message, a webhook's record) is refused whole."""
+        records = self.neutral.records(payload) if self.neutral.spec.format != "hl7" else []
+        split = self._split(records) if len(records) > 1 else None
+        if split is None:
+            raise self._refusal(judged, facts)
+        kept: list[CanonicalEvent] = []
+        for number, record_payload in enumerate(split, start=1):
+            record_events = self._map(record_payload, facts)
+            verdicts = qualification.judge_events(self.session, self.known, record_events)
+            refused = [j for j in verdicts if not j.verdict.qualified]
+            if refused:
+                self._refuse_record(record_payload, number, refused, facts)
+                qualification.keep(self.session, self.known, verdicts)
+                continue
+            qualification.keep(self.session, self.known, verdicts)
+            kept.extend(record_events)
+        return kept
+
+    def _refusal(self, judged: list[qualification.Judged], facts: _Facts) -> PayloadRejected:
+        """The whole payload refused: its verdicts kept, its alerts raised (the pipeline quarantines it)."""
+        refused = [j for j in judged if not j.verdict.qualified]
+        qualification.keep(self.session, self.known, judged)
+        for one in refused:
+            qualification.alert(self.session, self.known, one, facts["raw_id"])
+        return PayloadRejected(
+            Stage.QUALIFY, qualification.refusal_text(self.known, refused), qualification.details(self.known, refused)
+        )
+
+    def _refuse_record(
+        self, record_payload: bytes, number: int, refused: list[qualification.Judged], facts: _Facts
+    ) -> None:
+        """Archive one record of a page as a payload of its own and quarantine it, with its alerts."""
+        (saved,) = archive.store_many(
+            self.session,
+            [Inbound(self.system, self.kind, "split", record_payload, facts["received_at"], None, "application/json")],
+            status="quarantined",
+        )
+        details = qualification.details(self.known, refused) | {"page_raw_id": facts["raw_id"], "record": number}
+        quarantine.put(
+            self.session,
+            stage=Stage.QUALIFY,
+            reason=qualification.refusal_text(self.known, refused),
+            system=self.system,
+            kind=self.kind,
+            raw_id=saved.raw_id,
+            details=details,
+        )
+        archive.mark(self.session, saved.raw_id, "quarantined")
+        for one in refused:
+            qualification.alert(self.session, self.known, one, saved.raw_id)
+
     def _with(self, market: str) -> CompiledMapping:
         found = get_mapper(self.system, self.kind, market=market)
         if found is None:
@@ -219,24 +293,30 @@ def _without_site(event: CanonicalEvent) -> CanonicalEvent:
 
 
 def replay_unrouted(session: Session, *, system: str | None = None) -> tuple[int, int]:
-    """Map again what waits at stage `route`, once the site registry knows its site or sender.
+    """Map again what waits for the site registry: at stage `route` (its site or sender unknown) and
+    at stage `qualify` (its site not qualified that day), once the registry is fixed.
 
-    Each payload goes through as if it came in now (its market decided again); an entry whose
-    payload maps is closed. Returns (released, still waiting).
+    Each payload goes through as if it came in now (its market decided and its site judged again);
+    an entry whose payload maps is closed, and a refusal's alerts with it. Returns (released, still
+    waiting).
     """
     released = still = 0
-    for entry in quarantine.list_entries(session, stage=Stage.ROUTE, system=system, limit=100_000):
-        if entry.raw_id is None:
-            continue
-        routed = mapper(session, entry.system, entry.kind)
-        if routed is None:
-            still += 1
-            continue
-        seen = entry.occurrences
-        result = pipeline.process(session, entry.raw_id, routed)
-        if entry.occurrences > seen:  # refused at this stage again: counted on the same entry
-            still += 1
-            continue
-        quarantine.release(session, entry, f"routed by the site registry; {result.appended} event(s) appended")
-        released += 1
+    for stage in (Stage.ROUTE, Stage.QUALIFY):
+        for entry in quarantine.list_entries(session, stage=stage, system=system, limit=100_000):
+            if entry.raw_id is None:
+                continue
+            routed = mapper(session, entry.system, entry.kind)
+            if routed is None:
+                still += 1
+                continue
+            seen = entry.occurrences
+            result = pipeline.process(session, entry.raw_id, routed)
+            if entry.occurrences > seen:  # refused at this stage again: counted on the same entry
+                still += 1
+                continue
+            judged_by = f" (site registry {sites.registry().label})" if stage is Stage.QUALIFY else ""
+            quarantine.release(session, entry, f"{stage.value} passed{judged_by}; {result.appended} event(s) appended")
+            if stage is Stage.QUALIFY:
+                qualification.close_alerts(session, entry.raw_id)
+            released += 1
     return released, still

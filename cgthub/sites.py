@@ -1,15 +1,20 @@
 """The site registry (`config/sites.yaml`): each treatment site's market, CMO, HL7 senders and
-therapies, and where each partner feed says which site a record belongs to.
+qualifications, and where each partner feed says which site a record belongs to.
 
 The market decides which `config/markets` rules (pins, code maps, residency) a payload is mapped
 under, so it must be known before mapping; `cgthub.routing` asks this registry. The HL7 senders
 also bound what a sender may change: only orders of the sites its facility code is listed under.
+A site is qualified per therapy from a day until a day, on a stated basis (training, certification);
+`cgthub.qualification` refuses an enrolment or order outside that. The file carries a `version`,
+and its SHA-256 tells apart two contents of one version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 
@@ -29,11 +34,35 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class Qualification(_Strict):
+    """A site may order `therapy` from `from` until `until` (both days included; no `until`: open)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    therapy: str = Field(min_length=1, max_length=64)
+    valid_from: date = Field(alias="from")
+    until: date | None = None
+    basis: str = Field(min_length=1, max_length=300, description="training, certification, audit: why")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Qualification:
+        if self.until is not None and self.until < self.valid_from:
+            raise ValueError(f"until ({self.until}) is before from ({self.valid_from})")
+        return self
+
+    def covers(self, day: date) -> bool:
+        return self.valid_from <= day and (self.until is None or day <= self.until)
+
+
+_LISTED = "listed under `therapies` (no dates)"
+
+
 class Site(_Strict):
     market: str
     cmo: str | None = None
     facilities: tuple[str, ...] = ()
-    therapies: tuple[str, ...] = ()
+    therapies: tuple[str, ...] = ()  # the short form: qualified without dates; `qualifications` says more
+    qualifications: tuple[Qualification, ...] = ()
 
     @field_validator("market")
     @classmethod
@@ -41,6 +70,21 @@ class Site(_Strict):
         if len(value) != 2 or not value.isalpha():
             raise ValueError("market must be a two-letter country code")
         return value.upper()
+
+    @model_validator(mode="after")
+    def _one_form(self) -> Site:
+        if self.therapies and self.qualifications:
+            raise ValueError("give `qualifications` or the short `therapies`, not both")
+        return self
+
+    def qualified(self) -> tuple[Qualification, ...]:
+        """Every qualification, the short form's therapies as qualifications without dates."""
+        if self.qualifications:
+            return self.qualifications
+        return tuple(Qualification(therapy=t, valid_from=date.min, basis=_LISTED) for t in self.therapies)
+
+    def qualified_therapies(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(q.therapy for q in self.qualified()))
 
 
 class Source(_Strict):
@@ -58,9 +102,26 @@ class Source(_Strict):
 
 
 class SiteRegistry(_Strict):
+    version: int | None = Field(default=None, ge=1, description="raised with every change of qualifications")
     sites: dict[str, Site]
     sources: dict[str, Source] = Field(default_factory=dict)
     _by_facility: dict[str, frozenset[str]] = PrivateAttr(default_factory=dict)
+    _sha256: str = PrivateAttr(default="")
+    _text: str = PrivateAttr(default="")
+
+    @property
+    def sha256(self) -> str:
+        """SHA-256 of the file as read: two contents under one `version` are told apart by it."""
+        return self._sha256
+
+    @property
+    def text(self) -> str:
+        return self._text
+
+    @property
+    def label(self) -> str:
+        """`v3 (sha256 1a2b3c4d5e6f)`: which registry judged, in words an operator can match."""
+        return f"{'v' + str(self.version) if self.version else 'unversioned'} (sha256 {self._sha256[:12]})"
 
     @model_validator(mode="after")
     def _one_market_per_sender(self) -> SiteRegistry:
@@ -122,7 +183,11 @@ def registry() -> SiteRegistry:
 
 @lru_cache(maxsize=4)
 def _load(path: Path, _stamp: int) -> SiteRegistry:
-    return config_file.load(path, SiteRegistry, SiteRegistryError)
+    loaded = config_file.load(path, SiteRegistry, SiteRegistryError)
+    text = path.read_bytes()  # what config_file.load read, unless the file changed in between:
+    loaded._text = text.decode(errors="replace")  # then the next look (a new stamp) reads both again
+    loaded._sha256 = hashlib.sha256(text).hexdigest()
+    return loaded
 
 
 def clear_cache() -> None:

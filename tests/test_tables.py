@@ -50,6 +50,7 @@ def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None
     import cgthub.changes
     import cgthub.ops_tables
     import cgthub.outbox
+    import cgthub.qualification
     import cgthub.scheduling_tables
     import cgthub.release_tables
     import cgthub.sync_state  # noqa: F401

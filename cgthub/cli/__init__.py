@@ -9,6 +9,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import api, audit, db, decisions, hl7, ledger, mappings, orders, quarantine, sites
+from cgthub.cli import release as release_cli
 from cgthub.cli.common import CliError, console_err
 from cgthub.settings import SettingError, get_settings
 
@@ -30,6 +31,7 @@ app.add_typer(ledger.app, name="ledger")
 app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sites.app, name="sites")
 app.add_typer(audit.app, name="audit")
+app.add_typer(release_cli.app, name="release")
 decisions.register(app)
 
 

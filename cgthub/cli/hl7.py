@@ -110,6 +110,7 @@ _REASON_WORDS = {
     "unsupported_type": "unsupported message type",
     "payload_too_large": "too large",
     "route": "unknown site or sender",
+    "qualify": "site not qualified",
     "mapping": "mapping failed",
     "validation": "invalid value",
     "correlate": "no matching order yet",

@@ -30,6 +30,7 @@ ANSWERS: dict[Rejection, tuple[str, str]] = {
     Rejection.UNSUPPORTED_TYPE: ("AR", _UNSUPPORTED),
     Rejection.TOO_LARGE: ("AR", _INTERNAL),
     Rejection.ROUTE: ("AE", "103^Table value not found^HL70357"),
+    Rejection.QUALIFY: ("AE", "103^Table value not found^HL70357"),
     Rejection.MAPPING: ("AE", _INTERNAL),
     Rejection.VALIDATION: ("AE", "102^Data type error^HL70357"),
     Rejection.CORRELATE: ("AE", "204^Unknown key identifier^HL70357"),

@@ -10,6 +10,7 @@ import cgthub.api.tables
 import cgthub.changes
 import cgthub.ops_tables
 import cgthub.outbox
+import cgthub.qualification
 import cgthub.scheduling_tables
 import cgthub.release_tables
 import cgthub.sync_state  # noqa: F401

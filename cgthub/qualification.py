@@ -1,0 +1,347 @@
+"""Site qualification: may this site order this therapy on this day, and which registry said so.
+
+Treatment sites are qualified per therapy (training, audits, REMS certification): an enrolment or a
+hospital order from a site not qualified on the day it happened is refused, not queued. The rules
+live in `config/sites.yaml` (`cgthub.sites`); this module judges by them and keeps the record:
+
+- `site_registry_versions`: each content of the registry (its `version` and SHA-256) the first time
+  the hub judged by it, with the text, so `cgthub sites history` shows what was in force when;
+- `qualification_judgements`: for each enrolment or order judged, the site, therapy, day, verdict
+  and the registry version that gave it (once per event and registry content).
+
+`cgthub.routing` calls `judge_events` on the live ingest path, where the site is known; a refusal is
+quarantined at stage `qualify` with a reason an operator can read and raises a critical alert.
+`check` is the pure question, for anyone who wants to ask it in-process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from cgthub import alerts, sites
+from cgthub.bulk import rows_by_pairs
+from cgthub.correlation import KeyIndex
+from cgthub.model import CanonicalEvent, EventType, SourceSystem
+from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, text_limit, utcnow
+
+log = logging.getLogger(__name__)
+
+ALERT_KIND = "site_not_qualified"
+UNVERSIONED_KIND = "site_registry_unversioned_change"
+# Hospital messages that order or book a step for an order: judged like an enrolment.
+ORDERING = frozenset({EventType.APHERESIS_SCHEDULED, EventType.INFUSION_SCHEDULED})
+
+
+class RegistryVersion(Base):
+    """One content of config/sites.yaml, recorded the first time the hub judged by it."""
+
+    __tablename__ = "site_registry_versions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    version: Mapped[int | None] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    content: Mapped[str] = mapped_column(Text)
+    first_loaded_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class QualificationJudgement(Base):
+    """What the registry said of one enrolment or order: qualified or refused, and why."""
+
+    __tablename__ = "qualification_judgements"
+    __table_args__ = (
+        UniqueConstraint("source_system", "source_event_id", "registry_sha256", name="uq_judgement_event_registry"),
+        Index("ix_qualification_judgements_site", "site"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    source_system: Mapped[str] = mapped_column(String(32))
+    source_event_id: Mapped[str] = mapped_column(String(200))
+    registry_version: Mapped[int | None] = mapped_column(Integer)
+    registry_sha256: Mapped[str] = mapped_column(String(64))
+    site: Mapped[str] = mapped_column(String(64))
+    therapy: Mapped[str | None] = mapped_column(String(64))
+    day: Mapped[date] = mapped_column(Date)
+    qualified: Mapped[bool]
+    reason: Mapped[str] = mapped_column(String(300))
+    raw_id: Mapped[int | None] = mapped_column(BigInteger)
+    judged_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+_REASON_LIMIT = text_limit(QualificationJudgement.__table__.c.reason)
+_SITE_LIMIT = text_limit(QualificationJudgement.__table__.c.site)
+
+
+# The question ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The answer for one site, therapy (None: any) and day, in words an operator can act on."""
+
+    site: str
+    therapy: str | None
+    day: date
+    qualified: bool
+    reason: str
+    basis: str | None = None
+
+
+def check(site_id: str, therapy: str | None, day: date, registry: sites.SiteRegistry | None = None) -> Verdict:
+    """Is `site_id` qualified for `therapy` on `day` (therapy None: for any therapy)?"""
+    known = registry or sites.registry()
+    site = known.sites.get(site_id)
+    if site is None:
+        return Verdict(site_id, therapy, day, False, f"site {site_id} is not in the site registry")
+    held = [q for q in site.qualified() if therapy is None or q.therapy == therapy]
+    covering = next((q for q in held if q.covers(day)), None)
+    what = therapy or "any therapy"
+    if covering is not None:
+        return Verdict(site_id, therapy, day, True, f"site {site_id} is qualified for {what} on {day}", covering.basis)
+    if not held:
+        others = ", ".join(site.qualified_therapies()) or "none"
+        return Verdict(
+            site_id, therapy, day, False, f"site {site_id} is not qualified for {what} (qualified for: {others})"
+        )
+    return Verdict(
+        site_id, therapy, day, False, f"site {site_id} is not qualified for {what} on {day}: {_periods(held, day)}"
+    )
+
+
+def _periods(held: Sequence[sites.Qualification], day: date) -> str:
+    """Why none of a therapy's qualifications covers the day: the nearest one before or after it."""
+    later = sorted((q for q in held if q.valid_from > day), key=lambda q: q.valid_from)
+    if later:
+        return f"its qualification starts {later[0].valid_from} ({later[0].basis})"
+    ended = max(held, key=lambda q: q.until or date.max)
+    return f"its qualification ended {ended.until} ({ended.basis})"
+
+
+# The registry's versions -----------------------------------------------------------------------
+
+
+def record_registry(session: Session, registry: sites.SiteRegistry | None = None) -> bool:
+    """Record this registry content the first time the hub judges by it; True if it is new.
+
+    A content under a version number already recorded with another content is recorded too (every
+    judgement must name what judged it) and raises a warning: the file changed without a new version.
+    """
+    known = registry or sites.registry()
+    if session.scalar(select(RegistryVersion.id).where(RegistryVersion.sha256 == known.sha256)) is not None:
+        return False
+    _insert_once(
+        session,
+        RegistryVersion,
+        {"version": known.version, "sha256": known.sha256, "content": known.text, "first_loaded_at": utcnow()},
+    )
+    if known.version is None:
+        return True
+    earlier = session.scalars(
+        select(RegistryVersion.sha256).where(
+            RegistryVersion.version == known.version, RegistryVersion.sha256 != known.sha256
+        )
+    ).first()
+    if earlier is not None:
+        alerts.raise_alert(
+            session,
+            kind=UNVERSIONED_KIND,
+            message=(
+                f"config/sites.yaml changed without a new version: v{known.version} now has content "
+                f"sha256 {known.sha256[:12]}, recorded before as {earlier[:12]}; raise `version`"
+            ),
+            dedupe_key=f"{UNVERSIONED_KIND}:{known.sha256}",
+            details={"version": known.version, "sha256": known.sha256, "earlier_sha256": earlier},
+        )
+    return True
+
+
+def history(session: Session) -> list[RegistryVersion]:
+    """Every registry content the hub judged by, oldest first."""
+    return list(session.scalars(select(RegistryVersion).order_by(RegistryVersion.id)))
+
+
+def judgements(session: Session, *, site: str | None = None, limit: int = 200) -> list[QualificationJudgement]:
+    """The newest judgements (of one site), newest first."""
+    query = select(QualificationJudgement).order_by(QualificationJudgement.id.desc()).limit(limit)
+    if site is not None:
+        query = query.where(QualificationJudgement.site == site)
+    return list(session.scalars(query))
+
+
+def _insert_once(session: Session, model: type[Base], row: dict[str, Any]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: two workers judging at once must not fail each other."""
+    table = model.__table__
+    dialect = session.get_bind().dialect.name
+    maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(maker(table).values(**row).on_conflict_do_nothing())
+
+
+# Judging what came in ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Judged:
+    """One event the registry judged, with the verdict and the order it names (if known)."""
+
+    event: CanonicalEvent
+    verdict: Verdict
+    order_id: str | None = None
+
+
+def judge_events(
+    session: Session,
+    registry: sites.SiteRegistry,
+    events: Sequence[CanonicalEvent],
+    *,
+    sender_sites: Iterable[str] = (),
+) -> list[Judged]:
+    """The verdicts on the enrolments and hospital orders among `events` that are new to the ledger.
+
+    An enrolment is judged for its own site and therapy. A hospital order (apheresis or infusion
+    ordered or booked) is judged for the site and therapy of the order it names; when that order is
+    not known yet, the sender's sites must be qualified for some therapy that day (the order's own
+    therapy was judged when it was enrolled).
+    """
+    wanted = [e for e in events if _judged_kind(e)]
+    if not wanted:
+        return []
+    done = {
+        (system, event_id)
+        for system, event_id in rows_by_pairs(
+            session,
+            LedgerEntry.__table__,
+            ("source_system", "source_event_id"),
+            "source_system",
+            "source_event_id",
+            [e.key for e in wanted],
+        )
+    }
+    out: list[Judged] = []
+    index: KeyIndex | None = None
+    speakers = sorted(set(sender_sites))
+    for event in wanted:
+        if event.key in done:
+            continue
+        day = event.occurred_at.date()  # the day it happened, in the time zone it was given in
+        if event.event_type is EventType.ORDER_ENROLLED:
+            assert event.order is not None and event.order.site and event.order.therapy
+            out.append(Judged(event, check(event.order.site, event.order.therapy, day, registry)))
+            continue
+        index = index or KeyIndex(session)
+        owners = set(index.owners(event.reference_keys()).values())
+        order = session.get(Order, owners.pop()) if len(owners) == 1 else None
+        if order is not None and order.site:
+            out.append(Judged(event, check(order.site, order.therapy, day, registry), order.id))
+            continue
+        verdicts = [check(site, None, day, registry) for site in speakers]
+        good = next((v for v in verdicts if v.qualified), None)
+        if good is not None or not verdicts:
+            if good is not None:
+                out.append(Judged(event, good))
+            continue
+        reason = (
+            f"no site the sender speaks for ({', '.join(speakers)}) is qualified for any therapy on {day}"
+            if len(verdicts) > 1
+            else verdicts[0].reason
+        )
+        out.append(Judged(event, Verdict(speakers[0], None, day, False, reason)))
+    return out
+
+
+def _judged_kind(event: CanonicalEvent) -> bool:
+    if event.event_type is EventType.ORDER_ENROLLED:
+        return event.order is not None and bool(event.order.site) and bool(event.order.therapy)
+    return event.source_system is SourceSystem.HL7 and event.event_type in ORDERING
+
+
+def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged]) -> None:
+    """Record each verdict once per event and registry content, with the registry that gave it."""
+    if not judged:
+        return
+    record_registry(session, registry)
+    for one in judged:
+        verdict = one.verdict
+        _insert_once(
+            session,
+            QualificationJudgement,
+            {
+                "source_system": one.event.source_system.value,
+                "source_event_id": one.event.source_event_id,
+                "registry_version": registry.version,
+                "registry_sha256": registry.sha256,
+                "site": verdict.site[:_SITE_LIMIT],
+                "therapy": verdict.therapy,
+                "day": verdict.day,
+                "qualified": verdict.qualified,
+                "reason": verdict.reason[:_REASON_LIMIT],
+                "raw_id": one.event.provenance.raw_id,
+                "judged_at": utcnow(),
+            },
+        )
+
+
+def refusal_text(registry: sites.SiteRegistry, refused: Sequence[Judged]) -> str:
+    """The quarantine reason: what was refused, why, by which registry, and how to go on."""
+    first = refused[0]
+    what = "enrolment" if first.event.event_type is EventType.ORDER_ENROLLED else "hospital order"
+    more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+    return (
+        f"{what} refused: {first.verdict.reason}{more}; judged by site registry {registry.label}. "
+        "If the site is qualified, record it in config/sites.yaml (raise `version`), then `cgthub sites replay`"
+    )
+
+
+def alert(session: Session, registry: sites.SiteRegistry, judged: Judged, raw_id: int) -> None:
+    """A critical alert per refused event: a patient's order waits until someone acts. It names the
+    archived payload that waits (`cgthub quarantine list --stage qualify` shows its entry)."""
+    event, verdict = judged.event, judged.verdict
+    alerts.raise_alert(
+        session,
+        kind=ALERT_KIND,
+        severity=alerts.Severity.CRITICAL,
+        order_id=judged.order_id,
+        message=f"{event.event_type.value} refused: {verdict.reason} (raw message #{raw_id} waits at stage qualify)",
+        dedupe_key=f"{ALERT_KIND}:{event.source_system.value}:{event.source_event_id}",
+        details={
+            "raw_id": raw_id,
+            "site": verdict.site,
+            "therapy": verdict.therapy,
+            "day": verdict.day.isoformat(),
+            "registry_version": registry.version,
+            "registry_sha256": registry.sha256,
+        },
+    )
+
+
+def close_alerts(session: Session, raw_id: int) -> int:
+    """Close the refusal alerts of a payload that went through on replay."""
+    closed = 0
+    for found in session.scalars(select(Alert).where(Alert.kind == ALERT_KIND, Alert.status == "open")):
+        if (found.details or {}).get("raw_id") == raw_id:
+            alerts.close(session, found)
+            closed += 1
+    return closed
+
+
+def details(registry: sites.SiteRegistry, refused: Sequence[Judged]) -> dict[str, Any]:
+    """The facts of a refusal for the quarantine entry (ids and codes; no patient data)."""
+    return {
+        "registry_version": registry.version,
+        "registry_sha256": registry.sha256,
+        "refused": [
+            {
+                "event": f"{j.event.source_system.value}:{j.event.source_event_id}",
+                "site": j.verdict.site,
+                "therapy": j.verdict.therapy,
+                "day": j.verdict.day.isoformat(),
+            }
+            for j in refused
+        ],
+    }
