@@ -122,6 +122,15 @@ def test_order_detail_draws_planned_and_actual_milestones_and_verifies_the_ledge
     assert "psn:" not in held  # pseudonyms stay out of the page
 
 
+def test_an_order_only_enrolled_opens_with_a_note_instead_of_a_timeline(db_url, console, auth_manager):
+    with session_scope(db_url) as session:
+        [enrolled] = [e for e in happy_path(4) if e.event_type is EventType.ORDER_ENROLLED]
+        order_id = ledger.append(session, enrolled).order_id
+    answer = signed_in(console, auth_manager).get(f"/cgthub/console/orders/{order_id}")
+    assert answer.status_code == 200, answer.text[-500:]
+    assert 'id="no-timeline"' in answer.text and "<svg" not in answer.text and ">enrolled<" in answer.text
+
+
 def test_a_viewer_sees_no_action_button_and_a_role_outside_the_config_sees_no_order(db_url, console, auth_manager):
     ids = seed(db_url)
     operator = signed_in(console, auth_manager, "olga", "op").get(f"/cgthub/console/orders/{ids['held']}").text

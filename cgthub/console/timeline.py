@@ -41,11 +41,11 @@ def render(
 ) -> str:
     """The SVG markup, or a short note when the order has no dated milestone yet."""
     on_course = {s.value for s in COURSE}
-    if len(planned) + len(actual) == 0:
-        return '<p class="muted">No dated milestone yet: the picture starts at collection.</p>'
     instants = [*planned.values(), *(at for m, at in actual.items() if m in on_course)]
     instants += [h.start for h in holds] + [h.end for h in holds if h.end] + [e.at for e in excursions]
     instants += [deadline] if deadline else []
+    if not instants:  # e.g. only enrolled: milestones before collection are not on the course
+        return '<p class="muted" id="no-timeline">No dated milestone yet: the picture starts at collection.</p>'
     first, last = min(instants), max(instants)
     # "now" widens the axis only while it is near the course; long after (an order held for months),
     # it is drawn at the right edge so the course keeps a readable scale.
