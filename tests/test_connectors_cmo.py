@@ -1,13 +1,17 @@
-"""CMO connector: the sequenced event feed and notifications over loopback, the CSV drop directory."""
+"""CMO connector: the sequenced event feed, notifications, capacity and slot reservations over
+loopback, the CSV drop directory."""
 
 import shutil
+from dataclasses import replace
+from datetime import date
 from pathlib import Path
 
 import pytest
 import requests
 from sqlalchemy import select
 
-from cgthub import alerts, ledger, quarantine
+from cgthub import alerts, ledger, quarantine, slots
+from cgthub.scheduling_tables import ManufacturingSlot
 from cgthub.store import session_scope
 from cgthub.tables import Order
 from connectors.cmo import batch, sync
@@ -99,15 +103,42 @@ def test_notifications_are_idempotent(monkeypatch):
     assert list(app.sandbox_state.notifications) == ["cmo:ORD-1:9"]
 
 
-def test_slot_booking_is_confirmed_once_per_idempotency_key(monkeypatch):
-    app = cmo_sandbox.create_app()
+def test_slot_reservation_holds_capacity_once_per_key_and_refuses_a_full_day(monkeypatch):
+    app = cmo_sandbox.create_app(faults=FaultConfig(error_rate=0.3))  # retried: same key, same hold
+    day = date(2026, 3, 10)
     with SandboxServer(app) as cmo:
         monkeypatch.setenv("AIRFLOW_CONN_CMO_API", f"http://cgthub:cmo-key@127.0.0.1:{cmo.port}")
-        client = sync.client()
-        body = {"orderReference": "CRM-00001", "coiId": "CHW123426000001", "requestedDate": "2026-03-10"}
-        first, again = client.book_slot(body, "slot:CRM-00001"), client.book_slot(body, "slot:CRM-00001")
-    assert first == again and first["confirmed"] is True and first["batchId"] == "B26-0001"
-    assert len(app.sandbox_state.slots) == 1
+        _capacity(cmo, ("CMO-EAST", "CART-19", day, 1))
+        provider = sync.slot_provider()
+        ask = slots.Reservation("CMO-EAST", "CART-19", day, "ORD-1", "CRM-00001", "CHW123426000001")
+        first, again = provider.reserve(ask, "slot:ORD-1"), provider.reserve(ask, "slot:ORD-1")
+        with pytest.raises(slots.SlotTaken, match="no place left at CMO-EAST for CART-19 on 2026-03-10"):
+            provider.reserve(replace(ask, order_id="ORD-2"), "slot:ORD-2")
+        published = {(c.cmo, c.therapy, c.day): c for c in provider.capacity(day, day)}
+    assert first == again == slots.Reserved(first.reservation_id, day)
+    assert len(app.sandbox_state.slots) == 1 and app.sandbox_state.refused == 1
+    assert published[("CMO-EAST", "CART-19", day)] == slots.Capacity("CMO-EAST", "CART-19", day, 1, 1)
+
+
+def test_capacity_sync_stores_the_published_slots_and_takes_the_cmos_count(db_url, monkeypatch):
+    start = date(2026, 3, 2)
+    with SandboxServer(cmo_sandbox.create_app(faults=FaultConfig(malformed_rate=0.3, error_rate=0.2))) as cmo:
+        monkeypatch.setenv("AIRFLOW_CONN_CMO_API", f"http://cgthub:cmo-key@127.0.0.1:{cmo.port}")
+        _capacity(cmo, ("CMO-NJ", "CART-19", start, 3))
+        first = slots.sync(db_url, start=start, days=29)
+        slots.provider().reserve(slots.Reservation("CMO-NJ", "CART-19", start, "O", None, None), "k")
+        again = slots.sync(db_url, start=start, days=29)
+    assert first == again == 3 * 2 * 30  # three CMO sites, two therapies, 30 days
+    with session_scope(db_url) as s:
+        stored = {(r.cmo, r.therapy, r.day): (r.capacity, r.booked) for r in s.scalars(select(ManufacturingSlot))}
+    assert len(stored) == 180 and stored[("CMO-NJ", "CART-19", start)] == (3, 1)
+    saturday = date(2026, 3, 7)
+    assert stored[("CMO-LEI", "CART-BCMA", saturday)] == (0, 0)
+
+
+def _capacity(server, *rows):
+    body = [{"cmo": c, "therapy": t, "date": d.isoformat(), "capacity": n} for c, t, d, n in rows]
+    assert requests.post(f"{server.base_url}/sandbox/capacity", json=body, timeout=5).status_code == 200
 
 
 def test_fault_mode_is_switched_by_configuration(monkeypatch):

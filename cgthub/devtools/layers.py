@@ -47,6 +47,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.model",
             "cgthub.lifecycle",
             "cgthub.ops_config",
+            "cgthub.markets",
             "cgthub.wal_checkpoint",
             "cgthub.tables",
             "cgthub.ops_tables",

@@ -1,5 +1,6 @@
-"""The contract manufacturer (CMO): slots, receipt, manufacturing, QC, release/OOS over REST, and the
-nightly batch-record CSV export dropped in a directory."""
+"""The contract manufacturer (CMO): manufacturing capacity and slot reservations, receipt,
+manufacturing, QC, release/OOS over REST, and the nightly batch-record CSV export dropped in a
+directory."""
 
 from datetime import timedelta
 
@@ -14,6 +15,7 @@ PARTNERS = (
         pulls=(Pull("events", "connectors.cmo.sync:pages"),),
         push=Push("connectors.cmo.sync:push", frozenset({S.COLLECTED, S.IN_TRANSIT_TO_CMO, S.ON_HOLD, S.CANCELLED})),
         sandbox=Sandbox("cmo", "connectors.cmo.sandbox", 8704, "http://cgthub:cmo-key@{host}:{port}"),
+        slots="connectors.cmo.sync:slot_provider",
         schedule=timedelta(minutes=10),
         deadline=timedelta(minutes=15),
     ),

@@ -1,15 +1,18 @@
-"""CMO REST client: slot booking, the sequenced event feed, status notifications."""
+"""CMO REST client: manufacturing capacity, slot reservations, the sequenced event feed, status notifications."""
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
+from cgthub.slots import SlotTaken
 from connectors.common.connection import PartnerConnection
 from connectors.common.http import PartnerError, PartnerSession
 
 
 class CmoClient:
     partner = "cmo"
+    READ_AGAIN = 4
 
     def __init__(self, conn: PartnerConnection, *, attempts: int = 6) -> None:
         if not conn.password:
@@ -17,10 +20,32 @@ class CmoClient:
         self.session = PartnerSession(self.partner, conn.base_url, attempts=attempts)
         self.headers = {"Authorization": f"ApiKey {conn.password}"}
 
+    def capacity(self, start: date, end: date, therapy: str | None = None) -> list[dict[str, Any]]:
+        """Places per CMO site, therapy and day from `start` to `end`, as the CMO publishes them."""
+        params: dict[str, str] = {"from": start.isoformat(), "to": end.isoformat()}
+        if therapy:
+            params["therapy"] = therapy
+        problem = ""
+        for _ in range(self.READ_AGAIN):  # a cut-off answer to a read is asked for again
+            answer = self.session.request("GET", "/api/v1/capacity", params=params, headers=self.headers)
+            if answer.status != 200:
+                raise PartnerError(f"cmo: capacity answered {answer.status}")
+            try:
+                return list(answer.json()["items"])
+            except (PartnerError, KeyError, TypeError) as exc:
+                problem = str(exc)
+        raise PartnerError(f"cmo: capacity unusable {self.READ_AGAIN} times: {problem}")
+
     def book_slot(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """Reserve one place; raises SlotTaken when the CMO answers that the day is full (409)."""
         answer = self.session.request(
             "POST", "/api/v1/slots", json=body, headers={**self.headers, "Idempotency-Key": idempotency_key}
         )
+        if answer.status == 409:
+            raise SlotTaken(
+                f"the CMO has no place left at {body.get('cmo')} for {body.get('therapy')} on {body.get('slotDate')}",
+                "pick another date from GET /orders/{id}/slots",
+            )
         if answer.status != 200:
             raise PartnerError(f"cmo: slot booking answered {answer.status}")
         return dict(answer.json())

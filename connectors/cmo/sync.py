@@ -1,14 +1,16 @@
 """CMO sync entry points: `pages(mark)` walks the event feed from the saved sequence cursor, each
 page yielded as received with the cursor after it (the hub archives, maps and applies the page in
 the transaction that moves the cursor); `push(payload)` tells the CMO about order changes it must
-act on (collection, shipment, hold, cancellation)."""
+act on (collection, shipment, hold, cancellation); `slot_provider()` is the CMO's manufacturing
+capacity and slot reservations for the hub's scheduling (cgthub.slots, through the registry)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date
 from typing import Any
 
-from cgthub import partner_sync, partners
+from cgthub import partner_sync, partners, slots
 from cgthub.archive import Inbound
 from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
@@ -61,3 +63,38 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, cmo: CmoClient | No
         "onHold": payload.get("on_hold", False),
     }
     return (cmo or client(conn_id)).notify(body, payload["idempotency_key"])
+
+
+class CmoSlots:
+    """The CMO as a `cgthub.slots.SlotProvider`: its capacity API and its slot reservations."""
+
+    def __init__(self, cmo: CmoClient) -> None:
+        self.cmo = cmo
+
+    def capacity(self, start: date, end: date, therapy: str | None = None) -> list[slots.Capacity]:
+        return [
+            slots.Capacity(
+                cmo=str(row["cmo"]),
+                therapy=str(row["therapy"]),
+                day=date.fromisoformat(str(row["date"])),
+                capacity=int(row["capacity"]),
+                booked=int(row["booked"]),
+            )
+            for row in self.cmo.capacity(start, end, therapy)
+        ]
+
+    def reserve(self, reservation: slots.Reservation, idempotency_key: str) -> slots.Reserved:
+        body = {
+            "cmo": reservation.cmo,
+            "therapy": reservation.therapy,
+            "slotDate": reservation.slot_day.isoformat(),
+            "orderReference": reservation.order_reference,
+            "hubOrderId": reservation.order_id,
+            "coiId": reservation.coi_id,
+        }
+        answer = self.cmo.book_slot(body, idempotency_key)
+        return slots.Reserved(str(answer["reservationId"]), date.fromisoformat(str(answer["slotDate"])))
+
+
+def slot_provider(conn_id: str = CONN_ID) -> CmoSlots:
+    return CmoSlots(client(conn_id))
