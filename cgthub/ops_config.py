@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from cgthub import markets
 from cgthub.lifecycle import OrderStatus
 from cgthub.settings import PROJECT_ROOT, get_settings
 
@@ -41,6 +42,10 @@ class Deadlines(_Strict):
     vein_to_vein_target_days: dict[str, float]
 
     def target_days(self, market: str | None) -> float:
+        """The market's own target (config/markets, through its baseline) if it sets one, else this file's."""
+        own = markets.vein_to_vein_target_days(market)
+        if own is not None:
+            return own
         return self.vein_to_vein_target_days.get(market or "", self.vein_to_vein_target_days["default"])
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from cgthub import archive, canonical_feed, partners, pipeline, quarantine, routing, sync_state
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent
+from cgthub.release import ensure_release_in_force
 from cgthub.settings import get_settings
 from cgthub.store import session_scope
 from cgthub.sync_state import SyncReport
@@ -142,7 +143,7 @@ def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
     """One batch from a partner: each stream it declares, then its canonical drop folder."""
     declared = partners.get(partner)
     streams = "+".join(p.stream for p in declared.pulls)
-    report = SyncReport(partner=partner, stream=streams or "files")
+    report = SyncReport(partner=partner, stream=streams or "files", release=ensure_release_in_force(database_url))
     if connector_enabled(partner):
         for stream in declared.pulls:
             pull_stream(declared, stream, database_url=database_url, report=report)
@@ -181,7 +182,8 @@ def _drop_folder_page(partner: partners.Partner) -> partners.Page | None:
 
 def apply_hl7_inbox(*, database_url: str | None = None, limit: int = 5000) -> dict[str, Any]:
     """Map and apply what the MLLP listener archived (status `received`), oldest first."""
-    report = SyncReport(partner="hl7", stream="inbox", via=["raw archive (MLLP listener)"])
+    release = ensure_release_in_force(database_url)  # checked before anything is mapped; the report names it
+    report = SyncReport(partner="hl7", stream="inbox", via=["raw archive (MLLP listener)"], release=release)
     with session_scope(database_url) as session:
         count(report, pipeline.process_pending(session, "hl7", mapper_for(session), limit=limit))
     return report.as_dict()

@@ -44,6 +44,7 @@ class SyncReport:
     watermark_before: str | None = None
     watermark_after: str | None = None
     order_ids: list[str] = field(default_factory=list)
+    release: str = ""  # the release bundle id of the mapping and config files the run mapped with
 
     @property
     def new_events(self) -> bool:

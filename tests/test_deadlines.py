@@ -59,7 +59,7 @@ def test_vein_to_vein_at_risk_when_manufacturing_overruns():
     us = project("ORD-US", events)
     assert not [b for b in deadlines.breaches(us, T0 + 12 * D, CONFIG) if b.kind == "vein_to_vein_at_risk"]
     late = [b for b in deadlines.breaches(us, T0 + 40 * D, CONFIG) if b.kind == "vein_to_vein_at_risk"]
-    assert late and late[0].details["target_days"] == 30  # the US target from config/ops.yaml
+    assert late and late[0].details["target_days"] == 30  # the US target from config/markets/US.yaml
     assert late[0].details["projected_days"] > 30
     de = project("ORD-DE", [enrolment(1, market="DE"), *events[1:]])
     assert not [b for b in deadlines.breaches(de, T0 + 33 * D, CONFIG) if b.kind == "vein_to_vein_at_risk"]

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cgthub.cli.common import CliError, console, open_session, work_progress
+from cgthub.release import ensure_release_in_force
 from cgthub.runtime import tune_gc
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ def listen(
 
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema: named now, not at the first message
+    ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     tune_gc()
     try:
         listener = MllpListener(
@@ -155,6 +157,7 @@ def ingest(
     get_settings().archive_key  # noqa: B018
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema
+    ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     tune_gc()
     logging.getLogger("cgthub.pipeline").setLevel(logging.ERROR)  # the summary below counts each outcome
     started = time.monotonic()

@@ -16,6 +16,7 @@ from cgthub.mapping import fixtures, registry
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.replay import archived, diff, refusals, replay
 from cgthub.mapping.spec import MappingError
+from cgthub.release import ensure_release_in_force
 
 app = typer.Typer(help="Versioned mapping files: partner payload -> canonical events.", no_args_is_help=True)
 
@@ -147,6 +148,7 @@ def replay_archived(
     dry_run: bool = typer.Option(False, "--dry-run", help="map and report what would change; write nothing"),
 ) -> None:
     """Re-map archived payloads with VERSION: append corrections, release what now maps. Idempotent."""
+    ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     mapper = _mapper(system, kind, version, market)
     if since is not None and since.tzinfo is None:
         raise CliError("--since needs a time zone offset", "e.g. --since 2026-03-01T00:00:00+00:00")

@@ -7,6 +7,7 @@ from rich.table import Table
 
 from cgthub import routing, sites
 from cgthub.cli.common import CliError, console, open_session
+from cgthub.release import ensure_release_in_force
 
 app = typer.Typer(help="Treatment sites: markets, CMOs, HL7 senders (config/sites.yaml).", no_args_is_help=True)
 
@@ -29,6 +30,7 @@ def list_sites() -> None:
 @app.command()
 def replay(system: str | None = typer.Option(None, help="only this partner, e.g. hl7, crm")) -> None:
     """Map again what waits at stage `route` (an unknown site or sender), once the registry knows it."""
+    ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     with open_session() as session:
         released, still = routing.replay_unrouted(session, system=system)
     console.print(f"{released} payload(s) routed and applied, {still} still waiting for the site registry")

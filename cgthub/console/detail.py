@@ -130,8 +130,7 @@ def planned(detail: dict[str, Any], now: datetime) -> dict[str, datetime]:
 
 
 def target_days(market: str | None) -> float:
-    targets = ops_config.get().deadlines.vein_to_vein_target_days
-    return targets.get(market or "", targets.get("default", 35))
+    return ops_config.get().deadlines.target_days(market)
 
 
 def open_alert_rows(session: Session, order_id: str) -> list[Alert]:

@@ -1,9 +1,10 @@
 """Where mapping files live, which version a market uses, and the compiled-mapping cache.
 
 Files: `mappings/<system>/<kind>/v<N>.yaml` (an HL7 kind `ORM^O01` lives in `ORM_O01/`).
-Markets: `config/markets/<market>.yaml` may pin versions (`mappings: {crm/enrollment: 2}`),
-override code maps and name data-residency fields (`residency: {drop: [...], tokenize: [...]}`).
-Without a pin the newest version whose effective date has come is used.
+Markets: `config/markets/<market>.yaml`, resolved through `baseline.yaml` (cgthub/markets.py), may
+pin versions (`mappings: {crm/enrollment: 2}`), override code maps and name data-residency fields
+(`residency: {drop: [...], tokenize: [...]}`). Without a pin the newest version whose effective
+date has come is used.
 """
 
 from __future__ import annotations
@@ -13,12 +14,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-
-from cgthub import config_file
-from cgthub.config_file import ConfigFileError
+from cgthub import markets
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.spec import LoadedSpec, MappingError, load
 from cgthub.settings import get_settings
@@ -29,7 +27,7 @@ def mappings_dir() -> Path:
 
 
 def markets_dir() -> Path:
-    return get_settings().config_dir / "markets"
+    return markets.markets_dir()
 
 
 def kind_dir(kind: str) -> str:
@@ -85,62 +83,28 @@ def _spec_of(path: Path, _mtime: int) -> LoadedSpec:
 EVERY_MARKET = "*"
 
 
-class MarketConfigError(ConfigFileError):
-    """config/markets/<market>.yaml cannot be used; names file and line."""
+MarketConfigError = markets.MarketConfigError
 
 
-class Residency(BaseModel):
-    """Fields that must not leave the market: dropped, or replaced by a keyed token."""
-
-    model_config = ConfigDict(extra="forbid")
-    drop: list[str] = []
-    tokenize: list[str] = []
-
-
-class MarketConfig(BaseModel):
-    """One market's file: mapping versions pinned (`crm/enrollment: 2`), code maps, residency."""
-
-    model_config = ConfigDict(extra="forbid")
-    market: str = Field(pattern=r"^[A-Z]{2,3}$")
-    mappings: dict[str, int | Annotated[str, Field(pattern=r"^v?[1-9][0-9]*$")]] = {}
-    code_maps: dict[str, dict[str, str]] = {}
-    residency: Residency = Residency()
-
-    @field_validator("mappings")
-    @classmethod
-    def _pins_name_a_system_and_kind(cls, pins: dict[str, int | str]) -> dict[str, int | str]:
-        for key in pins:
-            if key.count("/") != 1 or not all(key.split("/")):
-                raise ValueError(f"pin {key!r} must be <system>/<kind>, e.g. crm/enrollment")
-        return pins
-
-
-def market_file(path: Path) -> MarketConfig:
-    """A market file, validated; its `market` must be the one its name says."""
-    config = config_file.load(path, MarketConfig, MarketConfigError)
-    if config.market != path.stem.upper():
-        raise MarketConfigError(f"{path}:1: market: says {config.market!r}, but the file is {path.name}")
-    return config
-
-
-@lru_cache(maxsize=64)
 def market_config(market: str) -> dict[str, Any]:
+    """The market resolved through its baseline (cgthub/markets.py), as the compiler takes it."""
     if market == EVERY_MARKET:
         return _every_market()
-    path = markets_dir() / f"{market.upper()}.yaml"
-    if not path.exists():
-        path = markets_dir() / f"{market.lower()}.yaml"
-    if not path.exists():
+    if not markets.market_path(market, markets_dir()).exists():
         return {"market": market.upper()}
-    return market_file(path).model_dump(exclude_unset=True)  # what the file leaves out, the mapping decides
+    return markets.market_dict(market, markets_dir())  # what no file says, the mapping decides
+
+
+def configured_markets() -> list[str]:
+    return markets.all_markets(markets_dir())
 
 
 def _every_market() -> dict[str, Any]:
     """The union of every market's residency rules: what must not leave any market stays out."""
     drop: dict[str, None] = {}
     tokenize: dict[str, None] = {}
-    for path in sorted(markets_dir().glob("*.yaml")):
-        residency = market_file(path).residency
+    for market in configured_markets():
+        residency = markets.resolve_market(market, markets_dir())[0].residency
         drop.update(dict.fromkeys(residency.drop))
         tokenize.update(dict.fromkeys(residency.tokenize))
     return {"market": EVERY_MARKET, "residency": {"drop": list(drop), "tokenize": list(tokenize)}}
@@ -211,7 +175,7 @@ def _wanted_version(
 def clear_cache() -> None:
     with _lock:
         _compiled.clear()
-    market_config.cache_clear()
+    markets.clear_cache()
     _spec_of.cache_clear()
     _discover.cache_clear()
     _current.cache_clear()

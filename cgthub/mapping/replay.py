@@ -25,7 +25,8 @@ from cgthub import archive, ledger, quarantine
 from cgthub.errors import PayloadRejected
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
-from cgthub.mapping.registry import kind_dir, load_file, market_config, markets_dir, versions
+from cgthub.mapping.registry import configured_markets as registry_markets
+from cgthub.mapping.registry import kind_dir, load_file, market_config, versions
 from cgthub.model import CanonicalEvent
 from cgthub.pseudonym import mask
 from cgthub.tables import LedgerEntry, RawMessage
@@ -56,7 +57,7 @@ def pinned_version(market: str, system: str, kind: str) -> int | None:
 
 
 def configured_markets() -> list[str]:
-    return sorted({path.stem.upper() for path in markets_dir().glob("*.yaml")})
+    return registry_markets()  # the baseline is no market
 
 
 def refusals(system: str, kind: str, version: int, market: str | None, today: date | None = None) -> list[str]:
