@@ -57,13 +57,25 @@ def _din_check(body: str) -> str | None:
     return _ALPHABET[(38 - total % 37) % 37]
 
 
+_FLAG_DIGITS = frozenset("0123456789")
+
+
 def normalize_din(value: str) -> str:
     """Return the 14-character DIN (13 + check) after validating it.
 
-    Accepts the 13-character body (the check character is added) or 14 characters with
-    the check character, which must match. Flag characters after the check are not part of the DIN.
+    Accepts the 13-character body (the check character is added), 14 characters with the check
+    character, which must match, and a DIN as scanned or printed with its two flag characters
+    (ISBT 128 data structure 001: the data identifier `=`, the 13 characters, two flag digits; or the
+    eye-readable 13 + flags + check). Flags describe the label, not the donation: they are dropped.
     """
     din = value.strip().upper().replace(" ", "")
+    scanned = din.startswith("=")
+    if scanned:
+        din = din[1:]
+    if (len(din) == 15 or (len(din) == 16 and not scanned)) and _FLAG_DIGITS.issuperset(din[13:15]):
+        din = din[:13] + din[15:]  # the flags go; a check character after them stays to be checked
+    elif scanned:
+        raise IdentifierError("a scanned DIN is '=' + facility id (5) + year (2) + sequence (6) + two flag digits")
     body, check = (din[:13], din[13:]) if len(din) == 14 else (din, "")
     expected = _din_check(body)
     if expected is None:

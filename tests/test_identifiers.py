@@ -38,3 +38,34 @@ def test_coi_id_structure():
     assert validate_coi_id("chw123426000001") == "CHW123426000001"
     with pytest.raises(IdentifierError):
         validate_coi_id("XXW123426000001")
+
+
+@pytest.mark.parametrize(
+    "scanned",
+    [
+        "=G15170612345600",  # ISBT 128 data structure 001 as a scanner sends it: '=' + 13 + two flag digits
+        "G15170612345600",  # the same without its data identifier
+        "G15170612345607B",  # eye-readable: 13 + flags + the boxed check character
+        " =g1517 06 123456 00 ",
+    ],
+)
+def test_a_din_with_its_flag_characters_is_the_same_din(scanned):
+    assert normalize_din(scanned) == "G151706123456B"
+
+
+@pytest.mark.parametrize(
+    ("bad", "why"),
+    [
+        ("=G151706123456B", "two flag digits"),  # a scanned DIN carries flags, not the check character
+        ("=G15170612345600B", "two flag digits"),  # nor both
+        ("=G1517061234560A", "two flag digits"),  # flags are digits
+        ("G15170612345600C", "expected 'B'"),  # the check character after the flags is still checked
+        ("=G15170612345700", ""),  # flags do not make a wrong body right: it is another DIN
+    ],
+)
+def test_a_scanned_din_is_still_validated(bad, why):
+    if not why:
+        assert normalize_din(bad) != "G151706123456B"
+        return
+    with pytest.raises(IdentifierError, match=why):
+        normalize_din(bad)
