@@ -1,0 +1,247 @@
+"""Release bundles end to end through the CLI: build, approve (a wrong password refused), promote to
+validation then production, a production hub refusing a mapping edited in place (naming the file and
+both hashes), rollback with the replay that re-maps what the rolled-back bundle mapped, and the
+validation evidence checked section by section. Each test runs on a temporary copy of config/ and
+mappings/, never on the repository's files."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner, Result
+
+from cgthub import ledger, partner_sync, release, release_evidence, settings, sites
+from cgthub.cli import app
+from cgthub.jsontext import canonical_json
+from cgthub.mapping import registry
+from cgthub.release_tables import ReleaseBundle
+from cgthub.store import session_scope
+from cgthub.tables import AuditRecord, LedgerEntry, Order
+from connectors.hospital import simulator
+from tests.factories import enrolment
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSWORD = "release-manager-pw-1"
+ORM = "mappings/hl7/ORM_O01"
+
+
+@dataclass
+class Hub:
+    root: Path
+    url: str
+
+    def cli(self, *args: str, password: str | None = None) -> Result:
+        result = CliRunner().invoke(
+            app, list(args), input=f"{password}\n" if password else None, env={"COLUMNS": "250"}
+        )
+        return result
+
+    def ok(self, *args: str, password: str | None = None) -> str:
+        result = self.cli(*args, password=password)
+        assert result.exit_code == 0, (args, result.output, result.exception)
+        return result.output
+
+    def signed(self, *args: str, password: str = PASSWORD) -> Result:
+        return self.cli(*args, "--signer", "qa", "--password-stdin", password=password)
+
+    def subprocess(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cgthub.cli", *args],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ),
+            timeout=120,
+        )
+
+    def feed(self, name: str, patients: range) -> Path:
+        return simulator.write_batch_file(self.root / name, list(simulator.feed(patients)))
+
+
+def said(result: Result) -> str:
+    """What a person sees: the output, and the error `cgthub`'s main would print for an exception."""
+    return result.output + (str(result.exception) if result.exception else "")
+
+
+def _clear() -> None:
+    settings.get_settings.cache_clear()
+    registry.clear_cache()
+    sites.clear_cache()
+
+
+@pytest.fixture
+def hub(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Hub]:
+    shutil.copytree(ROOT / "config", tmp_path / "config")
+    shutil.copytree(ROOT / "mappings", tmp_path / "mappings")
+    monkeypatch.setenv("CGTHUB_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("CGTHUB_MAPPINGS_DIR", str(tmp_path / "mappings"))
+    monkeypatch.setenv("CGTHUB_VAR_DIR", str(tmp_path / "var"))
+    monkeypatch.setenv("CGTHUB_ENV", "dev")
+    monkeypatch.setenv("CGTHUB_RELEASE_ENV", "production")
+    monkeypatch.delenv("CGTHUB_OPERATOR", raising=False)
+    _clear()
+    hub = Hub(tmp_path, db_url)
+    hub.ok("operators", "add", "qa", "--scope", "approve_release", "--password-stdin", password=PASSWORD)
+    with session_scope(db_url) as s:
+        ledger.append_many(s, [enrolment(n) for n in range(1, 6)])
+    yield hub
+    _clear()
+
+
+def _built(output: str) -> str:
+    found = re.search(r"built: bundle ([0-9a-f]{64})", output)
+    assert found, output
+    return found.group(1)
+
+
+def _v2_without_filler_order(hub: Hub) -> None:
+    """A new ORM version that no longer keeps the hospital's filler order number, with its fixtures."""
+    v1 = (hub.root / ORM / "v1.yaml").read_text()
+    v2 = v1.replace("version: 1\n", "version: 2\n").replace(
+        "change_note: >\n", "change_note: >\n  v2: the filler order number (ORC-3) is no longer kept.\n"
+    )
+    v2 = v2.replace("      refs.hospital_filler_order: {from: ORC-3}\n", "")
+    assert v2.count("version: 2") == 1 and "ORC-3" not in v2.split("events:")[1]
+    (hub.root / ORM / "v2.yaml").write_text(v2)
+    registry.clear_cache()  # a new process would read the folder afresh; this one remembers it
+    hub.ok("mappings", "test", "--update")  # writes each fixture's v2 expectation
+
+
+def _orm_filler_orders(url: str) -> dict[str, int]:
+    """Per order, how many of its live hospital order events keep the filler order number."""
+    with session_scope(url) as s:
+        rows = s.execute(
+            select(LedgerEntry.order_id, LedgerEntry.body).where(LedgerEntry.event_type == "apheresis.scheduled")
+        ).all()
+    kept: dict[str, int] = {}
+    superseded = {orjson.loads(body).get("supersedes") for _, body in rows}
+    for order_id, body in rows:
+        event = orjson.loads(body)
+        if "#order" in event["source_event_id"] and event["source_event_id"] not in superseded:
+            kept[order_id] = kept.get(order_id, 0) + int(bool(event["refs"].get("hospital_filler_order")))
+    return kept
+
+
+def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -> None:
+    # a production hub with nothing promoted maps nothing
+    refused = hub.cli("hl7", "ingest", str(hub.feed("early.hl7", range(1, 2))))
+    assert isinstance(refused.exception, release.ReleaseRefused)
+    assert "no release bundle is promoted to production" in str(refused.exception)
+
+    built = hub.ok("release", "build")
+    first = _built(built)
+    stored = orjson.loads((hub.root / "var" / "releases" / first / "manifest.json").read_bytes())["files"]
+    assert (
+        stored["mappings/hl7/ORM_O01/v1.yaml"] == hashlib.sha256((hub.root / ORM / "v1.yaml").read_bytes()).hexdigest()
+    )
+    assert {"config/sites.yaml", "config/reason_codes.yaml", "config/markets/DE.yaml"} <= stored.keys()
+    assert hashlib.sha256(canonical_json({"files": stored}).encode()).hexdigest() == first
+    assert "already built: bundle " + first in hub.ok("release", "build")  # same content, same bundle
+
+    wrong = hub.signed(
+        "release", "approve", first[:12], "--reason", "RELEASE-VALIDATED", "--text", "ok", password="wrong-pw-12345"
+    )
+    assert wrong.exit_code == 1 and "re-authentication failed" in said(wrong)
+    assert "is not approved" in said(hub.signed("release", "promote", first[:12], "--env", "production"))
+    hub.signed("release", "approve", first[:12], "--reason", "RELEASE-VALIDATED", "--text", "OQ/PQ passed")
+    not_validated = hub.signed("release", "promote", first[:12], "--env", "production")
+    assert not_validated.exit_code == 1 and "never promoted to validation" in said(not_validated)
+    for env in ("validation", "production"):
+        promoted = hub.signed("release", "promote", first[:12], "--env", env)
+        assert promoted.exit_code == 0 and f"to {env} by qa" in promoted.output, said(promoted)
+
+    ingested = hub.ok("hl7", "ingest", str(hub.feed("first.hl7", range(1, 4))))
+    assert "9 accepted" in ingested, ingested
+    assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1]
+
+    # the next release: a new ORM version; its notes say what it changes on the archived traffic
+    _v2_without_filler_order(hub)
+    assert "not release bundle" in str(hub.cli("hl7", "ingest", str(hub.feed("x.hl7", range(4, 5)))).exception)
+    built = hub.ok("release", "build")
+    second = _built(built)
+    assert "hl7/ORM_O01 v2 (new): v2: the filler order number (ORC-3) is no longer kept." in built
+    assert "US hl7/ORM_O01 v1 -> v2: 3 of 3 archived payloads, 3 orders: refs.hospital_filler_order" in built, built
+    hub.signed("release", "approve", second[:12], "--reason", "RELEASE-VALIDATED", "--text", "v2 reviewed")
+    for env in ("validation", "production"):
+        assert hub.signed("release", "promote", second[:12], "--env", env).exit_code == 0
+    assert "6 accepted" in hub.ok("hl7", "ingest", str(hub.feed("second.hl7", range(4, 6))))
+    assert partner_sync.apply_hl7_inbox(database_url=hub.url)["release"] == second  # what a DAG run records
+    assert sorted(_orm_filler_orders(hub.url).values()) == [0, 0, 1, 1, 1]  # v2 mapped patients 4 and 5
+
+    # an edit in place: production refuses it, naming the file and both hashes
+    edited = hub.root / ORM / "v2.yaml"
+    expected = hashlib.sha256(edited.read_bytes()).hexdigest()
+    edited.write_text(edited.read_text().replace("no longer kept", "dropped"))
+    drop = hub.feed("third.hl7", range(1, 2))
+    run = hub.subprocess("hl7", "ingest", str(drop))
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert f"mappings/hl7/ORM_O01/v2.yaml differs: expected sha256 {expected}, found " in run.stderr, run.stderr
+    assert hashlib.sha256(edited.read_bytes()).hexdigest() in run.stderr and drop.exists()  # nothing read
+
+    # rollback: the bundle before, its files back in place, and the replay that re-maps with it
+    rolled = hub.signed("release", "rollback", "--env", "production", "--text", "v2 loses the filler order")
+    assert rolled.exit_code == 0, said(rolled)
+    assert f"to bundle {first[:12]} by qa" in rolled.output
+    assert "cgthub mappings replay --system hl7 --kind ORM_O01 --version v1" in rolled.output
+    assert not edited.exists()
+    assert first in hub.ok("release", "check")
+    hub.ok("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1")
+    assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1, 1, 1]  # v1's mapping again for all
+
+    with session_scope(hub.url) as s:
+        trail = [(r.action, r.actor) for r in s.scalars(select(AuditRecord).order_by(AuditRecord.seq))]
+        assert s.scalar(select(Order.market).limit(1)) == "US"
+    assert ("decision.refused", "claimed:qa") in trail
+    steps = [action for action, actor in trail if action.startswith("release.") and actor == "qa"]
+    assert steps == ["release.approved", *["release.promoted"] * 2] * 2 + ["release.rolled_back"]
+
+
+def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
+    first = _built(hub.ok("release", "build"))
+    hub.signed("release", "approve", first[:12], "--reason", "RELEASE-VALIDATED", "--text", "baseline")
+    for env in ("validation", "production"):
+        hub.signed("release", "promote", first[:12], "--env", env)
+    hub.ok("hl7", "ingest", str(hub.feed("first.hl7", range(1, 4))))
+    _v2_without_filler_order(hub)
+    second = _built(hub.ok("release", "build"))
+    approval = hub.signed("release", "approve", second[:12], "--reason", "RELEASE-EMERGENCY-FIX", "--text", "urgent")
+    signature = re.search(r"signature ([0-9a-f]{64})", approval.output)
+    assert signature, approval.output
+    hub.signed("release", "promote", second[:12], "--env", "validation")
+
+    written = hub.ok("release", "evidence", second[:12], "--out", str(hub.root / "evidence"))
+    page = (hub.root / "evidence" / f"evidence-{second[:12]}.html").read_text()
+    assert "wrote" in written
+    for section in release_evidence.SECTIONS:
+        assert f">{section}</h2>" in page, section
+    sections = dict(zip(release_evidence.SECTIONS, re.split(r"<h2 id='[a-z-]+'>", page)[1:], strict=True))
+    assert second in sections["Bundle"] and first in sections["Bundle"] and "matches the manifest" in sections["Bundle"]
+    notes = sections["Release notes"]
+    assert "mappings/hl7/ORM_O01/v2.yaml" in notes and "the filler order number (ORC-3) is no longer kept" in notes
+    fixtures = sections["Fixtures"]
+    assert re.search(r"(\d+) fixtures, <span class='ok'>0 failed", fixtures), fixtures[:400]
+    assert fixtures.count("<td>hl7/ORM_O01</td><td>v2</td>") == len(list((hub.root / ORM / "fixtures").glob("*.hl7")))
+    diff = sections["Diff on archived traffic"]
+    assert "<td>US</td><td>hl7/ORM_O01</td><td>v1 -&gt; v2</td><td>3</td><td>3</td><td>3</td>" in diff, diff
+    assert "refs.hospital_filler_order: changed 0, added 0, removed 3" in diff
+    approvals = sections["Approvals"]
+    assert "<td>qa</td><td>approved</td><td>RELEASE-EMERGENCY-FIX</td>" in approvals and signature.group(1) in approvals
+    promotions = sections["Promotions"]
+    assert "<td>validation</td><td>promoted</td><td>qa</td>" in promotions and "production" not in promotions
+    with session_scope(hub.url) as s:
+        bundle = s.get(ReleaseBundle, second)
+        assert bundle is not None
+        manifest = release.manifest_of(bundle)
+    for name, digest in manifest.items():
+        assert f"<td>{name}</td><td>{digest}</td>" in sections["Files"], name
+    assert "MRN0000000" not in page and "Patient^Test" not in page  # the feed's identifiers stay out
