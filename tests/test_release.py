@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -29,11 +30,17 @@ from cgthub.release_tables import ReleaseBundle
 from cgthub.store import session_scope
 from cgthub.tables import AuditRecord, LedgerEntry, Order
 from connectors.hospital import simulator
+from tests import test_console
 from tests.factories import enrolment
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "release-manager-pw-1"
 ORM = "mappings/hl7/ORM_O01"
+
+# The console as Airflow mounts it, signed in with Airflow's token (tests/test_console.py's fixtures).
+auth_manager = test_console.auth_manager
+console = test_console.console
+signed_in = test_console.signed_in
 
 
 @dataclass
@@ -245,3 +252,16 @@ def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
     for name, digest in manifest.items():
         assert f"<td>{name}</td><td>{digest}</td>" in sections["Files"], name
     assert "MRN0000000" not in page and "Patient^Test" not in page  # the feed's identifiers stay out
+
+
+def test_the_console_shows_the_bundle_in_force(hub: Hub, console: Any, auth_manager: Any) -> None:
+    before = signed_in(console, auth_manager).get("/cgthub/console/mappings").text
+    assert "(no bundle built from them)" in before and "In force in production: none." in before
+    bundle = _built(hub.ok("release", "build"))
+    hub.signed("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "validated")
+    for env in ("validation", "production"):
+        hub.signed("release", "promote", bundle[:12], "--env", env)
+    page = console.get("/cgthub/console/mappings").text
+    assert f'data-release-live="{bundle}"' in page and "(no bundle built from them)" not in page
+    assert f'data-release-validation="{bundle}"' in page and f'data-release-production="{bundle}"' in page
+    assert "This hub runs as production and maps only with the bundle in force there." in page

@@ -30,6 +30,7 @@ from cgthub.console import actions, auth, board, detail, ops, timeline
 from cgthub.decisions import Action, Signature
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import EventType
+from cgthub.release import summary as release_summary
 from cgthub.store import database_url as configured_url
 from cgthub.store import point_read_engine, session_scope
 
@@ -319,6 +320,8 @@ def console_app(database_url: str | None = None) -> FastAPI:
     def mappings_page(request: Request, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:
         with reading() as session:
             mappings = ops.mappings_in_force(session)
-        return page(request, user, "mappings.html", {"mappings": mappings, "diff_payloads": ops.DIFF_PAYLOADS})
+            release = release_summary(session)  # the bundle in force in each environment
+        context = {"mappings": mappings, "diff_payloads": ops.DIFF_PAYLOADS, "release": release}
+        return page(request, user, "mappings.html", context)
 
     return app
