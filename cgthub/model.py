@@ -100,6 +100,7 @@ class EventType(StrEnum):
     OOS_RELEASED_UNDER_EXCEPTION = "cmo.released_under_exception"
     OOS_TERMINATED = "cmo.terminated"
     PRODUCT_RECEIVED_AT_SITE = "site.product_received"
+    CUSTODY_SCANNED = "custody.scanned"  # a label scanned at a handoff or the bedside, checked against the order
     INFUSION_SCHEDULED = "infusion.scheduled"
     INFUSED = "infusion.completed"
     ORDER_ON_HOLD = "order.on_hold"

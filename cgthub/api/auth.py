@@ -35,6 +35,7 @@ class Scope(StrEnum):
     CUSTODY_READ = "custody:read"  # EPCIS custody chain, FHIR bundle, patient pseudonyms
     ADMIN = "admin"  # everything above, plus operating webhooks (dead-letter replay)
     OPERATE = "operate"  # signed operator decisions (each also needs the signer's re-authentication)
+    SCAN = "scan:write"  # record label scans at handoffs and the bedside (POST /verify); a mismatch holds the order
 
 
 class InvalidKeyRequest(CgthubError, ValueError):

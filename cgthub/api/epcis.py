@@ -50,6 +50,7 @@ _EVENTS: dict[EventType, tuple[str, str, str, str]] = {
     EventType.OOS_TERMINATED: ("ObjectEvent", "DELETE", "destroying", "destroyed"),
     EventType.PRODUCT_RECEIVED_AT_SITE: ("ObjectEvent", "OBSERVE", "receiving", "in_progress"),
     EventType.INFUSED: ("ObjectEvent", "DELETE", "dispensing", "dispensed"),
+    EventType.CUSTODY_SCANNED: ("ObjectEvent", "OBSERVE", "inspecting", "conformant"),  # non_conformant: no match
 }
 _PRODUCT_STAGE = {
     EventType.QC_STARTED,
