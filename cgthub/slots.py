@@ -28,13 +28,14 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from cgthub import config_file, partners, sites
 from cgthub.errors import CgthubError
 from cgthub.scheduling_tables import ManufacturingSlot, SlotBooking
 from cgthub.settings import get_settings
-from cgthub.store import race_guard, session_scope
+from cgthub.store import session_scope
 from cgthub.tables import Order, utcnow
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -273,37 +274,23 @@ def provider() -> SlotProvider:
 
 
 def store_capacity(session: Session, rows: Iterable[Capacity]) -> int:
-    """Upsert what a CMO published; the CMO's own count of booked places wins (it includes ours)."""
-    wanted = list(rows)
-    if not wanted:
-        return 0
-    days = {r.day for r in wanted}
-    existing = {
-        (s.cmo, s.therapy, s.day): s
-        for s in session.scalars(
-            select(ManufacturingSlot).where(ManufacturingSlot.day >= min(days), ManufacturingSlot.day <= max(days))
-        )
-    }
+    """Upsert what a CMO published (one statement per 500 days); the CMO's own count of booked
+    places wins, since it includes the hub's bookings."""
     now = utcnow()
-    for row in wanted:
-        slot = existing.get((row.cmo, row.therapy, row.day))
-        if slot is None:
-            with race_guard(session):
-                session.add(
-                    ManufacturingSlot(
-                        cmo=row.cmo,
-                        therapy=row.therapy,
-                        day=row.day,
-                        capacity=row.capacity,
-                        booked=row.booked,
-                        synced_at=now,
-                    )
-                )
-                session.flush()
-        else:
-            slot.capacity, slot.booked, slot.synced_at = row.capacity, row.booked, now
-    session.flush()
-    return len(wanted)
+    values = [
+        {"cmo": r.cmo, "therapy": r.therapy, "day": r.day, "capacity": r.capacity, "booked": r.booked, "synced_at": now}
+        for r in rows
+    ]
+    insert = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    for start in range(0, len(values), 500):
+        statement = insert(ManufacturingSlot).values(values[start : start + 500])
+        session.execute(
+            statement.on_conflict_do_update(
+                index_elements=["cmo", "therapy", "day"],
+                set_={name: statement.excluded[name] for name in ("capacity", "booked", "synced_at")},
+            )
+        )
+    return len(values)
 
 
 def sync(database_url: str | None = None, *, start: date | None = None, days: int | None = None) -> int:

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import api, audit, db, decisions, hl7, ledger, mappings, orders, quarantine, sites
 from cgthub.cli import release as release_cli
+from cgthub.cli import slots as slots_cli
 from cgthub.cli import verify as verify_cli
 from cgthub.cli.common import CliError, console_err
 from cgthub.settings import SettingError, get_settings
@@ -33,6 +34,7 @@ app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sites.app, name="sites")
 app.add_typer(audit.app, name="audit")
 app.add_typer(release_cli.app, name="release")
+app.add_typer(slots_cli.app, name="slots")
 decisions.register(app)
 verify_cli.register(app)
 

@@ -21,6 +21,8 @@ from hl7apy.parser import parse_message, parse_segment
 
 from cgthub.errors import CgthubError
 from cgthub.hl7.ack import ack_code
+from cgthub.hl7.appointment import MESSAGE_TYPE as APPOINTMENT
+from cgthub.hl7.appointment import build_appointment
 from cgthub.hl7.mllp import FrameDecoder, frame
 
 CONN_ID = "hospital_mllp"
@@ -84,7 +86,8 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
 
     host, port = _address(address)
     control = "CGT" + "".join(ch for ch in str(payload["idempotency_key"]) if ch.isalnum())[-16:]
-    message = build_status(payload, control_id=control, receiving=("EHR", str(payload.get("site") or "")))
+    build = build_appointment if payload.get("message_type") == APPOINTMENT else build_status  # a booking: SIU^S12
+    message = build(payload, control_id=control, receiving=("EHR", str(payload.get("site") or "")))
 
     @retry(
         retry=retry_if_exception_type((OSError, HospitalRefused)),
@@ -100,7 +103,7 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
         return ack
 
     deliver()
-    return {"control_id": control, "status": payload["status"]}
+    return {"control_id": control, "status": payload.get("status") or payload.get("message_type")}
 
 
 def _address(address: str | None) -> tuple[str, int]:

@@ -48,6 +48,7 @@ class CmoState:
         self.refused: int = 0  # reservations answered 409
         self.cmos: tuple[str, ...] = ()  # the CMO sites whose capacity it publishes
         self.therapies: tuple[str, ...] = ()
+        self.standing_plan = True
         self.notifications: dict[str, dict[str, Any]] = {}
         self.batch_records: list[dict[str, str]] = []
         self.lock = threading.Lock()
@@ -60,7 +61,9 @@ class CmoState:
             return stored
 
     def places(self, key: SlotKey) -> int:
-        return self.capacity[key] if key in self.capacity else default_capacity(*key)
+        if key in self.capacity:
+            return self.capacity[key]
+        return default_capacity(*key) if self.standing_plan else 0
 
     def export(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -83,10 +86,12 @@ def create_app(
     faults: FaultConfig | None = None,
     cmos: tuple[str, ...] = CMO_SITES,
     therapies: tuple[str, ...] = THERAPIES,
+    standing_plan: bool = True,
 ) -> Any:
+    """`standing_plan=False`: no capacity but what is set through /sandbox/capacity (for tests)."""
     faults = faults or FaultConfig.from_env()
     state = CmoState(api_key, faults)
-    state.cmos, state.therapies = cmos, therapies
+    state.cmos, state.therapies, state.standing_plan = cmos, therapies, standing_plan
     app = FastAPI(title="CMO sandbox")
 
     def authorize(authorization: str | None) -> None:

@@ -1,0 +1,119 @@
+"""Scheduling over HTTP: an order's feasible slot chains, and booking one (a signed decision).
+
+`GET /orders/{id}/slots` (status:read) answers the order's booking, if it has one, and the
+apheresis dates it could be booked for (cgthub.slots). `POST /orders/{id}/booking` (operate, plus
+the signer's re-authentication in the body, as every decision) books one: 201 with the booking,
+200 with the same booking for a request already answered, 409 `slot_full`, `quota_exhausted`,
+`date_not_feasible`, `already_booked` or `not_schedulable` with what to do instead.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import BaseModel, Field
+from sqlalchemy.orm import Session
+
+from cgthub import booking, decisions, slots
+from cgthub.api.auth import Principal, Scope
+from cgthub.api.deps import authorized, read_session
+from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError
+from cgthub.api.orders import OrderId, _visible
+from cgthub.booking import Booked, BookingRequest
+from cgthub.decisions import Signature
+from cgthub.tables import Order
+
+router = APIRouter(tags=["scheduling"], responses={**ERROR_RESPONSES, 404: NOT_FOUND_RESPONSE})
+
+
+class SlotOption(BaseModel):
+    apheresis_on: date
+    apheresis_at: str = Field(description="start of the collection, the site's local time with its offset")
+    apheresis_minutes: int
+    cmo: str
+    slot_day: date = Field(description="the manufacturing slot: the day the CMO receives the material")
+    places_left: int
+    release_on: date
+    at_site_on: date
+    infusion_on: date
+    vein_to_vein_days: int
+    site_quota_left: int | None
+    market_quota_left: int | None
+
+
+class SlotsOut(BaseModel):
+    order_id: str
+    booking: Booked | None
+    options: list[SlotOption]
+
+
+class BookingBody(Signature):
+    """The slot chain to book and the signature: signer, password, meaning, reason code and text."""
+
+    apheresis_on: date
+    cmo: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+
+
+def _error(exc: slots.SchedulingError | decisions.DecisionError) -> ApiError:
+    message = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
+    return ApiError(exc.status, exc.code, message)
+
+
+@router.get("/orders/{order_id}/slots", response_model=SlotsOut)
+def order_slots(
+    order_id: OrderId,
+    limit: int = Query(default=50, ge=1, le=500, description="at most this many options, earliest first"),
+    principal: Principal = Depends(authorized(Scope.STATUS_READ)),
+    session: Session = Depends(read_session),
+) -> SlotsOut:
+    """The order's booking, and the apheresis dates a slot chain could be booked for now."""
+    order: Order = _visible(session, principal, order_id)
+    existing = booking.booking_of(session, order_id)
+    options: list[dict[str, Any]] = []
+    if existing is None:
+        try:
+            found = slots.Planner.load(session).options(slots.facts(order), limit=limit)
+        except slots.SchedulingError as exc:
+            raise _error(exc) from exc
+        options = [o.as_dict() for o in found]
+    return SlotsOut(
+        order_id=order_id,
+        booking=booking.booked(existing) if existing is not None else None,
+        options=[SlotOption.model_validate(o) for o in options],
+    )
+
+
+@router.post("/orders/{order_id}/booking", response_model=Booked, status_code=201)
+def book_order(
+    order_id: OrderId,
+    body: BookingBody,
+    request: Request,
+    response: Response,
+    idempotency_key: str | None = Header(default=None, max_length=120, pattern=r"^[A-Za-z0-9_.:-]+$"),
+    principal: Principal = Depends(authorized(Scope.OPERATE)),
+) -> Booked:
+    """Book a slot chain, signed: reserves the CMO's place, schedules the apheresis, tells the hospital."""
+    signature = Signature(**body.model_dump(include=set(Signature.model_fields)))
+    wanted = BookingRequest(apheresis_on=body.apheresis_on, cmo=body.cmo, request_key=idempotency_key)
+
+    def work(session: Session) -> Booked:
+        _visible(session, principal, order_id)
+        return booking.book(session, order_id, wanted, signature)
+
+    try:
+        done: Booked = decisions.run(
+            request.app.state.database_url,
+            work,
+            signer=signature.signer,
+            action=decisions.Action.BOOK_SLOT,
+            subject=f"order:{order_id}",
+        )
+    except decisions.SubjectNotFound as exc:
+        raise ApiError(404, "not_found", "no such order") from exc
+    except (decisions.DecisionError, slots.SchedulingError) as exc:
+        raise _error(exc) from exc
+    if done.replayed:
+        response.status_code = 200
+    return done

@@ -1,0 +1,115 @@
+"""`cgthub slots`: the CMO's manufacturing capacity, an order's feasible apheresis dates, booking one.
+
+`show ORDER` lists the slot chains the order could be booked for (or its booking), `sync` reads
+the CMO's published capacity into the hub, `book ORDER --date D` books one, signed like every
+decision (see `cgthub.booking`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from cgthub import booking, decisions, slots
+from cgthub.cli.common import CliError, console, open_session
+from cgthub.cli.decisions import _MEANING, _REASON, _SIGNER, _STDIN, _TEXT, _show, _signature
+from cgthub.decisions import Meaning
+from cgthub.store import database_url
+
+app = typer.Typer(help="Manufacturing slots: feasible apheresis dates, capacity sync, booking.", no_args_is_help=True)
+
+
+@app.command("show")
+def show(
+    order_id: str = typer.Argument(..., help="the hub's order id"),
+    limit: int = typer.Option(20, "--limit", min=1, help="at most this many options, earliest first"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """The order's booked slot chain, or the apheresis dates it could be booked for now."""
+    with open_session(readonly=True) as session:
+        existing = booking.booking_of(session, order_id)
+        if existing is not None:
+            done = booking.booked(existing)
+            if as_json:
+                print(done.model_dump_json(indent=1))
+                return
+            console.print(
+                f"order {escape(order_id)} is booked: apheresis {done.apheresis_at.isoformat()} "
+                f"at {escape(done.site)}, slot {done.slot_day} at {escape(done.cmo)} ({escape(done.cmo_reservation)}), "
+                f"release {done.release_on}, at site {done.at_site_on}, infusion {done.infusion_on}; "
+                f"signed by {escape(done.booked_by)}"
+            )
+            return
+        try:
+            options = slots.options_for(session, order_id)[:limit]
+        except slots.SchedulingError as exc:
+            raise CliError(exc.message, exc.hint or None) from exc
+    if as_json:
+        print(json.dumps([o.as_dict() for o in options], indent=1))
+        return
+    if not options:
+        raise CliError(
+            f"no feasible slot chain for order {order_id} in the booking window",
+            "sync the CMO's capacity (`cgthub slots sync`) or look at config/scheduling.yaml",
+            exit_code=2,
+        )
+    table = Table("apheresis", "CMO", "slot day", "places", "release", "at site", "infusion", "v2v days", "quota left")
+    for o in options:
+        quota = "/".join("-" if q is None else str(q) for q in (o.site_quota_left, o.market_quota_left))
+        table.add_row(
+            o.apheresis_at.isoformat(timespec="minutes"),
+            o.cmo,
+            o.slot_day.isoformat(),
+            str(o.places_left),
+            o.release_on.isoformat(),
+            o.at_site_on.isoformat(),
+            o.infusion_on.isoformat(),
+            str(o.vein_to_vein_days),
+            quota,
+        )
+    console.print(table)
+
+
+@app.command("sync")
+def sync(days: int = typer.Option(0, "--days", min=0, help="days ahead (default: the horizon plus 30)")) -> None:
+    """Read the CMO's published capacity into the hub."""
+    try:
+        stored = slots.sync(database_url(), days=days or None)
+    except slots.SchedulingError as exc:
+        raise CliError(exc.message, exc.hint or None) from exc
+    console.print(f"{stored} slot days stored")
+
+
+@app.command("book")
+def book(
+    order_id: str = typer.Argument(..., help="the hub's order id"),
+    day: str = typer.Option(..., "--date", help="the apheresis date (YYYY-MM-DD), one `slots show` offers"),
+    cmo: str | None = typer.Option(None, "--cmo", help="the CMO, when several offer that date"),
+    signer: str | None = _SIGNER,
+    meaning: Meaning = _MEANING,
+    reason: str = _REASON,
+    text: str = _TEXT,
+    stdin: bool = _STDIN,
+) -> None:
+    """Book a slot chain (signed): reserve the CMO's place, schedule the apheresis, tell the hospital."""
+    try:
+        wanted = booking.BookingRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
+    except ValueError as exc:
+        raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    try:
+        with open_session(readonly=True) as session:
+            preview = decisions.preview_order(session, order_id)
+        _show(preview)
+        signature = _signature(signer, meaning, reason, text, stdin, preview.shown_hash)
+        done = booking.run_booking(database_url(), order_id, wanted, signature)
+    except (decisions.DecisionError, slots.SchedulingError) as exc:
+        raise CliError(exc.message, exc.hint or None) from exc
+    verb = "was already booked" if done.replayed else "booked"
+    console.print(
+        f"order {escape(order_id)} {verb}: apheresis {done.apheresis_at.isoformat()} at {escape(done.site)}, "
+        f"slot {done.slot_day} at {escape(done.cmo)} ({escape(done.cmo_reservation)}), infusion {done.infusion_on}"
+    )
