@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 from sqlalchemy import func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
@@ -106,6 +106,21 @@ class LeadTimes(_Strict):
         return self.model_copy(update=override.model_dump(exclude_none=True))
 
 
+def _weekdays(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [d for d in value if d not in WEEKDAYS]
+    if unknown or not value:
+        raise ValueError(f"weekdays are some of {', '.join(WEEKDAYS)} (not {unknown or 'none'})")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
 class Calendar(_Strict):
     """A site's apheresis calendar: weekdays it collects, days it is closed, start and duration."""
 
@@ -115,22 +130,8 @@ class Calendar(_Strict):
     minutes: int = Field(default=240, ge=30, le=720)
     timezone: str = "UTC"
 
-    @field_validator("weekdays")
-    @classmethod
-    def _days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [d for d in value if d not in WEEKDAYS]
-        if unknown or not value:
-            raise ValueError(f"weekdays are some of {', '.join(WEEKDAYS)} (not {unknown or 'none'})")
-        return value
-
-    @field_validator("timezone")
-    @classmethod
-    def _zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"unknown time zone {value!r}") from exc
-        return value
+    _days = field_validator("weekdays")(classmethod(lambda cls, value: _weekdays(value)))
+    _zone = field_validator("timezone")(classmethod(lambda cls, value: _time_zone(value)))
 
     def collects_on(self, day: date) -> bool:
         return WEEKDAYS[day.weekday()] in self.weekdays and day not in self.closed
@@ -145,6 +146,9 @@ class _SiteCalendar(_Strict):
     start: clock | None = None
     minutes: int | None = Field(default=None, ge=30, le=720)
     timezone: str | None = None
+
+    _days = field_validator("weekdays")(classmethod(lambda cls, value: None if value is None else _weekdays(value)))
+    _zone = field_validator("timezone")(classmethod(lambda cls, value: None if value is None else _time_zone(value)))
 
 
 class Calendars(_Strict):
@@ -181,10 +185,7 @@ class SchedulingConfig(_Strict):
         for site, override in self.calendars.sites.items():
             merged = {**base.model_dump(), **override.model_dump(exclude_none=True)}
             merged["closed"] = base.closed | override.closed
-            try:
-                self._site_calendars[site] = Calendar.model_validate(merged)
-            except ValidationError as exc:
-                raise ValueError(f"calendar of site {site}: {exc.errors()[0]['msg']}") from None
+            self._site_calendars[site] = Calendar.model_validate(merged)  # each part was checked alone
         return self
 
     def calendar(self, site: str) -> Calendar:
