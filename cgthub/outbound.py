@@ -6,6 +6,10 @@ partner (in the same transaction that moves the cursor, so a change is routed ex
 (cgthub.partners), or, when its connector is switched off, as JSON files in `var/outbound/<kind>/`
 (the file exchange many CMOs and hospitals use); failures go back to the outbox with backoff
 (cgthub.outbox).
+
+A push may return what the partner answered as `Inbound` payloads (the courier's booking with its
+shipment id): they are archived and mapped like anything the partner sends, in the transaction
+that marks the message delivered, so the answer is in the order once the message counts as sent.
 """
 
 from __future__ import annotations
@@ -18,7 +22,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import changes, outbox, partners
+from cgthub import changes, outbox, partners, pipeline, routing
+from cgthub.archive import Inbound
 from cgthub.lifecycle import OrderStatus
 from cgthub.ops_tables import FeedCursor
 from cgthub.settings import var_dir
@@ -48,7 +53,7 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
         cursor = FeedCursor(name=CURSOR, tx=0, change_id=0, updated_at=utcnow())
         session.add(cursor)
     rows = changes.read(session, changes.FeedPosition(cursor.tx, cursor.change_id), limit)
-    refs = _refs(session, {row.order_id for row in rows})
+    known = _known(session, {row.order_id for row in rows})
     wanted = interests()
     counts = dict.fromkeys(wanted, 0)
     for row in rows:
@@ -61,9 +66,11 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
                 "previous_status": row.previous_status,
                 "on_hold": row.on_hold,
                 "status_since": row.status_since.isoformat() if row.status_since else None,
-                "refs": refs.get(row.order_id, {}),
+                "refs": known.get(row.order_id, {}).get("refs", {}),
+                "scheduled": known.get(row.order_id, {}).get("scheduled", {}),
                 "market": row.market,
                 "site": row.site,
+                "cmo": known.get(row.order_id, {}).get("cmo"),
                 "change_id": row.id,
             }
             key = f"{partner}:{row.order_id}:{row.id}"
@@ -74,10 +81,15 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
     return counts
 
 
-def _refs(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
+def _known(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
+    """What a partner may need beside the change: each order's references, booked dates and CMO."""
     out: dict[str, dict[str, Any]] = {}
     for order_id, projection in session.execute(select(Order.id, Order.projection).where(Order.id.in_(order_ids))):
-        out[order_id] = dict(projection.get("refs") or {})
+        out[order_id] = {
+            "refs": dict(projection.get("refs") or {}),
+            "scheduled": dict(projection.get("scheduled") or {}),
+            "cmo": projection.get("cmo"),
+        }
     return out
 
 
@@ -98,6 +110,15 @@ def deliverer(partner: str) -> tuple[str, Callable[[dict[str, Any]], Any]]:
     return f"files in {folder}", write_file
 
 
+def _answers(returned: Any) -> list[Inbound]:
+    """The partner's answers among what a push returned (anything else it returns is not kept)."""
+    if isinstance(returned, Inbound):
+        return [returned]
+    if isinstance(returned, list | tuple):
+        return [item for item in returned if isinstance(item, Inbound)]
+    return []
+
+
 def drain(partner: str, *, database_url: str | None = None, limit: int = 200) -> dict[str, Any]:
     """Deliver one partner's due outbox messages; one failure never stops the others."""
     via, push = deliverer(partner)
@@ -108,7 +129,7 @@ def drain(partner: str, *, database_url: str | None = None, limit: int = 200) ->
     errors: list[str] = []
     for message in claimed:
         try:
-            push(dict(message.payload))
+            answered = _answers(push(dict(message.payload)))
         except Exception as error:  # a partner's failure, whatever its type, is retried by the outbox
             with session_scope(database_url) as session:
                 outbox.mark_failed(session, message, f"{type(error).__name__}: {error}")
@@ -116,6 +137,8 @@ def drain(partner: str, *, database_url: str | None = None, limit: int = 200) ->
             errors.append(f"#{message.id}: {type(error).__name__}")
             continue
         with session_scope(database_url) as session:
+            if answered:
+                pipeline.ingest_batch(session, answered, routing.mapper_for(session))
             outbox.mark_delivered(session, message)
         delivered += 1
     summary = {"partner": partner, "via": via, "claimed": len(claimed), "delivered": delivered, "failed": failed}

@@ -96,6 +96,10 @@ def courier_webhook(host: str, port: int) -> int:
         print("no registered partner named 'courier' declares a webhook receiver", file=sys.stderr)
         return 2
     url = database_url()
+    missing = _no_hub_schema(url)
+    if missing:  # it would answer 202 and quarantine every event as a database failure
+        print(missing, file=sys.stderr)
+        return 2
     app: FastAPI = partners.resolve(declared.receiver)(secret=get_settings().courier_webhook_secret, database_url=url)
 
     @app.get("/health/ready")
@@ -105,6 +109,24 @@ def courier_webhook(host: str, port: int) -> int:
 
     uvicorn.run(app, host=host, port=port, log_level="warning")
     return 0
+
+
+def _no_hub_schema(url: str) -> str:
+    """Why the hub's database cannot take payloads yet (no file, no schema), or ''."""
+    from sqlalchemy import inspect
+
+    from cgthub.errors import CgthubError
+    from cgthub.store import check_database, get_engine, safe_url
+    from cgthub.tables import RawMessage
+
+    try:
+        check_database(url)
+        archived = inspect(get_engine(url)).has_table(RawMessage.__tablename__)
+    except CgthubError as problem:
+        return str(problem)
+    if not archived:
+        return f"the database {safe_url(url)} has no hub schema yet: run `cgthub db upgrade` first"
+    return ""
 
 
 def parser() -> argparse.ArgumentParser:

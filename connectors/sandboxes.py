@@ -143,7 +143,8 @@ class SandboxPartners:
         return len(self._hospital.received) if self._hospital is not None else 0
 
     def _track(self, events: list[dict[str, Any]]) -> None:
-        """The courier's own tracking: each shipment booked once, then its events recorded."""
+        """The courier's own tracking: each event recorded on the shipment booked for its order's leg,
+        the hub's booking when the hub booked first, else one the courier's staff book now."""
         for event in events:
             shipment = event["shipmentId"]
             booking = {
@@ -152,9 +153,10 @@ class SandboxPartners:
                 "reference": event.get("reference") or {},
             }
             headers = {"X-API-Key": "courier-key", "Idempotency-Key": f"sandbox-book-{shipment}"}
-            self._post("courier", "/v1/shipments", booking, headers=headers)
-            body = {k: v for k, v in event.items() if k != "shipmentId"}
-            self._post("courier", f"/sandbox/shipments/{shipment}/events", body)
+            booked = self._post("courier", "/v1/shipments", booking, headers=headers)["shipmentId"]
+            own = ("shipmentId", "trackingNumber", "shipper") if booked != shipment else ("shipmentId",)
+            body = {k: v for k, v in event.items() if k not in own}
+            self._post("courier", f"/sandbox/shipments/{booked}/events", body)
 
     def _post_each(self, partner: str, path: str, records: list[dict[str, Any]]) -> None:
         for record in records:

@@ -108,12 +108,22 @@ def test_booking_is_idempotent_and_only_for_statuses_that_need_a_courier(monkeyp
         monkeypatch.setenv("AIRFLOW_CONN_COURIER_API", f"http://cgthub:courier-key@127.0.0.1:{courier.port}")
         payload = {
             "order_id": "ORD-1",
-            "status": "collected",
+            "status": "apheresis_scheduled",
+            "scheduled": {"apheresis": "2026-03-09T08:00:00-05:00"},
             "refs": {"crm_order_id": "CRM-00001"},
             "site": "US-BOS-01",
+            "cmo": "CMO-NJ",
             "idempotency_key": "courier:ORD-1:3",
         }
-        first, again = sync.push(payload), sync.push(payload)
-        assert first == again and first["direction"] == "TO_MANUFACTURER"
-        assert sync.push({**payload, "status": "manufacturing"}) == {"booked": False}
+        first, again = sync.push(payload), sync.push({**payload, "idempotency_key": "courier:ORD-1:9"})
+        assert first is not None and again is not None and first.payload == again.payload
+        assert (first.system, first.kind) == ("courier", "booking")
+        booked = json.loads(first.payload)
+        assert booked["direction"] == "TO_MANUFACTURER" and booked["trackingNumber"].startswith("CRY")
+        assert booked["pickup"] == {
+            "location": "US-BOS-01",
+            "windowStart": "2026-03-09T12:00:00-05:00",
+            "windowEnd": "2026-03-09T20:00:00-05:00",
+        }
+        assert sync.push({**payload, "status": "manufacturing"}) is None
     assert len(app.sandbox_state.shipments) == 1

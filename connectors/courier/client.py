@@ -19,13 +19,17 @@ class CourierClient:
         self.session = PartnerSession(self.partner, conn.base_url, attempts=attempts)
         self.headers = {"X-API-Key": conn.password}
 
-    def book(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+    def book(self, body: dict[str, Any], idempotency_key: str) -> tuple[bytes, dict[str, Any]]:
+        """Book a shipment: the courier's answer as received (archived as is) and read."""
         answer = self.session.request(
             "POST", "/v1/shipments", json=body, headers={**self.headers, "Idempotency-Key": idempotency_key}
         )
         if answer.status != 200:
             raise PartnerError(f"courier: booking answered {answer.status}")
-        return dict(answer.json())
+        booked = answer.json()
+        if not isinstance(booked, dict) or not booked.get("shipmentId"):
+            raise PartnerError("courier: the booking answer names no shipment")
+        return answer.body, booked
 
     def events_page(self, since: datetime | None, limit: int = 200) -> tuple[bytes, list[dict[str, Any]], str | None]:
         """One page of the event feed: raw bytes (archived as is), events, and a problem if unusable."""

@@ -1,6 +1,12 @@
 """A courier on loopback: books shipments, records tracking events (the shapes of
 mappings/courier/tracking_event fixtures), serves them as an incremental feed, and pushes each new
 event to registered webhooks with an HMAC signature.
+
+A booking (`POST /v1/shipments`) may carry a pickup window (`pickup.windowStart` < `windowEnd`,
+ISO 8601 with offsets) and answers the shipment id and air waybill (`trackingNumber`). It is
+idempotent twice over, as couriers' booking APIs are: the same `Idempotency-Key` answers the same
+booking, and so does a second booking of the same leg (direction) for the same order reference,
+whoever books it (the hub's outbound DAG, or the courier's own staff for the demo's story).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ class CourierState:
         self.shipments: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.bookings: dict[str, dict[str, Any]] = {}
+        self.legs: dict[tuple[str, str], dict[str, Any]] = {}  # (order reference, direction) -> shipment
         self.webhooks: list[str] = []
         self.deliveries: list[int] = []
         self.lock = threading.Lock()
@@ -84,17 +91,30 @@ def create_app(
         body = await request.json()
         if body.get("direction") not in ("TO_MANUFACTURER", "TO_SITE"):
             raise HTTPException(422, "direction must be TO_MANUFACTURER or TO_SITE")
+        pickup = _pickup(body.get("pickup") or {})
+        reference = body.get("reference") or {}
+        order = reference.get("crmOrderId") or reference.get("hubOrderId")
         with state.lock:
+            same_leg = state.legs.get((order, body["direction"])) if order else None
+            if same_leg is not None:
+                state.bookings[idempotency_key] = same_leg
+                return same_leg
             n = len(state.shipments) + 1
             shipment = {
                 "shipmentId": body.get("shipmentId") or f"SHP-{n:06d}",
                 "trackingNumber": f"CRY{7781200 + n}",
+                "status": "BOOKED",
                 "direction": body["direction"],
-                "reference": body.get("reference") or {},
+                "reference": reference,
                 "shipperId": f"DS-{4400 + n}",
+                "pickup": pickup,
+                "delivery": body.get("delivery") or {},
+                "bookedAt": datetime.now(UTC).isoformat(),
             }
             state.shipments[shipment["shipmentId"]] = shipment
             state.bookings[idempotency_key] = shipment
+            if order:
+                state.legs[(order, body["direction"])] = shipment
         return shipment
 
     @app.get("/v1/events")
@@ -124,3 +144,18 @@ def create_app(
     served = FaultInjector(app, faults)
     served.sandbox_state = state
     return served
+
+
+def _pickup(pickup: dict[str, Any]) -> dict[str, Any]:
+    """The pickup as booked; a window, when given, is two aware times, the start before the end."""
+    if not ("windowStart" in pickup or "windowEnd" in pickup):
+        return pickup
+    try:
+        start, end = (datetime.fromisoformat(str(pickup[name])) for name in ("windowStart", "windowEnd"))
+    except (KeyError, ValueError):
+        raise HTTPException(422, "pickup.windowStart and pickup.windowEnd must both be ISO 8601 times") from None
+    if start.tzinfo is None or end.tzinfo is None:
+        raise HTTPException(422, "the pickup window's times need their UTC offset")
+    if start >= end:
+        raise HTTPException(422, "the pickup window must start before it ends")
+    return pickup
