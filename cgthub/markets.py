@@ -18,6 +18,7 @@ and the provenance of each leaf; `all_markets()` lists the markets configured.
 from __future__ import annotations
 
 import copy
+import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -136,6 +137,11 @@ def market_path(name: str, folder: Path | None = None) -> Path:
     return lower if lower.exists() and not upper.exists() else upper
 
 
+def valid_name(name: str) -> bool:
+    """A market's name: an ISO 3166 country code in capitals (two or three letters)."""
+    return re.fullmatch(MARKET_NAME, name) is not None
+
+
 def all_markets(folder: Path | None = None) -> list[str]:
     """The markets configured: every file under config/markets but the baseline, by name."""
     folder = folder or markets_dir()
@@ -149,6 +155,11 @@ def resolve_market(name: str, folder: Path | None = None) -> tuple[MarketConfig,
     chain a cycle, or the merged result not a valid market. Re-read when any market file changes."""
     folder = folder or markets_dir()
     return _resolve(folder, name.upper(), _stamp(folder))
+
+
+def files_of(name: str, folder: Path | None = None) -> list[Path]:
+    """The files a market resolves through, root first: baseline.yaml, DE.yaml, FR.yaml."""
+    return [path for path, _data, _lines in _chain(folder or markets_dir(), name.upper())]
 
 
 def market_dict(name: str, folder: Path | None = None) -> dict[str, Any]:

@@ -115,7 +115,7 @@ def test_quarantine_retry_after_a_mapping_fix_and_bulk_discard_from_the_cli(db_u
     fixed = tmp_path / "config"  # the fix: the US market moves to v2, which knows KYM-CD22
     shutil.copytree(PROJECT_ROOT / "config", fixed)
     us = fixed / "markets" / "US.yaml"
-    us.write_text(us.read_text().replace("crm/enrollment: 1", "crm/enrollment: 2"))
+    us.write_text(us.read_text() + "mappings:\n  crm/enrollment: 2\n")  # over the baseline's pin
 
     retried = _cli(
         "quarantine",
@@ -267,7 +267,7 @@ def test_a_running_server_retries_with_the_fix_made_on_disk_since_it_started(db_
         (entry,) = quarantine.list_entries(s)
     _add_operator(db_url, "coordinator", "retry_quarantine")
     us = config / "markets" / "US.yaml"
-    us.write_text(us.read_text().replace("crm/enrollment: 1", "crm/enrollment: 2"))  # the fix, while it runs
+    us.write_text(us.read_text() + "mappings:\n  crm/enrollment: 2\n")  # the fix, while it runs
     signature = decisions.Signature(
         signer="coordinator",
         password=PASSWORD,

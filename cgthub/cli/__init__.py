@@ -9,6 +9,7 @@ import typer
 from sqlalchemy.exc import SQLAlchemyError
 
 from cgthub.cli import api, audit, db, decisions, hl7, ledger, mappings, orders, quarantine, sites
+from cgthub.cli import markets as markets_cli
 from cgthub.cli import release as release_cli
 from cgthub.cli import slots as slots_cli
 from cgthub.cli import verify as verify_cli
@@ -34,6 +35,7 @@ app.add_typer(quarantine.app, name="quarantine")
 app.add_typer(sites.app, name="sites")
 app.add_typer(audit.app, name="audit")
 app.add_typer(release_cli.app, name="release")
+app.add_typer(markets_cli.app, name="markets")
 app.add_typer(slots_cli.app, name="slots")
 decisions.register(app)
 verify_cli.register(app)

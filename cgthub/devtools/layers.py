@@ -92,6 +92,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.outbound",
             "cgthub.reconciliation",
             "cgthub.deadlines",
+            "cgthub.market_check",
             "cgthub.alert_delivery",
             "cgthub.notifier",
             "cgthub.decisions",

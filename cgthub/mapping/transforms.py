@@ -1,5 +1,5 @@
 """Value transforms a mapping rule may chain: parsing times with the source's time zone, case,
-numbers, splitting, prefixes, pseudonymization, ISBT 128 identifiers.
+numbers, splitting, prefixes, pseudonymization, ISBT 128 identifiers, market codes.
 
 Each name compiles once (`compile_transform("split:^:1", tz)`) into a plain function.
 """
@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from cgthub import markets
 from cgthub.errors import CgthubError
 from cgthub.identifiers import normalize_din, validate_coi_id
 from cgthub.pseudonym import pseudonymize
@@ -111,6 +112,8 @@ def compile_transform(spec: str, tz: ZoneInfo) -> Transform:
         return _identifier(normalize_din)
     if name == "coi":
         return _identifier(validate_coi_id)
+    if name == "market":
+        return _market
     raise ValueError(f"unknown transform {spec!r}")
 
 
@@ -156,6 +159,15 @@ def _number(kind: type) -> Transform:
             raise TransformError(f"expected a{'n' if kind is int else ''} {kind.__name__}") from exc
 
     return convert
+
+
+def _market(value: Any) -> str:
+    """A market the hub serves, in capitals: one with a config/markets file. Why not `allowed: [US,
+    DE]` in the mapping: the market list then lives in one place, and a new market is one file."""
+    code = str(value).strip().upper()
+    if not markets.valid_name(code) or not markets.market_path(code).exists():
+        raise TransformError("is no market the hub serves (no config/markets/<market>.yaml)")
+    return code
 
 
 def _identifier(check: Callable[[str], str]) -> Transform:
