@@ -1,5 +1,6 @@
 """
-Outbound: tell each partner that declares a push (the CRM, the ERP, the hospital's HL7, the CMO) what changed.
+Outbound: tell each partner that declares a push (the CRM, the ERP, the hospital's HL7, the CMO) what changed,
+and book the courier for each leg (apheresis scheduled: site to CMO; released: CMO to site).
 
 Runs when new canonical events landed and every 2 minutes (to retry what failed). `route` reads
 the order change feed from its cursor and queues one outbox message per interested partner; then
