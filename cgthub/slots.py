@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as clock
 from functools import lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
@@ -317,9 +317,8 @@ class OrderFacts:
     on_hold: bool = False
 
 
-@dataclass(frozen=True)
-class Option:
-    """One feasible slot chain."""
+class Option(NamedTuple):
+    """One feasible slot chain (a tuple: a planner makes tens of thousands of them at once)."""
 
     apheresis_on: date
     apheresis_at: datetime
@@ -373,7 +372,7 @@ class Planner:
         self.site_use, self.market_use = site_use, market_use
         self.first = today + timedelta(days=settings.min_notice_days)
         self.last = today + timedelta(days=settings.horizon_days)
-        self._days: dict[str, list[date]] = {}
+        self._days: dict[str, list[tuple[date, str, datetime]]] = {}
 
     @classmethod
     def load(cls, session: Session, *, today: date | None = None, settings: SchedulingConfig | None = None) -> Planner:
@@ -400,12 +399,14 @@ class Planner:
                 counter[(key, month)] = int(count)
         return cls(settings, free, site_use, market_use, today)
 
-    def collection_days(self, site: str) -> list[date]:
+    def collection_days(self, site: str) -> list[tuple[date, str, datetime]]:
+        """The days the site collects on in the booking window: (day, its month, local start)."""
         days = self._days.get(site)
         if days is None:
             calendar = self.settings.calendar(site)
             span = (self.last - self.first).days + 1
-            days = [d for d in (self.first + timedelta(days=i) for i in range(span)) if calendar.collects_on(d)]
+            every = (self.first + timedelta(days=i) for i in range(span))
+            days = [(d, d.isoformat()[:7], calendar.starts_at(d)) for d in every if calendar.collects_on(d)]
             self._days[site] = days
         return days
 
@@ -413,45 +414,52 @@ class Planner:
         """Every feasible slot chain for the order, earliest apheresis first (then by CMO)."""
         therapy, site = self._check(order)
         times = self.settings.lead_times_for(therapy, order.market)
-        calendar = self.settings.calendar(site)
+        minutes = self.settings.calendar(site).minutes
         cmos = [
             (c, free) for c in self.settings.cmos_for(order.market, order.cmo) if (free := self.free.get((c, therapy)))
         ]
+        if not cmos:
+            return []
+        market = order.market or ""
         site_quota = self.settings.quotas.sites.get(site)
-        market_quota = self.settings.quotas.markets.get(order.market or "")
+        market_quota = self.settings.quotas.markets.get(market)
         to_slot = timedelta(days=times.shipping_out)
         to_release = timedelta(days=times.manufacturing + times.qc_release)
         to_site = to_release + timedelta(days=times.shipping_back)
         to_infusion = to_site + timedelta(days=times.lymphodepletion)
+        left_in: dict[str, tuple[int | None, int | None] | None] = {}  # per month; None: a quota is used up
         found: list[Option] = []
-        for day in self.collection_days(site) if cmos else ():
-            month = day.isoformat()[:7]
-            site_left = None if site_quota is None else site_quota - self.site_use[(site, month)]
-            market_left = None if market_quota is None else market_quota - self.market_use[(order.market or "", month)]
-            if (site_left is not None and site_left <= 0) or (market_left is not None and market_left <= 0):
+        for day, month, starts in self.collection_days(site):
+            if month in left_in:
+                left = left_in[month]
+            else:
+                site_left = None if site_quota is None else site_quota - self.site_use[(site, month)]
+                market_left = None if market_quota is None else market_quota - self.market_use[(market, month)]
+                used_up = (site_left is not None and site_left <= 0) or (market_left is not None and market_left <= 0)
+                left = left_in[month] = None if used_up else (site_left, market_left)
+            if left is None:
                 continue
             slot_day = day + to_slot
             for cmo, free in cmos:
                 places = free.get(slot_day)
-                if not places:
-                    continue
-                found.append(
-                    Option(
-                        apheresis_on=day,
-                        apheresis_at=calendar.starts_at(day),
-                        apheresis_minutes=calendar.minutes,
-                        cmo=cmo,
-                        slot_day=slot_day,
-                        places_left=places,
-                        release_on=slot_day + to_release,
-                        at_site_on=slot_day + to_site,
-                        infusion_on=slot_day + to_infusion,
-                        site_quota_left=site_left,
-                        market_quota_left=market_left,
+                if places:
+                    found.append(
+                        Option(
+                            day,
+                            starts,
+                            minutes,
+                            cmo,
+                            slot_day,
+                            places,
+                            slot_day + to_release,
+                            slot_day + to_site,
+                            slot_day + to_infusion,
+                            left[0],
+                            left[1],
+                        )
                     )
-                )
-                if limit is not None and len(found) >= limit:
-                    return found
+                    if limit is not None and len(found) >= limit:
+                        return found
         return found
 
     def why_not(self, order: OrderFacts, day: date, cmo: str | None = None) -> SchedulingError:
