@@ -42,8 +42,9 @@ from cgthub import archive, audit_trail, decisions, sites
 from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.mapping import registry
-from cgthub.mapping.replay import FieldChange, configured_markets, diff
-from cgthub.mapping.spec import MappingError
+from cgthub.mapping.compiler import CompiledMapping
+from cgthub.mapping.replay import FieldChange, configured_markets, diff, pinned_version
+from cgthub.mapping.spec import LoadedSpec, MappingError
 from cgthub.release_tables import ReleaseApproval, ReleaseBundle, ReleasePromotion
 from cgthub.settings import SettingError, get_settings, var_dir
 from cgthub.store import session_scope
@@ -228,9 +229,9 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
     existing = session.get(ReleaseBundle, bundle_id)
     if existing is not None:
         return existing, False
-    _check_loads()
+    specs = _check_loads()
     compared = _comparison_bundle(session)
-    notes = release_notes(session, manifest, compared, diff_payloads=diff_payloads)
+    notes = release_notes(session, manifest, compared, specs, diff_payloads=diff_payloads)
     folder = bundle_dir(bundle_id)
     staging = folder.with_name(f".{bundle_id}.partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -267,12 +268,15 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
     return row, True
 
 
-def _check_loads() -> None:
-    """A bundle whose files do not load would stop the hub it is promoted to: refuse it at build."""
+def _check_loads() -> dict[Path, LoadedSpec]:
+    """A bundle whose files do not load would stop the hub it is promoted to: refuse it at build.
+    Returns each mapping file read once (a file is parsed once per build: YAML is slow to read)."""
     problems = []
+    specs: dict[Path, LoadedSpec] = {}
     for found in registry.discover():
         try:
-            registry.compile_file(found.path)
+            specs[found.path] = registry.load_file(found.path)
+            CompiledMapping(specs[found.path])
         except MappingError as exc:
             problems.append(str(exc))
     try:
@@ -284,6 +288,7 @@ def _check_loads() -> None:
         problems.append(str(exc))
     if problems:
         raise ReleaseError("not building: " + "; ".join(problems[:5]), "fix the files named, then build again")
+    return specs
 
 
 def _comparison_bundle(session: Session) -> ReleaseBundle | None:
@@ -314,29 +319,36 @@ class MarketDiff:
     note: str = ""
 
 
-def in_force_table() -> dict[str, dict[str, dict[str, Any]]]:
-    """Per market and feed (`system/kind`), the version live ingest maps with and its file's bundle path."""
+def in_force_table(specs: dict[Path, LoadedSpec]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per market and feed (`system/kind`), the version live ingest maps with (the market's pin, else
+    the newest version in effect, as the registry chooses) and its file's bundle path."""
     table: dict[str, dict[str, dict[str, Any]]] = {}
     feeds = sorted({(f.system, f.kind) for f in registry.discover()})
     mappings_root = get_settings().mappings_dir
+    today = datetime.now(UTC).date()
     for market in configured_markets():
         for system, kind in feeds:
-            try:
-                mapper = registry.get_mapper(system, kind, market=market)
-            except (MappingError, ValueError):
-                mapper = None
-            if mapper is None:
-                continue
-            path = next(f.path for f in registry.versions(system, kind) if f.version == mapper.spec.version)
-            table.setdefault(market, {})[f"{system}/{kind}"] = {
-                "version": mapper.spec.version,
-                "file": "mappings/" + path.relative_to(mappings_root).as_posix(),
-            }
+            files = registry.versions(system, kind)
+            pin = pinned_version(market, system, kind)
+            if pin is not None:
+                chosen = next((f for f in files if f.version == pin), None)
+            else:
+                chosen = next((f for f in reversed(files) if specs[f.path].spec.effective <= today), None)
+            if chosen is not None:
+                table.setdefault(market, {})[f"{system}/{kind}"] = {
+                    "version": chosen.version,
+                    "file": "mappings/" + chosen.path.relative_to(mappings_root).as_posix(),
+                }
     return table
 
 
 def release_notes(
-    session: Session, manifest: dict[str, str], compared: ReleaseBundle | None, *, diff_payloads: int = DIFF_PAYLOADS
+    session: Session,
+    manifest: dict[str, str],
+    compared: ReleaseBundle | None,
+    specs: dict[Path, LoadedSpec],
+    *,
+    diff_payloads: int = DIFF_PAYLOADS,
 ) -> dict[str, Any]:
     """What changed since `compared`: files, the change note of each new or changed mapping version,
     and per market what each changed mapping would fill differently on archived traffic."""
@@ -352,7 +364,7 @@ def release_notes(
     for found in registry.discover():
         name = "mappings/" + found.path.relative_to(get_settings().mappings_dir).as_posix()
         if name in touched:
-            spec = registry.load_file(found.path).spec
+            spec = specs[found.path].spec
             versions.append(
                 {
                     "mapping": f"{found.system}/{found.kind}",
@@ -362,7 +374,7 @@ def release_notes(
                     "status": "new" if name in files["added"] else "changed in place",
                 }
             )
-    now = in_force_table()
+    now = in_force_table(specs)
     then: dict[str, dict[str, dict[str, Any]]] = notes_of(compared).get("in_force", {}) if compared else {}
     diffs = [asdict(d) for d in _market_diffs(session, now, then, before, compared, diff_payloads)] if compared else []
     return {

@@ -254,6 +254,7 @@ def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
     assert "MRN0000000" not in page and "Patient^Test" not in page  # the feed's identifiers stay out
 
 
+@pytest.mark.slow  # Airflow's auth manager and metadata database are set up once per module
 def test_the_console_shows_the_bundle_in_force(hub: Hub, console: Any, auth_manager: Any) -> None:
     before = signed_in(console, auth_manager).get("/cgthub/console/mappings").text
     assert "(no bundle built from them)" in before and "In force in production: none." in before
