@@ -194,6 +194,12 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     assert run.returncode == 1 and "Traceback" not in run.stderr
     assert f"mappings/hl7/ORM_O01/v2.yaml differs: expected sha256 {expected}, found " in run.stderr, run.stderr
     assert hashlib.sha256(edited.read_bytes()).hexdigest() in run.stderr and drop.exists()  # nothing read
+    for other in (
+        ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"],
+        ["sites", "replay"],
+    ):
+        assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli(*other)), other
+    assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli("hl7", "listen", "--port", "0"))  # never listens
 
     # rollback: the bundle before, its files back in place, and the replay that re-maps with it
     rolled = hub.signed("release", "rollback", "--env", "production", "--text", "v2 loses the filler order")
