@@ -1,0 +1,100 @@
+"""Instructions per record of the two ingest paths issue 21 measures against a yardstick, counted
+by valgrind's callgrind inside the measured call only: HL7 file drop (`ingest_paths`, batches of
+1,000) and CRM pages of 200 records (`pipeline.ingest_batch`, one transaction a page).
+
+Setup (database, enrolled orders, imports, a warm-up batch that compiles mappings and statements)
+runs uncounted: the ingest runs inside one `functools.reduce` call and callgrind collects only
+while that C function is on the stack (`--toggle-collect`). A figure that does not swing with this
+VM's load, for before/after comparisons of one change; fsync and lock waits are not in it.
+Run: .venv/bin/python -m bench.ingest_instructions [--messages 400] [--pages 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _hl7(count: int) -> None:
+    from bench.hl7_bench import fresh_database, messages
+    from cgthub import runtime
+    from cgthub.hl7.files import ingest_paths
+
+    feed = messages(count + 20)
+    url = fresh_database(len(feed) // 2 + 1)
+    folder = Path(tempfile.mkdtemp())
+    (folder / "warm.hl7").write_bytes(b"".join(feed[:20]))
+    ingest_paths([folder / "warm.hl7"], database_url=url, batch=1000)
+    (folder / "feed.hl7").write_bytes(b"".join(feed[20:]))
+    runtime.tune_gc()
+    report = functools.reduce(
+        lambda _a, _b: ingest_paths([folder / "feed.hl7"], database_url=url, batch=1000), [0], None
+    )
+    assert report is not None and report.accepted == count, report
+
+
+def _pages(count: int) -> None:
+    from bench.partner_page_bench import fresh_database, ingest_into, pages
+    from cgthub import runtime
+
+    batch = pages(count + 1, 200)
+    url = fresh_database()
+    ingest_into(url, batch[:1])  # warm: compiled mapping, statements
+    runtime.tune_gc()
+    appended = functools.reduce(lambda _a, _b: ingest_into(url, batch[1:]), [0], 0)
+    assert appended == count * 200 * 2, appended
+
+
+def counted(path: str, count: int) -> int:
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed")
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--callgrind-out-file=/dev/null",
+        "--toggle-collect=functools_reduce",
+        sys.executable,
+        "-m",
+        "bench.ingest_instructions",
+        "--workload",
+        path,
+        str(count),
+    ]
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+    found = re.search(r"Collected : (\d+)", done.stderr)
+    if found is None:
+        raise SystemExit(f"callgrind printed no count:\n{done.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=400, help="HL7 messages in the file drop")
+    parser.add_argument("--pages", type=int, default=2, help="CRM pages of 200 records")
+    parser.add_argument("--only", choices=["hl7", "pages"], help="count one path only")
+    parser.add_argument("--workload", nargs=2, metavar=("PATH", "COUNT"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.workload:
+        path, count = args.workload[0], int(args.workload[1])
+        (_hl7 if path == "hl7" else _pages)(count)
+        return
+    print("Instructions per record, callgrind, inside the ingest call only:")
+    if args.only in (None, "hl7"):
+        per = counted("hl7", args.messages) / args.messages
+        print(f"  HL7 file drop ({args.messages:,} messages, batches of 1,000)  {per:12,.0f} per message")
+    if args.only in (None, "pages"):
+        records = args.pages * 200
+        per = counted("pages", args.pages) / records
+        print(f"  CRM pages ({args.pages} x 200 records, a page a transaction) {per:12,.0f} per record")
+
+
+if __name__ == "__main__":
+    main()
