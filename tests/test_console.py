@@ -107,6 +107,25 @@ def test_board_filters_and_search_by_any_partner_reference(db_url, console, auth
     assert ids["other_held"] in by_crm and ids["done"] not in by_crm
     infused = client.get("/cgthub/console/orders", params={"status": "infused"}).text
     assert ids["done"] in infused and ids["held"] not in infused
+    by_order_id = client.get("/cgthub/console/orders", params={"q": ids["done"]}).text
+    assert ids["done"] in by_order_id and ids["held"] not in by_order_id
+    held_by_din = client.get("/cgthub/console/orders", params={"q": din(1), "held": "true"}).text
+    assert ids["held"] in held_by_din and ids["other_held"] not in held_by_din
+
+
+def test_search_covers_every_kind_of_key_the_ledger_indexes(db_url):
+    """The board searches keys by the kinds it names (to use the (kind, value) index): a kind the
+    ledger starts indexing must be named there too, or a search by it would find nothing."""
+    from sqlalchemy import select
+
+    from cgthub.console import board
+    from cgthub.tables import OrderKey
+
+    seed(db_url)
+    with session_scope(db_url) as session:
+        indexed = set(session.scalars(select(OrderKey.kind).distinct()))
+    assert {"crm_order_id", "coi_id", "din"} <= indexed
+    assert indexed <= set(board.SEARCHED_KINDS), indexed - set(board.SEARCHED_KINDS)
 
 
 def test_order_detail_draws_planned_and_actual_milestones_and_verifies_the_ledger(db_url, console, auth_manager):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Select, case, exists, func, or_, select
+from sqlalchemy import Select, case, func, literal, select, union, union_all
 from sqlalchemy.orm import Session
 
 from cgthub.api.auth import Principal
@@ -66,26 +66,29 @@ def _alert_summary() -> Any:
     )
 
 
-def board_query(principal: Principal, filters: BoardFilters) -> Select[Any]:
-    alerts = _alert_summary()
-    severity = func.coalesce(alerts.c.severity, 0)
-    at_risk = func.coalesce(alerts.c.at_risk, 0)
-    query = (
-        select(
-            Order.id,
-            Order.therapy,
-            Order.market,
-            Order.site,
-            Order.cmo,
-            Order.status,
-            Order.on_hold,
-            Order.status_since,
-            severity.label("severity"),
-            at_risk.label("at_risk"),
+def board_query(principal: Principal, filters: BoardFilters, *, alerted: bool) -> Select[Any]:
+    """One of the board's two halves, most urgent first: the orders with an open alert (`alerted`),
+    which always rank above the rest, or the orders without one (severity and at-risk 0).
+
+    Split so that the common board, where open alerts alone fill the page, ranks only the alerted
+    few hundred orders instead of sorting every order on the hub."""
+    if alerted:
+        alerts = _alert_summary()
+        severity: Any = alerts.c.severity
+        at_risk: Any = alerts.c.at_risk
+        query = select(*_COLUMNS, severity.label("severity"), at_risk.label("at_risk")).join(
+            alerts, alerts.c.order_id == Order.id
         )
-        .outerjoin(alerts, alerts.c.order_id == Order.id)
-        .where(*principal.data_filter(Order.site, Order.cmo, Order.market))
-    )
+        if filters.at_risk:
+            query = query.where(alerts.c.at_risk == 1)
+        order_by = [severity.desc(), Order.on_hold.desc(), at_risk.desc()]
+    else:
+        alerted_ids = select(Alert.order_id).where(Alert.status == "open", Alert.order_id.is_not(None))
+        query = select(*_COLUMNS, literal(0).label("severity"), literal(0).label("at_risk")).where(
+            Order.id.not_in(alerted_ids)  # one set of ids, not a lookup per order
+        )
+        order_by = [Order.on_hold.desc()]
+    query = query.where(*principal.data_filter(Order.site, Order.cmo, Order.market))
     if filters.status:
         query = query.where(Order.status == filters.status)
     if filters.market:
@@ -96,21 +99,52 @@ def board_query(principal: Principal, filters: BoardFilters) -> Select[Any]:
         query = query.where(Order.therapy == filters.therapy)
     if filters.held:
         query = query.where(Order.on_hold.is_(True))
-    if filters.at_risk:
-        query = query.where(alerts.c.at_risk == 1)
-    if filters.has_alerts:
-        query = query.where(alerts.c.order_id.is_not(None))
     if filters.search:
-        term = filters.search.strip()
-        by_reference = exists().where(OrderKey.order_id == Order.id, OrderKey.value == term)
-        query = query.where(or_(Order.id == term, Order.coi_id == term, by_reference))
-    return query.order_by(
-        severity.desc(), Order.on_hold.desc(), at_risk.desc(), Order.status_since.asc(), Order.id
-    ).limit(PAGE_SIZE)
+        query = query.where(Order.id.in_(_orders_named(filters.search.strip())))
+    return query.order_by(*order_by, Order.status_since.asc(), Order.id).limit(PAGE_SIZE)
+
+
+_COLUMNS = (
+    Order.id,
+    Order.therapy,
+    Order.market,
+    Order.site,
+    Order.cmo,
+    Order.status,
+    Order.on_hold,
+    Order.status_since,
+)
+
+
+# Every kind of order key the ledger indexes (CanonicalEvent.all_keys): partner references, CoI id,
+# DIN, lot. Naming them lets a search use the (kind, value) index instead of scanning every key.
+SEARCHED_KINDS = (
+    "crm_order_id",
+    "erp_sales_order",
+    "hospital_placer_order",
+    "hospital_filler_order",
+    "cmo_batch_id",
+    "courier_shipment_id",
+    "coi_id",
+    "din",
+    "lot",
+)
+
+
+def _orders_named(term: str) -> Any:
+    """Ids of the orders a search term names: its own id or any key the ledger indexed for it."""
+    return union(
+        select(Order.id).where(Order.id == term),
+        select(OrderKey.order_id).where(OrderKey.kind.in_(SEARCHED_KINDS), OrderKey.value == term),
+    )
 
 
 def board(session: Session, principal: Principal, filters: BoardFilters) -> list[BoardRow]:
     """The board's rows: at most PAGE_SIZE orders in the user's data scope, most urgent first."""
+    found = list(session.execute(board_query(principal, filters, alerted=True)))
+    if len(found) < PAGE_SIZE and not (filters.at_risk or filters.has_alerts):
+        rest = board_query(principal, filters, alerted=False).limit(PAGE_SIZE - len(found))
+        found += session.execute(rest)
     rows = [
         BoardRow(
             id=r.id,
@@ -124,7 +158,7 @@ def board(session: Session, principal: Principal, filters: BoardFilters) -> list
             at_risk=bool(r.at_risk),
             severity=int(r.severity),
         )
-        for r in session.execute(board_query(principal, filters))
+        for r in found
     ]
     by_id = {row.id: row for row in rows}
     if not by_id:
@@ -149,11 +183,17 @@ def board(session: Session, principal: Principal, filters: BoardFilters) -> list
 
 
 def choices(session: Session, principal: Principal) -> dict[str, list[str]]:
-    """The values the filters offer: only those of orders the user may see."""
+    """The values the filters offer: only those of orders the user may see, in one round trip."""
     scope = principal.data_filter(Order.site, Order.cmo, Order.market)
-    found: dict[str, list[str]] = {}
-    for name, column in (("market", Order.market), ("site", Order.site), ("therapy", Order.therapy)):
-        found[name] = [
-            v for v in session.scalars(select(column).where(*scope).distinct().order_by(column)) if v is not None
-        ]
-    return found
+    columns = {"market": Order.market, "site": Order.site, "therapy": Order.therapy}
+    distinct = union_all(
+        *(
+            select(literal(name).label("name"), column.label("value")).where(*scope).distinct()
+            for name, column in columns.items()
+        )
+    )
+    found: dict[str, list[str]] = {name: [] for name in columns}
+    for name, value in session.execute(distinct):
+        if value is not None:
+            found[name].append(value)
+    return {name: sorted(values) for name, values in found.items()}
