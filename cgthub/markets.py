@@ -176,6 +176,13 @@ def vein_to_vein_target_days(market: str | None) -> float | None:
     return resolve_market(market)[0].deadlines.vein_to_vein_target_days
 
 
+def outbound_language(market: str | None) -> str | None:
+    """The language of outbound messages to the market's hospitals (HL7 MSH-19); None without a market file."""
+    if not market or market == BASELINE or not market_path(market).exists():
+        return None
+    return resolve_market(market)[0].language
+
+
 def _stamp(folder: Path) -> tuple[tuple[str, int], ...]:
     return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("*.yaml")))
 

@@ -3,10 +3,11 @@
 Why ORR^O02 (2.5): the hospitals we connect speak 2.3-2.5.1, where ORR^O02 is the order response
 every order-entry system accepts; OSU^O51 (a dedicated status update) only exists from 2.7.
 ORC-1 is SC (status changed), ORC-5 the HL7 table 0038 order status derived from the hub's
-status, and an NTE carries the hub's own status word. PID carries only the CoI id: names and
-birth dates stay at the hospital. Each segment is validated with hl7apy (strict) before sending;
-hl7apy cannot validate the ORR_O02 choice group as a whole, so the message structure is checked by
-parsing it with groups.
+status, and an NTE carries the hub's own status word. MSH-19 names the principal language the
+order's market sets (config/markets `language`), for the hospital's engine to pick its display.
+PID carries only the CoI id: names and birth dates stay at the hospital. Each segment is validated
+with hl7apy (strict) before sending; hl7apy cannot validate the ORR_O02 choice group as a whole, so
+the message structure is checked by parsing it with groups.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.parser import parse_message, parse_segment
 
+from cgthub import markets
 from cgthub.errors import CgthubError
 from cgthub.hl7.ack import ack_code
 from cgthub.hl7.appointment import MESSAGE_TYPE as APPOINTMENT
@@ -42,13 +44,17 @@ class HospitalRefused(CgthubError, RuntimeError):
     """The hospital answered AE/AR (or not at all); the outbox retries."""
 
 
-def build_status(payload: dict[str, Any], *, control_id: str, receiving: tuple[str, str]) -> bytes:
+def build_status(
+    payload: dict[str, Any], *, control_id: str, receiving: tuple[str, str], language: str | None = None
+) -> bytes:
+    """`language` (ISO 639-1, the market's `language`) goes in MSH-19, the message's principal language."""
     refs = payload.get("refs") or {}
     now = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     status = str(payload["status"])
     coi = str(payload.get("coi_id") or "")
+    principal = f"|||||||{language}^^ISO639" if language else ""
     segments = [
-        f"MSH|^~\\&|CGTHUB|HUB|{receiving[0]}|{receiving[1]}|{now}||ORR^O02^ORR_O02|{control_id}|P|2.5",
+        f"MSH|^~\\&|CGTHUB|HUB|{receiving[0]}|{receiving[1]}|{now}||ORR^O02^ORR_O02|{control_id}|P|2.5{principal}",
         f"MSA|AA|{control_id}",
         f'PID|1||{coi}^^^COI^PN||""',
         f"ORC|SC|{refs.get('hospital_placer_order', '')}|{payload.get('order_id', '')}|"
@@ -86,8 +92,12 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
 
     host, port = _address(address)
     control = "CGT" + "".join(ch for ch in str(payload["idempotency_key"]) if ch.isalnum())[-16:]
-    build = build_appointment if payload.get("message_type") == APPOINTMENT else build_status  # a booking: SIU^S12
-    message = build(payload, control_id=control, receiving=("EHR", str(payload.get("site") or "")))
+    receiving = ("EHR", str(payload.get("site") or ""))
+    if payload.get("message_type") == APPOINTMENT:  # a booking: SIU^S12
+        message = build_appointment(payload, control_id=control, receiving=receiving)
+    else:  # a status, in the language of the order's market (MSH-19)
+        language = markets.outbound_language(payload.get("market"))
+        message = build_status(payload, control_id=control, receiving=receiving, language=language)
 
     @retry(
         retry=retry_if_exception_type((OSError, HospitalRefused)),
