@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from cgthub import decisions, ledger
 from cgthub.cli import app as cli
+from cgthub.cli.common import CliError
 from cgthub.decisions import Signature
 from cgthub.store import session_scope
 from cgthub.tables import Alert, LedgerEntry, Order
@@ -142,7 +143,8 @@ def test_a_key_without_the_orders_site_or_the_scope_learns_nothing(api):
     assert reader.status_code == 403 and "scan:write" in reader.json()["error"]["message"]
     nurse = api.client(api.key("scan:write", sites=["US-SITE-1"]))
     unreadable = nurse.post("/verify", json=body | {"din": "=W12342600000A00"})
-    assert unreadable.status_code == 422 and unreadable.json()["error"]["code"] == "unreadable_scan"
+    assert unreadable.status_code == 422 and unreadable.json()["error"]["code"] == "invalid_request"
+    assert unreadable.json()["error"]["details"][0]["location"] == "body.din"
     assert "W123426" not in unreadable.text
     nothing = nurse.post("/verify", json={"order_id": first, "step": "bedside"})
     assert nothing.status_code == 422 and nothing.json()["error"]["code"] == "nothing_scanned"
@@ -162,6 +164,12 @@ def test_the_cli_verifies_a_scan_the_same_way(db_url, monkeypatch):
         cli, ["verify", second, "--din", _scanned(1), "--step", "cmo_receipt"], catch_exceptions=False
     )
     assert wrong.exit_code == 3 and "NO MATCH" in wrong.output and "on hold" in wrong.output
+    right = din(1)[13]
+    misread = runner.invoke(
+        cli, ["verify", first, "--din", din(1)[:13] + "00" + ("A" if right != "A" else "B"), "--step", "bedside"]
+    )
+    assert isinstance(misread.exception, CliError)  # `cgthub` prints it and exits 1
+    assert "not a valid ISBT 128 identifier" in misread.exception.message
     with session_scope(db_url) as s:
         held = s.get(Order, second)
         assert held is not None and held.on_hold

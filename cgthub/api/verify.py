@@ -28,19 +28,27 @@ router = APIRouter(
     },
 )
 _CODE = "^[A-Za-z0-9][A-Za-z0-9_.:/-]*$"
+# The DIN as a scanner sends it (`=`, 13 characters, two flag digits; the check character is not in
+# the barcode) or as a person types it from the label (13, flags optional, the boxed check character).
+_DIN = "^(=[A-Z][0-9A-Z]{4}[0-9]{10}|[A-Z][0-9A-Z]{4}[0-9]{8}([0-9]{2})?[0-9A-Z*]?)$"
+_COI = "^CH[A-Z][0-9A-Z]{4}[0-9]{8}$"
 
 
 class VerifyRequest(BaseModel):
     """One scan: the order, the step, what was scanned, and where."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"anyOf": [{"required": ["din"]}, {"required": ["coi_id"]}]}
+    )
 
     order_id: str = Field(min_length=1, max_length=40, description="the hub's order id (ORD-...)")
     step: Step
     din: str | None = Field(
-        default=None, max_length=24, description="the ISBT 128 DIN as scanned (`=` + 13 + flags) or printed"
+        default=None,
+        pattern=_DIN,
+        description="the ISBT 128 DIN as scanned (`=`, 13 characters, two flag digits) or typed from the label",
     )
-    coi_id: str | None = Field(default=None, max_length=24, description="the CoI id on the label")
+    coi_id: str | None = Field(default=None, pattern=_COI, description="the CoI id on the label")
     site: str | None = Field(default=None, max_length=64, pattern=_CODE, description="where: site or CMO id")
     location: str | None = Field(default=None, max_length=64, pattern=_CODE, description="where inside it")
     operator: str | None = Field(default=None, max_length=64, pattern=_CODE, description="who scanned, per the site")
