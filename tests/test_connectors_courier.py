@@ -1,6 +1,7 @@
 """Courier connector: signed webhooks, the tracking feed, idempotent bookings, over loopback."""
 
 import json
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import requests
@@ -106,10 +107,12 @@ def test_booking_is_idempotent_and_only_for_statuses_that_need_a_courier(monkeyp
     app = courier_sandbox.create_app()
     with SandboxServer(app) as courier:
         monkeypatch.setenv("AIRFLOW_CONN_COURIER_API", f"http://cgthub:courier-key@127.0.0.1:{courier.port}")
+        apheresis = (datetime.now(UTC) + timedelta(days=5)).astimezone(timezone(timedelta(hours=-5)))
+        apheresis = apheresis.replace(hour=8, minute=0, second=0, microsecond=0)
         payload = {
             "order_id": "ORD-1",
             "status": "apheresis_scheduled",
-            "scheduled": {"apheresis": "2026-03-09T08:00:00-05:00"},
+            "scheduled": {"apheresis": apheresis.isoformat()},
             "refs": {"crm_order_id": "CRM-00001"},
             "site": "US-BOS-01",
             "cmo": "CMO-NJ",
@@ -122,8 +125,10 @@ def test_booking_is_idempotent_and_only_for_statuses_that_need_a_courier(monkeyp
         assert booked["direction"] == "TO_MANUFACTURER" and booked["trackingNumber"].startswith("CRY")
         assert booked["pickup"] == {
             "location": "US-BOS-01",
-            "windowStart": "2026-03-09T12:00:00-05:00",
-            "windowEnd": "2026-03-09T20:00:00-05:00",
+            "windowStart": apheresis.replace(hour=12).isoformat(),
+            "windowEnd": apheresis.replace(hour=20).isoformat(),
         }
         assert sync.push({**payload, "status": "manufacturing"}) is None
+        past = (apheresis - timedelta(days=30)).isoformat()
+        assert sync.push({**payload, "order_id": "ORD-2", "scheduled": {"apheresis": past}}) is None  # window closed
     assert len(app.sandbox_state.shipments) == 1

@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -34,6 +34,7 @@ from connectors.courier.signature import HEADER, sign
 
 SECRET = "whsec-sandbox"  # the courier sandbox signs with it
 DAY = timedelta(days=1)
+HOUR = timedelta(hours=1)
 
 
 @pytest.fixture(autouse=True)
@@ -78,6 +79,16 @@ def _order(url: str) -> dict:
         return session.scalars(select(Order.projection)).one()
 
 
+def _orders(url: str) -> dict[str, dict]:
+    with session_scope(url, readonly=True) as session:
+        return {p["refs"]["crm_order_id"]: p for p in session.scalars(select(Order.projection))}
+
+
+def _soon(n: int):
+    """Order n's life cycle with its apheresis booked for six days from now (its pickup ahead)."""
+    return happy_path(n, start=datetime.now(UTC) - DAY)
+
+
 def _track(server, shipment_id: str, status: str, at: datetime, **extra) -> None:
     """The courier's staff record a step; `reference: {}` leaves the order's reference out of the event."""
     body = {"status": status, "timestamp": at.isoformat(), "reference": {}, **extra}
@@ -99,37 +110,40 @@ def outbound_dag():
 def test_the_outbound_dag_books_each_leg_with_the_schedules_pickup_window(db_url, courier, outbound_dag):
     from connectors.courier import sync
 
-    story = happy_path(1)
-    # enrolled, apheresis booked for T0 + 7 days, collected, at the CMO ... released at T0 + 24 days
-    _apply(db_url, story[:3] + story[5:9])
+    now = datetime.now(UTC).replace(microsecond=0)
+    scheduled = happy_path(1, start=now - DAY)  # the apheresis is booked for six days from now
+    released = happy_path(2, start=now - 24 * DAY - HOUR)  # its product was released an hour ago
+    _apply(db_url, scheduled[:2] + released[:3] + released[5:9])
     assert airflow_env.run_dag_test(outbound_dag).state == "success"
 
     out, back = sorted(courier.state.shipments.values(), key=lambda s: s["direction"])
-    apheresis, released = T0 + 7 * DAY, T0 + 24 * DAY
-    assert (out["direction"], back["direction"]) == ("TO_MANUFACTURER", "TO_SITE")
+    assert len(courier.state.shipments) == 2  # order 2's leg to the CMO: its window closed long ago
+    apheresis, release = now + 6 * DAY, now - HOUR
+    assert out["reference"]["crmOrderId"] == "CRM-00001" and back["reference"]["crmOrderId"] == "CRM-00002"
     assert (out["pickup"]["location"], out["delivery"]["location"]) == ("US-SITE-1", "CMO-EAST")
-    assert datetime.fromisoformat(out["pickup"]["windowStart"]) == apheresis + timedelta(hours=4)
-    assert datetime.fromisoformat(out["pickup"]["windowEnd"]) == apheresis + timedelta(hours=12)
+    assert datetime.fromisoformat(out["pickup"]["windowStart"]) == apheresis + 4 * HOUR
+    assert datetime.fromisoformat(out["pickup"]["windowEnd"]) == apheresis + 12 * HOUR
     assert (back["pickup"]["location"], back["delivery"]["location"]) == ("CMO-EAST", "US-SITE-1")
-    assert datetime.fromisoformat(back["pickup"]["windowStart"]) == released + timedelta(hours=12)
-    order = _order(db_url)
-    assert out["reference"] == {"crmOrderId": "CRM-00001", "hubOrderId": order["order_id"]}
-    assert sorted(order["refs"]["courier_shipment_ids"]) == sorted([out["shipmentId"], back["shipmentId"]])
-    assert order["shipments"][back["shipmentId"]]["tracking_id"] == back["trackingNumber"]
+    assert datetime.fromisoformat(back["pickup"]["windowStart"]) == release + 12 * HOUR
+    orders = _orders(db_url)
+    assert out["reference"]["hubOrderId"] == orders["CRM-00001"]["order_id"]
+    assert orders["CRM-00001"]["refs"]["courier_shipment_ids"] == [out["shipmentId"]]  # the booking's id
+    assert back["shipmentId"] in orders["CRM-00002"]["refs"]["courier_shipment_ids"]
+    assert orders["CRM-00002"]["shipments"][back["shipmentId"]]["tracking_id"] == back["trackingNumber"]
     with session_scope(db_url, readonly=True) as session:
         kinds = session.execute(select(RawMessage.kind, RawMessage.channel).where(RawMessage.system == "courier"))
         assert kinds.all() == [("booking", "rest")] * 2  # the courier's answers, archived as received
 
     # the courier's tracking names the shipment only: the booked id finds the order
-    _track(courier, back["shipmentId"], "PICKED_UP", released + DAY)
+    _track(courier, back["shipmentId"], "PICKED_UP", release + DAY)
     assert sync.pull().appended == 1
-    assert _order(db_url)["status"] == OrderStatus.IN_TRANSIT_TO_SITE.value
+    assert _orders(db_url)["CRM-00002"]["status"] == OrderStatus.IN_TRANSIT_TO_SITE.value
 
 
 def test_a_leg_is_booked_once_however_often_the_order_passes_its_status(db_url, courier):
-    story = happy_path(2)
-    hold = event(EventType.ORDER_ON_HOLD, 2, at=T0 + 2 * DAY, reason="payer review")
-    lifted = event(EventType.ORDER_HOLD_RELEASED, 2, at=T0 + 3 * DAY)
+    story = _soon(2)
+    hold = event(EventType.ORDER_ON_HOLD, 2, at=story[1].occurred_at + HOUR, reason="payer review")
+    lifted = event(EventType.ORDER_HOLD_RELEASED, 2, at=story[1].occurred_at + 2 * HOUR)
     _apply(db_url, story[:2])
     assert _route_and_book(db_url)["delivered"] == 1
     _apply(db_url, [hold, lifted])  # back to apheresis_scheduled: told again, booked once
@@ -143,7 +157,7 @@ def test_a_leg_is_booked_once_however_often_the_order_passes_its_status(db_url, 
 
 
 def test_a_courier_outage_is_retried_and_an_order_with_no_date_ends_a_dead_letter(db_url, courier):
-    _apply(db_url, happy_path(3)[:2])
+    _apply(db_url, _soon(3)[:2])
     courier.stop()  # the courier's API is down
     down = _route_and_book(db_url)
     assert (down["delivered"], down["failed"]) == (0, 1)
@@ -210,7 +224,8 @@ def _wait_ready(process: subprocess.Popen, port: int) -> None:
 
 @pytest.mark.slow
 def test_the_courier_webhook_service_takes_the_couriers_signed_events_for_a_booked_shipment(db_url, courier):
-    _apply(db_url, happy_path(5)[:3])  # enrolled, apheresis booked, collected
+    story = _soon(5)
+    _apply(db_url, story[:3])  # enrolled, apheresis booked, collected
     _route_and_book(db_url)
     (shipment,) = courier.state.shipments
     port = _free_port()
@@ -219,7 +234,7 @@ def test_the_courier_webhook_service_takes_the_couriers_signed_events_for_a_book
         _wait_ready(service, port)
         receiver = f"http://127.0.0.1:{port}/webhooks/courier"
         httpx.post(f"{courier.base_url}/sandbox/webhooks", json={"url": receiver}, timeout=5)
-        _track(courier, shipment, "PICKED_UP", T0 + 7 * DAY + timedelta(hours=5))
+        _track(courier, shipment, "PICKED_UP", story[2].occurred_at + 5 * HOUR)
         body = b'{"eventId": "EVT-FORGED", "shipmentId": "' + shipment.encode() + b'", "status": "DELIVERED"}'
         forged = httpx.post(receiver, content=body, headers={HEADER: sign("not-the-secret", body)}, timeout=5)
         unsigned = httpx.post(receiver, content=body, timeout=5)

@@ -10,6 +10,7 @@ tracking events find the order by it.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from cgthub.tables import utcnow
 from connectors.common.connection import get_connection
 from connectors.courier.client import CourierClient
 
+log = logging.getLogger(__name__)
 CONN_ID = "courier_api"
 STREAM = "events"
 OVERLAP = timedelta(minutes=5)
@@ -92,12 +94,19 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierCli
     """Book the shipment an order's new status calls for; other statuses need nothing from the courier.
 
     One booking per order and leg (the idempotency key), however often the order passes the status.
-    Returns the courier's answer, for the hub to archive and map into the order.
+    A leg whose pickup window has already closed is not booked: nobody can collect in the past (the
+    hub learnt of the date too late; monitoring flags the order if it stalls). Returns the courier's
+    answer, for the hub to archive and map into the order.
     """
     direction = BOOKINGS.get(payload["status"])
     if direction is None:
         return None
     start, end = pickup_window(direction, payload)
+    if end <= utcnow():
+        log.info(
+            "courier: no booking for order %s %s: its pickup window closed %s", payload.get("order_id"), direction, end
+        )
+        return None
     refs = payload.get("refs") or {}
     to_cmo = direction == "TO_MANUFACTURER"
     body = {
