@@ -4,6 +4,7 @@ quota-bound, and no double booking when two bookers race for the last place."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import threading
 from datetime import UTC, date, datetime, timedelta
@@ -105,7 +106,7 @@ def test_booking_reserves_the_slot_schedules_the_apheresis_and_tells_the_hospita
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "signature_refused"
     assert cmo_state.slots == {}  # nobody signed, so the CMO was not asked
 
-    first = operator.post(f"/orders/{order}/booking", json=_body(day))
+    first = operator.post(f"/orders/{order}/booking", json=_body(day), headers={"Idempotency-Key": "try-1"})
     again = operator.post(f"/orders/{order}/booking", json=_body(day))
     assert first.status_code == 201, first.text
     assert again.status_code == 200 and again.json()["replayed"] is True
@@ -116,6 +117,10 @@ def test_booking_reserves_the_slot_schedules_the_apheresis_and_tells_the_hospita
 
     other_day = operator.post(f"/orders/{order}/booking", json=_body(day + timedelta(days=1)))
     assert other_day.status_code == 409 and other_day.json()["error"]["code"] == "already_booked"
+    same_key = operator.post(
+        f"/orders/{order}/booking", json=_body(day + timedelta(days=1)), headers={"Idempotency-Key": "try-1"}
+    )  # a request already answered is answered again, whatever else it says
+    assert same_key.status_code == 200 and same_key.json()["booking_id"] == booked["booking_id"]
 
     shown = reader.get(f"/orders/{order}").json()
     assert shown["status"] == "apheresis_scheduled"
@@ -213,3 +218,25 @@ def test_in_process_booking_for_the_demo(db_url, world):
     assert (done.apheresis_on, done.cmo, done.replayed) == (day, "CMO-EAST", False)
     assert run_booking(db_url, order, BookingRequest(apheresis_on=day), signature).replayed is True
     assert isinstance(done.infusion_on, date)
+
+
+def test_cgthub_slots_book_signs_with_the_password_from_stdin(db_url, world):
+    from typer.testing import CliRunner
+
+    from cgthub.cli import app as cli_app
+
+    cmo, cmo_state, _ = world
+    (order,) = _orders(db_url, 4)
+    (day,) = _collection_days()
+    _places(cmo, ("CMO-NJ", day + timedelta(days=2), 1))
+    runner = CliRunner()
+    assert runner.invoke(cli_app, ["slots", "sync", "--days", "40"]).exit_code == 0
+    sign = ["--signer", "olga", "--meaning", "approved", "--reason", "SLOT-AGREED-WITH-SITE", "--text", "agreed"]
+    booked = runner.invoke(
+        cli_app, ["slots", "book", order, "--date", day.isoformat(), *sign, "--password-stdin"], input=PASSWORD + "\n"
+    )
+    assert booked.exit_code == 0, booked.output
+    assert f"order {order} booked: apheresis {day}T08:00:00+00:00 at US-SITE-1" in " ".join(booked.output.split())
+    assert len(cmo_state.slots) == 1
+    shown = runner.invoke(cli_app, ["slots", "show", order, "--json"])
+    assert json.loads(shown.output)["cmo"] == "CMO-NJ"
