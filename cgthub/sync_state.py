@@ -6,6 +6,7 @@ between fetch and commit re-reads them next time (the archive and the ledger ded
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -45,13 +46,21 @@ class SyncReport:
     watermark_after: str | None = None
     order_ids: list[str] = field(default_factory=list)
     release: str = ""  # the release bundle id of the mapping and config files the run mapped with
+    _started: float = field(default_factory=time.monotonic, init=False, repr=False, compare=False)
 
     @property
     def new_events(self) -> bool:
         return self.appended > 0
 
+    @property
+    def duration_seconds(self) -> float:
+        """How long the run has taken so far: its stream's last record says how long the whole run
+        took (the sync duration metric reads it there)."""
+        return round(time.monotonic() - self._started, 3)
+
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "new_events": self.new_events}
+        fields = {k: v for k, v in asdict(self).items() if k != "_started"}
+        return {**fields, "new_events": self.new_events, "duration_seconds": self.duration_seconds}
 
 
 def state(session: Session, partner: str, stream: str) -> SyncState | None:

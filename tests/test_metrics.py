@@ -25,9 +25,12 @@ from cgthub.api import create_app
 from cgthub.hl7.ack import ack_code
 from cgthub.hl7.mllp import FrameDecoder, frame
 from cgthub.store import session_scope
-from cgthub.sync_state import SyncState
+from connectors.common.sandbox import SandboxServer
+from connectors.crm import sandbox as crm_sandbox
+from connectors.crm import sync as crm_sync
 from tests import api_server
 from tests.factories import enrolment
+from tests.test_mapping_engine import _crm as _crm_record
 
 api = api_server.api
 
@@ -98,29 +101,29 @@ class ListenerProcess:
         self.process.wait(30)
 
 
-def _story(database_url: str) -> None:
-    """What the database-side gauges report: an outbox with a backlog and a dead letter, a partner
-    stream a known time behind, and an open alert."""
+def _story(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """What the database-side gauges report: an outbox with a backlog and a dead letter, a real CRM
+    pull over HTTP from its sandbox whose newest record changed an hour ago, and an open alert.
+    Returns the CRM stream's name."""
     now = datetime.now(UTC)
     with session_scope(database_url) as session:
         for n in range(3):
             outbox.enqueue(session, outbox.Destination("webhook", "sub-1"), f"change-{n}", {"n": n})
         dead = outbox.enqueue(session, outbox.Destination("crm", "crm"), "crm-1", {"n": 1}, max_attempts=1)
         outbox.mark_failed(session, dead, "HTTP 500")
-        session.add(
-            SyncState(
-                partner="crm",
-                stream="patients",
-                watermark=now - timedelta(hours=1),
-                updated_at=now - timedelta(minutes=2),
-                last_report={"partner": "crm", "duration_seconds": 2.5},
-            )
-        )
         raise_alert(session, kind="partner_down", message="CRM unreachable", dedupe_key="crm-down")
+    crm = crm_sandbox.create_app()
+    with SandboxServer(crm) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_CRM_API", f"http://cgthub:sandbox-secret@127.0.0.1:{server.port}")
+        record = json.loads(_crm_record(7))
+        crm.sandbox_state.upsert(record, modified_at=now - timedelta(hours=1))
+        report = crm_sync.pull(database_url=database_url)
+    assert report.appended == 1 and report.errors == [], report
+    return report.stream
 
 
 @pytest.mark.slow
-def test_listener_and_api_metrics_after_a_story(db_url, api):
+def test_listener_and_api_metrics_after_a_story(db_url, api, monkeypatch):
     with session_scope(db_url) as session:
         ledger.append(session, enrolment(1))
     listener = ListenerProcess(db_url)
@@ -145,7 +148,7 @@ def test_listener_and_api_metrics_after_a_story(db_url, api):
     assert state["listener"]["status"] == "ok" and state["database"]["status"] == "ok"
     assert "Smithson" not in scraped.text + health.text
 
-    _story(db_url)
+    stream = _story(db_url, monkeypatch)
     client = api.client()  # no key: Prometheus and probes do not hold API keys
     scraped = client.get("/metrics")
     assert scraped.status_code == 200
@@ -156,10 +159,10 @@ def test_listener_and_api_metrics_after_a_story(db_url, api):
     assert series[("cgthub_outbox_backlog", (("partner", "webhook"),))] == 3
     assert series[("cgthub_outbox_dead", (("partner", "crm"),))] == 1
     assert series[("cgthub_outbox_dead", (("partner", "webhook"),))] == 0
-    lag = series[("cgthub_partner_lag_seconds", (("partner", "crm"), ("stream", "patients")))]
-    assert 3600 <= lag < 3600 + 120
-    assert series[("cgthub_partner_sync_duration_seconds", (("partner", "crm"), ("stream", "patients")))] == 2.5
-    assert 120 <= series[("cgthub_partner_last_sync_age_seconds", (("partner", "crm"), ("stream", "patients")))] < 240
+    crm_stream = (("partner", "crm"), ("stream", stream))
+    assert 3600 <= series[("cgthub_partner_lag_seconds", crm_stream)] < 3600 + 120
+    assert 0 < series[("cgthub_partner_sync_duration_seconds", crm_stream)] < 30  # the pull's own time
+    assert 0 <= series[("cgthub_partner_last_sync_age_seconds", crm_stream)] < 120
     assert series[("cgthub_alerts_open", (("kind", "partner_down"),))] == 1
 
     ready = client.get("/health/ready")
