@@ -110,6 +110,7 @@ def test_a_bedside_scan_of_the_wrong_bag_holds_the_order_over_http(api, epcis_va
     epcis_validator.validate(custody)
     scanned = [e for e in custody["epcisBody"]["eventList"] if e.get("cgthub:eventType") == "custody.scanned"]
     assert [e["disposition"] for e in scanned] == ["conformant", "conformant", "non_conformant"]
+    assert {e["bizStep"] for e in scanned} == {"inspecting"}
 
     # The hold is the hub's: a signed decision lifts it once the bag is found.
     with session_scope(api.database_url) as s:
