@@ -7,6 +7,8 @@ ranks and pages the orders; two more fetch the page's alert names and partner re
 
 from __future__ import annotations
 
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -182,8 +184,34 @@ def board(session: Session, principal: Principal, filters: BoardFilters) -> list
     return rows
 
 
+CHOICES_TTL = 30.0  # seconds a scope's filter choices are reused: markets, sites and therapies change rarely
+_choices: dict[tuple[Any, ...], tuple[float, dict[str, list[str]]]] = {}
+_choices_lock = threading.Lock()
+
+
 def choices(session: Session, principal: Principal) -> dict[str, list[str]]:
-    """The values the filters offer: only those of orders the user may see, in one round trip."""
+    """The values the filters offer: only those of orders the user may see. Reading them scans
+    every order, so one answer per database and data scope serves for CHOICES_TTL seconds."""
+    key = (
+        session.get_bind().engine.url.render_as_string(hide_password=True),
+        principal.all_data,
+        principal.sites,
+        principal.cmos,
+        principal.markets,
+    )
+    now = time.monotonic()
+    with _choices_lock:
+        kept = _choices.get(key)
+    if kept is not None and now - kept[0] < CHOICES_TTL:
+        return kept[1]
+    found = _read_choices(session, principal)
+    with _choices_lock:
+        _choices[key] = (now, found)
+    return found
+
+
+def _read_choices(session: Session, principal: Principal) -> dict[str, list[str]]:
+    """Distinct market, site and therapy of the orders in scope, in one round trip."""
     scope = principal.data_filter(Order.site, Order.cmo, Order.market)
     columns = {"market": Order.market, "site": Order.site, "therapy": Order.therapy}
     distinct = union_all(
