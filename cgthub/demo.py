@@ -14,8 +14,11 @@ through its connector, the HL7 inbox DAG applies what the listener archived, the
 tells the partners (REST, SOAP, and ORR^O02 over MLLP to the hospital's receiver), and the
 monitoring and reconciliation DAGs judge deadlines and cross-system consistency at that moment.
 Every payload goes through its mapping in mappings/; synthetic identities enter only as the
-pseudonyms the mappings make. The demo ends by printing the order transparency table and where
-to look next.
+pseudonyms the mappings make. Then a day at the scheduling desk (`scheduling_desk`): an enrolment
+from a site whose qualification lapsed is refused, two orders are booked on the CMO's slots with
+their lead times (the second loses the last place to the first and takes the next feasible slot),
+the outbound DAG books their couriers, and a bedside scan of the wrong bag holds an order. The demo
+ends by printing the order transparency table (with the booked dates) and where to look next.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -248,9 +251,117 @@ def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: 
         sent = ", ".join(f"{k} {v}" for k, v in sorted(delivered.items()))
         print(f"wave {wave} (up to {cut:%Y-%m-%d}): partners recorded {sent}; 9 DAG runs done")
     print()
+    print("\n".join(scheduling_desk(now, people, hub.partners, runner)))
+    print()
     print(render_table(now))
     print(where_next(runner, time.monotonic() - runner_started, hub.partners))
     return 0
+
+
+def scheduling_desk(now: datetime, people: list[Any], partners: SandboxPartners, runner: Runner) -> list[str]:
+    """Today at the scheduling desk: three enrolments arrive from the CRM (one from a site whose
+    qualification lapsed, refused), two orders are booked on the CMO's slots with the lead times of
+    config/scheduling.yaml (the second asks for the place the first just took, is told so and takes
+    the next feasible date), the outbound DAG books their couriers, and a nurse scans the wrong bag
+    at a bedside. Every step goes through the hub's own functions, the partners' sandboxes and the
+    real DAGs; the bookings are signed decisions."""
+    import secrets
+
+    from sqlalchemy import select
+
+    from cgthub import booking, decisions, demo_scenario, slots
+    from cgthub.scan_verification import Scan, Step, verify
+    from cgthub.store import session_scope
+    from cgthub.tables import LedgerEntry, OrderKey, QuarantineEntry
+
+    desk = demo_scenario.desk(now)
+    partners.record("crm", "enrollment", [e.native for e in desk.enrolments if e.native is not None])
+    runner.run("cgthub_ingest_crm")
+    lines = ["scheduling desk (today; bookings signed by demo-scheduler):"]
+    refused, first, second = desk.refused, desk.first, desk.second
+    with session_scope(readonly=True) as session:
+        held = session.scalars(
+            select(QuarantineEntry).where(QuarantineEntry.stage == "qualify", QuarantineEntry.status == "open")
+        ).first()
+        found = session.execute(select(OrderKey.value, OrderKey.order_id).where(OrderKey.kind == "crm_order_id"))
+        ids: dict[str, str] = {value: order_id for value, order_id in found}
+    why = held.reason.split("; judged by")[0] if held is not None else "not refused (see demo.log)"
+    lines.append(f"  qualification: {refused.crm} enrolled at {refused.site}: refused, quarantined at qualify: {why}")
+
+    slots.sync()  # the CMO's published capacity, through its connector
+    with session_scope(readonly=True) as session:
+        earliest = slots.options_for(session, ids[first.crm])[0]
+    partners.publish_capacity(  # the CMO's planners: one place left on that day
+        [{"cmo": earliest.cmo, "therapy": "CART-19", "date": earliest.slot_day.isoformat(), "capacity": 1}]
+    )
+    slots.sync()
+    password = secrets.token_urlsafe(18)
+    with session_scope() as session:
+        decisions.add_operator(session, "demo-scheduler", password, ["book_slot"])
+    signature = decisions.Signature(
+        signer="demo-scheduler",
+        password=password,  # pydantic keeps it as a SecretStr
+        meaning=decisions.Meaning.APPROVED,
+        reason_code="SLOT-AGREED-WITH-SITE",
+        reason_text="date agreed with the apheresis unit",
+    )
+    asked = booking.BookingRequest(apheresis_on=earliest.apheresis_on, cmo=earliest.cmo)
+    made = booking.run_booking(None, ids[first.crm], asked, signature)
+    lines.append(f"  slot booked:   {first.crm} {_chain(made)}")
+    try:
+        booking.run_booking(None, ids[second.crm], asked, signature)
+        conflict = "booked as well (the CMO had a second place)"
+    except slots.SchedulingError as taken:
+        conflict = f"refused ({getattr(taken, 'code', 'conflict')}: {taken})"
+    with session_scope(readonly=True) as session:
+        later = slots.options_for(session, ids[second.crm])[0]
+    moved = booking.run_booking(
+        None, ids[second.crm], booking.BookingRequest(apheresis_on=later.apheresis_on, cmo=later.cmo), signature
+    )
+    lines.append(f"  slot conflict: {second.crm} asked for the same last place: {conflict}")
+    lines.append(f"                 resolved with the next feasible slot: {_chain(moved)}")
+
+    runner.run("cgthub_outbound")  # books the couriers, sends the hospital its SIU^S12
+    with session_scope(readonly=True) as session:
+        for patient in (first, second):
+            found = session.scalars(
+                select(LedgerEntry.body).where(
+                    LedgerEntry.order_id == ids[patient.crm], LedgerEntry.event_type == "shipment.booked"
+                )
+            ).first()
+            lines.append(f"  courier:       {patient.crm} {_pickup(found)}")
+
+    bedside, wrong = people[desk.bedside - 1], people[desk.wrong_bag - 1]
+    scanned = f"={wrong.din[:13]}00"  # as the barcode reads: '=', the 13 data characters, two flags
+    with session_scope() as session:
+        result = verify(session, Scan(ids[bedside.crm], Step.BEDSIDE, "demo-nurse", din=scanned, location="INF-BAY-4"))
+    outcome = "no match: the order is on hold, critical alert scan_mismatch" if not result.match else "match"
+    lines.append(f"  bedside scan:  {bedside.crm}'s infusion, the bag scanned carries {wrong.crm}'s DIN: {outcome}")
+    return lines
+
+
+def _chain(made: Any) -> str:
+    """A booked slot chain with its lead times, as the desk reads it."""
+    return (
+        f"apheresis {made.apheresis_on:%m-%d} at {made.site} -> {made.cmo} slot {made.slot_day:%m-%d} -> "
+        f"released {made.release_on:%m-%d} -> at site {made.at_site_on:%m-%d} -> infusion {made.infusion_on:%m-%d} "
+        f"({(made.infusion_on - made.apheresis_on).days} d vein to vein)"
+    )
+
+
+def _pickup(body: str | None) -> str:
+    if body is None:
+        return "no courier booking (see demo.log)"
+    event = json.loads(body)
+    shipment, attributes = event.get("shipment") or {}, event.get("attributes") or {}
+    start = datetime.fromisoformat(event["scheduled_for"]).astimezone(UTC) if event.get("scheduled_for") else None
+    end = attributes.get("pickup_window_end")
+    end = datetime.fromisoformat(end).astimezone(UTC) if end else None
+    window = f"{start:%m-%d %H:%M} to {end:%m-%d %H:%M} UTC" if start and end else "no window"
+    return (
+        f"booked {shipment.get('shipment_id')} (air waybill {shipment.get('tracking_id')}), "
+        f"pickup {window} at {attributes.get('pickup_location')}"
+    )
 
 
 def render_table(now: datetime) -> str:
@@ -259,6 +370,7 @@ def render_table(now: datetime) -> str:
 
     from cgthub import alerts
     from cgthub.lifecycle import MAIN_PATH, OrderProjection
+    from cgthub.scheduling_tables import SlotBooking
     from cgthub.store import session_scope
     from cgthub.tables import Order
 
@@ -267,12 +379,13 @@ def render_table(now: datetime) -> str:
             (OrderProjection.model_validate(p) for p in session.scalars(select(Order.projection))),
             key=lambda o: o.refs.crm_order_id or o.order_id,
         )
+        slot_days = {oid: day for oid, day in session.execute(select(SlotBooking.order_id, SlotBooking.slot_day))}
         open_by_order: dict[str, list[str]] = defaultdict(list)
         for alert in alerts.open_alerts(session):
             if alert.order_id:
                 open_by_order[alert.order_id].append(_alert_label(alert.kind, alert.severity))
     header = (
-        f"{'order':<20} {'CRM order':<9} {'market':<6} {'site':<9} {'status':<19} "
+        f"{'order':<20} {'CRM order':<9} {'market':<6} {'site':<9} {'status':<19} {'aph / slot':<13} "
         f"{'milestones reached, latest':<40} {'vein-to-vein':>12}  open alerts"
     )
     lines = [header, "-" * len(header)]
@@ -285,9 +398,11 @@ def render_table(now: datetime) -> str:
         if order.released_under_exception:
             marks += " *"
         v2v = order.vein_to_vein_days(now)
+        apheresis, slot = order.scheduled.get("apheresis"), slot_days.get(order.order_id)
+        booked = f"{f'{apheresis:%m-%d}' if apheresis else '-'} / {f'{slot:%m-%d}' if slot else '-'}"
         lines.append(
             f"{order.order_id:<20} {order.refs.crm_order_id or '':<9} {order.market or '':<6} {order.site or '':<9} "
-            f"{order.status.value:<19} {marks:<40} {'' if v2v is None else f'{v2v:g} d':>12}  "
+            f"{order.status.value:<19} {booked:<13} {marks:<40} {'' if v2v is None else f'{v2v:g} d':>12}  "
             f"{', '.join(sorted(open_by_order.get(order.order_id, []))) or '-'}"
         )
     lines += ["", *_TABLE_LEGEND]
@@ -295,6 +410,7 @@ def render_table(now: datetime) -> str:
 
 
 _TABLE_LEGEND = (
+    "aph / slot: the planned apheresis date and, when the hub booked it, the CMO's manufacturing slot day.",
     "milestones reached: how many of the main path's steps (enrolled ... infused) the order has passed,",
     "  then the latest one and its date (month-day); * = the batch failed a QC specification (OOS) and",
     "  was released under a documented exception.",
@@ -363,7 +479,9 @@ Where to look next:
   {db} .venv/bin/cgthub orders show <order>
       one order's timeline, milestones and custody
   {db} .venv/bin/cgthub quarantine list
-      what was held back and why (the COI mismatch, the orphan shipment)
+      what was held back and why (the COI mismatch, the orphan shipment, the unqualified site)
+  {db} .venv/bin/cgthub slots show <order>
+      the feasible apheresis dates and the booked slot chain of an order
   {db} .venv/bin/cgthub ledger verify
       re-check every order's hash chain
   {db} .venv/bin/cgthub api serve

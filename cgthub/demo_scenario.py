@@ -92,6 +92,50 @@ def patients(now: datetime) -> list[Patient]:
     return out
 
 
+def therapy_order(p: Patient, at: datetime, status: str, **extra: Any) -> dict[str, Any]:
+    """The CRM's therapy-order record as it stands at `at` (the CRM sends whole records)."""
+    return {
+        "id": p.crm,
+        "recordType": "TherapyOrder",
+        "status": status,
+        "modifiedAt": at.isoformat(),
+        "enrolledAt": p.enrolled_at.isoformat(),
+        "product": "KYM-CD19",
+        "site": {"id": p.site, "country": p.market},
+        "manufacturingSite": CMO[p.market],
+        "patient": {"coiId": p.coi, "mrn": f"MRN{p.n:08d}"},  # synthetic; the mapping pseudonymizes it
+        "apheresis": None,
+        **extra,
+    }
+
+
+@dataclass
+class Desk:
+    """Today's work at the scheduling desk: enrolments the CRM sends this morning, and who is in them."""
+
+    refused: Patient  # from a site whose qualification for the therapy lapsed
+    first: Patient  # books the last place on the earliest slot
+    second: Patient  # asks for the same place a moment later
+    bedside: int  # the patient whose infusion bag is scanned at the bedside ...
+    wrong_bag: int  # ... and whose bag it really is
+    enrolments: list[Emission]
+
+
+UNQUALIFIED_SITE = "US-NYC-04"  # config/sites.yaml: its CART-19 certification lapsed
+
+
+def desk(now: datetime) -> Desk:
+    """Three enrolments this morning (one from a site no longer qualified), and a bag mix-up at a bedside."""
+    at = now - 2 * HOUR
+    refused = Patient(PATIENTS + 1, "US", UNQUALIFIED_SITE, at)
+    first = Patient(PATIENTS + 2, "US", SITES["US"][0], at)
+    second = Patient(PATIENTS + 3, "US", SITES["US"][0], at)
+    emissions = [
+        Emission("crm", at, "enrollment", native=therapy_order(p, at, "ENROLLED")) for p in (refused, first, second)
+    ]
+    return Desk(refused, first, second, bedside=12, wrong_bag=8, enrolments=emissions)
+
+
 CMO_PLANT_TZ = ZoneInfo("Europe/Brussels")  # the CMO's batch records carry the plant's local time
 
 
@@ -113,21 +157,7 @@ def life_cycle(p: Patient, all_patients: list[Patient]) -> list[Emission]:
         out.append(Emission("cmo", at, "batch_record", native={**row, "result": result}))
 
     def crm(at: datetime, status: str, **extra: Any) -> None:
-        """The CRM's therapy-order record as it stands at `at` (the CRM sends whole records)."""
-        record = {
-            "id": p.crm,
-            "recordType": "TherapyOrder",
-            "status": status,
-            "modifiedAt": at.isoformat(),
-            "enrolledAt": t0.isoformat(),
-            "product": "KYM-CD19",
-            "site": {"id": p.site, "country": p.market},
-            "manufacturingSite": CMO[p.market],
-            "patient": {"coiId": p.coi, "mrn": f"MRN{n:08d}"},  # synthetic; the mapping pseudonymizes it
-            "apheresis": None,
-            **extra,
-        }
-        out.append(Emission("crm", at, "enrollment", native=record))
+        out.append(Emission("crm", at, "enrollment", native=therapy_order(p, at, status, **extra)))
 
     def track(status: str, at: datetime, eid: str, leg: dict[str, Any], **extra: Any) -> None:
         """One courier tracking event, in the courier's own format and offsets."""

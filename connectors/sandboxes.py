@@ -135,6 +135,10 @@ class SandboxPartners:
                 sent += 1
         return sent
 
+    def publish_capacity(self, rows: list[dict[str, Any]]) -> None:
+        """The CMO's planners publish places per day: [{cmo, therapy, date, capacity}]."""
+        self._post("cmo", "/sandbox/capacity", rows)
+
     def crm_status_updates(self) -> int:
         return sum(len(updates) for updates in self._get("crm", "/sandbox/statuses").values())
 

@@ -42,7 +42,7 @@ def _row(output: str, crm: str) -> str:
 
 def test_demo_table_has_25_orders_in_two_markets(demo_run):
     rows = [line for line in demo_run.output.splitlines() if re.match(r"ORD-\w+ CRM-\d{5} ", line)]
-    assert len(rows) == 25
+    assert len(rows) == 27  # the story's 25 and the two the scheduling desk booked today (the third was refused)
     assert {line.split()[2] for line in rows} == {"US", "DE"}
     assert sum(" infused " in line for line in rows) >= 8  # the early patients completed the whole life cycle
 
@@ -56,8 +56,7 @@ def test_demo_runs_every_partner_through_its_connector_and_sandbox_on_loopback(d
         ("cmo", "connectors.cmo.sync"),
     ]:
         assert re.search(rf"{partner} +in : {module} \(.+\) <- http://127\.0\.0\.1:\d+", out), partner
-        if partner != "courier":  # the hub books no shipments in the demo: the sandbox courier has them
-            assert re.search(rf"{partner} +out: {module} \(push\) -> http://127\.0\.0\.1:\d+", out), partner
+        assert re.search(rf"{partner} +out: {module} \(push\) -> http://127\.0\.0\.1:\d+", out), partner
     assert re.search(r"cmo_batch +in : connectors\.cmo\.batch \(the CMO's nightly CSV export\)", out)
     assert re.search(r"hl7 +in : HL7 v2 ORU\^R01, SIU\^S12 over MLLP to the hub's listener on 127\.0\.0\.1:\d+", out)
     assert re.search(r"hl7 +out: cgthub\.hl7\.outbound \(HL7 v2 ORR\^O02 over MLLP\) -> mllp://127\.0\.0\.1:\d+", out)
@@ -113,3 +112,35 @@ def test_demo_output_and_database_carry_no_patient_identifiers(demo_run):
         hl7 = conn.execute("select count(*) from ledger_entries where source_system = 'hl7'").fetchone()[0]
     assert hl7 > 40  # the hospital's HL7 v2 went through mappings/hl7
     assert "psn:mrn:" in bodies and not re.search(r"MRN\d|Patient\d|19700101", bodies)
+
+
+def test_demo_tells_the_scheduling_story(demo_run):
+    """Today at the desk: an unqualified site refused, a slot booked with its lead times, a conflict
+    for the last place resolved, couriers booked by the outbound DAG, a bedside scan mismatch caught."""
+    import sqlite3
+
+    out = demo_run.output
+    assert re.search(r"qualification: CRM-00026 enrolled at US-NYC-04: refused, quarantined at qualify: .*CART-19", out)
+    booked = re.search(
+        r"slot booked: +CRM-00027 apheresis (\d\d-\d\d) at US-BOS-01 -> (CMO-\w+) slot (\d\d-\d\d) -> released "
+        r"\d\d-\d\d -> at site \d\d-\d\d -> infusion \d\d-\d\d \((\d+) d vein to vein\)",
+        out,
+    )
+    assert booked and 20 <= int(booked.group(4)) <= 40, out[-4000:]
+    assert re.search(r"slot conflict: CRM-00028 asked for the same last place: refused \(slot_full: ", out)
+    assert re.search(r"resolved with the next feasible slot: apheresis \d\d-\d\d at US-BOS-01 -> CMO-", out)
+    for crm in ("CRM-00027", "CRM-00028"):
+        pickup = rf"courier: +{crm} booked SHP-\d+ \(air waybill CRY\d+\), pickup \d\d-\d\d \d\d:\d\d to "
+        assert re.search(pickup, out)
+    assert "bedside scan:  CRM-00012's infusion, the bag scanned carries CRM-00008's DIN: no match" in out
+    assert "scan_mismatch!" in _row(out, "CRM-00012") and " on_hold " in _row(out, "CRM-00012")
+    first = _row(out, "CRM-00027")
+    assert f"{booked.group(1)} / {booked.group(3)}" in first  # the table shows the booked dates
+    assert re.search(r" \d\d-\d\d / - ", _row(out, "CRM-00020"))  # the CRM's date, no slot booked by the hub
+    with sqlite3.connect(demo_run.database) as conn:
+        booked_legs = conn.execute(
+            "select count(*) from ledger_entries where event_type = 'shipment.booked'"
+            " and json_extract(body, '$.shipment.direction') = 'to_cmo'"
+            " and order_id in (select order_id from order_keys where value in ('CRM-00027', 'CRM-00028'))"
+        ).fetchone()[0]
+    assert booked_legs == 2  # the courier's answers, mapped into the two orders booked today
