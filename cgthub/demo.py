@@ -324,12 +324,12 @@ def scheduling_desk(now: datetime, people: list[Any], partners: SandboxPartners,
     runner.run("cgthub_outbound")  # books the couriers, sends the hospital its SIU^S12
     with session_scope(readonly=True) as session:
         for patient in (first, second):
-            found = session.scalars(
+            leg = session.scalars(
                 select(LedgerEntry.body).where(
                     LedgerEntry.order_id == ids[patient.crm], LedgerEntry.event_type == "shipment.booked"
                 )
             ).first()
-            lines.append(f"  courier:       {patient.crm} {_pickup(found)}")
+            lines.append(f"  courier:       {patient.crm} {_pickup(leg)}")
 
     bedside, wrong = people[desk.bedside - 1], people[desk.wrong_bag - 1]
     scanned = f"={wrong.din[:13]}00"  # as the barcode reads: '=', the 13 data characters, two flags
