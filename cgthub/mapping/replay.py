@@ -21,12 +21,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, ledger, quarantine
+from cgthub import archive, ledger, markets, quarantine
 from cgthub.errors import PayloadRejected
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
 from cgthub.mapping.registry import configured_markets as registry_markets
 from cgthub.mapping.registry import kind_dir, load_file, market_config, versions
+from cgthub.mapping.registry import markets_dir as registry_markets_dir
 from cgthub.model import CanonicalEvent
 from cgthub.pseudonym import mask
 from cgthub.tables import LedgerEntry, RawMessage
@@ -78,8 +79,15 @@ def refusals(system: str, kind: str, version: int, market: str | None, today: da
         reasons.append(f"{system}/{kind} v{version} takes effect on {effective}, not yet")
     for name, pin in pins.items():
         if pin is not None and pin != version:
-            reasons.append(f"market {name} pins {system}/{kind} to v{pin} (config/markets/{name}.yaml)")
+            reasons.append(f"market {name} pins {system}/{kind} to v{pin} ({_pin_source(name, system, kind)})")
     return reasons
+
+
+def _pin_source(market: str, system: str, kind: str) -> str:
+    """The file and line of a market's pin, which may be its baseline's (cgthub/markets.py)."""
+    _config, where = markets.resolve_market(market, registry_markets_dir())
+    source = where.get(f"mappings.{system}/{kind_dir(kind)}") or where.get(f"mappings.{system}/{kind}")
+    return str(source) if source else f"config/markets/{market}.yaml"
 
 
 def archived(
