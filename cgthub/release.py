@@ -228,23 +228,13 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
     bundle_id = manifest_id(manifest)
     existing = session.get(ReleaseBundle, bundle_id)
     if existing is not None:
+        if stored_differences(existing):  # its folder lost on this hub: the live files are its content
+            _store(bundle_id, files, manifest, notes_of(existing))
         return existing, False
     specs = _check_loads()
     compared = _comparison_bundle(session)
     notes = release_notes(session, manifest, compared, specs, diff_payloads=diff_payloads)
-    folder = bundle_dir(bundle_id)
-    staging = folder.with_name(f".{bundle_id}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for name, path in files.items():
-        target = staging / "files" / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
-    (staging / "manifest.json").write_bytes(
-        orjson.dumps({"id": bundle_id, "files": manifest}, option=orjson.OPT_INDENT_2)
-    )
-    (staging / "notes.json").write_bytes(orjson.dumps(notes, option=orjson.OPT_INDENT_2))
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    folder = _store(bundle_id, files, manifest, notes)
     row = ReleaseBundle(
         id=bundle_id,
         built_at=utcnow(),
@@ -266,6 +256,24 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
         actor=row.built_by,
     )
     return row, True
+
+
+def _store(bundle_id: str, files: dict[str, Path], manifest: dict[str, str], notes: dict[str, Any]) -> Path:
+    """Copy the files, manifest and notes into the bundle's folder (whole or not at all)."""
+    folder = bundle_dir(bundle_id)
+    staging = folder.with_name(f".{bundle_id}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for name, path in files.items():
+        target = staging / "files" / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    (staging / "manifest.json").write_bytes(
+        orjson.dumps({"id": bundle_id, "files": manifest}, option=orjson.OPT_INDENT_2)
+    )
+    (staging / "notes.json").write_bytes(orjson.dumps(notes, option=orjson.OPT_INDENT_2))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
+    return folder
 
 
 def _check_loads() -> dict[Path, LoadedSpec]:

@@ -153,7 +153,9 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     )
     assert {"config/sites.yaml", "config/reason_codes.yaml", "config/markets/DE.yaml"} <= stored.keys()
     assert hashlib.sha256(canonical_json({"files": stored}).encode()).hexdigest() == first
+    shutil.rmtree(hub.root / "var" / "releases" / first)  # the folder lost: building again restores it
     assert "already built: bundle " + first in hub.ok("release", "build")  # same content, same bundle
+    assert (hub.root / "var" / "releases" / first / "files" / ORM / "v1.yaml").exists()
 
     wrong = hub.signed(
         "release", "approve", first[:12], "--reason", "RELEASE-VALIDATED", "--text", "ok", password="wrong-pw-12345"
