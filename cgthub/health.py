@@ -2,7 +2,8 @@
 
 Ready means the database answers: without it nothing the hub does can succeed, so a load balancer
 or compose should stop sending work. The listener and the delivery loop are reported (a deployment
-alerts on them) but do not make the API unready: the API serves orders without either.
+alerts on them) but do not make the API unready: the API serves orders without either; while one
+of them is not `ok` (or `not configured`) the overall status says `degraded`.
 No order data appears here, only counts and ages.
 """
 
@@ -79,13 +80,22 @@ def delivery(database_url: str | None) -> dict[str, Any]:
     }
 
 
+HEALTHY = frozenset({"ok", "not configured"})
+
+
 def report(database_url: str | None, *, listener_address: str | None = None) -> tuple[bool, dict[str, Any]]:
-    """(ready, state): ready while the database answers."""
+    """(ready, state): ready while the database answers; each component's state, and overall `ok`,
+    `degraded` (the listener or the delivery loop is not well) or `unavailable` (no database)."""
     db = database(database_url)
-    state = {
-        "status": "ok" if db["status"] == "ok" else "unavailable",
+    components = {
         "database": db,
         "listener": listener(listener_address),
         "delivery": delivery(database_url) if db["status"] == "ok" else {"status": "unknown"},
     }
-    return db["status"] == "ok", state
+    if db["status"] != "ok":
+        overall = "unavailable"
+    elif all(c["status"] in HEALTHY for c in components.values()):
+        overall = "ok"
+    else:
+        overall = "degraded"
+    return db["status"] == "ok", {"status": overall, **components}

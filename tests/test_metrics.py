@@ -192,6 +192,41 @@ def test_ready_answers_503_when_the_database_is_unreachable(tmp_path):
     assert json.dumps(ready.json()).find("nobody") == -1  # no connection string in the answer
 
 
+def test_ready_reports_each_component_and_sees_the_listener_and_the_delivery_loop_fail(db_url, monkeypatch):
+    """/health/ready names each component's state: a listener that stops accepting and a delivery
+    loop that leaves a due webhook waiting make the hub `degraded` (still ready: the API serves
+    orders without them); the database down makes it unready (the test above)."""
+    from fastapi.testclient import TestClient
+
+    def ready() -> tuple[int, dict]:
+        with TestClient(create_app(db_url)) as client:
+            answer = client.get("/health/ready")
+        return answer.status_code, answer.json()
+
+    with socket.socket() as accepting:
+        accepting.bind(("127.0.0.1", 0))
+        accepting.listen()
+        monkeypatch.setenv("CGTHUB_MLLP_LISTENER", f"127.0.0.1:{accepting.getsockname()[1]}")
+        status, state = ready()
+    assert status == 200 and state["status"] == "ok", state
+    assert [state[c]["status"] for c in ("database", "listener", "delivery")] == ["ok", "ok", "ok"]
+
+    monkeypatch.setenv("CGTHUB_MLLP_LISTENER", f"127.0.0.1:{_free_port()}")  # nothing accepts there
+    status, state = ready()
+    assert status == 200 and state["status"] == "degraded"
+    assert state["listener"]["status"] == "unreachable" and state["delivery"]["status"] == "ok"
+
+    monkeypatch.delenv("CGTHUB_MLLP_LISTENER")
+    with session_scope(db_url) as session:  # a webhook due ten minutes ago that no loop delivered
+        waiting = outbox.enqueue(session, outbox.Destination("webhook", "sub-1"), "change-1", {"n": 1})
+        waiting.next_attempt_at = datetime.now(UTC) - timedelta(minutes=10)
+    status, state = ready()
+    assert status == 200 and state["status"] == "degraded"
+    assert state["listener"] == {"status": "not configured"}
+    assert state["delivery"]["status"] == "behind" and state["delivery"]["due"] == 1
+    assert 600 <= state["delivery"]["oldest_due_seconds"] < 720
+
+
 def test_alert_rules_name_only_series_the_hub_exports():
     import re
 

@@ -57,7 +57,8 @@ def listen(
 
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema: named now, not at the first message
-    ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
+    if apply:  # archive-only maps nothing: the HL7 inbox DAG checks the release before it applies
+        ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     tune_gc()
     try:
         listener = MllpListener(
