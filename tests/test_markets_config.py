@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from cgthub import markets
+from cgthub import market_check, markets
 from cgthub.mapping import registry
 from cgthub.settings import PROJECT_ROOT, get_settings
 
@@ -69,3 +69,11 @@ def test_replay_names_the_broken_market_file_in_one_line(tmp_path) -> None:
     run = subprocess.run([*cli, *argv, "--dry-run"], env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "Traceback" not in run.stderr
     assert f"{config / 'markets' / 'DE.yaml'}:3: residency.drop: Input should be a valid list" in run.stderr
+
+
+def test_every_shipped_market_passes_its_check() -> None:
+    """What `cgthub markets check` proves, for the markets this repository ships."""
+    reports = market_check.check_all()
+    assert {r.market for r in reports} == set(SHIPPED)
+    assert [p for r in reports for p in r.problems] == []
+    assert all(r.fixtures_run > 0 and "crm/enrollment@v1" in r.in_force for r in reports)
