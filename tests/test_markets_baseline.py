@@ -4,6 +4,7 @@ that refuses a market which cannot run."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -125,6 +126,9 @@ def test_show_prints_each_value_with_the_file_and_line_it_came_from() -> None:
         assert lines[path].endswith(f"{source.path.name}:{source.line}"), lines[path]
     assert "baseline.yaml" in lines["mappings.crm/enrollment"] and "DE.yaml" in lines["residency.drop"]
     assert shown.output.splitlines()[0] == "market DE: baseline.yaml -> DE.yaml"
+    as_json = json.loads(_markets("show", "DE", "--json").output)
+    assert as_json["config"]["residency"]["drop"] == ["attributes.postal_code"]
+    assert as_json["provenance"] == {path: str(source) for path, source in where.items()}
 
 
 @pytest.fixture
