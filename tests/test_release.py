@@ -202,6 +202,17 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     ):
         assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli(*other)), other
     assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli("hl7", "listen", "--port", "0"))  # never listens
+    archiving = subprocess.Popen(  # archive-only maps nothing: it still takes the hospital's messages
+        [sys.executable, "-m", "cgthub.cli", "hl7", "listen", "--port", "0", "--archive-only"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert archiving.stdout is not None and "listening for MLLP" in archiving.stdout.readline()
+    finally:
+        archiving.terminate()
+        archiving.wait(timeout=30)
 
     # rollback: the bundle before, its files back in place, and the replay that re-maps with it
     rolled = hub.signed("release", "rollback", "--env", "production", "--text", "v2 loses the filler order")
