@@ -2,10 +2,11 @@
 by valgrind's callgrind inside the measured call only: HL7 file drop (`ingest_paths`, batches of
 1,000) and CRM pages of 200 records (`pipeline.ingest_batch`, one transaction a page).
 
-Setup (database, enrolled orders, imports, a warm-up batch that compiles mappings and statements)
-runs uncounted: the ingest runs inside one `functools.reduce` call and callgrind collects only
-while that C function is on the stack (`--toggle-collect`). A figure that does not swing with this
-VM's load, for before/after comparisons of one change; fsync and lock waits are not in it.
+Setup runs uncounted: the database with the enrolled orders is made without valgrind, and the
+imports and a warm-up batch that compiles mappings and statements run before counting starts.
+The ingest runs inside one `functools.reduce` call, and callgrind collects only while that C
+function is on the stack (`--toggle-collect`). A figure that does not swing with this VM's load,
+for before/after comparisons of one change; fsync and lock waits are not in it.
 Run: .venv/bin/python -m bench.ingest_instructions [--messages 400] [--pages 2]
 """
 
@@ -23,13 +24,34 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _hl7(count: int) -> None:
-    from bench.hl7_bench import fresh_database, messages
+def prepare(path: str, count: int, database: Path) -> None:
+    """The database a workload starts from, made without valgrind (it enrols orders, runs migrations)."""
+    import sqlite3
+
+    from bench import hl7_bench, partner_page_bench
+    from cgthub.store import dispose_engines
+
+    url = hl7_bench.fresh_database((count + 20) // 2 + 1) if path == "hl7" else partner_page_bench.fresh_database()
+    dispose_engines()
+    made = url.split("///", 1)[1]
+    with sqlite3.connect(made) as connection:
+        connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    shutil.copy(made, database)
+
+
+def _copy(database: Path) -> str:
+    copy = Path(tempfile.mkdtemp()) / database.name
+    shutil.copy(database, copy)
+    return f"sqlite:///{copy}"
+
+
+def _hl7(count: int, database: Path) -> None:
+    from bench.hl7_bench import messages
     from cgthub import runtime
     from cgthub.hl7.files import ingest_paths
 
     feed = messages(count + 20)
-    url = fresh_database(len(feed) // 2 + 1)
+    url = _copy(database)
     folder = Path(tempfile.mkdtemp())
     (folder / "warm.hl7").write_bytes(b"".join(feed[:20]))
     ingest_paths([folder / "warm.hl7"], database_url=url, batch=1000)
@@ -41,12 +63,12 @@ def _hl7(count: int) -> None:
     assert report is not None and report.accepted == count, report
 
 
-def _pages(count: int) -> None:
-    from bench.partner_page_bench import fresh_database, ingest_into, pages
+def _pages(count: int, database: Path) -> None:
+    from bench.partner_page_bench import ingest_into, pages
     from cgthub import runtime
 
     batch = pages(count + 1, 200)
-    url = fresh_database()
+    url = _copy(database)
     ingest_into(url, batch[:1])  # warm: compiled mapping, statements
     runtime.tune_gc()
     appended = functools.reduce(lambda _a, _b: ingest_into(url, batch[1:]), [0], 0)
@@ -56,6 +78,8 @@ def _pages(count: int) -> None:
 def counted(path: str, count: int) -> int:
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
+    database = Path(tempfile.mkdtemp()) / f"{path}.db"
+    prepare(path, count, database)
     command = [
         "valgrind",
         "--tool=callgrind",
@@ -67,6 +91,7 @@ def counted(path: str, count: int) -> int:
         "--workload",
         path,
         str(count),
+        str(database),
     ]
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
     found = re.search(r"Collected : (\d+)", done.stderr)
@@ -80,11 +105,11 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=400, help="HL7 messages in the file drop")
     parser.add_argument("--pages", type=int, default=2, help="CRM pages of 200 records")
     parser.add_argument("--only", choices=["hl7", "pages"], help="count one path only")
-    parser.add_argument("--workload", nargs=2, metavar=("PATH", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--workload", nargs=3, metavar=("PATH", "COUNT", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.workload:
-        path, count = args.workload[0], int(args.workload[1])
-        (_hl7 if path == "hl7" else _pages)(count)
+        path, count, database = args.workload[0], int(args.workload[1]), Path(args.workload[2])
+        (_hl7 if path == "hl7" else _pages)(count, database)
         return
     print("Instructions per record, callgrind, inside the ingest call only:")
     if args.only in (None, "hl7"):
