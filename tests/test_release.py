@@ -224,6 +224,11 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     hub.ok("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1")
     assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1, 1, 1]  # v1's mapping again for all
 
+    listed = {line.split("│")[1].strip(): line for line in hub.ok("release", "list").splitlines() if "│" in line}
+    assert "production" in listed[first[:12]].split("│")[7] and "production" not in listed[second[:12]].split("│")[7]
+    shown = hub.ok("release", "show", second[:12])
+    assert f"bundle {second}" in shown and "hl7/ORM_O01 v2 (new)" in shown
+
     with session_scope(hub.url) as s:
         trail = [(r.action, r.actor) for r in s.scalars(select(AuditRecord).order_by(AuditRecord.seq))]
         assert s.scalar(select(Order.market).limit(1)) == "US"
