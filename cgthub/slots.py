@@ -130,8 +130,15 @@ class Calendar(_Strict):
     minutes: int = Field(default=240, ge=30, le=720)
     timezone: str = "UTC"
 
-    _days = field_validator("weekdays")(classmethod(lambda cls, value: _weekdays(value)))
-    _zone = field_validator("timezone")(classmethod(lambda cls, value: _time_zone(value)))
+    @field_validator("weekdays")
+    @classmethod
+    def _known_days(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return _weekdays(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _time_zone(value)
 
     def collects_on(self, day: date) -> bool:
         return WEEKDAYS[day.weekday()] in self.weekdays and day not in self.closed
@@ -147,8 +154,15 @@ class _SiteCalendar(_Strict):
     minutes: int | None = Field(default=None, ge=30, le=720)
     timezone: str | None = None
 
-    _days = field_validator("weekdays")(classmethod(lambda cls, value: None if value is None else _weekdays(value)))
-    _zone = field_validator("timezone")(classmethod(lambda cls, value: None if value is None else _time_zone(value)))
+    @field_validator("weekdays")
+    @classmethod
+    def _known_days(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if value is None else _weekdays(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str | None) -> str | None:
+        return None if value is None else _time_zone(value)
 
 
 class Calendars(_Strict):
