@@ -195,6 +195,8 @@ def test_quarantine_shows_the_payload_decoded_with_patient_identifiers_masked(db
     assert "OBR|1|PL-1|FL-1|APH^Apheresis" in page and "PID|1|" in page
     for phi in ("MRN123456", "DOE", "JANE", "19800101"):
         assert phi not in page
+    form = client.get(f"/cgthub/console/actions/retry_quarantine/{entry.id}").text
+    assert "<dd>no mapping</dd>" in form  # the signer sees why it was quarantined
     viewer = signed_in(console, auth_manager, "vera", "viewer").get("/cgthub/console/quarantine").text
     assert f'data-entry="{entry.id}"' in viewer and "actions/retry_quarantine/" not in viewer
 

@@ -259,7 +259,7 @@ def test_a_coordinator_releases_a_hold_replays_a_dead_letter_and_retries_after_a
         page.screenshot(path=shots / "quarantine-mapping-failure.png", full_page=True)
         _add_code(config_dir, "US", "therapy", "KYM-BCMA-2", "CART-BCMA")  # the fix lands on disk
         unmapped_row.get_by_role("link", name="Retry…").click()
-        expect(page.locator("#shown")).to_contain_text("crm")
+        expect(page.locator("#shown")).to_contain_text("'KYM-BCMA-2' is not in code map 'therapy'")
         page.get_by_label("reason code").select_option("MAPPING-FIXED")
         page.get_by_label("why, in words").fill("the CRM renamed KYM-BCMA; the US code map now knows KYM-BCMA-2")
         page.get_by_label("password").fill(OPERATOR_PASSWORD)

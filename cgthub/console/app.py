@@ -303,12 +303,15 @@ def console_app(database_url: str | None = None) -> FastAPI:
                 shown = actions.preview(session, subject, message_ids)
             except decisions.DecisionError as missing:
                 raise ApiError(missing.status, missing.code, missing.message) from missing
+        state = quarantine.masked_details(shown.state)
+        if action in (Action.RETRY_QUARANTINE, Action.DISCARD_QUARANTINE) and "reason" in shown.state:
+            state["reason"] = shown.state["reason"]  # the entry's reason, in clear on the quarantine pages too
         context = {
             "action": action,
             "title": actions.BULK_TITLES[action] if subject.entry_ids else actions.TITLES[action],
             "subject": subject,
             "shown": shown,
-            "state": quarantine.masked_details(shown.state),
+            "state": state,
             "codes": actions.reason_codes(action),
             "meanings": [m.value for m in decisions.Meaning],
             "message_ids": message_ids or [],

@@ -16,7 +16,7 @@ WIDTH, HEIGHT = 980, 250
 LEFT, RIGHT = 110, 30
 PLANNED_Y, ACTUAL_Y = 120, 175
 LATE_AFTER = timedelta(days=1)
-LABEL_GAP = 13.0
+LABEL_GAP = 22.0  # rotated -35°, labels closer than this overlap (sin 35° x 22 ≈ one line of text)
 
 
 @dataclass(frozen=True)
