@@ -63,13 +63,17 @@ def _statuses(partner: str) -> list[str]:
 def test_each_partner_hears_the_statuses_it_cares_about(db_url, files_only):
     _live_one_event_at_a_time(db_url)
     counts = _route_all(db_url)
-    for partner in ("crm", "erp", "hl7", "cmo"):
+    for partner in ("crm", "erp", "hl7", "cmo", "courier"):
         assert outbound.drain(partner, database_url=db_url)["delivered"] == counts[partner]
     everything = _statuses("crm")
     assert everything[0] == "enrolled" and everything[-1] == "infused" and len(everything) == counts["crm"]
     assert _statuses("cmo") == ["collected", "in_transit_to_cmo"]  # the material is on its way to them
     assert _statuses("hl7") == ["received_at_cmo", "manufacturing", "released", "in_transit_to_site"]
     assert _statuses("erp") == ["released", "in_transit_to_site", "received_at_site", "infused"]  # what is billed
+    assert _statuses("courier") == ["apheresis_scheduled", "released"]  # a booking for each leg
+    sent = [json.loads(f.read_text()) for f in (var_dir() / "outbound" / "courier").glob("*.json")]
+    (booking,) = [m for m in sent if m["status"] == "apheresis_scheduled"]  # what the push reads: dates, places
+    assert booking["scheduled"]["apheresis"].startswith("2026-03-09") and booking["cmo"] == "CMO-EAST"
 
 
 def test_a_change_is_routed_once_however_often_the_router_runs(db_url, files_only):
