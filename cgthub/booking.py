@@ -20,12 +20,13 @@ signature)`; `slots.options_for(session, order_id)` lists the dates to choose fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from cgthub import audit_trail, decisions, ledger, outbox, partners, slots
@@ -33,6 +34,7 @@ from cgthub.decisions import Action, Signature
 from cgthub.hl7.appointment import MESSAGE_TYPE as SIU_S12
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
 from cgthub.scheduling_tables import ManufacturingSlot, SlotBooking
+from cgthub.store import session_scope
 from cgthub.tables import Order, utcnow
 
 HOSPITAL = "hl7"  # the partner whose push speaks HL7 to the treatment site (connectors/hospital)
@@ -44,6 +46,14 @@ class AlreadyBooked(slots.SchedulingError):
 
 class CmoUnavailable(slots.SchedulingError):
     status, code = 503, "cmo_unavailable"
+
+
+class CmoFull(slots.SlotTaken):
+    """The CMO refused the place the hub's synced count still showed free."""
+
+    def __init__(self, message: str, hint: str, slot: tuple[str, str, date]) -> None:
+        super().__init__(message, hint)
+        self.slot = slot
 
 
 class BookingRequest(BaseModel):
@@ -166,6 +176,8 @@ def book(
     reservation = slots.Reservation(option.cmo, therapy, option.slot_day, order_id, reference, order.coi_id)
     try:
         reserved = provider.reserve(reservation, f"cgthub:{key}")
+    except slots.SlotTaken as full:  # the CMO's count differs from the last sync: the CMO is right
+        raise CmoFull(full.message, full.hint, (option.cmo, therapy, option.slot_day)) from full
     except partners.PartnerUnavailable as exc:
         raise CmoUnavailable(
             f"the CMO did not confirm the slot ({exc}); nothing was booked",
@@ -299,12 +311,26 @@ def run_booking(
     signature: Signature,
     *,
     today: date | None = None,
+    check: Callable[[Session], object] | None = None,
 ) -> Booked:
-    """`book` in a transaction of its own; a refused signature is recorded in the audit trail."""
-    return decisions.run(
-        database_url,
-        lambda session: book(session, order_id, request, signature, today=today),
-        signer=signature.signer,
-        action=Action.BOOK_SLOT,
-        subject=f"order:{order_id}",
-    )
+    """`book` in a transaction of its own (after `check`, the caller's own test, e.g. an API key's
+    data scope); a refused signature is recorded in the audit trail. A place the CMO refused is
+    marked full in the hub at once, so it is not offered again before the next sync."""
+
+    def work(session: Session) -> Booked:
+        if check is not None:
+            check(session)
+        return book(session, order_id, request, signature, today=today)
+
+    try:
+        subject = f"order:{order_id}"
+        return decisions.run(database_url, work, signer=signature.signer, action=Action.BOOK_SLOT, subject=subject)
+    except CmoFull as full:
+        cmo, therapy, day = full.slot
+        with session_scope(database_url) as session:
+            session.execute(
+                update(ManufacturingSlot)
+                .where(ManufacturingSlot.cmo == cmo, ManufacturingSlot.therapy == therapy, ManufacturingSlot.day == day)
+                .values(booked=ManufacturingSlot.capacity, synced_at=utcnow())
+            )
+        raise

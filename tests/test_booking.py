@@ -201,22 +201,28 @@ def test_two_bookers_for_the_last_place_one_wins_the_other_hears_slot_full(db_ur
         assert decided == 1  # the loser's signature rolled back with its booking
 
 
-def test_in_process_booking_for_the_demo(db_url, world):
-    cmo, _, _ = world
-    (order,) = _orders(db_url, 3)
-    (day,) = _collection_days()
-    _places(cmo, ("CMO-EAST", day + timedelta(days=2), 1))
+def test_in_process_booking_and_the_cmo_refusing_a_place_the_hub_thought_free(db_url, world):
+    cmo, cmo_state, _ = world
+    order, other = _orders(db_url, 3, 5)
+    first, second = _collection_days(2)
+    _places(cmo, ("CMO-EAST", first + timedelta(days=2), 1), ("CMO-EAST", second + timedelta(days=2), 1))
     _sync(db_url)
-    with session_scope(db_url, readonly=True) as s:
-        (option,) = slots.options_for(s, order)
+    _places(cmo, ("CMO-EAST", second + timedelta(days=2), 0))  # the CMO's planners took it back since
     signature = decisions.Signature(
         signer="olga", password=PASSWORD, meaning="approved", reason_code="SLOT-PATIENT-READINESS", reason_text="fit"
     )
     from cgthub.booking import BookingRequest, run_booking
 
+    taken_back = second + timedelta(days=2)
+    with pytest.raises(slots.SlotTaken, match=f"the CMO has no place left at CMO-EAST for CART-19 on {taken_back}"):
+        run_booking(db_url, other, BookingRequest(apheresis_on=second), signature)
+    assert cmo_state.refused == 1
+    with session_scope(db_url, readonly=True) as s:
+        assert [o.apheresis_on for o in slots.options_for(s, other)] == [first]  # no longer offered
+        (option,) = slots.options_for(s, order)
     done = run_booking(db_url, order, BookingRequest(apheresis_on=option.apheresis_on), signature)
-    assert (done.apheresis_on, done.cmo, done.replayed) == (day, "CMO-EAST", False)
-    assert run_booking(db_url, order, BookingRequest(apheresis_on=day), signature).replayed is True
+    assert (done.apheresis_on, done.cmo, done.replayed) == (first, "CMO-EAST", False)
+    assert run_booking(db_url, order, BookingRequest(apheresis_on=first), signature).replayed is True
     assert isinstance(done.infusion_on, date)
 
 

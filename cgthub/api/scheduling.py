@@ -98,17 +98,13 @@ def book_order(
     signature = Signature(**body.model_dump(include=set(Signature.model_fields)))
     wanted = BookingRequest(apheresis_on=body.apheresis_on, cmo=body.cmo, request_key=idempotency_key)
 
-    def work(session: Session) -> Booked:
-        _visible(session, principal, order_id)
-        return booking.book(session, order_id, wanted, signature)
-
     try:
-        done: Booked = decisions.run(
+        done = booking.run_booking(
             request.app.state.database_url,
-            work,
-            signer=signature.signer,
-            action=decisions.Action.BOOK_SLOT,
-            subject=f"order:{order_id}",
+            order_id,
+            wanted,
+            signature,
+            check=lambda session: _visible(session, principal, order_id),  # 404 outside the key's data scope
         )
     except decisions.SubjectNotFound as exc:
         raise ApiError(404, "not_found", "no such order") from exc
