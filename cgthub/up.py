@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -35,8 +36,17 @@ LISTENER_PORT = 2575
 
 
 def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A child in a process group of its own, so that stopping it stops what it started (standalone's
+    scheduler, API server, DAG processor and triggerer)."""
     print(f"starting {name}: {' '.join(argv)}")
-    return subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT)  # noqa: S603 - our interpreter, fixed modules
+    return subprocess.Popen(argv, env=env, cwd=PROJECT_ROOT, start_new_session=True)  # noqa: S603 - our interpreter
+
+
+def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(child.pid, signum)
+    except ProcessLookupError:
+        pass  # the group has gone
 
 
 def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
@@ -120,6 +130,24 @@ def _feed(tick: float, stop: threading.Event) -> None:
         stop.wait(tick)
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _answering(url: str, airflow: subprocess.Popen[bytes]) -> bool:
+    """Wait until the API server answers `url` (True), or Airflow has exited (False)."""
+    import httpx
+
+    while airflow.poll() is None:
+        try:
+            if httpx.get(url, timeout=10).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass  # not listening yet, or still loading its app
+        time.sleep(1)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tick", type=float, default=30.0, help="seconds between slices of demo traffic")
@@ -134,8 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     # mostly wait on partners and the database, so two per core keeps the machine responsive.
     os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(min(8, 2 * (os.cpu_count() or 1))))
     port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
+    # This machine only (set AIRFLOW__API__HOST=0.0.0.0 to open it): the simple auth manager is for
+    # development, and Airflow warns at start when it listens on every interface.
+    host = os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
     # Task processes talk to the API server's Execution API: same port, whatever it is.
-    os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"http://localhost:{port}/execution/")
+    loopback_or_any = ("127.0.0.1", "::1", "0.0.0.0", "::")  # noqa: S104 - compared, not bound
+    api = f"http://{'localhost' if host in loopback_or_any else host}:{port}"
+    os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"{api}/execution/")
+    # While the scheduler, DAG processor, triggerer and the first tasks start together on a small
+    # machine, the API server can take longer than Airflow's 5 s to answer a task; one that gives up
+    # fails with a traceback and is retried later.
+    os.environ.setdefault("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "30")
     from cgthub.partners import sandbox_world
 
     world = sandbox_world()
@@ -147,20 +184,26 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ.copy()
     # `airflow standalone` starts its components as `airflow ...` commands: this venv's bin comes first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # The hub's DAGs run on their schedules from the start (a DAG a test or the demo created stays paused).
+    # The hub's DAGs stay paused until the API server answers: a task started before it finds no
+    # Execution API to report to and fails with a traceback (a DAG a test or the demo created stays paused).
     airflow = [sys.executable, "-m", "airflow", "dags"]
     subprocess.run([*airflow, "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
-    unpause = [*airflow, "unpause", "--treat-dag-id-as-regex", "-y", "^cgthub_"]
-    subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    hub_dags = ["--treat-dag-id-as-regex", "-y", "^cgthub_"]
+    subprocess.run([*airflow, "pause", *hub_dags], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops what this command started, as Ctrl-C does
     children = [_start("Airflow standalone", [sys.executable, "-m", "airflow", "standalone"], env)]
-    children += _services(env)
     stop = threading.Event()
-    if not args.no_feed:
-        threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
-    print(f"Airflow UI: http://localhost:{port} (login: var/airflow/simple_auth_manager_passwords.json.generated)")
-    print(f"Console: http://localhost:{port}/cgthub/console/orders; hub API: http://localhost:{port}/cgthub/api/docs")
-    print("API keys: .venv/bin/cgthub api keys create --help")
     try:
+        children += _services(env)
+        if not args.no_feed:
+            threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
+        if _answering(f"{api}/api/v2/monitor/health", children[0]):
+            unpause = [*airflow, "unpause", *hub_dags]
+            subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+            print("the hub's DAGs are unpaused: they run on their schedules")
+        print(f"Airflow UI: {api} (login: var/airflow/simple_auth_manager_passwords.json.generated)")
+        print(f"Console: {api}/cgthub/console/orders; hub API: {api}/cgthub/api/docs")
+        print("API keys: .venv/bin/cgthub api keys create --help")
         while all(child.poll() is None for child in children):
             time.sleep(1)
     except KeyboardInterrupt:
@@ -168,14 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop.set()
         for child in children:
-            if child.poll() is None:
-                child.terminate()
+            _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + timedelta(seconds=20).total_seconds()
         for child in children:
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
+                pass
+            _signal_group(child, signal.SIGKILL)  # what is left of its group after 20 s
     return 0
 
 
