@@ -284,3 +284,5 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
     assert len([line for line in shown if re.match(r"CRM-\d{5} ", line)]) == len(SLICE)
     assert shown == expected
     assert set(ran_on) == set(config.workers), ran_on  # tasks ran on both workers, and nowhere else
+    noisy = [name for name in cluster.processes if "Traceback" in cluster.tail(name, lines=100_000)]
+    assert not noisy, {name: cluster.tail(name) for name in noisy}  # started and ran without a traceback

@@ -83,6 +83,8 @@ def environment(
             "AIRFLOW__API__BASE_URL": config.api_url,
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{config.api_url}/execution/",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            # Each worker imports what every task process needs once, before its pool forks.
+            "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": '{"imports": ["cgthub.devtools.celery_preload"]}',
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
             # Start-up speed: the scheduler and the DAG processor look often, the DAG files once.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
