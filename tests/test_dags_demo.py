@@ -36,7 +36,7 @@ def demo_run(tmp_path_factory) -> DemoRun:
 
 
 def _row(output: str, crm: str) -> str:
-    (line,) = [line for line in output.splitlines() if f" {crm} " in line]
+    (line,) = [line for line in output.splitlines() if line.startswith("ORD-") and f" {crm} " in line]
     return line
 
 
