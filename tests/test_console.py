@@ -286,6 +286,16 @@ def test_a_user_without_the_scope_is_refused_the_signing_form_and_the_signature(
     assert ids["held"] in viewer.get("/cgthub/console/orders", params={"held": "true"}).text
 
 
+def test_a_decision_the_console_has_no_form_for_answers_404_not_500(console, auth_manager):
+    from cgthub.console.actions import CONSOLE_SCOPE
+    from cgthub.decisions import Action
+
+    client = signed_in(console, auth_manager)
+    for action in set(Action) - set(CONSOLE_SCOPE):  # signed elsewhere: booking, release approval
+        answer = client.get(f"/cgthub/console/actions/{action.value}/x")
+        assert answer.status_code == 404 and "has no form" in answer.text, action
+
+
 def test_replay_a_partners_dead_letter_signed_from_partner_health(db_url, console, auth_manager):
     from cgthub.outbox import Destination, OutboxMessage, enqueue
 

@@ -86,6 +86,8 @@ def subject_of(
     session: Session, user: auth.ConsoleUser, action: Action, key: str, filters: Mapping[str, str] | None = None
 ) -> Subject:
     """The subject if this user may act on it: the role grants the action, the data scope the order."""
+    if action not in CONSOLE_SCOPE:  # a decision signed elsewhere (booking, release approval)
+        raise NotOffered(404, f"the console has no form for {action.value}")
     if not user.may(CONSOLE_SCOPE[action]):
         raise NotOffered(403, f"your Airflow role does not grant {CONSOLE_SCOPE[action]}")
     if key == BULK and action in BULK_TITLES:
