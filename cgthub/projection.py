@@ -17,9 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, bindparam, event, insert, select, update
+import orjson
+from sqlalchemy import JSON, Row, bindparam, event, insert, select, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
+from sqlalchemy.types import TypeDecorator
 
 from cgthub import alerts, changes
 from cgthub.bulk import BatchRead, BulkWrite
@@ -120,6 +122,41 @@ _ALWAYS_REFRESHED = tuple(name for name in _REFRESHED if name not in KEPT_UNLESS
 _updates: dict[tuple[str, ...], BulkWrite] = {}
 
 
+class Encoded(str):
+    """A JSON document's canonical text (`cgthub.jsontext.canonical_json`), written already."""
+
+    __slots__ = ()
+
+
+class Document(TypeDecorator[Any]):
+    """A JSON column's bind that takes an `Encoded` text as it is and serializes anything else as
+    the column's own JSON type does. The batch path writes a document it knows to be float-free
+    with orjson once, instead of the serializer's walk over every value looking for floats."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Any) -> Any:
+        serialize = super().bind_processor(dialect)
+        if serialize is None:
+            return None
+
+        def process(value: Any) -> Any:
+            return value if type(value) is Encoded else serialize(value)
+
+        return process
+
+
+def encoded(document: dict[str, Any] | list[Any]) -> Encoded | dict[str, Any] | list[Any]:
+    """`document` as its canonical text, for a `Document` bind on SQLite, when the caller knows it
+    holds no float (orjson writes floats differently from the canonical text; strings, booleans,
+    null, small integers and string keys alike). A lone surrogate is left to the serializer."""
+    try:
+        return Encoded(orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode())
+    except orjson.JSONEncodeError:
+        return document
+
+
 def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
     """The UPDATE of a refresh that changes these of the `KEPT_UNLESS_CHANGED` columns (few shapes)."""
     statement = _updates.get(changed)
@@ -128,12 +165,23 @@ def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
         statement = _updates[changed] = BulkWrite(
             update(_ORDERS)
             .where(_ORDERS.c.id == bindparam("oid"))
-            .values({name: bindparam(f"p_{name}") for name in names})
+            .values(
+                {
+                    name: bindparam(f"p_{name}", type_=Document()) if name == "projection" else bindparam(f"p_{name}")
+                    for name in names
+                }
+            )
         )
     return statement
 
 
-_INSERT_CHANGES = BulkWrite(insert(changes.OrderChange.__table__))
+_BINDS = {name: f"p_{name}" for name in _REFRESHED}
+_CHANGES = changes.OrderChange.__table__
+_INSERT_CHANGES = BulkWrite(
+    insert(_CHANGES).values(
+        milestones=bindparam("milestones", type_=Document()), changed=bindparam("changed", type_=Document())
+    )
+)
 
 
 def attach_stored(session: Session, heads: Iterable[OrderHead]) -> None:
@@ -179,6 +227,8 @@ def refresh_many(
     `needs_history` holds is projected from its whole chain in `histories` instead.
     """
     session.flush()
+    connection = session.connection()
+    pre_encode = connection.dialect.name == "sqlite"  # elsewhere the driver's JSON adapter takes the dict
     now = utcnow()
     updates: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     change_rows: list[dict[str, Any]] = []
@@ -188,7 +238,6 @@ def refresh_many(
         state = _fold_new(head, events, histories.get(order_id))
         after = state.model_dump(mode="json")
         row = {
-            "oid": order_id,
             "status": state.status.value,
             "on_hold": state.on_hold,
             "status_since": state.status_since,
@@ -198,7 +247,8 @@ def refresh_many(
             "cmo": state.cmo,
             "coi_id": state.coi_id,
             "last_event_at": state.last_event_at,
-            "projection": after,
+            # Floats can sit only in the excursions' free-form details: without those, the text is orjson's.
+            "projection": encoded(after) if pre_encode and not state.excursions else after,
             "updated_at": now,
             "ledger_length": head.ledger_length,
             "ledger_head": head.ledger_head,
@@ -209,9 +259,11 @@ def refresh_many(
             for name, stored in zip(KEPT_UNLESS_CHANGED, head.indexed or _NOT_READ, strict=True)
             if row[name] != stored
         )
-        updates.setdefault(changed, []).append(row)
+        updates.setdefault(changed, []).append({"oid": order_id, **{_BINDS[k]: v for k, v in row.items()}})
         change = changes.change_row(order_id, head.projection, after, row)
         if change is not None:
+            if pre_encode:  # names and ISO texts only: no float
+                change["milestones"], change["changed"] = encoded(change["milestones"]), encoded(change["changed"])
             change_rows.append(change)
         head.projection, head.projected_length, head.state = after, head.ledger_length, None
         _recent.stage(session, head.ledger_head, state, after)
@@ -219,14 +271,16 @@ def refresh_many(
             _raise_alerts(session, state)
         states[order_id] = state
     for changed, rows in updates.items():
-        names = (*_ALWAYS_REFRESHED, *changed)
-        _update_orders(changed).run(
-            session.connection(), [{"oid": r["oid"], **{f"p_{k}": r[k] for k in names}} for r in rows]
-        )
+        if changed != KEPT_UNLESS_CHANGED:
+            dropped = [_BINDS[name] for name in KEPT_UNLESS_CHANGED if name not in changed]
+            for r in rows:
+                for bind in dropped:
+                    del r[bind]
+        _update_orders(changed).run(connection, rows)
     if updates:
         _expire_loaded(session, states)
     if change_rows:
-        _INSERT_CHANGES.run(session.connection(), change_rows)
+        _INSERT_CHANGES.run(connection, change_rows)
     return states
 
 
