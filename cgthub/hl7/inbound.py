@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 
 from sqlalchemy.orm import Session
 
@@ -28,8 +29,13 @@ class Received:
     kind: str
     dedupe_key: str | None
     problem: str | None = None
-    header: AckHeader | None = None  # what its ACK echoes, read once on arrival
     message: hl7v2.Message | None = None  # the parse that read the MSH: the mapping reads the rest of it
+
+    @cached_property
+    def header(self) -> AckHeader | None:
+        """What its ACK echoes, from the parse that read the MSH; read when an ACK is first built
+        (the file drop counts outcomes and builds none)."""
+        return AckHeader.of(self.message) if self.message is not None else None
 
     def item(self, channel: str, received_at: datetime) -> Inbound:
         return Inbound("hl7", self.kind, channel, self.payload, received_at, self.dedupe_key, "x-application/hl7-v2")
@@ -45,7 +51,7 @@ def read(payload: bytes) -> Received:
             raise hl7v2.HL7ParseError("MSH-9 does not carry a message type and trigger event")
         control = msh.control_id
         dedupe = f"{msh.sending_facility}:{control}" if control else None
-        return Received(payload, kind, dedupe, header=AckHeader.of(message), message=message)
+        return Received(payload, kind, dedupe, message=message)
     except hl7v2.HL7ParseError as exc:
         return Received(payload, UNPARSEABLE, None, str(exc))
 
@@ -62,12 +68,22 @@ class _Refuse:
         raise PayloadRejected(quarantine.Stage.PARSE, f"not an HL7 v2 message we can read: {self.reason}")
 
 
-@dataclass(frozen=True)
 class Answer:
-    """A message's ACK with the outcome it was built from, for callers that count outcomes."""
+    """A message's outcome, and its ACK, built on first use: the file drop counts outcomes and
+    answers no one, so it builds none."""
 
-    ack: bytes
-    rejection: Rejection | None = None
+    __slots__ = ("_ack", "_message", "_reason", "rejection")
+
+    def __init__(self, message: Received, rejection: Rejection | None = None, reason: str = "") -> None:
+        self._message, self.rejection, self._reason = message, rejection, reason
+        self._ack: bytes | None = None
+
+    @property
+    def ack(self) -> bytes:
+        if self._ack is None:
+            message = self._message
+            self._ack = answer(message.payload, self.rejection, self._reason, header=message.header)
+        return self._ack
 
     @property
     def code(self) -> str:
@@ -138,19 +154,18 @@ def _quarantine(session: Session, raw_id: int, stage: quarantine.Stage, kind: st
 
 
 def _answer(message: Received, result: pipeline.IngestResult) -> Answer:
-    """The ACK of an applied message, from the rejection code its result carries."""
+    """The outcome of an applied message, from the rejection code its result carries."""
     if message.problem:
-        reason = f"not an HL7 v2 message we can read: {message.problem}"
-        return Answer(answer(message.payload, Rejection.UNREADABLE, reason), Rejection.UNREADABLE)
+        return Answer(message, Rejection.UNREADABLE, f"not an HL7 v2 message we can read: {message.problem}")
     if result.duplicate_payload or result.code is None:
-        return Answer(answer(message.payload, None, header=message.header))
+        return Answer(message)
     if result.code is Rejection.NOT_STORED:
         reason = f"not stored, please resend: {result.not_stored}"
     elif result.code is Rejection.UNSUPPORTED_TYPE:
         reason = _unsupported(message)
     else:
         reason = result.reasons[0] if result.reasons else "quarantined"
-    return Answer(answer(message.payload, result.code, reason, header=message.header), result.code)
+    return Answer(message, result.code, reason)
 
 
 def _unsupported(message: Received) -> str:
