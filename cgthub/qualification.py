@@ -6,8 +6,9 @@ live in `config/sites.yaml` (`cgthub.sites`); this module judges by them and kee
 
 - `site_registry_versions`: each content of the registry (its `version` and SHA-256) the first time
   the hub judged by it, with the text, so `cgthub sites history` shows what was in force when;
-- `qualification_judgements`: for each enrolment or order judged, the site, therapy, day, verdict
-  and the registry version that gave it (once per event and registry content).
+- `qualification_judgements`: each enrolment's verdict and each refusal (site, therapy, day, why)
+  with the registry version that gave it, once per event and registry content; a hospital order
+  that passes leaves no row, as it is the listener's hot path.
 
 `cgthub.routing` calls `judge_events` on the live ingest path, where the site is known; a refusal is
 quarantined at stage `qualify` with a reason an operator can read and raises a critical alert.
@@ -22,15 +23,14 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint, select
+from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint, bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
 from cgthub.bulk import rows_by_pairs
-from cgthub.correlation import KeyIndex
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
-from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, text_limit, utcnow
+from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, OrderKey, text_limit, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,8 @@ def record_registry(session: Session, registry: sites.SiteRegistry | None = None
     known = registry or sites.registry()
     if session.scalar(select(RegistryVersion.id).where(RegistryVersion.sha256 == known.sha256)) is not None:
         return False
-    _insert_once(
-        session,
-        RegistryVersion,
+    session.execute(
+        _insert_once(session, RegistryVersion),
         {"version": known.version, "sha256": known.sha256, "content": known.text, "first_loaded_at": utcnow()},
     )
     if known.version is None:
@@ -175,12 +174,18 @@ def judgements(session: Session, *, site: str | None = None, limit: int = 200) -
     return list(session.scalars(query))
 
 
-def _insert_once(session: Session, model: type[Base], row: dict[str, Any]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: two workers judging at once must not fail each other."""
-    table = model.__table__
+_INSERTS: dict[tuple[str, str], Any] = {}
+
+
+def _insert_once(session: Session, model: type[Base]) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING (built once per backend and table): two workers judging at
+    once must not fail each other."""
     dialect = session.get_bind().dialect.name
-    maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(maker(table).values(**row).on_conflict_do_nothing())
+    key = (dialect, model.__tablename__)
+    if key not in _INSERTS:
+        maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        _INSERTS[key] = maker(model.__table__).on_conflict_do_nothing()
+    return _INSERTS[key]
 
 
 # Judging what came in ---------------------------------------------------------------------------
@@ -202,57 +207,99 @@ def judge_events(
     *,
     sender_sites: Iterable[str] = (),
 ) -> list[Judged]:
-    """The verdicts on the enrolments and hospital orders among `events` that are new to the ledger.
+    """The verdicts on the enrolments and hospital orders among `events`.
 
     An enrolment is judged for its own site and therapy. A hospital order (apheresis or infusion
     ordered or booked) is judged for the site and therapy of the order it names; when that order is
     not known yet, the sender's sites must be qualified for some therapy that day (the order's own
-    therapy was judged when it was enrolled).
+    therapy was judged when it was enrolled). An event the ledger holds already was judged when it
+    first came: what it would be told now is left out (a resent page or message refuses nothing).
+    The hot path (a hospital order of a known, qualified order) costs two indexed reads.
     """
     wanted = [e for e in events if _judged_kind(e)]
     if not wanted:
         return []
-    done = {
-        (system, event_id)
-        for system, event_id in rows_by_pairs(
-            session,
-            LedgerEntry.__table__,
-            ("source_system", "source_event_id"),
-            "source_system",
-            "source_event_id",
-            [e.key for e in wanted],
-        )
-    }
-    out: list[Judged] = []
-    index: KeyIndex | None = None
+    hospital = [e for e in wanted if e.event_type is not EventType.ORDER_ENROLLED]
+    named = _orders_named(session, hospital) if hospital else {}
     speakers = sorted(set(sender_sites))
+    out: list[Judged] = []
     for event in wanted:
-        if event.key in done:
-            continue
         day = event.occurred_at.date()  # the day it happened, in the time zone it was given in
         if event.event_type is EventType.ORDER_ENROLLED:
             assert event.order is not None and event.order.site and event.order.therapy
             out.append(Judged(event, check(event.order.site, event.order.therapy, day, registry)))
             continue
-        index = index or KeyIndex(session)
-        owners = set(index.owners(event.reference_keys()).values())
-        order = session.get(Order, owners.pop()) if len(owners) == 1 else None
-        if order is not None and order.site:
-            out.append(Judged(event, check(order.site, order.therapy, day, registry), order.id))
+        owners = {named[key] for key in event.reference_keys() if key in named}
+        order = owners.pop() if len(owners) == 1 else None
+        if order is not None and order[1]:
+            out.append(Judged(event, check(order[1], order[2], day, registry), order[0]))
             continue
         verdicts = [check(site, None, day, registry) for site in speakers]
         good = next((v for v in verdicts if v.qualified), None)
-        if good is not None or not verdicts:
-            if good is not None:
-                out.append(Judged(event, good))
-            continue
-        reason = (
-            f"no site the sender speaks for ({', '.join(speakers)}) is qualified for any therapy on {day}"
-            if len(verdicts) > 1
-            else verdicts[0].reason
+        if good is not None:
+            out.append(Judged(event, good))
+        elif verdicts:
+            reason = (
+                f"no site the sender speaks for ({', '.join(speakers)}) is qualified for any therapy on {day}"
+                if len(verdicts) > 1
+                else verdicts[0].reason
+            )
+            out.append(Judged(event, Verdict(speakers[0], None, day, False, reason)))
+    return _new_to_ledger(session, out)
+
+
+_ORDERS = Order.__table__
+# Built once: a statement made per call costs more than running it (see cgthub.bulk).
+_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(
+    _ORDERS.c.id.in_(bindparam("ids", expanding=True))
+)
+
+_ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(_ORDERS.c.id == bindparam("id"))
+
+
+def _orders_named(
+    session: Session, events: Sequence[CanonicalEvent]
+) -> dict[tuple[str, str], tuple[str, str | None, str | None]]:
+    """(order id, site, therapy) of the orders these events' references find, by reference."""
+    keys = [key for event in events for key in event.reference_keys()]
+    owner = {
+        (kind, value): order_id
+        for kind, value, order_id in rows_by_pairs(
+            session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", keys
         )
-        out.append(Judged(event, Verdict(speakers[0], None, day, False, reason)))
-    return out
+    }
+    if not owner:
+        return {}
+    ids = sorted(set(owner.values()))
+    if len(ids) == 1:  # the usual case: one message, one order (a plain equality is the cheaper statement)
+        rows = session.connection().execute(_ONE_ORDER_FACTS, {"id": ids[0]})
+    else:
+        rows = session.connection().execute(_ORDER_FACTS, {"ids": ids})
+    orders = {order_id: (order_id, site, therapy) for order_id, site, therapy in rows}
+    return {key: orders[order_id] for key, order_id in owner.items() if order_id in orders}
+
+
+def _new_to_ledger(session: Session, judged: list[Judged]) -> list[Judged]:
+    """Leave out the events the ledger holds already (looked up only for what will be kept: an
+    enrolment's verdict, a refusal)."""
+    asked = [j.event.key for j in judged if _kept(j)]
+    if not asked:
+        return judged
+    done = set(
+        rows_by_pairs(
+            session,
+            LedgerEntry.__table__,
+            ("source_system", "source_event_id"),
+            "source_system",
+            "source_event_id",
+            asked,
+        )
+    )
+    return [j for j in judged if not _kept(j) or j.event.key not in done]
+
+
+def _kept(judged: Judged) -> bool:
+    return judged.event.event_type is EventType.ORDER_ENROLLED or not judged.verdict.qualified
 
 
 def _judged_kind(event: CanonicalEvent) -> bool:
@@ -262,29 +309,29 @@ def _judged_kind(event: CanonicalEvent) -> bool:
 
 
 def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged]) -> None:
-    """Record each verdict once per event and registry content, with the registry that gave it."""
-    if not judged:
+    """Record each enrolment's verdict and each refusal, once per event and registry content, with
+    the registry that gave it (a hospital order that passes leaves no row: it is the hot path)."""
+    rows = [
+        {
+            "source_system": one.event.source_system.value,
+            "source_event_id": one.event.source_event_id,
+            "registry_version": registry.version,
+            "registry_sha256": registry.sha256,
+            "site": one.verdict.site[:_SITE_LIMIT],
+            "therapy": one.verdict.therapy,
+            "day": one.verdict.day,
+            "qualified": one.verdict.qualified,
+            "reason": one.verdict.reason[:_REASON_LIMIT],
+            "raw_id": one.event.provenance.raw_id,
+            "judged_at": utcnow(),
+        }
+        for one in judged
+        if _kept(one)
+    ]
+    if not rows:
         return
     record_registry(session, registry)
-    for one in judged:
-        verdict = one.verdict
-        _insert_once(
-            session,
-            QualificationJudgement,
-            {
-                "source_system": one.event.source_system.value,
-                "source_event_id": one.event.source_event_id,
-                "registry_version": registry.version,
-                "registry_sha256": registry.sha256,
-                "site": verdict.site[:_SITE_LIMIT],
-                "therapy": verdict.therapy,
-                "day": verdict.day,
-                "qualified": verdict.qualified,
-                "reason": verdict.reason[:_REASON_LIMIT],
-                "raw_id": one.event.provenance.raw_id,
-                "judged_at": utcnow(),
-            },
-        )
+    session.execute(_insert_once(session, QualificationJudgement), rows)
 
 
 def refusal_text(registry: sites.SiteRegistry, refused: Sequence[Judged]) -> str:
