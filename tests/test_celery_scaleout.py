@@ -137,6 +137,19 @@ def _table(now: datetime) -> list[str]:
     return [re.sub(r"^ORD-\w+ +", "", line) for line in lines]
 
 
+def _forget_queue(config: ClusterConfig) -> None:
+    """Remove what the broker keeps under this test's queue name (other tests may share the Redis database)."""
+    import redis
+
+    broker = redis.Redis.from_url(config.broker_url)
+    try:
+        keys = list(broker.scan_iter(match=f"*{config.queue}*"))
+        if keys:
+            broker.delete(*keys)
+    finally:
+        broker.close()
+
+
 class _Reference:
     """The slice as `make demo` runs it: dag.test() in this process, hub data on SQLite."""
 
@@ -279,6 +292,7 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
     finally:
         cluster.stop()
         hub.stop()
+        _forget_queue(config)
     print(f"reference {reference_done:.0f} s, cluster up {cluster_up:.0f} s, total {time.monotonic() - started:.0f} s")
 
     assert len([line for line in shown if re.match(r"CRM-\d{5} ", line)]) == len(SLICE)
