@@ -42,6 +42,10 @@ def test_an_option_needs_a_free_place_on_the_day_the_material_reaches_the_cmo():
         1,
     )
     assert option.apheresis_at.isoformat() == "2027-01-04T08:00:00-05:00"  # Boston's 08:00 in winter
+    twin = slots.OrderFacts("ORD-7", "CART-19", "US-BOS-01", "US", "CMO-NJ")  # shares US's computation
+    planner.options(twin).clear()
+    assert planner.options(twin) == planner.options(US, shared=False) == [option]
+    assert planner.options(slots.OrderFacts("ORD-8", "CART-BCMA", "US-BOS-01", "US", "CMO-NJ")) == []
     assert (option.release_on, option.at_site_on, option.infusion_on) == (
         date(2027, 1, 23),
         date(2027, 1, 25),
