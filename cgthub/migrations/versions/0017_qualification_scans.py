@@ -49,9 +49,7 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(length=300), nullable=False),
         sa.Column("raw_id", sa.BigInteger(), nullable=True),
         sa.Column("judged_at", _TS, nullable=False),
-        sa.UniqueConstraint(
-            "source_system", "source_event_id", "registry_sha256", name="uq_judgement_event_registry"
-        ),
+        sa.UniqueConstraint("source_system", "source_event_id", "registry_sha256", name="uq_judgement_event_registry"),
     )
     op.create_index("ix_qualification_judgements_site", "qualification_judgements", ["site"])
 
