@@ -60,6 +60,11 @@ def test_the_registry_says_who_is_qualified_for_what_and_when(config_dir: Path):
     assert other.reason == "site DE-HD-01 is not qualified for CART-BCMA (qualified for: CART-19)"
 
     path = config_dir / "sites.yaml"
+    path.write_text("sites:\n  A: {market: US, therapies: [CART-19]}\n")  # the short form: no dates
+    sites.clear_cache()
+    assert qualification.check("A", "CART-19", date(2020, 1, 1)).qualified
+    assert not qualification.check("A", "CART-BCMA", date(2026, 3, 2)).qualified
+    assert sites.registry().label.startswith("unversioned (sha256 ")
     path.write_text(
         "version: 1\nsites:\n  A:\n    market: US\n    qualifications:\n"
         "      - {therapy: CART-19, from: 2026-05-01, until: 2026-04-01, basis: audit}\n"
