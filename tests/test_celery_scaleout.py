@@ -252,6 +252,7 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
     extra = {
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",  # the test's client, on loopback only
         "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",  # only the runs this test triggers
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "600",  # the DAG files do not change here
     }
     cluster = AirflowCluster(config, environment(config, cluster_env, extra))
     boot_errors: list[BaseException] = []
