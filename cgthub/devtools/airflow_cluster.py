@@ -52,7 +52,7 @@ class ClusterConfig:
     api_port: int
     workers: tuple[str, ...] = WORKER_NAMES
     concurrency: int = 2  # task slots per worker
-    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    jwt_secret: str = field(default_factory=lambda: secrets.token_urlsafe(64))  # >= 64 bytes: JWT's HS512
 
     @property
     def api_url(self) -> str:
@@ -86,7 +86,7 @@ def environment(
             # Each worker imports what every task process needs once, before its pool forks.
             "AIRFLOW__CELERY__EXTRA_CELERY_CONFIG": '{"imports": ["cgthub.devtools.celery_preload"]}',
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
-            # Start-up speed: the scheduler and the DAG processor look often, the DAG files once.
+            # Start-up speed: the scheduler looks every second, the DAG processor for new files every 5 s.
             "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         }
