@@ -1,9 +1,10 @@
 """The MLLP listener: many connections, one group commit, ACK only after the commit.
 
 Frames from every connection go to one queue. A committer takes everything that queued up while
-the previous batch was being committed (up to `batch_max`; optionally waiting `batch_window` for
-more while other connections are open), archives and (unless archive-only) maps and applies it in ONE
-transaction, and only then answers each message: AA once it is
+the previous batch was being committed (up to `batch_max`; waiting up to `batch_window` for the
+next message of each connection that sent its last one within a window of its ACK, or is new),
+archives and (unless archive-only) maps and applies it in ONE transaction, and only then answers
+each message: AA once it is
 durably committed, AE when it is archived but quarantined, AR when it cannot be read or is not a
 type the hub handles. A resend of a message whose ACK was lost is recognised (sending facility +
 MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the
@@ -114,6 +115,7 @@ class MllpListener:
         self._server: asyncio.Server | None = None
         self._committer: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
+        self._awaited: set[_Pace] = set()  # connections whose next message a group commit waits for
 
     async def start(self) -> tuple[str, int]:
         self._committer = asyncio.create_task(self._commit_loop())
@@ -152,11 +154,14 @@ class MllpListener:
         self._connections.add(task)
         self.stats.connections += 1
         held = _Held(self)
+        pace = _Pace(asyncio.get_running_loop().time())
+        self._awaited.add(pace)  # a new connection is waited for, as one that answers at once
         try:
-            await self._serve(reader, writer, held)
+            await self._serve(reader, writer, held, pace)
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
+            self._awaited.discard(pace)
             held.set(0)
             self._connections.discard(task)
             writer.close()
@@ -164,7 +169,9 @@ class MllpListener:
                 await writer.wait_closed()
             self._return_freed_memory()
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: _Held) -> None:
+    async def _serve(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: _Held, pace: _Pace
+    ) -> None:
         loop = asyncio.get_running_loop()
         decoder = FrameDecoder(self.max_message_bytes)
         idle_since = loop.time()  # the connection opened or its last frame was answered
@@ -197,6 +204,7 @@ class MllpListener:
                 if decoder.in_frame and frame_began is None:
                     frame_began = loop.time()
                 continue
+            self._arrived(pace, loop.time())
             for future in pending:
                 writer.write(frame(await future))
             try:
@@ -208,6 +216,7 @@ class MllpListener:
             held.set(decoder.pending)
             idle_since = loop.time()
             frame_began = idle_since if decoder.in_frame else None
+            self._answered(pace, idle_since)
         leftover = decoder.unfinished()
         if leftover is not None and leftover.payload.strip():
             # The sender went away or ran out of time mid-frame: nothing can be answered, but what came is kept.
@@ -241,6 +250,27 @@ class MllpListener:
                 pending.append(self._submit(inbound.read(message)))
                 waiting += len(message)
         return pending, waiting
+
+    def _arrived(self, pace: _Pace, now: float) -> None:
+        """A message came on this connection: it is no longer waited for, and whether it came
+        within a batch window of its last ACK says whether to wait for its next one."""
+        if pace.answered_at is not None:
+            pace.quick = now - pace.answered_at < self.batch_window
+            pace.answered_at = None
+        self._awaited.discard(pace)
+
+    def _answered(self, pace: _Pace, now: float) -> None:
+        """This connection's ACKs are written: a sender that answers at once is waited for."""
+        pace.answered_at = now
+        if pace.quick:
+            self._awaited.add(pace)
+
+    def _stop_waiting(self) -> None:
+        """A batch window passed without these connections' next messages: wait for them no more
+        until one comes back within a window of its ACK."""
+        for pace in self._awaited:
+            pace.quick = False
+        self._awaited.clear()
 
     def _refuse(self, writer: asyncio.StreamWriter) -> None:
         """Close a connection over `max_connections` at once."""
@@ -296,19 +326,26 @@ class MllpListener:
                 break
             batch = [first]
             # Group commit: take everything that queued up while the last batch was being committed,
-            # then wait up to `batch_window` for the other open connections' next messages. Senders
-            # that wait for each ACK would otherwise fall into alternating batches of 1 and n-1.
+            # then wait up to `batch_window` for the next message of each connection that sends
+            # its next message as soon as its ACK is back (or is new). Senders that wait for each
+            # ACK would otherwise fall into alternating batches of 1 and n-1; senders on a schedule
+            # of their own (most hospital interfaces) are not waited for, which would only add the
+            # window to every ACK.
             deadline = loop.time() + self.batch_window
             while len(batch) < self.batch_max:
                 try:
                     item = self._queue.get_nowait()
                 except asyncio.QueueEmpty:
-                    if loop.time() >= deadline or len(batch) >= len(self._connections):
+                    if not self._awaited:
+                        break
+                    if loop.time() >= deadline:
+                        self._stop_waiting()
                         break
                     try:
                         async with asyncio.timeout_at(deadline):
                             item = await self._queue.get()
                     except TimeoutError:
+                        self._stop_waiting()
                         break
                 if item is None:
                     stopping = True
@@ -342,6 +379,17 @@ class MllpListener:
 def _observe(done: asyncio.Future[bytes], arrived: float) -> None:
     if not done.cancelled() and done.exception() is None:
         metrics.observe_ack(done.result(), time.perf_counter() - arrived)
+
+
+class _Pace:
+    """When a connection's last ACK was written, and whether it sent its next message within a
+    batch window of an ACK last time (a sender the group commit waits for)."""
+
+    __slots__ = ("answered_at", "quick")
+
+    def __init__(self, now: float) -> None:
+        self.answered_at: float | None = now
+        self.quick = True
 
 
 class _Held:
