@@ -109,7 +109,8 @@ class Partner:
     archive_system: str = ""  # the source system its drop-folder files are archived under; default: name
     inbox: FunctionRef | None = None  # the folder the partner drops its files in, for the demo's partners
     receiver: FunctionRef | None = None  # app factory for what the partner sends us: create_app(secret=, database_url=)
-    slots: FunctionRef | None = None  # manufacturing capacity and slot reservations: a cgthub.slots.SlotProvider factory
+    # manufacturing capacity and slot reservations: a cgthub.slots.SlotProvider factory
+    slots: FunctionRef | None = None
 
     @property
     def system(self) -> str:

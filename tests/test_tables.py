@@ -51,8 +51,8 @@ def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None
     import cgthub.ops_tables
     import cgthub.outbox
     import cgthub.qualification
-    import cgthub.scheduling_tables
     import cgthub.release_tables
+    import cgthub.scheduling_tables
     import cgthub.sync_state  # noqa: F401
     from cgthub.store import get_engine
     from cgthub.tables import Base

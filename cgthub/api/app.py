@@ -173,7 +173,7 @@ def create_app(
     app.include_router(feed.router)
     app.include_router(subscriptions.router)
     app.include_router(decisions.router)
-    app.include_router(scheduling.router)
     app.include_router(verify_api.router)
+    app.include_router(scheduling.router)
     app.add_middleware(AuditMiddleware, writer=app.state.audit)
     return app

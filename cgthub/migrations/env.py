@@ -11,8 +11,8 @@ import cgthub.changes
 import cgthub.ops_tables
 import cgthub.outbox
 import cgthub.qualification
-import cgthub.scheduling_tables
 import cgthub.release_tables
+import cgthub.scheduling_tables
 import cgthub.sync_state  # noqa: F401
 from cgthub.tables import Base
 
