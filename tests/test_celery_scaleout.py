@@ -232,7 +232,8 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
 
     # The cluster's hub: data in schema hub of the test's database, its partners in this process.
     hub_url = f"{metadata_url}?options=-csearch_path%3Dhub"
-    with create_engine(metadata_url).begin() as conn:
+    airflow_db = create_engine(metadata_url)
+    with airflow_db.begin() as conn:
         conn.execute(text("CREATE SCHEMA hub"))
     _use_hub(monkeypatch, hub_url, tmp_path / "cluster-var")
     store.upgrade()
@@ -284,15 +285,17 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
         for dag_id in JUDGED:
             driver.run(dag_id, {"now": now.isoformat()})
         shown = _table(now)
-        with create_engine(metadata_url).connect() as conn:
+        with airflow_db.connect() as conn:
             ran_on = dict(
                 conn.execute(
                     text("select hostname, count(*) from task_instance where state = 'success' group by hostname")
                 ).all()
             )
     finally:
+        booting.join(timeout=180)  # a component started after stop() would outlive the test
         cluster.stop()
         hub.stop()
+        airflow_db.dispose()
         _forget_queue(config)
     print(f"reference {reference_done:.0f} s, cluster up {cluster_up:.0f} s, total {time.monotonic() - started:.0f} s")
 
