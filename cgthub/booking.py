@@ -154,7 +154,7 @@ def book(
     option = chosen[0]
     therapy, site, market = str(facts.therapy), str(facts.site), str(facts.market or "")
     shown = decisions.preview_order(session, order_id)
-    decision, reason = decisions._sign(session, Action.BOOK_SLOT, signature, shown, order_id)
+    decision, reason = decisions.sign_decision(session, Action.BOOK_SLOT, signature, shown, order_id)
 
     slot = session.scalars(
         select(ManufacturingSlot)
@@ -205,7 +205,7 @@ def book(
     )
     session.add(row)
     session.flush()
-    digest = decisions._digest(decision)
+    digest = decisions.decision_digest(decision)
     appended = ledger.append(
         session,
         CanonicalEvent(

@@ -372,9 +372,13 @@ class DecisionResult(BaseModel):
     outcome: dict[str, Any]
 
 
-def _sign(
+def sign_decision(
     session: Session, action: Action, signature: Signature, preview: Preview, order_id: str | None
 ) -> tuple[OperatorDecision, ReasonCode]:
+    """Check the signer's password, scope, reason code and view, then record the decision (not yet acted on).
+
+    Public so an action outside this module (a slot booking) signs exactly as the operator decisions do.
+    """
     operator = authenticate(session, signature.signer, signature.password.get_secret_value())
     if action.value not in operator.scopes and ALL_ACTIONS not in operator.scopes:
         raise NotPermitted(
@@ -404,7 +408,7 @@ def _sign(
     return decision, reason
 
 
-def _digest(decision: OperatorDecision) -> str:
+def decision_digest(decision: OperatorDecision) -> str:
     """What binds the whole decision, its free text included, into the ledger without copying the text."""
     return state_hash(
         {
@@ -446,7 +450,7 @@ def _finish(
                 "meaning": decision.meaning,
                 "reason_code": decision.reason_code,
                 "shown_hash": decision.shown_hash,
-                "decision_hash": _digest(decision),
+                "decision_hash": decision_digest(decision),
             },
             provenance=Provenance(mapping_id="cgthub/decision", mapping_version="1"),
         )
@@ -462,7 +466,7 @@ def _finish(
             "meaning": decision.meaning,
             "reason_code": decision.reason_code,
             "shown_hash": decision.shown_hash,
-            "decision_hash": _digest(decision),
+            "decision_hash": decision_digest(decision),
             "outcome": outcome,
         },
         actor=decision.signer,
@@ -504,7 +508,7 @@ def release_hold(session: Session, order_id: str, signature: Signature) -> Decis
             f"the hold on order {order_id} was placed by {placed_by or 'a partner'}, not by the hub",
             "the partner that placed it lifts it with its own message",
         )
-    decision, reason = _sign(session, Action.RELEASE_HOLD, signature, shown, order_id)
+    decision, reason = sign_decision(session, Action.RELEASE_HOLD, signature, shown, order_id)
     return _finish(session, decision, reason, {"hold": "released"}, EventType.ORDER_HOLD_RELEASED)
 
 
@@ -513,7 +517,7 @@ def release_under_exception(session: Session, order_id: str, signature: Signatur
     shown = preview_order(session, order_id)
     if shown.state["stage"] != OrderStatus.OOS_REVIEW.value:
         raise NotApplicable(f"order {order_id} is not in OOS review (it is {shown.state['stage']})")
-    decision, reason = _sign(session, Action.RELEASE_UNDER_EXCEPTION, signature, shown, order_id)
+    decision, reason = sign_decision(session, Action.RELEASE_UNDER_EXCEPTION, signature, shown, order_id)
     return _finish(session, decision, reason, {"released": "under exception"}, EventType.OOS_RELEASED_UNDER_EXCEPTION)
 
 
@@ -527,7 +531,7 @@ def resolve_alert(
     if alert.status == "closed" or (acknowledge and alert.status == "acknowledged"):
         raise NotApplicable(f"alert {alert_id} is already {alert.status}")
     action = Action.ACKNOWLEDGE_ALERT if acknowledge else Action.RESOLVE_ALERT
-    decision, reason = _sign(session, action, signature, shown, alert.order_id)
+    decision, reason = sign_decision(session, action, signature, shown, alert.order_id)
     if acknowledge:
         alert.status = "acknowledged"
     else:
@@ -543,7 +547,7 @@ def retry_quarantine(session: Session, entry_id: int, signature: Signature) -> D
         raise NotApplicable(
             f"quarantine entry {entry_id} is an outbound message", "replay it with `cgthub outbox replay --partner P`"
         )
-    decision, reason = _sign(session, Action.RETRY_QUARANTINE, signature, shown, entry.order_id)
+    decision, reason = sign_decision(session, Action.RETRY_QUARANTINE, signature, shown, entry.order_id)
     went_through, detail = _retry(session, entry)
     if went_through:
         quarantine.release(session, entry, f"retried under decision #{decision.id}: {detail}")
@@ -580,7 +584,7 @@ def discard_quarantine(session: Session, entry_id: int, signature: Signature) ->
     """Close an entry without applying it; the payload stays archived."""
     shown = preview_quarantine(session, entry_id)
     entry = _open_entry(session, entry_id)
-    decision, reason = _sign(session, Action.DISCARD_QUARANTINE, signature, shown, entry.order_id)
+    decision, reason = sign_decision(session, Action.DISCARD_QUARANTINE, signature, shown, entry.order_id)
     entry.status = quarantine.QuarantineStatus.DISCARDED.value
     entry.resolved_at = decision.signed_at
     entry.resolution = f"discarded under decision #{decision.id} ({reason.code})"
@@ -643,7 +647,7 @@ def replay_dead_letters(
     ids = [row[0] for row in shown.state["dead"]]
     if not ids:
         raise NotApplicable(f"no dead letters to {partner}" + (" among the messages named" if message_ids else ""))
-    decision, reason = _sign(session, Action.REPLAY_DEAD_LETTERS, signature, shown, None)
+    decision, reason = sign_decision(session, Action.REPLAY_DEAD_LETTERS, signature, shown, None)
     count = outbox.replay_dead(session, destination_kind=partner, message_ids=ids)
     return _finish(session, decision, reason, {"partner": partner, "replayed": count, "messages": ids})
 
