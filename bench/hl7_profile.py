@@ -23,7 +23,7 @@ from cgthub.store import session_scope
 # The rooms of the hot path, by the functions that enter them (cumulative time includes callees).
 ROOMS = [
     ("cgthub/hl7/inbound.py", "read", "MSH read for kind and dedupe key"),
-    ("cgthub/hl7/inbound.py", "_ack", "ACK built per message"),
+    ("cgthub/hl7/ack.py", "answer", "ACK built per message"),
     ("cgthub/archive.py", "store_many", "archive: seal and insert raw messages"),
     ("cgthub/mapping/registry.py", "get_mapper", "mapping lookup"),
     ("cgthub/mapping/compiler.py", "map", "mapping: HL7 terser reads, events built"),
@@ -82,7 +82,7 @@ STAGES = [
     ("cgthub.ledger:_BatchWriter", "_one", "ledger: correlate and chain, per event"),
     ("cgthub.ledger:_BatchWriter", "_write_rows", "ledger: insert orders, keys, entries"),
     ("cgthub.projection", "refresh_many", "projection: fold, update orders, change rows"),
-    ("cgthub.hl7.inbound", "_ack", "ACK built"),
+    ("cgthub.hl7.inbound", "answer", "ACK built"),
 ]
 
 
