@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
-from cgthub import audit_trail, decisions, ledger, outbox, partners, slots
+from cgthub import decisions, ledger, outbox, partners, slots
 from cgthub.decisions import Action, Signature
 from cgthub.hl7.appointment import MESSAGE_TYPE as SIU_S12
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
@@ -245,21 +245,7 @@ def book(
         "cmo_reservation": row.cmo_reservation,
         "ledger_seq": appended.seq,
     }
-    decision.outcome = outcome
-    audit_trail.record(
-        session,
-        f"decision.{decision.action}",
-        decision.subject,
-        {
-            "decision": decision.id,
-            "meaning": decision.meaning,
-            "reason_code": decision.reason_code,
-            "shown_hash": decision.shown_hash,
-            "decision_hash": digest,
-            "outcome": outcome,
-        },
-        actor=decision.signer,
-    )
+    decisions.record_outcome(session, decision, outcome)
     session.flush()
     return booked(row)
 

@@ -408,6 +408,25 @@ def sign_decision(
     return decision, reason
 
 
+def record_outcome(session: Session, decision: OperatorDecision, outcome: dict[str, Any]) -> None:
+    """What a signed decision did, on the decision and in the audit trail of people (one shape for every action)."""
+    decision.outcome = outcome
+    audit_trail.record(
+        session,
+        f"decision.{decision.action}",
+        decision.subject,
+        {
+            "decision": decision.id,
+            "meaning": decision.meaning,
+            "reason_code": decision.reason_code,
+            "shown_hash": decision.shown_hash,
+            "decision_hash": decision_digest(decision),
+            "outcome": outcome,
+        },
+        actor=decision.signer,
+    )
+
+
 def decision_digest(decision: OperatorDecision) -> str:
     """What binds the whole decision, its free text included, into the ledger without copying the text."""
     return state_hash(
@@ -456,21 +475,7 @@ def _finish(
         )
         appended = ledger.append(session, event)
         outcome = {**outcome, "ledger_seq": appended.seq}
-    decision.outcome = outcome
-    audit_trail.record(
-        session,
-        f"decision.{decision.action}",
-        decision.subject,
-        {
-            "decision": decision.id,
-            "meaning": decision.meaning,
-            "reason_code": decision.reason_code,
-            "shown_hash": decision.shown_hash,
-            "decision_hash": decision_digest(decision),
-            "outcome": outcome,
-        },
-        actor=decision.signer,
-    )
+    record_outcome(session, decision, outcome)
     session.flush()
     return DecisionResult(
         decision_id=decision.id,
