@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
@@ -96,3 +97,24 @@ def work_progress(label: str, *, total: int | None, unit: str) -> Iterator[WorkP
     ) as progress:
         task = progress.add_task(label, total=total, count=0, rate=0.0)
         yield WorkProgress(progress, task, time.monotonic())
+
+
+def signer_id(signer: str | None) -> str:
+    """Who signs: --signer, else CGTHUB_OPERATOR; a signature with no one behind it is refused here."""
+    from cgthub.settings import get_settings
+
+    user = (signer or get_settings().operator).strip()
+    if not user:
+        raise CliError("who signs? no --signer given and CGTHUB_OPERATOR is not set", "pass --signer YOUR_USER_ID")
+    return user
+
+
+def read_password(from_stdin: bool, prompt: str) -> str:
+    """The signer's password, typed at a hidden prompt or piped in on stdin's first line (scripts, tests)."""
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise CliError("no password on stdin", "pipe it in: printf '%s\\n' \"$PASSWORD\" | cgthub ...")
+        return line
+    typed: str = typer.prompt(prompt, hide_input=True)
+    return typed

@@ -9,7 +9,6 @@ with --password-stdin), and signs with a meaning, a reason code and free text; s
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -22,9 +21,8 @@ from sqlalchemy.orm import Session
 from cgthub import decisions, outbox
 from cgthub.cli import orders as orders_cli
 from cgthub.cli import quarantine as quarantine_cli
-from cgthub.cli.common import CliError, console, open_session
+from cgthub.cli.common import CliError, console, open_session, read_password, signer_id
 from cgthub.decisions import Action, DecisionError, Meaning, Preview, Signature
-from cgthub.settings import get_settings
 from cgthub.store import database_url
 from cgthub.tables import Alert, Operator, OperatorDecision
 
@@ -55,24 +53,12 @@ _TEXT = typer.Option(..., "--text", help="why, in your words (kept with the deci
 _STDIN = typer.Option(False, "--password-stdin", help="read the password from the first line of stdin")
 
 
-def _password(from_stdin: bool, prompt: str = "password") -> str:
-    if from_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        if not line:
-            raise CliError("no password on stdin", "pipe it in: printf '%s\\n' \"$PASSWORD\" | cgthub ...")
-        return line
-    typed: str = typer.prompt(prompt, hide_input=True)
-    return typed
-
-
 def _signature(signer: str | None, meaning: Meaning, reason: str, text: str, stdin: bool, shown: str) -> Signature:
-    user = signer or get_settings().operator.strip()
-    if not user:
-        raise CliError("who signs? no --signer given and CGTHUB_OPERATOR is not set", "pass --signer YOUR_USER_ID")
+    user = signer_id(signer)
     try:
         return Signature(
             signer=user,
-            password=_password(stdin, f"password for {user} (signing: {meaning.value})"),
+            password=read_password(stdin, f"password for {user} (signing: {meaning.value})"),
             meaning=meaning,
             reason_code=reason,
             reason_text=text,
@@ -387,7 +373,7 @@ def add_operator(
 ) -> None:
     """Add a person who may sign the actions in --scope; asks their password (stored as a scrypt hash)."""
     if password_stdin:
-        password = _password(True)
+        password = read_password(True, "password")
     else:
         password = typer.prompt(f"password for {user_id}", hide_input=True, confirmation_prompt=True)
     scopes = [part.strip() for value in scope for part in value.split(",") if part.strip()]

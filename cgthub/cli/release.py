@@ -6,7 +6,6 @@ operator password (or pipes it with --password-stdin), as for operator decisions
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,7 +15,7 @@ from rich.table import Table
 from sqlalchemy.orm import Session
 
 from cgthub import decisions, release
-from cgthub.cli.common import CliError, console, open_session
+from cgthub.cli.common import CliError, console, open_session, read_password, signer_id
 from cgthub.decisions import Action, Meaning, Signature
 from cgthub.settings import get_settings
 from cgthub.store import database_url
@@ -28,23 +27,6 @@ _T = TypeVar("_T")
 _SIGNER = typer.Option(None, "--signer", help="your operator user id (default: CGTHUB_OPERATOR)")
 _STDIN = typer.Option(False, "--password-stdin", help="read the password from the first line of stdin")
 _ENV = typer.Option(..., "--env", help="validation or production")
-
-
-def _signer(signer: str | None) -> str:
-    user = (signer or get_settings().operator).strip()
-    if not user:
-        raise CliError("who signs? no --signer given and CGTHUB_OPERATOR is not set", "pass --signer YOUR_USER_ID")
-    return user
-
-
-def _password(from_stdin: bool, prompt: str) -> str:
-    if from_stdin:
-        line = sys.stdin.readline().rstrip("\r\n")
-        if not line:
-            raise CliError("no password on stdin", "pipe it in: printf '%s\\n' \"$PASSWORD\" | cgthub release ...")
-        return line
-    typed: str = typer.prompt(prompt, hide_input=True)
-    return typed
 
 
 def _signed(work: Callable[[Session], _T], *, signer: str, subject: str) -> _T:
@@ -143,11 +125,11 @@ def approve(
 ) -> None:
     """Sign a bundle as approved (re-authentication, reason code and text), recorded in the audit trail."""
     bundle_id = _bundle_ref(bundle)
-    user = _signer(signer)
+    user = signer_id(signer)
     try:
         signature = Signature(
             signer=user,
-            password=_password(password_stdin, f"password for {user} (signing: {meaning.value})"),
+            password=read_password(password_stdin, f"password for {user} (signing: {meaning.value})"),
             meaning=meaning,
             reason_code=reason,
             reason_text=text,
@@ -171,8 +153,8 @@ def promote(
 ) -> None:
     """Put a bundle in force in validation or production (production: approved and validated first)."""
     bundle_id = _bundle_ref(bundle)
-    user = _signer(signer)
-    password = _password(password_stdin, f"password for {user} (promoting to {env})")
+    user = signer_id(signer)
+    password = read_password(password_stdin, f"password for {user} (promoting to {env})")
     row = _signed(
         lambda s: release.promote(s, bundle_id, env, signer=user, password=password, note=note),
         signer=user,
@@ -189,8 +171,8 @@ def rollback(
     password_stdin: bool = _STDIN,
 ) -> None:
     """Return an environment to the bundle in force before the current one (files reinstalled here)."""
-    user = _signer(signer)
-    password = _password(password_stdin, f"password for {user} (rolling back {env})")
+    user = signer_id(signer)
+    password = read_password(password_stdin, f"password for {user} (rolling back {env})")
     with open_session(readonly=True) as session:
         before = release.in_force(session, env)
     row = _signed(
