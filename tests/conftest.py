@@ -7,6 +7,7 @@ where it fails: CI must prove both backends.
 
 from __future__ import annotations
 
+import base64
 import os
 import sys
 import tempfile
@@ -20,6 +21,10 @@ os.environ.setdefault("CGTHUB_VAR_DIR", str(_TMP / "var"))
 os.environ.setdefault("AIRFLOW_HOME", str(_TMP / "airflow"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+# One Fernet key for this test process and every Airflow process it starts: without it each writes
+# its own into (or keeps in memory beside) airflow.cfg, and a trigger one encrypted cannot be read by
+# another (cryptography.fernet.InvalidToken when a DAG is synced).
+os.environ.setdefault("AIRFLOW__CORE__FERNET_KEY", base64.urlsafe_b64encode(os.urandom(32)).decode())
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # Airflow: the repo's dags/ and plugins/, its metadata DB inside the temporary AIRFLOW_HOME.

@@ -132,6 +132,13 @@ _REFERENCE_DIN_BODY = re.compile(r"^[A-Z][0-9A-Z]{4}[0-9]{2}[0-9]{6}$")
 
 def _reference_normalize_din(value: str) -> str:
     din = value.strip().upper().replace(" ", "")
+    # ISBT 128 data structure 001 as scanned ('=' + 13 + two flag digits) or printed (13 + flags + check)
+    scanned = din.startswith("=")
+    din = din[1:] if scanned else din
+    if re.fullmatch(r".{13}[0-9]{2}", din) or (not scanned and re.fullmatch(r".{13}[0-9]{2}.", din)):
+        din = din[:13] + din[15:]
+    elif scanned:
+        raise IdentifierError("a scanned DIN is '=' + facility id (5) + year (2) + sequence (6) + two flag digits")
     body, check = (din[:13], din[13:]) if len(din) == 14 else (din, "")
     if not _REFERENCE_DIN_BODY.match(body):
         raise IdentifierError(
@@ -163,6 +170,13 @@ _DIN_BODIES = st.builds(
 _DIN_LIKE = st.one_of(
     _DIN_BODIES,
     st.builds(lambda body, check: body + check, _DIN_BODIES, st.sampled_from(_ALPHABET + "a*/ ")),
+    st.builds(lambda body, flags: "=" + body + flags, _DIN_BODIES, st.text(alphabet=string.digits + "A=", max_size=3)),
+    st.builds(
+        lambda body, flags, check: body + flags + check,
+        _DIN_BODIES,
+        st.text(string.digits, min_size=2, max_size=2),
+        st.sampled_from(_ALPHABET),
+    ),
     st.builds(lambda body, case: body.lower() if case else f"  {body[:5]} {body[5:]} ", _DIN_BODIES, st.booleans()),
     st.text(alphabet=string.digits + _LETTERS + "az* \n\t-ßıſ٣²", max_size=16),
     st.text(max_size=16),
