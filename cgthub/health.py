@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
+from cgthub import heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.settings import get_settings
 from cgthub.store import session_scope
@@ -50,7 +51,10 @@ def listener(address: str | None = None, *, timeout: float = 0.5) -> dict[str, A
 
 
 def delivery(database_url: str | None) -> dict[str, Any]:
-    """The webhook delivery loop, judged by its work: due messages waiting, the oldest's age, dead letters."""
+    """The webhook delivery loop, judged by its heartbeat and its work: `down` once its last beat is
+    older than the loop said it may grow (cgthub.heartbeat), `behind` while a due message waits too
+    long, else `ok`. Due messages waiting, the oldest's age, dead letters; and, once a loop has run on
+    this database, its last beat's age and the age at which it counts as down."""
     now = datetime.now(UTC)
     due = (OutboxStatus.PENDING.value, OutboxStatus.FAILED.value)
     try:
@@ -67,17 +71,25 @@ def delivery(database_url: str | None) -> dict[str, Any]:
                     OutboxMessage.destination_kind == WEBHOOK_KIND, OutboxMessage.status == OutboxStatus.DEAD.value
                 )
             )
+            beat = heartbeat.last(session, heartbeat.WEBHOOK_DELIVERY)
     except Exception as exc:
         return {"status": "unknown", "error": type(exc).__name__}
     if oldest is not None and oldest.tzinfo is None:
         oldest = oldest.replace(tzinfo=UTC)
     late = (now - oldest) if oldest is not None else timedelta(0)
-    return {
+    state: dict[str, Any] = {
         "status": "behind" if late > DELIVERY_BEHIND_AFTER else "ok",
         "due": int(waiting),
         "oldest_due_seconds": round(late.total_seconds(), 1),
         "dead": int(dead or 0),
     }
+    if beat is not None:  # no loop has run on this database yet: judged by its work alone
+        age = heartbeat.age_seconds(beat, now)
+        state["last_beat_seconds"] = round(age, 1)
+        state["down_after_seconds"] = beat.stale_after_seconds
+        if age > beat.stale_after_seconds:
+            state["status"] = "down"
+    return state
 
 
 HEALTHY = frozenset({"ok", "not configured"})

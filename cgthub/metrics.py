@@ -5,8 +5,9 @@ Two kinds of series, so that no number is counted twice across replicas:
 - process-local counters and histograms of the MLLP listener (messages received, ACKs by code,
   ACK latency), served by the listener's own small HTTP port (`serve_http`);
 - gauges read from the hub's database when Prometheus scrapes (quarantine depth by stage, outbox
-  backlog and dead letters per partner, partner lag, last sync duration, open alerts by kind),
-  served once, by the API's `/metrics`. Each is one indexed GROUP BY, so a scrape stays cheap.
+  backlog and dead letters per partner, partner lag, last sync duration, open alerts by kind, the
+  age of each long-running loop's last heartbeat), served once, by the API's `/metrics`. Each is one
+  indexed GROUP BY (or a read of a few rows), so a scrape stays cheap.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from cgthub import heartbeat
+from cgthub.heartbeat import Heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.store import session_scope
 from cgthub.sync_state import SyncState
@@ -101,6 +104,11 @@ class HubCollector(Collector):
             labels=["partner", "stream"],
         )
         alerts = GaugeMetricFamily("cgthub_alerts_open", "Open operator alerts, by kind", labels=["kind"])
+        beats = GaugeMetricFamily(
+            "cgthub_heartbeat_age_seconds",
+            "Now minus a long-running loop's last heartbeat (the webhook delivery loop: service=webhook-delivery)",
+            labels=["service"],
+        )
         now = datetime.now(UTC)
         with session_scope(self.database_url, readonly=True) as session:
             for stage, count in session.execute(
@@ -144,7 +152,9 @@ class HubCollector(Collector):
                 select(Alert.kind, func.count()).where(Alert.status == "open").group_by(Alert.kind)
             ):
                 alerts.add_metric([kind], count)
-        return [quarantine, backlog, dead, lag, since, duration, alerts]
+            for beat in session.scalars(select(Heartbeat)):
+                beats.add_metric([beat.service], heartbeat.age_seconds(beat, now))
+        return [quarantine, backlog, dead, lag, since, duration, alerts, beats]
 
 
 def _report_duration() -> Any:

@@ -48,6 +48,7 @@ def test_the_migrations_build_the_schema_the_models_declare(db_url: str) -> None
     # The modules with tables of their own, as migrations/env.py imports them.
     import cgthub.api.tables
     import cgthub.changes
+    import cgthub.heartbeat
     import cgthub.ops_tables
     import cgthub.outbox
     import cgthub.qualification

@@ -24,7 +24,7 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, changes, outbox
+from cgthub import archive, changes, heartbeat, outbox
 from cgthub.api import webhook_targets
 from cgthub.api.auth import principal_of
 from cgthub.api.cursor import encode_feed_cursor
@@ -228,11 +228,23 @@ def replay(session: Session, subscription_id: str | None = None) -> int:
     return outbox.replay_dead(session, destination_kind=KIND, destination_id=subscription_id)
 
 
-def run_forever(database_url: str | None, stop: threading.Event, *, interval: float = 1.0) -> None:
-    """The delivery loop `cgthub api serve` runs in a thread (and `cgthub api webhooks run`)."""
+# How old the delivery loop's last beat may grow before /health/ready reports it down: three missed
+# rounds, but at least long enough for a round that meets a few slow endpoints (TIMEOUT each).
+STALE_AFTER_FLOOR = 30.0
+
+
+def run_forever(
+    database_url: str | None, stop: threading.Event, *, interval: float = 1.0, stale_after: float | None = None
+) -> None:
+    """The delivery loop `cgthub api serve` runs in a thread (and `cgthub api webhooks run`).
+
+    Each round starts with a heartbeat in the hub's database (cgthub.heartbeat), so /health/ready
+    can tell a loop that stopped or hangs from one that has nothing to do."""
+    stale = stale_after if stale_after is not None else max(3 * interval, STALE_AFTER_FLOOR)
     with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
         while not stop.is_set():
             try:
+                heartbeat.beat(database_url, heartbeat.WEBHOOK_DELIVERY, interval=interval, stale_after=stale)
                 pump(database_url, client=client)
             except Exception:
                 log.exception("webhook delivery round failed; retrying")

@@ -58,6 +58,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.scheduling_tables",
             "cgthub.sync_state",
             "cgthub.store",
+            "cgthub.heartbeat",
         ),
     ),
     (

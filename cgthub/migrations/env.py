@@ -8,6 +8,7 @@ from sqlalchemy import create_engine
 # Modules with tables of their own (besides cgthub.tables), imported so the metadata sees them.
 import cgthub.api.tables
 import cgthub.changes
+import cgthub.heartbeat
 import cgthub.ops_tables
 import cgthub.outbox
 import cgthub.qualification

@@ -1,6 +1,8 @@
-"""service heartbeats (reserved)
+"""service heartbeats
 
-Reserved so parallel work chains in order; a no-op until its change fills it in.
+One row per long-running loop (the webhook delivery loop first): when it last went round, its
+interval and how old a beat may grow before `/health/ready` reports it down. The ORM is
+cgthub/heartbeat.py.
 
 Revision ID: 0020
 Revises: 0019
@@ -9,6 +11,11 @@ Create Date: 2026-12-04
 
 from __future__ import annotations
 
+import sqlalchemy as sa
+from alembic import op
+
+from cgthub.tables import UTCDateTime
+
 revision = "0020"
 down_revision = "0019"
 branch_labels = None
@@ -16,8 +23,15 @@ depends_on = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "service_heartbeats",
+        sa.Column("service", sa.String(length=64), primary_key=True),
+        sa.Column("beat_at", UTCDateTime(timezone=True), nullable=False),
+        sa.Column("interval_seconds", sa.Float(), nullable=False),
+        sa.Column("stale_after_seconds", sa.Float(), nullable=False),
+        sa.Column("instance", sa.String(length=200), nullable=False),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("service_heartbeats")
