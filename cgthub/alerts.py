@@ -75,10 +75,39 @@ def control_id_reused(session: Session, *, system: str, raw_id: int, earlier_raw
         kind=CONTROL_ID_REUSED,
         message=(
             f"{system} reused the delivery id of raw message #{earlier_raw_id} for different content: "
-            f"raw message #{raw_id} was archived and applied as a new message"
+            f"raw message #{raw_id} was archived as a new message (applied, unless its quarantine entry says why not)"
         ),
         dedupe_key=f"{CONTROL_ID_REUSED}:{system}:{raw_id}",
         details={"system": system, "raw_id": raw_id, "earlier_raw_id": earlier_raw_id},
+    )
+
+
+EVENT_CONFLICT = "event_conflict"
+
+
+def event_conflict(
+    session: Session,
+    *,
+    system: str,
+    quarantine_id: int,
+    order_id: str | None,
+    fields: list[str],
+    raw_id: int | None,
+) -> Alert:
+    """An event id the ledger holds came again with other content (`cgthub.conflicts`): the first
+    version stays applied, the new one waits in quarantine for an operator's decision. The text
+    names the differing fields, never their values, nor the sender's event id (partner data)."""
+    return raise_alert(
+        session,
+        kind=EVENT_CONFLICT,
+        order_id=order_id,
+        message=(
+            f"{system} sent an event it had sent before with different content (fields: {', '.join(fields)}); "
+            f"the first version is applied, the new one is held in quarantine #{quarantine_id}: "
+            "retry it as a correction or discard it"
+        ),
+        dedupe_key=f"{EVENT_CONFLICT}:{quarantine_id}",
+        details={"system": system, "quarantine_id": quarantine_id, "fields": fields, "raw_id": raw_id},
     )
 
 

@@ -29,6 +29,7 @@ class Rejection(StrEnum):
     VALIDATION = "validation"  # mapped, but a value breaks a rule of the canonical model or the store
     CORRELATE = "correlate"  # no order matches it yet (replayed once the order is enrolled)
     IDENTITY = "identity"  # its identifiers contradict the order they name, or its sender's scope
+    CONFLICT = "conflict"  # its event id was received before with other content (kept for review)
     UNAPPLIED = "unapplied"  # archived, but applying it failed; replay once the cause is fixed
     NOT_STORED = "not_stored"  # not even archived (a transient store failure): the sender must resend
 
@@ -56,6 +57,7 @@ _BY_STAGE = {
     "validate": Rejection.VALIDATION,
     "correlate": Rejection.CORRELATE,
     "identity": Rejection.IDENTITY,
+    "conflict": Rejection.CONFLICT,
 }
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cgthub import alerts, ledger_anchor, projection, quarantine
+from cgthub import alerts, conflicts, ledger_anchor, projection, quarantine
 from cgthub.bulk import BatchRead, BulkWrite, rows_by_pairs
 from cgthub.correlation import KeyIndex, ScopeConflict, correlate
 from cgthub.errors import CgthubError, Rejection
@@ -41,7 +41,7 @@ GENESIS = "0" * 64
 _MAX_ATTEMPTS = 5
 _CHUNK = 400
 _ENTRIES = LedgerEntry.__table__
-_DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq")
+_DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq", "body")
 _INSERT_ORDERS = BulkWrite(insert(Order.__table__))
 _INSERT_KEYS = BulkWrite(insert(OrderKey.__table__))
 _INSERT_ENTRIES = BulkWrite(insert(_ENTRIES))
@@ -184,6 +184,7 @@ class _BatchWriter:
         self.orders: dict[str, projection.OrderHead] = {}
         self.new_orders: list[dict[str, Any]] = []
         self.done: dict[tuple[str, str], AppendResult] = {}
+        self.held: dict[tuple[str, str], str | CanonicalEvent] = {}  # each done event's body (or itself)
         self.entry_rows: list[dict[str, Any]] = []
         self.key_rows: list[dict[str, Any]] = []
         self.touched: dict[str, list[CanonicalEvent]] = {}
@@ -198,8 +199,9 @@ class _BatchWriter:
     def _preload(self, events: Sequence[CanonicalEvent]) -> None:
         keys = [e.key for e in events]
         rows = rows_by_pairs(self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", keys)
-        for system, event_id, order_id, entry_id, seq in rows:
+        for system, event_id, order_id, entry_id, seq, body in rows:
             self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
+            self.held[(system, event_id)] = body
         self.index.preload(k for e in events for k in e.all_keys())
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
 
@@ -216,6 +218,20 @@ class _BatchWriter:
     def _one(self, event: CanonicalEvent) -> AppendResult:
         if event.key in self.done:
             prior = self.done[event.key]
+            fields = conflicts.differing_fields(self.held.get(event.key), event)  # same id, other content?
+            refused = (
+                conflicts.refuse(self.session, event, fields, order_id=prior.order_id, applied_entry_id=prior.entry_id)
+                if fields
+                else None
+            )
+            if refused:
+                return AppendResult(
+                    "quarantined",
+                    prior.order_id,
+                    quarantine_id=refused[0],
+                    reason=refused[1],
+                    rejection=Rejection.CONFLICT,
+                )
             return AppendResult("duplicate", prior.order_id, prior.entry_id, prior.seq)
         match = correlate(self.session, event, self.index)
         if not match.ok:
@@ -232,6 +248,7 @@ class _BatchWriter:
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
         result = self._chain(self._order(order_id), event)
         self.done[event.key] = result
+        self.held[event.key] = event
         return result
 
     def _chain(self, order: projection.OrderHead, event: CanonicalEvent) -> AppendResult:

@@ -30,6 +30,7 @@ class Stage(StrEnum):
     VALIDATE = "validate"
     CORRELATE = "correlate"
     IDENTITY = "identity"
+    CONFLICT = "conflict"  # a known event id came again with other content (cgthub/conflicts.py)
     DELIVER = "deliver"
 
 
@@ -43,6 +44,7 @@ STAGE_MEANING = {
     Stage.VALIDATE: "the mapping made an event the canonical model refuses",
     Stage.CORRELATE: "no order matches the event's references (yet)",
     Stage.IDENTITY: "the event contradicts its order's chain of identity",
+    Stage.CONFLICT: "the event's id was received before with other content; the first version is applied",
     Stage.DELIVER: "an outbound message could not be delivered",
 }
 MAPPING_STAGES = (Stage.PARSE, Stage.MAP, Stage.VALIDATE)

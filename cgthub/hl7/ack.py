@@ -35,6 +35,7 @@ ANSWERS: dict[Rejection, tuple[str, str]] = {
     Rejection.VALIDATION: ("AE", "102^Data type error^HL70357"),
     Rejection.CORRELATE: ("AE", "204^Unknown key identifier^HL70357"),
     Rejection.IDENTITY: ("AE", "205^Duplicate key identifier^HL70357"),
+    Rejection.CONFLICT: ("AE", "205^Duplicate key identifier^HL70357"),  # a known id with other content
     Rejection.UNAPPLIED: ("AE", _INTERNAL),
     Rejection.NOT_STORED: ("AE", _INTERNAL),
 }

@@ -1,0 +1,186 @@
+"""A known event id with other content: never taken for a duplicate, kept for an operator to decide.
+
+The ledger is idempotent on (source_system, source_event_id). A partner that sends an event id it
+sent before means the same event (a resend: a plain duplicate) unless the content differs: a
+hospital that reuses a control id for another order, a CRM record changed under the same event id.
+The ledger's duplicate check reads the body of each entry it finds (in the same batched lookup) and
+compares the business content, everything but arrival time and provenance. The first version stays
+applied; the new one is quarantined at stage `conflict` with the differing field names (never their
+values), an `event_conflict` alert is raised, and the sender is told (HL7: AE, ERR-3 205).
+
+An operator resolves the entry with the usual signed decisions: retry applies it as a correction
+(`<id>@c<entry>` superseding the version in force, as a mapping replay's corrections do), discard
+closes it. Once decided, the same content arriving again is a duplicate. Content is compared only
+between events made by the same mapping version: across a version change the mapping replay
+(`cgthub mapping replay`) is what compares and corrects. The hub's own events are not compared
+(their ids are idempotency keys for hub decisions, whose details may be worked out again).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Any
+
+import orjson
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from cgthub import alerts, quarantine
+from cgthub.archive import fitted
+from cgthub.errors import CgthubError
+from cgthub.model import CanonicalEvent, SourceSystem
+from cgthub.tables import LedgerEntry, QuarantineEntry
+
+log = logging.getLogger(__name__)
+
+_PROVENANCE = ("received_at", "provenance")  # what a resend may change without being another event
+_SUBJECT_LIMIT = 300
+_EVENT_ID_LIMIT = 200
+_DECIDED = (quarantine.QuarantineStatus.REPLAYED.value, quarantine.QuarantineStatus.DISCARDED.value)
+CORRECTION_MARK = "@c"
+
+
+def content(data: dict[str, Any]) -> dict[str, Any]:
+    """An event's JSON without arrival time and provenance: what must match for a resend."""
+    return {k: v for k, v in data.items() if k not in _PROVENANCE}
+
+
+def digest(data: dict[str, Any]) -> str:
+    """SHA-256 of an event's content (its canonical JSON without arrival time and provenance)."""
+    return hashlib.sha256(orjson.dumps(content(data), option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent) -> list[str]:
+    """The dotted names of the fields in which `event` differs from the version the ledger holds
+    (`prior`: its stored body, or the event appended earlier in the batch); [] for a plain duplicate.
+
+    Called only for an event whose id the ledger already holds, so the hot path of new events pays
+    nothing. Not compared: the hub's own events, and versions made by different mapping versions."""
+    if prior is None or prior is event or event.source_system is SourceSystem.HUB:
+        return []
+    old = orjson.loads(prior) if isinstance(prior, str) else prior.to_json_dict()
+    new = event.to_json_dict()
+    made_by = old.get("provenance") or {}
+    mapping = event.provenance
+    if made_by.get("mapping_id") != mapping.mapping_id or str(made_by.get("mapping_version")) != str(
+        mapping.mapping_version
+    ):
+        return []
+    old, new = content(old), content(new)
+    if old == new:
+        return []
+    flat_old, flat_new = _flat(old), _flat(new)
+    return sorted(name for name in flat_old.keys() | flat_new.keys() if flat_old.get(name) != flat_new.get(name))
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    return {prefix: data}
+
+
+def subject(event: CanonicalEvent, content_digest: str) -> str:
+    """The quarantine subject of one conflicting version: the event and its content's digest, so
+    a decision about this version is found again when the same content comes back."""
+    return fitted(f"{event.source_system.value}:{event.source_event_id}~{content_digest[:16]}", _SUBJECT_LIMIT)
+
+
+def refuse(
+    session: Session,
+    event: CanonicalEvent,
+    fields: list[str],
+    *,
+    order_id: str | None,
+    applied_entry_id: int | None,
+) -> tuple[int, str] | None:
+    """Quarantine `event` at stage `conflict` and raise the alert; (entry id, reason for its sender).
+
+    None when an operator already decided about this very content (retried it as a correction or
+    discarded it): then it is a duplicate of what was decided."""
+    data = event.to_json_dict()
+    content_digest = digest(data)
+    about = subject(event, content_digest)
+    decided = session.scalar(
+        select(QuarantineEntry.id)
+        .where(
+            QuarantineEntry.subject == about,
+            QuarantineEntry.stage == quarantine.Stage.CONFLICT.value,
+            QuarantineEntry.status.in_(_DECIDED),
+        )
+        .limit(1)
+    )
+    if decided is not None:
+        return None
+    names = ", ".join(fields)
+    reason = (
+        f"event {event.source_event_id} was received before with different content (fields: {names}); "
+        "the first version is applied; review, then retry to apply this one as a correction, or discard it"
+    )
+    entry = quarantine.put(
+        session,
+        stage=quarantine.Stage.CONFLICT,
+        reason=reason,
+        system=event.source_system.value,
+        kind=event.event_type.value,
+        raw_id=event.provenance.raw_id,
+        order_id=order_id,
+        subject=about,
+        details={
+            "event": data,
+            "fields": fields,
+            "content_digest": content_digest,
+            "applied_entry_id": applied_entry_id,
+        },
+    )
+    alerts.event_conflict(
+        session,
+        system=event.source_system.value,
+        quarantine_id=entry.id,
+        order_id=order_id,
+        fields=fields,
+        raw_id=event.provenance.raw_id,
+    )
+    log.warning(
+        "quarantined %s event (quarantine #%s): a known event id with other content (fields: %s)",
+        event.source_system.value,
+        entry.id,
+        names,
+    )
+    return entry.id, f"{reason} (quarantine #{entry.id})"
+
+
+class CorrectionRefused(CgthubError, ValueError):
+    """A conflict entry that cannot become a correction (no event kept, or its id leaves no room)."""
+
+
+def correction(session: Session, entry: QuarantineEntry) -> CanonicalEvent:
+    """The event a `conflict` entry holds, as a correction of the version in force: id
+    `<id>@c<entry>`, superseding the latest correction of the id, or the id itself."""
+    data = (entry.details or {}).get("event")
+    if not data:
+        raise CorrectionRefused(f"quarantine entry {entry.id} keeps no event to apply")
+    event = CanonicalEvent.model_validate(data)
+    base = event.source_event_id
+    corrected = f"{base}{CORRECTION_MARK}{entry.id}"
+    if len(corrected) > _EVENT_ID_LIMIT:
+        raise CorrectionRefused(
+            f"event id of quarantine entry {entry.id} is too long to take a correction mark; discard it "
+            "and have the partner send the change under a new id"
+        )
+    in_force = session.scalar(
+        select(LedgerEntry.source_event_id)
+        .where(
+            LedgerEntry.source_system == event.source_system.value,
+            or_(
+                LedgerEntry.source_event_id == base,
+                LedgerEntry.source_event_id.startswith(base + CORRECTION_MARK, autoescape=True),
+            ),
+        )
+        .order_by(LedgerEntry.id.desc())
+        .limit(1)
+    )
+    return event.model_copy(update={"source_event_id": corrected, "supersedes": in_force or base})
