@@ -147,6 +147,10 @@ class OrderProjection(_Folded):
     reschedules: int = 0
     cancel_reason: str | None = None
     last_event_at: datetime | None = None
+    # When the order last moved along its life cycle: a status entered, a hold placed or lifted, a
+    # date (re)scheduled or cancelled. Bookings of couriers, scans, results and the hub's records of
+    # decisions are events but not progress: they must not make a stalled order look alive.
+    last_progress_at: datetime | None = None
     event_count: int = 0
 
     def vein_to_vein_days(self, now: datetime) -> float | None:
@@ -156,6 +160,11 @@ class OrderProjection(_Folded):
             return None
         end = self.milestones.get(OrderStatus.INFUSED.value) or now
         return round((end - collected).total_seconds() / 86400, 1)
+
+    def progressed_at(self) -> datetime | None:
+        """When the order last moved along its life cycle (a projection stored before the field
+        existed answers the time it entered its status)."""
+        return self.last_progress_at or self.status_since
 
 
 def effective_events(events: Iterable[CanonicalEvent]) -> list[CanonicalEvent]:
@@ -237,9 +246,11 @@ def _apply(state: OrderProjection, event: CanonicalEvent) -> None:
     kind = event.event_type
     if kind is EventType.ORDER_ON_HOLD:
         state.on_hold, state.hold_reason = True, event.reason or "on hold"
+        _progress(state, event)
         return
     if kind is EventType.ORDER_HOLD_RELEASED:
         state.on_hold, state.hold_reason = False, None
+        _progress(state, event)
         return
     if kind is EventType.ORDER_RESCHEDULED:
         _reschedule(state, event)
@@ -298,9 +309,14 @@ def _enter(state: OrderProjection, event: CanonicalEvent, target: OrderStatus) -
                 state.skipped_milestones.append(skipped.value)
     state.stage = target
     state.status_since = event.occurred_at
+    _progress(state, event)
     state.milestones.setdefault(target.value, event.occurred_at)
     if target.value in state.skipped_milestones:
         state.skipped_milestones.remove(target.value)
+
+
+def _progress(state: OrderProjection, event: CanonicalEvent) -> None:
+    state.last_progress_at = max(filter(None, [state.last_progress_at, event.occurred_at]))
 
 
 def _flag(state: OrderProjection, event: CanonicalEvent, message: str) -> None:
@@ -341,10 +357,12 @@ def _absorb_details(state: OrderProjection, event: CanonicalEvent) -> None:
         view = _shipment(state, event)
         view.last_event, view.last_event_at = event.event_type.value, event.occurred_at
     if event.scheduled_for is not None:
-        if event.event_type is EventType.APHERESIS_SCHEDULED:
-            state.scheduled["apheresis"] = event.scheduled_for
-        elif event.event_type is EventType.INFUSION_SCHEDULED:
-            state.scheduled["infusion"] = event.scheduled_for
+        what = {EventType.APHERESIS_SCHEDULED: "apheresis", EventType.INFUSION_SCHEDULED: "infusion"}.get(
+            event.event_type
+        )
+        if what is not None and state.scheduled.get(what) != event.scheduled_for:
+            state.scheduled[what] = event.scheduled_for
+            _progress(state, event)
 
 
 def _shipment(state: OrderProjection, event: CanonicalEvent) -> ShipmentView:
@@ -362,14 +380,26 @@ def _shipment(state: OrderProjection, event: CanonicalEvent) -> ShipmentView:
 
 
 def _reschedule(state: OrderProjection, event: CanonicalEvent) -> None:
+    """A date moved, or (attribute `cancelled`) called off: a cancelled apheresis booking puts an
+    order that was waiting for it back to `enrolled`, to be booked again."""
     what = str(event.attributes.get("what", "apheresis"))
-    state.reschedules += 1
+    cancelled = bool(event.attributes.get("cancelled"))
+    if not cancelled:
+        state.reschedules += 1
     done = OrderStatus.COLLECTED if what == "apheresis" else OrderStatus.INFUSED
     if state.stage in TERMINAL or RANK.get(state.stage, 0) >= RANK[done]:
-        _flag(state, event, f"{what} rescheduled after it took place (order was {state.stage.value})")
+        verb = "cancelled" if cancelled else "rescheduled"
+        _flag(state, event, f"{what} {verb} after it took place (order was {state.stage.value})")
+        return
+    if cancelled:
+        state.scheduled.pop(what, None)
+        if what == "apheresis" and state.stage is OrderStatus.APHERESIS_SCHEDULED:
+            state.stage, state.status_since = OrderStatus.ENROLLED, event.occurred_at
+        _progress(state, event)
         return
     if event.scheduled_for is not None:
         state.scheduled[what] = event.scheduled_for
+    _progress(state, event)
 
 
 def _excursion(state: OrderProjection, event: CanonicalEvent) -> None:

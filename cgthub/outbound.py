@@ -71,6 +71,7 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
                 "market": row.market,
                 "site": row.site,
                 "cmo": known.get(row.order_id, {}).get("cmo"),
+                "stage": known.get(row.order_id, {}).get("stage"),  # where the order is now (a leg may be past)
                 "change_id": row.id,
             }
             key = f"{partner}:{row.order_id}:{row.id}"
@@ -82,13 +83,14 @@ def route(session: Session, *, limit: int = 5000) -> dict[str, int]:
 
 
 def _known(session: Session, order_ids: set[str]) -> dict[str, dict[str, Any]]:
-    """What a partner may need beside the change: each order's references, booked dates and CMO."""
+    """What a partner may need beside the change: each order's references, booked dates, CMO and stage now."""
     out: dict[str, dict[str, Any]] = {}
     for order_id, projection in session.execute(select(Order.id, Order.projection).where(Order.id.in_(order_ids))):
         out[order_id] = {
             "refs": dict(projection.get("refs") or {}),
             "scheduled": dict(projection.get("scheduled") or {}),
             "cmo": projection.get("cmo"),
+            "stage": projection.get("stage"),
         }
     return out
 

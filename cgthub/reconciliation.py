@@ -8,7 +8,7 @@ status_disagreement  a partner's status contradicts the hub's (cancelled on one 
 coi_mismatch         a partner's chain-of-identity id differs from the hub's for the same order
 unknown_order        a partner has an order no hub order carries the reference of
 orphan_shipment      a courier shipment that matched no order for `orphan_shipment_after_hours`
-stuck_order          an open order with no event for `stuck_after_days`
+stuck_order          an open order that has not moved along its life cycle for `stuck_after_days`
 
 `reconcile(...)` is pure. `run(session, ...)` writes a report row, opens an alert per finding and
 closes reconciliation alerts that no longer hold.
@@ -110,18 +110,21 @@ def reconcile(
                 )
             )
     for order in orders:
+        # Progress along the life cycle, not any event: a courier booked or an alert resolved today
+        # does not move a stalled order (cgthub.lifecycle's last_progress_at).
         stuck_after = timedelta(days=rules.stuck_after(order.stage))
-        if order.stage in TERMINAL or order.last_event_at is None or now - order.last_event_at < stuck_after:
+        moved = order.progressed_at()
+        if order.stage in TERMINAL or moved is None or now - moved < stuck_after:
             continue
-        idle = (now - order.last_event_at).days
+        idle = (now - moved).days
         findings.append(
             Finding(
                 kind="stuck_order",
                 severity="warning",
                 subject=order.order_id,
                 order_id=order.order_id,
-                message=f"order {order.order_id} has had no event for {idle} days (status {order.status.value})",
-                details={"last_event_at": order.last_event_at.isoformat(), "status": order.status.value},
+                message=f"order {order.order_id} has not moved for {idle} days (status {order.status.value})",
+                details={"last_progress_at": moved.isoformat(), "status": order.status.value},
             )
         )
     return findings

@@ -183,6 +183,57 @@ class Quotas(_Strict):
         return value
 
 
+class PickupWindow(_Strict):
+    """When the courier collects one leg, in hours after the day's reference time: the booked
+    apheresis start (to the manufacturer) or the release (back to the site)."""
+
+    after_hours: float = Field(ge=0, le=168)
+    until_hours: float = Field(gt=0, le=336)
+
+    @model_validator(mode="after")
+    def _opens_before_it_closes(self) -> PickupWindow:
+        if self.until_hours <= self.after_hours:
+            raise ValueError(
+                f"a pickup window closes after it opens (after_hours {self.after_hours:g} "
+                f">= until_hours {self.until_hours:g})"
+            )
+        return self
+
+    def span(self) -> tuple[timedelta, timedelta]:
+        return timedelta(hours=self.after_hours), timedelta(hours=self.until_hours)
+
+
+class LegWindows(_Strict):
+    to_manufacturer: PickupWindow | None = None
+    to_site: PickupWindow | None = None
+
+
+class PickupWindows(_Strict):
+    """Pickup windows per leg: a site's own, else its market's, else the default."""
+
+    default: LegWindows = LegWindows(
+        to_manufacturer=PickupWindow(after_hours=4, until_hours=12),
+        to_site=PickupWindow(after_hours=12, until_hours=36),
+    )
+    markets: dict[str, LegWindows] = Field(default_factory=dict)
+    sites: dict[str, LegWindows] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _default_has_both_legs(self) -> PickupWindows:
+        if self.default.to_manufacturer is None or self.default.to_site is None:
+            raise ValueError("pickup_windows.default needs both legs: to_manufacturer and to_site")
+        return self
+
+    def window(self, leg: str, site: str | None, market: str | None) -> tuple[timedelta, timedelta]:
+        """(opens, closes) after the leg's reference time; `leg` is to_manufacturer or to_site."""
+        for found in (self.sites.get(site or ""), self.markets.get(market or ""), self.default):
+            chosen = getattr(found, leg, None) if found is not None else None
+            if chosen is not None:
+                span: tuple[timedelta, timedelta] = chosen.span()
+                return span
+        raise NotSchedulable(f"no pickup window for leg {leg}")
+
+
 class SchedulingConfig(_Strict):
     horizon_days: int = Field(default=90, ge=1, le=366)
     min_notice_days: int = Field(default=3, ge=0, le=60)
@@ -190,6 +241,7 @@ class SchedulingConfig(_Strict):
     cmos: dict[str, tuple[str, ...]] = Field(default_factory=dict)
     calendars: Calendars = Calendars()
     quotas: Quotas = Quotas()
+    pickup_windows: PickupWindows = PickupWindows()
 
     _site_calendars: dict[str, Calendar] = PrivateAttr(default_factory=dict)
 

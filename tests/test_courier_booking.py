@@ -117,7 +117,7 @@ def test_the_outbound_dag_books_each_leg_with_the_schedules_pickup_window(db_url
     assert airflow_env.run_dag_test(outbound_dag).state == "success"
 
     out, back = sorted(courier.state.shipments.values(), key=lambda s: s["direction"])
-    assert len(courier.state.shipments) == 2  # order 2's leg to the CMO: its window closed long ago
+    assert len(courier.state.shipments) == 2  # order 2 is past its leg to the CMO (released): not booked
     apheresis, release = now + 6 * DAY, now - HOUR
     assert out["reference"]["crmOrderId"] == "CRM-00001" and back["reference"]["crmOrderId"] == "CRM-00002"
     assert (out["pickup"]["location"], out["delivery"]["location"]) == ("US-SITE-1", "CMO-EAST")

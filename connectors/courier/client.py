@@ -1,4 +1,4 @@
-"""Courier REST client: book shipments (idempotent), read the tracking-event feed."""
+"""Courier REST client: book and cancel shipments (idempotent), read the tracking-event feed."""
 
 from __future__ import annotations
 
@@ -30,6 +30,21 @@ class CourierClient:
         if not isinstance(booked, dict) or not booked.get("shipmentId"):
             raise PartnerError("courier: the booking answer names no shipment")
         return answer.body, booked
+
+    def cancel_leg(self, reference: dict[str, Any], direction: str, idempotency_key: str) -> list[str]:
+        """Cancel the shipment booked for an order's leg (by its reference), if any: the ids cancelled."""
+        answer = self.session.request(
+            "POST",
+            "/v1/shipments/cancel",
+            json={"reference": reference, "direction": direction},
+            headers={**self.headers, "Idempotency-Key": idempotency_key},
+        )
+        if answer.status != 200:
+            raise PartnerError(f"courier: cancellation answered {answer.status}")
+        cancelled = answer.json()
+        if not isinstance(cancelled, dict) or not isinstance(cancelled.get("cancelled"), list):
+            raise PartnerError("courier: the cancellation answer names no shipments")
+        return [str(s) for s in cancelled["cancelled"]]
 
     def events_page(self, since: datetime | None, limit: int = 200) -> tuple[bytes, list[dict[str, Any]], str | None]:
         """One page of the event feed: raw bytes (archived as is), events, and a problem if unusable."""

@@ -7,6 +7,9 @@ ISO 8601 with offsets) and answers the shipment id and air waybill (`trackingNum
 idempotent twice over, as couriers' booking APIs are: the same `Idempotency-Key` answers the same
 booking, and so does a second booking of the same leg (direction) for the same order reference,
 whoever books it (the hub's outbound DAG, or the courier's own staff for the demo's story).
+`POST /v1/shipments/cancel` cancels the shipment booked for an order's leg (by the order's
+reference and the direction), so the leg can be booked again; the same Idempotency-Key answers the
+same cancellation, and a leg with nothing booked answers an empty list.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class CourierState:
         self.shipments: dict[str, dict[str, Any]] = {}
         self.events: list[dict[str, Any]] = []
         self.bookings: dict[str, dict[str, Any]] = {}
+        self.cancellations: dict[str, dict[str, Any]] = {}
         self.legs: dict[tuple[str, str], dict[str, Any]] = {}  # (order reference, direction) -> shipment
         self.webhooks: list[str] = []
         self.deliveries: list[int] = []
@@ -116,6 +120,26 @@ def create_app(
             if order:
                 state.legs[(order, body["direction"])] = shipment
         return shipment
+
+    @app.post("/v1/shipments/cancel")
+    async def cancel(request: Request, x_api_key: str | None = Header(None), idempotency_key: str = Header(...)) -> Any:
+        """Cancel the shipment booked for {reference: {crmOrderId | hubOrderId}, direction}."""
+        authorize(x_api_key)
+        body = await request.json()
+        reference = body.get("reference") or {}
+        order = reference.get("crmOrderId") or reference.get("hubOrderId")
+        if not order or body.get("direction") not in ("TO_MANUFACTURER", "TO_SITE"):
+            raise HTTPException(422, "reference (crmOrderId or hubOrderId) and direction are required")
+        with state.lock:
+            if idempotency_key in state.cancellations:
+                return state.cancellations[idempotency_key]
+            shipment = state.legs.pop((order, body["direction"]), None)
+            if shipment is not None:
+                shipment["status"] = "CANCELLED"
+                shipment["cancelledAt"] = datetime.now(UTC).isoformat()
+            answer = {"cancelled": [shipment["shipmentId"]] if shipment is not None else []}
+            state.cancellations[idempotency_key] = answer
+            return answer
 
     @app.get("/v1/events")
     def events(since: str | None = None, limit: int = 200, x_api_key: str | None = Header(None)) -> dict[str, Any]:

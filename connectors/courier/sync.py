@@ -2,10 +2,11 @@
 (webhooks deliver the same events sooner; the archive and the ledger make the two paths meet),
 and `push()` books the shipment an order needs (apheresis scheduled -> the dry shipper from the
 site to the CMO; product released -> back from the CMO to the site), with the pickup window the
-schedule gives. The courier's answer (shipment id, air waybill) comes back as a payload of its own,
-`courier/booking`, which the hub archives and maps (mappings/courier/booking) into the order's
-`shipment.booked` event: the shipment id becomes one of the order's references, so the courier's
-tracking events find the order by it.
+schedule gives (config/scheduling.yaml `pickup_windows`); a moved or cancelled booking
+(cgthub.booking) cancels the leg and books it again. The courier's answer (shipment id, air
+waybill) comes back as a payload of its own, `courier/booking`, which the hub archives and maps
+(mappings/courier/booking) into the order's `shipment.booked` event: the shipment id becomes one of
+the order's references, so the courier's tracking events find the order by it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from cgthub import partner_sync, partners
+from cgthub import partner_sync, partners, slots
 from cgthub.archive import Inbound
 from cgthub.errors import CgthubError
+from cgthub.lifecycle import RANK, TERMINAL, OrderStatus
 from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
 from connectors.common.connection import get_connection
@@ -29,12 +31,12 @@ STREAM = "events"
 OVERLAP = timedelta(minutes=5)
 PAGES = 50
 BOOKINGS = {"apheresis_scheduled": "TO_MANUFACTURER", "released": "TO_SITE"}
-# When the courier collects, after the date the schedule gives for each leg: the apheresis takes
-# 3-4 hours and fresh material must reach the CMO within 48-72 h, so the dry shipper is collected
-# the same day; a released product leaves the CMO's cryostore the next day (DOMAIN.md).
-PICKUP_WINDOWS = {
-    "TO_MANUFACTURER": (timedelta(hours=4), timedelta(hours=12)),
-    "TO_SITE": (timedelta(hours=12), timedelta(hours=36)),
+LEGS = {"TO_MANUFACTURER": "to_manufacturer", "TO_SITE": "to_site"}  # config/scheduling.yaml pickup_windows
+# A leg is moot once the order is past it: the material has left the site (or the product the CMO),
+# or the order ended. Until then a leg is booked however late the hub learns of it.
+_PAST_LEG = {
+    "TO_MANUFACTURER": RANK[OrderStatus.COLLECTED],
+    "TO_SITE": RANK[OrderStatus.RELEASED],
 }
 
 
@@ -75,7 +77,8 @@ class NoPickupDate(CgthubError, ValueError):
 
 
 def pickup_window(direction: str, payload: dict[str, Any]) -> tuple[datetime, datetime]:
-    """When the courier collects: after the booked apheresis (to the CMO) or the release (to the site)."""
+    """When the courier collects: the window config/scheduling.yaml gives the order's site (or
+    market) after the booked apheresis (to the CMO) or the release (to the site)."""
     if direction == "TO_MANUFACTURER":
         scheduled = (payload.get("scheduled") or {}).get("apheresis")
         if not scheduled:
@@ -86,27 +89,53 @@ def pickup_window(direction: str, payload: dict[str, Any]) -> tuple[datetime, da
         if not released:
             raise NoPickupDate(f"order {payload.get('order_id')} has no release time to collect after")
         start = datetime.fromisoformat(released)
-    after, until = PICKUP_WINDOWS[direction]
+    after, until = slots.config().pickup_windows.window(LEGS[direction], payload.get("site"), payload.get("market"))
     return start + after, start + until
 
 
+def moot(direction: str, payload: dict[str, Any]) -> bool:
+    """Whether the order is already past the leg (`stage`: the order's stage when the message was routed)."""
+    try:
+        current = OrderStatus(str(payload.get("stage")))
+    except ValueError:  # routed before the stage was part of the message
+        return False
+    return current in TERMINAL or RANK.get(current, -1) > _PAST_LEG[direction]
+
+
 def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierClient | None = None) -> Inbound | None:
-    """Book the shipment an order's new status calls for; other statuses need nothing from the courier.
+    """What an order's new status (or a changed booking) asks of the courier: book a leg, rebook it
+    for a new date, or cancel it. Other statuses need nothing from the courier.
 
     One booking per order and leg (the idempotency key), however often the order passes the status.
-    A leg whose pickup window has already closed is not booked: nobody can collect in the past (the
-    hub learnt of the date too late; monitoring flags the order if it stalls). Returns the courier's
-    answer, for the hub to archive and map into the order.
+    A leg the order is already past is not booked; a leg whose pickup window closed before the hub
+    learnt of it is booked for the next pickup the courier can make (a window of the same length
+    from now): the material still has to travel, and monitoring shows the order late. Returns the
+    courier's answer, for the hub to archive and map into the order.
     """
+    action = payload.get("courier_action")
+    if action in ("cancel", "rebook"):
+        return _change_leg(payload, conn_id=conn_id, courier=courier)
     direction = BOOKINGS.get(payload["status"])
     if direction is None:
         return None
-    start, end = pickup_window(direction, payload)
-    if end <= utcnow():
-        log.info(
-            "courier: no booking for order %s %s: its pickup window closed %s", payload.get("order_id"), direction, end
-        )
+    if moot(direction, payload):
+        log.info("courier: no booking for order %s %s: the order is past that leg", payload.get("order_id"), direction)
         return None
+    key = f"booking:{payload.get('order_id')}:{direction}"
+    return _book(payload, direction, key, courier or client(conn_id))
+
+
+def _book(payload: dict[str, Any], direction: str, key: str, courier: CourierClient) -> Inbound:
+    start, end = pickup_window(direction, payload)
+    now = utcnow()
+    if end <= now:
+        log.warning(
+            "courier: order %s %s is late: its pickup window closed %s; booked for the next pickup",
+            payload.get("order_id"),
+            direction,
+            end,
+        )
+        start, end = now, now + (end - start)
     refs = payload.get("refs") or {}
     to_cmo = direction == "TO_MANUFACTURER"
     body = {
@@ -119,6 +148,20 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierCli
         },
         "delivery": {"location": payload.get("cmo") if to_cmo else payload.get("site")},
     }
-    key = f"booking:{payload.get('order_id')}:{direction}"
-    raw, _booked = (courier or client(conn_id)).book(body, key)
+    raw, _booked = courier.book(body, key)
     return Inbound("courier", "booking", "rest", raw, utcnow(), content_type="application/json")
+
+
+def _change_leg(payload: dict[str, Any], *, conn_id: str, courier: CourierClient | None) -> Inbound | None:
+    """A booking moved or cancelled (cgthub.booking): the courier's leg to the CMO is cancelled (by
+    the order's reference, whoever booked it) and, for a new date, booked again under a key of its
+    own. Both calls are idempotent, so a retried message does neither twice."""
+    chosen = courier or client(conn_id)
+    direction = "TO_MANUFACTURER"
+    refs = payload.get("refs") or {}
+    reference = {"crmOrderId": refs.get("crm_order_id"), "hubOrderId": payload.get("order_id")}
+    change = payload["change_id"]
+    chosen.cancel_leg(reference, direction, f"cancel:{payload.get('order_id')}:{direction}:{change}")
+    if payload["courier_action"] == "cancel":
+        return None
+    return _book(payload, direction, f"booking:{payload.get('order_id')}:{direction}:{change}", chosen)

@@ -1,0 +1,155 @@
+"""An order's progress is its life cycle, not any event: a courier booked or an alert resolved today
+does not hide an order stalled for days; a leg the hub learns of late is still booked (for the next
+pickup the courier can make) and the order still shows late and stuck. Pickup windows come from
+config/scheduling.yaml, per site or market.
+
+Driven as production runs it: the outbound path books over HTTP with the courier sandbox, the alert
+is resolved with a signed decision, reconciliation and deadline monitoring judge the stored orders.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from cgthub import alerts, deadlines, decisions, ledger, ops_config, outbound, reconciliation, slots
+from cgthub.devtools.samples import happy_path
+from cgthub.lifecycle import OrderProjection
+from cgthub.settings import PROJECT_ROOT, get_settings
+from cgthub.store import session_scope
+from cgthub.tables import Order
+from connectors.common import breaker
+from connectors.common.sandbox import SandboxServer
+from connectors.courier import sandbox as courier_sandbox
+
+DAY, HOUR = timedelta(days=1), timedelta(hours=1)
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers():
+    breaker._breakers.clear()
+
+
+@pytest.fixture
+def courier(db_url, monkeypatch, tmp_path):
+    app = courier_sandbox.create_app()
+    with SandboxServer(app) as server:
+        monkeypatch.setenv("AIRFLOW_CONN_COURIER_API", f"http://cgthub:courier-key@127.0.0.1:{server.port}")
+        monkeypatch.setenv("CGTHUB_CONNECTORS", "courier")
+        monkeypatch.setenv("CGTHUB_VAR_DIR", str(tmp_path / "var"))
+        get_settings.cache_clear()
+        server.state = app.sandbox_state
+        yield server
+    get_settings.cache_clear()
+
+
+def _apply(url, events) -> None:
+    for item in events:
+        with session_scope(url) as session:
+            ledger.append_many(session, [item])
+
+
+def _route_and_drain(url) -> dict:
+    deadline = time.monotonic() + 30
+    while True:  # on PostgreSQL the change feed serves a change once older transactions ended
+        with session_scope(url) as session:
+            routed = outbound.route(session)
+        if routed.get("courier") or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    return outbound.drain("courier", database_url=url)
+
+
+def _projection(url) -> OrderProjection:
+    with session_scope(url, readonly=True) as session:
+        return OrderProjection.model_validate(session.scalars(select(Order.projection)).one())
+
+
+def test_a_late_leg_is_booked_and_the_order_still_shows_late_and_stuck(db_url, courier):
+    now = datetime.now(UTC).replace(microsecond=0)
+    story = happy_path(1, start=now - 11 * DAY)  # scheduled ten days ago for an apheresis four days ago
+    _apply(db_url, story[:2])
+    scheduled_at, apheresis = story[1].occurred_at, story[1].scheduled_for
+    assert apheresis is not None and apheresis + 12 * HOUR < now  # its pickup window closed days ago
+
+    assert _route_and_drain(db_url)["delivered"] == 1
+    (shipment,) = courier.state.shipments.values()  # booked all the same, for the next pickup
+    start = datetime.fromisoformat(shipment["pickup"]["windowStart"])
+    end = datetime.fromisoformat(shipment["pickup"]["windowEnd"])
+    assert now - HOUR < start <= datetime.now(UTC) and end - start == 8 * HOUR  # the window's length, from now
+
+    with session_scope(db_url) as session:  # an alert on the order resolved today: a hub event in its ledger
+        decisions.add_operator(session, "olga", PASSWORD, ["resolve_alert"])
+        order_id = session.scalars(select(Order.id)).one()
+        alert = alerts.raise_alert(session, kind="test_alert", message="look", dedupe_key="t:1", order_id=order_id)
+        session.flush()
+        signature = decisions.Signature(
+            signer="olga", password=PASSWORD, meaning="reviewed", reason_code="FALSE-ALARM", reason_text="checked"
+        )
+        decisions.resolve_alert(session, alert.id, signature)
+
+    state = _projection(db_url)
+    assert shipment["shipmentId"] in state.refs.courier_shipment_ids  # the booking is in the order
+    assert state.last_event_at is not None and state.last_event_at > now - HOUR  # events today...
+    assert state.last_progress_at == scheduled_at  # ...but no progress since it was scheduled
+
+    config = ops_config.get()
+    with session_scope(db_url) as session:
+        run = reconciliation.run(session, [], datetime.now(UTC), config)
+        late = deadlines.run(session, datetime.now(UTC), config)
+    assert run.counts().get("stuck_order") == 1
+    with session_scope(db_url, readonly=True) as session:
+        stuck = session.scalars(select(Order.id)).one()
+        found = {a.kind: a for a in session.scalars(select(alerts.Alert).where(alerts.Alert.status == "open"))}
+    assert found["reconciliation.stuck_order"].message == (
+        f"order {stuck} has not moved for 10 days (status apheresis_scheduled)"
+    )
+    assert late.opened and found[deadlines.MILESTONE_OVERDUE].message.startswith("collected overdue")
+
+
+def test_a_leg_the_order_is_already_past_is_not_booked(db_url, courier):
+    now = datetime.now(UTC).replace(microsecond=0)
+    collected = happy_path(2, start=now - 10 * DAY)
+    _apply(db_url, collected[:3] + collected[5:6])  # collected and received at the CMO, no courier heard of
+    _route_and_drain(db_url)
+    assert courier.state.shipments == {}
+
+    waiting = happy_path(3, start=now - 8 * DAY)
+    _apply(db_url, waiting[:3])  # collected yesterday, still at the site: its leg is late, not past
+    _route_and_drain(db_url)
+    (shipment,) = courier.state.shipments.values()
+    assert shipment["reference"]["crmOrderId"] == "CRM-00003"
+
+
+def test_pickup_windows_come_from_the_scheduling_file_per_site_and_a_bad_one_names_its_line(
+    db_url, courier, tmp_path, monkeypatch
+):
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    scheduling = config / "scheduling.yaml"
+    site_window = "  sites:\n    US-SITE-1:\n      to_manufacturer: {after_hours: 2, until_hours: 6}\n"
+    scheduling.write_text(scheduling.read_text() + site_window)
+    monkeypatch.setenv("CGTHUB_CONFIG_DIR", str(config))
+    get_settings.cache_clear()
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    story = happy_path(4, start=now - DAY)  # apheresis in six days
+    _apply(db_url, story[:2])
+    assert _route_and_drain(db_url)["delivered"] == 1
+    (shipment,) = courier.state.shipments.values()
+    assert story[1].scheduled_for is not None
+    assert datetime.fromisoformat(shipment["pickup"]["windowStart"]) == story[1].scheduled_for + 2 * HOUR
+    assert datetime.fromisoformat(shipment["pickup"]["windowEnd"]) == story[1].scheduled_for + 6 * HOUR
+
+    text = scheduling.read_text().replace("{after_hours: 2, until_hours: 6}", "{after_hours: 6, until_hours: 2}")
+    scheduling.write_text(text)
+    line = text.splitlines().index("      to_manufacturer: {after_hours: 6, until_hours: 2}") + 1
+    with pytest.raises(slots.SchedulingConfigError) as refused:
+        slots.config()
+    assert str(refused.value).startswith(f"{scheduling}:{line}: pickup_windows.sites.US-SITE-1.to_manufacturer")
+    assert "a pickup window closes after it opens" in str(refused.value)
