@@ -67,6 +67,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.alerts",
             "cgthub.archive",
             "cgthub.quarantine",
+            "cgthub.conflicts",
             "cgthub.sites",
             "cgthub.qualification",
             "cgthub.correlation",
