@@ -16,6 +16,8 @@ force before. Every step is in the audit trail.
 A hub whose `CGTHUB_RELEASE_ENV` is `validation` or `production` runs only the bundle last promoted
 there: `ensure_release_in_force` compares the live files with that bundle's manifest at the start of
 every ingest and refuses, naming the file and both hashes, a file edited, added or removed in place.
+The guard and what it reads live in `cgthub.release_guard` (re-exported here), which imports nothing
+that signs or maps, so the quarantine retry and the courier webhook call it without an import cycle.
 
 Rollback (and a promotion to the hub's own environment) writes the bundle's files back into the
 configuration and mapping folders, rather than pointing the hub at the bundle folder: the registry,
@@ -25,7 +27,6 @@ guard, whichever way a file got there.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from collections.abc import Iterator
@@ -45,13 +46,28 @@ from cgthub.mapping import registry
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.replay import FieldChange, configured_markets, diff, pinned_version
 from cgthub.mapping.spec import LoadedSpec, MappingError
+
+# re-exported: callers name the guard as release.ensure_release_in_force, release.ReleaseRefused
+from cgthub.release_guard import (  # noqa: F401
+    CONFIG_FILES,
+    FileDifference,
+    ReleaseRefused,
+    differences,
+    ensure_release_in_force,
+    in_force,
+    live_files,
+    live_manifest,
+    manifest_id,
+    manifest_of,
+    promotions,
+    sha256_file,
+    stack,
+)
 from cgthub.release_tables import ReleaseApproval, ReleaseBundle, ReleasePromotion
-from cgthub.settings import SettingError, get_settings, var_dir
-from cgthub.store import session_scope
+from cgthub.settings import get_settings, var_dir
 from cgthub.tables import LedgerEntry, Order, utcnow
 
 ENVIRONMENTS = ("validation", "production")
-CONFIG_FILES = ("sites.yaml", "reason_codes.yaml")  # besides config/markets/
 DIFF_PAYLOADS = 500  # newest archived payloads per feed the notes compare versions on
 
 
@@ -64,32 +80,7 @@ class ReleaseError(CgthubError):
         self.hint = hint
 
 
-class ReleaseRefused(SettingError):
-    """This hub must not ingest: its files are not the bundle promoted to its environment."""
-
-
 # the files a bundle holds -------------------------------------------------------------------------
-
-
-def _skipped(path: Path) -> bool:
-    return any(part.startswith(".") or part == "__pycache__" for part in path.parts)
-
-
-def live_files() -> dict[str, Path]:
-    """Bundle path (`mappings/...`, `config/...`) -> the live file it is read from."""
-    settings = get_settings()
-    found: dict[str, Path] = {}
-    for prefix, root in (("mappings", settings.mappings_dir), ("config/markets", settings.config_dir / "markets")):
-        if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                relative = path.relative_to(root)
-                if path.is_file() and not _skipped(relative):
-                    found[f"{prefix}/{relative.as_posix()}"] = path
-    for name in CONFIG_FILES:
-        path = settings.config_dir / name
-        if path.is_file():
-            found[f"config/{name}"] = path
-    return dict(sorted(found.items()))
 
 
 def live_path(name: str) -> Path:
@@ -100,51 +91,12 @@ def live_path(name: str) -> Path:
     return settings.config_dir / name.removeprefix("config/")
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def live_manifest() -> dict[str, str]:
-    return {name: sha256_file(path) for name, path in live_files().items()}
-
-
-def manifest_id(files: dict[str, str]) -> str:
-    return hashlib.sha256(canonical_json({"files": files}).encode()).hexdigest()
-
-
 def releases_dir() -> Path:
     return var_dir() / "releases"
 
 
 def bundle_dir(bundle_id: str) -> Path:
     return releases_dir() / bundle_id
-
-
-@dataclass(frozen=True)
-class FileDifference:
-    name: str
-    expected: str | None  # None: the bundle has no such file
-    actual: str | None  # None: the file is missing
-
-    def __str__(self) -> str:
-        if self.actual is None:
-            return f"{self.name} is missing (the bundle has it with sha256 {self.expected})"
-        if self.expected is None:
-            return f"{self.name} is not in the bundle (found sha256 {self.actual})"
-        return f"{self.name} differs: expected sha256 {self.expected}, found {self.actual}"
-
-
-def differences(expected: dict[str, str], actual: dict[str, str]) -> list[FileDifference]:
-    return [
-        FileDifference(name, expected.get(name), actual.get(name))
-        for name in sorted(expected.keys() | actual.keys())
-        if expected.get(name) != actual.get(name)
-    ]
-
-
-def manifest_of(bundle: ReleaseBundle) -> dict[str, str]:
-    files: dict[str, str] = orjson.loads(bundle.manifest)["files"]
-    return files
 
 
 def notes_of(bundle: ReleaseBundle) -> dict[str, Any]:
@@ -184,34 +136,6 @@ def bundles(session: Session) -> list[ReleaseBundle]:
 def approvals(session: Session, bundle_id: str) -> list[ReleaseApproval]:
     query = select(ReleaseApproval).where(ReleaseApproval.bundle_id == bundle_id).order_by(ReleaseApproval.id)
     return list(session.scalars(query))
-
-
-def promotions(
-    session: Session, *, environment: str | None = None, bundle_id: str | None = None
-) -> list[ReleasePromotion]:
-    query = select(ReleasePromotion).order_by(ReleasePromotion.id)
-    if environment:
-        query = query.where(ReleasePromotion.environment == environment)
-    if bundle_id:
-        query = query.where(ReleasePromotion.bundle_id == bundle_id)
-    return list(session.scalars(query))
-
-
-def stack(session: Session, environment: str) -> list[str]:
-    """The bundles an environment went through, the one in force last: a promotion pushes, a
-    rollback pops, so rolling back twice goes two promotions back."""
-    held: list[str] = []
-    for row in promotions(session, environment=environment):
-        if row.action == "rolled_back":
-            held.pop()
-        else:
-            held.append(row.bundle_id)
-    return held
-
-
-def in_force(session: Session, environment: str) -> str | None:
-    held = stack(session, environment)
-    return held[-1] if held else None
 
 
 # building -------------------------------------------------------------------------------------------
@@ -675,39 +599,6 @@ def replays_after_rollback(session: Session, left: str | None, returned_to: str)
                 system, kind = feed.split("/", 1)
                 wanted.add((system, kind, int(entry["version"])))
     return sorted(wanted)
-
-
-# the guard ------------------------------------------------------------------------------------------
-
-
-def ensure_release_in_force(database_url: str | None = None) -> str:
-    """The id of the release the live files are (the bundle id they would have when not built).
-
-    On a hub with `CGTHUB_RELEASE_ENV` set, refuse to go on unless the bundle last promoted to that
-    environment is exactly what the live files are; the error names each file that differs."""
-    environment = get_settings().release_env
-    live = live_manifest()
-    if not environment:
-        return manifest_id(live)
-    with session_scope(database_url, readonly=True) as session:
-        current = in_force(session, environment)
-        bundle = session.get(ReleaseBundle, current) if current else None
-        expected = manifest_of(bundle) if bundle else None
-    if bundle is None or expected is None:
-        raise ReleaseRefused(
-            f"CGTHUB_RELEASE_ENV={environment}: no release bundle is promoted to {environment}, "
-            "so nothing may be mapped",
-            f"build, approve and promote one: cgthub release build, approve, promote --env {environment}",
-        )
-    found = differences(expected, live)
-    if found:
-        more = f" (and {len(found) - 1} more file(s))" if len(found) > 1 else ""
-        raise ReleaseRefused(
-            f"the live files are not release bundle {bundle.id[:12]} in force in {environment}: {found[0]}{more}",
-            f"put the file back (cgthub release rollback or promote --env {environment} reinstalls a bundle), "
-            "or build, approve and promote a new bundle with the change",
-        )
-    return bundle.id
 
 
 def summary(session: Session) -> dict[str, Any]:

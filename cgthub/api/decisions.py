@@ -4,11 +4,15 @@ A route needs a key with the `operate` scope (or `admin`) that sees the subject'
 as for an order that does not exist), plus the signature fields in the body: the signer's user id
 and password (re-authentication at the moment of signing), meaning, reason code and text, and
 optionally the hash of the state the signer was shown (`GET /decisions/preview`). A wrong password
-answers 401 `signature_refused`, an operator without the action 403, a view that changed 409.
+answers 401 `signature_refused`, an operator without the action 403, a view that changed 409. A
+signer refused `max_failures` times within the window (config/security.yaml) is locked out: 429
+`signer_locked` with Retry-After, whatever the password. A retry on a hub whose live files are not
+the release bundle in force answers 503 `release_not_in_force`, naming the environment and bundle.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -22,7 +26,7 @@ from cgthub.api.deps import authorized, read_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError
 from cgthub.api.orders import OrderId
 from cgthub.decisions import Action, DecisionResult, Signature
-from cgthub.tables import Alert, Order, QuarantineEntry
+from cgthub.tables import Alert, Order, QuarantineEntry, utcnow
 
 router = APIRouter(tags=["decisions"], responses={**ERROR_RESPONSES, 404: NOT_FOUND_RESPONSE})
 OPERATE = Depends(authorized(Scope.OPERATE))
@@ -81,7 +85,17 @@ def _sign(
         raise ApiError(404, "not_found", f"no such {subject.split(':', 1)[0]}") from exc
     except decisions.DecisionError as exc:
         message = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
-        raise ApiError(exc.status, exc.code, message) from exc
+        raise ApiError(exc.status, exc.code, message, headers=_retry_after(exc)) from exc
+
+
+def _retry_after(exc: decisions.DecisionError) -> dict[str, str]:
+    """A locked-out signer is told when to sign again; a hub whose release is not in force, to try later."""
+    if isinstance(exc, decisions.SignerLocked):
+        seconds = (exc.until - utcnow()).total_seconds()
+        return {"Retry-After": str(max(1, math.ceil(seconds)))}
+    if isinstance(exc, decisions.Unavailable):
+        return {"Retry-After": "60"}
+    return {}
 
 
 def _out(result: DecisionResult) -> DecisionOut:
