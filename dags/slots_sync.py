@@ -29,9 +29,9 @@ from cgthub.dag_defaults import START, default_args, sync_deadline
     tags=["cgthub", "scheduling"],
     doc_md=__doc__,
 )
-def cgthub_slots_sync():
+def cgthub_slots_sync() -> None:
     @task
-    def sync_capacity() -> dict:
+    def sync_capacity() -> dict[str, int]:
         from cgthub import slots
 
         return {"slot_days": slots.sync()}
