@@ -141,3 +141,42 @@ def session(db_url: str):
 
     with session_scope(db_url) as s:
         yield s
+
+
+# Under `make test` (-n 2 --dist loadfile) xdist hands out whole files, largest first by test count,
+# so a file of one long test (the Celery scale-out, `make up`'s start) started last and ran alone
+# while the other worker idled. Here the files whose every test is marked slow go first (they cannot
+# be split across workers); then the rest, largest first, as xdist would. The workers order their
+# collection (below); the scheduler keeps that order (pytest_xdist_make_scheduler).
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not hasattr(config, "workerinput"):
+        return  # a single process runs in collection order, as before
+    by_file: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def weight(tests: list[pytest.Item]) -> tuple[bool, int]:
+        return (not all(item.get_closest_marker("slow") for item in tests), -len(tests))
+
+    items[:] = [item for tests in sorted(by_file.values(), key=weight) for item in tests]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class SlowFirst(LoadFileScheduling):
+        def schedule(self) -> None:
+            self.config.option.loadscopereorder = False  # the workers' order: slow files first
+            super().schedule()
+
+        def _assign_work_unit(self, node: object) -> None:
+            super()._assign_work_unit(node)
+            # A worker starts a test once it knows the next (or is told to stop): with a one-test
+            # file as all its work it would wait for more, which comes only when a test completes.
+            while self.workqueue and self._pending_of(self.assigned_work[node]) < 2:
+                super()._assign_work_unit(node)
+
+    return SlowFirst(config, log)
