@@ -22,6 +22,7 @@ import secrets
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
@@ -32,14 +33,24 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from cgthub import audit_trail, ledger, outbox, pipeline, projection, quarantine
+from cgthub import alerts, audit_trail, ledger, outbox, pipeline, projection, quarantine, release_guard, security_policy
 from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
 from cgthub.settings import get_settings
 from cgthub.store import session_scope
-from cgthub.tables import Alert, LedgerEntry, Operator, OperatorDecision, Order, QuarantineEntry, WaitingKey, utcnow
+from cgthub.tables import (
+    Alert,
+    AuditRecord,
+    LedgerEntry,
+    Operator,
+    OperatorDecision,
+    Order,
+    QuarantineEntry,
+    WaitingKey,
+    utcnow,
+)
 
 _T = TypeVar("_T")
 
@@ -99,6 +110,26 @@ class StaleView(DecisionError):
 
 class InvalidReason(DecisionError):
     status, code = 422, "invalid_reason"
+
+
+class SignerLocked(SignatureRefused):
+    """Too many failed signatures by this signer lately (config/security.yaml): refused until `until`."""
+
+    status, code = 429, "signer_locked"
+
+    def __init__(self, message: str, hint: str = "", *, until: datetime) -> None:
+        super().__init__(message, hint)
+        self.until = until
+
+
+class Unavailable(DecisionError):
+    """The hub cannot act on this now (its release is not in force, its policy cannot be read)."""
+
+    status, code = 503, "unavailable"
+
+
+class ReleaseNotInForce(Unavailable):
+    code = "release_not_in_force"
 
 
 # reason codes ----------------------------------------------------------------------------------
@@ -235,7 +266,11 @@ def disable_operator(session: Session, user_id: str) -> None:
 
 
 def authenticate(session: Session, user_id: str, password: str) -> Operator:
-    """The active operator with this user id and password; one refusal for either part wrong."""
+    """The active operator with this user id and password; one refusal for either part wrong.
+
+    The one place a signature's password is checked: a signer locked out by repeated failures
+    (`refuse_if_locked`) is refused before the password is even looked at."""
+    refuse_if_locked(session, user_id)
     row = session.get(Operator, user_id) if user_id else None
     ok = password_matches(row.password_hash if row is not None else _DUMMY, password)
     if row is None or row.disabled_at is not None or not ok:
@@ -244,6 +279,78 @@ def authenticate(session: Session, user_id: str, password: str) -> Operator:
             "sign again with your own user id and password",
         )
     return row
+
+
+# lockout after repeated failed signatures -----------------------------------------------------
+
+REFUSED = "decision.refused"  # the audit trail's action for a refused signature (see `run`)
+_CLAIMED = "claimed:"
+
+
+def _claimed(user_id: str) -> str:
+    return f"{_CLAIMED}{user_id[:64]}"
+
+
+def _failures(session: Session, user_id: str, since: datetime) -> list[datetime]:
+    """When this claimed user id's password was refused since `since`, oldest first (from the audit
+    trail: `run` records every refusal with why=signature_refused; a refusal for being locked out
+    has another why and does not count, so waiting out a lockout ends it)."""
+    rows = session.execute(
+        select(AuditRecord.at, AuditRecord.details)
+        .where(AuditRecord.action == REFUSED, AuditRecord.actor == _claimed(user_id), AuditRecord.at >= since)
+        .order_by(AuditRecord.seq)
+    )
+    return [at for at, details in rows if '"why":"signature_refused"' in details]
+
+
+def locked_until(session: Session, user_id: str, now: datetime | None = None) -> datetime | None:
+    """Until when signing as `user_id` is refused, or None. Locked for `lockout_seconds` after a
+    failure that made `max_failures` failures within `window_seconds`. Counted per signer, so other
+    signers are unaffected; a success does not reset the count (an attacker could otherwise slip
+    max_failures - 1 guesses between two of the owner's signatures)."""
+    try:
+        rules = security_policy.policy().signatures
+    except security_policy.PolicyError as exc:
+        raise Unavailable(str(exc), exc.hint or "") from exc
+    now = now or utcnow()
+    times = _failures(session, user_id, now - rules.window - rules.lockout)
+    until: datetime | None = None
+    for i in range(rules.max_failures - 1, len(times)):
+        if times[i] - times[i - rules.max_failures + 1] <= rules.window:
+            ends = times[i] + rules.lockout
+            until = ends if until is None or ends > until else until
+    return until if until is not None and until > now else None
+
+
+def refuse_if_locked(session: Session, user_id: str) -> None:
+    until = locked_until(session, user_id)
+    if until is not None:
+        rules = security_policy.policy().signatures
+        raise SignerLocked(
+            f"signing as {user_id} is locked until {until.strftime('%Y-%m-%d %H:%M:%S')} UTC after "
+            f"{rules.max_failures} failed signatures within {rules.window_seconds / 60:g} minutes",
+            "wait until then; if these attempts were not yours, tell security (an alert is open)",
+            until=until,
+        )
+
+
+def _alert_if_locked(session: Session, user_id: str) -> None:
+    """After a failure is recorded: if it locked the signer, raise a critical alert (once per lockout)."""
+    until = locked_until(session, user_id)
+    if until is None:
+        return
+    rules = security_policy.policy().signatures
+    alerts.raise_alert(
+        session,
+        kind="signature_lockout",
+        severity=alerts.Severity.CRITICAL,
+        message=(
+            f"signing as {user_id[:64]} is locked until {until.strftime('%Y-%m-%d %H:%M:%S')} UTC: "
+            f"{rules.max_failures} failed signatures within {rules.window_seconds / 60:g} minutes"
+        ),
+        dedupe_key=f"signature_lockout:{user_id[:64]}:{until.isoformat()}",
+        details={"signer": user_id[:64], "failures": rules.max_failures, "until": until.isoformat()},
+    )
 
 
 # what a signer signs ---------------------------------------------------------------------------
@@ -552,13 +659,27 @@ def retry_quarantine(session: Session, entry_id: int, signature: Signature) -> D
         raise NotApplicable(
             f"quarantine entry {entry_id} is an outbound message", "replay it with `cgthub outbox replay --partner P`"
         )
+    _release_in_force(session)
     decision, reason = sign_decision(session, Action.RETRY_QUARANTINE, signature, shown, entry.order_id)
     went_through, detail = _retry(session, entry)
     if went_through:
         quarantine.release(session, entry, f"retried under decision #{decision.id}: {detail}")
         session.execute(delete(WaitingKey).where(WaitingKey.quarantine_id == entry.id))
     outcome = {"entry": entry.id, "result": "released" if went_through else "still failing", "detail": detail}
+    from cgthub import requalify  # the site registry's part: a release closes its payload's refusal alerts
+
+    outcome |= requalify.after_retry(session, entry, went_through)
     return _finish(session, decision, reason, outcome)
+
+
+def _release_in_force(session: Session) -> None:
+    """A retry maps and applies as ingest does, so it is held to the same release guard: on a hub
+    whose live files are not the bundle promoted to its CGTHUB_RELEASE_ENV it is refused (503, the
+    environment, bundle and first file named), before anything is signed or mapped."""
+    try:
+        release_guard.check_in_force(session)
+    except release_guard.ReleaseRefused as refused:
+        raise ReleaseNotInForce(f"not retried: {refused.message}", refused.hint or "") from refused
 
 
 def _retry(session: Session, entry: QuarantineEntry) -> tuple[bool, str]:
@@ -711,13 +832,15 @@ def run(url: str | None, work: Callable[[Session], _T], *, signer: str, action: 
         with session_scope(url) as session:
             audit_trail.record_config_changes(session)  # the configuration the decision is taken under
             return work(session)
-    except (SignatureRefused, NotPermitted) as refused:
+    except (SignatureRefused, NotPermitted, ReleaseNotInForce) as refused:
         with session_scope(url) as session:
             audit_trail.record(
                 session,
-                "decision.refused",
+                REFUSED,
                 subject,
                 {"action": action.value, "why": refused.code},
-                actor=f"claimed:{signer[:64]}",
+                actor=_claimed(signer),
             )
+            if refused.code == SignatureRefused.code:
+                _alert_if_locked(session, signer)
         raise
