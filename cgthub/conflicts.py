@@ -30,7 +30,7 @@ from cgthub import alerts, quarantine
 from cgthub.archive import fitted
 from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
-from cgthub.tables import LedgerEntry, QuarantineEntry
+from cgthub.tables import LedgerEntry, QuarantineEntry, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ _PROVENANCE = ("received_at", "provenance")  # what a resend may change without 
 _SUBJECT_LIMIT = 300
 _EVENT_ID_LIMIT = 200
 _DECIDED = (quarantine.QuarantineStatus.REPLAYED.value, quarantine.QuarantineStatus.DISCARDED.value)
+_RAW_IDS_KEPT = 50  # the payloads that carried one conflicting version, as far as the entry lists them
 CORRECTION_MARK = "@c"
 
 
@@ -99,22 +100,28 @@ def refuse(
 ) -> tuple[int, str] | None:
     """Quarantine `event` at stage `conflict` and raise the alert; (entry id, reason for its sender).
 
-    None when an operator already decided about this very content (retried it as a correction or
-    discarded it): then it is a duplicate of what was decided."""
+    One entry per conflicting version: the same content again (in another payload too) counts on
+    it. None when an operator already decided about this very content (retried it as a correction
+    or discarded it): then it is a duplicate of what was decided."""
     data = event.to_json_dict()
     content_digest = digest(data)
     about = subject(event, content_digest)
-    decided = session.scalar(
-        select(QuarantineEntry.id)
-        .where(
-            QuarantineEntry.subject == about,
-            QuarantineEntry.stage == quarantine.Stage.CONFLICT.value,
-            QuarantineEntry.status.in_(_DECIDED),
-        )
-        .limit(1)
-    )
-    if decided is not None:
+    known = session.scalars(
+        select(QuarantineEntry)
+        .where(QuarantineEntry.subject == about, QuarantineEntry.stage == quarantine.Stage.CONFLICT.value)
+        .order_by(QuarantineEntry.id)
+    ).all()
+    if any(e.status in _DECIDED for e in known):
         return None
+    raw_id = event.provenance.raw_id
+    held = next((e for e in known if e.status == quarantine.QuarantineStatus.OPEN.value), None)
+    if held is not None:  # this version is waiting already (it came in another payload too): count it
+        held.occurrences += 1
+        held.last_seen = utcnow()
+        carried = list((held.details or {}).get("raw_ids") or [])
+        if raw_id is not None and raw_id not in carried and len(carried) < _RAW_IDS_KEPT:
+            held.details = {**held.details, "raw_ids": [*carried, raw_id]}
+        return held.id, f"{held.reason} (quarantine #{held.id})"
     names = ", ".join(fields)
     reason = (
         f"event {event.source_event_id} was received before with different content (fields: {names}); "
@@ -126,11 +133,12 @@ def refuse(
         reason=reason,
         system=event.source_system.value,
         kind=event.event_type.value,
-        raw_id=event.provenance.raw_id,
+        raw_id=raw_id,
         order_id=order_id,
         subject=about,
         details={
             "event": data,
+            "raw_ids": [raw_id] if raw_id is not None else [],
             "fields": fields,
             "content_digest": content_digest,
             "applied_entry_id": applied_entry_id,
@@ -142,7 +150,7 @@ def refuse(
         quarantine_id=entry.id,
         order_id=order_id,
         fields=fields,
-        raw_id=event.provenance.raw_id,
+        raw_id=raw_id,
     )
     log.warning(
         "quarantined %s event (quarantine #%s): a known event id with other content (fields: %s)",
