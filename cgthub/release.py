@@ -9,9 +9,10 @@ kept there and in the database.
 
 Life of a bundle: `build` (with notes: the change note of each new mapping version and, per market,
 what the changed mappings would fill differently on archived traffic), `approve` (an electronic
-signature, re-authenticated like an operator decision), `promote` to validation, then to production
-(production needs an approval and a prior promotion to validation), `rollback` to the bundle in
-force before. Every step is in the audit trail.
+signature, re-authenticated like an operator decision, by someone other than the builder unless the
+hub's CGTHUB_ENV allows self-approval in config/security.yaml), `promote` to validation, then to
+production (production needs an approval by a second person and a prior promotion to validation),
+`rollback` to the bundle in force before. Every step is in the audit trail.
 
 A hub whose `CGTHUB_RELEASE_ENV` is `validation` or `production` runs only the bundle last promoted
 there: `ensure_release_in_force` compares the live files with that bundle's manifest at the start of
@@ -39,30 +40,29 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, audit_trail, decisions, sites
+from cgthub import archive, audit_trail, decisions, security_policy, sites
 from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.mapping import registry
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.replay import FieldChange, configured_markets, diff, pinned_version
 from cgthub.mapping.spec import LoadedSpec, MappingError
-
-# re-exported: callers name the guard as release.ensure_release_in_force, release.ReleaseRefused
-from cgthub.release_guard import (  # noqa: F401
-    CONFIG_FILES,
+from cgthub.release_guard import (
     FileDifference,
-    ReleaseRefused,
     differences,
-    ensure_release_in_force,
-    in_force,
     live_files,
     live_manifest,
     manifest_id,
-    manifest_of,
-    promotions,
     sha256_file,
     stack,
 )
+
+# Re-exported: callers name the guard and the bundle in force as release.X (cgthub.release_guard holds them).
+from cgthub.release_guard import ReleaseRefused as ReleaseRefused
+from cgthub.release_guard import ensure_release_in_force as ensure_release_in_force
+from cgthub.release_guard import in_force as in_force
+from cgthub.release_guard import manifest_of as manifest_of
+from cgthub.release_guard import promotions as promotions
 from cgthub.release_tables import ReleaseApproval, ReleaseBundle, ReleasePromotion
 from cgthub.settings import get_settings, var_dir
 from cgthub.tables import LedgerEntry, Order, utcnow
@@ -429,6 +429,7 @@ def approve(session: Session, bundle_ref: str, signature: decisions.Signature) -
     bundle = find_bundle(session, bundle_ref)
     shown = preview(session, bundle)
     operator = _operator(session, signature.signer, signature.password.get_secret_value())
+    _four_eyes(bundle, operator.id)
     if signature.meaning is not decisions.Meaning.APPROVED:
         raise decisions.NotApplicable(
             "a release is approved with the meaning `approved`", "sign with --meaning approved"
@@ -472,6 +473,31 @@ def approve(session: Session, bundle_ref: str, signature: decisions.Signature) -
     return row
 
 
+def same_person(built_by: str, signer: str) -> bool:
+    """Whether the operator `signer` is who built a bundle: its builder is recorded as the
+    CGTHUB_OPERATOR of the build, else the operating-system account (`os:NAME`)."""
+    return built_by in (signer, f"os:{signer}")
+
+
+def _four_eyes(bundle: ReleaseBundle, signer: str) -> None:
+    """A GxP change needs a second person: the builder may not approve their own bundle, unless the
+    hub's CGTHUB_ENV is one config/security.yaml lets self-approve (a development hub)."""
+    if not same_person(bundle.built_by, signer):
+        return
+    environment = get_settings().env
+    try:
+        allowed = security_policy.policy().releases.self_approval_environments
+    except security_policy.PolicyError as exc:
+        raise decisions.Unavailable(str(exc), exc.hint or "") from exc
+    if environment not in allowed:
+        raise decisions.NotPermitted(
+            f"operator {signer} built bundle {bundle.id[:12]} and may not approve it too: "
+            "a release needs a second person (four eyes)",
+            f"ask another operator with the scope {decisions.Action.APPROVE_RELEASE.value} to approve it "
+            f"(CGTHUB_ENV={environment}: self-approval is not allowed by config/security.yaml)",
+        )
+
+
 def _operator(session: Session, signer: str, password: str) -> Any:
     operator = decisions.authenticate(session, signer, password)
     allowed = {decisions.Action.APPROVE_RELEASE.value, decisions.ALL_ACTIONS}
@@ -496,9 +522,16 @@ def promote(
     bundle = find_bundle(session, bundle_ref)
     operator = _operator(session, signer, password)
     if environment == "production":
-        if not approvals(session, bundle.id):
+        signed = approvals(session, bundle.id)
+        if not signed:
             raise ReleaseError(
                 f"bundle {bundle.id[:12]} is not approved", f"approve it first: cgthub release approve {bundle.id[:12]}"
+            )
+        if all(same_person(bundle.built_by, a.signer) for a in signed):
+            raise ReleaseError(
+                f"bundle {bundle.id[:12]} is approved only by its builder {bundle.built_by}: production needs "
+                "the approval of a second person (four eyes)",
+                f"another operator approves it: cgthub release approve {bundle.id[:12]} --signer ...",
             )
         if not promotions(session, environment="validation", bundle_id=bundle.id):
             raise ReleaseError(

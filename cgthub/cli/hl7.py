@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import typer
 
 from cgthub.cli.common import CliError, console, open_session, work_progress
-from cgthub.release import ensure_release_in_force
+from cgthub.release_guard import ensure_release_in_force
 from cgthub.runtime import tune_gc
 
 if TYPE_CHECKING:
@@ -51,14 +51,22 @@ def listen(
         None, help="serve /metrics, /health and /health/ready on this HTTP port (0: any free port)"
     ),
     metrics_host: str = typer.Option("127.0.0.1", help="address of the metrics port"),
+    release_check_seconds: float = typer.Option(
+        30.0,
+        min=0.1,
+        help="while applying, re-check every this many seconds that the live files are the release in force; "
+        "if not, archive only (ACK once archived, apply nothing) and raise an alert until they are again",
+    ),
 ) -> None:
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.listener import MllpListener
+    from cgthub.release_watch import ReleaseWatch
 
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema: named now, not at the first message
+    in_force = None
     if apply:  # archive-only maps nothing: the HL7 inbox DAG checks the release before it applies
-        ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
+        in_force = ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     tune_gc()
     try:
         listener = MllpListener(
@@ -73,6 +81,10 @@ def listen(
         )
     except ValueError as exc:
         raise CliError(str(exc), "raise --max-buffered-bytes or lower --max-bytes") from exc
+    # A running listener is held to the release too: a drift switches it to archive only (cgthub.release_watch).
+    watch = ReleaseWatch(listener, every=release_check_seconds) if apply else None
+    if watch is not None:
+        watch.bundle = in_force
 
     async def run() -> None:
         try:
@@ -85,7 +97,7 @@ def listen(
             from cgthub.metrics import serve_http
 
             try:
-                served = serve_http(metrics_host, metrics_port, listener.health)
+                served = serve_http(metrics_host, metrics_port, watch.health if watch else listener.health)
             except OSError as exc:
                 raise CliError(
                     f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror}",
@@ -97,7 +109,10 @@ def listen(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stop.set)
+        watching = asyncio.create_task(watch.run(stop)) if watch is not None else None
         await stop.wait()
+        if watching is not None:
+            await watching
         console.print("shutting down: finishing in-flight messages")
         await listener.stop()
         if served is not None:

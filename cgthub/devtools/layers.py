@@ -107,6 +107,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.release",
             "cgthub.release_evidence",
             "cgthub.slots",
+            "cgthub.release_watch",
             "cgthub.booking",
         ),
     ),

@@ -1,0 +1,123 @@
+"""Lockout after repeated failed signatures, as a signer meets it over HTTP and from `cgthub`.
+
+Five refused passwords by one signer within 15 minutes (config/security.yaml) lock that signer out
+of signing, whatever the password, for the cool-down, and raise a critical alert; another signer's
+success neither resets nor shares the count. The password check of decisions, slot bookings and
+release approvals is one function (`decisions.authenticate`), so the API's decisions and the CLI's
+release approval stand for all of them. On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from cgthub import alerts, decisions, settings
+from cgthub.release_tables import ReleaseApproval
+from cgthub.settings import PROJECT_ROOT
+from cgthub.store import session_scope
+from cgthub.tables import Alert, AuditRecord
+from tests import api_server, test_release
+from tests.api_server import ApiServer
+from tests.test_release import PASSWORD, Hub, _built, said
+
+api = api_server.api
+hub = test_release.hub
+COOL_DOWN = 3  # seconds: config/security.yaml's lockout_seconds in the HTTP test
+
+
+@pytest.fixture
+def short_cool_down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The repository's configuration with a cool-down of COOL_DOWN seconds (5 failures in 15 minutes)."""
+    config = tmp_path / "config"
+    shutil.copytree(PROJECT_ROOT / "config", config)
+    policy = config / "security.yaml"
+    policy.write_text(policy.read_text().replace("lockout_seconds: 900", f"lockout_seconds: {COOL_DOWN}"))
+    monkeypatch.setenv("CGTHUB_CONFIG_DIR", str(config))
+    settings.get_settings.cache_clear()
+    yield
+    settings.get_settings.cache_clear()
+
+
+def _refusals(url: str, signer: str) -> list[str]:
+    with session_scope(url) as s:
+        query = select(AuditRecord.details).where(
+            AuditRecord.action == "decision.refused", AuditRecord.actor == f"claimed:{signer}"
+        )
+        return [d.split('"why":')[1].strip('"}') for d in s.scalars(query.order_by(AuditRecord.seq))]
+
+
+def _lockout_alerts(url: str) -> list[Alert]:
+    with session_scope(url) as s:
+        return [a for a in alerts.open_alerts(s) if a.kind == "signature_lockout"]
+
+
+def test_five_failed_signatures_lock_the_signer_out_over_http(short_cool_down: None, api: ApiServer) -> None:
+    url = api.database_url
+    with session_scope(url) as s:
+        for name in ("olga", "ben"):
+            decisions.add_operator(s, name, PASSWORD, ["all"])
+        first, second = (
+            alerts.raise_alert(s, kind="test", message=f"alert {n}", dedupe_key=f"test:{n}").id for n in (1, 2)
+        )
+    client = api.client(api.key("operate"))
+
+    def sign(signer: str, password: str, alert: int, what: str = "resolve") -> Any:
+        body = {
+            "signer": signer,
+            "password": password,
+            "meaning": "reviewed",
+            "reason_code": "ALERT-ACTIONED",
+            "reason_text": "looked at it",
+        }
+        return client.post(f"/alerts/{alert}/{what}", json=body)
+
+    for _ in range(4):
+        assert sign("olga", "a wrong guess", second).status_code == 401
+    assert sign("ben", PASSWORD, first, "acknowledge").status_code == 201  # another signer signs meanwhile
+    wrong = sign("olga", "a wrong guess", second)
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "signature_refused"  # the fifth
+
+    locked = sign("olga", PASSWORD, second)  # the right password, too late
+    assert locked.status_code == 429, locked.text
+    error = locked.json()["error"]
+    assert error["code"] == "signer_locked"
+    assert error["message"].startswith("signing as olga is locked until ")
+    assert "after 5 failed signatures within 15 minutes" in error["message"]
+    assert 1 <= int(locked.headers["Retry-After"]) <= COOL_DOWN
+    assert PASSWORD not in locked.text
+    raised = _lockout_alerts(url)
+    assert len(raised) == 1 and raised[0].severity == "critical" and "signing as olga is locked" in raised[0].message
+    assert sign("ben", PASSWORD, first).status_code == 201  # other signers are not locked out
+    with session_scope(url) as s:
+        assert s.get(Alert, second).status == "open"  # nothing signed while locked
+
+    time.sleep(int(locked.headers["Retry-After"]) + 0.2)  # the cool-down is over
+    assert sign("olga", PASSWORD, second).status_code == 201
+    assert _refusals(url, "olga") == ["signature_refused"] * 5 + ["signer_locked"]
+    assert _refusals(url, "ben") == []
+    assert len(_lockout_alerts(url)) == 1  # one alert per lockout
+
+
+def test_a_locked_out_signer_cannot_approve_a_release_from_the_cli(hub: Hub) -> None:
+    bundle = _built(hub.ok("release", "build"))
+    approve = ("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "OQ passed")
+    for attempt in range(5):
+        wrong = hub.signed(*approve, password=f"wrong-password-{attempt}")
+        assert wrong.exit_code == 1 and "re-authentication failed" in said(wrong)
+    locked = hub.signed(*approve)
+    assert locked.exit_code == 1
+    assert "signing as qa is locked until" in said(locked) and "after 5 failed signatures" in said(locked)
+    assert "if these attempts were not yours, tell security" in locked.exception.hint
+    promote = hub.signed("release", "promote", bundle[:12], "--env", "validation")  # any signature
+    assert promote.exit_code == 1 and "signing as qa is locked until" in said(promote)
+    with session_scope(hub.url) as s:
+        assert s.scalars(select(ReleaseApproval)).all() == []
+    assert _refusals(hub.url, "qa") == ["signature_refused"] * 5 + ["signer_locked"] * 2
+    assert len(_lockout_alerts(hub.url)) == 1
