@@ -28,10 +28,12 @@ import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from cgthub import alerts
 from cgthub.jsontext import canonical_json
 from cgthub.release_tables import ReleaseBundle, ReleasePromotion
 from cgthub.settings import SettingError, get_settings
 from cgthub.store import session_scope
+from cgthub.tables import Alert
 
 CONFIG_FILES = ("sites.yaml", "reason_codes.yaml")  # besides config/markets/
 _RACY_NS = 1_000_000_000  # a file modified this close to its hashing is hashed again next time
@@ -43,12 +45,19 @@ class ReleaseRefused(SettingError):
     `environment` and `bundle` (None: nothing promoted there) say which release was expected."""
 
     def __init__(
-        self, message: str, hint: str | None = None, *, environment: str = "", bundle: str | None = None
+        self,
+        message: str,
+        hint: str | None = None,
+        *,
+        environment: str = "",
+        bundle: str | None = None,
+        live: str = "",
     ) -> None:
         super().__init__(message, hint)
         self.message = message
         self.environment = environment
         self.bundle = bundle
+        self.live = live  # the manifest id of the live files (what they would be as a bundle)
 
 
 # the files a bundle holds -------------------------------------------------------------------------
@@ -203,6 +212,7 @@ def check_in_force(session: Session) -> str:
             "so nothing may be mapped",
             f"build, approve and promote one: cgthub release build, approve, promote --env {environment}",
             environment=environment,
+            live=manifest_id(live),
         )
     found = differences(expected, live)
     if found:
@@ -213,5 +223,19 @@ def check_in_force(session: Session) -> str:
             "or build, approve and promote a new bundle with the change",
             environment=environment,
             bundle=bundle.id,
+            live=manifest_id(live),
         )
     return bundle.id
+
+
+def alert_not_in_force(session: Session, refused: ReleaseRefused, *, where: str) -> Alert:
+    """A critical alert that `where` (a service) holds work back because the release is not in force;
+    one per environment, bundle and state of the live files, so a new drift opens a new one."""
+    return alerts.raise_alert(
+        session,
+        kind="release_not_in_force",
+        severity=alerts.Severity.CRITICAL,
+        message=f"{where} is not applying: {refused.message}",
+        dedupe_key=f"release_not_in_force:{refused.environment}:{refused.bundle}:{refused.live}:{where}"[:200],
+        details={"environment": refused.environment, "bundle": refused.bundle, "live": refused.live, "where": where},
+    )
