@@ -1,14 +1,17 @@
 """The MLLP listener: many connections, one group commit, ACK only after the commit.
 
 Frames from every connection go to one queue. A committer takes everything that queued up while
-the previous batch was being committed (up to `batch_max`; waiting up to `batch_window` for the
-next message of each connection that sent its last one within a window of its ACK, or is new),
+the previous batch was being committed (up to `batch_max`), waits for the next message of each
+connection that sent its last one within `batch_window` of its ACK (or is new) as long as messages
+keep coming, up to a window after the last and no longer in all than the last commit took,
 archives and (unless archive-only) maps and applies it in ONE transaction, and only then answers
-each message: AA once it is
-durably committed, AE when it is archived but quarantined, AR when it cannot be read or is not a
-type the hub handles. A resend of a message whose ACK was lost is recognised (sending facility +
-MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the
-committer finish what is queued, and answers it.
+each message: AA once it is durably committed, AE when it is archived but quarantined, AR when it
+cannot be read or is not a type the hub handles. Whether a sender answers at once is judged on
+the time the listener sat idle between its ACK and its next message: its own commits and other
+connections' frames, when it could read nothing, do not count against the sender. A resend of a
+message whose ACK was lost is recognised (sending facility + MSH-10) and acknowledged again
+without being applied twice. Shutdown stops accepting, lets the committer finish what is queued,
+and answers it.
 
 What a sender can make the listener hold is bounded: at most `max_connections` connections (more
 are closed as they arrive), a frame must end within `frame_timeout` of its start block however
@@ -116,6 +119,8 @@ class MllpListener:
         self._committer: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
         self._awaited: set[_Pace] = set()  # connections whose next message a group commit waits for
+        self._busy = 0.0  # seconds the event loop has spent on the listener's own work, in all
+        self._last_commit = 0.0  # seconds the last group commit took
 
     async def start(self) -> tuple[str, int]:
         self._committer = asyncio.create_task(self._commit_loop())
@@ -154,7 +159,7 @@ class MllpListener:
         self._connections.add(task)
         self.stats.connections += 1
         held = _Held(self)
-        pace = _Pace(asyncio.get_running_loop().time())
+        pace = _Pace(asyncio.get_running_loop().time(), self._busy)
         self._awaited.add(pace)  # a new connection is waited for, as one that answers at once
         try:
             await self._serve(reader, writer, held, pace)
@@ -193,6 +198,7 @@ class MllpListener:
                 break
             if not data:
                 break
+            resumed = loop.time()
             if self.buffered_bytes + len(data) > self.max_buffered_bytes:
                 self.stats.buffer_cap_closed += 1
                 self._warn_buffer_cap(self.buffered_bytes, self.max_buffered_bytes)
@@ -203,10 +209,18 @@ class MllpListener:
             if not pending:
                 if decoder.in_frame and frame_began is None:
                     frame_began = loop.time()
+                self._busy += loop.time() - resumed
                 continue
-            self._arrived(pace, loop.time())
-            for future in pending:
-                writer.write(frame(await future))
+            self._arrived(pace, resumed)
+            self._busy += loop.time() - resumed
+            acks = [await future for future in pending]
+            resumed = loop.time()
+            for ack in acks:
+                writer.write(frame(ack))
+            del acks
+            answered = loop.time()
+            self._busy += answered - resumed
+            self._answered(pace, answered)
             try:
                 async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
                     await writer.drain()
@@ -216,7 +230,6 @@ class MllpListener:
             held.set(decoder.pending)
             idle_since = loop.time()
             frame_began = idle_since if decoder.in_frame else None
-            self._answered(pace, idle_since)
         leftover = decoder.unfinished()
         if leftover is not None and leftover.payload.strip():
             # The sender went away or ran out of time mid-frame: nothing can be answered, but what came is kept.
@@ -253,15 +266,20 @@ class MllpListener:
 
     def _arrived(self, pace: _Pace, now: float) -> None:
         """A message came on this connection: it is no longer waited for, and whether it came
-        within a batch window of its last ACK says whether to wait for its next one."""
+        within a batch window of its last ACK says whether to wait for its next one.
+
+        The time the event loop spent on the listener's own work since that ACK (group commits,
+        other connections' frames and ACKs) does not count against the sender: meanwhile nothing
+        was read, so a message that came at once is only seen when that work is done."""
         if pace.answered_at is not None:
-            pace.quick = now - pace.answered_at < self.batch_window
+            busy = self._busy - pace.busy_at
+            pace.quick = now - pace.answered_at - busy < self.batch_window
             pace.answered_at = None
         self._awaited.discard(pace)
 
     def _answered(self, pace: _Pace, now: float) -> None:
         """This connection's ACKs are written: a sender that answers at once is waited for."""
-        pace.answered_at = now
+        pace.answered_at, pace.busy_at = now, self._busy
         if pace.quick:
             self._awaited.add(pace)
 
@@ -326,12 +344,16 @@ class MllpListener:
                 break
             batch = [first]
             # Group commit: take everything that queued up while the last batch was being committed,
-            # then wait up to `batch_window` for the next message of each connection that sends
-            # its next message as soon as its ACK is back (or is new). Senders that wait for each
-            # ACK would otherwise fall into alternating batches of 1 and n-1; senders on a schedule
-            # of their own (most hospital interfaces) are not waited for, which would only add the
-            # window to every ACK.
-            deadline = loop.time() + self.batch_window
+            # then wait for the next message of each connection that sends its next message as soon
+            # as its ACK is back (or is new), as long as messages keep coming: up to `batch_window`
+            # after the last one, and no longer in all than the last commit took (a sender slower
+            # than that joins the next). Senders that wait for each ACK would otherwise fall into
+            # alternating batches (1 and n-1, or n/2 and n/2), each paying a commit's fixed cost;
+            # senders on a schedule of their own (most hospital interfaces) are not waited for,
+            # which would only add the window to every ACK.
+            started = loop.time()
+            latest = started + max(self.batch_window, self._last_commit)
+            deadline = min(started + self.batch_window, latest)
             while len(batch) < self.batch_max:
                 try:
                     item = self._queue.get_nowait()
@@ -347,11 +369,15 @@ class MllpListener:
                     except TimeoutError:
                         self._stop_waiting()
                         break
+                    deadline = min(loop.time() + self.batch_window, latest)
                 if item is None:
                     stopping = True
                     break
                 batch.append(item)
+            began = loop.time()
             self._commit_and_answer(batch)
+            self._last_commit = loop.time() - began
+            self._busy += self._last_commit
             # Nothing of this batch stays referenced while the next is awaited: its frames may be large.
             del first, batch
             item = None
@@ -382,13 +408,15 @@ def _observe(done: asyncio.Future[bytes], arrived: float) -> None:
 
 
 class _Pace:
-    """When a connection's last ACK was written, and whether it sent its next message within a
-    batch window of an ACK last time (a sender the group commit waits for)."""
+    """When a connection's last ACK was written (and how long the listener had been busy by then),
+    and whether it sent its next message within a batch window of an ACK last time (a sender the
+    group commit waits for)."""
 
-    __slots__ = ("answered_at", "quick")
+    __slots__ = ("answered_at", "busy_at", "quick")
 
-    def __init__(self, now: float) -> None:
+    def __init__(self, now: float, busy: float) -> None:
         self.answered_at: float | None = now
+        self.busy_at = busy
         self.quick = True
 
 
