@@ -49,13 +49,11 @@ def _signal_group(child: subprocess.Popen[bytes], signum: int) -> None:
         pass  # the group has gone
 
 
-def _services(env: dict[str, str]) -> list[subprocess.Popen[bytes]]:
-    """The MLLP listener and the partner sandboxes, each its own process on its fixed port."""
-    from cgthub import partners
-
-    listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", str(LISTENER_PORT)]
-    started = [_start(f"MLLP listener on 127.0.0.1:{LISTENER_PORT} (archive-only)", listener, env)]
-    for partner, port in ((name, box.port) for name, box in partners.sandboxes().items()):
+def _services(env: dict[str, str], listener_port: int, ports: dict[str, int]) -> list[subprocess.Popen[bytes]]:
+    """The MLLP listener and the partner sandboxes, each its own process on its port."""
+    listener = [sys.executable, "-m", "cgthub.services", "mllp-listener", "--port", str(listener_port)]
+    started = [_start(f"MLLP listener on 127.0.0.1:{listener_port} (archive-only)", listener, env)]
+    for partner, port in ports.items():
         argv = [sys.executable, "-m", "cgthub.services", "sandbox", partner, "--port", str(port)]
         started.append(_start(f"{partner} sandbox on 127.0.0.1:{port}", argv, env))
     return started
@@ -148,11 +146,33 @@ def _answering(url: str, airflow: subprocess.Popen[bytes]) -> bool:
     return False
 
 
+def _sandbox_ports(parser: argparse.ArgumentParser, given: list[str]) -> dict[str, int]:
+    """Each sandbox's port: its fixed one (8701-8705) unless `--sandbox-port PARTNER=PORT` says otherwise."""
+    from cgthub import partners
+
+    ports = {name: box.port for name, box in partners.sandboxes().items()}
+    for pair in given:
+        name, _, port = pair.partition("=")
+        if name not in ports or not port.isdigit():
+            parser.error(f"--sandbox-port {pair}: expected PARTNER=PORT, PARTNER one of {', '.join(ports)}")
+        ports[name] = int(port)
+    return ports
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tick", type=float, default=30.0, help="seconds between slices of demo traffic")
     parser.add_argument("--no-feed", action="store_true", help="no synthetic traffic (real partners only)")
+    parser.add_argument("--listener-port", type=int, default=LISTENER_PORT, help="the MLLP listener's port")
+    parser.add_argument(
+        "--sandbox-port",
+        action="append",
+        default=[],
+        metavar="PARTNER=PORT",
+        help="a sandbox on another port than its fixed one (repeatable)",
+    )
     args = parser.parse_args(argv)
+    ports = _sandbox_ports(parser, args.sandbox_port)
 
     from cgthub import airflow_env, store
 
@@ -176,9 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     from cgthub.partners import sandbox_world
 
     world = sandbox_world()
-    for name, uri in world.connection_env(world.FIXED_PORTS).items():  # a partner's real address, when set, wins
+    for name, uri in world.connection_env(ports).items():  # a partner's real address, when set, wins
         os.environ.setdefault(name, uri)
-    os.environ.setdefault(world.LISTENER_ENV, f"127.0.0.1:{LISTENER_PORT}")
+    os.environ.setdefault(world.LISTENER_ENV, f"127.0.0.1:{args.listener_port}")
     store.upgrade()
     airflow_env.migrate_metadata_db()
     env = os.environ.copy()
@@ -187,14 +207,15 @@ def main(argv: list[str] | None = None) -> int:
     # The hub's DAGs stay paused until the API server answers: a task started before it finds no
     # Execution API to report to and fails with a traceback (a DAG a test or the demo created stays paused).
     airflow = [sys.executable, "-m", "airflow", "dags"]
-    subprocess.run([*airflow, "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    created_paused = {**env, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}  # a new metadata database
+    subprocess.run([*airflow, "reserialize"], env=created_paused, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
     hub_dags = ["--treat-dag-id-as-regex", "-y", "^cgthub_"]
     subprocess.run([*airflow, "pause", *hub_dags], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops what this command started, as Ctrl-C does
     children = [_start("Airflow standalone", [sys.executable, "-m", "airflow", "standalone"], env)]
     stop = threading.Event()
     try:
-        children += _services(env)
+        children += _services(env, args.listener_port, ports)
         if not args.no_feed:
             threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
         if _answering(f"{api}/api/v2/monitor/health", children[0]):
