@@ -6,13 +6,14 @@ an environment, and `ensure_release_in_force`. It imports nothing that maps or s
 that map (the quarantine retry in `cgthub.decisions`, the courier webhook, the MLLP listener's CLI)
 call it without an import cycle (`cgthub.release` imports `cgthub.decisions` for its signatures).
 
-Hashing every file on each check cost 5-10 ms (98 files). A long-running process checks often (a
-webhook per request, the listener every 30 s), so each file's hash is kept with the file's stat
-signature (inode, size, modification and change times, nanoseconds): an unchanged tree costs a stat
-walk. The change time cannot be set back from user space, so an edit that restores the
-modification time is still seen. A file modified within a second of being hashed is hashed again at
-the next check (the same "racily clean" rule git applies), so an edit in the same clock tick as the
-hash is not missed.
+Hashing every file on each check cost 5-10 ms (98 files), and finding them with pathlib's rglob
+another 15-18 ms on a loaded machine. A long-running process checks often (a webhook per request,
+the listener every 30 s), so the files are found with os.scandir and each file's hash is kept with
+the file's stat signature (inode, size, modification and change times, nanoseconds): an unchanged
+tree costs a directory walk and a stat per file. The change time cannot be set back from user space,
+so an edit that restores the modification time is still seen. A file modified within a second of
+being hashed is hashed again at the next check (the same "racily clean" rule git applies), so an
+edit in the same clock tick as the hash is not missed.
 """
 
 from __future__ import annotations
@@ -63,8 +64,17 @@ class ReleaseRefused(SettingError):
 # the files a bundle holds -------------------------------------------------------------------------
 
 
-def _skipped(path: Path) -> bool:
-    return any(part.startswith(".") or part == "__pycache__" for part in path.parts)
+def _walk(folder: str, prefix: str, found: dict[str, Path]) -> None:
+    """Every file under `folder` (symbolic links to files too; hidden entries and __pycache__ skipped),
+    as `prefix/relative path`. os.scandir: a third of what pathlib's rglob cost on the 98 files."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "__pycache__":
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                _walk(entry.path, f"{prefix}/{entry.name}", found)
+            elif entry.is_file():
+                found[f"{prefix}/{entry.name}"] = Path(entry.path)
 
 
 def live_files() -> dict[str, Path]:
@@ -73,10 +83,7 @@ def live_files() -> dict[str, Path]:
     found: dict[str, Path] = {}
     for prefix, root in (("mappings", settings.mappings_dir), ("config/markets", settings.config_dir / "markets")):
         if root.is_dir():
-            for path in sorted(root.rglob("*")):
-                relative = path.relative_to(root)
-                if path.is_file() and not _skipped(relative):
-                    found[f"{prefix}/{relative.as_posix()}"] = path
+            _walk(str(root), prefix, found)
     for name in CONFIG_FILES:
         path = settings.config_dir / name
         if path.is_file():
