@@ -695,9 +695,9 @@ def _retry(session: Session, entry: QuarantineEntry) -> tuple[bool, str]:
         return True, f"event {appended.status} to order {appended.order_id}"
     if entry.raw_id is None:
         raise NotApplicable(f"quarantine entry {entry.id} keeps no payload or event to retry")
-    from cgthub import routing
+    from cgthub import requalify
 
-    mapper = routing.mapper(session, entry.system, entry.kind)
+    mapper = requalify.mapper(session, entry.system, entry.kind)  # routed, its sites judged again
     if mapper is None:
         return False, f"no mapping is configured for {entry.system}/{entry.kind}"
     result = pipeline.process(session, entry.raw_id, mapper)

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cgthub import archive, canonical_feed, partners, pipeline, quarantine, routing, sync_state
+from cgthub import archive, canonical_feed, partners, pipeline, quarantine, requalify, routing, sync_state
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent
 from cgthub.release import ensure_release_in_force
@@ -55,8 +55,8 @@ def mapper_for(session: Session) -> Callable[[archive.Inbound], pipeline.Mapper 
     routed = routing.mapper_for(session)
 
     def lookup(item: archive.Inbound) -> pipeline.Mapper | None:
-        if item.kind == canonical_feed.KIND:
-            return canonical_feed.CanonicalJsonMapper()
+        if item.kind == canonical_feed.KIND:  # no routing to judge its sites: judged here (cgthub.requalify)
+            return requalify.Judging(session, canonical_feed.CanonicalJsonMapper())
         return routed(item)
 
     return lookup

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from cgthub import qualification, routing, sites
+from cgthub import qualification, requalify, sites
 from cgthub.cli.common import CliError, console, open_session
 from cgthub.release import ensure_release_in_force
 
@@ -97,5 +97,5 @@ def replay(system: str | None = typer.Option(None, help="only this partner, e.g.
     stage `qualify` (a site not qualified that day), once the registry is fixed."""
     ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     with open_session() as session:
-        released, still = routing.replay_unrouted(session, system=system)
+        released, still = requalify.replay_waiting(session, system=system)
     console.print(f"{released} payload(s) routed and applied, {still} still waiting for the site registry")

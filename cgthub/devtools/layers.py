@@ -86,6 +86,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "services",
         (
             "cgthub.routing",
+            "cgthub.requalify",
             "cgthub.scan_verification",
             "cgthub.canonical_feed",
             "cgthub.hl7",
