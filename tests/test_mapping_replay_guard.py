@@ -37,6 +37,7 @@ def config_dirs(tmp_path: Path) -> dict[str, str]:
     markets.mkdir(parents=True)
     (markets / "DE.yaml").write_text("market: DE\nmappings:\n  crm/enrollment: 1\n")
     (markets / "US.yaml").write_text("market: US\nmappings: {}\n")
+    shutil.copy(PROJECT_ROOT / "config" / "sites.yaml", tmp_path / "config")  # a replay judges each site by it
     return {"CGTHUB_MAPPINGS_DIR": str(tmp_path / "mappings"), "CGTHUB_CONFIG_DIR": str(tmp_path / "config")}
 
 

@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from cgthub import archive, audit_trail
+from cgthub import archive, audit_trail, sites
 from cgthub.cli.common import CliError, console, open_session, work_progress
 from cgthub.mapping import fixtures, registry
 from cgthub.mapping.compiler import CompiledMapping
@@ -147,7 +147,10 @@ def replay_archived(
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="map and report what would change; write nothing"),
 ) -> None:
-    """Re-map archived payloads with VERSION: append corrections, release what now maps. Idempotent."""
+    """Re-map archived payloads with VERSION: append corrections, release what now maps. Idempotent.
+
+    Each site is judged by the site registry in force, as on live ingest: what it refuses is
+    quarantined at stage `qualify` (or `route`) with its alert, not applied."""
     ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     mapper = _mapper(system, kind, version, market)
     if since is not None and since.tzinfo is None:
@@ -160,6 +163,10 @@ def replay_archived(
         )
     for reason in reasons:
         console.print(f"[yellow]forced:[/] {reason}")
+    try:
+        sites.registry()  # each replayed site is judged by it, as on live ingest
+    except sites.SiteRegistryError as exc:
+        raise CliError(str(exc), "fix the file: a replay judges each site by it, as live ingest does") from exc
     label = f"replaying {system}/{kind} with {version}"
     with open_session(readonly=dry_run) as session, work_progress(label, total=None, unit="payloads") as bar:
         report = replay(session, mapper, since=since, progress=bar.advance_to, dry_run=dry_run)
@@ -176,6 +183,7 @@ def replay_archived(
             f"would leave {report.unchanged} events unchanged, correct {report.corrected}, add {report.added} "
             f"({report.already_recorded} already in the ledger from another payload), release "
             f"{report.released} quarantined payloads; {report.still_failing} still failing, "
+            f"{report.refused} refused by the site registry, "
             f"{report.no_longer_produced} old events no longer produced{_pace(report.payloads, bar.elapsed())}",
             soft_wrap=True,  # one line, whatever the width, for scripts and logs
         )
@@ -186,12 +194,13 @@ def replay_archived(
             f"{report.already_recorded} already in the ledger from another payload, "
             f"{report.quarantined} quarantined, "
             f"{report.released} quarantined payloads released, {report.still_failing} still failing, "
+            f"{report.refused} refused by the site registry (quarantined), "
             f"{report.no_longer_produced} old events no longer produced (left as they are)"
             f"{_pace(report.payloads, bar.elapsed())}",
             soft_wrap=True,
         )
     for failure in report.failures[:20]:
-        console.print(f"[yellow]still failing:[/] {failure}")
+        console.print(f"[yellow]still failing:[/] {escape(failure)}", soft_wrap=True)
 
 
 def _pace(payloads: int, seconds: float) -> str:

@@ -5,7 +5,11 @@ with the one the ledger holds for the same source event: identical content appen
 second replay is a no-op), different content appends a correction `<id>@v<N>` that supersedes the
 old entry, and a payload that sat in quarantine and now maps goes through and its entry is closed.
 Counts come from what the ledger actually did: an event the ledger already holds from another
-payload (a partner that resends whole records) is reported as such, not as added. A dry run maps
+payload (a partner that resends whole records) is reported as such, not as added. Site
+qualification is judged as on the live path, by the registry in force (`cgthub.requalify`): what a
+site not qualified that day sent is not applied but quarantined at stage `qualify` with its alert
+(a page's record alone), an HL7 sender the registry does not know at stage `route`, and a payload
+that waited at `qualify` and now passes is released with its alerts closed. A dry run maps, judges
 and compares in a read-only session and writes nothing. `refusals` says why a version is not the
 one live ingest would use for a market, so the CLI can refuse it unless forced.
 """
@@ -21,7 +25,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, ledger, markets, quarantine
+from cgthub import archive, ledger, markets, qualification, quarantine, requalify, sites
 from cgthub.errors import PayloadRejected
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
@@ -45,6 +49,7 @@ class ReplayReport:
     still_failing: int = 0
     no_longer_produced: int = 0
     quarantined: int = 0
+    refused: int = 0  # payloads (or a page's records) refused by the site registry: quarantined, not applied
     already_recorded: int = 0  # new to this payload, but the ledger holds it from another payload
     dry_run: bool = False
     failures: list[str] = field(default_factory=list)
@@ -124,17 +129,24 @@ def replay(
 
     With `dry_run` nothing is appended, released or marked: the report says what would be."""
     report = ReplayReport(dry_run=dry_run)
+    known = sites.registry()  # the registry in force judges every payload of this replay
     rows = list(archived(session, mapper.spec.system.value, kind_dir(mapper.spec.kind), since))
     for done, row in enumerate(rows, start=1):
         report.payloads += 1
-        _replay_one(session, mapper, row, report, dry_run=dry_run)
+        _replay_one(session, mapper, known, row, report, dry_run=dry_run)
         if progress:
             progress(done, len(rows))
     return report
 
 
 def _replay_one(
-    session: Session, mapper: CompiledMapping, row: RawMessage, report: ReplayReport, *, dry_run: bool
+    session: Session,
+    mapper: CompiledMapping,
+    known: sites.SiteRegistry,
+    row: RawMessage,
+    report: ReplayReport,
+    *,
+    dry_run: bool,
 ) -> None:
     payload = archive.read(session, row.id)
     try:
@@ -143,6 +155,12 @@ def _replay_one(
         report.still_failing += 1
         report.failures.append(f"raw #{row.id}: {rejected.reason}")
         return
+    screened = requalify.screen(session, known, mapper, row, payload, fresh)
+    if screened.refusals:
+        _refused(session, mapper, known, row, screened, report, dry_run=dry_run)
+        if screened.whole is not None:
+            return
+    fresh = screened.events
     current = _current_events(session, row.id)
     new: list[CanonicalEvent] = []
     corrections: list[CanonicalEvent] = []
@@ -160,11 +178,7 @@ def _replay_one(
                 )
             )
     report.no_longer_produced += len(current)
-    waiting = [
-        e
-        for e in quarantine.open_for_raw(session, row.id)
-        if e.stage in (quarantine.Stage.PARSE, quarantine.Stage.MAP, quarantine.Stage.VALIDATE)
-    ]
+    waiting = [e for e in quarantine.open_for_raw(session, row.id) if e.stage in _RELEASED_BY_REPLAY]
     if dry_run:
         held = _recorded(session, new + corrections)
         report.already_recorded += sum(1 for e in new if e.source_event_id in held)
@@ -183,11 +197,59 @@ def _replay_one(
             report.added += 1
         else:
             report.corrected += 1
+    requalify.keep(session, known, screened)
     if waiting and not any(o.status == "quarantined" for o in outcomes):
         for entry in waiting:
-            quarantine.release(session, entry, f"mapped by {mapper.mapping_id}@{mapper.version} on replay")
+            judged = f" (site registry {known.label})" if entry.stage == quarantine.Stage.QUALIFY.value else ""
+            quarantine.release(session, entry, f"mapped by {mapper.mapping_id}@{mapper.version} on replay{judged}")
+            if entry.stage == quarantine.Stage.QUALIFY.value:
+                qualification.close_alerts(session, row.id)
             report.released += 1
         archive.mark(session, row.id, "processed")
+
+
+# What a replay may release: a payload that failed to map, and one that waited for its site's
+# qualification (judged again above). One waiting at `route` is `cgthub sites replay`'s.
+_RELEASED_BY_REPLAY = (
+    quarantine.Stage.PARSE,
+    quarantine.Stage.MAP,
+    quarantine.Stage.VALIDATE,
+    quarantine.Stage.QUALIFY,
+)
+
+
+def _refused(
+    session: Session,
+    mapper: CompiledMapping,
+    known: sites.SiteRegistry,
+    row: RawMessage,
+    screened: requalify.Screened,
+    report: ReplayReport,
+    *,
+    dry_run: bool,
+) -> None:
+    """What the site registry refuses is counted and named; unless a dry run, it is quarantined and
+    alerted as live ingest would. A payload refused whole that failed to map before now waits at the
+    refusal's stage instead (one open entry says what holds it)."""
+    for refusal in screened.refusals:
+        report.refused += 1
+        where = f"raw #{row.id}" + (f" record {refusal.record}" if refusal.record else "")
+        report.failures.append(f"{where}: {refusal.reason}")
+    if dry_run:
+        return
+    if screened.whole is None:
+        for refusal in screened.records:
+            requalify.refuse_record(session, known, row, refusal)
+        return
+    entry = requalify.refuse(session, known, row, screened.whole)
+    for earlier in quarantine.open_for_raw(session, row.id):
+        if earlier.id != entry.id and earlier.stage in quarantine.MAPPING_STAGES:
+            quarantine.release(
+                session,
+                earlier,
+                f"mapped by {mapper.mapping_id}@{mapper.version} on replay; waits at stage {entry.stage} "
+                f"(quarantine entry #{entry.id})",
+            )
 
 
 def _recorded(session: Session, events: list[CanonicalEvent]) -> set[str]:
