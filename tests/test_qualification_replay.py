@@ -1,14 +1,16 @@
 """Site qualification on every path that maps an archived payload again, as an operator drives it.
 
-- A signed retry over the API (a real HTTP server) of an entry waiting at stage `qualify` is judged
-  again by the registry in force: refused again, the entry stays with its reason and no second
-  alert; once the registry is fixed it goes through and its `site_not_qualified` alert is closed,
-  the closing recorded in the decision's outcome.
+- A signed retry over the API (a real HTTP server) or the console of an entry waiting at stage
+  `qualify` is judged again by the registry in force: refused again, the entry stays with its reason
+  and no second alert; once the registry is fixed it goes through and its `site_not_qualified` alert
+  is closed, the closing recorded in the decision's outcome.
 - `cgthub mappings replay` judges as live ingest does: an enrolment from a site not qualified that
   day is quarantined at `qualify` with its alert, not applied (a page's other record goes through);
   `--dry-run` names it and writes nothing; once the registry is fixed a replay releases it.
 - The HL7 inbox (the DAG's step, `partner_sync.apply_hl7_inbox`) judges what the listener archived;
   a replay of HL7 messages judges the sender's sites and leaves a message applied before unchanged.
+- The canonical JSON drop folder, which is not routed, judges its enrolments; `cgthub sites replay`
+  releases them once the registry is fixed.
 """
 
 from __future__ import annotations
@@ -33,13 +35,15 @@ from cgthub.tables import LedgerEntry, OperatorDecision, QuarantineEntry
 from connectors.common.sandbox import SandboxServer
 from connectors.crm import sandbox as crm_sandbox
 from connectors.crm import sync as crm_sync
-from tests import api_server
+from tests import api_server, test_console
+from tests.test_console import add_operator, sign, signed_in
 from tests.test_hl7_listener import Running, exchange
 from tests.test_qualification import LAPSED, _alerts, _edit
 from tests.test_residency_live import _crm_record, _enrol_through_crm, _orders, _orm
 from tests.test_sites import config_dir  # noqa: F401  (fixture: an editable copy of config/)
 
 api = api_server.api  # fixture: the API on a real HTTP server
+auth_manager, console = test_console.auth_manager, test_console.console  # fixtures: the console as Airflow mounts it
 
 PASSWORD = "correct horse battery"
 REPLAY = ["mappings", "replay", "--system", "crm", "--kind", "enrollment", "--version", "v2", "--force"]
@@ -284,3 +288,32 @@ def test_a_replay_without_a_readable_site_registry_says_so(db_url, config_dir: P
     assert isinstance(run.exception, CliError) and run.exception.exit_code == 1
     assert "sites.yaml:1: sites: Input should be a valid dictionary" in run.exception.message
     assert "a replay judges each site by it" in (run.exception.hint or "")
+
+
+def test_a_signed_retry_from_the_console_closes_the_alert_once_the_site_qualifies(
+    db_url,
+    monkeypatch,
+    config_dir: Path,  # noqa: F811
+    console,
+    auth_manager,
+):
+    assert _pull(monkeypatch, db_url, [_lapsed(2)]).quarantined == 1
+    (entry,) = _entries(db_url, quarantine.Stage.QUALIFY)
+    (alert,) = _alerts(db_url)
+    add_operator(db_url)
+    client = signed_in(console, auth_manager)
+    path = f"/cgthub/console/actions/retry_quarantine/{entry.id}"
+
+    refused = sign(client, path, code="SITE-REGISTERED")  # the registry still says lapsed
+    assert refused.status_code == 303, refused.text
+    assert [(e.id, e.occurrences) for e in _entries(db_url, quarantine.Stage.QUALIFY)] == [(entry.id, 2)]
+    assert [(a.id, a.status) for a in _alerts(db_url)] == [(alert.id, "open")]
+
+    _edit(config_dir, LAPSED, "until: 2027-06-30", version=2)
+    signed = sign(client, path, code="SITE-REGISTERED")
+    assert signed.status_code == 303, signed.text
+    assert [(a.id, a.status) for a in _alerts(db_url)] == [(alert.id, "closed")]
+    assert _entries(db_url, quarantine.Stage.QUALIFY) == [] and "CRM-00002" in _orders(db_url)
+    with session_scope(db_url) as s:
+        last = s.scalars(select(OperatorDecision).order_by(OperatorDecision.id.desc())).first()
+        assert last.signer == "olga" and last.outcome["alerts_closed"] == [alert.id]
