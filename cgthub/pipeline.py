@@ -40,6 +40,19 @@ class Mapper(Protocol):
         ...
 
 
+class Unjudged(Protocol):
+    """A payload mapped by a mapping that judges its events before they are applied (routing's site
+    qualification, `map_unjudged`): the pipeline maps a whole batch, has each kind `judge_all` its
+    batch at once (one lookup, not one a payload), then takes each payload's `settle`d events."""
+
+    @classmethod
+    def judge_all(cls, batch: Sequence[Any]) -> None: ...
+
+    def settle(self) -> list[CanonicalEvent]:
+        """The events that may be applied, or raise PayloadRejected."""
+        ...
+
+
 @dataclass
 class IngestResult:
     raw_id: int
@@ -181,39 +194,83 @@ def _map_and_apply(
 
     `assumed` is the status the archive rows already carry; only other outcomes are written.
     """
-    events: list[CanonicalEvent] = []
-    owners: list[IngestResult] = []
+    # First every payload mapped; a mapping that judges its events (routing's site qualification)
+    # leaves them pending, and they are judged for the whole batch at once; then each payload's
+    # outcome, in order, as if each had been mapped and judged alone.
+    staged: list[tuple[IngestResult, archive.Inbound, Mapper | None, _Mapped]] = []
     for result, item, digest in todo:
         mapper = mapper_for(item)
+        staged.append((result, item, mapper, _map_one(mapper, item, result.raw_id, digest)))
+    pending: dict[type[Unjudged], list[Unjudged]] = {}
+    for _result, _item, _mapper, mapped in staged:
+        if not isinstance(mapped, list | PayloadRejected):
+            pending.setdefault(type(cast(Unjudged, mapped)), []).append(mapped)
+    for kind, batch in pending.items():
+        kind.judge_all(batch)
+    events: list[CanonicalEvent] = []
+    owners: list[IngestResult] = []
+    for result, item, mapper, mapped in staged:
         try:
-            if mapper is None:
-                raise PayloadRejected(
-                    quarantine.Stage.MAP,
-                    f"no mapping is configured for {item.system}/{item.kind}",
-                    code=Rejection.UNSUPPORTED_TYPE,
-                )
-            try:
-                mapped = mapper.map(item.payload, raw_id=result.raw_id, checksum=digest, received_at=item.received_at)
-            except PayloadRejected:
-                raise
-            except Exception as exc:  # whatever a mapping raises is its rejection, never the batch's crash
-                raise PayloadRejected(
-                    quarantine.Stage.MAP,
-                    f"{mapper.mapping_id}@{mapper.version}: the mapping failed on this payload "
-                    f"({type(exc).__name__}); fix the mapping, then replay",
-                    {"mapping": mapper.mapping_id, "version": mapper.version},
-                ) from exc
-            too_long = _beyond_columns(mapped)
+            if isinstance(mapped, PayloadRejected):
+                raise mapped
+            made = mapped if isinstance(mapped, list) else _settle(mapper, mapped)
+            too_long = _beyond_columns(made)
             if too_long:
                 raise PayloadRejected(quarantine.Stage.VALIDATE, too_long)
         except PayloadRejected as rejected:
             _reject(session, result, item.system, item.kind, rejected)
             continue
-        events.extend(mapped)
-        owners.extend([result] * len(mapped))
+        events.extend(made)
+        owners.extend([result] * len(made))
     _count(owners, ledger.append_many(session, events))
     outcome = {r.raw_id: "quarantined" if r.quarantined else "processed" for r, _i, _d in todo if not r.rejected}
     archive.mark_many(session, {raw_id: st for raw_id, st in outcome.items() if st != assumed})
+
+
+_Mapped = list[CanonicalEvent] | PayloadRejected | Any  # events, a rejection, or an Unjudged
+
+
+def _map_one(mapper: Mapper | None, item: archive.Inbound, raw_id: int, digest: str) -> _Mapped:
+    """A payload's events (pending judgement where its mapper judges them), or why it is rejected."""
+    try:
+        if mapper is None:
+            raise PayloadRejected(
+                quarantine.Stage.MAP,
+                f"no mapping is configured for {item.system}/{item.kind}",
+                code=Rejection.UNSUPPORTED_TYPE,
+            )
+        unjudged = getattr(mapper, "map_unjudged", None)
+        try:
+            if unjudged is not None:
+                return cast(
+                    Unjudged, unjudged(item.payload, raw_id=raw_id, checksum=digest, received_at=item.received_at)
+                )
+            return mapper.map(item.payload, raw_id=raw_id, checksum=digest, received_at=item.received_at)
+        except PayloadRejected:
+            raise
+        except Exception as exc:  # whatever a mapping raises is its rejection, never the batch's crash
+            raise _mapping_failed(mapper, exc) from exc
+    except PayloadRejected as rejected:
+        return rejected
+
+
+def _settle(mapper: Mapper | None, unjudged: Unjudged) -> list[CanonicalEvent]:
+    try:
+        return unjudged.settle()
+    except PayloadRejected:
+        raise
+    except Exception as exc:  # as in the mapping: the payload's rejection, not the batch's crash
+        assert mapper is not None
+        raise _mapping_failed(mapper, exc) from exc
+
+
+def _mapping_failed(mapper: Mapper, exc: Exception) -> PayloadRejected:
+    return PayloadRejected(
+        quarantine.Stage.MAP,
+        f"{mapper.mapping_id}@{mapper.version}: the mapping failed on this payload "
+        f"({type(exc).__name__}); fix the mapping, then replay",
+        {"mapping": mapper.mapping_id, "version": mapper.version},
+    )
 
 
 def _count(owners: list[IngestResult], outcomes: list[ledger.AppendResult]) -> None:

@@ -214,14 +214,33 @@ def judge_events(
     not known yet, the sender's sites must be qualified for some therapy that day (the order's own
     therapy was judged when it was enrolled). An event the ledger holds already was judged when it
     first came: what it would be told now is left out (a resent page or message refuses nothing).
-    The hot path (a hospital order of a known, qualified order) costs two indexed reads.
     """
-    wanted = [e for e in events if _judged_kind(e)]
-    if not wanted:
-        return []
-    hospital = [e for e in wanted if e.event_type is not EventType.ORDER_ENROLLED]
+    return judge_batch(session, registry, [(events, sender_sites)])[0]
+
+
+def judge_batch(
+    session: Session,
+    registry: sites.SiteRegistry,
+    payloads: Sequence[tuple[Sequence[CanonicalEvent], Iterable[str]]],
+) -> list[list[Judged]]:
+    """`judge_events` for each (events, sender sites) of a batch of payloads, with one lookup of the
+    orders their references name (and one of their facts) for the whole batch, and one of the ledger,
+    as the ledger preloads a batch. The verdicts come back per payload, in order."""
+    wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
+    hospital = [e for events in wanted for e in events if e.event_type is not EventType.ORDER_ENROLLED]
     named = _orders_named(session, hospital) if hospital else {}
-    speakers = sorted(set(sender_sites))
+    out: list[list[Judged]] = []
+    for events, (_all, senders) in zip(wanted, payloads, strict=True):
+        out.append(_judge(registry, events, named, sorted(set(senders))) if events else [])
+    return _new_to_ledger(session, out)
+
+
+def _judge(
+    registry: sites.SiteRegistry,
+    wanted: list[CanonicalEvent],
+    named: dict[tuple[str, str], tuple[str, str | None, str | None]],
+    speakers: list[str],
+) -> list[Judged]:
     out: list[Judged] = []
     for event in wanted:
         day = event.occurred_at.date()  # the day it happened, in the time zone it was given in
@@ -245,7 +264,7 @@ def judge_events(
                 else verdicts[0].reason
             )
             out.append(Judged(event, Verdict(speakers[0], None, day, False, reason)))
-    return _new_to_ledger(session, out)
+    return out
 
 
 _ORDERS = Order.__table__
@@ -279,10 +298,10 @@ def _orders_named(
     return {key: orders[order_id] for key, order_id in owner.items() if order_id in orders}
 
 
-def _new_to_ledger(session: Session, judged: list[Judged]) -> list[Judged]:
+def _new_to_ledger(session: Session, judged: list[list[Judged]]) -> list[list[Judged]]:
     """Leave out the events the ledger holds already (looked up only for what will be kept: an
-    enrolment's verdict, a refusal)."""
-    asked = [j.event.key for j in judged if _kept(j)]
+    enrolment's verdict, a refusal), for a batch's payloads in one lookup."""
+    asked = [j.event.key for one in judged for j in one if _kept(j)]
     if not asked:
         return judged
     done = set(
@@ -295,7 +314,9 @@ def _new_to_ledger(session: Session, judged: list[Judged]) -> list[Judged]:
             asked,
         )
     )
-    return [j for j in judged if not _kept(j) or j.event.key not in done]
+    if not done:
+        return judged
+    return [[j for j in one if not _kept(j) or j.event.key not in done] for one in judged]
 
 
 def _kept(judged: Judged) -> bool:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypedDict
 
@@ -88,15 +88,25 @@ class RoutedMapper:
         self.mapping_id, self.version = neutral.mapping_id, neutral.version
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
+        pending = self.map_unjudged(payload, raw_id=raw_id, checksum=checksum, received_at=received_at)
+        Pending.judge_all([pending])
+        return pending.settle()
+
+    def map_unjudged(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> Pending:
+        """The payload mapped under its market, its events judged later with the rest of its batch
+        (`Pending.judge_all`, which the pipeline calls once per batch), then `settle`d."""
         facts: _Facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
         self._sender_sites: frozenset[str] = frozenset()
         events = self._map(payload, facts)
-        judged = qualification.judge_events(self.session, self.known, events, sender_sites=self._sender_sites)
-        refused = [j for j in judged if not j.verdict.qualified]
-        if not refused:
-            qualification.keep(self.session, self.known, judged)
-            return events
-        return self._without_refused(payload, events, judged, facts)
+        return Pending(self, payload, facts, events, self._sender_sites)
+
+    def _settle(self, pending: Pending) -> list[CanonicalEvent]:
+        judged = pending.judged
+        for one in judged:
+            if not one.verdict.qualified:
+                return self._without_refused(pending.payload, pending.events, judged, pending.facts)
+        qualification.keep(self.session, self.known, judged)
+        return pending.events
 
     def _map(self, payload: bytes, facts: _Facts) -> list[CanonicalEvent]:
         if self.source is not None and self.source.facility:
@@ -271,6 +281,44 @@ class RoutedMapper:
                 code=Rejection.UNSUPPORTED_TYPE,
             )
         return found
+
+
+class Pending:
+    """One payload mapped by a RoutedMapper, its events not judged yet (`pipeline.Unjudged`)."""
+
+    __slots__ = ("events", "facts", "judged", "mapper", "payload", "sender_sites")
+
+    def __init__(
+        self,
+        mapper: RoutedMapper,
+        payload: bytes,
+        facts: _Facts,
+        events: list[CanonicalEvent],
+        sender_sites: frozenset[str],
+    ) -> None:
+        self.mapper, self.payload, self.facts, self.events = mapper, payload, facts, events
+        self.sender_sites = sender_sites
+        self.judged: list[qualification.Judged] = []
+
+    @classmethod
+    def judge_all(cls, batch: Sequence[Pending]) -> None:
+        """Judge the events of a batch's payloads at once: one lookup of the orders they name (and of
+        the ledger) for all of them, each payload judged with its own sender's sites."""
+        groups: dict[tuple[int, int], list[Pending]] = {}
+        for one in batch:
+            groups.setdefault((id(one.mapper.session), id(one.mapper.known)), []).append(one)
+        for group in groups.values():
+            first = group[0].mapper
+            verdicts = qualification.judge_batch(
+                first.session, first.known, [(one.events, one.sender_sites) for one in group]
+            )
+            for one, judged in zip(group, verdicts, strict=True):
+                one.judged = judged
+
+    def settle(self) -> list[CanonicalEvent]:
+        """The events that may be applied, the verdicts kept; a refusal quarantined (raised as
+        PayloadRejected for a payload of one record, split out of a page of several)."""
+        return self.mapper._settle(self)
 
 
 def _read(record: Any, path: str) -> Any:
