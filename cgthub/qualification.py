@@ -18,7 +18,7 @@ quarantined at stage `qualify` with a reason an operator can read and raises a c
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -229,14 +229,22 @@ def judge_batch(
     wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
     hospital = [e for events in wanted for e in events if e.event_type is not EventType.ORDER_ENROLLED]
     named = _orders_named(session, hospital) if hospital else {}
+    asked: dict[tuple[str, str | None, date], Verdict] = {}  # a batch asks the same few questions
+
+    def ask(site: str, therapy: str | None, day: date) -> Verdict:
+        verdict = asked.get((site, therapy, day))
+        if verdict is None:
+            verdict = asked[(site, therapy, day)] = check(site, therapy, day, registry)
+        return verdict
+
     out: list[list[Judged]] = []
     for events, (_all, senders) in zip(wanted, payloads, strict=True):
-        out.append(_judge(registry, events, named, sorted(set(senders))) if events else [])
+        out.append(_judge(ask, events, named, sorted(set(senders))) if events else [])
     return _new_to_ledger(session, out)
 
 
 def _judge(
-    registry: sites.SiteRegistry,
+    ask: Callable[[str, str | None, date], Verdict],
     wanted: list[CanonicalEvent],
     named: dict[tuple[str, str], tuple[str, str | None, str | None]],
     speakers: list[str],
@@ -246,14 +254,14 @@ def _judge(
         day = event.occurred_at.date()  # the day it happened, in the time zone it was given in
         if event.event_type is EventType.ORDER_ENROLLED:
             assert event.order is not None and event.order.site and event.order.therapy
-            out.append(Judged(event, check(event.order.site, event.order.therapy, day, registry)))
+            out.append(Judged(event, ask(event.order.site, event.order.therapy, day)))
             continue
         owners = {named[key] for key in event.reference_keys() if key in named}
         order = owners.pop() if len(owners) == 1 else None
         if order is not None and order[1]:
-            out.append(Judged(event, check(order[1], order[2], day, registry), order[0]))
+            out.append(Judged(event, ask(order[1], order[2], day), order[0]))
             continue
-        verdicts = [check(site, None, day, registry) for site in speakers]
+        verdicts = [ask(site, None, day) for site in speakers]
         good = next((v for v in verdicts if v.qualified), None)
         if good is not None:
             out.append(Judged(event, good))
