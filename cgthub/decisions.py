@@ -64,6 +64,8 @@ class Action(StrEnum):
     DISCARD_QUARANTINE = "discard_quarantine"
     REPLAY_DEAD_LETTERS = "replay_dead_letters"
     BOOK_SLOT = "book_slot"  # cgthub.booking: reserve a manufacturing slot and schedule the apheresis
+    RESCHEDULE_SLOT = "reschedule_slot"  # cgthub.booking: move a booked slot chain to another apheresis date
+    CANCEL_BOOKING = "cancel_booking"  # cgthub.booking: release the slot chain; the order waits to be booked again
     APPROVE_RELEASE = "approve_release"  # cgthub.release: approve a release bundle for production
 
 
