@@ -4,6 +4,7 @@ manufacturing_slots  capacity per CMO, therapy and day, and how much of it is ta
                      booking locks (SELECT ... FOR UPDATE) so two bookers never take its last place
 slot_bookings        one booked slot chain per order: apheresis, CMO slot, planned release, product
                      at site and infusion, the CMO's reservation and the signed decision behind it
+slot_booking_changes each reschedule or cancellation of a booking: from what to what, signed by whom
 """
 
 from __future__ import annotations
@@ -60,3 +61,34 @@ class SlotBooking(Base):
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("operator_decisions.id"))
     booked_by: Mapped[str] = mapped_column(String(64))
     booked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SlotBookingChange(Base):
+    """A booked slot chain moved to another apheresis date or cancelled, under a signed decision:
+    what it was and what it became. Its request key answers a repeated request with the same change;
+    a cancelled booking's row leaves `slot_bookings` (its quota and place are free again), and this
+    row keeps it."""
+
+    __tablename__ = "slot_booking_changes"
+    __table_args__ = (
+        UniqueConstraint("request_key", name="uq_slot_booking_change_request"),
+        Index("ix_slot_booking_changes_order", "order_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"))
+    booking_id: Mapped[int] = mapped_column(BigId)  # the booking's id (the SIU's SCH-2), kept when cancelled
+    kind: Mapped[str] = mapped_column(String(16))  # rescheduled | cancelled
+    request_key: Mapped[str] = mapped_column(String(200))
+    booking_request_key: Mapped[str] = mapped_column(String(200))  # the booking's own key, as it was
+    cmo: Mapped[str] = mapped_column(String(64))
+    apheresis_on: Mapped[date] = mapped_column(Date)
+    slot_day: Mapped[date] = mapped_column(Date)
+    cmo_reservation: Mapped[str] = mapped_column(String(64))
+    new_cmo: Mapped[str | None] = mapped_column(String(64))
+    new_apheresis_on: Mapped[date | None] = mapped_column(Date)
+    new_slot_day: Mapped[date | None] = mapped_column(Date)
+    new_cmo_reservation: Mapped[str | None] = mapped_column(String(64))
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("operator_decisions.id"))
+    changed_by: Mapped[str] = mapped_column(String(64))
+    changed_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -66,6 +66,18 @@ class SlotTaken(SchedulingError):
     code = "slot_full"
 
 
+class ReservationUnknown(SchedulingError):
+    """The CMO has no reservation by the id the hub holds for a booking."""
+
+    code = "reservation_unknown"
+
+
+class NotBooked(SchedulingError):
+    """A reschedule or cancellation of an order that has no booking."""
+
+    code = "not_booked"
+
+
 class QuotaExhausted(SchedulingError):
     code = "quota_exhausted"
 
@@ -328,6 +340,11 @@ class SlotProvider(Protocol):
 
     def reserve(self, reservation: Reservation, idempotency_key: str) -> Reserved:
         """Hold one place; raise SlotTaken when the day is full; the same key answers the same hold."""
+        ...
+
+    def release(self, reservation_id: str, idempotency_key: str) -> None:
+        """Give a held place back (the same key, or a place given back already, changes nothing);
+        raise ReservationUnknown when the CMO has no such reservation."""
         ...
 
 

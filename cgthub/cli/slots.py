@@ -1,8 +1,9 @@
 """`cgthub slots`: the CMO's manufacturing capacity, an order's feasible apheresis dates, booking one.
 
-`show ORDER` lists the slot chains the order could be booked for (or its booking), `sync` reads
-the CMO's published capacity into the hub, `book ORDER --date D` books one, signed like every
-decision (see `cgthub.booking`).
+`show ORDER` lists the slot chains the order could be booked for (or its booking; `--reschedule`
+the dates it could be moved to), `sync` reads the CMO's published capacity into the hub, `book
+ORDER --date D` books one, `reschedule ORDER --date D` moves it and `cancel ORDER` cancels it, each
+signed like every decision (see `cgthub.booking`).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ def show(
     order_id: str = typer.Argument(..., help="the hub's order id"),
     limit: int = typer.Option(20, "--limit", min=1, help="at most this many options, earliest first"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    reschedule: bool = typer.Option(False, "--reschedule", help="a booked order: the dates it could be moved to"),
 ) -> None:
-    """The order's booked slot chain, or the apheresis dates it could be booked for now."""
+    """The order's booked slot chain, or the apheresis dates it could be booked (or moved) for now."""
     with open_session(readonly=True) as session:
         existing = booking.booking_of(session, order_id)
-        if existing is not None:
+        if existing is not None and not reschedule:
             done = booking.booked(existing)
             if as_json:
                 print(done.model_dump_json(indent=1))
@@ -45,7 +47,10 @@ def show(
             )
             return
         try:
-            options = slots.options_for(session, order_id)[:limit]
+            if reschedule:
+                options = booking.reschedule_options(session, order_id)[:limit]
+            else:
+                options = slots.options_for(session, order_id)[:limit]
         except slots.SchedulingError as exc:
             raise CliError(exc.message, exc.hint or None) from exc
     if as_json:
@@ -113,3 +118,68 @@ def book(
         f"order {escape(order_id)} {verb}: apheresis {done.apheresis_at.isoformat()} at {escape(done.site)}, "
         f"slot {done.slot_day} at {escape(done.cmo)} ({escape(done.cmo_reservation)}), infusion {done.infusion_on}"
     )
+
+
+def _changed(done: booking.BookingChanged) -> str:
+    again = " (already done)" if done.replayed else ""
+    was = f"apheresis {done.was_apheresis_on} at {escape(done.was_cmo)} ({escape(done.was_cmo_reservation)})"
+    if done.booking is None:
+        return f"order {escape(done.order_id)}'s booking is cancelled{again}: {was} released; it can be booked again"
+    now = done.booking
+    return (
+        f"order {escape(done.order_id)} rescheduled{again}: {was} -> apheresis {now.apheresis_at.isoformat()} "
+        f"at {escape(now.site)}, slot {now.slot_day} at {escape(now.cmo)} ({escape(now.cmo_reservation)}), "
+        f"infusion {now.infusion_on}"
+    )
+
+
+def _sign_and_change(
+    order_id: str,
+    wanted: booking.RescheduleRequest | booking.CancelRequest,
+    signer: str | None,
+    meaning: Meaning,
+    reason: str,
+    text: str,
+    stdin: bool,
+) -> None:
+    try:
+        with open_session(readonly=True) as session:
+            preview = decisions.preview_order(session, order_id)
+        _show(preview)
+        signature = _signature(signer, meaning, reason, text, stdin, preview.shown_hash)
+        done = booking.run_change(database_url(), order_id, wanted, signature)
+    except (decisions.DecisionError, slots.SchedulingError) as exc:
+        raise CliError(exc.message, exc.hint or None) from exc
+    console.print(_changed(done))
+
+
+@app.command("reschedule")
+def reschedule(
+    order_id: str = typer.Argument(..., help="the hub's order id"),
+    day: str = typer.Option(..., "--date", help="the new apheresis date (YYYY-MM-DD), one `show --reschedule` offers"),
+    cmo: str | None = typer.Option(None, "--cmo", help="the CMO, when several offer that date"),
+    signer: str | None = _SIGNER,
+    meaning: Meaning = _MEANING,
+    reason: str = _REASON,
+    text: str = _TEXT,
+    stdin: bool = _STDIN,
+) -> None:
+    """Move a booking to another date (signed): the CMO's place moves, the courier is rebooked, the hospital told."""
+    try:
+        wanted = booking.RescheduleRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
+    except ValueError as exc:
+        raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    _sign_and_change(order_id, wanted, signer, meaning, reason, text, stdin)
+
+
+@app.command("cancel")
+def cancel(
+    order_id: str = typer.Argument(..., help="the hub's order id"),
+    signer: str | None = _SIGNER,
+    meaning: Meaning = _MEANING,
+    reason: str = _REASON,
+    text: str = _TEXT,
+    stdin: bool = _STDIN,
+) -> None:
+    """Cancel a booking (signed): the CMO's place is given back, the courier's leg cancelled, the hospital told."""
+    _sign_and_change(order_id, booking.CancelRequest(), signer, meaning, reason, text, stdin)

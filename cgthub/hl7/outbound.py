@@ -23,7 +23,7 @@ from hl7apy.parser import parse_message, parse_segment
 from cgthub import markets
 from cgthub.errors import CgthubError
 from cgthub.hl7.ack import ack_code
-from cgthub.hl7.appointment import MESSAGE_TYPE as APPOINTMENT
+from cgthub.hl7.appointment import MESSAGE_TYPES as APPOINTMENTS
 from cgthub.hl7.appointment import build_appointment
 from cgthub.hl7.mllp import FrameDecoder, frame
 
@@ -93,7 +93,7 @@ def push(payload: dict[str, Any], *, address: str | None = None, attempts: int =
     host, port = _address(address)
     control = "CGT" + "".join(ch for ch in str(payload["idempotency_key"]) if ch.isalnum())[-16:]
     receiving = ("EHR", str(payload.get("site") or ""))
-    if payload.get("message_type") == APPOINTMENT:  # a booking: SIU^S12
+    if payload.get("message_type") in APPOINTMENTS:  # a booking, moved or cancelled: SIU^S12, S13, S15
         message = build_appointment(payload, control_id=control, receiving=receiving)
     else:  # a status, in the language of the order's market (MSH-19)
         language = markets.outbound_language(payload.get("market"))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import date
 from typing import Any
+from urllib.parse import quote
 
-from cgthub.slots import SlotTaken
+from cgthub.slots import ReservationUnknown, SlotTaken
 from connectors.common.connection import PartnerConnection
 from connectors.common.http import PartnerError, PartnerSession
 
@@ -48,6 +49,21 @@ class CmoClient:
             )
         if answer.status != 200:
             raise PartnerError(f"cmo: slot booking answered {answer.status}")
+        return dict(answer.json())
+
+    def release_slot(self, reservation_id: str, idempotency_key: str) -> dict[str, Any]:
+        """Give a reserved place back; raises ReservationUnknown when the CMO has no such reservation."""
+        answer = self.session.request(
+            "POST",
+            f"/api/v1/slots/{quote(reservation_id, safe='')}/release",
+            headers={**self.headers, "Idempotency-Key": idempotency_key},
+        )
+        if answer.status == 404:
+            raise ReservationUnknown(
+                f"the CMO knows no reservation {reservation_id}", "ask the CMO's planners; nothing was changed"
+            )
+        if answer.status != 200:
+            raise PartnerError(f"cmo: slot release answered {answer.status}")
         return dict(answer.json())
 
     def events_page(self, after: int, limit: int = 200) -> tuple[bytes, list[dict[str, Any]], int, str | None]:

@@ -4,7 +4,9 @@ nightly batch-record CSV export (mappings/cmo/batch_record) written into a drop 
 
 Capacity is counted per CMO site, therapy and day (clean-room suites): `GET /api/v1/capacity`
 publishes it, `POST /api/v1/slots` reserves one place (409 when the day is full; the same
-Idempotency-Key answers the same reservation again, full day or not). Unless a test or the demo
+Idempotency-Key answers the same reservation again, full day or not), and
+`POST /api/v1/slots/{reservationId}/release` gives it back (idempotent per key; a place is never
+given back twice). Unless a test or the demo
 sets a day's capacity (`POST /sandbox/capacity`), weekdays have 0-2 places, from a fixed pattern,
 and weekends none.
 """
@@ -43,6 +45,7 @@ class CmoState:
         self.random = random.Random(faults.seed + 3)
         self.events: list[dict[str, Any]] = []
         self.slots: dict[str, dict[str, Any]] = {}  # reservations by Idempotency-Key
+        self.releases: dict[str, dict[str, Any]] = {}  # releases by Idempotency-Key
         self.capacity: dict[SlotKey, int] = {}  # days whose capacity was set (else default_capacity)
         self.booked: dict[SlotKey, int] = {}
         self.refused: int = 0  # reservations answered 409
@@ -166,6 +169,29 @@ def create_app(
             }
             state.slots[idempotency_key] = slot
             return slot
+
+    @app.post("/api/v1/slots/{reservation_id}/release")
+    async def release_slot(
+        reservation_id: str, authorization: str | None = Header(None), idempotency_key: str = Header(...)
+    ) -> Any:
+        """Give a reserved place back: the day has it free again. The same Idempotency-Key answers the
+        same release; a reservation released already is not released twice (404 for one unknown)."""
+        authorize(authorization)
+        with state.lock:
+            if idempotency_key in state.releases:
+                return state.releases[idempotency_key]
+            slot = next((s for s in state.slots.values() if s["reservationId"] == reservation_id), None)
+            if slot is None:
+                return JSONResponse(
+                    {"error": "not_found", "message": f"no reservation {reservation_id}"}, status_code=404
+                )
+            if slot["confirmed"]:
+                key = (slot["cmo"], slot["therapy"], date.fromisoformat(slot["slotDate"]))
+                state.booked[key] = max(state.booked.get(key, 0) - 1, 0)
+                slot["confirmed"], slot["releasedAt"] = False, datetime.now(UTC).isoformat()
+            answer = {"reservationId": reservation_id, "released": True, "releasedAt": slot["releasedAt"]}
+            state.releases[idempotency_key] = answer
+            return answer
 
     @app.get("/api/v1/events")
     def events(after: int = 0, limit: int = 200, authorization: str | None = Header(None)) -> dict[str, Any]:

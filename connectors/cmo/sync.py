@@ -2,7 +2,7 @@
 page yielded as received with the cursor after it (the hub archives, maps and applies the page in
 the transaction that moves the cursor); `push(payload)` tells the CMO about order changes it must
 act on (collection, shipment, hold, cancellation); `slot_provider()` is the CMO's manufacturing
-capacity and slot reservations for the hub's scheduling (cgthub.slots, through the registry)."""
+capacity, slot reservations and releases for the hub's scheduling (cgthub.slots, through the registry)."""
 
 from __future__ import annotations
 
@@ -94,6 +94,9 @@ class CmoSlots:
         }
         answer = self.cmo.book_slot(body, idempotency_key)
         return slots.Reserved(str(answer["reservationId"]), date.fromisoformat(str(answer["slotDate"])))
+
+    def release(self, reservation_id: str, idempotency_key: str) -> None:
+        self.cmo.release_slot(reservation_id, idempotency_key)
 
 
 def slot_provider(conn_id: str = CONN_ID) -> CmoSlots:

@@ -113,7 +113,7 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierCli
     courier's answer, for the hub to archive and map into the order.
     """
     action = payload.get("courier_action")
-    if action in ("cancel", "rebook"):
+    if action in ("book", "cancel", "rebook"):
         return _change_leg(payload, conn_id=conn_id, courier=courier)
     direction = BOOKINGS.get(payload["status"])
     if direction is None:
@@ -125,7 +125,7 @@ def push(payload: dict[str, Any], *, conn_id: str = CONN_ID, courier: CourierCli
     return _book(payload, direction, key, courier or client(conn_id))
 
 
-def _book(payload: dict[str, Any], direction: str, key: str, courier: CourierClient) -> Inbound:
+def _book(payload: dict[str, Any], direction: str, key: str, courier: CourierClient) -> Inbound | None:
     start, end = pickup_window(direction, payload)
     now = utcnow()
     if end <= now:
@@ -148,20 +148,24 @@ def _book(payload: dict[str, Any], direction: str, key: str, courier: CourierCli
         },
         "delivery": {"location": payload.get("cmo") if to_cmo else payload.get("site")},
     }
-    raw, _booked = courier.book(body, key)
+    raw, booked = courier.book(body, key)
+    if booked.get("status") == "CANCELLED":  # the key's booking was cancelled since (a booking moved)
+        log.info("courier: order %s %s: the booking under %s was cancelled", payload.get("order_id"), direction, key)
+        return None
     return Inbound("courier", "booking", "rest", raw, utcnow(), content_type="application/json")
 
 
 def _change_leg(payload: dict[str, Any], *, conn_id: str, courier: CourierClient | None) -> Inbound | None:
-    """A booking moved or cancelled (cgthub.booking): the courier's leg to the CMO is cancelled (by
-    the order's reference, whoever booked it) and, for a new date, booked again under a key of its
-    own. Both calls are idempotent, so a retried message does neither twice."""
+    """A booking made again, moved or cancelled (cgthub.booking): the courier's leg to the CMO is
+    cancelled (by the order's reference, whoever booked it) and, for a new date, booked again under
+    a key of its own. Both calls are idempotent, so a retried message does neither twice."""
     chosen = courier or client(conn_id)
     direction = "TO_MANUFACTURER"
     refs = payload.get("refs") or {}
     reference = {"crmOrderId": refs.get("crm_order_id"), "hubOrderId": payload.get("order_id")}
     change = payload["change_id"]
-    chosen.cancel_leg(reference, direction, f"cancel:{payload.get('order_id')}:{direction}:{change}")
+    if payload["courier_action"] != "book":
+        chosen.cancel_leg(reference, direction, f"cancel:{payload.get('order_id')}:{direction}:{change}")
     if payload["courier_action"] == "cancel":
         return None
     return _book(payload, direction, f"booking:{payload.get('order_id')}:{direction}:{change}", chosen)
