@@ -130,5 +130,10 @@ def test_booking_is_idempotent_and_only_for_statuses_that_need_a_courier(monkeyp
         }
         assert sync.push({**payload, "status": "manufacturing"}) is None
         past = (apheresis - timedelta(days=30)).isoformat()
-        assert sync.push({**payload, "order_id": "ORD-2", "scheduled": {"apheresis": past}}) is None  # window closed
-    assert len(app.sandbox_state.shipments) == 1
+        late = {**payload, "order_id": "ORD-2", "refs": {"crm_order_id": "CRM-00002"}, "scheduled": {"apheresis": past}}
+        assert sync.push({**late, "stage": "received_at_cmo"}) is None  # the order is past that leg
+        asked = datetime.now(UTC)
+        booked_late = json.loads(sync.push(late).payload)  # its window closed: booked for the next pickup
+        start, end = (datetime.fromisoformat(booked_late["pickup"][k]) for k in ("windowStart", "windowEnd"))
+        assert asked - timedelta(seconds=5) <= start <= datetime.now(UTC) and end - start == timedelta(hours=8)
+    assert len(app.sandbox_state.shipments) == 2
