@@ -55,7 +55,7 @@ class Reconciliation(_Strict):
     orphan_shipment_after_hours: float = 6
 
     def stuck_after(self, status: OrderStatus) -> float:
-        """Days without any event after which an order in `status` counts as stuck."""
+        """Days without progress (cgthub.lifecycle's last_progress_at) after which an order in `status` is stuck."""
         return self.stuck_after_days.get(status.value, self.stuck_after_days.get("default", 7.0))
 
 
