@@ -153,3 +153,33 @@ def test_pickup_windows_come_from_the_scheduling_file_per_site_and_a_bad_one_nam
         slots.config()
     assert str(refused.value).startswith(f"{scheduling}:{line}: pickup_windows.sites.US-SITE-1.to_manufacturer")
     assert "a pickup window closes after it opens" in str(refused.value)
+
+
+def test_the_life_cycle_counts_steps_as_progress_and_a_cancelled_booking_returns_the_order_to_enrolled():
+    from itertools import permutations
+
+    from cgthub.devtools.samples import T0, event
+    from cgthub.lifecycle import OrderStatus, project
+    from cgthub.model import EventType, Shipment, SourceSystem
+
+    story = happy_path(5)[:2]  # enrolled, apheresis scheduled on day 1 for day 7
+    booked = event(
+        EventType.SHIPMENT_BOOKED, 5, at=T0 + 3 * DAY, system=SourceSystem.COURIER, shipment=Shipment(shipment_id="S-1")
+    )
+    noted = event(EventType.ORDER_UPDATED, 5, at=T0 + 4 * DAY, system=SourceSystem.HUB, eid="decision:1")
+    moved = event(EventType.ORDER_RESCHEDULED, 5, at=T0 + 5 * DAY, system=SourceSystem.HUB, eid="change:1",
+                  scheduled_for=T0 + 9 * DAY, attributes={"what": "apheresis"})  # fmt: skip
+    called_off = event(EventType.ORDER_RESCHEDULED, 5, at=T0 + 6 * DAY, system=SourceSystem.HUB, eid="change:2",
+                       attributes={"what": "apheresis", "cancelled": True})  # fmt: skip
+
+    idle = project("X", [*story, booked, noted])
+    assert (idle.last_event_at, idle.last_progress_at) == (T0 + 4 * DAY, T0 + DAY)
+    assert project("X", [*story, booked, noted, moved]).last_progress_at == T0 + 5 * DAY  # a date moved
+    for order in permutations([*story, booked, noted, moved, called_off]):
+        state = project("X", order)
+        assert (state.status, state.status_since, state.last_progress_at) == (
+            OrderStatus.ENROLLED,
+            T0 + 6 * DAY,
+            T0 + 6 * DAY,
+        )
+        assert "apheresis" not in state.scheduled and state.reschedules == 1 and not state.anomalies
