@@ -124,8 +124,8 @@ def replay_waiting(session: Session, *, system: str | None = None) -> tuple[int,
                 continue
             seen = entry.occurrences
             result = pipeline.process(session, entry.raw_id, found)
-            if entry.occurrences > seen:  # refused at this stage again: counted on the same entry
-                still += 1
+            if entry.occurrences > seen or (stage is Stage.QUALIFY and _held_at_route(session, entry)):
+                still += 1  # refused at this stage again (counted on the same entry), or now before it
                 continue
             judged_by = f" (site registry {sites.registry().label})" if stage is Stage.QUALIFY else ""
             quarantine.release(session, entry, f"{stage.value} passed{judged_by}; {result.appended} event(s) appended")
@@ -133,6 +133,12 @@ def replay_waiting(session: Session, *, system: str | None = None) -> tuple[int,
                 qualification.close_alerts(session, entry.raw_id)
             released += 1
     return released, still
+
+
+def _held_at_route(session: Session, entry: QuarantineEntry) -> bool:
+    """Does the payload of a `qualify` entry now wait at stage `route` (its site left the registry)?"""
+    assert entry.raw_id is not None
+    return any(e.stage == Stage.ROUTE.value for e in quarantine.open_for_raw(session, entry.raw_id))
 
 
 # A replay ---------------------------------------------------------------------------------------

@@ -227,27 +227,35 @@ def test_the_hl7_inbox_judges_what_the_listener_archived_and_a_replay_judges_its
         assert s.scalars(select(LedgerEntry.order_id).where(LedgerEntry.raw_id == entry.raw_id)).all() == [order_id]
 
 
-def test_an_unknown_hl7_sender_is_refused_at_route_on_replay_not_applied(
+def test_a_replay_leaves_what_waits_at_route_and_refuses_a_sender_the_registry_no_longer_knows(
     db_url,
     monkeypatch,
     config_dir: Path,  # noqa: F811
 ):
     _enrol_through_crm(db_url, monkeypatch, [_crm_record(5, "US-BOS-01", "US", "021zx")])
     stranger = _orm(5, "US-XYZ-99", crm="CRM-00005", placer="PL-5", control="X5")
+    # US-SEA-03 orders for CRM-00077, which is not enrolled yet: it waits for its order (correlate).
+    early = _orm(7, "US-SEA-03", crm="CRM-00077", placer="PL-7", control="S7")
     with Running(db_url, apply=False) as running:
-        (ack,) = exchange(running.port, frame(stranger), 1)
-    assert ack_code(ack) == "AA"
+        acks = [exchange(running.port, frame(m), 1)[0] for m in (stranger, early)]
+    assert [ack_code(a) for a in acks] == ["AA", "AA"]
     partner_sync.apply_hl7_inbox(database_url=db_url)
     (entry,) = _entries(db_url, quarantine.Stage.ROUTE)
+    assert len(_entries(db_url, quarantine.Stage.CORRELATE)) == 1
+
+    # US-SEA-03's interface engine is taken out of the registry before the replay.
+    _edit(config_dir, "facilities: [US-SEA-03]", "facilities: [US-SEA-03-NEW]", version=2)
     run = CliRunner().invoke(
         cli, ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1"], catch_exceptions=False
     )
     assert run.exit_code == 0, run.output
     assert "0 added" in run.output and "1 refused by the site registry (quarantined)" in run.output
-    assert "'US-XYZ-99' (MSH-4) is not registered for any site" in run.output
+    assert f"raw #{entry.raw_id}: waits at stage route for the site registry" in run.output  # left as it is
+    assert "'US-SEA-03' (MSH-4) is not registered for any site" in run.output
     assert _orders(db_url)["CRM-00005"].status == "enrolled"
-    (again,) = _entries(db_url, quarantine.Stage.ROUTE)
-    assert again.id == entry.id and again.occurrences == 2
+    (again, refused) = sorted(_entries(db_url, quarantine.Stage.ROUTE), key=lambda e: e.id)
+    assert (again.id, again.occurrences) == (entry.id, 1)
+    assert "'US-SEA-03' (MSH-4) is not registered for any site" in refused.reason
     assert _alerts(db_url) == []  # a sender the registry does not know is no site's refusal
 
 
@@ -317,3 +325,19 @@ def test_a_signed_retry_from_the_console_closes_the_alert_once_the_site_qualifie
     with session_scope(db_url) as s:
         last = s.scalars(select(OperatorDecision).order_by(OperatorDecision.id.desc())).first()
         assert last.signer == "olga" and last.outcome["alerts_closed"] == [alert.id]
+
+
+def test_sites_replay_keeps_a_refusal_whose_site_has_left_the_registry(
+    db_url,
+    monkeypatch,
+    config_dir: Path,  # noqa: F811
+):
+    assert _pull(monkeypatch, db_url, [_lapsed(2)]).quarantined == 1
+    (entry,) = _entries(db_url, quarantine.Stage.QUALIFY)
+    _edit(config_dir, "  US-NYC-04:\n", "  US-NYC-40:\n", version=2)  # the site is taken out, not fixed
+    result = CliRunner().invoke(cli, ["sites", "replay"], catch_exceptions=False)
+    assert result.exit_code == 0 and "0 payload(s) routed and applied, 1 still waiting" in result.output
+    assert [e.id for e in _entries(db_url, quarantine.Stage.QUALIFY)] == [entry.id]  # not released
+    (route,) = _entries(db_url, quarantine.Stage.ROUTE)
+    assert route.raw_id == entry.raw_id and "US-NYC-04" in route.reason
+    assert [a.status for a in _alerts(db_url)] == ["open"] and "CRM-00002" not in _orders(db_url)
