@@ -1,10 +1,10 @@
 """The release guard everywhere a hub maps, and four eyes on a release: a production hub whose files
 drift from the bundle in force holds the courier's webhooks (archived, 503, applied once the files
-are back), refuses a quarantine retry over HTTP and from the CLI (503, environment and bundle named),
-and switches a running MLLP listener to archive only (AA once archived, alert, /health says why)
-until the files are back; a bundle's builder may not approve it (unless the hub's environment
-allows it), and a self-approval never takes a bundle to production. Each test runs on a temporary
-copy of config/ and mappings/ (tests/test_release.py's hub), on SQLite and PostgreSQL."""
+are back), refuses a quarantine retry over HTTP, from the CLI and in the console (503, environment
+and bundle named), and switches a running MLLP listener to archive only (AA once archived, alert,
+/health says why) until the files are back; a bundle's builder may not approve it (unless the hub's
+environment allows it), and a self-approval never takes a bundle to production. Each test runs on a
+temporary copy of config/ and mappings/ (tests/test_release.py's hub), on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from connectors.courier import sandbox as courier_sandbox
 from connectors.courier import webhook
 from connectors.courier.signature import HEADER, sign
 from connectors.hospital import simulator
-from tests import api_server, test_release
+from tests import api_server, test_console, test_release
 from tests.api_server import ApiServer
 from tests.factories import din, happy_path
 from tests.test_release import PASSWORD, Hub, _built, said
@@ -43,6 +43,8 @@ MARKET = "config/markets/DE.yaml"
 # The fixtures: a hub on a temporary copy of config/ and mappings/, and the API over HTTP.
 hub = test_release.hub
 api = api_server.api
+console = test_console.console
+auth_manager = test_console.auth_manager
 
 
 def _in_force(hub: Hub) -> str:
@@ -176,7 +178,9 @@ def _quarantined_courier_payload(url: str) -> int:
     return entry_id
 
 
-def test_a_quarantine_retry_is_refused_while_the_release_is_not_in_force(hub: Hub, api: ApiServer) -> None:
+def test_a_quarantine_retry_is_refused_while_the_release_is_not_in_force(
+    hub: Hub, api: ApiServer, console: Any, auth_manager: Any
+) -> None:
     bundle = _in_force(hub)
     hub.ok("operators", "add", "coordinator", "--scope", "retry_quarantine", "--password-stdin", password=PASSWORD)
     entry = _quarantined_courier_payload(hub.url)
@@ -207,10 +211,15 @@ def test_a_quarantine_retry_is_refused_while_the_release_is_not_in_force(hub: Hu
                   "--reason", "MAPPING-FIXED", "--text", "fixed", "--password-stdin", password=PASSWORD)  # fmt: skip
     assert cli.exit_code == 1 and f"release bundle {bundle[:12]} in force in production" in said(cli)
 
+    test_console.add_operator(hub.url, "olga")  # the console signs as the Airflow user's operator
+    path = f"/cgthub/console/actions/retry_quarantine/{entry}"
+    page = test_console.sign(test_console.signed_in(console, auth_manager), path, code="MAPPING-FIXED")
+    assert page.status_code == 503 and f"release bundle {bundle[:12]} in force in production" in page.text
+
     with session_scope(hub.url) as s:
         assert s.get(QuarantineEntry, entry).status == "open"  # nothing signed, nothing mapped
-        refusals = _refusals(s, "coordinator")
-    assert len(refusals) == 3 and all('"why":"release_not_in_force"' in r for r in refusals)
+        refusals = _refusals(s, "coordinator") + _refusals(s, "olga")
+    assert len(refusals) == 4 and all('"why":"release_not_in_force"' in r for r in refusals)
 
     drift.restore()
     retried = client.post(f"/quarantine/{entry}/retry", json=signature)
