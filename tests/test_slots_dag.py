@@ -42,6 +42,7 @@ def test_the_slots_dag_stores_the_cmos_capacity_and_its_booked_count(db_url, mon
         dag_run = airflow_env.run_dag_test(slots_dag)
 
     assert dag_run.state == "success"
+    assert slots_dag.timetable.expression == "7,37 * * * *"  # every 30 minutes
     with session_scope(db_url, readonly=True) as session:
         stored = session.scalars(
             select(ManufacturingSlot).where(ManufacturingSlot.cmo == "CMO-NJ", ManufacturingSlot.day == day)
