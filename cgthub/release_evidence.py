@@ -1,11 +1,12 @@
 """The validation evidence of a release bundle: one self-contained HTML page for the CSV file.
 
-A reviewer reads it without opening YAML: the bundle's identity and how it was checked, what
-changed (files, and each new mapping version with its change note), the fixtures of every mapping
-version in the bundle run from the bundle's own copy with their results, the diff on archived
-traffic per market, every approval with its signature, every promotion, and the SHA-256 of every
-file. Everything shown comes from the hub's own records; nothing names a patient (the diff's
-examples are masked where they concern the patient, as in `cgthub mappings diff`).
+A reviewer reads it without opening YAML: the bundle's identity and how it was checked, what changed
+(files, and each new mapping version with its change note), the fixtures of every mapping version in
+the bundle run from the bundle's own copy with their results, the diff on archived traffic per
+market, every approval with its signature (and whether the builder signed it), every promotion, and
+the SHA-256 of every file. Everything shown comes from the hub's own records; nothing names a
+patient (the diff's examples are masked where they concern the patient, as in `cgthub mappings
+diff`).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def render(session: Session, bundle_id: str) -> str:
         _diff_section(notes),
         "<h2 id='approvals'>Approvals</h2>",
         _table(
-            ("signer", "meaning", "reason code", "reason", "why", "signed at", "signature (SHA-256)"),
+            ("signer", "meaning", "reason code", "reason", "why", "signed at", "signature (SHA-256)", "four eyes"),
             [
                 (
                     a.signer,
@@ -159,6 +160,9 @@ def render(session: Session, bundle_id: str) -> str:
                     a.reason_text,
                     a.signed_at.isoformat(timespec="seconds"),
                     a.signature_hash,
+                    "self-approval: the builder (does not count for production)"
+                    if release.same_person(bundle.built_by, a.signer)
+                    else "second person",
                 )
                 for a in approvals
             ],

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -335,6 +336,11 @@ def test_four_eyes_the_builder_may_not_approve_unless_the_environment_allows_it(
     assert alone.exit_code == 1 and "approved only by its builder rm" in said(alone), said(alone)
     assert approve("qa").exit_code == 0  # a second person
     assert hub.signed("release", "promote", bundle[:12], "--env", "production").exit_code == 0
+    written = Path(hub.ok("release", "evidence", bundle[:12], "--out", str(hub.root)).split("wrote ")[1].strip())
+    approvals = written.read_text().split("id='approvals'")[1].split("<h2")[0]
+    rows = {row.split("</td>")[0]: row for row in approvals.split("<tr><td>")[1:]}
+    assert rows["rm"].endswith("<td>self-approval: the builder (does not count for production)</td></tr>")
+    assert "<td>second person</td></tr>" in rows["qa"]
 
     with session_scope(hub.url) as s:
         refused = _refusals(s, "rm")
