@@ -2,7 +2,8 @@
 
 Each page is what the CRM sandbox answers to one listing call (`{"items": [...], "nextCursor": ...}`,
 200 records by default, as `CrmClient.pages` asks for) and goes through `pipeline.ingest_batch` in a
-transaction of its own with the registry's CRM enrollment mapper, as the CRM sync does per page, on
+transaction of its own with the CRM enrollment mapper routed by the records' site (the market's
+mapping, each enrolment's site qualification judged and kept), as the CRM sync does per page, on
 SQLite. Each record yields two events: its enrolment, then its apheresis booking or (one in ten) its
 cancellation. Each run starts from a fresh database; the best of `--repeat` runs is printed (this VM
 is shared, its speed swings). The mapping step alone over the same pages is printed beside it, so
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 
 from bench.hl7_bench import durable_sqlite
-from cgthub import pipeline, runtime, store
+from cgthub import pipeline, routing, runtime, store
 from cgthub.archive import Inbound
 from cgthub.mapping import registry
 from cgthub.store import session_scope
@@ -80,7 +81,9 @@ def ingest_into(url: str, batch: list[bytes]) -> int:
     for raw in batch:
         item = Inbound(SYSTEM, KIND, "rest", raw, utcnow(), content_type="application/json")
         with session_scope(url) as session:
-            (result,) = pipeline.ingest_batch(session, [item], lambda i: registry.get_mapper(SYSTEM, i.kind))
+            # As the CRM sync maps a page (partner_sync.mapper_for): routed by the records' site, and
+            # each enrolment's site qualification judged and kept.
+            (result,) = pipeline.ingest_batch(session, [item], routing.mapper_for(session))
         if result.quarantined or result.rejected:
             raise SystemExit(f"page raw #{result.raw_id} was not applied: {result.reasons}")
         appended += result.appended
