@@ -700,11 +700,18 @@ def retry_quarantine(session: Session, entry_id: int, signature: Signature) -> D
 def _release_in_force(session: Session) -> None:
     """A retry maps and applies as ingest does, so it is held to the same release guard: on a hub
     whose live files are not the bundle promoted to its CGTHUB_RELEASE_ENV it is refused (503, the
-    environment, bundle and first file named), before anything is signed or mapped."""
+    environment, bundle and first file named), before anything is signed or mapped. Checked once per
+    transaction: a bulk retry of 1,000 entries does not walk the files 1,000 times."""
+    if session.info.get(_RELEASE_CHECKED):
+        return
     try:
         release_guard.check_in_force(session)
     except release_guard.ReleaseRefused as refused:
         raise ReleaseNotInForce(f"not retried: {refused.message}", refused.hint or "") from refused
+    session.info[_RELEASE_CHECKED] = True
+
+
+_RELEASE_CHECKED = "cgthub.decisions.release_checked"
 
 
 def _retry(session: Session, entry: QuarantineEntry) -> tuple[bool, str]:
