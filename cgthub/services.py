@@ -82,7 +82,9 @@ def webhook_delivery(health_host: str, health_port: int) -> int:
 
 
 def courier_webhook(host: str, port: int) -> int:
-    """The courier webhook receiver, with /health and /health/ready beside its endpoint."""
+    """The courier webhook receiver, with /health and /health/ready beside its endpoint. Served here
+    with its lifespan, it also applies every 30 s the webhooks it archived but held (503) while the
+    live files were not the release bundle in force (connectors/courier/webhook.py)."""
 
     import uvicorn
     from fastapi import FastAPI
