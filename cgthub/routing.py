@@ -335,9 +335,9 @@ def _without_site(event: CanonicalEvent) -> CanonicalEvent:
     details = event.order
     if details is None or details.site is None:
         return event
-    kept = details.model_copy(update={"site": None})
-    empty = not (kept.therapy or kept.market or kept.cmo)
-    return event.model_copy(update={"order": None if empty else kept})
+    if not (details.therapy or details.market or details.cmo):  # the usual case: one copy, not two
+        return event.model_copy(update={"order": None})
+    return event.model_copy(update={"order": details.model_copy(update={"site": None})})
 
 
 def replay_unrouted(session: Session, *, system: str | None = None) -> tuple[int, int]:
