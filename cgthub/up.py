@@ -33,6 +33,17 @@ if TYPE_CHECKING:
     from cgthub.demo_scenario import Emission
 
 LISTENER_PORT = 2575
+HUB_DAGS = ["--treat-dag-id-as-regex", "-y", "^cgthub_"]
+# `airflow db migrate`, `airflow dags reserialize` and `airflow dags pause <HUB_DAGS>` in one process:
+# each `airflow` command alone imports Airflow and builds its CLI again (half the CPU of three commands).
+_PREPARE_AIRFLOW = """
+import sys
+from airflow.__main__ import main
+hub_dags = sys.argv[1:]
+for command in (["db", "migrate"], ["dags", "reserialize"], ["dags", "pause", *hub_dags]):
+    sys.argv = ["airflow", *command]
+    main()
+"""
 
 
 def _start(name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
@@ -200,17 +211,15 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(name, uri)
     os.environ.setdefault(world.LISTENER_ENV, f"127.0.0.1:{args.listener_port}")
     store.upgrade()
-    airflow_env.migrate_metadata_db()
     env = os.environ.copy()
     # `airflow standalone` starts its components as `airflow ...` commands: this venv's bin comes first.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # The hub's DAGs stay paused until the API server answers: a task started before it finds no
     # Execution API to report to and fails with a traceback (a DAG a test or the demo created stays paused).
-    airflow = [sys.executable, "-m", "airflow", "dags"]
-    created_paused = {**env, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}  # a new metadata database
-    subprocess.run([*airflow, "reserialize"], env=created_paused, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
-    hub_dags = ["--treat-dag-id-as-regex", "-y", "^cgthub_"]
-    subprocess.run([*airflow, "pause", *hub_dags], env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
+    # Airflow's metadata migrated, the DAGs stored (created paused) and the hub's paused, in one process.
+    created_paused = {**env, "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True"}
+    prepare = [sys.executable, "-W", "ignore", "-c", _PREPARE_AIRFLOW, *HUB_DAGS]
+    subprocess.run(prepare, env=created_paused, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops what this command started, as Ctrl-C does
     children = [_start("Airflow standalone", [sys.executable, "-m", "airflow", "standalone"], env)]
     stop = threading.Event()
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_feed:
             threading.Thread(target=_feed, args=(args.tick, stop), daemon=True).start()
         if _answering(f"{api}/api/v2/monitor/health", children[0]):
-            unpause = [*airflow, "unpause", *hub_dags]
+            unpause = [sys.executable, "-m", "airflow", "dags", "unpause", *HUB_DAGS]
             subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
             print("the hub's DAGs are unpaused: they run on their schedules")
         print(f"Airflow UI: {api} (login: var/airflow/simple_auth_manager_passwords.json.generated)")

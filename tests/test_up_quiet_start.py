@@ -35,7 +35,7 @@ pytestmark = [
 ]
 
 MARKER = "CGTHUB_UP_TEST_RUN"
-START_TIMEOUT = 300  # a loaded CI machine; ~60 s on a quiet one
+START_TIMEOUT = 600  # a heavily loaded machine; about a minute on a quiet one
 
 
 def _free_port() -> int:
@@ -106,6 +106,9 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
         {
             "AIRFLOW_HOME": str(tmp_path / "airflow"),
             "AIRFLOW__API__PORT": str(api_port),
+            # The scheduler's and triggerer's log servers: off 8793/8794, which another Airflow may hold.
+            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
+            "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
             "CGTHUB_VAR_DIR": str(tmp_path / "var"),
             MARKER: run,
         }
