@@ -22,9 +22,13 @@ closes its connection, unanswered, so the sender resends later. Memory freed by 
 frames is handed back to the operating system.
 
 The transaction runs on the event loop's own thread. Senders that wait for their ACKs have nothing
-to send meanwhile, so a worker thread would overlap nothing, and handing the batch to one and the
+to send meanwhile, so a worker thread would overlap little, and handing the batch to one and the
 result back cost about a quarter of a millisecond per group commit (`bench/hl7_bench.py`, 8 senders).
-Frames that do arrive meanwhile wait in the socket buffers and join the next batch.
+Frames that do arrive meanwhile wait in the socket buffers and join the next batch. Re-measured on
+4 December 2026 (`bench/mllp_latency_bench.py`, a shared machine at a load average of 11-22, so
+indicative only): with the commit in a worker thread 64 closed-loop senders shared commits 31-32
+to one (19-27 without) at 48-65% of the file drop (25-47%), but 8 senders only 4.1-4.3 (6.0-6.3),
+the loop waiting on the GIL while the commit's Python runs; not adopted before a quiet measurement.
 """
 
 from __future__ import annotations
