@@ -146,7 +146,8 @@ def session(db_url: str):
 # Under `make test` (-n 2 --dist loadfile) xdist hands out whole files, largest first by test count,
 # so a file of one long test (the Celery scale-out, `make up`'s start) started last and ran alone
 # while the other worker idled. Here the files whose every test is marked slow go first (they cannot
-# be split across workers); then the rest, largest first, as xdist would. The workers order their
+# be split across workers), and among them those of one test (one long story on an Airflow of its own:
+# the scale-out, `make up`); then the rest, largest first, as xdist would. The workers order their
 # collection (below); the scheduler keeps that order (pytest_xdist_make_scheduler).
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if not hasattr(config, "workerinput"):
@@ -155,8 +156,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         by_file.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
 
-    def weight(tests: list[pytest.Item]) -> tuple[bool, int]:
-        return (not all(item.get_closest_marker("slow") for item in tests), -len(tests))
+    def weight(tests: list[pytest.Item]) -> tuple[bool, bool, int]:
+        return (not all(item.get_closest_marker("slow") for item in tests), len(tests) > 1, -len(tests))
 
     items[:] = [item for tests in sorted(by_file.values(), key=weight) for item in tests]
 
