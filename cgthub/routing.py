@@ -53,12 +53,25 @@ class _Facts(TypedDict):
 
 
 def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | None = None) -> pipeline.Mapper | None:
-    """The mapping of a `system`/`kind` payload under its market, or None when none is configured."""
-    neutral = get_mapper(system, kind)
-    if neutral is None:
+    """The mapping of a `system`/`kind` payload under its market, or None when none is configured.
+
+    What it reads (the mapping, the site registry, the payload's source) is read once per session
+    and kept in `session.info`: it is asked for every payload of a batch, and a transaction's
+    payloads are judged by one registry content (the next session reads the file again)."""
+    cache: dict[tuple[str, str], tuple[CompiledMapping, sites.SiteRegistry, sites.Source | None] | None]
+    cache = session.info.setdefault(_FOUND, {})
+    if (system, kind) not in cache:
+        neutral = get_mapper(system, kind)
+        known = sites.registry()
+        cache[(system, kind)] = None if neutral is None else (neutral, known, known.source(system, kind))
+    found = cache[(system, kind)]
+    if found is None:
         return None
-    known = sites.registry()
-    return RoutedMapper(session, system, kind, neutral, known, known.source(system, kind), parsed)
+    return RoutedMapper(session, system, kind, *found, parsed)
+
+
+_FOUND = "cgthub.routing.found"  # session.info: (system, kind) -> (mapping, registry, source) or None
+_MARKETS = "cgthub.routing.markets"  # session.info: (system, kind, market) -> that market's mapping
 
 
 def mapper_for(session: Session) -> Callable[[Inbound], pipeline.Mapper | None]:
@@ -273,7 +286,11 @@ class RoutedMapper:
             qualification.alert(self.session, self.known, one, saved.raw_id)
 
     def _with(self, market: str) -> CompiledMapping:
-        found = get_mapper(self.system, self.kind, market=market)
+        chosen: dict[tuple[str, str, str], CompiledMapping | None] = self.session.info.setdefault(_MARKETS, {})
+        key = (self.system, self.kind, market)
+        if key not in chosen:
+            chosen[key] = get_mapper(self.system, self.kind, market=market)
+        found = chosen[key]
         if found is None:
             raise PayloadRejected(
                 Stage.MAP,
