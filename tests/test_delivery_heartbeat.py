@@ -85,7 +85,7 @@ def test_ready_reports_the_delivery_loop_down_once_its_heartbeat_is_stale(api, m
     _wait(lambda: _delivery(client)[2]["status"] == "down", 10, "never reported down")
     status, overall, delivery = _delivery(client)
     assert (status, overall) == (200, "degraded"), delivery  # still ready: orders are served without it
-    assert delivery["last_beat_seconds"] > DOWN_AFTER
+    assert delivery["last_beat_seconds"] >= DOWN_AFTER  # shown to a tenth of a second
     assert _beat_age(client) > DOWN_AFTER
 
     # Started again, it is `ok` at its next beat.
