@@ -62,8 +62,11 @@ def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | 
     cache = session.info.setdefault(_FOUND, {})
     if (system, kind) not in cache:
         neutral = get_mapper(system, kind)
-        known = sites.registry()
-        cache[(system, kind)] = None if neutral is None else (neutral, known, known.source(system, kind))
+        if neutral is None:
+            cache[(system, kind)] = None
+        else:
+            known = sites.registry()
+            cache[(system, kind)] = (neutral, known, known.source(system, kind))
     found = cache[(system, kind)]
     if found is None:
         return None
