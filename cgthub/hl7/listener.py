@@ -28,7 +28,8 @@ Frames that do arrive meanwhile wait in the socket buffers and join the next bat
 4 December 2026 (`bench/mllp_latency_bench.py`, a shared machine at a load average of 11-22, so
 indicative only): with the commit in a worker thread 64 closed-loop senders shared commits 31-32
 to one (19-27 without) at 48-65% of the file drop (25-47%), but 8 senders only 4.1-4.3 (6.0-6.3),
-the loop waiting on the GIL while the commit's Python runs; not adopted before a quiet measurement.
+and at a load of 10 (the commit's time counted as busy there too) 64 senders 32 to a commit were
+no faster (506-679 msg/s against 526-747 at 21-23 to one); not adopted.
 """
 
 from __future__ import annotations
