@@ -245,6 +245,7 @@ def test_alert_rules_name_only_series_the_hub_exports():
     assert "delta(cgthub_quarantine_open" in exprs["CgthubQuarantineGrowing"]
     assert "cgthub_partner_lag_seconds" in exprs["CgthubPartnerLagHigh"]
     assert exprs["CgthubDeadLetters"].endswith("(cgthub_outbox_dead) > 0")
+    assert "cgthub_heartbeat_age_seconds" in exprs["CgthubDeliveryLoopSilent"]
 
 
 @pytest.mark.slow
