@@ -9,10 +9,11 @@ What maps an archived payload again must judge it again, by the registry in forc
   that went through and says so in the decision's outcome, or names the registry that refused it;
 - the canonical JSON drop folder (`cgthub.partner_sync`) is not routed: `Judging` judges its events,
   and `mapper` / `replay_waiting` (`cgthub sites replay`) map its payloads again the same way;
-- `cgthub mappings replay` maps with the version it is given, outside routing: `screen` judges its
-  events as routing would (the HL7 sender's sites from MSH-4, a sender the registry does not know
-  refused at stage `route`, a page's refused record split out alone), `refuse` and `refuse_record`
-  quarantine and alert what is refused, and a dry run asks only `screen`, which writes nothing.
+- `cgthub mappings replay` maps with the version it is given, through routing's mapper of that
+  version (each record under the market live ingest chooses, so its residency rules hold): `screen`
+  maps and judges without writing (the HL7 sender's sites from MSH-4, a site or sender the registry
+  does not know refused at stage `route`, a page's refused record split out alone), `refuse` and
+  `refuse_record` quarantine and alert what is refused, and a dry run asks only `screen`.
 
 Only `cgthub.qualification`'s public functions are used, so the verdicts, reasons, alerts and
 records are the live path's own.
@@ -20,26 +21,19 @@ records are the live path's own.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, canonical_feed, hl7v2, pipeline, qualification, quarantine, routing, sites
+from cgthub import archive, canonical_feed, pipeline, qualification, quarantine, routing, sites
 from cgthub.archive import Inbound
 from cgthub.errors import PayloadRejected
-from cgthub.mapping.compiler import CompiledMapping
 from cgthub.model import CanonicalEvent
 from cgthub.quarantine import Stage
 from cgthub.tables import Alert, LedgerEntry, QuarantineEntry, RawMessage
-
-ROUTE_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
-
 
 # A signed retry ---------------------------------------------------------------------------------
 
@@ -111,8 +105,10 @@ def mapper(session: Session, system: str, kind: str) -> pipeline.Mapper | None:
 
 
 def replay_waiting(session: Session, *, system: str | None = None) -> tuple[int, int]:
-    """`routing.replay_unrouted`, with canonical JSON payloads too: map again what waits at stage
-    `route` and `qualify`, once the registry is fixed. Returns (released, still waiting)."""
+    """Map again what waits at stage `route` (its site or sender unknown) and `qualify` (its site not
+    qualified that day), canonical JSON payloads included, once the registry is fixed: each goes
+    through as if it came in now, its market decided and its site judged again. Returns (released,
+    still waiting)."""
     released = still = 0
     for stage in (Stage.ROUTE, Stage.QUALIFY):
         for entry in quarantine.list_entries(session, stage=stage, system=system, limit=100_000):
@@ -171,44 +167,41 @@ class Screened:
         return [self.whole] if self.whole is not None else self.records
 
 
-def screen(
-    session: Session,
-    registry: sites.SiteRegistry,
-    mapper: CompiledMapping,
-    row: RawMessage,
-    payload: bytes,
-    events: list[CanonicalEvent],
-) -> Screened:
-    """Judge a replayed payload's events as live ingest would, by `registry` (reads only).
+def screen(session: Session, routed: routing.RoutedMapper, row: RawMessage, payload: bytes) -> Screened:
+    """Map a replayed payload as live ingest would and judge its events by the routed registry (reads
+    only). Raises PayloadRejected for a payload that does not map.
 
-    An HL7 message's sender is its MSH-4 facility: its events carry no site (the enrolment sets it),
-    and a facility the registry does not know refuses, at stage `route`, whatever of it is new to
-    the ledger. A page of several records whose events are refused is judged record by record."""
-    source = registry.source(row.system, row.kind)
-    senders: frozenset[str] = frozenset()
-    if source is not None and source.facility:
-        events = [_without_site(e) for e in events]
-        facility = _facility(payload, source.facility)
-        senders = registry.sites_of_facility(facility) if facility else frozenset()
-        if not senders and _new_to_ledger(session, events):
-            why = (
-                f"sending facility {facility!r} ({source.facility}) is not registered for any site; {ROUTE_HINT}"
-                if facility
-                else f"the message names no sending facility ({source.facility}): its site and market are unknown"
-            )
-            return Screened([], whole=Refusal(Stage.ROUTE, why, {"facility": facility} if facility else {}))
+    `routed` is routing's mapper of the replayed version: each record is mapped under the market
+    live ingest chooses for it (an HL7 message's by its sender's sites), with that market's
+    residency rules. A site or sender the registry does not know refuses, at stage `route`, whatever
+    of the payload is new to the ledger; one applied before is mapped under every market's residency
+    rules and only compared. A page of several records whose events are refused is judged record by
+    record."""
+    registry = routed.known
+    try:
+        pending = routed.map_unjudged(payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at)
+        events, senders = pending.events, pending.sender_sites
+    except PayloadRejected as unrouted:
+        if unrouted.stage != Stage.ROUTE:
+            raise
+        events = routed.map_unrouted(payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at)
+        senders = frozenset()
+        if _new_to_ledger(session, events):
+            return Screened([], whole=Refusal(Stage.ROUTE, unrouted.reason, unrouted.details))
     judged = qualification.judge_events(session, registry, events, sender_sites=senders)
     refused = [j for j in judged if not j.verdict.qualified]
     if not refused:
         return Screened(events, judged)
-    split = _split(mapper, payload)
+    split = routed.split(payload)
     if split is None:
         return Screened([], judged, whole=_qualify_refusal(registry, refused, judged))
     kept: list[CanonicalEvent] = []
     kept_judged: list[qualification.Judged] = []
     records: list[Refusal] = []
     for number, record_payload in enumerate(split, start=1):
-        record_events = mapper.map(record_payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at)
+        record_events = routed.map_unjudged(
+            record_payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at
+        ).events
         verdicts = qualification.judge_events(session, registry, record_events)
         record_refused = [j for j in verdicts if not j.verdict.qualified]
         if record_refused:
@@ -283,13 +276,6 @@ def _qualify_refusal(
     )
 
 
-def _facility(payload: bytes, path: str) -> str:
-    try:
-        return hl7v2.parse(payload).get(path) or ""
-    except hl7v2.HL7ParseError:
-        return ""
-
-
 def _new_to_ledger(session: Session, events: list[CanonicalEvent]) -> bool:
     """Does the ledger lack any of these events (a message applied before is only compared)?"""
     if not events:
@@ -303,34 +289,3 @@ def _new_to_ledger(session: Session, events: list[CanonicalEvent]) -> bool:
         )
     )
     return any(e.source_event_id not in held for e in events)
-
-
-def _split(mapper: CompiledMapping, payload: bytes) -> list[bytes] | None:
-    """Each record of a page as a payload of its own, byte for byte as `cgthub.routing` splits it;
-    None for a payload of one record or a format whose records cannot stand alone."""
-    fmt = mapper.spec.format
-    if fmt not in ("json", "csv"):
-        return None
-    records = mapper.records(payload)
-    if len(records) <= 1:
-        return None
-    if fmt == "json":
-        return [orjson.dumps(record) for record in records]
-    out = []
-    for record in records:
-        text = io.StringIO()
-        writer = csv.DictWriter(text, fieldnames=list(record), lineterminator="\n")
-        writer.writeheader()
-        writer.writerow(record)
-        out.append(text.getvalue().encode())
-    return out
-
-
-def _without_site(event: CanonicalEvent) -> CanonicalEvent:
-    """A sending facility is not a site: an HL7 event never sets its order's site (as in routing)."""
-    details = event.order
-    if details is None or details.site is None:
-        return event
-    kept = details.model_copy(update={"site": None})
-    empty = not (kept.therapy or kept.market or kept.cmo)
-    return event.model_copy(update={"order": None if empty else kept})

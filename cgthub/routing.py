@@ -5,7 +5,9 @@ connectors, the courier webhook, the CMO's CSV drop) asks `mapper(session, syste
 mapping. The answer reads where the site registry (`config/sites.yaml`, `sources`) says each record
 names its site: a site field, the HL7 sending facility, or the orders it refers to. It then maps
 with `get_mapper(system, kind, market=...)`, so the market's pinned version, code maps and
-residency rules hold before anything reaches the central store.
+residency rules hold before anything reaches the central store. `cgthub mappings replay` asks it
+too, with the version it replays (`mapper(..., version=N)`): a replayed record is mapped under the
+market live ingest chose for it, with that market's residency rules.
 
 - a site or sending facility the registry does not know: quarantined at stage `route`;
 - a record of an order not known yet (or of no declared source): mapped under every market's
@@ -44,6 +46,9 @@ from cgthub.tables import Order, OrderKey
 REPLAY_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
 
 
+_Found = tuple[CompiledMapping, sites.SiteRegistry, sites.Source | None]  # a mapping, its registry and source
+
+
 class _Facts(TypedDict):
     """What the archive knows of a payload, passed on to whichever mapping maps it."""
 
@@ -52,29 +57,46 @@ class _Facts(TypedDict):
     received_at: datetime
 
 
-def mapper(session: Session, system: str, kind: str, *, parsed: hl7v2.Message | None = None) -> pipeline.Mapper | None:
+def mapper(
+    session: Session,
+    system: str,
+    kind: str,
+    *,
+    parsed: hl7v2.Message | None = None,
+    version: int | str | None = None,
+    market: str | None = None,
+) -> RoutedMapper | None:
     """The mapping of a `system`/`kind` payload under its market, or None when none is configured.
+
+    `version` forces a mapping version (`cgthub mappings replay`): each record's market is still
+    chosen as on live ingest and its residency rules and code maps apply, only the version is the
+    one given, not the market's pin. `market` forces one market's rules on every record instead of
+    each record's own (the replay's explicit `--market` override); the site registry still refuses
+    a site or sender it does not know.
 
     What it reads (the mapping, the site registry, the payload's source) is read once per session
     and kept in `session.info`: it is asked for every payload of a batch, and a transaction's
     payloads are judged by one registry content (the next session reads the file again)."""
-    cache: dict[tuple[str, str], tuple[CompiledMapping, sites.SiteRegistry, sites.Source | None] | None]
-    cache = session.info.setdefault(_FOUND, {})
-    if (system, kind) not in cache:
-        neutral = get_mapper(system, kind)
+    number = int(str(version).lstrip("v")) if version is not None else None
+    cache: dict[tuple[str, str, int | None], _Found | None] = session.info.setdefault(_FOUND, {})
+    key = (system, kind, number)
+    if key not in cache:
+        neutral = get_mapper(system, kind, version=number)
         if neutral is None:
-            cache[(system, kind)] = None
+            cache[key] = None
         else:
             known = sites.registry()
-            cache[(system, kind)] = (neutral, known, known.source(system, kind))
-    found = cache[(system, kind)]
+            cache[key] = (neutral, known, known.source(system, kind))
+    found = cache[key]
     if found is None:
         return None
-    return RoutedMapper(session, system, kind, *found, parsed)
+    forced = market.upper() if market else None
+    return RoutedMapper(session, system, kind, *found, parsed, forced_version=number, forced_market=forced)
 
 
-_FOUND = "cgthub.routing.found"  # session.info: (system, kind) -> (mapping, registry, source) or None
-_MARKETS = "cgthub.routing.markets"  # session.info: (system, kind, market) -> that market's mapping
+# session.info: (system, kind, forced version) -> (mapping, registry, source) or None
+_FOUND = "cgthub.routing.found"
+_MARKETS = "cgthub.routing.markets"  # session.info: (system, kind, market, forced version) -> its mapping
 
 
 def mapper_for(session: Session) -> Callable[[Inbound], pipeline.Mapper | None]:
@@ -98,10 +120,15 @@ class RoutedMapper:
         known: sites.SiteRegistry,
         source: sites.Source | None,
         parsed: hl7v2.Message | None,
+        *,
+        forced_version: int | None = None,
+        forced_market: str | None = None,
     ) -> None:
         self.session, self.system, self.kind = session, system, kind
         self.neutral, self.known, self.source, self.parsed = neutral, known, source, parsed
         self.mapping_id, self.version = neutral.mapping_id, neutral.version
+        self.forced_version = forced_version  # see `mapper`: a replay's version, not the market's pin
+        self.forced_market = forced_market  # see `mapper`: a replay's `--market`, not each record's own
 
     def map(self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime) -> list[CanonicalEvent]:
         pending = self.map_unjudged(payload, raw_id=raw_id, checksum=checksum, received_at=received_at)
@@ -115,6 +142,23 @@ class RoutedMapper:
         self._sender_sites: frozenset[str] = frozenset()
         events = self._map(payload, facts)
         return Pending(self, payload, facts, events, self._sender_sites)
+
+    def map_unrouted(
+        self, payload: bytes, *, raw_id: int, checksum: str, received_at: datetime
+    ) -> list[CanonicalEvent]:
+        """The payload mapped under every market's residency rules, its site not asked: what a
+        replay compares with the ledger when the registry no longer knows its site or sender."""
+        facts: _Facts = {"raw_id": raw_id, "checksum": checksum, "received_at": received_at}
+        events = self._with(EVERY_MARKET).map(payload, **facts)
+        if self.source is not None and self.source.facility:
+            return [_without_site(event) for event in events]
+        return events
+
+    def split(self, payload: bytes) -> list[bytes] | None:
+        """Each record of a page as a payload of its own (JSON, CSV), as a refused record is archived;
+        None for a payload of one record or a format whose records cannot stand alone."""
+        records = self.neutral.records(payload) if self.neutral.spec.format != "hl7" else []
+        return self._split(records) if len(records) > 1 else None
 
     def _settle(self, pending: Pending) -> list[CanonicalEvent]:
         judged = pending.judged
@@ -238,8 +282,7 @@ class RoutedMapper:
         """The events of the records whose site is qualified; each refused record quarantined alone.
 
         A payload that is one record (an HL7 message, a webhook's record) is refused whole."""
-        records = self.neutral.records(payload) if self.neutral.spec.format != "hl7" else []
-        split = self._split(records) if len(records) > 1 else None
+        split = self.split(payload)
         if split is None:
             raise self._refusal(judged, facts)
         kept: list[CanonicalEvent] = []
@@ -289,10 +332,12 @@ class RoutedMapper:
             qualification.alert(self.session, self.known, one, saved.raw_id)
 
     def _with(self, market: str) -> CompiledMapping:
-        chosen: dict[tuple[str, str, str], CompiledMapping | None] = self.session.info.setdefault(_MARKETS, {})
-        key = (self.system, self.kind, market)
+        market = self.forced_market or market
+        chosen: dict[tuple[str, str, str, int | None], CompiledMapping | None]
+        chosen = self.session.info.setdefault(_MARKETS, {})
+        key = (self.system, self.kind, market, self.forced_version)
         if key not in chosen:
-            chosen[key] = get_mapper(self.system, self.kind, market=market)
+            chosen[key] = get_mapper(self.system, self.kind, market=market, version=self.forced_version)
         found = chosen[key]
         if found is None:
             raise PayloadRejected(
@@ -358,33 +403,3 @@ def _without_site(event: CanonicalEvent) -> CanonicalEvent:
     if not (details.therapy or details.market or details.cmo):  # the usual case: one copy, not two
         return event.model_copy(update={"order": None})
     return event.model_copy(update={"order": details.model_copy(update={"site": None})})
-
-
-def replay_unrouted(session: Session, *, system: str | None = None) -> tuple[int, int]:
-    """Map again what waits for the site registry: at stage `route` (its site or sender unknown) and
-    at stage `qualify` (its site not qualified that day), once the registry is fixed.
-
-    Each payload goes through as if it came in now (its market decided and its site judged again);
-    an entry whose payload maps is closed, and a refusal's alerts with it. Returns (released, still
-    waiting).
-    """
-    released = still = 0
-    for stage in (Stage.ROUTE, Stage.QUALIFY):
-        for entry in quarantine.list_entries(session, stage=stage, system=system, limit=100_000):
-            if entry.raw_id is None:
-                continue
-            routed = mapper(session, entry.system, entry.kind)
-            if routed is None:
-                still += 1
-                continue
-            seen = entry.occurrences
-            result = pipeline.process(session, entry.raw_id, routed)
-            if entry.occurrences > seen:  # refused at this stage again: counted on the same entry
-                still += 1
-                continue
-            judged_by = f" (site registry {sites.registry().label})" if stage is Stage.QUALIFY else ""
-            quarantine.release(session, entry, f"{stage.value} passed{judged_by}; {result.appended} event(s) appended")
-            if stage is Stage.QUALIFY:
-                qualification.close_alerts(session, entry.raw_id)
-            released += 1
-    return released, still

@@ -141,7 +141,12 @@ def replay_archived(
     kind: str = typer.Option(..., "--kind"),
     version: str = typer.Option(..., "--version", help="e.g. v2"),
     since: datetime | None = typer.Option(None, "--since", help="only payloads received at or after (ISO 8601)"),
-    market: str | None = typer.Option(None, "--market"),
+    market: str | None = typer.Option(
+        None,
+        "--market",
+        help="override: map every payload under this market's rules (residency, code maps) instead of "
+        "the market live ingest chooses for each record, and check only this market's pin",
+    ),
     force: bool = typer.Option(
         False, "--force", help="replay a version live ingest does not use (not yet effective, or pinned otherwise)"
     ),
@@ -149,8 +154,10 @@ def replay_archived(
 ) -> None:
     """Re-map archived payloads with VERSION: append corrections, release what now maps. Idempotent.
 
-    Each site is judged by the site registry in force, as on live ingest: what it refuses is
-    quarantined at stage `qualify` (or `route`) with its alert, not applied."""
+    Each record is mapped under the market live ingest chooses for it (its site, or its HL7 sending
+    facility), with that market's residency rules, unless --market names one. Each site is judged by
+    the site registry in force, as on live ingest: what it refuses is quarantined at stage `qualify`
+    (or `route`) with its alert, not applied."""
     ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     mapper = _mapper(system, kind, version, market)
     if since is not None and since.tzinfo is None:

@@ -5,7 +5,11 @@ with the one the ledger holds for the same source event: identical content appen
 second replay is a no-op), different content appends a correction `<id>@v<N>` that supersedes the
 old entry, and a payload that sat in quarantine and now maps goes through and its entry is closed.
 Counts come from what the ledger actually did: an event the ledger already holds from another
-payload (a partner that resends whole records) is reported as such, not as added. Site
+payload (a partner that resends whole records) is reported as such, not as added. Each record is
+mapped under the market live ingest chooses for it (`cgthub.routing`, with the replayed version),
+so a market's residency rules hold on replay as they do on ingest (a DE postal prefix is dropped
+before the ledger, whatever the version); a mapper compiled for one market maps every record
+under that market's rules instead. Site
 qualification is judged as on the live path, by the registry in force (`cgthub.requalify`): what a
 site not qualified that day sent is not applied but quarantined at stage `qualify` with its alert
 (a page's record alone), an HL7 sender the registry does not know at stage `route`, and a payload
@@ -25,7 +29,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, ledger, markets, qualification, quarantine, requalify, sites
+from cgthub import archive, ledger, markets, qualification, quarantine, requalify, routing, sites
 from cgthub.errors import PayloadRejected
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.fixtures import normalize
@@ -127,13 +131,19 @@ def replay(
 ) -> ReplayReport:
     """Re-map every archived payload of the mapper's system/kind (in the caller's transaction).
 
+    Only the mapper's version is taken from it: each record is mapped under the market live ingest
+    chooses for it (`cgthub.routing`), with that market's residency rules and code maps. A mapper
+    compiled for one market (`--market`) maps every record under that market's rules instead.
     With `dry_run` nothing is appended, released or marked: the report says what would be."""
     report = ReplayReport(dry_run=dry_run)
-    known = sites.registry()  # the registry in force judges every payload of this replay
-    rows = list(archived(session, mapper.spec.system.value, kind_dir(mapper.spec.kind), since))
+    system, kind = mapper.spec.system.value, kind_dir(mapper.spec.kind)
+    # The registry in force judges every payload of this replay (read once, with the mapping).
+    routed = routing.mapper(session, system, kind, version=mapper.spec.version, market=mapper.market)
+    assert routed is not None  # the version exists: `mapper` is compiled from it
+    rows = list(archived(session, system, kind, since))
     for done, row in enumerate(rows, start=1):
         report.payloads += 1
-        _replay_one(session, mapper, known, row, report, dry_run=dry_run)
+        _replay_one(session, mapper, routed, row, report, dry_run=dry_run)
         if progress:
             progress(done, len(rows))
     return report
@@ -142,7 +152,7 @@ def replay(
 def _replay_one(
     session: Session,
     mapper: CompiledMapping,
-    known: sites.SiteRegistry,
+    routed: routing.RoutedMapper,
     row: RawMessage,
     report: ReplayReport,
     *,
@@ -154,13 +164,13 @@ def _replay_one(
         report.failures.append(f"raw #{row.id}: waits at stage route for the site registry (`cgthub sites replay`)")
         return
     payload = archive.read(session, row.id)
+    known = routed.known
     try:
-        fresh = mapper.map(payload, raw_id=row.id, checksum=row.checksum, received_at=row.received_at)
+        screened = requalify.screen(session, routed, row, payload)  # mapped under its market, judged
     except PayloadRejected as rejected:
         report.still_failing += 1
         report.failures.append(f"raw #{row.id}: {rejected.reason}")
         return
-    screened = requalify.screen(session, known, mapper, row, payload, fresh)
     if screened.refusals:
         _refused(session, mapper, known, row, screened, report, dry_run=dry_run)
         if screened.whole is not None:
