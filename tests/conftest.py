@@ -143,7 +143,7 @@ def session(db_url: str):
         yield s
 
 
-# Under `make test` (-n 2 --dist loadfile) xdist hands out whole files, largest first by test count,
+# Under `make test` (-n 3 --dist loadfile) xdist hands out whole files, largest first by test count,
 # so a file of one long test (the Celery scale-out, `make up`'s start) started last and ran alone
 # while the other worker idled. Here the files whose every test is marked slow go first (they cannot
 # be split across workers), and among them those of one test (one long story on an Airflow of its own:

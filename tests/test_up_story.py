@@ -120,6 +120,10 @@ def _make_demo_alerts(
     return _alert_kinds_by_crm_order(), _hours_late_judged_at(now)
 
 
+# The reference is `make demo` on SQLite; the feeder runs on PostgreSQL, as a deployment's does, so
+# one run compares the two backends (a run per backend cost about 45 s of a 2-core CI run).
+@pytest.mark.postgres
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
 def test_make_up_feeder_raises_the_alerts_make_demo_shows_for_the_same_orders(db_url, tmp_path, monkeypatch):
     from cgthub.up import feed_plan
 
