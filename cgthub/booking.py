@@ -178,17 +178,8 @@ def book(
     shown = decisions.preview_order(session, order_id)
     decision, reason = decisions.sign_decision(session, Action.BOOK_SLOT, signature, shown, order_id)
 
-    slot = session.scalars(
-        select(ManufacturingSlot)
-        .where(
-            ManufacturingSlot.cmo == option.cmo,
-            ManufacturingSlot.therapy == therapy,
-            ManufacturingSlot.day == option.slot_day,
-        )
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one()
-    if slot.booked >= slot.capacity:
+    slot = _slot_row(session, option.cmo, therapy, option.slot_day)
+    if slot is None or slot.booked >= slot.capacity:
         raise planner.why_not(facts, request.apheresis_on, option.cmo)  # taken while we looked
     month = option.apheresis_on.isoformat()[:7]
     _check_quotas(session, planner.settings, site, market, month)
@@ -198,15 +189,7 @@ def book(
     reservation = slots.Reservation(option.cmo, therapy, option.slot_day, order_id, reference, order.coi_id)
     cancelled_before = _cancellations(session, order_id)  # a booking again after one was cancelled: a new hold
     cmo_key = f"cgthub:{key}" if not cancelled_before else f"cgthub:{key}:{cancelled_before}"
-    try:
-        reserved = provider.reserve(reservation, cmo_key)
-    except slots.SlotTaken as full:  # the CMO's count differs from the last sync: the CMO is right
-        raise CmoFull(full.message, full.hint, (option.cmo, therapy, option.slot_day)) from full
-    except partners.PartnerUnavailable as exc:
-        raise CmoUnavailable(
-            f"the CMO did not confirm the slot ({exc}); nothing was booked",
-            "send the same request again: the CMO holds at most one place for it",
-        ) from exc
+    reserved = _reserve(provider, reservation, cmo_key, "slot")
     slot.booked += 1
     row = SlotBooking(
         order_id=order_id,
@@ -454,6 +437,42 @@ def _cmo_call(call: Callable[[], Any], what: str) -> Any:
         ) from exc
 
 
+def _reserve(provider: Any, reservation: slots.Reservation, key: str, what: str) -> Any:
+    """Hold a place at the CMO (idempotent per key). A CMO that says it is full is right, whatever
+    the last sync counted; one that does not answer booked nothing."""
+    try:
+        return _cmo_call(lambda: provider.reserve(reservation, key), what)
+    except slots.SlotTaken as full:
+        raise CmoFull(full.message, full.hint, (reservation.cmo, reservation.therapy, reservation.slot_day)) from full
+
+
+def _give_back(session: Session, provider: Any, booking: SlotBooking, key: str, what: str) -> None:
+    """Release a booking's place at the CMO (idempotent per key) and count it free in the slot row."""
+    _cmo_call(lambda: provider.release(booking.cmo_reservation, f"cgthub:release:{key}"), what)
+    slot = _slot_row(session, booking.cmo, booking.therapy, booking.slot_day)
+    if slot is not None:
+        slot.booked = max(slot.booked - 1, 0)
+
+
+def _change_row(booking: SlotBooking, kind: str, key: str, decision: Any, **moved_to: Any) -> SlotBookingChange:
+    """A reschedule or cancellation of `booking`, as it was before the change (and where it moved)."""
+    return SlotBookingChange(
+        order_id=booking.order_id,
+        booking_id=booking.id,
+        kind=kind,
+        request_key=key,
+        booking_request_key=booking.request_key,
+        cmo=booking.cmo,
+        apheresis_on=booking.apheresis_on,
+        slot_day=booking.slot_day,
+        cmo_reservation=booking.cmo_reservation,
+        decision_id=decision.id,
+        changed_by=decision.signer,
+        changed_at=utcnow(),
+        **moved_to,
+    )
+
+
 def _move_planner(
     session: Session, order: Order, existing: SlotBooking, today: date | None
 ) -> tuple[slots.Planner, slots.OrderFacts]:
@@ -519,32 +538,18 @@ def reschedule(
     provider = slots.provider()
     reference = (order.projection.get("refs") or {}).get("crm_order_id")
     reservation = slots.Reservation(option.cmo, existing.therapy, option.slot_day, order_id, reference, order.coi_id)
-    try:
-        reserved = _cmo_call(lambda: provider.reserve(reservation, f"cgthub:{key}"), "new slot")
-    except slots.SlotTaken as full:
-        raise CmoFull(full.message, full.hint, (option.cmo, existing.therapy, option.slot_day)) from full
-    _cmo_call(lambda: provider.release(existing.cmo_reservation, f"cgthub:release:{key}"), "release of the old slot")
-    old_slot = _slot_row(session, existing.cmo, existing.therapy, existing.slot_day)
-    if old_slot is not None:
-        old_slot.booked = max(old_slot.booked - 1, 0)
+    reserved = _reserve(provider, reservation, f"cgthub:{key}", "new slot")
+    _give_back(session, provider, existing, key, "release of the old slot")
     slot.booked += 1
-    change = SlotBookingChange(
-        order_id=order_id,
-        booking_id=existing.id,
-        kind=RESCHEDULED,
-        request_key=key,
-        booking_request_key=existing.request_key,
-        cmo=existing.cmo,
-        apheresis_on=existing.apheresis_on,
-        slot_day=existing.slot_day,
-        cmo_reservation=existing.cmo_reservation,
+    change = _change_row(
+        existing,
+        RESCHEDULED,
+        key,
+        decision,
         new_cmo=option.cmo,
         new_apheresis_on=option.apheresis_on,
         new_slot_day=option.slot_day,
         new_cmo_reservation=reserved.reservation_id,
-        decision_id=decision.id,
-        changed_by=decision.signer,
-        changed_at=utcnow(),
     )
     session.add(change)
     for name in ("cmo", "apheresis_on", "apheresis_at", "slot_day", "release_on", "at_site_on", "infusion_on"):
@@ -595,25 +600,8 @@ def cancel(session: Session, order_id: str, request: CancelRequest, signature: S
     _changeable(order, "cancelled")
     shown = decisions.preview_order(session, order_id)
     decision, reason = decisions.sign_decision(session, Action.CANCEL_BOOKING, signature, shown, order_id)
-    provider = slots.provider()
-    _cmo_call(lambda: provider.release(existing.cmo_reservation, f"cgthub:release:{key}"), "release of the slot")
-    slot = _slot_row(session, existing.cmo, existing.therapy, existing.slot_day)
-    if slot is not None:
-        slot.booked = max(slot.booked - 1, 0)
-    change = SlotBookingChange(
-        order_id=order_id,
-        booking_id=existing.id,
-        kind=CANCELLED,
-        request_key=key,
-        booking_request_key=existing.request_key,
-        cmo=existing.cmo,
-        apheresis_on=existing.apheresis_on,
-        slot_day=existing.slot_day,
-        cmo_reservation=existing.cmo_reservation,
-        decision_id=decision.id,
-        changed_by=decision.signer,
-        changed_at=utcnow(),
-    )
+    _give_back(session, slots.provider(), existing, key, "release of the slot")
+    change = _change_row(existing, CANCELLED, key, decision)
     session.add(change)
     session.flush()
     appended = _record(session, existing, change, decision, reason, None)
