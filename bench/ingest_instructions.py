@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from bench import callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -80,24 +80,19 @@ def counted(path: str, count: int) -> int:
         raise SystemExit("valgrind is not installed")
     database = Path(tempfile.mkdtemp()) / f"{path}.db"
     prepare(path, count, database)
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        "--toggle-collect=functools_reduce",
-        sys.executable,
-        "-m",
-        "bench.ingest_instructions",
-        "--workload",
-        path,
-        str(count),
-        str(database),
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise SystemExit(f"callgrind printed no count:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind.instructions(
+        [
+            "--toggle-collect=functools_reduce",
+            sys.executable,
+            "-m",
+            "bench.ingest_instructions",
+            "--workload",
+            path,
+            str(count),
+            str(database),
+        ],
+        ROOT,
+    )
 
 
 def main() -> None:

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import orjson
+
+from bench import callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,24 +60,19 @@ def counted(count: int, compare: bool) -> int:
     dispose_engines()
     database = Path(tempfile.mkdtemp()) / "resend.db"
     shutil.copy(made, database)
-    command = [
-        "valgrind",
-        "--tool=callgrind",
-        "--callgrind-out-file=/dev/null",
-        "--toggle-collect=functools_reduce",
-        sys.executable,
-        "-m",
-        "bench.resend_instructions",
-        "--workload",
-        str(count),
-        str(database),
-        "compare" if compare else "no-compare",
-    ]
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
-    found = re.search(r"Collected : (\d+)", done.stderr)
-    if found is None:
-        raise SystemExit(f"callgrind printed no count:\n{done.stderr[-2000:]}")
-    return int(found.group(1))
+    return callgrind.instructions(
+        [
+            "--toggle-collect=functools_reduce",
+            sys.executable,
+            "-m",
+            "bench.resend_instructions",
+            "--workload",
+            str(count),
+            str(database),
+            "compare" if compare else "no-compare",
+        ],
+        ROOT,
+    )
 
 
 def main() -> None:
