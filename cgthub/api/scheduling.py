@@ -13,8 +13,9 @@ answered, 409 `not_booked` for an order without a booking.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from pydantic import BaseModel, Field
@@ -28,6 +29,8 @@ from cgthub.api.orders import OrderId, _visible
 from cgthub.booking import Booked, BookingChanged, BookingRequest, CancelRequest, RescheduleRequest
 from cgthub.decisions import Signature
 from cgthub.tables import Order
+
+_Done = TypeVar("_Done", Booked, BookingChanged)
 
 router = APIRouter(tags=["scheduling"], responses={**ERROR_RESPONSES, 404: NOT_FOUND_RESPONSE})
 
@@ -104,24 +107,8 @@ def book_order(
     principal: Principal = Depends(authorized(Scope.OPERATE)),
 ) -> Booked:
     """Book a slot chain, signed: reserves the CMO's place, schedules the apheresis, tells the hospital."""
-    signature = Signature(**body.model_dump(include=set(Signature.model_fields)))
     wanted = BookingRequest(apheresis_on=body.apheresis_on, cmo=body.cmo, request_key=idempotency_key)
-
-    try:
-        done = booking.run_booking(
-            request.app.state.database_url,
-            order_id,
-            wanted,
-            signature,
-            check=lambda session: _visible(session, principal, order_id),  # 404 outside the key's data scope
-        )
-    except decisions.SubjectNotFound as exc:
-        raise ApiError(404, "not_found", "no such order") from exc
-    except (decisions.DecisionError, slots.SchedulingError) as exc:
-        raise _error(exc) from exc
-    if done.replayed:
-        response.status_code = 200
-    return done
+    return _signed(request, response, principal, order_id, body, booking.run_booking, wanted)
 
 
 class RescheduleBody(Signature):
@@ -131,17 +118,20 @@ class RescheduleBody(Signature):
     cmo: str | None = Field(default=None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
 
 
-def _change(
+def _signed(
     request: Request,
     response: Response,
     principal: Principal,
     order_id: str,
     body: Signature,
-    wanted: RescheduleRequest | CancelRequest,
-) -> BookingChanged:
+    run: Callable[..., _Done],
+    wanted: Any,
+) -> _Done:
+    """`run` (booking.run_booking or run_change) with the body's signature, for an order the key may
+    see; its errors in the API's words, and 200 instead of 201 when it answers an earlier request."""
     signature = Signature(**body.model_dump(include=set(Signature.model_fields)))
     try:
-        done = booking.run_change(
+        done = run(
             request.app.state.database_url,
             order_id,
             wanted,
@@ -169,7 +159,7 @@ def reschedule_order(
     """Move a booking to another date, signed: the CMO's place moves, the courier's leg is booked
     again and the hospital gets SIU^S13."""
     wanted = RescheduleRequest(apheresis_on=body.apheresis_on, cmo=body.cmo, request_key=idempotency_key)
-    return _change(request, response, principal, order_id, body, wanted)
+    return _signed(request, response, principal, order_id, body, booking.run_change, wanted)
 
 
 @router.post("/orders/{order_id}/booking/cancel", response_model=BookingChanged, status_code=201)
@@ -183,4 +173,5 @@ def cancel_order_booking(
 ) -> BookingChanged:
     """Cancel a booking, signed: the CMO's place is given back, the courier's leg cancelled, the
     hospital gets SIU^S15, and the order waits to be booked again."""
-    return _change(request, response, principal, order_id, body, CancelRequest(request_key=idempotency_key))
+    wanted = CancelRequest(request_key=idempotency_key)
+    return _signed(request, response, principal, order_id, body, booking.run_change, wanted)

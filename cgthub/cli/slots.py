@@ -9,7 +9,9 @@ signed like every decision (see `cgthub.booking`).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import date
+from typing import Any, TypeVar
 
 import typer
 from rich.markup import escape
@@ -20,6 +22,8 @@ from cgthub.cli.common import CliError, console, open_session
 from cgthub.cli.decisions import _MEANING, _REASON, _SIGNER, _STDIN, _TEXT, _show, _signature
 from cgthub.decisions import Meaning
 from cgthub.store import database_url
+
+_Done = TypeVar("_Done", booking.Booked, booking.BookingChanged)
 
 app = typer.Typer(help="Manufacturing slots: feasible apheresis dates, capacity sync, booking.", no_args_is_help=True)
 
@@ -105,14 +109,7 @@ def book(
         wanted = booking.BookingRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
     except ValueError as exc:
         raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
-    try:
-        with open_session(readonly=True) as session:
-            preview = decisions.preview_order(session, order_id)
-        _show(preview)
-        signature = _signature(signer, meaning, reason, text, stdin, preview.shown_hash)
-        done = booking.run_booking(database_url(), order_id, wanted, signature)
-    except (decisions.DecisionError, slots.SchedulingError) as exc:
-        raise CliError(exc.message, exc.hint or None) from exc
+    done = _signed(order_id, signer, meaning, reason, text, stdin, booking.run_booking, wanted)
     verb = "was already booked" if done.replayed else "booked"
     console.print(
         f"order {escape(order_id)} {verb}: apheresis {done.apheresis_at.isoformat()} at {escape(done.site)}, "
@@ -133,24 +130,25 @@ def _changed(done: booking.BookingChanged) -> str:
     )
 
 
-def _sign_and_change(
+def _signed(
     order_id: str,
-    wanted: booking.RescheduleRequest | booking.CancelRequest,
     signer: str | None,
     meaning: Meaning,
     reason: str,
     text: str,
     stdin: bool,
-) -> None:
+    run: Callable[..., _Done],
+    wanted: Any,
+) -> _Done:
+    """Show the order, take the signature, and `run` (booking.run_booking or run_change) with it."""
     try:
         with open_session(readonly=True) as session:
             preview = decisions.preview_order(session, order_id)
         _show(preview)
         signature = _signature(signer, meaning, reason, text, stdin, preview.shown_hash)
-        done = booking.run_change(database_url(), order_id, wanted, signature)
+        return run(database_url(), order_id, wanted, signature)
     except (decisions.DecisionError, slots.SchedulingError) as exc:
         raise CliError(exc.message, exc.hint or None) from exc
-    console.print(_changed(done))
 
 
 @app.command("reschedule")
@@ -169,7 +167,7 @@ def reschedule(
         wanted = booking.RescheduleRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
     except ValueError as exc:
         raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
-    _sign_and_change(order_id, wanted, signer, meaning, reason, text, stdin)
+    console.print(_changed(_signed(order_id, signer, meaning, reason, text, stdin, booking.run_change, wanted)))
 
 
 @app.command("cancel")
@@ -182,4 +180,6 @@ def cancel(
     stdin: bool = _STDIN,
 ) -> None:
     """Cancel a booking (signed): the CMO's place is given back, the courier's leg cancelled, the hospital told."""
-    _sign_and_change(order_id, booking.CancelRequest(), signer, meaning, reason, text, stdin)
+    console.print(
+        _changed(_signed(order_id, signer, meaning, reason, text, stdin, booking.run_change, booking.CancelRequest()))
+    )
