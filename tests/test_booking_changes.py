@@ -279,3 +279,19 @@ def test_cgthub_slots_reschedule_and_cancel_sign_with_the_password_from_stdin(db
         input=PASSWORD + "\n",
     )
     assert nothing.exit_code != 0 and "has no booking to reschedule" in str(nothing.exception)
+
+
+def test_cgthub_slots_names_a_bad_date_or_cmo_before_anything_is_signed(db_url):
+    from typer.testing import CliRunner
+
+    from cgthub.cli import app as cli_app
+
+    sign = ["--signer", "olga", "--meaning", "approved", "--reason", "X", "--text", "t", "--password-stdin"]
+    runner = CliRunner()
+    for command, option, told in (
+        (["slots", "book", "ORD-1", "--date", "2026-02-30"], [], "--date '2026-02-30' is not a date (YYYY-MM-DD)"),
+        (["slots", "reschedule", "ORD-1", "--date", "2026-12-20"], ["--cmo", "CMO NJ;"], "--cmo 'CMO NJ;' is not"),
+    ):
+        refused = runner.invoke(cli_app, [*command, *option, *sign], input=PASSWORD + "\n")
+        assert refused.exit_code == 1 and told in str(refused.exception), (refused.output, refused.exception)
+        assert "Traceback" not in refused.output

@@ -14,6 +14,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
@@ -24,6 +25,7 @@ from cgthub.decisions import Meaning
 from cgthub.store import database_url
 
 _Done = TypeVar("_Done", booking.Booked, booking.BookingChanged)
+_Wanted = TypeVar("_Wanted", booking.BookingRequest, booking.RescheduleRequest)
 
 app = typer.Typer(help="Manufacturing slots: feasible apheresis dates, capacity sync, booking.", no_args_is_help=True)
 
@@ -93,6 +95,18 @@ def sync(days: int = typer.Option(0, "--days", min=0, help="days ahead (default:
     console.print(f"{stored} slot days stored")
 
 
+def _wanted(model: type[_Wanted], day: str, cmo: str | None) -> _Wanted:
+    """The booking or move asked for on the command line, each option's mistake named."""
+    try:
+        when = date.fromisoformat(day)
+    except ValueError as exc:
+        raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    try:
+        return model(apheresis_on=when, cmo=cmo)
+    except ValidationError as exc:
+        raise CliError(f"--cmo {cmo!r} is not a CMO id (letters, digits, '_', '.', '-'; at most 64)") from exc
+
+
 @app.command("book")
 def book(
     order_id: str = typer.Argument(..., help="the hub's order id"),
@@ -105,10 +119,7 @@ def book(
     stdin: bool = _STDIN,
 ) -> None:
     """Book a slot chain (signed): reserve the CMO's place, schedule the apheresis, tell the hospital."""
-    try:
-        wanted = booking.BookingRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
-    except ValueError as exc:
-        raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    wanted = _wanted(booking.BookingRequest, day, cmo)
     done = _signed(order_id, signer, meaning, reason, text, stdin, booking.run_booking, wanted)
     verb = "was already booked" if done.replayed else "booked"
     console.print(
@@ -163,10 +174,7 @@ def reschedule(
     stdin: bool = _STDIN,
 ) -> None:
     """Move a booking to another date (signed): the CMO's place moves, the courier is rebooked, the hospital told."""
-    try:
-        wanted = booking.RescheduleRequest(apheresis_on=date.fromisoformat(day), cmo=cmo)
-    except ValueError as exc:
-        raise CliError(f"--date {day!r} is not a date (YYYY-MM-DD)") from exc
+    wanted = _wanted(booking.RescheduleRequest, day, cmo)
     console.print(_changed(_signed(order_id, signer, meaning, reason, text, stdin, booking.run_change, wanted)))
 
 
