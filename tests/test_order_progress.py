@@ -10,59 +10,21 @@ is resolved with a signed decision, reconciliation and deadline monitoring judge
 from __future__ import annotations
 
 import shutil
-import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import select
 
-from cgthub import alerts, deadlines, decisions, ledger, ops_config, outbound, reconciliation, slots
+from cgthub import alerts, deadlines, decisions, ops_config, reconciliation, slots
 from cgthub.devtools.samples import happy_path
 from cgthub.lifecycle import OrderProjection
 from cgthub.settings import PROJECT_ROOT, get_settings
 from cgthub.store import session_scope
 from cgthub.tables import Order
-from connectors.common import breaker
-from connectors.common.sandbox import SandboxServer
-from connectors.courier import sandbox as courier_sandbox
+from tests.test_courier_booking import _apply, _fresh_breakers, _route_and_book, courier  # noqa: F401
 
 DAY, HOUR = timedelta(days=1), timedelta(hours=1)
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(autouse=True)
-def _fresh_breakers():
-    breaker._breakers.clear()
-
-
-@pytest.fixture
-def courier(db_url, monkeypatch, tmp_path):
-    app = courier_sandbox.create_app()
-    with SandboxServer(app) as server:
-        monkeypatch.setenv("AIRFLOW_CONN_COURIER_API", f"http://cgthub:courier-key@127.0.0.1:{server.port}")
-        monkeypatch.setenv("CGTHUB_CONNECTORS", "courier")
-        monkeypatch.setenv("CGTHUB_VAR_DIR", str(tmp_path / "var"))
-        get_settings.cache_clear()
-        server.state = app.sandbox_state
-        yield server
-    get_settings.cache_clear()
-
-
-def _apply(url, events) -> None:
-    for item in events:
-        with session_scope(url) as session:
-            ledger.append_many(session, [item])
-
-
-def _route_and_drain(url) -> dict:
-    deadline = time.monotonic() + 30
-    while True:  # on PostgreSQL the change feed serves a change once older transactions ended
-        with session_scope(url) as session:
-            routed = outbound.route(session)
-        if routed.get("courier") or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    return outbound.drain("courier", database_url=url)
 
 
 def _projection(url) -> OrderProjection:
@@ -70,14 +32,14 @@ def _projection(url) -> OrderProjection:
         return OrderProjection.model_validate(session.scalars(select(Order.projection)).one())
 
 
-def test_a_late_leg_is_booked_and_the_order_still_shows_late_and_stuck(db_url, courier):
+def test_a_late_leg_is_booked_and_the_order_still_shows_late_and_stuck(db_url, courier):  # noqa: F811
     now = datetime.now(UTC).replace(microsecond=0)
     story = happy_path(1, start=now - 11 * DAY)  # scheduled ten days ago for an apheresis four days ago
     _apply(db_url, story[:2])
     scheduled_at, apheresis = story[1].occurred_at, story[1].scheduled_for
     assert apheresis is not None and apheresis + 12 * HOUR < now  # its pickup window closed days ago
 
-    assert _route_and_drain(db_url)["delivered"] == 1
+    assert _route_and_book(db_url)["delivered"] == 1
     (shipment,) = courier.state.shipments.values()  # booked all the same, for the next pickup
     start = datetime.fromisoformat(shipment["pickup"]["windowStart"])
     end = datetime.fromisoformat(shipment["pickup"]["windowEnd"])
@@ -112,22 +74,25 @@ def test_a_late_leg_is_booked_and_the_order_still_shows_late_and_stuck(db_url, c
     assert late.opened and found[deadlines.MILESTONE_OVERDUE].message.startswith("collected overdue")
 
 
-def test_a_leg_the_order_is_already_past_is_not_booked(db_url, courier):
+def test_a_leg_the_order_is_already_past_is_not_booked(db_url, courier):  # noqa: F811
     now = datetime.now(UTC).replace(microsecond=0)
     collected = happy_path(2, start=now - 10 * DAY)
     _apply(db_url, collected[:3] + collected[5:6])  # collected and received at the CMO, no courier heard of
-    _route_and_drain(db_url)
+    _route_and_book(db_url)
     assert courier.state.shipments == {}
 
     waiting = happy_path(3, start=now - 8 * DAY)
     _apply(db_url, waiting[:3])  # collected yesterday, still at the site: its leg is late, not past
-    _route_and_drain(db_url)
+    _route_and_book(db_url)
     (shipment,) = courier.state.shipments.values()
     assert shipment["reference"]["crmOrderId"] == "CRM-00003"
 
 
 def test_pickup_windows_come_from_the_scheduling_file_per_site_and_a_bad_one_names_its_line(
-    db_url, courier, tmp_path, monkeypatch
+    db_url,
+    courier,  # noqa: F811
+    tmp_path,
+    monkeypatch,
 ):
     config = tmp_path / "config"
     shutil.copytree(PROJECT_ROOT / "config", config)
@@ -140,7 +105,7 @@ def test_pickup_windows_come_from_the_scheduling_file_per_site_and_a_bad_one_nam
     now = datetime.now(UTC).replace(microsecond=0)
     story = happy_path(4, start=now - DAY)  # apheresis in six days
     _apply(db_url, story[:2])
-    assert _route_and_drain(db_url)["delivered"] == 1
+    assert _route_and_book(db_url)["delivered"] == 1
     (shipment,) = courier.state.shipments.values()
     assert story[1].scheduled_for is not None
     assert datetime.fromisoformat(shipment["pickup"]["windowStart"]) == story[1].scheduled_for + 2 * HOUR
