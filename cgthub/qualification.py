@@ -29,7 +29,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
 from cgthub.bulk import rows_by_pairs
+from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
+from cgthub.quarantine import Stage
 from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, OrderKey, text_limit, utcnow
 
 log = logging.getLogger(__name__)
@@ -361,6 +363,18 @@ def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged
         return
     record_registry(session, registry)
     session.execute(_insert_once(session, QualificationJudgement), rows)
+
+
+def refuse_whole(
+    session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged], raw_id: int
+) -> PayloadRejected:
+    """A payload refused whole (an HL7 message, a record, a canonical file): its verdicts kept, an
+    alert raised for each refusal; the rejection quarantines it at stage `qualify`."""
+    refused = [j for j in judged if not j.verdict.qualified]
+    keep(session, registry, judged)
+    for one in refused:
+        alert(session, registry, one, raw_id)
+    return PayloadRejected(Stage.QUALIFY, refusal_text(registry, refused), details(registry, refused))
 
 
 def refusal_text(registry: sites.SiteRegistry, refused: Sequence[Judged]) -> str:

@@ -85,15 +85,10 @@ class Judging:
         except sites.SiteRegistryError as exc:
             raise PayloadRejected(Stage.ROUTE, f"{exc}; every site waits until it loads") from None
         judged = qualification.judge_events(self.session, known, events)
-        qualification.keep(self.session, known, judged)
-        refused = [j for j in judged if not j.verdict.qualified]
-        if not refused:
+        if all(j.verdict.qualified for j in judged):
+            qualification.keep(self.session, known, judged)
             return events
-        for one in refused:
-            qualification.alert(self.session, known, one, raw_id)
-        raise PayloadRejected(
-            Stage.QUALIFY, qualification.refusal_text(known, refused), qualification.details(known, refused)
-        )
+        raise qualification.refuse_whole(self.session, known, judged, raw_id)
 
 
 def mapper(session: Session, system: str, kind: str) -> pipeline.Mapper | None:

@@ -300,13 +300,7 @@ class RoutedMapper:
 
     def _refusal(self, judged: list[qualification.Judged], facts: _Facts) -> PayloadRejected:
         """The whole payload refused: its verdicts kept, its alerts raised (the pipeline quarantines it)."""
-        refused = [j for j in judged if not j.verdict.qualified]
-        qualification.keep(self.session, self.known, judged)
-        for one in refused:
-            qualification.alert(self.session, self.known, one, facts["raw_id"])
-        return PayloadRejected(
-            Stage.QUALIFY, qualification.refusal_text(self.known, refused), qualification.details(self.known, refused)
-        )
+        return qualification.refuse_whole(self.session, self.known, judged, facts["raw_id"])
 
     def _refuse_record(
         self, record_payload: bytes, number: int, refused: list[qualification.Judged], facts: _Facts
