@@ -180,11 +180,17 @@ class AirflowCluster:
         return httpx.Client(base_url=self.config.api_url, timeout=30)
 
     def stop(self) -> None:
-        """Terminate every component and its children, then kill what is left after 20 s."""
+        """Ask every component to stop, then kill what is left of it and its children after 20 s.
+
+        SIGTERM goes to each component alone, not to its process group: a Celery worker's warm shutdown
+        ends its pool children itself, and children terminated beside it make its result handler read a
+        closed pipe (billiard's "EOFError: Ran out of input" traceback in the worker's log).
+        """
         import signal
 
         for process in self.processes.values():
-            _signal_group(process.pid, signal.SIGTERM)
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + 20
         for process in self.processes.values():
             try:
