@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -33,6 +33,21 @@ _INSERT_RAW = BulkWrite(insert(_RAW).returning(_RAW.c.id, _RAW.c.system, _RAW.c.
 _KEY_LIMIT = text_limit(_RAW.c.dedupe_key)
 _KIND_LIMIT = text_limit(_RAW.c.kind)
 _CONTENT_TYPE_LIMIT = text_limit(_RAW.c.content_type)
+# A sender's key is held by a transaction-level advisory lock while its rows are looked up and written
+# (PostgreSQL; SQLite has one writer). The two-integer form is a lock space of its own, apart from
+# the single-key locks of the audit trail and the booking quotas; a key's number is 32 bits of its
+# digest (two keys sharing one only wait for each other), taken in ascending order, once a batch.
+# PostgreSQL keeps every lock in one shared table (64 a connection by default; 30,000 in one
+# transaction ran it out here), so a batch of more keys than a listener's (500) takes the bulk lock
+# alone, exclusive, where each smaller batch holds it shared before its keys.
+_KEY_LOCKS, _BULK_LOCK = 0x63677452, 0x63677442  # "cgtR", "cgtB"
+_MOST_KEYS = 500
+_HOLD_KEYS = text(
+    "SELECT 1 FROM (SELECT pg_advisory_xact_lock_shared(:bulk, 0)) AS bulk UNION ALL "
+    "SELECT 1 FROM (SELECT pg_advisory_xact_lock(:space, k) FROM unnest(CAST(:keys AS integer[])) "
+    "WITH ORDINALITY AS t(k, n) ORDER BY n) AS keys"
+)
+_HOLD_ALL = text("SELECT pg_advisory_xact_lock(:bulk, 0)")
 _MARK = BulkWrite(
     update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 )
@@ -124,6 +139,7 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
         for item, digest in zip(items, digests, strict=True)
     ]
     contents = [(system, key, digest) for (system, key), digest in zip(keys, digests, strict=True)]
+    _hold(session, keys)
     existing: dict[tuple[str, str, str], Archived] = {}
     holder: dict[tuple[str, str], int] = {}  # a key already held, by the raw id of its earliest content
     for system, key, raw_id, digest, row_status in rows_by_pairs(
@@ -177,6 +193,30 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
     return out
 
 
+def _hold(session: Session, keys: Sequence[tuple[str, str]]) -> None:
+    """Hold these (system, key)s until the transaction ends, so that whether a key is held already is
+    read only after every other writer of it has committed or rolled back.
+
+    Without it two writers (two listeners on one PostgreSQL, a listener and a file drop) archiving
+    other content under one key at once each read "no earlier row", insert, and commit: both rows
+    kept, and the `control_id_reused` alert raised by neither. Now the second waits for the first's
+    commit, then reads its row and raises the alert. The lock is taken before the lookup: taken after
+    it, a writer could still decide on a read made before the other committed. A redelivery racing
+    its copy waits too, and is then counted as a duplicate (it used to fail the insert and go one by
+    one). One statement a batch; SQLite serializes writers on BEGIN IMMEDIATE and takes none."""
+    if not keys or session.get_bind().dialect.name == "sqlite":
+        return
+    numbers = sorted({_lock_number(system, key) for system, key in keys})
+    if len(numbers) > _MOST_KEYS:
+        session.execute(_HOLD_ALL, {"bulk": _BULK_LOCK})
+    else:
+        session.execute(_HOLD_KEYS, {"bulk": _BULK_LOCK, "space": _KEY_LOCKS, "keys": numbers})
+
+
+def _lock_number(system: str, key: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{system}\x00{key}".encode()).digest()[:4], "big", signed=True)
+
+
 def _row(item: Inbound, key: str, digest: str, status: str) -> dict[str, object]:
     """The archive row of a new payload; the sender's labels cut to their columns (they are not the
     payload, which is kept whole): a 100-character message type must not make the insert fail."""
@@ -200,6 +240,7 @@ def _store_one(session: Session, item: Inbound, status: str) -> Archived:
     """`store_many` for one payload in a savepoint, for a writer that may lose a race to another."""
     digest = checksum(item.payload)
     key = fitted(item.dedupe_key or digest, _KEY_LIMIT)
+    _hold(session, [(item.system, key)])  # held already when called from store_many's fallback
     found = _find(session, item.system, key, digest)
     if found is None:
         earlier = session.scalar(
