@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -264,11 +265,28 @@ class OperatorDecision(Base):
     outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+# The rows the lockout counts: a refused signature whose password was wrong (decisions.run writes
+# them). The query repeats this text so both databases match it to the partial index below.
+SIGNATURE_REFUSED = "action = 'decision.refused' AND details LIKE '%\"why\":\"signature_refused\"%'"
+
+
 class AuditRecord(Base):
     """One action of a person, chained to the one before under the ledger key (see audit_trail)."""
 
     __tablename__ = "audit_trail"
-    __table_args__ = (UniqueConstraint("seq", name="uq_audit_trail_seq"),)
+    __table_args__ = (
+        UniqueConstraint("seq", name="uq_audit_trail_seq"),
+        # The signature lockout's count (decisions.locked_until): one signer's refused passwords in a
+        # window. Partial, so it holds those rows alone: ordinary appends do not pay for it, and a
+        # guesser's refusals while locked out (why=signer_locked) are not read by anyone's check.
+        Index(
+            "ix_audit_trail_signature_refusals",
+            "actor",
+            "at",
+            sqlite_where=text(SIGNATURE_REFUSED),
+            postgresql_where=text(SIGNATURE_REFUSED),
+        ),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     seq: Mapped[int] = mapped_column(BigInteger)

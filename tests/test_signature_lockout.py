@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
+from bench import lockout_bench
 from cgthub import alerts, decisions, settings
 from cgthub.release_tables import ReleaseApproval
 from cgthub.settings import PROJECT_ROOT
 from cgthub.store import session_scope
-from cgthub.tables import Alert, AuditRecord
+from cgthub.tables import Alert, AuditRecord, utcnow
 from tests import api_server, test_release
 from tests.api_server import ApiServer
 from tests.test_release import PASSWORD, Hub, _built, said
@@ -123,3 +125,32 @@ def test_a_locked_out_signer_cannot_approve_a_release_from_the_cli(hub: Hub) -> 
         assert s.scalars(select(ReleaseApproval)).all() == []
     assert _refusals(hub.url, "qa") == ["signature_refused"] * 5 + ["signer_locked"] * 2
     assert len(_lockout_alerts(hub.url)) == 1
+
+
+def test_the_check_reads_one_signers_refusals_through_the_index(db_url: str) -> None:
+    """The lockout's count is an index search on both databases (migration 0022's partial index), so
+    its cost does not grow with the audit trail nor with another signer's or a guesser's refusals;
+    and what it counts is still what locks: refusals for being locked out do not extend a lockout."""
+    with session_scope(db_url) as s:
+        decisions.add_operator(s, "olga", PASSWORD, ["all"])
+    wrong = decisions.SignatureRefused("re-authentication failed")
+    locked = decisions.SignerLocked("locked", until=utcnow())
+    forbidden = decisions.NotPermitted("may not")
+    for who, error in [("mallory", wrong)] * 5 + [("mallory", locked)] * 20 + [("olga", forbidden)]:
+        with pytest.raises(decisions.DecisionError):
+            decisions.run(db_url, _raising(error), signer=who, action=decisions.Action.RESOLVE_ALERT, subject="alert:1")
+    assert _refusals(db_url, "mallory") == ["signature_refused"] * 5 + ["signer_locked"] * 20
+    with session_scope(db_url) as s:
+        assert decisions.locked_until(s, "mallory") is not None and decisions.locked_until(s, "olga") is None
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text("SET LOCAL enable_seqscan = off"))  # a table this small is read whole otherwise
+        plan = lockout_bench.plan(s, "mallory")
+    assert "ix_audit_trail_signature_refusals" in plan, plan
+    assert "SCAN audit_trail" not in plan and "Seq Scan" not in plan, plan
+
+
+def _raising(error: decisions.DecisionError) -> Callable[[Session], None]:
+    def work(_: Session) -> None:
+        raise error
+
+    return work
