@@ -1,10 +1,11 @@
-"""What `/health/ready` answers: the database, the MLLP listener and the webhook delivery loop.
+"""What `/health/ready` answers: the database, the MLLP listener, the webhook delivery loop and the
+payloads archived but not applied yet.
 
 Ready means the database answers: without it nothing the hub does can succeed, so a load balancer
-or compose should stop sending work. The listener and the delivery loop are reported (a deployment
-alerts on them) but do not make the API unready: the API serves orders without either; while one
-of them is not `ok` (or `not configured`) the overall status says `degraded`.
-No order data appears here, only counts and ages.
+or compose should stop sending work. The listener, the delivery loop and the held payloads are
+reported (a deployment alerts on them) but do not make the API unready: the API serves orders
+without either; while one of them is not `ok` (or `not configured`) the overall status says
+`degraded`. No order data appears here, only counts and ages.
 """
 
 from __future__ import annotations
@@ -20,10 +21,15 @@ from cgthub import heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.settings import get_settings
 from cgthub.store import session_scope
+from cgthub.tables import RawMessage
 
 WEBHOOK_KIND = "webhook"
 DELIVERY_BEHIND_AFTER = timedelta(minutes=5)  # a due webhook older than this: the loop is not keeping up
 LISTENER_ENV = "CGTHUB_MLLP_LISTENER"
+# A payload archived but not applied for longer than this is held, not queued: the HL7 inbox DAG runs
+# within seconds of a message and the courier's held-webhooks DAG every 5 minutes, each only while
+# the release is in force.
+HELD_BEHIND_AFTER = timedelta(minutes=15)
 
 
 def database(database_url: str | None) -> dict[str, Any]:
@@ -92,17 +98,42 @@ def delivery(database_url: str | None) -> dict[str, Any]:
     return state
 
 
+def held(database_url: str | None) -> dict[str, Any]:
+    """Payloads archived but not applied yet (status `received`), by partner, and the oldest one's
+    age: `behind` once it is older than HELD_BEHIND_AFTER (the release is not in force, or no DAG
+    applies them), else `ok`."""
+    now = datetime.now(UTC)
+    try:
+        with session_scope(database_url, readonly=True) as session:
+            rows = session.execute(
+                select(RawMessage.system, func.count(), func.min(RawMessage.received_at))
+                .where(RawMessage.status == "received")
+                .group_by(RawMessage.system)
+            ).all()
+    except Exception as exc:
+        return {"status": "unknown", "error": type(exc).__name__}
+    oldest = min((at if at.tzinfo else at.replace(tzinfo=UTC) for _system, _count, at in rows), default=now)
+    waited = max(timedelta(0), now - oldest)
+    return {
+        "status": "behind" if waited > HELD_BEHIND_AFTER else "ok",
+        "waiting": {system: int(count) for system, count, _at in sorted(rows)},
+        "oldest_seconds": round(waited.total_seconds(), 1),
+    }
+
+
 HEALTHY = frozenset({"ok", "not configured"})
 
 
 def report(database_url: str | None, *, listener_address: str | None = None) -> tuple[bool, dict[str, Any]]:
     """(ready, state): ready while the database answers; each component's state, and overall `ok`,
-    `degraded` (the listener or the delivery loop is not well) or `unavailable` (no database)."""
+    `degraded` (the listener, the delivery loop or the held payloads are not well) or `unavailable`
+    (no database)."""
     db = database(database_url)
     components = {
         "database": db,
         "listener": listener(listener_address),
         "delivery": delivery(database_url) if db["status"] == "ok" else {"status": "unknown"},
+        "held": held(database_url) if db["status"] == "ok" else {"status": "unknown"},
     }
     if db["status"] != "ok":
         overall = "unavailable"

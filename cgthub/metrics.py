@@ -6,8 +6,9 @@ Two kinds of series, so that no number is counted twice across replicas:
   ACK latency), served by the listener's own small HTTP port (`serve_http`);
 - gauges read from the hub's database when Prometheus scrapes (quarantine depth by stage, outbox
   backlog and dead letters per partner, partner lag, last sync duration, open alerts by kind, the
-  age of each long-running loop's last heartbeat), served once, by the API's `/metrics`. Each is one
-  indexed GROUP BY (or a read of a few rows), so a scrape stays cheap.
+  age of each long-running loop's last heartbeat, payloads archived but not applied yet per
+  partner and the oldest one's age), served once, by the API's `/metrics`. Each is one indexed
+  GROUP BY (or a read of a few rows), so a scrape stays cheap.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from cgthub.heartbeat import Heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.store import session_scope
 from cgthub.sync_state import SyncState
-from cgthub.tables import Alert, QuarantineEntry
+from cgthub.tables import Alert, QuarantineEntry, RawMessage
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,17 @@ class HubCollector(Collector):
             "Now minus a long-running loop's last heartbeat (the webhook delivery loop: service=webhook-delivery)",
             labels=["service"],
         )
+        held = GaugeMetricFamily(
+            "cgthub_held_payloads",
+            "Payloads archived but not applied yet (status received), by partner: the HL7 inbox's backlog, "
+            "courier webhooks held while the release was not in force",
+            labels=["partner"],
+        )
+        held_age = GaugeMetricFamily(
+            "cgthub_held_payload_oldest_age_seconds",
+            "Now minus the arrival of the oldest payload archived but not applied yet, by partner",
+            labels=["partner"],
+        )
         now = datetime.now(UTC)
         with session_scope(self.database_url, readonly=True) as session:
             for stage, count in session.execute(
@@ -154,7 +166,14 @@ class HubCollector(Collector):
                 alerts.add_metric([kind], count)
             for beat in session.scalars(select(Heartbeat)):
                 beats.add_metric([beat.service], heartbeat.age_seconds(beat, now))
-        return [quarantine, backlog, dead, lag, since, duration, alerts, beats]
+            for system, count, oldest in session.execute(
+                select(RawMessage.system, func.count(), func.min(RawMessage.received_at))
+                .where(RawMessage.status == "received")
+                .group_by(RawMessage.system)
+            ):
+                held.add_metric([system], count)
+                held_age.add_metric([system], max(0.0, (now - _aware(oldest)).total_seconds()))
+        return [quarantine, backlog, dead, lag, since, duration, alerts, beats, held, held_age]
 
 
 def _report_duration() -> Any:
