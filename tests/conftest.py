@@ -15,8 +15,17 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-# Before anything imports airflow or reads settings: keep state in a temporary place.
-_TMP = Path(tempfile.mkdtemp(prefix="cgthub-test-"))
+# Before anything imports airflow or reads settings: keep state in a temporary place, one per test
+# process. pytest-xdist's workers start with the controller's environment, so the controller's
+# places (every variable naming them: the var directory, AIRFLOW_HOME, Airflow's database URL) are
+# dropped here, or three workers would share one Airflow metadata DB (two `airflow db migrate` at
+# once on it; one worker's DAG runs and asset events seen by another's) and one var directory.
+_TMP = Path(tempfile.mkdtemp(prefix=f"cgthub-test-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}-"))
+_CONTROLLERS = os.environ.get("CGTHUB_TEST_TMP")
+if _CONTROLLERS and os.environ.get("PYTEST_XDIST_WORKER"):
+    for _name in [name for name, value in os.environ.items() if _CONTROLLERS in value]:
+        del os.environ[_name]
+os.environ["CGTHUB_TEST_TMP"] = str(_TMP)
 os.environ.setdefault("CGTHUB_VAR_DIR", str(_TMP / "var"))
 os.environ.setdefault("AIRFLOW_HOME", str(_TMP / "airflow"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
