@@ -6,10 +6,11 @@ hub's core is imported inside tasks.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
-from airflow.sdk import Asset
+from airflow.sdk import Asset, Metadata, task
 
 # airflow.sdk exports these at run time, but its stub (__init__.pyi) does not list them.
 from airflow.sdk.definitions.callback import AsyncCallback
@@ -28,6 +29,24 @@ HL7_INBOX = Asset("cgthub://hl7/inbox")
 def partner_asset(partner: str) -> Asset:
     """New canonical events from one partner."""
     return Asset(f"cgthub://ledger/events/{partner}")
+
+
+def announce_new_events(partner: str, summary: Any) -> None:
+    """`landed_new_events >> announce` after a sync task whose report (`summary`, its XCom) says what
+    landed: the partner's and the ledger's Assets are emitted only when new events did, so the
+    reconciliation, monitoring and outbound DAGs run after real changes only."""
+
+    @task.short_circuit
+    def landed_new_events(summary: dict[str, Any]) -> bool:
+        return bool(summary["new_events"])
+
+    @task(outlets=[partner_asset(partner), LEDGER_EVENTS])
+    def announce(summary: dict[str, Any]) -> Iterator[Metadata]:
+        extra = {"partner": partner, "appended": summary["appended"], "orders": len(summary["order_ids"])}
+        yield Metadata(partner_asset(partner), extra)
+        yield Metadata(LEDGER_EVENTS, extra)
+
+    landed_new_events(summary) >> announce(summary)
 
 
 def default_args(**overrides: Any) -> dict[str, Any]:

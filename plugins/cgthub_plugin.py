@@ -8,7 +8,9 @@
 - the courier's signed webhooks (its declared receiver, connectors/courier/webhook.py) at
   /cgthub/courier/webhooks/courier, as the `courier-webhook` service serves them on its own port:
   the HMAC signature is checked on every request; without CGTHUB_COURIER_WEBHOOK_SECRET every
-  request is refused (503), never taken unsigned.
+  request is refused (503), never taken unsigned. Airflow's API server does not run a mounted app's
+  lifespan, so the receiver's own loop that applies payloads it held (503) while the release was not
+  in force does not run here: the `cgthub_courier_held` DAG applies them (dags/cgthub_courier_held.py).
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ def test_the_expected_dags_exist(bag):
         [
             *INGEST,
             "cgthub_hl7_inbox",
+            "cgthub_courier_held",
             "cgthub_outbound",
             "cgthub_reconciliation",
             "cgthub_monitoring",
@@ -61,7 +62,7 @@ def test_every_dag_has_tags_retries_with_backoff_and_no_catchup(bag):
 def test_sync_dags_carry_deadline_alerts(bag):
     from airflow.sdk import DeadlineAlert
 
-    for dag_id in [*INGEST, "cgthub_hl7_inbox", "cgthub_slots_sync"]:
+    for dag_id in [*INGEST, "cgthub_hl7_inbox", "cgthub_courier_held", "cgthub_slots_sync"]:
         deadlines = bag.dags[dag_id].deadline
         assert deadlines and all(isinstance(d, DeadlineAlert) for d in deadlines), dag_id
         assert deadlines[0].callback.path == "cgthub.notifier.sync_deadline_missed"

@@ -11,8 +11,13 @@ nothing is lost) and answered 503 with Retry-After and the reason (environment, 
 that differs; no payload content), and a critical alert says the release is not in force. It is
 applied once the release is back: every webhook accepted under the bundle in force first applies
 the courier payloads left `received`, oldest first, so tracking events keep their order and the
-courier's resend of a held body is recognised as the payload just applied (applied once); `drain`
-does the same without a new webhook (the receiver runs it every 30 s when served on its own).
+courier's resend of a held body is recognised as the payload just applied (applied once). Without
+a new webhook (the courier's last scan of a shipment is followed by nothing), `apply_held` applies
+them: the receiver's lifespan runs it every 30 s when served on its own (`drain`), and the
+`cgthub_courier_held` DAG every 5 minutes whatever serves the webhook (Airflow's API server, which
+mounts it through the plugin, does not run a mounted app's lifespan). Both go through the one
+`_apply_held`, which claims each held row before applying it, so a payload is applied once however
+many of them run.
 
 Why `received` and 503 rather than quarantine and 202: nothing is wrong with the payload, the hub
 is, and the condition clears itself when the files are put back. A quarantine entry would need a
@@ -31,10 +36,13 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, pipeline, release_guard, routing
+from cgthub import archive, partner_sync, pipeline, release_guard, routing
 from cgthub.store import session_scope
+from cgthub.sync_state import SyncReport
+from cgthub.tables import RawMessage
 from connectors.courier.signature import HEADER, EmptySecret, verify
 
 log = logging.getLogger(__name__)
@@ -45,22 +53,50 @@ RETRY_AFTER_SECONDS = 60
 DRAIN_EVERY = 30.0  # seconds between two looks for held payloads, when served on its own
 
 
-def _apply_held(session: Session, limit: int = DRAIN_LIMIT) -> int:
-    """Apply the courier payloads archived but not applied (`received`), oldest first; how many."""
-    results = pipeline.process_pending(
+def _apply_held(session: Session, limit: int = DRAIN_LIMIT) -> list[pipeline.IngestResult]:
+    """Apply the courier payloads archived but not applied (`received`), oldest first, in the caller's
+    transaction (rows claimed FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer)."""
+    return pipeline.process_pending(
         session, SYSTEM, lambda item: routing.mapper(session, SYSTEM, item.kind), limit=limit
     )
-    return len(results)
+
+
+def held(session: Session) -> int:
+    """How many courier payloads are archived but not applied yet."""
+    query = select(func.count()).select_from(RawMessage)
+    return session.scalar(query.where(RawMessage.system == SYSTEM, RawMessage.status == "received")) or 0
+
+
+def apply_held(database_url: str | None = None, *, limit: int = DRAIN_LIMIT) -> SyncReport:
+    """Apply every held courier payload, `limit` a transaction, each under the release in force.
+
+    What the receiver's own loop (`drain`) and the `cgthub_courier_held` DAG run. While payloads are
+    held and the release is still not in force, raises `release_guard.ReleaseRefused` (a DAG run
+    fails and says why; the webhook that held them raised a critical alert); nothing held is no error.
+    """
+    report = SyncReport(partner=SYSTEM, stream="held webhooks", via=["raw archive (courier webhook, held)"])
+    while True:
+        with session_scope(database_url) as session:
+            try:
+                report.release = release_guard.check_in_force(session)
+            except release_guard.ReleaseRefused as refused:
+                if held(session):
+                    raise
+                report.errors.append(f"nothing held; not applying: {refused.message}")
+                return report
+            results = _apply_held(session, limit)
+            partner_sync.count(report, results)
+        if len(results) < limit:
+            return report
 
 
 def drain(database_url: str | None = None, *, limit: int = DRAIN_LIMIT) -> int:
-    """Apply held courier payloads if the release is in force now; 0 (and nothing done) if it is not."""
-    with session_scope(database_url) as session:
-        try:
-            release_guard.check_in_force(session)
-        except release_guard.ReleaseRefused:
-            return 0
-        return _apply_held(session, limit)
+    """`apply_held` for the receiver's own loop: how many were applied; 0 (and nothing done) while the
+    release is not in force."""
+    try:
+        return apply_held(database_url, limit=limit).payloads
+    except release_guard.ReleaseRefused:
+        return 0
 
 
 async def _drain_forever(database_url: str | None, every: float) -> None:
@@ -80,7 +116,8 @@ def create_app(*, secret: str, database_url: str | None = None, drain_every: flo
 
     Served on its own (the `courier-webhook` service), it also applies held payloads every
     `drain_every` seconds; mounted in another app (Airflow's), whose server does not start a mounted
-    app's lifespan, held payloads are applied with the next accepted webhook."""
+    app's lifespan, held payloads are applied with the next accepted webhook and by the
+    `cgthub_courier_held` DAG."""
     if not secret or not secret.strip():
         raise EmptySecret()
 
