@@ -9,6 +9,7 @@ Reasons never quote message content, so no PHI travels back in an ACK.
 from __future__ import annotations
 
 import itertools
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,13 +43,35 @@ ANSWERS: dict[Rejection, tuple[str, str]] = {
 
 
 def _escape(text: str) -> str:
+    """ERR-8's text: cut to 200 characters before escaping (a cut after could split an escape
+    sequence), without control characters."""
     return (
-        text.replace("\\", "\\E\\")
+        _CONTROL.sub(" ", text[:200])
+        .replace("\\", "\\E\\")
         .replace("|", "\\F\\")
         .replace("^", "\\S\\")
         .replace("&", "\\T\\")
         .replace("~", "\\R\\")
-    )[:200]
+    )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_NOT_TRIGGER = re.compile(r"[^A-Za-z0-9_]")
+_NOT_VERSION = re.compile(r"[^0-9.]")
+
+
+def _echo(value: str, limit: int) -> str:
+    """A value of the sender's MSH as the ACK repeats it: at most `limit` characters, no control
+    characters, and no '|' (a sender whose field separator is another character may send one,
+    which would shift the ACK's fields)."""
+    if len(value) <= limit and value.isprintable() and "|" not in value:
+        return value  # the usual case, without a regex
+    return _CONTROL.sub("", value[:limit]).replace("|", "\\F\\")
+
+
+def _code(value: str, not_code: re.Pattern[str]) -> str:
+    """A trigger event or version as the ACK repeats it: only the characters such a code has."""
+    return value if len(value) <= 20 and not not_code.search(value) else not_code.sub("", value[:20])
 
 
 @dataclass(frozen=True)
@@ -70,12 +93,14 @@ class AckHeader:
         raw = msh.fields  # indexed once: MSH-3 to MSH-6 and MSH-10 as sent, "" where the MSH ends first
         if len(raw) < 11:
             raw = [*raw, *[""] * (11 - len(raw))]
+        # Each echoed as it came but bounded (HD 227, MSH-10 199, as HL7 2.7 sizes them) and unable
+        # to break the ACK's own fields; a trigger or version is a code, so only its code characters.
         return cls(
-            sender=f"{raw[3]}|{raw[4]}",
-            receiver=f"{raw[5] or 'CGTHUB'}|{raw[6] or 'HUB'}",
-            trigger=header.trigger,
-            version=header.version or "2.5.1",
-            control_id=raw[10],
+            sender=f"{_echo(raw[3], 227)}|{_echo(raw[4], 227)}",
+            receiver=f"{_echo(raw[5], 227) or 'CGTHUB'}|{_echo(raw[6], 227) or 'HUB'}",
+            trigger=_code(header.trigger, _NOT_TRIGGER),
+            version=_code(header.version, _NOT_VERSION) or "2.5.1",
+            control_id=_echo(raw[10], 199),
         )
 
 
@@ -103,6 +128,12 @@ def answer(
     return build_ack(original, code, reason, header=header, error=error)
 
 
+def _first_segment(message: bytes) -> bytes:
+    """The bytes before the first segment terminator (CR, or LF from a careless sender)."""
+    ends = [at for at in (message.find(b"\r"), message.find(b"\n")) if at >= 0]
+    return message[: min(ends)] if ends else message
+
+
 def build_ack(
     original: bytes | None, code: str, reason: str = "", *, header: AckHeader | None = None, error: str | None = None
 ) -> bytes:
@@ -110,8 +141,8 @@ def build_ack(
     `header` read on arrival to skip parsing the original again. `error` is ERR-3 (by default the
     code's: 207 for AE, 200 for AR)."""
     if header is None and original:
-        try:
-            header = AckHeader.of(hl7v2.parse(original))
+        try:  # the MSH alone: a message refused for its size or segment count is not parsed whole
+            header = AckHeader.of(hl7v2.parse(_first_segment(original)))
         except hl7v2.HL7ParseError:
             header = None
     header = header or _HUB

@@ -41,8 +41,23 @@ class Received:
         return Inbound("hl7", self.kind, channel, self.payload, received_at, self.dedupe_key, "x-application/hl7-v2")
 
 
+# The most segments the hub reads in one message: its messages carry tens. More is refused before
+# the parse (a megabyte of 4-byte segments took the listener about a second a frame, every other
+# sender waiting behind it).
+MAX_SEGMENTS = 10_000
+
+
 def read(payload: bytes) -> Received:
-    """MSH only (type, sending facility, control id): the mapping reads the rest, if it is applied."""
+    """MSH only (type, sending facility, control id): the mapping reads the rest, if it is applied.
+
+    A message with a NUL byte (HL7 v2 has none; PostgreSQL's text columns refuse it, so it could
+    not even be archived under its MSH values) or more than `MAX_SEGMENTS` segments is refused as
+    unreadable, before the parse: it is archived and quarantined by its checksum alone."""
+    nul = payload.find(b"\x00")
+    if nul >= 0:
+        return Received(payload, UNPARSEABLE, None, f"byte {nul} is a NUL, which HL7 v2 does not allow")
+    if max(payload.count(b"\r"), payload.count(b"\n")) > MAX_SEGMENTS:
+        return Received(payload, UNPARSEABLE, None, f"more than {MAX_SEGMENTS} segments")
     try:
         message = hl7v2.parse(payload)
         msh = message.header  # the MSH's fields cut once, for all of these and the ACK's

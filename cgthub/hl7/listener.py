@@ -18,7 +18,11 @@ are closed as they arrive), a frame must end within `frame_timeout` of its start
 slowly its bytes trickle in, a connection with no frame under way is closed after `idle_timeout`
 (bytes outside a frame do not count), and the bytes held for unfinished frames and unanswered
 messages across all connections stay under `max_buffered_bytes`: a read that would go over it
-closes its connection, unanswered, so the sender resends later. Memory freed by a burst of large
+closes its connection, unanswered, so the sender resends later. A connection has at most
+`max_in_flight` messages awaiting a commit: the rest of what it sent waits, read but unparsed, until
+those are answered, so a sender that sends thousands of frames without waiting for ACKs (tiny
+frames of a few bytes each, every one answered with about 200) queues no more than that ahead of
+another sender's message, and its ACKs back up only that far. Memory freed by a burst of large
 frames is handed back to the operating system.
 
 The transaction runs on the event loop's own thread. Senders that wait for their ACKs have nothing
@@ -98,14 +102,15 @@ class MllpListener:
         max_buffered_bytes: int = 64 * MEBIBYTE,
         batch_window: float = 0.002,
         batch_max: int = 500,
+        max_in_flight: int = 32,
     ) -> None:
         if max_buffered_bytes < max_message_bytes + READ_SIZE:
             raise ValueError(
                 f"the buffer cap ({max_buffered_bytes} bytes) must hold a largest message ({max_message_bytes} bytes) "
                 f"and one read ({READ_SIZE} bytes)"
             )
-        if max_connections < 1 or idle_timeout <= 0 or frame_timeout <= 0:
-            raise ValueError("max_connections, idle_timeout and frame_timeout must be positive")
+        if max_connections < 1 or max_in_flight < 1 or idle_timeout <= 0 or frame_timeout <= 0:
+            raise ValueError("max_connections, max_in_flight, idle_timeout and frame_timeout must be positive")
         self.host, self.port = host, port
         self.database_url = database_url
         self.apply = apply
@@ -113,6 +118,7 @@ class MllpListener:
         self.idle_timeout, self.frame_timeout = idle_timeout, frame_timeout
         self.max_connections, self.max_buffered_bytes = max_connections, max_buffered_bytes
         self.batch_window, self.batch_max = batch_window, batch_max
+        self.max_in_flight = max_in_flight
         self.stats = ListenerStats()
         self.buffered_bytes = 0  # held for unfinished frames and unanswered messages, all connections
         self._freed_since_trim = 0
@@ -209,32 +215,37 @@ class MllpListener:
                 self._warn_buffer_cap(self.buffered_bytes, self.max_buffered_bytes)
                 return  # what it sent of an unfinished frame is dropped: it was never acknowledged
             held.set(held.bytes + len(data))
-            pending, waiting = self._read_frames(decoder, data)
-            held.set(decoder.pending + waiting)
-            if not pending:
-                if decoder.in_frame and frame_began is None:
-                    frame_began = loop.time()
+            while True:  # the frames this read completed, at most `max_in_flight` at a time
+                pending, waiting = self._read_frames(decoder, data)
+                data = b""
+                held.set(decoder.pending + waiting)
+                if not pending:
+                    if decoder.in_frame and frame_began is None:
+                        frame_began = loop.time()
+                    self._busy += loop.time() - resumed
+                    break
+                self._arrived(pace, resumed)
                 self._busy += loop.time() - resumed
-                continue
-            self._arrived(pace, resumed)
-            self._busy += loop.time() - resumed
-            acks = [await future for future in pending]
-            resumed = loop.time()
-            for ack in acks:
-                writer.write(frame(ack))
-            del acks
-            answered = loop.time()
-            self._busy += answered - resumed
-            self._answered(pace, answered)
-            try:
-                async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
-                    await writer.drain()
-            except TimeoutError:
-                self.stats.idle_closed += 1
-                return
-            held.set(decoder.pending)
-            idle_since = loop.time()
-            frame_began = idle_since if decoder.in_frame else None
+                acks = [await future for future in pending]
+                resumed = loop.time()
+                for ack in acks:
+                    writer.write(frame(ack))
+                del acks
+                answered = loop.time()
+                self._busy += answered - resumed
+                self._answered(pace, answered)
+                try:
+                    async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
+                        await writer.drain()
+                except TimeoutError:
+                    self.stats.idle_closed += 1
+                    return
+                held.set(decoder.pending)
+                idle_since = loop.time()
+                frame_began = idle_since if decoder.in_frame else None
+                if len(pending) < self.max_in_flight:
+                    break
+                resumed = loop.time()  # more frames of this read wait in the decoder: the next turn
         leftover = decoder.unfinished()
         if leftover is not None and leftover.payload.strip():
             # The sender went away or ran out of time mid-frame: nothing can be answered, but what came is kept.
@@ -267,6 +278,8 @@ class MllpListener:
             else:
                 pending.append(self._submit(inbound.read(message)))
                 waiting += len(message)
+            if len(pending) >= self.max_in_flight:
+                break  # the rest stays in the decoder, held and counted, for this connection's next turn
         return pending, waiting
 
     def _arrived(self, pace: _Pace, now: float) -> None:
