@@ -10,12 +10,12 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from cgthub.archive import fitted
 from cgthub.pseudonym import mask
-from cgthub.tables import QuarantineEntry, text_limit, utcnow
+from cgthub.tables import QuarantineEntry, RawMessage, text_limit, utcnow
 
 _KIND_LIMIT = text_limit(QuarantineEntry.__table__.c.kind)
 _SUBJECT_LIMIT = text_limit(QuarantineEntry.__table__.c.subject)
@@ -152,10 +152,35 @@ def get(session: Session, entry_id: int) -> QuarantineEntry | None:
 
 
 def release(session: Session, entry: QuarantineEntry, resolution: str) -> None:
-    """The payload went through on replay: keep the entry, close it with what fixed it."""
+    """The payload went through on replay: keep the entry, close it with what fixed it.
+
+    The archive row of its payload (for a `conflict` entry, of every payload that carried that
+    version) goes from `quarantined` to `processed` once no other entry of it is open, as a payload
+    mapped again on retry or replay does: otherwise the archive would call a payload unresolved
+    whose events were applied (a correction, an event released by its late order)."""
     entry.status = QuarantineStatus.REPLAYED.value
     entry.resolved_at = utcnow()
     entry.resolution = resolution
+    carried = {entry.raw_id}
+    if entry.stage == Stage.CONFLICT.value:
+        carried.update((entry.details or {}).get("raw_ids") or [])
+    raw_ids = {r for r in carried if isinstance(r, int)}
+    if not raw_ids:
+        return
+    waiting = session.scalars(
+        select(QuarantineEntry.raw_id).where(
+            QuarantineEntry.raw_id.in_(raw_ids),
+            QuarantineEntry.status == QuarantineStatus.OPEN.value,
+            QuarantineEntry.id != entry.id,
+        )
+    )
+    settled = raw_ids.difference(waiting)
+    if settled:
+        session.execute(
+            update(RawMessage)
+            .where(RawMessage.id.in_(settled), RawMessage.status == "quarantined")
+            .values(status="processed", processed_at=entry.resolved_at)
+        )
 
 
 def open_for_raw(session: Session, raw_id: int) -> list[QuarantineEntry]:

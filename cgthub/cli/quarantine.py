@@ -69,7 +69,8 @@ def show(
     if raw is not None:
         lines.append(
             f"payload: raw #{raw.id}, {raw.size} bytes {raw.content_type} over {raw.channel}, "
-            f"received {_at(raw.received_at)} (read it with the archive, it may hold PHI)"
+            f"received {_at(raw.received_at)}, archive status {raw.status} "
+            "(read it with the archive, it may hold PHI)"
         )
     if row.resolution:
         lines.append(f"resolved: {escape(row.resolution)} at {_at(row.resolved_at)}")
@@ -82,7 +83,7 @@ def show(
     for key, value in quarantine.masked_details(details).items():
         console.print(f"  {escape(str(key))}: {escape(_text(value))}")
     if row.status == quarantine.QuarantineStatus.OPEN.value:
-        console.print(f"what to do: {_next_step(stage, row.system, row.kind)}")
+        console.print(f"what to do: {_next_step(stage, row.system, row.kind, row.id)}")
 
 
 def _mapping_in_use(system: str, kind: str) -> str:
@@ -97,7 +98,7 @@ def _mapping_in_use(system: str, kind: str) -> str:
     return f"{mapper.mapping_id}@v{mapper.spec.version}" if mapper else f"none for {system}/{kind}"
 
 
-def _next_step(stage: quarantine.Stage, system: str, kind: str) -> str:
+def _next_step(stage: quarantine.Stage, system: str, kind: str, entry_id: int) -> str:
     if stage in quarantine.MAPPING_STAGES:
         return (
             f"fix or add a mapping version under mappings/{system}/ (`cgthub mappings test`), then "
@@ -105,6 +106,13 @@ def _next_step(stage: quarantine.Stage, system: str, kind: str) -> str:
         )
     if stage is quarantine.Stage.CORRELATE:
         return "nothing if the order is still to be enrolled: the event is replayed once it is"
+    if stage is quarantine.Stage.CONFLICT:
+        return (
+            "check the fields named in the reason with the partner: if the new version is right, "
+            f"`cgthub quarantine retry {entry_id}` applies it as a correction of the version in force; "
+            f"if it is not, `cgthub quarantine discard {entry_id}` keeps the first version (both signed). "
+            "The partner's next delivery of it is counted here, it does not release it"
+        )
     if stage is quarantine.Stage.IDENTITY:
         return "the order is on hold: settle the chain-of-identity discrepancy with the partners named above"
     return "fix the cause named in the reason; the partner's next delivery or a replay releases it"
