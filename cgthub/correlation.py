@@ -50,8 +50,10 @@ class KeyIndex:
             self._owner.setdefault(key, None)
 
     def owners(self, keys: list[Key]) -> dict[Key, str]:
-        self.preload(keys)
-        return {k: owner for k in keys if (owner := self._owner.get(k)) is not None}
+        owner_of = self._owner
+        if not all(k in owner_of for k in keys):  # the usual case per event: the batch's preload read them
+            self.preload(keys)
+        return {k: owner for k in keys if (owner := owner_of.get(k)) is not None}
 
     def known_orders(self) -> set[str]:
         return {owner for owner in self._owner.values() if owner is not None}
@@ -114,10 +116,16 @@ class Correlation:
         return not self.conflicts
 
 
-def correlate(session: Session, event: CanonicalEvent, index: KeyIndex | None = None) -> Correlation:
+def correlate(
+    session: Session,
+    event: CanonicalEvent,
+    index: KeyIndex | None = None,
+    *,
+    keys: tuple[list[Key], list[Key]] | None = None,
+) -> Correlation:
+    """`keys`, the event's (reference keys, identity keys) when the caller has them already."""
     index = index or KeyIndex(session)
-    ref_keys = event.reference_keys()
-    identity_keys = event.identity_keys()
+    ref_keys, identity_keys = keys if keys is not None else (event.reference_keys(), event.identity_keys())
     known = index.owners(ref_keys + identity_keys)
 
     by_ref = {known[k] for k in ref_keys if k in known}

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import alerts, conflicts, ledger_anchor, projection, quarantine
 from cgthub.bulk import BatchRead, BulkWrite, rows_by_pairs
-from cgthub.correlation import KeyIndex, ScopeConflict, correlate
+from cgthub.correlation import Key, KeyIndex, ScopeConflict, correlate
 from cgthub.errors import CgthubError, Rejection
 from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
@@ -49,9 +49,15 @@ _WAITING = WaitingKey.__table__
 
 
 def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
-    fields = {"prev": prev_hash, "order": order_id, "seq": seq, "recorded_at": recorded_at.isoformat(), "body": body}
+    return _entry_hash(prev_hash, order_id, seq, recorded_at.isoformat(), body)
+
+
+def _entry_hash(prev_hash: str, order_id: str, seq: int, recorded_at: str, body: str) -> str:
+    """`entry_hash` with the moment already as its ISO text (a batch's entries share one)."""
+    # The keys in sorted order, as canonical_json writes them: orjson keeps a dict's order.
+    fields = {"body": body, "order": order_id, "prev": prev_hash, "recorded_at": recorded_at, "seq": seq}
     try:  # strings and a small int: orjson writes canonical_json's text without checking each part
-        material = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
+        material = orjson.dumps(fields)
     except orjson.JSONEncodeError:  # a lone surrogate in the body: the standard library's text
         material = canonical_json(fields).encode()
     return hashlib.sha256(material).hexdigest()
@@ -189,21 +195,28 @@ class _BatchWriter:
         self.key_rows: list[dict[str, Any]] = []
         self.touched: dict[str, list[CanonicalEvent]] = {}
         self.recorded_at = utcnow()  # one moment for the batch: its entries are recorded by one commit
+        self.recorded_text = self.recorded_at.isoformat()
+        self.seal_base: Any = None  # the ledger key's keyed state, made when the first entry is sealed
 
     def run(self, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
-        self._preload(events)
-        results = [self._one(event) for event in events]
+        keys = self._preload(events)
+        results = [self._one(event, key, refs, ids) for event, (key, refs, ids) in zip(events, keys, strict=True)]
         self._write_rows()
         return results
 
-    def _preload(self, events: Sequence[CanonicalEvent]) -> None:
-        keys = [e.key for e in events]
-        rows = rows_by_pairs(self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", keys)
+    def _preload(self, events: Sequence[CanonicalEvent]) -> list[tuple[tuple[str, str], list[Key], list[Key]]]:
+        """Read what the batch's events name; return each event's dedupe key, reference keys and
+        identity keys, worked out here once for the whole pass."""
+        keys = [(e.key, e.reference_keys(), e.identity_keys()) for e in events]
+        rows = rows_by_pairs(
+            self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", [k[0] for k in keys]
+        )
         for system, event_id, order_id, entry_id, seq, body in rows:
             self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
             self.held[(system, event_id)] = body
-        self.index.preload(k for e in events for k in e.all_keys())
+        self.index.preload(k for _, refs, ids in keys for k in (*refs, *ids))
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
+        return keys
 
     def _lock(self, order_ids: set[str]) -> None:
         self.orders.update(lock_heads(self.session, order_ids - self.orders.keys()))
@@ -215,10 +228,10 @@ class _BatchWriter:
             raise OrderNotFound(order_id)
         return self.orders[order_id]
 
-    def _one(self, event: CanonicalEvent) -> AppendResult:
-        if event.key in self.done:
-            prior = self.done[event.key]
-            fields = conflicts.differing_fields(self.held.get(event.key), event)  # same id, other content?
+    def _one(self, event: CanonicalEvent, key: tuple[str, str], refs: list[Key], ids: list[Key]) -> AppendResult:
+        prior = self.done.get(key)
+        if prior is not None:
+            fields = conflicts.differing_fields(self.held.get(key), event)  # same id, other content?
             refused = (
                 conflicts.refuse(self.session, event, fields, order_id=prior.order_id, applied_entry_id=prior.entry_id)
                 if fields
@@ -233,7 +246,7 @@ class _BatchWriter:
                     rejection=Rejection.CONFLICT,
                 )
             return AppendResult("duplicate", prior.order_id, prior.entry_id, prior.seq)
-        match = correlate(self.session, event, self.index)
+        match = correlate(self.session, event, self.index, keys=(refs, ids))
         if not match.ok:
             return self._identity_conflict(event, match.order_id, match.conflicts, match.conflicting_orders)
         order_id = match.order_id
@@ -247,29 +260,48 @@ class _BatchWriter:
             self.index.register(order_id, match.new_keys)
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
         result = self._chain(self._order(order_id), event)
-        self.done[event.key] = result
-        self.held[event.key] = event
+        self.done[key] = result
+        self.held[key] = event
         return result
 
     def _chain(self, order: projection.OrderHead, event: CanonicalEvent) -> AppendResult:
+        """The entry's hash and seal, and its row for `_write_rows`, in one pass."""
         body = event.canonical_body()
         seq = order.ledger_length + 1
         prev = order.ledger_head or GENESIS
         recorded_at = self.recorded_at
-        digest = entry_hash(prev_hash=prev, order_id=order.id, seq=seq, recorded_at=recorded_at, body=body)
+        digest = _entry_hash(prev, order.id, seq, self.recorded_text, body)
+        system, event_type = event.source_system._value_, event.event_type._value_  # plain attributes (model.key)
+        event_id, occurred_at, raw_id = event.source_event_id, event.occurred_at, event.provenance.raw_id
+        if self.seal_base is None:
+            self.seal_base = ledger_anchor.entry_mac_base()
+        seal = ledger_anchor.entry_mac(
+            self.seal_base,
+            entry_hash=digest,
+            prev_hash=prev,
+            order_id=order.id,
+            seq=seq,
+            source_system=system,
+            source_event_id=event_id,
+            event_type=event_type,
+            occurred_at=occurred_at,
+            recorded_at=recorded_at,
+            raw_id=raw_id,
+        )
         self.entry_rows.append(
             {
                 "order_id": order.id,
                 "seq": seq,
-                "source_system": event.source_system._value_,  # the plain attribute (see model.key)
-                "source_event_id": event.source_event_id,
-                "event_type": event.event_type._value_,
-                "occurred_at": event.occurred_at,
+                "source_system": system,
+                "source_event_id": event_id,
+                "event_type": event_type,
+                "occurred_at": occurred_at,
                 "recorded_at": recorded_at,
-                "raw_id": event.provenance.raw_id,
+                "raw_id": raw_id,
                 "body": body,
                 "prev_hash": prev,
                 "entry_hash": digest,
+                "entry_mac": seal,
             }
         )
         order.ledger_length = seq
@@ -284,23 +316,6 @@ class _BatchWriter:
         connection = self.session.connection()
         _INSERT_ORDERS.run(connection, self.new_orders)
         _INSERT_KEYS.run(connection, self.key_rows)
-        if self.entry_rows:
-            base = ledger_anchor.entry_mac_base()
-            seal = ledger_anchor.entry_mac
-            for row in self.entry_rows:
-                row["entry_mac"] = seal(
-                    base,
-                    entry_hash=row["entry_hash"],
-                    prev_hash=row["prev_hash"],
-                    order_id=row["order_id"],
-                    seq=row["seq"],
-                    source_system=row["source_system"],
-                    source_event_id=row["source_event_id"],
-                    event_type=row["event_type"],
-                    occurred_at=row["occurred_at"],
-                    recorded_at=row["recorded_at"],
-                    raw_id=row["raw_id"],
-                )
         _INSERT_ENTRIES.run(connection, self.entry_rows)
 
     def _identity_conflict(
