@@ -68,3 +68,21 @@ def test_a_discarded_conflict_leaves_its_payload_quarantined(db_url):
     assert '"result": "discarded"' in _decide(db_url, "discard", entry.id, "DUPLICATE-MESSAGE")
     entry, raw = _conflict(db_url)
     assert entry.status == "discarded" and raw.status == "quarantined"
+
+
+def test_hl7_ingest_names_a_conflicting_resend_and_what_to_do_about_it(db_url, tmp_path):
+    """`cgthub hl7 ingest` of a file holding an order and its resend with another apheresis date
+    under the same control id: the summary says so in words, and what the operator does next."""
+    _enrol(db_url)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    (drop / "orders.hl7").write_bytes(ORM + b"\r\n" + MOVED + b"\r\n")
+    run = _cli("hl7", "ingest", str(drop / "orders.hl7"), url=db_url)
+    assert run.returncode == 0, run.stderr
+    said = " ".join(run.stdout.split())
+    assert "1 files, 2 messages: 1 accepted, 1 quarantined (AE: 1 resent with other content" in said, said
+    assert "cgthub quarantine list --stage conflict" in said
+    assert "retry ID" in said and "as a correction" in said and "discard ID" in said
+    assert not any(p in run.stdout + run.stderr for p in PHI)
+    entry, raw = _conflict(db_url)
+    assert entry.status == "open" and raw.status == "quarantined"

@@ -133,6 +133,7 @@ _REASON_WORDS = {
     "validation": "invalid value",
     "correlate": "no matching order yet",
     "identity": "identity conflict",
+    "conflict": "resent with other content (the first version stays applied)",
     "unapplied": "not applied",
     "not_stored": "not stored",
 }
@@ -144,6 +145,21 @@ def _reasons(counts: Counter[Rejection], codes: frozenset[str]) -> str:
 
     named = [(n, _REASON_WORDS.get(r.value, r.value)) for r, n in counts.most_common() if ANSWERS[r][0] in codes]
     return ", ".join(f"{n} {words}" for n, words in named)
+
+
+def _conflicts_next(report: FileReport) -> None:
+    """What to do about resends that changed an event already applied (stage `conflict`, AE 205):
+    neither a resend nor a replay settles them, a person decides which version is right."""
+    from cgthub.errors import Rejection
+
+    count = report.rejections[Rejection.CONFLICT]
+    if count:
+        console.print(
+            f"{count} message(s) resent an event already applied with other content; each waits in "
+            "quarantine: `cgthub quarantine list --stage conflict` lists them and `cgthub quarantine show ID` "
+            "names the fields that differ. Check them with the sender, then `cgthub quarantine retry ID` "
+            "applies the new version as a correction, or `cgthub quarantine discard ID` keeps the first"
+        )
 
 
 @app.command()
@@ -192,6 +208,7 @@ def ingest(
         f"{report.rejected} rejected (AR{': ' + rejected if rejected else ''}) "
         f"in {seconds:.1f} s ({report.messages / max(seconds, 1e-6):.0f} messages/s)"
     )
+    _conflicts_next(report)
     if report.kept_files:
         raise CliError(
             f"some messages of {', '.join(report.kept_files)} could not be archived; the files stay where they are",
