@@ -164,6 +164,9 @@ class _ReadPlan:
         return sql, values
 
 
+_NOTHING = object()  # no value seen yet (None is a value)
+
+
 class BulkWrite:
     """An INSERT or UPDATE that the batch write path runs for many rows at once.
 
@@ -221,8 +224,15 @@ class BulkWrite:
         sql, pick, processors = plan
         values = [list(pick(row)) for row in rows]
         for i, process in processors:
+            # A batch's rows often share one object in a column (the batch's moment in recorded_at
+            # or updated_at): a bind processor is a pure conversion, so it runs once for a run of it.
+            last: Any = _NOTHING
+            done: Any = None
             for value in values:
-                value[i] = process(value[i])
+                given = value[i]
+                if given is not last:
+                    last, done = given, process(given)
+                value[i] = done
         return sql, values
 
     def _compile(self, dialect: Any, keys: tuple[str, ...]) -> tuple[str, Any, list[tuple[int, Any]]]:
