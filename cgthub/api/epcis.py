@@ -21,7 +21,7 @@ from typing import Any
 from urllib.parse import quote
 
 from cgthub.ledger import GENESIS
-from cgthub.lifecycle import OrderProjection, effective_events
+from cgthub.lifecycle import OrderProjection, effective_events, project
 from cgthub.model import CanonicalEvent, Direction, EventType
 from cgthub.tables import LedgerEntry
 
@@ -385,4 +385,41 @@ def verify_ledger(document: dict[str, Any]) -> list[str]:
     for event in document.get("epcisBody", {}).get("eventList", []):
         if event.get("cgthub:entryHash") not in hashes:
             problems.append(f"event {event.get('eventID')} cites no ledger entry")
+    if not problems:
+        problems = _events_unlike_the_ledger(document)
+    return problems
+
+
+def _events_unlike_the_ledger(document: dict[str, Any]) -> list[str]:
+    """Each custody event compared with the one its ledger entries make: an event edited while its
+    entry hash was kept (a temperature, a place, a time), one added or one left out is found."""
+    ledger = document["cgthub:ledger"]
+    entries: list[LedgerEntry] = []
+    for position, entry in enumerate(ledger["entries"], start=1):
+        try:
+            recorded = datetime.fromisoformat(str(entry.get("recordedAt")))
+            CanonicalEvent.model_validate_json(entry.get("body") or "")
+        except ValueError:
+            return [f"entry {position}: its body is not an event the hub records"]
+        entries.append(
+            LedgerEntry(
+                seq=entry["seq"],
+                recorded_at=recorded,
+                prev_hash=entry["prevHash"],
+                entry_hash=entry["entryHash"],
+                body=entry["body"],
+            )
+        )
+    order_id = str(ledger.get("orderId"))
+    state = project(order_id, (CanonicalEvent.model_validate_json(e.body) for e in entries))
+    made = build_document(state, entries, order_id=order_id, head=str(ledger.get("head")), created=datetime.now(UTC))
+    expected = {event["eventID"]: event for event in made["epcisBody"]["eventList"]}
+    given = document.get("epcisBody", {}).get("eventList", [])
+    problems = [
+        f"event {event.get('eventID')} does not say what its ledger entry says"
+        for event in given
+        if expected.get(event.get("eventID")) != event
+    ]
+    named = {event.get("eventID") for event in given}
+    problems += [f"event {event_id} of the ledger is missing" for event_id in expected if event_id not in named]
     return problems
