@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Metadata, dag, task
+from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, dag, task
 
-from cgthub.dag_defaults import HL7_INBOX, LEDGER_EVENTS, START, default_args, partner_asset, sync_deadline
+from cgthub.dag_defaults import HL7_INBOX, START, announce_new_events, default_args, sync_deadline
 from cgthub.hl7_inbox_trigger import HL7InboxTrigger
 
 WATCHED_INBOX = Asset(
@@ -42,18 +42,7 @@ def cgthub_hl7_inbox():
 
         return apply_hl7_inbox()
 
-    @task.short_circuit
-    def landed_new_events(summary: dict) -> bool:
-        return bool(summary["new_events"])
-
-    @task(outlets=[partner_asset("hl7"), LEDGER_EVENTS])
-    def announce(summary: dict):
-        extra = {"partner": "hl7", "appended": summary["appended"], "orders": len(summary["order_ids"])}
-        yield Metadata(partner_asset("hl7"), extra)
-        yield Metadata(LEDGER_EVENTS, extra)
-
-    summary = apply_inbox()
-    landed_new_events(summary) >> announce(summary)
+    announce_new_events("hl7", apply_inbox())
 
 
 cgthub_hl7_inbox()

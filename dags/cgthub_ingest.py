@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Metadata, dag, task
+from airflow.sdk import dag, task
 
 from cgthub import partners
-from cgthub.dag_defaults import LEDGER_EVENTS, START, default_args, partner_asset, sync_deadline
+from cgthub.dag_defaults import START, announce_new_events, default_args, sync_deadline
 
 
 def ingest_dag(partner: str, sends: str, every: timedelta | str, deadline: timedelta, tag: str) -> object:
@@ -39,18 +39,7 @@ def ingest_dag(partner: str, sends: str, every: timedelta | str, deadline: timed
 
             return pull(partner)
 
-        @task.short_circuit
-        def landed_new_events(summary: dict) -> bool:
-            return bool(summary["new_events"])
-
-        @task(outlets=[partner_asset(partner), LEDGER_EVENTS])
-        def announce(summary: dict):
-            extra = {"partner": partner, "appended": summary["appended"], "orders": len(summary["order_ids"])}
-            yield Metadata(partner_asset(partner), extra)
-            yield Metadata(LEDGER_EVENTS, extra)
-
-        summary = pull_batch()
-        landed_new_events(summary) >> announce(summary)
+        announce_new_events(partner, pull_batch())
 
     return ingest()
 
