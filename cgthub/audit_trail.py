@@ -115,6 +115,22 @@ def record(
     return row
 
 
+def sealed(row: AuditRecord, *, key: bytes | None = None) -> bool:
+    """Whether the row's own seal matches its columns under the ledger key (not edited since written;
+    `verify` checks the chain besides)."""
+    seal = _seal(
+        key if key is not None else get_settings().ledger_key,
+        seq=row.seq,
+        at_micros=_micros(row.at),
+        actor=row.actor,
+        action=row.action,
+        subject=row.subject,
+        details=row.details,
+        prev=row.prev_mac,
+    )
+    return hmac.compare_digest(seal, row.mac)
+
+
 def rows(session: Session, *, since_seq: int = 0, batch: int = 2000) -> Iterator[AuditRecord]:
     """Every row in `seq` order, read in batches."""
     after = since_seq
@@ -159,17 +175,7 @@ def _verify(session: Session, key: bytes, anchor: TrailAnchor) -> TrailVerificat
             result.problems.append(f"{where}: seq jumps from {expected_seq - 1} to {row.seq} (rows deleted)")
         if row.prev_mac != prev:
             result.problems.append(f"{where}: link to the row before is broken (row deleted, inserted or reordered)")
-        seal = _seal(
-            key,
-            seq=row.seq,
-            at_micros=_micros(row.at),
-            actor=row.actor,
-            action=row.action,
-            subject=row.subject,
-            details=row.details,
-            prev=row.prev_mac,
-        )
-        if not hmac.compare_digest(seal, row.mac):
+        if not sealed(row, key=key):
             result.problems.append(f"{where}: seal does not match under the ledger key (row edited or forged)")
         expected_seq, prev = row.seq + 1, row.mac
         result.head_seq = row.seq

@@ -68,6 +68,7 @@ class Action(StrEnum):
     RESCHEDULE_SLOT = "reschedule_slot"  # cgthub.booking: move a booked slot chain to another apheresis date
     CANCEL_BOOKING = "cancel_booking"  # cgthub.booking: release the slot chain; the order waits to be booked again
     APPROVE_RELEASE = "approve_release"  # cgthub.release: approve a release bundle for production
+    BUILD_RELEASE = "build_release"  # cgthub.release: sign a release bundle as its builder
 
 
 class Meaning(StrEnum):
@@ -527,10 +528,11 @@ def sign_decision(
     return decision, reason
 
 
-def record_outcome(session: Session, decision: OperatorDecision, outcome: dict[str, Any]) -> None:
-    """What a signed decision did, on the decision and in the audit trail of people (one shape for every action)."""
+def record_outcome(session: Session, decision: OperatorDecision, outcome: dict[str, Any]) -> AuditRecord:
+    """What a signed decision did, on the decision and in the audit trail of people (one shape for every action).
+    Returns the trail's row (a release build keeps its seq, to check the decision against it later)."""
     decision.outcome = outcome
-    audit_trail.record(
+    return audit_trail.record(
         session,
         f"decision.{decision.action}",
         decision.subject,

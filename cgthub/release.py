@@ -7,12 +7,13 @@ the manifest, so the same content always gives the same id and a signature over 
 every byte. The files are copied to `var/releases/<id>/files/`, the manifest and release notes are
 kept there and in the database.
 
-Life of a bundle: `build` (with notes: the change note of each new mapping version and, per market,
-what the changed mappings would fill differently on archived traffic), `approve` (an electronic
-signature, re-authenticated like an operator decision, by someone other than the builder unless the
-hub's CGTHUB_ENV allows self-approval in config/security.yaml), `promote` to validation, then to
-production (production needs an approval by a second person and a prior promotion to validation),
-`rollback` to the bundle in force before. Every step is in the audit trail.
+Life of a bundle: `build` (signed by its builder, an operator decision `build_release`; with notes:
+the change note of each new mapping version and, per market, what the changed mappings would fill
+differently on archived traffic), `approve` (an electronic signature, re-authenticated like an
+operator decision, by someone other than the signed builder unless the hub's CGTHUB_ENV allows
+self-approval in config/security.yaml; a bundle without a valid builder's signature by nobody),
+`promote` to validation, then to production (production needs an approval by a second person and a
+prior promotion to validation), `rollback` to the bundle in force before. Every step is in the audit trail.
 
 A hub whose `CGTHUB_RELEASE_ENV` is `validation` or `production` runs only the bundle last promoted
 there: `ensure_release_in_force` compares the live files with that bundle's manifest at the start of
@@ -65,7 +66,7 @@ from cgthub.release_guard import manifest_of as manifest_of
 from cgthub.release_guard import promotions as promotions
 from cgthub.release_tables import ReleaseApproval, ReleaseBundle, ReleasePromotion
 from cgthub.settings import get_settings, var_dir
-from cgthub.tables import LedgerEntry, Order, utcnow
+from cgthub.tables import AuditRecord, LedgerEntry, OperatorDecision, Order, utcnow
 
 ENVIRONMENTS = ("validation", "production")
 DIFF_PAYLOADS = 500  # newest archived payloads per feed the notes compare versions on
@@ -141,8 +142,22 @@ def approvals(session: Session, bundle_id: str) -> list[ReleaseApproval]:
 # building -------------------------------------------------------------------------------------------
 
 
-def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_PAYLOADS) -> tuple[ReleaseBundle, bool]:
-    """Pack the live files into a bundle (or find the one with the same content); True when new."""
+def build(
+    session: Session, signature: decisions.Signature, *, diff_payloads: int = DIFF_PAYLOADS
+) -> tuple[ReleaseBundle, bool, BuildSignature | None]:
+    """Pack the live files into a bundle (or find the one with the same content), signed by its
+    builder: True when new, and the builder's new signature (None: this signer had signed it already).
+
+    The builder re-authenticates like any signer of a decision (`decisions.sign_decision`, action
+    build_release, meaning `reviewed`): the four-eyes rule compares this signed identity with the
+    approver's, never a name from the environment. A refused signature builds nothing (the caller's
+    transaction rolls back, and the bundle folder is written only after the signature). The same
+    files built again by another operator add that operator's signature as a builder."""
+    if signature.meaning is not decisions.Meaning.REVIEWED:
+        raise decisions.NotApplicable(
+            "a build is signed with the meaning `reviewed` (approval is another person's signature)",
+            "sign the build with --meaning reviewed",
+        )
     registry.clear_cache()
     sites.clear_cache()
     files = live_files()
@@ -152,17 +167,19 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
     bundle_id = manifest_id(manifest)
     existing = session.get(ReleaseBundle, bundle_id)
     if existing is not None:
+        signed = None
+        if signature.signer not in build_signatures(session, existing).signers:
+            signed = _sign_build(session, existing, signature, new=False)
         if stored_differences(existing):  # its folder lost on this hub: the live files are its content
             _store(bundle_id, files, manifest, notes_of(existing))
-        return existing, False
+        return existing, False, signed
     specs = _check_loads()
     compared = _comparison_bundle(session)
     notes = release_notes(session, manifest, compared, specs, diff_payloads=diff_payloads)
-    folder = _store(bundle_id, files, manifest, notes)
     row = ReleaseBundle(
         id=bundle_id,
         built_at=utcnow(),
-        built_by=(by or audit_trail.current_actor())[:100],
+        built_by=signature.signer,
         file_count=len(manifest),
         manifest=canonical_json({"files": manifest}),
         compared_with=compared.id if compared else None,
@@ -170,6 +187,8 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
     )
     session.add(row)
     session.flush()
+    signed = _sign_build(session, row, signature, new=True)
+    folder = _store(bundle_id, files, manifest, notes)
     if stored_differences(row):
         raise ReleaseError(f"the copy of bundle {bundle_id} under {folder} does not match what was read", "build again")
     audit_trail.record(
@@ -179,7 +198,96 @@ def build(session: Session, *, by: str | None = None, diff_payloads: int = DIFF_
         {"files": len(manifest), "compared_with": row.compared_with, "changed_files": len(notes["files"]["changed"])},
         actor=row.built_by,
     )
-    return row, True
+    return row, True, signed
+
+
+@dataclass(frozen=True)
+class BuildSignature:
+    """A builder's signature over a bundle: an operator decision (build_release) and its audit row."""
+
+    decision_id: int
+    signer: str
+    meaning: str
+    reason_code: str
+    signed_at: datetime
+    audit_seq: int
+
+
+def _sign_build(
+    session: Session, bundle: ReleaseBundle, signature: decisions.Signature, *, new: bool
+) -> BuildSignature:
+    shown = preview(session, bundle)
+    decision, _reason = decisions.sign_decision(session, decisions.Action.BUILD_RELEASE, signature, shown, None)
+    outcome = {"bundle": bundle.id, "files": bundle.file_count, "built": "new" if new else "already built"}
+    trail = decisions.record_outcome(session, decision, outcome)
+    decision.outcome = {**outcome, _AUDIT_SEQ: trail.seq}  # where `build_signatures` finds its sealed record
+    return BuildSignature(
+        decision.id, decision.signer, decision.meaning, decision.reason_code, decision.signed_at, trail.seq
+    )
+
+
+_AUDIT_SEQ = "audit_seq"
+
+
+@dataclass
+class BuildSignatures:
+    """Who signed a bundle as its builder, each signature checked; what is wrong with the others."""
+
+    valid: list[BuildSignature] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def signers(self) -> set[str]:
+        return {s.signer for s in self.valid}
+
+
+def build_signatures(session: Session, bundle: ReleaseBundle) -> BuildSignatures:
+    """The bundle's builder signatures. One counts when its decision was signed over this bundle as
+    it is (the shown-state hash) and matches, signer and decision hash, the audit row written with it,
+    whose seal (HMAC under the ledger key, kept outside the database) still holds: a decision row
+    edited in the database to name another builder does not count."""
+    found = BuildSignatures()
+    shown = preview(session, bundle)
+    query = select(OperatorDecision).where(
+        OperatorDecision.action == decisions.Action.BUILD_RELEASE.value, OperatorDecision.subject == shown.subject
+    )
+    for decision in session.scalars(query.order_by(OperatorDecision.id)):
+        problem = _build_problem(session, decision, shown.shown_hash)
+        if problem:
+            found.problems.append(f"build signature #{decision.id} ({decision.signer}): {problem}")
+            continue
+        found.valid.append(
+            BuildSignature(
+                decision.id,
+                decision.signer,
+                decision.meaning,
+                decision.reason_code,
+                decision.signed_at,
+                int(decision.outcome[_AUDIT_SEQ]),
+            )
+        )
+    return found
+
+
+def _build_problem(session: Session, decision: OperatorDecision, shown_hash: str) -> str:
+    if decision.shown_hash != shown_hash:
+        return "signed over another state of the bundle"
+    seq = (decision.outcome or {}).get(_AUDIT_SEQ)
+    trail = session.scalar(select(AuditRecord).where(AuditRecord.seq == seq)) if isinstance(seq, int) else None
+    if trail is None:
+        return "its audit trail record is missing"
+    details = orjson.loads(trail.details)
+    if (
+        trail.action != f"decision.{decision.action}"
+        or trail.subject != decision.subject
+        or trail.actor != decision.signer
+        or details.get("decision") != decision.id
+        or details.get("decision_hash") != decisions.decision_digest(decision)
+    ):
+        return f"the decision does not match its audit trail record (seq {seq})"
+    if not audit_trail.sealed(trail):
+        return f"its audit trail record (seq {seq}) fails its seal"
+    return ""
 
 
 def _store(bundle_id: str, files: dict[str, Path], manifest: dict[str, str], notes: dict[str, Any]) -> Path:
@@ -429,7 +537,7 @@ def approve(session: Session, bundle_ref: str, signature: decisions.Signature) -
     bundle = find_bundle(session, bundle_ref)
     shown = preview(session, bundle)
     operator = _operator(session, signature.signer, signature.password.get_secret_value())
-    _four_eyes(bundle, operator.id)
+    _four_eyes(session, bundle, operator.id)
     if signature.meaning is not decisions.Meaning.APPROVED:
         raise decisions.NotApplicable(
             "a release is approved with the meaning `approved`", "sign with --meaning approved"
@@ -473,16 +581,25 @@ def approve(session: Session, bundle_ref: str, signature: decisions.Signature) -
     return row
 
 
-def same_person(built_by: str, signer: str) -> bool:
-    """Whether the operator `signer` is who built a bundle: its builder is recorded as the
-    CGTHUB_OPERATOR of the build, else the operating-system account (`os:NAME`)."""
-    return built_by in (signer, f"os:{signer}")
+def builders(session: Session, bundle: ReleaseBundle) -> set[str]:
+    """The operators whose builder's signature over the bundle holds; refused, naming what to do,
+    when there is none (a bundle built before builds were signed, or a signature that does not hold):
+    an unsigned build is approved by nobody."""
+    signed = build_signatures(session, bundle)
+    if signed.valid:
+        return signed.signers
+    why = "; ".join(signed.problems) or "no builder signed it"
+    raise decisions.NotApplicable(
+        f"bundle {bundle.id[:12]} has no valid builder's signature ({why}): an unsigned build cannot be approved",
+        "its builder signs it by building the same files again: cgthub release build --signer BUILDER "
+        "--reason RELEASE-BUILT --text ... (the same files give the same bundle)",
+    )
 
 
-def _four_eyes(bundle: ReleaseBundle, signer: str) -> None:
-    """A GxP change needs a second person: the builder may not approve their own bundle, unless the
-    hub's CGTHUB_ENV is one config/security.yaml lets self-approve (a development hub)."""
-    if not same_person(bundle.built_by, signer):
+def _four_eyes(session: Session, bundle: ReleaseBundle, signer: str) -> None:
+    """A GxP change needs a second person: who signed a bundle as its builder may not approve it,
+    unless the hub's CGTHUB_ENV is one config/security.yaml lets self-approve (a development hub)."""
+    if signer not in builders(session, bundle):
         return
     environment = get_settings().env
     try:
@@ -491,7 +608,7 @@ def _four_eyes(bundle: ReleaseBundle, signer: str) -> None:
         raise decisions.Unavailable(str(exc), exc.hint or "") from exc
     if environment not in allowed:
         raise decisions.NotPermitted(
-            f"operator {signer} built bundle {bundle.id[:12]} and may not approve it too: "
+            f"operator {signer} signed bundle {bundle.id[:12]} as its builder and may not approve it too: "
             "a release needs a second person (four eyes)",
             f"ask another operator with the scope {decisions.Action.APPROVE_RELEASE.value} to approve it "
             f"(CGTHUB_ENV={environment}: self-approval is not allowed by config/security.yaml)",
@@ -527,10 +644,11 @@ def promote(
             raise ReleaseError(
                 f"bundle {bundle.id[:12]} is not approved", f"approve it first: cgthub release approve {bundle.id[:12]}"
             )
-        if all(same_person(bundle.built_by, a.signer) for a in signed):
+        built = builders(session, bundle)
+        if all(a.signer in built for a in signed):
             raise ReleaseError(
-                f"bundle {bundle.id[:12]} is approved only by its builder {bundle.built_by}: production needs "
-                "the approval of a second person (four eyes)",
+                f"bundle {bundle.id[:12]} is approved only by its builder {', '.join(sorted(built))}: production "
+                "needs the approval of a second person (four eyes)",
                 f"another operator approves it: cgthub release approve {bundle.id[:12]} --signer ...",
             )
         if not promotions(session, environment="validation", bundle_id=bundle.id):

@@ -3,10 +3,10 @@
 A reviewer reads it without opening YAML: the bundle's identity and how it was checked, what changed
 (files, and each new mapping version with its change note), the fixtures of every mapping version in
 the bundle run from the bundle's own copy with their results, the diff on archived traffic per
-market, every approval with its signature (and whether the builder signed it), every promotion, and
-the SHA-256 of every file. Everything shown comes from the hub's own records; nothing names a
-patient (the diff's examples are masked where they concern the patient, as in `cgthub mappings
-diff`).
+market, the builder's signature, every approval with its signature (and whether the builder signed
+it), every promotion, and the SHA-256 of every file. Everything shown comes from the hub's own
+records; nothing names a patient (the diff's examples are masked where they concern the patient, as
+in `cgthub mappings diff`).
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ def render(session: Session, bundle_id: str) -> str:
     runs = run_fixtures(bundle.id) if not damaged else []
     codes = {c.code: c.title for c in decisions.reason_codes().codes}
     approvals = release.approvals(session, bundle.id)
+    built = release.build_signatures(session, bundle)
     promotions = release.promotions(session, bundle_id=bundle.id)
     in_force = {env: release.in_force(session, env) for env in release.ENVIRONMENTS}
     fixtures_total = sum(len(r.results) for r in runs)
@@ -98,6 +99,7 @@ def render(session: Session, bundle_id: str) -> str:
                 ("bundle id (SHA-256 of the manifest)", bundle.id),
                 ("built", bundle.built_at.isoformat(timespec="seconds")),
                 ("built by", bundle.built_by),
+                ("builder's signature", _builders(built)),
                 ("files", bundle.file_count),
                 ("compared with", bundle.compared_with or "nothing: first bundle"),
                 (
@@ -161,7 +163,7 @@ def render(session: Session, bundle_id: str) -> str:
                     a.signed_at.isoformat(timespec="seconds"),
                     a.signature_hash,
                     "self-approval: the builder (does not count for production)"
-                    if release.same_person(bundle.built_by, a.signer)
+                    if a.signer in built.signers
                     else "second person",
                 )
                 for a in approvals
@@ -184,6 +186,16 @@ def render(session: Session, bundle_id: str) -> str:
         "</body></html>",
     ]
     return "\n".join(parts)
+
+
+def _builders(built: release.BuildSignatures) -> str:
+    """Each valid builder's signature, and what is wrong with any other (an unsigned build is said so)."""
+    signed = [
+        f"{b.signer} ({b.meaning}, {b.reason_code}, {b.signed_at:%Y-%m-%dT%H:%M:%S}, decision #{b.decision_id})"
+        for b in built.valid
+    ]
+    problems = [f"NOT VALID: {problem}" for problem in built.problems]
+    return "; ".join(signed + problems) or "NONE: the build is not signed, nobody may approve it"
 
 
 def _diff_section(notes: dict[str, Any]) -> str:

@@ -19,16 +19,16 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from typer.testing import CliRunner, Result
 
 from cgthub import ledger, partner_sync, release, release_evidence, settings, sites
 from cgthub.cli import app
 from cgthub.jsontext import canonical_json
 from cgthub.mapping import registry
-from cgthub.release_tables import ReleaseBundle
+from cgthub.release_tables import ReleaseApproval, ReleaseBundle
 from cgthub.store import session_scope
-from cgthub.tables import AuditRecord, LedgerEntry, Order
+from cgthub.tables import AuditRecord, LedgerEntry, OperatorDecision, Order
 from connectors.hospital import simulator
 from tests import test_console
 from tests.factories import enrolment
@@ -36,6 +36,7 @@ from tests.factories import enrolment
 ROOT = Path(__file__).resolve().parent.parent
 PASSWORD = "release-manager-pw-1"
 ORM = "mappings/hl7/ORM_O01"
+BUILD = ("release", "build", "--reason", "RELEASE-BUILT", "--text", "the mapping change, tested")
 
 # The console as Airflow mounts it, signed in with Airflow's token (tests/test_console.py's fixtures).
 auth_manager = test_console.auth_manager
@@ -61,6 +62,10 @@ class Hub:
 
     def signed(self, *args: str, password: str = PASSWORD) -> Result:
         return self.cli(*args, "--signer", "qa", "--password-stdin", password=password)
+
+    def build(self, signer: str = "rm", password: str = PASSWORD) -> str:
+        """`cgthub release build`, signed by `signer` as the bundle's builder (rm: the release manager)."""
+        return self.ok(*BUILD, "--signer", signer, "--password-stdin", password=password)
 
     def subprocess(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -99,6 +104,7 @@ def hub(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
     _clear()
     hub = Hub(tmp_path, db_url)
     hub.ok("operators", "add", "qa", "--scope", "approve_release", "--password-stdin", password=PASSWORD)
+    hub.ok("operators", "add", "rm", "--scope", "build_release", "--password-stdin", password=PASSWORD)
     with session_scope(db_url) as s:
         ledger.append_many(s, [enrolment(n) for n in range(1, 6)])
     yield hub
@@ -145,7 +151,7 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     assert isinstance(refused.exception, release.ReleaseRefused)
     assert "no release bundle is promoted to production" in str(refused.exception)
 
-    built = hub.ok("release", "build")
+    built = hub.build()
     first = _built(built)
     stored = orjson.loads((hub.root / "var" / "releases" / first / "manifest.json").read_bytes())["files"]
     assert (
@@ -154,7 +160,7 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     assert {"config/sites.yaml", "config/reason_codes.yaml", "config/markets/DE.yaml"} <= stored.keys()
     assert hashlib.sha256(canonical_json({"files": stored}).encode()).hexdigest() == first
     shutil.rmtree(hub.root / "var" / "releases" / first)  # the folder lost: building again restores it
-    assert "already built: bundle " + first in hub.ok("release", "build")  # same content, same bundle
+    assert "already built: bundle " + first in hub.build()  # same content, same bundle
     assert (hub.root / "var" / "releases" / first / "files" / ORM / "v1.yaml").exists()
 
     wrong = hub.signed(
@@ -176,7 +182,7 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     # the next release: a new ORM version; its notes say what it changes on the archived traffic
     _v2_without_filler_order(hub)
     assert "not release bundle" in str(hub.cli("hl7", "ingest", str(hub.feed("x.hl7", range(4, 5)))).exception)
-    built = hub.ok("release", "build")
+    built = hub.build()
     second = _built(built)
     assert "hl7/ORM_O01 v2 (new): v2: the filler order number (ORC-3) is no longer kept." in built
     assert "US hl7/ORM_O01 v1 -> v2: 3 of 3 archived payloads, 3 orders: refs.hospital_filler_order" in built, built
@@ -238,13 +244,13 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
 
 
 def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
-    first = _built(hub.ok("release", "build"))
+    first = _built(hub.build())
     hub.signed("release", "approve", first[:12], "--reason", "RELEASE-VALIDATED", "--text", "baseline")
     for env in ("validation", "production"):
         hub.signed("release", "promote", first[:12], "--env", env)
     hub.ok("hl7", "ingest", str(hub.feed("first.hl7", range(1, 4))))
     _v2_without_filler_order(hub)
-    second = _built(hub.ok("release", "build"))
+    second = _built(hub.build())
     approval = hub.signed("release", "approve", second[:12], "--reason", "RELEASE-EMERGENCY-FIX", "--text", "urgent")
     signature = re.search(r"signature ([0-9a-f]{64})", approval.output)
     assert signature, approval.output
@@ -282,7 +288,7 @@ def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
 def test_the_console_shows_the_bundle_in_force(hub: Hub, console: Any, auth_manager: Any) -> None:
     before = signed_in(console, auth_manager).get("/cgthub/console/mappings").text
     assert "(no bundle built from them)" in before and "In force in production: none." in before
-    bundle = _built(hub.ok("release", "build"))
+    bundle = _built(hub.build())
     hub.signed("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "validated")
     for env in ("validation", "production"):
         hub.signed("release", "promote", bundle[:12], "--env", env)
@@ -290,3 +296,64 @@ def test_the_console_shows_the_bundle_in_force(hub: Hub, console: Any, auth_mana
     assert f'data-release-live="{bundle}"' in page and "(no bundle built from them)" not in page
     assert f'data-release-validation="{bundle}"' in page and f'data-release-production="{bundle}"' in page
     assert "This hub runs as production and maps only with the bundle in force there." in page
+
+
+def test_a_build_is_signed_and_an_unsigned_or_badly_signed_one_is_approved_by_nobody(hub: Hub) -> None:
+    approve = ("release", "approve", "--reason", "RELEASE-VALIDATED", "--text", "OQ passed", "--password-stdin")
+
+    # who builds signs, with their own password and the scope build_release; else nothing is built
+    wrong = hub.cli(*BUILD, "--signer", "rm", "--password-stdin", password="not-the-password")
+    assert wrong.exit_code == 1 and "re-authentication failed" in said(wrong)
+    not_a_builder = hub.cli(*BUILD, "--signer", "qa", "--password-stdin", password=PASSWORD)
+    assert not_a_builder.exit_code == 1 and "operator qa may not sign build_release" in said(not_a_builder)
+    nobody = hub.cli(*BUILD, "--password-stdin", password=PASSWORD)
+    assert nobody.exit_code == 1 and "who signs? no --signer given" in said(nobody)
+    with session_scope(hub.url) as s:
+        assert s.scalars(select(ReleaseBundle)).all() == []
+        refused = s.scalars(select(AuditRecord.details).where(AuditRecord.action == "decision.refused")).all()
+    assert not (hub.root / "var" / "releases").exists() or not any((hub.root / "var" / "releases").iterdir())
+    assert sorted(refused) == [
+        '{"action":"build_release","why":"forbidden"}',
+        '{"action":"build_release","why":"signature_refused"}',
+    ]
+
+    built = hub.build("rm")
+    bundle = _built(built)
+    assert "signed as builder by rm (reviewed, RELEASE-BUILT)" in built
+    assert "signed as builder by rm" in hub.ok("release", "show", bundle[:12])
+
+    # a build whose signature is gone (as one built before builds were signed): nobody may approve it
+    with session_scope(hub.url) as s:
+        s.execute(delete(OperatorDecision).where(OperatorDecision.action == "build_release"))
+    unsigned = hub.cli(*approve[:2], bundle[:12], *approve[2:], "--signer", "qa", password=PASSWORD)
+    assert unsigned.exit_code == 1
+    assert f"bundle {bundle[:12]} has no valid builder's signature (no builder signed it)" in said(unsigned)
+    assert "cgthub release build --signer BUILDER --reason RELEASE-BUILT" in unsigned.exception.hint
+    assert "nobody (rm, unsigned)" in hub.ok("release", "list")
+    # its builder signs it by building the same files again; then a second person approves
+    assert "already built: bundle " + bundle in hub.build("rm")
+    assert hub.cli(*approve[:2], bundle[:12], *approve[2:], "--signer", "qa", password=PASSWORD).exit_code == 0
+
+    # another operator building the same files signs as a builder too
+    hub.ok("operators", "add", "lead", "--scope", "all", "--password-stdin", password=PASSWORD)
+    assert "signed as builder by lead (reviewed, RELEASE-BUILT)" in hub.build("lead")
+    assert "signed as builder by lead, rm" in hub.ok("release", "show", bundle[:12])
+
+    # a builder's signature edited in the database to name someone else does not hold
+    _v2_without_filler_order(hub)
+    second = _built(hub.build("lead"))
+    with session_scope(hub.url) as s:
+        s.execute(
+            update(OperatorDecision)
+            .where(OperatorDecision.subject == f"release:{second}", OperatorDecision.signer == "lead")
+            .values(signer="rm")
+        )
+    forged = hub.cli(*approve[:2], second[:12], *approve[2:], "--signer", "lead", password=PASSWORD)
+    assert forged.exit_code == 1, said(forged)
+    assert "build signature #" in said(forged) and "(rm): the decision does not match its audit trail" in said(forged)
+    assert "an unsigned build cannot be approved" in said(forged)
+    page = hub.ok("release", "evidence", second[:12], "--out", str(hub.root / "evidence"))
+    assert "NOT VALID: build signature #" in (hub.root / "evidence" / f"evidence-{second[:12]}.html").read_text()
+    assert "wrote" in page
+    with session_scope(hub.url) as s:
+        assert [a.bundle_id for a in s.scalars(select(ReleaseApproval))] == [bundle]

@@ -50,7 +50,7 @@ auth_manager = test_console.auth_manager
 
 def _in_force(hub: Hub) -> str:
     """Build the live files into a bundle, approve it (qa) and promote it to validation and production."""
-    bundle = _built(hub.ok("release", "build"))
+    bundle = _built(hub.build())
     approved = hub.signed("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "OQ passed")
     assert approved.exit_code == 0, said(approved)
     for env in ("validation", "production"):
@@ -309,39 +309,41 @@ def test_a_running_listener_archives_only_while_the_files_drift(hub: Hub) -> Non
 
 
 def test_four_eyes_the_builder_may_not_approve_unless_the_environment_allows_it(hub: Hub, monkeypatch: Any) -> None:
-    hub.ok("operators", "add", "rm", "--scope", "approve_release", "--password-stdin", password=PASSWORD)
+    scopes = "build_release,approve_release"
+    hub.ok("operators", "add", "lead", "--scope", scopes, "--password-stdin", password=PASSWORD)
     policy = hub.root / "config" / "security.yaml"
     policy.write_text(policy.read_text().replace("self_approval_environments: [dev]", "self_approval_environments: []"))
-    monkeypatch.setenv("CGTHUB_OPERATOR", "rm")  # the release manager builds
+    monkeypatch.setenv("CGTHUB_OPERATOR", "qa")  # a name in the environment is nobody's signature
     settings.get_settings.cache_clear()
-    bundle = _built(hub.ok("release", "build"))
+    bundle = _built(hub.build("lead"))  # the lead builds, signed
 
     def approve(signer: str) -> Any:
         return hub.cli("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "reviewed",
                        "--signer", signer, "--password-stdin", password=PASSWORD)  # fmt: skip
 
-    own = approve("rm")
+    own = approve("lead")
     assert own.exit_code == 1
-    assert f"operator rm built bundle {bundle[:12]} and may not approve it too" in said(own)
+    assert f"operator lead signed bundle {bundle[:12]} as its builder and may not approve it too" in said(own)
     assert "a release needs a second person (four eyes)" in said(own)
     assert "CGTHUB_ENV=dev: self-approval is not allowed by config/security.yaml" in own.exception.hint
     with session_scope(hub.url) as s:
         assert s.scalars(select(ReleaseApproval)).all() == []
+    assert "│ lead " in hub.ok("release", "list")  # the signed builder, not CGTHUB_OPERATOR
 
     # a development hub that allows it: the builder's approval is taken, but never counts for production
     policy.write_text(policy.read_text().replace("self_approval_environments: []", "self_approval_environments: [dev]"))
-    assert approve("rm").exit_code == 0
+    assert approve("lead").exit_code == 0
     assert hub.signed("release", "promote", bundle[:12], "--env", "validation").exit_code == 0
     alone = hub.signed("release", "promote", bundle[:12], "--env", "production")
-    assert alone.exit_code == 1 and "approved only by its builder rm" in said(alone), said(alone)
+    assert alone.exit_code == 1 and "approved only by its builder lead" in said(alone), said(alone)
     assert approve("qa").exit_code == 0  # a second person
     assert hub.signed("release", "promote", bundle[:12], "--env", "production").exit_code == 0
     written = Path(hub.ok("release", "evidence", bundle[:12], "--out", str(hub.root)).split("wrote ")[1].strip())
     approvals = written.read_text().split("id='approvals'")[1].split("<h2")[0]
     rows = {row.split("</td>")[0]: row for row in approvals.split("<tr><td>")[1:]}
-    assert rows["rm"].endswith("<td>self-approval: the builder (does not count for production)</td></tr>")
+    assert rows["lead"].endswith("<td>self-approval: the builder (does not count for production)</td></tr>")
     assert "<td>second person</td></tr>" in rows["qa"]
 
     with session_scope(hub.url) as s:
-        refused = _refusals(s, "rm")
+        refused = _refusals(s, "lead")
     assert refused == ['{"action":"approve_release","why":"forbidden"}']

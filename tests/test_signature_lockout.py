@@ -110,7 +110,7 @@ def test_five_failed_signatures_lock_the_signer_out_over_http(short_cool_down: N
 
 
 def test_a_locked_out_signer_cannot_approve_a_release_from_the_cli(hub: Hub) -> None:
-    bundle = _built(hub.ok("release", "build"))
+    bundle = _built(hub.build())
     approve = ("release", "approve", bundle[:12], "--reason", "RELEASE-VALIDATED", "--text", "OQ passed")
     for attempt in range(5):
         wrong = hub.signed(*approve, password=f"wrong-password-{attempt}")

@@ -53,7 +53,9 @@ _TEXT = typer.Option(..., "--text", help="why, in your words (kept with the deci
 _STDIN = typer.Option(False, "--password-stdin", help="read the password from the first line of stdin")
 
 
-def _signature(signer: str | None, meaning: Meaning, reason: str, text: str, stdin: bool, shown: str) -> Signature:
+def _signature(
+    signer: str | None, meaning: Meaning, reason: str, text: str, stdin: bool, shown: str | None
+) -> Signature:
     user = signer_id(signer)
     try:
         return Signature(

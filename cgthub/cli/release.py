@@ -1,7 +1,7 @@
 """`cgthub release`: build, approve, promote and roll back release bundles; write validation evidence.
 
-See `cgthub.release`. Approving, promoting and rolling back are signed: the signer re-enters their
-operator password (or pipes it with --password-stdin), as for operator decisions.
+See `cgthub.release`. Building, approving, promoting and rolling back are signed: the signer
+re-enters their operator password (or pipes it with --password-stdin), as for operator decisions.
 """
 
 from __future__ import annotations
@@ -14,9 +14,11 @@ import typer
 from rich.table import Table
 from sqlalchemy.orm import Session
 
-from cgthub import decisions, release
+from cgthub import decisions, release, release_guard
 from cgthub.cli.common import CliError, console, open_session, read_password, signer_id
+from cgthub.cli.decisions import _signature as signing  # the CLI's one way to gather a signature
 from cgthub.decisions import Action, Meaning, Signature
+from cgthub.release_tables import ReleaseBundle
 from cgthub.settings import get_settings
 from cgthub.store import database_url
 
@@ -29,10 +31,10 @@ _STDIN = typer.Option(False, "--password-stdin", help="read the password from th
 _ENV = typer.Option(..., "--env", help="validation or production")
 
 
-def _signed(work: Callable[[Session], _T], *, signer: str, subject: str) -> _T:
+def _signed(work: Callable[[Session], _T], *, signer: str, subject: str, action: Action = Action.APPROVE_RELEASE) -> _T:
     """One transaction; a refused signature is recorded in the audit trail apart (decisions.run)."""
     try:
-        return decisions.run(database_url(), work, signer=signer, action=Action.APPROVE_RELEASE, subject=subject)
+        return decisions.run(database_url(), work, signer=signer, action=action, subject=subject)
     except decisions.DecisionError as refused:
         raise CliError(refused.message, refused.hint or None) from refused
     except release.ReleaseError as refused:
@@ -48,17 +50,36 @@ def _bundle_ref(ref: str) -> str:
 
 
 @app.command()
-def build() -> None:
-    """Pack mappings, markets, the site registry and reason codes into a content-hashed bundle."""
-    with open_session() as session:
-        try:
-            bundle, new = release.build(session)
-        except release.ReleaseError as exc:
-            raise CliError(exc.message, exc.hint or None) from exc
-        notes = release.notes_of(bundle)
+def build(
+    signer: str | None = _SIGNER,
+    reason: str = typer.Option(..., "--reason", help="a reason code for build_release (RELEASE-BUILT)"),
+    text: str = typer.Option(..., "--text", help="what the bundle is for, in your words"),
+    password_stdin: bool = _STDIN,
+) -> None:
+    """Pack mappings, markets, the site registry and reason codes into a content-hashed bundle, signed
+    by you as its builder (re-authentication, meaning `reviewed`): the approver must be someone else."""
+    signature = signing(signer, Meaning.REVIEWED, reason, text, password_stdin, None)
+    user = signature.signer
+    subject = f"release:{release_guard.manifest_id(release_guard.live_manifest())}"
+    built = _signed(lambda s: _build(s, signature), signer=user, subject=subject, action=Action.BUILD_RELEASE)
+    bundle, new, signed, notes = built
     console.print(f"{'built' if new else 'already built'}: bundle {bundle.id} ({bundle.file_count} files)")
+    if signed is not None:
+        console.print(
+            f"signed as builder by {signed.signer} ({signed.meaning}, {signed.reason_code}), decision "
+            f"#{signed.decision_id}: another operator approves it"
+        )
+    else:
+        console.print(f"{user} had signed it as builder already")
     console.print(f"stored in {release.bundle_dir(bundle.id)}")
     _print_notes(notes)
+
+
+def _build(
+    session: Session, signature: Signature
+) -> tuple[ReleaseBundle, bool, release.BuildSignature | None, dict[str, object]]:
+    bundle, new, signed = release.build(session, signature)
+    return bundle, new, signed, release.notes_of(bundle)
 
 
 def _print_notes(notes: dict[str, object]) -> None:
@@ -93,13 +114,21 @@ def list_bundles() -> None:
             table.add_row(
                 bundle.id[:12],
                 bundle.built_at.isoformat(timespec="seconds"),
-                bundle.built_by,
+                _builders(session, bundle),
                 str(bundle.file_count),
                 ", ".join(a.signer for a in release.approvals(session, bundle.id)) or "-",
                 ", ".join(promoted) or "-",
                 ", ".join(env for env, held in force.items() if held == bundle.id) or "-",
             )
     console.print(table)
+
+
+def _builders(session: Session, bundle: ReleaseBundle) -> str:
+    """The signed builders, or why there is none (an unsigned build names who ran it, unsigned)."""
+    signed = release.build_signatures(session, bundle)
+    if signed.valid:
+        return ", ".join(sorted(signed.signers))
+    return f"nobody ({bundle.built_by}, unsigned)" if not signed.problems else "nobody (signature not valid)"
 
 
 @app.command()
@@ -110,7 +139,10 @@ def show(bundle: str = typer.Argument(..., help="bundle id (or its first 8+ char
             found = release.find_bundle(session, bundle)
         except release.ReleaseError as exc:
             raise CliError(exc.message, exc.hint or None) from exc
-        console.print(f"bundle {found.id}, built {found.built_at.isoformat(timespec='seconds')} by {found.built_by}")
+        console.print(
+            f"bundle {found.id}, built {found.built_at.isoformat(timespec='seconds')}, "
+            f"signed as builder by {_builders(session, found)}"
+        )
         _print_notes(release.notes_of(found))
 
 
@@ -125,17 +157,8 @@ def approve(
 ) -> None:
     """Sign a bundle as approved (re-authentication, reason code and text), recorded in the audit trail."""
     bundle_id = _bundle_ref(bundle)
-    user = signer_id(signer)
-    try:
-        signature = Signature(
-            signer=user,
-            password=read_password(password_stdin, f"password for {user} (signing: {meaning.value})"),
-            meaning=meaning,
-            reason_code=reason,
-            reason_text=text,
-        )
-    except ValueError as exc:
-        raise CliError(f"the signature is not complete: {exc}", "give --reason and --text") from exc
+    signature = signing(signer, meaning, reason, text, password_stdin, None)
+    user = signature.signer
     approval = _signed(lambda s: release.approve(s, bundle_id, signature), signer=user, subject=f"release:{bundle_id}")
     console.print(
         f"approved bundle {bundle_id[:12]} by {approval.signer} ({approval.reason_code}) at "
