@@ -6,9 +6,11 @@ Each name compiles once (`compile_transform("split:^:1", tz)`) into a plain func
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, cast
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -165,9 +167,35 @@ def _market(value: Any) -> str:
     """A market the hub serves, in capitals: one with a config/markets file. Why not `allowed: [US,
     DE]` in the mapping: the market list then lives in one place, and a new market is one file."""
     code = str(value).strip().upper()
-    if not markets.valid_name(code) or not markets.market_path(code).exists():
+    if _MARKET_NAME(code) is None or not _served(code):
         raise TransformError("is no market the hub serves (no config/markets/<market>.yaml)")
     return code
+
+
+_MARKET_NAME = re.compile(markets.MARKET_NAME).fullmatch  # `markets.valid_name`, compiled once
+# (markets folder, market) -> the folder's mtime when the market's file was found in it
+_SERVED: dict[tuple[Path, str], int] = {}
+
+
+def _served(code: str) -> bool:
+    """Whether config/markets holds `code`'s file. A market found is remembered with its folder's
+    mtime, which moves whenever a file is added, removed or renamed there: a record then costs one
+    stat of the folder, where looking for the file (both spellings) cost three stats and three path
+    joins, most of what a CRM enrolment's mapping took. A market not found is looked for each time,
+    so a file added while the hub runs counts from the next record, as before."""
+    folder = markets.markets_dir()
+    try:
+        stamp = os.stat(folder).st_mtime_ns
+    except OSError:
+        return False  # no folder, no market's file in it
+    key = (folder, code)
+    if _SERVED.get(key) == stamp:
+        return True
+    if not markets.market_path(code, folder).exists():
+        return False
+    if len(_SERVED) < 1024:  # markets are few; a bound all the same
+        _SERVED[key] = stamp
+    return True
 
 
 def _identifier(check: Callable[[str], str]) -> Transform:
