@@ -14,14 +14,16 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cgthub import cli
 from cgthub.api.epcis import build_document, verify_ledger
-from cgthub.api.tables import WebhookSubscription
+from cgthub.api.tables import ApiAccess, WebhookSubscription
 from cgthub.ledger import GENESIS
 from cgthub.lifecycle import project
 from cgthub.model import CanonicalEvent
+from cgthub.settings import var_dir
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry
 from tests import api_server
@@ -243,3 +245,23 @@ def test_a_ledger_rewritten_with_recomputed_hashes_is_found_by_the_offline_check
     forged["epcisBody"]["eventList"] = made["epcisBody"]["eventList"]
     assert "non_conformant" not in json.dumps(forged["epcisBody"]) and "non_conformant" in json.dumps(document)
     assert verify_ledger(forged) != []
+
+
+def test_an_mrn_or_a_name_typed_where_an_order_id_goes_is_not_kept_in_the_access_log(api):
+    """The access log and its journal kept the path as requested: a client looking an order up by
+    MRN or name wrote the patient's identifier into both, in clear."""
+    us, _de = _orders(api)
+    token = api.key("status:read", "timeline:read")
+    client = api.client(token)
+    for path in (f"/orders/{MRN}", f"/orders/{NAME}/timeline", f"/{MRN}", f"/orders/{us}"):
+        client.get(path)
+    client.delete(f"/subscriptions/{BORN}")
+    api.flush_audit()
+    with session_scope(api.database_url) as session:
+        rows = [(r.path, r.order_id, r.status_code) for r in session.scalars(select(ApiAccess).order_by(ApiAccess.id))]
+    _no_phi(repr(rows))
+    assert (f"/orders/{us}", us, 200) in rows  # the hub's own ids are kept: who looked at which order
+    assert ("/orders/{order_id}", None, 404) in rows and ("/orders/{order_id}/timeline", None, 404) in rows
+    assert ("(no route)", None, 404) in rows and ("/subscriptions/{subscription_id}", None, 404) in rows
+    journals = list((var_dir() / "api-access").rglob("*.jsonl"))
+    _no_phi("".join(p.read_text() for p in journals))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -53,6 +54,39 @@ _AUDIT_UNAVAILABLE = json.dumps(
 ).encode()
 
 
+# What a path parameter may look like to be kept in the access log as sent: the hub's own ids and
+# partner names. Anything else (an MRN or a name a client put where an order id goes) is logged as
+# its placeholder, `/orders/{order_id}`, so the log keeps no patient identifier a caller typed.
+_LOGGABLE = {
+    "order_id": re.compile(r"ORD-[A-Z0-9-]{1,36}"),
+    "subscription_id": re.compile(r"sub_[0-9a-f]{1,32}"),
+    "alert_id": re.compile(r"[0-9]{1,18}"),
+    "entry_id": re.compile(r"[0-9]{1,18}"),
+    "partner": re.compile(r"[a-z][a-z0-9_-]{0,31}"),
+}
+
+
+def loggable(scope: Scope) -> tuple[str, str | None]:
+    """The request's path and order id as the access log keeps them: a path no route matched is
+    logged as `(no route)`, and a path parameter not shaped like the hub's ids as its placeholder."""
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template is None:
+        return "(no route)", None
+    params = scope.get("path_params") or {}
+    kept = {name: str(value) for name, value in params.items() if _shaped(name, value)}
+    path = re.sub(r"{(\w+)(?::\w+)?}", lambda m: kept.get(m.group(1), m.group(0)), template)
+    mount = str(scope.get("root_path", ""))  # under Airflow: /cgthub/api, kept as before
+    if mount and str(scope.get("path", "")).startswith(mount):
+        path = mount + path
+    return path[:300], kept.get("order_id")
+
+
+def _shaped(name: str, value: Any) -> bool:
+    pattern = _LOGGABLE.get(name)
+    return pattern is not None and isinstance(value, str | int) and pattern.fullmatch(str(value)) is not None
+
+
 class AuditMiddleware:
     """Pure ASGI (no body buffering): journals one access-log row per request before the answer starts.
 
@@ -93,13 +127,14 @@ class AuditMiddleware:
         state = scope.get("state") or {}
         route = scope.get("route")
         client = scope.get("client")
+        path, order_id = loggable(scope)
         access = Access(
-            method=scope.get("method", "?"),
-            path=scope.get("path", ""),
+            method=str(scope.get("method", "?"))[:8],
+            path=path,
             status_code=status,
             key_id=state.get("key_id"),
             route=getattr(route, "path", None),
-            order_id=(scope.get("path_params") or {}).get("order_id"),
+            order_id=order_id,
             client=client[0] if client else None,
         )
         try:
