@@ -10,6 +10,8 @@ import base64
 import copy
 import hashlib
 import json
+import statistics
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -265,3 +267,23 @@ def test_an_mrn_or_a_name_typed_where_an_order_id_goes_is_not_kept_in_the_access
     assert ("(no route)", None, 404) in rows and ("/subscriptions/{subscription_id}", None, 404) in rows
     journals = list((var_dir() / "api-access").rglob("*.jsonl"))
     _no_phi("".join(p.read_text() for p in journals))
+
+
+def test_a_hidden_order_and_a_missing_one_take_alike_long_to_refuse(api):
+    """404 for an order outside the key's scope and for one that does not exist: the same body, and
+    no difference in time a caller could use to learn that the hidden one exists."""
+    _us, de = _orders(api)
+    site = api.client(api.key("status:read", sites=["US-SITE-1"]))
+    hidden, missing = [], []
+    for _ in range(3):  # warm both paths
+        site.get(f"/orders/{de}")
+        site.get("/orders/ORD-0000000000000000")
+    for _ in range(60):
+        for target, times in ((de, hidden), ("ORD-0000000000000000", missing)):
+            started = time.perf_counter()
+            answer = site.get(f"/orders/{target}")
+            times.append(time.perf_counter() - started)
+            assert answer.status_code == 404
+    gap = statistics.median(hidden) - statistics.median(missing)
+    print(f"hidden {statistics.median(hidden) * 1000:.2f} ms, missing {statistics.median(missing) * 1000:.2f} ms")
+    assert abs(gap) < 0.005, f"{gap * 1000:.2f} ms between a hidden order and a missing one"
