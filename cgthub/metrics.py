@@ -26,12 +26,12 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from cgthub import heartbeat
+from cgthub import health, heartbeat
 from cgthub.heartbeat import Heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
 from cgthub.store import session_scope
 from cgthub.sync_state import SyncState
-from cgthub.tables import Alert, QuarantineEntry, RawMessage
+from cgthub.tables import Alert, QuarantineEntry
 
 log = logging.getLogger(__name__)
 
@@ -166,13 +166,9 @@ class HubCollector(Collector):
                 alerts.add_metric([kind], count)
             for beat in session.scalars(select(Heartbeat)):
                 beats.add_metric([beat.service], heartbeat.age_seconds(beat, now))
-            for system, count, oldest in session.execute(
-                select(RawMessage.system, func.count(), func.min(RawMessage.received_at))
-                .where(RawMessage.status == "received")
-                .group_by(RawMessage.system)
-            ):
-                held.add_metric([system], count)
-                held_age.add_metric([system], max(0.0, (now - _aware(oldest)).total_seconds()))
+            for waiting in health.held_by_partner(session, now):  # what /health/ready's `held` reads
+                held.add_metric([waiting.partner], waiting.waiting)
+                held_age.add_metric([waiting.partner], waiting.oldest_seconds)
         return [quarantine, backlog, dead, lag, since, duration, alerts, beats, held, held_age]
 
 
