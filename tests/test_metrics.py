@@ -232,7 +232,7 @@ def test_alert_rules_name_only_series_the_hub_exports():
 
     import yaml
 
-    from cgthub import metrics
+    from cgthub import health, metrics
 
     rules = yaml.safe_load((Path(__file__).resolve().parent.parent / "docs" / "alert-rules.yml").read_text())
     exprs = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
@@ -246,6 +246,10 @@ def test_alert_rules_name_only_series_the_hub_exports():
     assert "cgthub_partner_lag_seconds" in exprs["CgthubPartnerLagHigh"]
     assert exprs["CgthubDeadLetters"].endswith("(cgthub_outbox_dead) > 0")
     assert "cgthub_heartbeat_age_seconds" in exprs["CgthubDeliveryLoopSilent"]
+    # per partner, the oldest held payload over the age /health/ready calls behind (scraped and
+    # evaluated after a held HL7 message in tests/test_console_held.py)
+    behind = int(health.HELD_BEHIND_AFTER.total_seconds())
+    assert exprs["CgthubHeldPayloadsWaiting"] == f"max by (partner) (cgthub_held_payload_oldest_age_seconds) > {behind}"
 
 
 @pytest.mark.slow
