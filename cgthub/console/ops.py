@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from cgthub import archive, quarantine
+from cgthub import archive, health, quarantine
 from cgthub.api.auth import Principal
 from cgthub.console.masking import masked_payload
 from cgthub.mapping import registry, replay
@@ -27,7 +27,10 @@ def aware(at: datetime | None) -> datetime | None:
 def age(at: datetime | None, now: datetime) -> str:
     if at is None:
         return "-"
-    seconds = max((now - aware(at)).total_seconds(), 0)  # type: ignore[operator]
+    return duration(max((now - aware(at)).total_seconds(), 0))  # type: ignore[operator]
+
+
+def duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     if seconds < 2 * 86400:
@@ -108,6 +111,8 @@ class PartnerHealth:
     backlog: int
     dead_letters: int
     last_errors: list[str]
+    held: health.Held | None = None  # payloads archived but not applied yet, as /health/ready counts them
+    held_for: str = "-"  # how long the oldest of them has waited
 
 
 PARTNERS = ("crm", "erp", "courier", "cmo", "hl7")
@@ -115,7 +120,8 @@ PARTNERS = ("crm", "erp", "courier", "cmo", "hl7")
 
 def partner_health(session: Session, now: datetime) -> list[PartnerHealth]:
     """Per partner: its last clean sync, how far its watermark trails now, what arrived in the last
-    hour, what share of the last day's payloads went to quarantine, and its outbound queue."""
+    hour, what share of the last day's payloads went to quarantine, what it sent that waits to be
+    applied (/health/ready's `held`, behind after 15 minutes), and its outbound queue."""
     hour, day = now - timedelta(hours=1), now - timedelta(days=1)
     states: dict[str, list[SyncState]] = {}
     for row in session.scalars(select(SyncState)):
@@ -148,7 +154,8 @@ def partner_health(session: Session, now: datetime) -> list[PartnerHealth]:
             .group_by(OutboxMessage.destination_kind, OutboxMessage.status)
         )
     }
-    partners = sorted(set(PARTNERS) | set(states) | {k for k, _ in outbox})
+    held = {waiting.partner: waiting for waiting in health.held_by_partner(session, now)}
+    partners = sorted(set(PARTNERS) | set(states) | {k for k, _ in outbox} | set(held))
     found = []
     for partner in partners:
         rows = states.get(partner, [])
@@ -169,6 +176,8 @@ def partner_health(session: Session, now: datetime) -> list[PartnerHealth]:
                 + outbox.get((partner, OutboxStatus.FAILED.value), 0),
                 dead_letters=outbox.get((partner, OutboxStatus.DEAD.value), 0),
                 last_errors=errors[-3:],
+                held=held.get(partner),
+                held_for=duration(held[partner].oldest_seconds) if partner in held else "-",
             )
         )
     return found
