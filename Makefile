@@ -35,13 +35,14 @@ bytecode: $(STAMP)
 	@$(BIN)/python -m compileall -q -j 0 cgthub connectors dags plugins bench > /dev/null
 
 # Three pytest workers on two cores: many tests wait on subprocesses and sockets (fresh clone,
-# 4 December: pytest 12:34 with three, 13:12 with two).
+# 4 December: pytest 12:34 with three, 13:12 with two). The 25 slowest tests are listed at the end:
+# CI has 15 minutes, and they say where a minute can come from.
 test: $(STAMP) bytecode
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m cgthub.devtools.layers
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=25 $(PYTEST_ARGS)
 
 # Re-resolve uv.lock after a change to the dependencies in pyproject.toml.
 lock:
