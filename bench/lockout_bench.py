@@ -29,14 +29,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy import Select, create_engine, func, insert, select, text
-from sqlalchemy.ext.compiler import compiles
+from sqlalchemy import create_engine, func, insert, select, text
 from sqlalchemy.orm import Session
-from sqlalchemy.sql.expression import ClauseElement, Executable
 
 from cgthub import decisions, store
+from cgthub.devtools import explain
 from cgthub.jsontext import canonical_json
 from cgthub.store import session_scope
 from cgthub.tables import AuditRecord, utcnow
@@ -162,30 +160,10 @@ def _lock(url: str, who: str, now: datetime) -> datetime | None:
         return decisions.locked_until(session, who, now)
 
 
-class _Explain(Executable, ClauseElement):
-    inherit_cache = False
-
-    def __init__(self, statement: Select[Any]) -> None:
-        self.statement = statement
-
-
-@compiles(_Explain)
-def _explain_sql(element: _Explain, compiler: Any, **kw: Any) -> str:
-    prefix = "EXPLAIN QUERY PLAN " if compiler.dialect.name == "sqlite" else "EXPLAIN "
-    sql = prefix + str(compiler.process(element.statement, **kw))
-    compiler._result_columns.clear()  # the plan's rows are text, not the select's typed columns
-    return sql
-
-
-def plan(session: Session, user_id: str = VICTIM) -> str:
-    """The database's plan for the lockout's query (decisions.failures_query), on one line."""
-    rows = session.execute(_Explain(decisions.failures_query(user_id, utcnow() - timedelta(minutes=30))))
-    return " | ".join(str(row[-1]) for row in rows)
-
-
 def _plan(url: str) -> str:
+    """The database's plan for the check's query (decisions.failures_query), on one line."""
     with session_scope(url, readonly=True) as session:
-        return plan(session)
+        return explain.plan(session, decisions.failures_query(VICTIM, utcnow() - timedelta(minutes=30)))
 
 
 @contextmanager

@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,8 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from bench import lockout_bench
 from cgthub import alerts, decisions, settings
+from cgthub.devtools import explain
 from cgthub.release_tables import ReleaseApproval
 from cgthub.settings import PROJECT_ROOT
 from cgthub.store import session_scope
@@ -144,7 +145,7 @@ def test_the_check_reads_one_signers_refusals_through_the_index(db_url: str) -> 
         assert decisions.locked_until(s, "mallory") is not None and decisions.locked_until(s, "olga") is None
         if s.get_bind().dialect.name == "postgresql":
             s.execute(text("SET LOCAL enable_seqscan = off"))  # a table this small is read whole otherwise
-        plan = lockout_bench.plan(s, "mallory")
+        plan = explain.plan(s, decisions.failures_query("mallory", utcnow() - timedelta(minutes=30)))
     assert "ix_audit_trail_signature_refusals" in plan, plan
     assert "SCAN audit_trail" not in plan and "Seq Scan" not in plan, plan
 
