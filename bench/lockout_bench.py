@@ -22,19 +22,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta
-from pathlib import Path
 
-from sqlalchemy import create_engine, func, insert, select, text
+from sqlalchemy import func, insert, select, text
 from sqlalchemy.orm import Session
 
-from cgthub import decisions, store
-from cgthub.devtools import explain
+from cgthub import decisions
+from cgthub.devtools import explain, scratch_db
 from cgthub.jsontext import canonical_json
 from cgthub.store import session_scope
 from cgthub.tables import AuditRecord, utcnow
@@ -166,32 +162,6 @@ def _plan(url: str) -> str:
         return explain.plan(session, decisions.failures_query(VICTIM, utcnow() - timedelta(minutes=30)))
 
 
-@contextmanager
-def _database(backend: str, pg: str) -> Iterator[str]:
-    if backend == "sqlite":
-        with tempfile.TemporaryDirectory() as folder:
-            url = f"sqlite:///{Path(folder) / 'lockout.db'}"
-            store.upgrade(url)
-            try:
-                yield url
-            finally:
-                store.dispose_engines()
-        return
-    schema = f"lockout_bench_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(pg, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        url = f"{pg}?options=-csearch_path%3D{schema}"
-        store.upgrade(url)
-        yield url
-    finally:
-        store.dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="10000,100000,300000", help="audit trail sizes, comma-separated")
@@ -209,7 +179,7 @@ def main() -> int:
     print(f"{'backend':<11}{'rows':>8}  {head}")
     for backend in backends:
         for count in (int(n) for n in args.rows.split(",")):
-            with _database(backend, args.pg) as url:
+            with scratch_db.migrated(backend, args.pg, prefix="lockout_bench") as url:
                 f = _measure(url, count, args.attack_share, args.checks, args.repeat)
                 plan = _plan(url) if args.explain else ""
             print(
