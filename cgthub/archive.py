@@ -125,7 +125,8 @@ def store(
 
 
 def store_many(session: Session, items: Sequence[Inbound], *, status: str = "received") -> list[Archived]:
-    """Archive a batch with one lookup and one multi-row INSERT.
+    """Archive a batch with one lookup and one multi-row INSERT (on PostgreSQL after one statement
+    that holds the batch's keys, `_hold`, so a key reused by a concurrent writer is still seen).
 
     A payload is a duplicate when one with the same system, dedupe key and content is archived (or
     came earlier in the batch); it is counted, not stored. The same key with other content is a new
