@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
@@ -79,6 +80,9 @@ def authorized(scope: Scope) -> Callable[..., Awaitable[Principal]]:
 _allowed: dict[int, frozenset[str]] = {}
 
 
+_CURSORS = frozenset({"cursor", "after"})  # opaque: their decoding refuses anything not handed out (400)
+
+
 async def reject_unknown_parameters(request: Request) -> None:
     """A misspelt filter must fail loudly (400), not silently return everything."""
     route: Any = request.scope.get("route")
@@ -91,9 +95,18 @@ async def reject_unknown_parameters(request: Request) -> None:
         _allowed[id(route)] = allowed
     unknown = sorted(set(request.query_params.keys()) - allowed)
     if unknown:
-        shown = ", ".join(name[:40] for name in unknown[:5])
+        # The names are not repeated back (a caller may put anything there, a patient's name too):
+        # only accepted names, the one closest to each unknown name first.
+        near = sorted({m for name in unknown for m in difflib.get_close_matches(name, allowed, n=1)})
+        guess = f" (did you mean {', '.join(near)}?)" if near else ""
         accepted = ", ".join(sorted(allowed)) or "none"
-        raise ApiError(400, "unknown_parameter", f"unknown query parameter(s): {shown}; accepted: {accepted}")
+        raise ApiError(
+            400, "unknown_parameter", f"{len(unknown)} unknown query parameter(s){guess}; accepted: {accepted}"
+        )
+    params = [*request.query_params.multi_items(), *request.path_params.items()]
+    if any("\x00" in str(value) for name, value in params if name not in _CURSORS):
+        # PostgreSQL's text cannot hold a NUL: the lookup would fail as a server error.
+        raise ApiError(422, "invalid_request", "a parameter holds a NUL character")
     repeated = sorted({k for k in request.query_params.keys() if len(request.query_params.getlist(k)) > 1})
     if repeated:
         raise ApiError(400, "repeated_parameter", f"give each query parameter once: {', '.join(repeated[:5])}")

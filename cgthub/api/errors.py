@@ -13,6 +13,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cgthub.errors import CgthubError, Rejection
@@ -95,6 +96,14 @@ def install(app: FastAPI) -> None:
         ]
         where = ", ".join(d["location"] for d in details[:5])
         return error_response(422, "invalid_request", f"the request is not valid: {where}", details)
+
+    @app.exception_handler(DataError)
+    async def _does_not_fit(_: Request, exc: DataError) -> JSONResponse:
+        # A value the database cannot hold or compare (a NUL in a body's string on PostgreSQL, an
+        # integer past 64 bits): the caller's mistake, answered as such. As a 500 it was logged with
+        # a traceback that quotes the statement's parameters, and the connection was dropped.
+        log.info("a request value does not fit the store (%s)", type(exc.orig).__name__)
+        return error_response(422, "invalid_request", "a value in the request cannot be stored or looked up")
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
