@@ -353,3 +353,16 @@ def test_an_unknown_parameter_name_is_not_repeated_back(api):
     assert refused["code"] == "unknown_parameter"
     assert MRN not in refused["message"] and "colour" not in refused["message"]
     assert "3 unknown" in refused["message"] and "did you mean status" in refused["message"]
+
+
+def test_an_updated_since_beyond_what_a_datetime_holds_is_refused_not_a_server_error(api, caplog):
+    """`0001-01-01T00:00:00+01:00` is a valid ISO time before the first instant in UTC: converting
+    it raised OverflowError, a 500 with a traceback and the connection dropped."""
+    us, _de = _orders(api)
+    client = api.client(api.key("status:read"))
+    for since in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"):
+        refused = _error(client.get("/orders", params={"updated_since": since}), 422)
+        assert "updated_since" in refused["message"]
+        assert client.get(f"/orders/{us}").status_code == 200  # the same connection goes on
+    assert client.get("/orders", params={"updated_since": "0001-01-01T00:00:00Z"}).json()["orders"]
+    assert "Traceback" not in caplog.text

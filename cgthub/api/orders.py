@@ -22,7 +22,7 @@ from cgthub.api import epcis, fhir
 from cgthub.api.auth import Principal, Scope
 from cgthub.api.cursor import decode_order_cursor, encode_order_cursor
 from cgthub.api.deps import authorized, read_connection, read_session
-from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, not_found
+from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError, not_found
 from cgthub.api.schemas import (
     AlertView,
     CoiSummary,
@@ -108,7 +108,11 @@ def list_orders(
     if therapy is not None:
         query = query.where(Order.therapy == therapy)
     if updated_since is not None:
-        query = query.where(Order.updated_at >= updated_since)
+        try:
+            since = updated_since.astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the first instant a datetime holds
+            raise ApiError(422, "invalid_request", "updated_since is out of range") from None
+        query = query.where(Order.updated_at >= since)
     if has_open_alerts is not None:
         alerted = exists().where(and_(Alert.order_id == Order.id, Alert.status == "open"))
         query = query.where(alerted if has_open_alerts else ~alerted)
