@@ -28,7 +28,7 @@ import csv
 import io
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypedDict
+from typing import Any, TypedDict, TypeVar
 
 import orjson
 from sqlalchemy import select
@@ -37,11 +37,15 @@ from sqlalchemy.orm import Session
 from cgthub import archive, hl7v2, pipeline, qualification, quarantine, sites
 from cgthub.archive import Inbound
 from cgthub.errors import PayloadRejected, Rejection
+from cgthub.mapping import construct
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.registry import EVERY_MARKET, get_mapper
-from cgthub.model import CanonicalEvent
+from cgthub.model import CanonicalEvent, OrderDetails
 from cgthub.quarantine import Stage
 from cgthub.tables import Order, OrderKey
+
+_FACILITY = ("MSH-4", "MSH-4.1")  # paths that read what `hl7v2.Header.sending_facility` holds
+_Frozen = TypeVar("_Frozen", CanonicalEvent, OrderDetails)
 
 REPLAY_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
 
@@ -193,7 +197,8 @@ class RoutedMapper:
                 message = hl7v2.parse(payload)
             except hl7v2.HL7ParseError as exc:
                 raise PayloadRejected(Stage.PARSE, f"not an HL7 v2 message we can read: {exc}") from exc
-        facility = message.get(path)
+        # The sending facility (MSH-4, its first component) as the MSH read that made the ACK read it.
+        facility = message.header.sending_facility if path in _FACILITY else message.get(path)
         registry = self.known
         sender = sites.Sender(facility, registry.sites_of_facility(facility))
         if not facility:
@@ -395,5 +400,13 @@ def _without_site(event: CanonicalEvent) -> CanonicalEvent:
     if details is None or details.site is None:
         return event
     if not (details.therapy or details.market or details.cmo):  # the usual case: one copy, not two
-        return event.model_copy(update={"order": None})
-    return event.model_copy(update={"order": details.model_copy(update={"site": None})})
+        return _copy(event, "order", None)
+    return _copy(event, "order", _copy(details, "site", None))
+
+
+def _copy(model: _Frozen, name: str, value: object) -> _Frozen:
+    """`model.model_copy(update={name: value})`, laid out as model_copy lays it (a shallow copy of
+    the fields, `name` marked set) without its general path: once for every HL7 event."""
+    values = dict(model.__dict__)
+    values[name] = value
+    return construct.instance(type(model), values, model.__pydantic_fields_set__ | {name})  # type: ignore[no-any-return]
