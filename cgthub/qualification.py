@@ -341,20 +341,22 @@ def _judged_kind(event: CanonicalEvent) -> bool:
 
 def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged]) -> None:
     """Record each enrolment's verdict and each refusal, once per event and registry content, with
-    the registry that gave it (a hospital order that passes leaves no row: it is the hot path)."""
+    the registry that gave it (a hospital order that passes leaves no row: it is the hot path).
+    The verdicts kept in one call were judged together, and carry one `judged_at`."""
+    version, sha256, now = registry.version, registry.sha256, utcnow()  # once, not for every row
     rows = [
         {
-            "source_system": one.event.source_system.value,
+            "source_system": one.event.source_system._value_,
             "source_event_id": one.event.source_event_id,
-            "registry_version": registry.version,
-            "registry_sha256": registry.sha256,
+            "registry_version": version,
+            "registry_sha256": sha256,
             "site": one.verdict.site[:_SITE_LIMIT],
             "therapy": one.verdict.therapy,
             "day": one.verdict.day,
             "qualified": one.verdict.qualified,
             "reason": one.verdict.reason[:_REASON_LIMIT],
             "raw_id": one.event.provenance.raw_id,
-            "judged_at": utcnow(),
+            "judged_at": now,
         }
         for one in judged
         if _kept(one)
