@@ -22,7 +22,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from cgthub import cli
-from cgthub.api.auth import create_key
+from cgthub.api import webhooks
+from cgthub.api.auth import create_key, revoke
 from cgthub.api.epcis import build_document, verify_ledger
 from cgthub.api.tables import ApiAccess, WebhookSubscription
 from cgthub.ledger import GENESIS
@@ -31,12 +32,13 @@ from cgthub.model import CanonicalEvent
 from cgthub.settings import var_dir
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry
-from tests import api_server
+from tests import api_server, test_api_feed
 from tests.factories import PATIENTS, enrolment, happy_path
 from tests.test_api_access_log import _start_server
 from tests.test_api_custody import _order_with_cold_chain
 
 api = api_server.api
+receiver = test_api_feed.receiver  # a webhook consumer on loopback, allow-listed
 
 MRN, NAME, BORN = PATIENTS[0]["mrn"], PATIENTS[0]["name"], PATIENTS[0]["birth_date"]
 
@@ -366,3 +368,21 @@ def test_an_updated_since_beyond_what_a_datetime_holds_is_refused_not_a_server_e
         assert client.get(f"/orders/{us}").status_code == 200  # the same connection goes on
     assert client.get("/orders", params={"updated_since": "0001-01-01T00:00:00Z"}).json()["orders"]
     assert "Traceback" not in caplog.text
+
+
+def test_a_revoked_keys_webhooks_stop_and_a_site_keys_carry_only_its_site(api, receiver):
+    """Webhooks are pushed with the key's data scope, and a revoked key's subscription pushes
+    nothing more: revoking a leaked key also stops what it subscribed to."""
+    token = api.key("status:read", sites=["US-SITE-1"])
+    client = api.client(token)
+    assert client.post("/subscriptions", json={"url": receiver.url}).status_code == 201
+    us, de = _orders(api)
+    webhooks.pump(api.database_url)
+    pushed = {json.loads(body)["order_id"] for _headers, body in receiver.requests}
+    assert pushed == {us} and de not in pushed
+    with session_scope(api.database_url) as session:
+        assert revoke(session, token.split("_")[1])
+    receiver.requests.clear()
+    api_server.build_orders(api.database_url, [happy_path(3)[:3]])  # a new US-SITE-1 order
+    report = webhooks.pump(api.database_url)
+    assert report.delivered == 0 and receiver.requests == []
