@@ -267,3 +267,21 @@ def test_one_sites_control_id_does_not_preempt_another_sites_message(db_url, mon
     assert orders["CRM-00002"].status == "apheresis_scheduled"
     assert [ack_code(a) for a in acks] == ["AA", "AA"], acks[1]
     assert orders["CRM-00001"].status == "apheresis_scheduled"
+
+
+def test_a_parse_error_does_not_quote_the_message(db_url, caplog):
+    """The parser named a bad segment by its first characters and bad separators by the five after
+    'MSH': a line broken inside a patient's name sent them back in the ACK, and into the quarantine
+    reason and the log."""
+    caplog.set_level(logging.INFO)
+    broken_line = _orm(b"BROKEN").replace(b"||Smithson^Johanna||", b"||Smithson\rJo hanna||")
+    smith = b"MSHSmith|x|y\rPID|1||" + PATIENTS[0]["mrn"].encode()
+    quoted = b"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|2026||ADT^A04|Q1|P|2.5\rO'Brien|x"
+    with Running(db_url) as running:
+        acks = exchange(running.port, frame(broken_line) + frame(smith) + frame(quoted), 3)
+    assert [ack_code(a) for a in acks] == ["AR", "AR", "AR"]
+    assert b"segment does not begin with a segment name" in acks[0] and b"five distinct separators" in acks[1]
+    with session_scope(db_url) as s:
+        reasons = " ".join(e.reason for e in quarantine.list_entries(s))
+    for leaked in (b"Jo ", b"Smith", b"O'B"):
+        assert leaked not in b"".join(acks) and leaked.decode() not in reasons and leaked.decode() not in caplog.text

@@ -3,6 +3,7 @@ listener and the file-drop ingest so both treat a message exactly alike."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -68,7 +69,26 @@ def read(payload: bytes) -> Received:
         dedupe = f"{msh.sending_facility}:{control}" if control else None
         return Received(payload, kind, dedupe, message=message)
     except hl7v2.HL7ParseError as exc:
-        return Received(payload, UNPARSEABLE, None, str(exc))
+        return Received(payload, UNPARSEABLE, None, _unquoted(str(exc)))
+
+
+# The parser's reasons that quote the message itself: a bad segment's first characters (a broken
+# line may begin inside a patient's name) and the characters after 'MSH'. Said without them, as
+# the reason reaches the ACK, the quarantine and the log.
+_QUOTING = (
+    (re.compile(r".* is not a segment name", re.S), "a segment does not begin with a segment name"),
+    (
+        re.compile(r"MSH-1/MSH-2 encoding characters .* are not five distinct separators.*", re.S),
+        "MSH-1/MSH-2 are not five distinct separators (expected '|^~\\&')",
+    ),
+)
+
+
+def _unquoted(problem: str) -> str:
+    for pattern, instead in _QUOTING:
+        if pattern.fullmatch(problem):
+            return instead
+    return problem
 
 
 class _Refuse:
