@@ -212,8 +212,20 @@ def test_idle_connections_and_senders_that_pipeline_without_reading_hold_nobody_
         senders = [threading.Thread(target=pipeline, daemon=True) for _ in range(4)]
         for sender in senders:
             sender.start()
+        queued: list[int] = []
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.is_set():
+                queued.append(listener._queue.qsize())
+                time.sleep(0.002)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
         wait_for(lambda: listener.stats.messages > 500, timeout=30)
         ack, took = _timed(running.port, _orm(b"LIVE"))
+        sampling.set()
+        sampler.join(5)
         held = listener.stats.peak_buffered_bytes
         for sock in [*idle, *deaf]:
             sock.close()
@@ -222,6 +234,7 @@ def test_idle_connections_and_senders_that_pipeline_without_reading_hold_nobody_
     assert ack_code(ack) == "AA"
     assert took < 15, f"{took:.1f} s behind the pipelining senders"
     assert held < 2 * 1024 * 1024
+    assert listener.max_in_flight == 32 and max(queued) <= 4 * 32 + 1  # 32 a connection awaiting a commit, at most
 
 
 def test_a_sender_reusing_another_sites_control_id_for_that_sites_order_changes_nothing(db_url, monkeypatch):
