@@ -119,7 +119,10 @@ def _create_engine(url: str, readonly: bool) -> Engine:
     if url.startswith("sqlite"):
         path = _sqlite_file(url)
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, json_serializer=canonical_json
+            url,
+            connect_args={"timeout": 30, "check_same_thread": False},
+            json_serializer=canonical_json,
+            hide_parameters=True,  # a failed statement's error and log never quote the values (PHI)
         )
         if path is not None:
             # On the first connection, not here: making an engine (or watching its file) creates nothing.
@@ -130,7 +133,14 @@ def _create_engine(url: str, readonly: bool) -> Engine:
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, json_serializer=canonical_json)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        json_serializer=canonical_json,
+        hide_parameters=True,  # a failed statement's error and log never quote the values (PHI)
+    )
 
 
 def get_engine(url: str | None = None, *, readonly: bool = False) -> Engine:

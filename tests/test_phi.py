@@ -124,3 +124,19 @@ def test_no_phi_in_database_logs_or_cli(db_url, caplog):
         assert phi not in caplog.text, "PHI in the logs"
         assert phi not in cli_text, "PHI in CLI output"
         assert phi.lower() not in db_text.lower()
+
+
+def test_a_failed_statement_quotes_no_value(db_url, caplog):
+    """Every engine the hub makes hides a statement's parameters: an error that reaches a log or an
+    operator (a constraint refused, a value the store cannot hold) names the statement, not the
+    patient in its values."""
+    name = PATIENTS[0]["name"]
+    with get_engine(db_url).connect() as conn:
+        try:
+            conn.execute(text("INSERT INTO orders (order_id) VALUES (:name), (:name)"), {"name": name})
+        except Exception as exc:  # whichever error the backend raises
+            refused = str(exc)
+        else:
+            raise AssertionError("the database took two rows with one primary key")
+    assert "INSERT INTO orders" in refused  # the statement is still named
+    assert name not in refused and "parameters hidden" in refused
