@@ -5,29 +5,16 @@ while the folder is unchanged)."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import orjson
-import pytest
 from sqlalchemy import func, select
 
 from cgthub import partner_sync, pipeline
 from cgthub.archive import Inbound
-from cgthub.mapping import registry
-from cgthub.settings import PROJECT_ROOT
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, QuarantineEntry, utcnow
-
-
-@pytest.fixture
-def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    copied = tmp_path / "config"
-    shutil.copytree(PROJECT_ROOT / "config", copied)
-    monkeypatch.setenv("CGTHUB_CONFIG_DIR", str(copied))
-    registry.clear_cache()
-    yield copied
-    registry.clear_cache()
+from tests.test_markets_baseline import config_copy  # noqa: F401 - the fixture: config/ copied, read by the hub
 
 
 def _page(n: int, country: str) -> bytes:
@@ -57,8 +44,8 @@ def _quarantined(url: str) -> list[tuple[str, str]]:
         return [(stage, reason) for stage, reason in rows]
 
 
-def test_a_market_file_counts_from_the_next_page_and_stops_counting_when_removed(db_url: str, config: Path) -> None:
-    served = config / "markets" / "US.yaml"
+def test_a_market_file_counts_from_the_next_page_and_not_once_removed(db_url: str, config_copy: Path) -> None:  # noqa: F811
+    served = config_copy / "markets" / "US.yaml"
     assert _ingest(db_url, 1, "US").appended == 1
 
     moved = served.with_suffix(".away")
