@@ -63,10 +63,11 @@ def _samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 class ListenerProcess:
     """`cgthub hl7 listen` as the mllp-listener container runs it, with its metrics port."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, *options: str) -> None:
         self.port, self.metrics_port = _free_port(), _free_port()
         cgthub = str(Path(sys.executable).parent / "cgthub")
         command = [cgthub, "hl7", "listen", "--port", str(self.port), "--metrics-port", str(self.metrics_port)]
+        command += options
         env = {**os.environ, "CGTHUB_DATABASE_URL": database_url}
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 60
@@ -126,7 +127,7 @@ def _story(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_listener_and_api_metrics_after_a_story(db_url, api, monkeypatch):
     with session_scope(db_url) as session:
         ledger.append(session, enrolment(1))
-    listener = ListenerProcess(db_url)
+    listener = ListenerProcess(db_url, "--max-connections", "9", "--max-in-flight", "4")
     try:
         acks = listener.send(ORM, SIU, UNKNOWN_ORDER, NO_MSH)
         assert [ack_code(a) for a in acks] == ["AA", "AA", "AE", "AR"]
@@ -146,6 +147,7 @@ def test_listener_and_api_metrics_after_a_story(db_url, api, monkeypatch):
     assert health.status_code == 200
     state = health.json()
     assert state["listener"]["status"] == "ok" and state["database"]["status"] == "ok"
+    assert state["limits"] == {"max_connections": 9, "max_in_flight": 4}  # what the operator set is in force
     assert "Smithson" not in scraped.text + health.text
 
     stream = _story(db_url, monkeypatch)

@@ -42,6 +42,12 @@ def listen(
         60.0, min=0.001, help="seconds a frame may take from its start block to its end, however its bytes trickle"
     ),
     max_connections: int = typer.Option(128, min=1, help="connections open at once; more are closed on arrival"),
+    max_in_flight: int = typer.Option(
+        32,
+        min=1,
+        help="messages of one connection awaiting a commit; what it sends beyond waits, read but unparsed, "
+        "so a sender that never reads its ACKs cannot hold up the others",
+    ),
     max_buffered_bytes: int = typer.Option(
         64 * 1024 * 1024,
         help="bytes held for unfinished frames and unanswered messages, all connections together; "
@@ -77,6 +83,7 @@ def listen(
             idle_timeout=idle_timeout,
             frame_timeout=frame_timeout,
             max_connections=max_connections,
+            max_in_flight=max_in_flight,
             max_buffered_bytes=max_buffered_bytes,
         )
     except ValueError as exc:

@@ -349,6 +349,7 @@ class MllpListener:
             "listener": {"status": "ok" if accepting else "stopped", "connections": len(self._connections)},
             "database": database,
             "mode": "apply" if self.apply else "archive only",
+            "limits": {"max_connections": self.max_connections, "max_in_flight": self.max_in_flight},
         }
         return state["status"] == "ok", state
 
