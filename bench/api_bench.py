@@ -21,18 +21,17 @@ import re
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import make_url
 
 from cgthub import store
 from cgthub.api.auth import create_key
+from cgthub.devtools import scratch_db
 from cgthub.devtools.samples import happy_path
 from cgthub.ledger import GENESIS, canonical_json
 from cgthub.lifecycle import project
@@ -171,12 +170,12 @@ def load_sqlite(path: Path, orders: int, events_per_order: int) -> None:
     db.close()
 
 
-def load_postgres(url: str, schema: str, orders: int, events_per_order: int) -> None:
+def load_postgres(url: str, orders: int, events_per_order: int) -> None:
     import psycopg
 
     order_rows, ledger_rows, change_rows = _rows(orders, events_per_order)
-    dsn = PG_ADMIN_URL.replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, options=f"-csearch_path={schema}") as conn, conn.cursor() as cur:
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
         for table, cols, rows in (
             ("orders", ORDER_COLS, order_rows),
             ("ledger_entries", LEDGER_COLS, ledger_rows()),
@@ -273,23 +272,12 @@ def _pct(values: list[float], p: float) -> float:
 
 
 def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
-    schema = None
-    if backend == "sqlite":
-        path = Path(tempfile.mkdtemp(prefix="cgthub-api-bench-")) / "bench.db"
-        url = f"sqlite:///{path}"
-    else:
-        schema = f"bench_{uuid.uuid4().hex[:8]}"
-        admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-        url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    try:
-        store.upgrade(url)
+    with scratch_db.migrated(backend, PG_ADMIN_URL, prefix="bench") as url:
         started = time.perf_counter()
         if backend == "sqlite":
-            load_sqlite(path, args.orders, args.events_per_order)
+            load_sqlite(Path(make_url(url).database or ""), args.orders, args.events_per_order)
         else:
-            load_postgres(url, schema or "", args.orders, args.events_per_order)
+            load_postgres(url, args.orders, args.events_per_order)
         load_seconds = time.perf_counter() - started
         with store.session_scope(url) as session:
             _, token = create_key(session, name="bench", scopes=["status:read"], all_data=True)
@@ -308,24 +296,18 @@ def run(backend: str, args: argparse.Namespace) -> dict[str, Any]:
         finally:
             server.terminate()
             server.wait(timeout=30)
-        latencies = outcome["latencies"]
-        return {
-            "backend": backend,
-            "load_s": load_seconds,
-            "requests": len(latencies),
-            "rps": len(latencies) / outcome["wall"],
-            "p50": _pct(latencies, 0.50),
-            "p95": _pct(latencies, 0.95),
-            "p99": _pct(latencies, 0.99),
-            "feed_events": outcome["feed_events"],
-            "feed_rate": outcome["feed_events"] / outcome["feed_seconds"],
-        }
-    finally:
-        store.dispose_engines()
-        if schema:
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-            admin.dispose()
+    latencies = outcome["latencies"]
+    return {
+        "backend": backend,
+        "load_s": load_seconds,
+        "requests": len(latencies),
+        "rps": len(latencies) / outcome["wall"],
+        "p50": _pct(latencies, 0.50),
+        "p95": _pct(latencies, 0.95),
+        "p99": _pct(latencies, 0.99),
+        "feed_events": outcome["feed_events"],
+        "feed_rate": outcome["feed_events"] / outcome["feed_seconds"],
+    }
 
 
 def main() -> None:

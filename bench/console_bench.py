@@ -17,11 +17,10 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import create_engine, insert, text
+from sqlalchemy import insert, text
 
 TARGET_MS = 300.0
 PG_ADMIN_URL = os.environ.get("CGTHUB_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -30,11 +29,11 @@ STATUSES = ["enrolled", "collected", "manufacturing", "qc_testing", "released", 
 
 
 def load(url: str, orders: int) -> str:
-    """N orders with their references and alerts, by bulk insert; returns one CRM id to search for."""
+    """N orders with their references and alerts, by bulk insert into a migrated database; returns one
+    CRM id to search for."""
     from cgthub import store
     from cgthub.tables import Alert, Order, OrderKey
 
-    store.upgrade(url)
     now = datetime.now(UTC)
     order_rows, key_rows, alert_rows = [], [], []
     for n in range(orders):
@@ -145,32 +144,18 @@ def main() -> int:
     from cgthub import airflow_env
 
     airflow_env.configure()
+    from cgthub.devtools.scratch_db import migrated
+
     backends = ["sqlite", "postgresql"] if args.backend == "both" else [args.backend]
     worst = 0.0
     for backend in backends:
-        schema = None
-        if backend == "sqlite":
-            url = f"sqlite:///{home / 'hub.db'}"
-        else:
-            schema = f"bench_{uuid.uuid4().hex[:8]}"
-            admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-            with admin.connect() as connection:
-                connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-            url = f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-        started = time.perf_counter()
-        reference = load(url, args.orders)
-        print(f"{backend}: {args.orders} orders loaded in {time.perf_counter() - started:.1f} s")
-        try:
+        with migrated(backend, PG_ADMIN_URL, prefix="bench") as url:
+            started = time.perf_counter()
+            reference = load(url, args.orders)
+            print(f"{backend}: {args.orders} orders loaded in {time.perf_counter() - started:.1f} s")
             for name, (p50, p95, db) in measure(url, args.requests, reference).items():
                 worst = max(worst, p50)
                 print(f"  {name:32s} p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  (db p50 {db:6.1f} ms)")
-        finally:
-            if schema:
-                from cgthub.store import dispose_engines
-
-                dispose_engines()
-                with admin.connect() as connection:
-                    connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
     verdict = "within" if worst < TARGET_MS else "OVER"
     print(f"worst p50 {worst:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target")
     return 0 if worst < TARGET_MS else 1
