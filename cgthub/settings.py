@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     pseudonym_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_PSEUDONYM_KEY")
     archive_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_ARCHIVE_KEY")
     ledger_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_LEDGER_KEY")
+    # The Ed25519 seed custody exports are signed with (cgthub.custody_signing); asked for when the
+    # first export is signed, so a command that signs none does not need it.
+    custody_signing_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_CUSTODY_SIGNING_KEY")
     ledger_checkpoints: Path | None = None
     config_dir: Path = PROJECT_ROOT / "config"
     mappings_dir: Path = PROJECT_ROOT / "mappings"
@@ -136,6 +139,17 @@ class Settings(BaseSettings):
     @cached_property
     def ledger_key(self) -> bytes:
         return self._key("ledger")
+
+    @cached_property
+    def custody_signing_key(self) -> bytes:
+        """The 32-byte Ed25519 seed: from CGTHUB_CUSTODY_SIGNING_KEY, or var/custody-signing.key in dev."""
+        variable = "CGTHUB_CUSTODY_SIGNING_KEY"
+        text = self.custody_signing_key_text
+        if text and text.get_secret_value():
+            return _decode_key(variable, text.get_secret_value())
+        if self.env != "dev":
+            raise MissingSetting([variable], self.env)
+        return _dev_key(self.var_dir, "custody-signing")
 
     @property
     def ledger_checkpoint_path(self) -> Path:

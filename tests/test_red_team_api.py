@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import httpx
-import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -222,14 +221,10 @@ def test_an_edited_custody_event_is_found_by_the_offline_check(api, tmp_path):
     assert runner.invoke(cli.app, ["api", "verify-custody", str(clean)]).exit_code == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole, not fixed here: the export carries SHA-256 hashes only, no signature or MAC a consumer can "
-    "check, so a holder who edits a body and recomputes the chain makes a document that verifies offline",
-)
-def test_a_ledger_rewritten_with_recomputed_hashes_is_found_by_the_offline_check(api):
+def test_a_ledger_rewritten_with_recomputed_hashes_is_found_by_the_offline_check(api, tmp_path):
     """The excursion's entry taken out, the chain's hashes recomputed and the events made again
-    from what is left, with the hub's own published code."""
+    from what is left, with the hub's own published code: the document is internally consistent,
+    and a consumer who pinned the hub's key (from GET /custody/keys) refuses it all the same."""
     _order_id, document = _custody(api)
     forged = copy.deepcopy(document)
     ledger = forged["cgthub:ledger"]
@@ -252,7 +247,24 @@ def test_a_ledger_rewritten_with_recomputed_hashes_is_found_by_the_offline_check
     made = build_document(state, entries, order_id=ledger["orderId"], head=ledger["head"], created=datetime.now(UTC))
     forged["epcisBody"]["eventList"] = made["epcisBody"]["eventList"]
     assert "non_conformant" not in json.dumps(forged["epcisBody"]) and "non_conformant" in json.dumps(document)
-    assert verify_ledger(forged) != []
+    assert verify_ledger(forged) == []  # the hashes alone cannot tell
+    keys = api.client(api.key("status:read")).get("/custody/keys").json()["keys"]  # no PHI scope needed
+    pinned = tmp_path / "hub.pem"
+    pinned.write_text(keys[0]["public_key_pem"])
+    runner = CliRunner()
+    unsigned = {k: v for k, v in forged.items() if k != "cgthub:signature"}
+    for name, candidate, why in (
+        ("forged", forged, "the signature does not verify under pinned key"),
+        ("unsigned", unsigned, "the document carries no cgthub:signature"),
+    ):
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps(candidate))
+        refused = runner.invoke(cli.app, ["api", "verify-custody", str(path), "--public-key", str(pinned)])
+        assert refused.exit_code == 1, (name, refused.output)
+        assert why in " ".join(refused.output.split()), (name, refused.output)
+    clean = tmp_path / "clean.json"
+    clean.write_text(json.dumps(document))
+    assert runner.invoke(cli.app, ["api", "verify-custody", str(clean), "--public-key", str(pinned)]).exit_code == 0
 
 
 def test_an_mrn_or_a_name_typed_where_an_order_id_goes_is_not_kept_in_the_access_log(api):

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from cgthub import health as hub_health
 from cgthub import metrics
-from cgthub.api import decisions, errors, feed, orders, scheduling, subscriptions
+from cgthub.api import custody_keys, decisions, errors, feed, orders, scheduling, subscriptions
 from cgthub.api import verify as verify_api
 from cgthub.api.audit import Access, AuditWriter
 from cgthub.api.auth import PrincipalCache
@@ -210,5 +210,6 @@ def create_app(
     app.include_router(decisions.router)
     app.include_router(verify_api.router)
     app.include_router(scheduling.router)
+    app.include_router(custody_keys.router)
     app.add_middleware(AuditMiddleware, writer=app.state.audit)
     return app

@@ -58,6 +58,16 @@ def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, 
     return principal
 
 
+async def any_key(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Security(bearer),
+    session: Session = Depends(read_session),
+) -> Principal:
+    """Any valid key, whatever its scopes: for what every consumer may read and no data scope narrows
+    (the public keys custody exports are signed with). 401 without one."""
+    return _caller(request, credentials, session)
+
+
 def authorized(scope: Scope) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits keys holding `scope` (or admin): 401 without a valid key, 403 without the scope.
 

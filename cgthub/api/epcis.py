@@ -8,7 +8,9 @@ AggregationEvents. Identifiers are URNs under `urn:cgthub:`.
 
 The document also carries the order's ledger (`cgthub:ledger`: every entry's body, recorded time
 and hashes). `verify_ledger` recomputes the chain with SHA-256 alone, so a consumer can check that
-the custody events come from an untampered ledger without access to the hub.
+the custody events agree with the ledger without access to the hub. Anyone can recompute those
+hashes, so that alone does not show who made the document: the API signs each export with the hub's
+Ed25519 key (`cgthub.custody_signing`), which a consumer checks against the public key they pinned.
 """
 
 from __future__ import annotations

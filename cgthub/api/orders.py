@@ -17,7 +17,7 @@ from pydantic import AwareDatetime
 from sqlalchemy import Connection, and_, bindparam, exists, func, select
 from sqlalchemy.orm import Session
 
-from cgthub import ledger, projection
+from cgthub import custody_signing, ledger, projection
 from cgthub.api import epcis, fhir
 from cgthub.api.auth import Principal, Scope
 from cgthub.api.cursor import decode_order_cursor, encode_order_cursor
@@ -301,7 +301,8 @@ def get_custody(
     principal: Principal = Depends(authorized(Scope.CUSTODY_READ)),
     session: Session = Depends(read_session),
 ) -> JSONResponse:
-    """The chain of custody as a GS1 EPCIS 2.0 document, with the ledger entries to verify it offline."""
+    """The chain of custody as a GS1 EPCIS 2.0 document, with the ledger entries to verify it offline,
+    signed with the hub's Ed25519 key (public keys at /custody/keys)."""
     order = _visible(session, principal, order_id)
     document = epcis.build_document(
         projection.load(order),
@@ -310,7 +311,7 @@ def get_custody(
         head=order.ledger_head,
         created=datetime.now(UTC),
     )
-    return JSONResponse(document, media_type="application/ld+json")
+    return JSONResponse(custody_signing.sign(document), media_type="application/ld+json")
 
 
 @router.get(

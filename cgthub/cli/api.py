@@ -116,10 +116,28 @@ def _split(values: list[str]) -> list[str]:
 @app.command("verify-custody")
 def verify_custody(
     path: str = typer.Argument(..., help="an EPCIS document saved from GET /orders/{id}/custody"),
+    public_key: str | None = typer.Option(
+        None,
+        "--public-key",
+        help="PEM file of the hub's pinned public key(s) (GET /custody/keys or `cgthub api custody-key`)",
+    ),
 ) -> None:
-    """Check a custody document offline: every ledger hash recomputed, the chain unbroken to its head."""
+    """Check a custody document offline: every ledger hash recomputed, the chain unbroken to its head, and
+    with --public-key the hub's Ed25519 signature under a key you pinned (without it, exit 0 with a
+    warning: only internal consistency, which the document's holder could have recomputed)."""
     from cgthub.api.epcis import not_a_custody_document, verify_ledger
+    from cgthub.custody_signing import NotAPublicKey, load_public_keys, signature_problems
 
+    pinned = None
+    if public_key is not None:
+        try:
+            with open(public_key, encoding="utf-8") as handle:
+                pinned = load_public_keys(handle.read())
+        except (OSError, ValueError, NotAPublicKey) as exc:
+            raise CliError(
+                f"cannot use {public_key} as the pinned key: {exc}",
+                "save the public_key_pem of GET /custody/keys (or `cgthub api custody-key`) to a file",
+            ) from exc
     try:
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
@@ -131,14 +149,35 @@ def verify_custody(
             f"{path} is not a custody document: {wrong_file}",
             "save the body of GET /orders/{id}/custody (an EPCIS 2.0 document with the order's ledger) and check that",
         )
-    problems = verify_ledger(document)
+    unsigned = signature_problems(document, pinned) if pinned is not None else []
+    problems = unsigned or verify_ledger(document)
     ledger = document.get("cgthub:ledger") or {}
     if problems:
         for problem in problems:
             console.print(f"[red]problem:[/] {problem}")
+        if unsigned:
+            raise CliError("the document is not signed by the hub under a pinned key: refused")
         raise CliError(f"{len(problems)} problem(s): the document does not match an untampered ledger")
     entries = len(ledger.get("entries") or [])
     console.print(f"verified: order {ledger.get('orderId')}, {entries} ledger entries, head {ledger.get('head')}")
+    if pinned is None:
+        console.print(
+            "[yellow]warning:[/] not authenticated: only the document's internal consistency was checked, "
+            "and its holder could have re-made it with recomputed hashes; pass --public-key with the hub's "
+            "pinned key to check its signature"
+        )
+    else:
+        console.print(f"signed by the hub: key {document['cgthub:signature']['keyId']} (pinned)")
+
+
+@app.command("custody-key")
+def custody_key() -> None:
+    """Print the public key custody exports are signed with (PEM), for consumers to pin."""
+    from cgthub.custody_signing import published_keys
+
+    current = published_keys()[0]
+    console_err.print(f"key id {current.key_id} (Ed25519), signing since {current.first_used}")
+    typer.echo(current.public_key_pem, nl=False)
 
 
 @keys_app.command("create")

@@ -73,6 +73,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.qualification",
             "cgthub.correlation",
             "cgthub.ledger_anchor",
+            "cgthub.custody_signing",
             "cgthub.audit_trail",
             "cgthub.partners",
             "cgthub.release_guard",
