@@ -27,7 +27,7 @@ def _sites_list(config: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_sites_list_shows_the_registry_and_exits_1_naming_file_and_line_of_a_bad_one(db_url, config_dir):  # noqa: F811
+def test_sites_list_shows_the_registry_and_exits_1_naming_file_and_line_of_a_bad_one(config_dir):  # noqa: F811
     shown = _sites_list(config_dir)
     assert shown.returncode == 0 and "US-BOS-01" in shown.stdout, shown.stderr
     path = config_dir / "sites.yaml"
