@@ -96,19 +96,10 @@ def pg_schema_url() -> Iterator[str]:
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is required under CI=true: {problem}")
         pytest.skip(f"PostgreSQL not reachable: {problem}")
-    schema = f"cgt_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    try:
-        yield f"{PG_ADMIN_URL}?options=-csearch_path%3D{schema}"
-    finally:
-        from cgthub.store import dispose_engines
+    from cgthub.devtools.scratch_db import pg_schema
 
-        dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema(PG_ADMIN_URL, prefix="cgt") as url:  # one schema a test process; db_url empties it
+        yield url
 
 
 def _fresh_sqlite_url() -> str:

@@ -34,6 +34,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from cgthub import airflow_env, demo, store
+from cgthub.devtools import scratch_db
 from cgthub.devtools.airflow_cluster import AirflowCluster, ClusterConfig, environment, own_host_names_possible
 from cgthub.settings import var_dir
 from cgthub.tables import utcnow
@@ -80,19 +81,16 @@ def services() -> None:
 
 @pytest.fixture
 def metadata_url(services: None) -> Iterator[str]:
-    """A PostgreSQL database of this test's own for Airflow's metadata (and, in schema hub, the hub's data)."""
-    name = f"cgthub_celery_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    """A PostgreSQL database of this test's own for Airflow's metadata (and, in a schema, the hub's data)."""
+    with scratch_db.pg_database(PG_ADMIN_URL, prefix="cgthub_celery") as url:
         yield url
-    finally:
-        store.dispose_engines()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-        admin.dispose()
+
+
+@pytest.fixture
+def hub_url(metadata_url: str) -> Iterator[str]:
+    """The cluster's hub: its data in a schema of its own in the test's database."""
+    with scratch_db.pg_schema(metadata_url, prefix="hub") as url:
+        yield url
 
 
 def _free_port() -> int:
@@ -221,7 +219,7 @@ class _Driver:
         return "\n".join(p.read_text()[-3000:] for p in sorted(found.rglob("*.log"))) if found.exists() else ""
 
 
-def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tmp_path, monkeypatch):
+def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, hub_url, tmp_path, monkeypatch):
     from cgthub.partners import sandbox_world
 
     started = time.monotonic()
@@ -230,11 +228,8 @@ def test_dags_on_two_celery_workers_give_make_demos_order_table(metadata_url, tm
         monkeypatch.delenv(name, raising=False)  # the hubs below set them; undone after the test
     now = utcnow().replace(minute=0, second=0, microsecond=0)  # as `make demo` places its story
 
-    # The cluster's hub: data in schema hub of the test's database, its partners in this process.
-    hub_url = f"{metadata_url}?options=-csearch_path%3Dhub"
+    # The cluster's hub: data in a schema of the test's database (hub_url), its partners in this process.
     airflow_db = create_engine(metadata_url)
-    with airflow_db.begin() as conn:
-        conn.execute(text("CREATE SCHEMA hub"))
     _use_hub(monkeypatch, hub_url, tmp_path / "cluster-var")
     store.upgrade()
     cluster_env = dict(os.environ)
