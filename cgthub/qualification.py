@@ -343,6 +343,9 @@ def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged
     """Record each enrolment's verdict and each refusal, once per event and registry content, with
     the registry that gave it (a hospital order that passes leaves no row: it is the hot path).
     The verdicts kept in one call were judged together, and carry one `judged_at`."""
+    kept = [one for one in judged if _kept(one)]
+    if not kept:
+        return
     version, sha256, now = registry.version, registry.sha256, utcnow()  # once, not for every row
     rows = [
         {
@@ -358,11 +361,8 @@ def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged
             "raw_id": one.event.provenance.raw_id,
             "judged_at": now,
         }
-        for one in judged
-        if _kept(one)
+        for one in kept
     ]
-    if not rows:
-        return
     record_registry(session, registry)
     session.execute(_insert_once(session, QualificationJudgement), rows)
 
