@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, Row, Text, bindparam, event, insert, select, type_coerce, update
+from sqlalchemy import JSON, Row, bindparam, event, insert, select, type_coerce, update
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.util import identity_key
 from sqlalchemy.types import TypeDecorator
@@ -98,13 +98,6 @@ _ORDERS = Order.__table__
 # The ledger reads them with the heads it locks (`OrderHead.indexed`).
 KEPT_UNLESS_CHANGED = ("status", "market", "site")
 _NOT_READ = (object(),) * len(KEPT_UNLESS_CHANGED)  # a head made here, not read: equal to nothing, all written
-# The projection as the store gives it: SQLite's text, parsed here with orjson (`_document`), not by
-# the JSON type's json.loads (about five times slower on a projection); PostgreSQL's driver parses it.
-_STORED_PROJECTIONS = BatchRead(
-    select(_ORDERS.c.id, type_coerce(_ORDERS.c.projection, Text)).where(
-        _ORDERS.c.id.in_(bindparam("ids", expanding=True))
-    )
-)
 
 # The columns a refresh writes, bound as p_<column> (a bind may not share its column's name).
 _REFRESHED = (
@@ -151,6 +144,10 @@ class Document(TypeDecorator[Any]):
 
         return process
 
+    def result_processor(self, dialect: Any, coltype: Any) -> Any:
+        """A document read: text parsed by `_document`, a value the driver parsed as it is."""
+        return _document
+
 
 def encoded(document: dict[str, Any] | list[Any]) -> Encoded | dict[str, Any] | list[Any]:
     """`document` as its canonical text, for a `Document` bind on SQLite, when the caller knows it
@@ -160,6 +157,15 @@ def encoded(document: dict[str, Any] | list[Any]) -> Encoded | dict[str, Any] | 
         return Encoded(orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode())
     except orjson.JSONEncodeError:
         return document
+
+
+# The projection read through `Document`: SQLite's text parsed with orjson, not by the JSON type's
+# json.loads (about five times slower on a projection); PostgreSQL's driver parses it itself.
+_STORED_PROJECTIONS = BatchRead(
+    select(_ORDERS.c.id, type_coerce(_ORDERS.c.projection, Document())).where(
+        _ORDERS.c.id.in_(bindparam("ids", expanding=True))
+    )
+)
 
 
 def _update_orders(changed: tuple[str, ...]) -> BulkWrite:
@@ -204,7 +210,7 @@ def attach_stored(session: Session, heads: Iterable[OrderHead]) -> None:
     connection = session.connection()
     for start in range(0, len(missing), _CHUNK):
         for order_id, stored in _STORED_PROJECTIONS.rows(connection, {"ids": missing[start : start + _CHUNK]}):
-            by_id[order_id].projection = _document(stored)
+            by_id[order_id].projection = stored
 
 
 def _document(stored: Any) -> Any:
