@@ -61,11 +61,8 @@ def test_a_running_server_honours_a_revocation_within_two_seconds(api):
     assert client.get("/orders").status_code == 200  # the key is now in the server's cache
     with session_scope(api.database_url) as session:
         assert revoke(session, key_id)
-    revoked_at = time.monotonic()
-    while (status := client.get("/orders").status_code) == 200 and time.monotonic() - revoked_at < 5:
-        time.sleep(0.05)
-    took = time.monotonic() - revoked_at
-    assert status == 401 and took <= 2.0 + 0.25, f"still served {took:.2f} s after the revocation"
+    time.sleep(2.05)  # a request the server reads 2 s after the revocation is refused, however slow the machine
+    assert client.get("/orders").status_code == 401
 
 
 def test_metrics_and_health_need_no_key_and_carry_no_order_data(api):

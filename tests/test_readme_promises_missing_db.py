@@ -34,7 +34,7 @@ def test_a_missing_database_is_named_and_not_created(tmp_path: Path, command: tu
         "CGTHUB_VAR_DIR": str(tmp_path / "var"),
         "CGTHUB_COURIER_WEBHOOK_SECRET": "a-secret",
     }
-    run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=60)
+    run = subprocess.run([sys.executable, "-m", *command], capture_output=True, text=True, env=env, timeout=180)
     assert run.returncode != 0, run.stdout
     assert str(missing) in run.stderr and "does not exist" in run.stderr, run.stderr
     assert "Traceback" not in run.stderr
