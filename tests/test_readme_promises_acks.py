@@ -10,7 +10,6 @@ on SQLite and PostgreSQL:
 
 from __future__ import annotations
 
-import pytest
 from hl7apy.parser import parse_message
 from sqlalchemy import func, select
 
@@ -48,11 +47,6 @@ def test_a_message_over_max_bytes_is_answered_ar_with_the_limit_and_not_kept(db_
     assert _count(db_url, RawMessage) == 0 and _count(db_url, QuarantineEntry) == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cgthub/hl7/listener.py answers an Oversized frame with build_ack(None, 'AR', reason), whose ERR-3 "
-    "defaults to 200 (unsupported message type), not ack.ANSWERS[Rejection.TOO_LARGE]'s 207",
-)
 def test_the_ar_for_a_message_over_max_bytes_carries_err3_207(db_url):
     with Running(db_url, max_message_bytes=4096) as running:
         (ack,) = exchange(running.port, frame(_too_big()), 1)

@@ -49,8 +49,9 @@ from dataclasses import dataclass
 
 from cgthub import health as hub_health
 from cgthub import metrics
+from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
-from cgthub.hl7.ack import build_ack
+from cgthub.hl7.ack import answer, build_ack
 from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
 from cgthub.store import session_scope
 
@@ -268,12 +269,12 @@ class MllpListener:
                 # Too large to keep (the limit protects the hub) or empty: answered, not archived.
                 self.stats.rejected_frames += 1
                 done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-                reason = (
-                    f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
-                    if isinstance(message, Oversized)
-                    else "empty frame cut short by a new start block"
-                )
-                done.set_result(build_ack(None, "AR", reason))
+                if isinstance(message, Oversized):
+                    rejection = Rejection.TOO_LARGE  # ERR-3 207, as the README's ACK table says
+                    reason = f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
+                else:
+                    rejection, reason = Rejection.UNREADABLE, "empty frame cut short by a new start block"
+                done.set_result(answer(None, rejection, reason))
                 pending.append(done)
             else:
                 pending.append(self._submit(inbound.read(message)))
