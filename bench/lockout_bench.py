@@ -77,8 +77,9 @@ def _rows(count: int, now: datetime, share: float) -> Iterator[dict[str, object]
         yield _row(i + 1, start + old_step * i, f"op-{i % 50}", actions[i % 4], {"decision": i})
     tries: dict[int, int] = {}
     attack_step = timedelta(minutes=10) / max(attack, 1)
+    guessed = max(8, min(GUESSED_IDS, attack // 6))  # six tries or more each: every guessed id locked
     for i in range(attack):
-        who = i % GUESSED_IDS
+        who = i % guessed
         tries[who] = tries.get(who, 0) + 1
         why = refused if tries[who] <= 5 else locked
         yield _row(old + i + 1, now - timedelta(minutes=11) + attack_step * i, f"claimed:user-{who}", "x", why)
