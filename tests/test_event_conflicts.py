@@ -75,7 +75,7 @@ def test_an_orm_resent_under_its_control_id_with_other_content_is_quarantined_al
         assert "scheduled_for" in alert.message and f"quarantine #{entry.id}" in alert.message
         assert "BOS0000101" not in alert.message and not any(p in alert.message for p in PHI)
         assert alert.order_id == s.scalar(select(Order.id))
-        assert _hl7_entries(s) == ["BOS0000101#order"]  # the first version stays applied, alone
+        assert _hl7_entries(s) == ["US-BOS-01|BOS0000101#order"]  # the first version stays applied, alone
         assert "2026-03-09" in _scheduled(s) and "2026-03-10" not in _scheduled(s)
         statuses = dict(s.execute(select(RawMessage.checksum, RawMessage.status)).all())
         assert sorted(statuses.values()) == ["processed", "processed", "quarantined"]  # 3 payloads kept
@@ -104,9 +104,9 @@ def test_an_operator_applies_the_new_version_as_a_correction_and_it_is_then_a_du
     with session_scope(db_url) as s:
         (entry,) = _conflicts(s)
         assert entry.status == "replayed" and entry.occurrences == 1
-        assert _hl7_entries(s) == ["BOS0000101#order", f"BOS0000101#order@c{entry.id}"]
+        assert _hl7_entries(s) == ["US-BOS-01|BOS0000101#order", f"US-BOS-01|BOS0000101#order@c{entry.id}"]
         correction = s.scalars(select(LedgerEntry).where(LedgerEntry.source_event_id.like("%@c%"))).one()
-        assert '"supersedes":"BOS0000101#order"' in correction.body
+        assert '"supersedes":"US-BOS-01|BOS0000101#order"' in correction.body
         assert "2026-03-10" in _scheduled(s) and "2026-03-09" not in _scheduled(s)
         assert ledger.verify(s)[1] == []
 
@@ -124,7 +124,7 @@ def test_a_discarded_version_stays_discarded_when_it_comes_again(db_url):
         assert ack_code(again) == "AA"
     with session_scope(db_url) as s:
         assert [(e.status, e.occurrences) for e in _conflicts(s)] == [("discarded", 1)]
-        assert _hl7_entries(s) == ["BOS0000101#order"]
+        assert _hl7_entries(s) == ["US-BOS-01|BOS0000101#order"]
         assert "2026-03-09" in _scheduled(s)
 
 
@@ -236,6 +236,6 @@ def test_two_writers_racing_other_content_under_one_control_id_end_applied_and_h
         (entry,) = _conflicts(s)
         assert entry.details["fields"] == ["scheduled_for"]
         assert [x.kind for x in alerts.open_alerts(s) if x.kind == alerts.EVENT_CONFLICT] == [alerts.EVENT_CONFLICT]
-        assert _hl7_entries(s) == ["BOS0000101#order"]
+        assert _hl7_entries(s) == ["US-BOS-01|BOS0000101#order"]
         statuses = s.scalars(select(RawMessage.status).where(RawMessage.system == "hl7"))
         assert sorted(statuses) == ["processed", "quarantined"]

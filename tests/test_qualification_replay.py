@@ -210,7 +210,7 @@ def test_the_hl7_inbox_judges_what_the_listener_archived_and_a_replay_judges_its
     (alert,) = _alerts(db_url)
     assert alert.order_id == order_id and alert.details["raw_id"] == entry.raw_id
 
-    hl7_replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1"]
+    hl7_replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"]
     dry = CliRunner().invoke(cli, [*hl7_replay, "--dry-run"], catch_exceptions=False)
     assert dry.exit_code == 0, dry.output
     # The March message applied before is unchanged (its sender is no site); September is refused.
@@ -246,7 +246,7 @@ def test_a_replay_leaves_what_waits_at_route_and_refuses_a_sender_the_registry_n
     # US-SEA-03's interface engine is taken out of the registry before the replay.
     _edit(config_dir, "facilities: [US-SEA-03]", "facilities: [US-SEA-03-NEW]", version=2)
     run = CliRunner().invoke(
-        cli, ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1"], catch_exceptions=False
+        cli, ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"], catch_exceptions=False
     )
     assert run.exit_code == 0, run.output
     assert "0 added" in run.output and "1 refused by the site registry (quarantined)" in run.output

@@ -259,14 +259,10 @@ def test_a_sender_reusing_another_sites_control_id_for_that_sites_order_changes_
     assert receive_counts == [1, 2]  # Boston's message twice, Heidelberg's once: two keys, not one
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole, not fixed here: the ORM mapping's event id is MSH-10#order, not scoped by sending facility "
-    "(mappings/hl7/*/v1.yaml, owned by the mapping work), so one site's control id pre-empts another's",
-)
 def test_one_sites_control_id_does_not_preempt_another_sites_message(db_url, monkeypatch):
     """Heidelberg orders for its own patient under control id B1; Boston's own order under B1 later
-    is a different message from a different sender, and should be applied."""
+    is a different message from a different sender, and is applied: HL7 mappings v2 scope each event
+    id by the sending facility (`<MSH-4>|<MSH-10>#order`)."""
     _enrol_through_crm(
         db_url,
         monkeypatch,

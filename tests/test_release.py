@@ -117,17 +117,18 @@ def _built(output: str) -> str:
     return found.group(1)
 
 
-def _v2_without_filler_order(hub: Hub) -> None:
-    """A new ORM version that no longer keeps the hospital's filler order number, with its fixtures."""
-    v1 = (hub.root / ORM / "v1.yaml").read_text()
-    v2 = v1.replace("version: 1\n", "version: 2\n").replace(
-        "change_note: >\n", "change_note: >\n  v2: the filler order number (ORC-3) is no longer kept.\n"
+def _v3_without_filler_order(hub: Hub) -> None:
+    """A new ORM version (after v2, the one in force) that no longer keeps the hospital's filler order
+    number, with its fixtures."""
+    v2 = (hub.root / ORM / "v2.yaml").read_text()
+    v3 = v2.replace("version: 2\n", "version: 3\n").replace(
+        "change_note: >\n", "change_note: >\n  v3: the filler order number (ORC-3) is no longer kept.\n"
     )
-    v2 = v2.replace("      refs.hospital_filler_order: {from: ORC-3}\n", "")
-    assert v2.count("version: 2") == 1 and "ORC-3" not in v2.split("events:")[1]
-    (hub.root / ORM / "v2.yaml").write_text(v2)
+    v3 = v3.replace("      refs.hospital_filler_order: {from: ORC-3}\n", "")
+    assert v3.count("version: 3") == 1 and "ORC-3" not in v3.split("events:")[1]
+    (hub.root / ORM / "v3.yaml").write_text(v3)
     registry.clear_cache()  # a new process would read the folder afresh; this one remembers it
-    hub.ok("mappings", "test", "--update")  # writes each fixture's v2 expectation
+    hub.ok("mappings", "test", "--update")  # writes each fixture's v3 expectation
 
 
 def _orm_filler_orders(url: str) -> dict[str, int]:
@@ -180,34 +181,34 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
     assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1]
 
     # the next release: a new ORM version; its notes say what it changes on the archived traffic
-    _v2_without_filler_order(hub)
+    _v3_without_filler_order(hub)
     assert "not release bundle" in str(hub.cli("hl7", "ingest", str(hub.feed("x.hl7", range(4, 5)))).exception)
     built = hub.build()
     second = _built(built)
-    assert "hl7/ORM_O01 v2 (new): v2: the filler order number (ORC-3) is no longer kept." in built
-    assert "US hl7/ORM_O01 v1 -> v2: 3 of 3 archived payloads, 3 orders: refs.hospital_filler_order" in built, built
-    hub.signed("release", "approve", second[:12], "--reason", "RELEASE-VALIDATED", "--text", "v2 reviewed")
+    assert "hl7/ORM_O01 v3 (new): v3: the filler order number (ORC-3) is no longer kept." in built
+    assert "US hl7/ORM_O01 v2 -> v3: 3 of 3 archived payloads, 3 orders: refs.hospital_filler_order" in built, built
+    hub.signed("release", "approve", second[:12], "--reason", "RELEASE-VALIDATED", "--text", "v3 reviewed")
     for env in ("validation", "production"):
         assert hub.signed("release", "promote", second[:12], "--env", env).exit_code == 0
     assert "6 accepted" in hub.ok("hl7", "ingest", str(hub.feed("second.hl7", range(4, 6))))
     assert partner_sync.apply_hl7_inbox(database_url=hub.url)["release"] == second  # what a DAG run records
-    assert sorted(_orm_filler_orders(hub.url).values()) == [0, 0, 1, 1, 1]  # v2 mapped patients 4 and 5
+    assert sorted(_orm_filler_orders(hub.url).values()) == [0, 0, 1, 1, 1]  # v3 mapped patients 4 and 5
 
     # an edit in place: production refuses it, naming the file and both hashes
-    edited = hub.root / ORM / "v2.yaml"
+    edited = hub.root / ORM / "v3.yaml"
     expected = hashlib.sha256(edited.read_bytes()).hexdigest()
     edited.write_text(edited.read_text().replace("no longer kept", "dropped"))
     drop = hub.feed("third.hl7", range(1, 2))
     run = hub.subprocess("hl7", "ingest", str(drop))
     assert run.returncode == 1 and "Traceback" not in run.stderr
-    assert f"mappings/hl7/ORM_O01/v2.yaml differs: expected sha256 {expected}, found " in run.stderr, run.stderr
+    assert f"mappings/hl7/ORM_O01/v3.yaml differs: expected sha256 {expected}, found " in run.stderr, run.stderr
     assert hashlib.sha256(edited.read_bytes()).hexdigest() in run.stderr and drop.exists()  # nothing read
     for other in (
-        ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"],
+        ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v3"],
         ["sites", "replay"],
     ):
-        assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli(*other)), other
-    assert "mappings/hl7/ORM_O01/v2.yaml differs" in said(hub.cli("hl7", "listen", "--port", "0"))  # never listens
+        assert "mappings/hl7/ORM_O01/v3.yaml differs" in said(hub.cli(*other)), other
+    assert "mappings/hl7/ORM_O01/v3.yaml differs" in said(hub.cli("hl7", "listen", "--port", "0"))  # never listens
     archiving = subprocess.Popen(  # archive-only maps nothing: it still takes the hospital's messages
         [sys.executable, "-m", "cgthub.cli", "hl7", "listen", "--port", "0", "--archive-only"],
         stdout=subprocess.PIPE,
@@ -221,19 +222,19 @@ def test_build_approve_promote_refuse_an_edit_in_place_and_roll_back(hub: Hub) -
         archiving.wait(timeout=30)
 
     # rollback: the bundle before, its files back in place, and the replay that re-maps with it
-    rolled = hub.signed("release", "rollback", "--env", "production", "--text", "v2 loses the filler order")
+    rolled = hub.signed("release", "rollback", "--env", "production", "--text", "v3 loses the filler order")
     assert rolled.exit_code == 0, said(rolled)
     assert f"to bundle {first[:12]} by qa" in rolled.output
-    assert "cgthub mappings replay --system hl7 --kind ORM_O01 --version v1" in rolled.output
+    assert "cgthub mappings replay --system hl7 --kind ORM_O01 --version v2" in rolled.output
     assert not edited.exists()
     assert first in hub.ok("release", "check")
-    hub.ok("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1")
-    assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1, 1, 1]  # v1's mapping again for all
+    hub.ok("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2")
+    assert sorted(_orm_filler_orders(hub.url).values()) == [1, 1, 1, 1, 1]  # v2's mapping again for all
 
     listed = {line.split("│")[1].strip(): line for line in hub.ok("release", "list").splitlines() if "│" in line}
     assert "production" in listed[first[:12]].split("│")[7] and "production" not in listed[second[:12]].split("│")[7]
     shown = hub.ok("release", "show", second[:12])
-    assert f"bundle {second}" in shown and "hl7/ORM_O01 v2 (new)" in shown
+    assert f"bundle {second}" in shown and "hl7/ORM_O01 v3 (new)" in shown
 
     with session_scope(hub.url) as s:
         trail = [(r.action, r.actor) for r in s.scalars(select(AuditRecord).order_by(AuditRecord.seq))]
@@ -249,7 +250,7 @@ def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
     for env in ("validation", "production"):
         hub.signed("release", "promote", first[:12], "--env", env)
     hub.ok("hl7", "ingest", str(hub.feed("first.hl7", range(1, 4))))
-    _v2_without_filler_order(hub)
+    _v3_without_filler_order(hub)
     second = _built(hub.build())
     approval = hub.signed("release", "approve", second[:12], "--reason", "RELEASE-EMERGENCY-FIX", "--text", "urgent")
     signature = re.search(r"signature ([0-9a-f]{64})", approval.output)
@@ -264,12 +265,12 @@ def test_evidence_has_every_section_a_reviewer_needs(hub: Hub) -> None:
     sections = dict(zip(release_evidence.SECTIONS, re.split(r"<h2 id='[a-z-]+'>", page)[1:], strict=True))
     assert second in sections["Bundle"] and first in sections["Bundle"] and "matches the manifest" in sections["Bundle"]
     notes = sections["Release notes"]
-    assert "mappings/hl7/ORM_O01/v2.yaml" in notes and "the filler order number (ORC-3) is no longer kept" in notes
+    assert "mappings/hl7/ORM_O01/v3.yaml" in notes and "the filler order number (ORC-3) is no longer kept" in notes
     fixtures = sections["Fixtures"]
     assert re.search(r"(\d+) fixtures, <span class='ok'>0 failed", fixtures), fixtures[:400]
-    assert fixtures.count("<td>hl7/ORM_O01</td><td>v2</td>") == len(list((hub.root / ORM / "fixtures").glob("*.hl7")))
+    assert fixtures.count("<td>hl7/ORM_O01</td><td>v3</td>") == len(list((hub.root / ORM / "fixtures").glob("*.hl7")))
     diff = sections["Diff on archived traffic"]
-    assert "<td>US</td><td>hl7/ORM_O01</td><td>v1 -&gt; v2</td><td>3</td><td>3</td><td>3</td>" in diff, diff
+    assert "<td>US</td><td>hl7/ORM_O01</td><td>v2 -&gt; v3</td><td>3</td><td>3</td><td>3</td>" in diff, diff
     assert "refs.hospital_filler_order: changed 0, added 0, removed 3" in diff
     approvals = sections["Approvals"]
     assert "<td>qa</td><td>approved</td><td>RELEASE-EMERGENCY-FIX</td>" in approvals and signature.group(1) in approvals
@@ -340,7 +341,7 @@ def test_a_build_is_signed_and_an_unsigned_or_badly_signed_one_is_approved_by_no
     assert "signed as builder by lead, rm" in hub.ok("release", "show", bundle[:12])
 
     # a builder's signature edited in the database to name someone else does not hold
-    _v2_without_filler_order(hub)
+    _v3_without_filler_order(hub)
     second = _built(hub.build("lead"))
     with session_scope(hub.url) as s:
         s.execute(

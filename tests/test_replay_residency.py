@@ -97,7 +97,7 @@ def test_a_replay_keeps_each_records_market_rules_so_de_data_stays_out(
     # The pinned version again (a routine re-run): each record maps as it came in, nothing is corrected.
     crm = _replay(*CRM_REPLAY, "--version", "v1")
     assert "2 events unchanged, 0 corrected, 0 added" in crm
-    hl7 = _replay("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1")
+    hl7 = _replay("mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2")
     assert "1 events unchanged, 0 corrected, 0 added" in hl7
     assert _bodies(url) == before
 

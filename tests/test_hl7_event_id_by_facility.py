@@ -1,0 +1,143 @@
+"""HL7 event ids are scoped by the sending facility (mappings/hl7/*/v2.yaml): `<MSH-4>|<MSH-10>#order`,
+`appt:<MSH-4>|<SCH-1>|<AIS-4>`, so two sites may use one control id or appointment id. v1 made them from
+MSH-10 (or SCH-1) alone, so the switch changes the id of what was applied before it: the same bytes
+resent are still the archive's duplicate, applied once. Two holes the switch opens wait for the ledger
+and replay (strict xfail): other content under a control id used before the switch is applied as a new
+event instead of held as a conflict, and a replay across the switch records each event again. Through
+the MLLP listener and the CLI, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from cgthub import ledger, settings
+from cgthub.cli import app as cli
+from cgthub.hl7.ack import ack_code
+from cgthub.hl7.mllp import frame
+from cgthub.mapping import registry
+from cgthub.store import session_scope
+from cgthub.tables import LedgerEntry, Order, QuarantineEntry, RawMessage
+from tests.factories import enrolment
+from tests.test_hl7_listener import ORM, Running, exchange
+from tests.test_residency_live import US_POSTAL, _crm_record, _din, _enrol_through_crm, _orders, _oru
+from tests.test_residency_live import _orm as _site_orm
+
+MOVED = ORM.replace(b"APH^Apheresis collection^L|||20260309080000", b"APH^Apheresis collection^L|||20260310080000")
+
+
+def _hl7_entries(url: str) -> list[str]:
+    with session_scope(url) as s:
+        query = select(LedgerEntry.source_event_id).where(LedgerEntry.source_system == "hl7").order_by(LedgerEntry.id)
+        return list(s.scalars(query))
+
+
+def _mappings_without_orm_v2(tmp_path: Path, monkeypatch) -> tuple[Path, Path]:
+    """A copy of the committed mappings as they were before v2 (ORM^O01 v1 only), read by the hub."""
+    root = tmp_path / "mappings"
+    shutil.copytree(Path(registry.mappings_dir()), root)
+    aside = tmp_path / "ORM_O01.v2.yaml"
+    (root / "hl7" / "ORM_O01" / "v2.yaml").rename(aside)
+    monkeypatch.setenv("CGTHUB_MAPPINGS_DIR", str(root))
+    settings.get_settings.cache_clear()
+    registry.clear_cache()
+    return root, aside
+
+
+def _switch_to_v2(db_url: str, tmp_path: Path, monkeypatch) -> None:
+    """ORM^O01 applied under v1, then v2 put in force (its file added, as a release brings it)."""
+    root, aside = _mappings_without_orm_v2(tmp_path, monkeypatch)
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    with Running(db_url) as running:
+        assert ack_code(exchange(running.port, frame(ORM), 1)[0]) == "AA"
+    assert _hl7_entries(db_url) == ["BOS0000101#order"]  # v1's id
+    aside.rename(root / "hl7" / "ORM_O01" / "v2.yaml")
+    registry.clear_cache()
+
+
+def test_a_resend_of_a_message_applied_under_v1_is_applied_once_after_the_switch_to_v2(db_url, tmp_path, monkeypatch):
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    with Running(db_url) as running:
+        resent = exchange(running.port, frame(ORM), 1)[0]  # the same bytes again
+        fresh = exchange(running.port, frame(ORM.replace(b"|BOS0000101|", b"|BOS0000109|")), 1)[0]
+    assert [ack_code(resent), ack_code(fresh)] == ["AA", "AA"]
+    assert _hl7_entries(db_url) == ["BOS0000101#order", "US-BOS-01|BOS0000109#order"]  # v2's id for the new one
+    with session_scope(db_url) as s:
+        receive_counts = sorted(s.scalars(select(RawMessage.receive_count).where(RawMessage.system == "hl7")))
+        assert s.scalar(select(QuarantineEntry.id)) is None
+    assert receive_counts == [1, 2]  # the resend counted on its archived row, not mapped again
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole opened by the id change, not fixed here: the ledger finds a conflicting version by the exact "
+    "event id, and v1's id (BOS0000101#order) is not v2's (US-BOS-01|BOS0000101#order), so other content under "
+    "a control id applied before the switch is applied as a second event (the control_id_reused alert is "
+    "raised); needs the ledger to also look up the id v1 made for the same sender (engine, not mappings/)",
+)
+def test_other_content_under_a_v1_control_id_is_a_conflict_after_the_switch(db_url, tmp_path, monkeypatch):
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    with Running(db_url) as running:
+        moved = exchange(running.port, frame(MOVED), 1)[0]  # the same control id, another date
+    with session_scope(db_url) as s:
+        conflicts = list(s.scalars(select(QuarantineEntry).where(QuarantineEntry.stage == "conflict")))
+        scheduled = str(s.scalar(select(Order.projection))["scheduled"])
+    assert _hl7_entries(db_url) == ["BOS0000101#order"]
+    assert ack_code(moved) == "AE" and b"|205^" in moved, moved
+    assert len(conflicts) == 1 and "scheduled_for" in conflicts[0].reason
+    assert "2026-03-09" in scheduled and "2026-03-10" not in scheduled
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole opened by the id change, not fixed here: replay (cgthub/mapping/replay.py) pairs a payload's "
+    "old and new events by base id, so under v2 the event v1 applied is 'no longer produced' and v2's is added "
+    "beside it; needs replay to pair events of one payload across an id-form change (engine, not mappings/)",
+)
+def test_a_replay_with_v2_of_what_v1_applied_adds_no_event(db_url, tmp_path, monkeypatch):
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"]
+    run = CliRunner().invoke(cli, replay, catch_exceptions=False)
+    assert run.exit_code == 0, run.output
+    assert _hl7_entries(db_url) == ["BOS0000101#order"], run.output
+    assert "1 events unchanged, 0 corrected, 0 added" in run.output
+
+
+def _siu(n: int, facility: str, *, placer: str, control: str, appointment: str) -> bytes:
+    return (
+        f"MSH|^~\\&|EPIC|{facility}|CGTHUB|HUB|20260303113000||SIU^S12^SIU_S12|{control}|P|2.5.1\r"
+        f"SCH|{appointment}|||||^Apheresis|||||||||||||||||||BOOKED|{placer}\r"
+        f"PID|1||MRN{n:08d}^^^{facility}^MR~CHW1234260000{n:02d}^^^COI^PN||Doe^Jane||19710412|F\r"
+        f"RGS|1\rAIS|1||APH^Apheresis collection|20260309080000\rAIL|1||APH-ROOM-2^^^{facility}\r"
+    ).encode()
+
+
+def test_two_sites_may_use_one_collection_report_control_id_and_one_appointment_id(db_url, monkeypatch):
+    """Boston and Heidelberg each report a collection under control id R1 and book appointment APT-1 at
+    the same hour: four messages from two senders, four events applied, none taken for another's."""
+    _enrol_through_crm(
+        db_url,
+        monkeypatch,
+        [_crm_record(1, "US-BOS-01", "US", US_POSTAL), _crm_record(2, "DE-HD-01", "DE", "691zx")],
+    )
+    sites = [(1, "US-BOS-01", "CRM-00001", "PL-1001"), (2, "DE-HD-01", "CRM-00002", "PLDE2")]
+    orders = [_site_orm(n, site, crm=crm, placer=placer, control=f"O{n}") for n, site, crm, placer in sites]
+    reports = [_oru(n, site, placer=placer, din=_din(n), control="R1") for n, site, _crm, placer in sites]
+    booked = [_siu(n, site, placer=placer, control=f"S{n}", appointment="APT-1") for n, site, _crm, placer in sites]
+    with Running(db_url) as running:
+        acks = exchange(running.port, b"".join(frame(m) for m in orders + booked + reports), 6)
+    assert [ack_code(a) for a in acks] == ["AA"] * 6, acks
+    entries = _hl7_entries(db_url)
+    for site in ("US-BOS-01", "DE-HD-01"):
+        assert f"{site}|R1#collected" in entries and f"appt:{site}|APT-1|20260309080000" in entries
+    with session_scope(db_url) as s:
+        assert s.scalar(select(QuarantineEntry.id)) is None
+    assert {crm: o.status for crm, o in _orders(db_url).items()} == {
+        "CRM-00001": "collected",
+        "CRM-00002": "collected",
+    }
