@@ -23,7 +23,7 @@ from cgthub.mapping import registry
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, Order, QuarantineEntry, RawMessage
 from tests.factories import enrolment
-from tests.test_hl7_listener import ORM, Running, exchange
+from tests.test_hl7_listener import ORM, SIU, Running, exchange
 from tests.test_residency_live import US_POSTAL, _crm_record, _din, _enrol_through_crm, _orders, _oru
 from tests.test_residency_live import _orm as _site_orm
 
@@ -109,12 +109,18 @@ def test_a_replay_with_v2_of_what_v1_applied_adds_no_event(db_url, tmp_path, mon
 
 
 def _siu(n: int, facility: str, *, placer: str, control: str, appointment: str) -> bytes:
-    return (
-        f"MSH|^~\\&|EPIC|{facility}|CGTHUB|HUB|20260303113000||SIU^S12^SIU_S12|{control}|P|2.5.1\r"
-        f"SCH|{appointment}|||||^Apheresis|||||||||||||||||||BOOKED|{placer}\r"
-        f"PID|1||MRN{n:08d}^^^{facility}^MR~CHW1234260000{n:02d}^^^COI^PN||Doe^Jane||19710412|F\r"
-        f"RGS|1\rAIS|1||APH^Apheresis collection|20260309080000\rAIL|1||APH-ROOM-2^^^{facility}\r"
-    ).encode()
+    """The shipped apheresis booking fixture, as another site sends it for its own patient."""
+    text = SIU.decode()
+    for old, new in (
+        ("US-BOS-01", facility),
+        ("BOS0000301", control),
+        ("APT-5001", appointment),
+        ("PL-1001", placer),
+        ("MRN48213377", f"MRN{n:08d}"),
+        ("CHW123426000001", f"CHW1234260000{n:02d}"),
+    ):
+        text = text.replace(old, new)
+    return text.encode()
 
 
 def test_two_sites_may_use_one_collection_report_control_id_and_one_appointment_id(db_url, monkeypatch):
