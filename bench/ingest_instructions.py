@@ -26,14 +26,19 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def prepare(path: str, count: int, database: Path) -> None:
     """The database a workload starts from, made without valgrind (it enrols orders, runs migrations)."""
-    import sqlite3
-
     from bench import hl7_bench, partner_page_bench
     from cgthub.store import dispose_engines
 
     url = hl7_bench.fresh_database((count + 20) // 2 + 1) if path == "hl7" else partner_page_bench.fresh_database()
     dispose_engines()
-    made = url.split("///", 1)[1]
+    settled_copy(url.split("///", 1)[1], database)
+
+
+def settled_copy(made: str, database: Path) -> None:
+    """Copy a SQLite database file with its write-ahead log folded in first: the file alone lacks
+    what is still in the log (the newest migrations among it)."""
+    import sqlite3
+
     with sqlite3.connect(made) as connection:
         connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     shutil.copy(made, database)

@@ -51,6 +51,7 @@ def _workload(count: int, database: Path, compare: bool) -> None:
 
 
 def counted(count: int, compare: bool) -> int:
+    from bench.ingest_instructions import settled_copy
     from bench.partner_page_bench import fresh_database
     from cgthub.store import dispose_engines
 
@@ -59,7 +60,7 @@ def counted(count: int, compare: bool) -> int:
     made = fresh_database().split("///", 1)[1]
     dispose_engines()
     database = Path(tempfile.mkdtemp()) / "resend.db"
-    shutil.copy(made, database)
+    settled_copy(made, database)
     return callgrind.instructions(
         [
             "--toggle-collect=functools_reduce",
