@@ -24,7 +24,6 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cgthub import config_file
@@ -252,7 +251,7 @@ def _chain(folder: Path, name: str) -> list[_Link]:
 def _read(path: Path) -> tuple[dict[str, Any], dict[tuple[Any, ...], int]]:
     """One file validated as written (shape errors name its line), and the line of every key."""
     parsed = config_file.load(path, MarketFile, MarketConfigError)
-    node = yaml.compose(path.read_text(), Loader=yaml.SafeLoader)
+    node, _data = config_file.parse(path.read_text())
     data = parsed.model_dump(exclude_unset=True)
     return data, config_file.key_lines(node)
 

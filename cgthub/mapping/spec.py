@@ -32,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cgthub import partners
-from cgthub.config_file import key_lines
+from cgthub.config_file import key_lines, parse
 from cgthub.errors import CgthubError
 from cgthub.model import EventType, SourceSystem
 
@@ -146,8 +146,7 @@ def load(path: Path) -> LoadedSpec:
     """Read and validate one mapping file; every problem is a MappingError naming file and line."""
     text = path.read_text()
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = parse(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         raise MappingError(path, mark.line + 1 if mark else None, None, f"not valid YAML: {exc}") from exc
