@@ -135,6 +135,10 @@ class MllpListener:
         self._last_commit = 0.0  # seconds the last group commit took
 
     async def start(self) -> tuple[str, int]:
+        if self.apply:  # the mappings in force compiled before the first sender connects, not by its message
+            from cgthub.mapping import registry
+
+            registry.warm("hl7")
         self._committer = asyncio.create_task(self._commit_loop())
         # The stream's own buffer is read as it fills, so a small limit (reading pauses at twice it)
         # keeps what waits there, beyond the listener's accounting, small while an ACK is awaited.

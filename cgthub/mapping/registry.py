@@ -136,6 +136,22 @@ def get_mapper(
     return _resolve(system, kind, market, version)
 
 
+def warm(system: str) -> int:
+    """Load and compile now the mappings in force for every kind of `system`, neutral and under each
+    configured market, as the first payloads would; the number compiled. A listener calls it before
+    it accepts connections: after a restart or a failover the first messages of every sender waited
+    for their mapping files to be read and compiled (~0.1 s each kind). A file that fails to load is
+    left for its first payload to quarantine with its reason."""
+    warmed = 0
+    for kind in sorted({f.kind for f in discover() if f.system == system}):
+        for market in (None, *configured_markets()):
+            try:
+                warmed += get_mapper(system, kind, market=market) is not None
+            except MappingError:
+                continue
+    return warmed
+
+
 @lru_cache(maxsize=1024)
 def _current(system: str, kind: str, market: str | None, _today: object, _root: Path) -> CompiledMapping | None:
     return _resolve(system, kind, market, None)
