@@ -32,6 +32,7 @@ from cgthub.bulk import rows_by_pairs
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
 from cgthub.quarantine import Stage
+from cgthub.quoting import quoted, shown
 from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, OrderKey, text_limit, utcnow
 
 log = logging.getLogger(__name__)
@@ -100,11 +101,11 @@ def check(site_id: str, therapy: str | None, day: date, registry: sites.SiteRegi
     """Is `site_id` qualified for `therapy` on `day` (therapy None: for any therapy)?"""
     known = registry or sites.registry()
     site = known.sites.get(site_id)
-    if site is None:
-        return Verdict(site_id, therapy, day, False, f"site {site_id} is not in the site registry")
+    if site is None:  # the id is the sender's: quoted, bounded
+        return Verdict(site_id, therapy, day, False, f"site {quoted(site_id)} is not in the site registry")
     held = [q for q in site.qualified() if therapy is None or q.therapy == therapy]
     covering = next((q for q in held if q.covers(day)), None)
-    what = therapy or "any therapy"
+    what = shown(therapy) if therapy else "any therapy"  # the sender's therapy code, bounded
     if covering is not None:
         return Verdict(site_id, therapy, day, True, f"site {site_id} is qualified for {what} on {day}", covering.basis)
     if not held:

@@ -42,12 +42,14 @@ from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.registry import EVERY_MARKET, get_mapper
 from cgthub.model import CanonicalEvent, OrderDetails
 from cgthub.quarantine import Stage
+from cgthub.quoting import quoted
 from cgthub.tables import Order, OrderKey
 
 _FACILITY = ("MSH-4", "MSH-4.1")  # paths that read what `hl7v2.Header.sending_facility` holds
 _Frozen = TypeVar("_Frozen", CanonicalEvent, OrderDetails)
 
 REPLAY_HINT = "add it to config/sites.yaml, then `cgthub sites replay`"
+_DETAIL_LIMIT = 80  # a sender's value in a quarantine entry's details: its head and a digest of the whole
 
 
 _Found = tuple[CompiledMapping, sites.SiteRegistry, sites.Source | None]  # a mapping, its registry and source
@@ -208,8 +210,8 @@ class RoutedMapper:
         if not sender.sites:
             raise PayloadRejected(
                 Stage.ROUTE,
-                f"sending facility {facility!r} ({path}) is not registered for any site; {REPLAY_HINT}",
-                {"facility": facility},
+                f"sending facility {quoted(facility)} ({path}) is not registered for any site; {REPLAY_HINT}",
+                {"facility": archive.fitted(facility, _DETAIL_LIMIT)},
             )
         sites.remember_sender(self.session, facts["raw_id"], sender)
         self._sender_sites = sender.sites
@@ -232,9 +234,9 @@ class RoutedMapper:
                 if market is None:
                     raise PayloadRejected(
                         Stage.ROUTE,
-                        f"{self.system}/{self.kind}: record {number} names site {str(site)[:40]!r}, which is "
+                        f"{self.system}/{self.kind}: record {number} names site {quoted(str(site))}, which is "
                         f"not in the site registry; {REPLAY_HINT}",
-                        {"site": str(site)[:40], "record": number},
+                        {"site": archive.fitted(str(site), _DETAIL_LIMIT), "record": number},
                     )
                 out.append(market)
             return out

@@ -29,6 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         "foundation",
         (
             "cgthub.errors",
+            "cgthub.quoting",
             "cgthub.config_file",
             "cgthub.jsontext",
             "cgthub.settings",
