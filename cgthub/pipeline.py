@@ -20,7 +20,9 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, ledger, quarantine
 from cgthub.errors import PayloadRejected, Rejection
+from cgthub.mapping.spec import MappingError
 from cgthub.model import CanonicalEvent
+from cgthub.quoting import shown
 from cgthub.tables import LedgerEntry, Order, OrderKey, RawMessage, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)
@@ -360,16 +362,27 @@ def _quarantine_poison(session: Session, item: archive.Inbound, exc: Exception) 
 
 
 def _poison_rejection(exc: Exception) -> PayloadRejected:
+    details: dict[str, Any] = {"error": type(getattr(exc, "orig", None) or exc).__name__}
+    if isinstance(exc, MappingError):  # a deployment problem: which file and line to fix
+        details |= {"file": exc.file, "line": exc.line}
     return PayloadRejected(
         quarantine.Stage.VALIDATE,
         f"could not be applied: {failure_text(exc)}; it is archived, replay it once the cause is fixed",
-        {"error": type(getattr(exc, "orig", None) or exc).__name__},
+        details,
         code=Rejection.UNAPPLIED,
     )
 
 
+_MAPPING_TEXT_LIMIT = 300  # a mapping file's problem, as a reason quotes it (YAML's can run long)
+
+
 def failure_text(exc: Exception) -> str:
-    """What went wrong with a payload, in words that quote no value (a database's message may quote it)."""
+    """What went wrong with a payload, in words that quote no value (a database's message may quote it).
+
+    A mapping file that does not load is quoted whole ("file:line: problem", on one line): its text is
+    the spec file's, never the payload's, and it says what to fix."""
+    if isinstance(exc, MappingError):
+        return f"its mapping file does not load: {shown(' '.join(str(exc).split()), _MAPPING_TEXT_LIMIT)}"
     if isinstance(exc, DataError):
         return f"a value does not fit the store ({type(exc.orig).__name__})"
     if isinstance(exc, IntegrityError):

@@ -5,6 +5,7 @@ does not stop it from starting: the first message of that kind is quarantined, t
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -54,4 +55,9 @@ def test_a_mapping_file_that_no_longer_loads_does_not_stop_the_listener(db_url, 
     assert [ack_code(a) for a in answers] == ["AA", "AE"]  # the ORM applied; the ORU waits for its file
     with session_scope(db_url) as s:
         (reason,) = s.scalars(select(QuarantineEntry.reason))
-    assert "MappingError" in reason and "replay it once the cause is fixed" in reason
+    # The operator is told which file and line to fix (not "an unexpected MappingError"), in the
+    # quarantine reason and the ACK's ERR-8, and that the message waits for a replay.
+    where = re.escape(str(root / "hl7" / "ORU_R01")) + r"/v\d+\.yaml:3: not valid YAML"
+    assert re.search(f"could not be applied: its mapping file does not load: {where}", reason), reason
+    assert reason.endswith("; it is archived, replay it once the cause is fixed"), reason
+    assert re.search(where.encode(), answers[1].split(b"\r")[2]), answers[1]  # ERR-8
