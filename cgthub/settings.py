@@ -51,14 +51,18 @@ class SettingError(CgthubError, RuntimeError):
 class MissingSetting(SettingError):
     """Settings a non-development environment must give explicitly are absent."""
 
-    def __init__(self, variables: list[str], env: str) -> None:
+    def __init__(self, variables: list[str], env: str, var_dir: Path, invalid: dict[str, str] | None = None) -> None:
+        # Every key problem at once: a key set but unusable is named beside the missing ones, so the
+        # operator does not find it only after fixing those (its value is never quoted).
+        also = "".join(f"; {variable} is not valid: {why}" for variable, why in (invalid or {}).items())
         super().__init__(
-            f"{', '.join(variables)} {'is' if len(variables) == 1 else 'are'} not set: CGTHUB_ENV={env} needs "
-            "every key given explicitly (32 bytes, url-safe base64); dev keys are made under var/ only "
-            "when CGTHUB_ENV=dev",
+            f"{', '.join(variables)} {'is' if len(variables) == 1 else 'are'} not set{also}: CGTHUB_ENV={env} "
+            "needs every key given explicitly (32 bytes, url-safe base64); dev keys are made under "
+            f"{var_dir} (CGTHUB_VAR_DIR) only when CGTHUB_ENV=dev",
             "set it (see deploy/.env.example), or CGTHUB_ENV=dev on a development machine",
         )
         self.variables = variables
+        self.invalid = dict(invalid or {})
 
 
 class InvalidSetting(SettingError):
@@ -68,7 +72,7 @@ class InvalidSetting(SettingError):
         super().__init__(
             f"{variable} is not valid: {why}", hint or f"correct or unset {variable} (see deploy/.env.example)"
         )
-        self.variable = variable
+        self.variable, self.why = variable, why
 
 
 def _decode_key(variable: str, value: str) -> bytes:
@@ -148,7 +152,7 @@ class Settings(BaseSettings):
         if text and text.get_secret_value():
             return _decode_key(variable, text.get_secret_value())
         if self.env != "dev":
-            raise MissingSetting([variable], self.env)
+            raise MissingSetting([variable], self.env, self.var_dir)
         return _dev_key(self.var_dir, "custody-signing")
 
     @property
@@ -160,13 +164,25 @@ class Settings(BaseSettings):
         texts = {"pseudonym": self.pseudonym_key_text, "archive": self.archive_key_text, "ledger": self.ledger_key_text}
         return [KEY_VARIABLES[name] for name, text in texts.items() if not (text and text.get_secret_value())]
 
+    def invalid_keys(self) -> dict[str, str]:
+        """The keys that are set but cannot be used, each with why (never its value)."""
+        out: dict[str, str] = {}
+        for name, variable in KEY_VARIABLES.items():
+            text: SecretStr | None = getattr(self, f"{name}_key_text")
+            if text and text.get_secret_value():
+                try:
+                    _decode_key(variable, text.get_secret_value())
+                except InvalidSetting as exc:
+                    out[variable] = exc.why
+        return out
+
     def _key(self, name: str) -> bytes:
         variable = KEY_VARIABLES[name]
         text: SecretStr | None = getattr(self, f"{name}_key_text")
         if text and text.get_secret_value():
             return _decode_key(variable, text.get_secret_value())
         if self.env != "dev":
-            raise MissingSetting([variable], self.env)
+            raise MissingSetting([variable], self.env, self.var_dir)
         return _dev_key(self.var_dir, name)
 
 
@@ -198,7 +214,7 @@ def get_settings() -> Settings:
         raise InvalidSetting(_variable_of(error["loc"]), error["msg"].lower()) from None
     missing = settings.missing_keys()
     if missing and settings.env != "dev":
-        raise MissingSetting(missing, settings.env)
+        raise MissingSetting(missing, settings.env, settings.var_dir, settings.invalid_keys())
     return settings
 
 
