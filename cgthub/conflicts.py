@@ -14,6 +14,10 @@ closes it. Once decided, the same content arriving again is a duplicate. Content
 between events made by the same mapping version: across a version change the mapping replay
 (`cgthub mapping replay`) is what compares and corrects. The hub's own events are not compared
 (their ids are idempotency keys for hub decisions, whose details may be worked out again).
+
+A mapping version that changed its id form declares the former one (`former_id` in its spec): an
+event the ledger holds under its former id, from a payload the archive keys alike (the same sender
+and delivery id), is that event, compared across the two versions (a resend or a conflict as above).
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from cgthub import alerts, quarantine
 from cgthub.archive import fitted
 from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
-from cgthub.tables import LedgerEntry, QuarantineEntry, utcnow
+from cgthub.tables import LedgerEntry, QuarantineEntry, RawMessage, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +56,7 @@ def digest(data: dict[str, Any]) -> str:
     return hashlib.sha256(orjson.dumps(content(data), option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent) -> list[str]:
+def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent, *, former: bool = False) -> list[str]:
     """The dotted names of the fields in which `event` differs from the version the ledger holds
     (`prior`: its stored body, or the event appended earlier in the batch); [] for a plain duplicate.
 
@@ -64,11 +68,14 @@ def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent) 
     new = event.to_json_dict()
     made_by = old.get("provenance") or {}
     mapping = event.provenance
-    if made_by.get("mapping_id") != mapping.mapping_id or str(made_by.get("mapping_version")) != str(
-        mapping.mapping_version
+    if made_by.get("mapping_id") != mapping.mapping_id or (
+        not former and str(made_by.get("mapping_version")) != str(mapping.mapping_version)
     ):
         return []
     old, new = content(old), content(new)
+    if former:  # found by the id the mapping's previous version gave it: the ids differ by design
+        old.pop("source_event_id", None)
+        new.pop("source_event_id", None)
     if old == new:
         return []
     flat_old, flat_new = _flat(old), _flat(new)
@@ -82,6 +89,22 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
         return out
     return {prefix: data}
+
+
+def same_sender(session: Session, prior: str | CanonicalEvent | None, event: CanonicalEvent) -> bool:
+    """Whether the version the ledger holds under `event`'s former id came in a payload the archive
+    keys as `event`'s (HL7: the same `<MSH-4>:<MSH-10>`), so one site's old id never stands for
+    another site's event. Asked only when a former id is found, never for a new event."""
+    if prior is None or prior is event:
+        return False
+    old = orjson.loads(prior) if isinstance(prior, str) else prior.to_json_dict()
+    raw_ids = {(old.get("provenance") or {}).get("raw_id"), event.provenance.raw_id}
+    if None in raw_ids:
+        return False
+    if len(raw_ids) == 1:
+        return True
+    keys = session.scalars(select(RawMessage.dedupe_key).where(RawMessage.id.in_(raw_ids))).all()
+    return len(keys) == 2 and keys[0] == keys[1]
 
 
 def subject(event: CanonicalEvent, content_digest: str) -> str:

@@ -213,9 +213,10 @@ class _BatchWriter:
         """Read what the batch's events name; return each event's dedupe key, reference keys and
         identity keys, worked out here once for the whole pass."""
         keys = [(e.key, e.reference_keys(), e.identity_keys()) for e in events]
-        rows = rows_by_pairs(
-            self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", [k[0] for k in keys]
-        )
+        wanted = [k[0] for k in keys]
+        # The ids a mapping's previous version gave these events (`former_id`): in the same lookup.
+        wanted.extend((e.source_system._value_, e.former_id) for e in events if e.former_id is not None)
+        rows = rows_by_pairs(self.session, _ENTRIES, _DONE_COLUMNS, "source_system", "source_event_id", wanted)
         for system, event_id, order_id, entry_id, seq, body in rows:
             self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
             self.held[(system, event_id)] = body
@@ -236,21 +237,12 @@ class _BatchWriter:
     def _one(self, event: CanonicalEvent, key: tuple[str, str], refs: list[Key], ids: list[Key]) -> AppendResult:
         prior = self.done.get(key)
         if prior is not None:
-            fields = conflicts.differing_fields(self.held.get(key), event)  # same id, other content?
-            refused = (
-                conflicts.refuse(self.session, event, fields, order_id=prior.order_id, applied_entry_id=prior.entry_id)
-                if fields
-                else None
-            )
-            if refused:
-                return AppendResult(
-                    "quarantined",
-                    prior.order_id,
-                    quarantine_id=refused[0],
-                    reason=refused[1],
-                    rejection=Rejection.CONFLICT,
-                )
-            return AppendResult("duplicate", prior.order_id, prior.entry_id, prior.seq)
+            return self._known(prior, conflicts.differing_fields(self.held.get(key), event), event)  # other content?
+        if event.former_id is not None:
+            former = (key[0], event.former_id)
+            prior = self.done.get(former)
+            if prior is not None and conflicts.same_sender(self.session, self.held.get(former), event):
+                return self._known(prior, conflicts.differing_fields(self.held.get(former), event, former=True), event)
         match = correlate(self.session, event, self.index, keys=(refs, ids))
         if not match.ok:
             return self._identity_conflict(event, match.order_id, match.conflicts, match.conflicting_orders)
@@ -268,6 +260,19 @@ class _BatchWriter:
         self.done[key] = result
         self.held[key] = event
         return result
+
+    def _known(self, prior: AppendResult, fields: list[str], event: CanonicalEvent) -> AppendResult:
+        """An event the ledger holds: a duplicate, or (other content) a conflict held for an operator."""
+        refused = (
+            conflicts.refuse(self.session, event, fields, order_id=prior.order_id, applied_entry_id=prior.entry_id)
+            if fields
+            else None
+        )
+        if refused:
+            return AppendResult(
+                "quarantined", prior.order_id, quarantine_id=refused[0], reason=refused[1], rejection=Rejection.CONFLICT
+            )
+        return AppendResult("duplicate", prior.order_id, prior.entry_id, prior.seq)
 
     def _chain(self, order: projection.OrderHead, event: CanonicalEvent) -> AppendResult:
         """The entry's hash and seal, and its row for `_write_rows`, in one pass."""

@@ -300,6 +300,9 @@ class CanonicalEvent(_Model):
     attributes: dict[str, AttributeValue] = Field(default_factory=dict)
     provenance: Provenance
     supersedes: str | None = None
+    # The id the mapping's previous version gave this same event (its spec's `former_id`), so the
+    # ledger and replay find what that version recorded. Not written or hashed: bodies stay as they were.
+    former_id: str | None = Field(default=None, max_length=200, exclude=True)
 
     @property
     def key(self) -> tuple[str, str]:

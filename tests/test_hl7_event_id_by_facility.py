@@ -1,18 +1,16 @@
 """HL7 event ids are scoped by the sending facility (mappings/hl7/*/v2.yaml): `<MSH-4>|<MSH-10>#order`,
 `appt:<MSH-4>|<SCH-1>|<AIS-4>`, so two sites may use one control id or appointment id. v1 made them from
 MSH-10 (or SCH-1) alone, so the switch changes the id of what was applied before it: the same bytes
-resent are still the archive's duplicate, applied once. Two holes the switch opens wait for the ledger
-and replay (strict xfail): other content under a control id used before the switch is applied as a new
-event instead of held as a conflict, and a replay across the switch refuses the payload (recording
-nothing twice) where it should pair its events. Through the MLLP listener and the CLI, on SQLite and
-PostgreSQL."""
+resent are still the archive's duplicate, applied once. v2 declares v1's form as each event's
+`former_id`, so across the switch the ledger finds what v1 applied for the same sender (other content
+under its control id is a conflict, not a second event) and a replay with v2 pairs the events v1
+recorded. Through the MLLP listener and the CLI, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -71,16 +69,11 @@ def test_a_resend_of_a_message_applied_under_v1_is_applied_once_after_the_switch
     with session_scope(db_url) as s:
         receive_counts = sorted(s.scalars(select(RawMessage.receive_count).where(RawMessage.system == "hl7")))
         assert s.scalar(select(QuarantineEntry.id)) is None
+        bodies = list(s.scalars(select(LedgerEntry.body).where(LedgerEntry.source_system == "hl7")))
+    assert all("former_id" not in body for body in bodies) and '"BOS0000109#order"' not in bodies[1]  # not stored
     assert receive_counts == [1, 2]  # the resend counted on its archived row, not mapped again
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole opened by the id change, not fixed here: the ledger finds a conflicting version by the exact "
-    "event id, and v1's id (BOS0000101#order) is not v2's (US-BOS-01|BOS0000101#order), so other content under "
-    "a control id applied before the switch is applied as a second event (the control_id_reused alert is "
-    "raised); needs the ledger to also look up the id v1 made for the same sender (engine, not mappings/)",
-)
 def test_other_content_under_a_v1_control_id_is_a_conflict_after_the_switch(db_url, tmp_path, monkeypatch):
     _switch_to_v2(db_url, tmp_path, monkeypatch)
     with Running(db_url) as running:
@@ -94,12 +87,6 @@ def test_other_content_under_a_v1_control_id_is_a_conflict_after_the_switch(db_u
     assert "2026-03-09" in scheduled and "2026-03-10" not in scheduled
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replay (cgthub/mapping/replay.py) pairs a payload's old and new events by base id; across the id "
-    "change it refuses the payload rather than record its events again (the test below), where it should pair "
-    "them as unchanged: needs replay to pair events of one payload across an id-form change",
-)
 def test_a_replay_with_v2_of_what_v1_applied_adds_no_event(db_url, tmp_path, monkeypatch):
     _switch_to_v2(db_url, tmp_path, monkeypatch)
     replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"]
@@ -109,19 +96,40 @@ def test_a_replay_with_v2_of_what_v1_applied_adds_no_event(db_url, tmp_path, mon
     assert "1 events unchanged, 0 corrected, 0 added" in run.output
 
 
-def test_a_replay_across_the_id_change_records_nothing_twice_and_says_why(db_url, tmp_path, monkeypatch):
-    """Until replay pairs a payload's events across an id-form change, it refuses the payload: the
-    event v1 recorded stays the only one, and the operator reads which ids did not pair and what to do."""
+def test_a_replay_with_v1_after_the_switch_still_finds_what_v1_applied_unchanged(db_url, tmp_path, monkeypatch):
     _switch_to_v2(db_url, tmp_path, monkeypatch)
+    replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v1"]
+    run = CliRunner().invoke(cli, replay, catch_exceptions=False)
+    assert _hl7_entries(db_url) == ["BOS0000101#order"], run.output
+    assert "1 events unchanged, 0 corrected, 0 added" in run.output, run.output
+
+
+def test_a_replay_with_v2_of_other_content_v1_applied_corrects_it_and_adds_none(db_url, tmp_path, monkeypatch):
+    """v1 applied a scheduled date; a v2 that no longer maps it (edited in the hub's copy) pairs the
+    event by its former id and appends a correction of it, not a second event."""
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    v2 = registry.mappings_dir() / "hl7" / "ORM_O01" / "v2.yaml"
+    text = v2.read_text()
+    v2.write_text(text.replace("      scheduled_for: {from: OBR-7, transform: datetime}\n", "", 1))
+    registry.clear_cache()
     replay = ["mappings", "replay", "--system", "hl7", "--kind", "ORM_O01", "--version", "v2"]
     run = CliRunner().invoke(cli, replay, catch_exceptions=False)
-    assert _hl7_entries(db_url) == ["BOS0000101#order"], run.output  # not recorded a second time
-    assert "1 still failing" in run.output, run.output
-    assert "US-BOS-01|BOS0000101#order" in run.output and "BOS0000101#order)" in run.output
-    assert "replay it with the version that made them" in run.output
-    again = CliRunner().invoke(cli, [*replay[:-1], "v1"], catch_exceptions=False)
-    assert _hl7_entries(db_url) == ["BOS0000101#order"], again.output
-    assert "1 events unchanged" in again.output, again.output  # the version that made them pairs them
+    assert "0 events unchanged, 1 corrected, 0 added" in run.output, run.output
+    assert _hl7_entries(db_url) == ["BOS0000101#order", "US-BOS-01|BOS0000101#order@v2"], run.output
+
+
+def test_another_facilitys_message_under_a_v1_control_id_is_applied_not_held(db_url, tmp_path, monkeypatch):
+    """v1 applied US-BOS-01's BOS0000101; US-SITE-1 (another sender) sends its own message under the same
+    control id: v1's id is not taken for it (the archive keys the two senders apart), so it is applied."""
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    other = MOVED.replace(b"|EPIC|US-BOS-01|", b"|EPIC|US-SITE-1|")
+    with Running(db_url) as running:
+        answer = exchange(running.port, frame(other), 1)[0]
+    assert ack_code(answer) == "AA", answer
+    assert _hl7_entries(db_url) == ["BOS0000101#order", "US-SITE-1|BOS0000101#order"]
+    with session_scope(db_url) as s:
+        assert s.scalar(select(QuarantineEntry.id)) is None
+        assert "2026-03-10" in str(s.scalar(select(Order.projection))["scheduled"])
 
 
 def _siu(n: int, facility: str, *, placer: str, control: str, appointment: str) -> bytes:

@@ -52,6 +52,7 @@ _TARGET_ROOTS = {
     "reason",
     "attributes",
     "supersedes",
+    "former_id",
 }
 
 

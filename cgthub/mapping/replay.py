@@ -183,6 +183,8 @@ def _replay_one(
     for event in fresh:
         base = base_id(event.source_event_id)
         old = current.pop(base, None)
+        if old is None and event.former_id is not None:  # recorded under the previous version's id form
+            old = current.pop(event.former_id, None)
         if old is None:
             new.append(event)
         elif _content(old) == _content(event):
@@ -190,7 +192,12 @@ def _replay_one(
         else:
             corrections.append(
                 event.model_copy(
-                    update={"source_event_id": f"{base}@{mapper.version}", "supersedes": old.source_event_id}
+                    # a correction is its own event: no former id to be taken for the one it corrects
+                    update={
+                        "source_event_id": f"{base}@{mapper.version}",
+                        "supersedes": old.source_event_id,
+                        "former_id": None,
+                    }
                 )
             )
     produced = {e.source_event_id for e in new}
