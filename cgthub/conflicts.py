@@ -165,6 +165,7 @@ def refuse(
             "fields": fields,
             "content_digest": content_digest,
             "applied_entry_id": applied_entry_id,
+            **({"former_id": event.former_id} if event.former_id else {}),  # what a retry supersedes, too
         },
     )
     alerts.event_conflict(
@@ -196,6 +197,9 @@ def correction(session: Session, entry: QuarantineEntry) -> CanonicalEvent:
         raise CorrectionRefused(f"quarantine entry {entry.id} keeps no event to apply")
     event = CanonicalEvent.model_validate(data)
     base = event.source_event_id
+    # The version in force may be held under the id the mapping's previous version gave it.
+    former = (entry.details or {}).get("former_id")
+    ids = [base, former] if former else [base]
     corrected = f"{base}{CORRECTION_MARK}{entry.id}"
     if len(corrected) > _EVENT_ID_LIMIT:
         raise CorrectionRefused(
@@ -207,8 +211,8 @@ def correction(session: Session, entry: QuarantineEntry) -> CanonicalEvent:
         .where(
             LedgerEntry.source_system == event.source_system.value,
             or_(
-                LedgerEntry.source_event_id == base,
-                LedgerEntry.source_event_id.startswith(base + CORRECTION_MARK, autoescape=True),
+                *(LedgerEntry.source_event_id == i for i in ids),
+                *(LedgerEntry.source_event_id.startswith(i + CORRECTION_MARK, autoescape=True) for i in ids),
             ),
         )
         .order_by(LedgerEntry.id.desc())

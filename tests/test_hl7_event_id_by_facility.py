@@ -22,6 +22,8 @@ from cgthub.mapping import registry
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, Order, QuarantineEntry, RawMessage
 from tests.factories import enrolment
+from tests.test_decisions import _add_operator
+from tests.test_event_conflicts import _sign
 from tests.test_hl7_listener import ORM, SIU, Running, exchange
 from tests.test_residency_live import US_POSTAL, _crm_record, _din, _enrol_through_crm, _orders, _oru
 from tests.test_residency_live import _orm as _site_orm
@@ -94,6 +96,23 @@ def test_a_replay_with_v2_of_what_v1_applied_adds_no_event(db_url, tmp_path, mon
     assert run.exit_code == 0, run.output
     assert _hl7_entries(db_url) == ["BOS0000101#order"], run.output
     assert "1 events unchanged, 0 corrected, 0 added" in run.output
+
+
+def test_a_retried_conflict_under_a_v1_control_id_supersedes_what_v1_applied(db_url, tmp_path, monkeypatch):
+    """The operator applies the held version: its correction supersedes v1's entry, which it names."""
+    _switch_to_v2(db_url, tmp_path, monkeypatch)
+    with Running(db_url) as running:
+        assert ack_code(exchange(running.port, frame(MOVED), 1)[0]) == "AE"
+    with session_scope(db_url) as s:
+        entry_id = s.scalars(select(QuarantineEntry.id).where(QuarantineEntry.stage == "conflict")).one()
+    _add_operator(db_url, "coordinator", "retry_quarantine", "discard_quarantine")
+    assert '"result": "released"' in _sign(db_url, "retry", entry_id, "CHANGE-CONFIRMED")
+    with session_scope(db_url) as s:
+        body = s.scalars(select(LedgerEntry.body).where(LedgerEntry.source_event_id.like("%@c%"))).one()
+        assert '"supersedes":"BOS0000101#order"' in body
+        assert "2026-03-10" in str(s.scalar(select(Order.projection))["scheduled"])
+        assert ledger.verify(s)[1] == []
+    assert _hl7_entries(db_url) == ["BOS0000101#order", f"US-BOS-01|BOS0000101#order@c{entry_id}"]
 
 
 def test_a_replay_with_v1_after_the_switch_still_finds_what_v1_applied_unchanged(db_url, tmp_path, monkeypatch):
