@@ -44,13 +44,36 @@ class ApiServer:
 
 
 def build_orders(database_url: str, events_by_order: list[list[Any]]) -> list[str]:
-    """Append each order's events through the ledger; returns the order ids in the same order."""
+    """Append each order's events through the ledger; returns the order ids in the same order, once
+    the change feed serves what they changed."""
     ids = []
     with session_scope(database_url) as session:
         for events in events_by_order:
             results = [ledger.append(session, e) for e in events]
             ids.append(next(r.order_id for r in results if r.order_id))
+    feed_settled(database_url)
     return ids
+
+
+def feed_settled(database_url: str, timeout: float = 30.0) -> None:
+    """Until PostgreSQL's horizon (cgthub.changes: the oldest transaction still running anywhere on
+    the server) has passed every change row written so far, as a consumer that polls finds it at
+    last: another test worker's transaction on the same server holds it back a while. SQLite serves
+    every committed row at once."""
+    from sqlalchemy import func, select
+
+    from cgthub.changes import OrderChange, _pg_horizon
+
+    deadline = time.monotonic() + timeout
+    with session_scope(database_url, readonly=True) as session:
+        if session.get_bind().dialect.name != "postgresql":
+            return
+        newest = session.scalar(select(func.max(OrderChange.tx)))
+    while newest is not None and time.monotonic() < deadline:
+        with session_scope(database_url, readonly=True) as session:
+            if _pg_horizon(session) > newest:
+                return
+        time.sleep(0.1)
 
 
 @pytest.fixture
