@@ -32,8 +32,13 @@ def _only_entry(url: str) -> QuarantineEntry:
     return entry
 
 
-def test_a_long_unknown_sending_facility_is_quoted_bounded_in_reason_ack_and_log(db_url, caplog):
+def test_a_long_unknown_sending_facility_is_quoted_bounded_in_reason_ack_and_log(db_url, caplog, monkeypatch):
     caplog.set_level(logging.INFO)
+    # The pipeline's log as the listener's process writes it, whatever logging set-up another test in
+    # this worker made (a dictConfig that disabled existing loggers left caplog without its lines).
+    for name in ("cgthub", "cgthub.pipeline", "cgthub.routing"):
+        monkeypatch.setattr(logging.getLogger(name), "disabled", False)
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
     facility = "X" * (LONG - 1) + "Y"  # its tail must not appear anywhere
     message = ORM.replace(b"|EPIC|US-BOS-01|", f"|EPIC|{facility}|".encode())
     with Running(db_url, apply=True) as running:
