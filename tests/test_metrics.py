@@ -127,6 +127,7 @@ def _story(database_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
 def test_listener_and_api_metrics_after_a_story(db_url, api, monkeypatch):
     with session_scope(db_url) as session:
         ledger.append(session, enrolment(1))
+    monkeypatch.setenv("CGTHUB_MLLP_MAX_CONNECTIONS_PER_ADDRESS", "5")
     listener = ListenerProcess(db_url, "--max-connections", "9", "--max-in-flight", "4")
     try:
         acks = listener.send(ORM, SIU, UNKNOWN_ORDER, NO_MSH)
@@ -147,7 +148,8 @@ def test_listener_and_api_metrics_after_a_story(db_url, api, monkeypatch):
     assert health.status_code == 200
     state = health.json()
     assert state["listener"]["status"] == "ok" and state["database"]["status"] == "ok"
-    assert state["limits"] == {"max_connections": 9, "max_in_flight": 4}  # what the operator set is in force
+    # what the operator set is in force
+    assert state["limits"] == {"max_connections": 9, "max_in_flight": 4, "max_connections_per_address": 5}
     assert "Smithson" not in scraped.text + health.text
 
     stream = _story(db_url, monkeypatch)

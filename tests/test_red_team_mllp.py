@@ -195,7 +195,8 @@ def test_idle_connections_and_senders_that_pipeline_without_reading_hold_nobody_
     messages awaiting a commit (2.0 s on a shared machine, the junk going through at about 300 a
     second), and what they make the listener hold stays small."""
     _enrol(db_url)
-    with Running(db_url, idle_timeout=30.0, max_connections=64) as running:
+    # 35 connections from 127.0.0.1: the cap per address is tests/test_mllp_connections_per_address.py's
+    with Running(db_url, idle_timeout=30.0, max_connections=64, max_connections_per_address=64) as running:
         listener = running.listener
         idle = [connect(running.port) for _ in range(30)]
         deaf: list[socket.socket] = []

@@ -52,7 +52,9 @@ from cgthub import metrics
 from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import answer, build_ack
+from cgthub.hl7.connection_limits import PerAddressLimit
 from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 
 log = logging.getLogger(__name__)
@@ -104,6 +106,7 @@ class MllpListener:
         batch_window: float = 0.002,
         batch_max: int = 500,
         max_in_flight: int = 32,
+        max_connections_per_address: int | None = None,  # None: CGTHUB_MLLP_MAX_CONNECTIONS_PER_ADDRESS
     ) -> None:
         if max_buffered_bytes < max_message_bytes + READ_SIZE:
             raise ValueError(
@@ -120,6 +123,9 @@ class MllpListener:
         self.max_connections, self.max_buffered_bytes = max_connections, max_buffered_bytes
         self.batch_window, self.batch_max = batch_window, batch_max
         self.max_in_flight = max_in_flight
+        self.per_address = PerAddressLimit(
+            max_connections_per_address or get_settings().mllp_max_connections_per_address
+        )
         self.stats = ListenerStats()
         self.buffered_bytes = 0  # held for unfinished frames and unanswered messages, all connections
         self._freed_since_trim = 0
@@ -169,6 +175,8 @@ class MllpListener:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.max_connections:
             self._refuse(writer)
+            return
+        if not self.per_address.admit(writer):  # its address has its cap open: closed, logged, counted
             return
         task = asyncio.current_task()
         assert task is not None
@@ -354,7 +362,11 @@ class MllpListener:
             "listener": {"status": "ok" if accepting else "stopped", "connections": len(self._connections)},
             "database": database,
             "mode": "apply" if self.apply else "archive only",
-            "limits": {"max_connections": self.max_connections, "max_in_flight": self.max_in_flight},
+            "limits": {
+                "max_connections": self.max_connections,
+                "max_in_flight": self.max_in_flight,
+                "max_connections_per_address": self.per_address.limit,
+            },
         }
         return state["status"] == "ok", state
 
