@@ -23,7 +23,7 @@ def canonical_json(value: Any) -> str:
     those, or floats from 1e16 up (which orjson happens to write alike), go to `json.dumps` itself
     (tests/test_ledger.py holds the two equal on generated values).
     """
-    if _orjson_writes_it(value):
+    if orjson_writes_it(value):
         try:
             return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
         except orjson.JSONEncodeError:  # a lone surrogate
@@ -31,7 +31,7 @@ def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def _orjson_writes_it(value: Any) -> bool:
+def orjson_writes_it(value: Any) -> bool:
     """Whether every part of `value` is one orjson writes as json.dumps does: one loop over an
     explicit stack (a recursive walk with generators cost as much as the encoding itself)."""
     stack = [value]
