@@ -5,8 +5,9 @@ so a consumer of the feed sees every change exactly when the order row shows it.
 in a total order that never lets a late commit slip behind a reader's cursor:
 
 * PostgreSQL: each row carries the id of the transaction that wrote it (`tx`). Only rows of
-  transactions older than the oldest one still running (`pg_snapshot_xmin`) are served, ordered by
-  (tx, id); no row can ever appear below a served position, so resuming from a cursor is exact.
+  transactions older than the oldest one still running that can write to this database (`_pg_horizon`)
+  are served, ordered by (tx, id); no row can ever appear below a served position, so resuming from a
+  cursor is exact.
 * SQLite: writers are serialized (BEGIN IMMEDIATE), ids commit in order, and `tx` is 0.
 """
 
@@ -164,9 +165,44 @@ def _after(session: Session, pos: FeedPosition) -> ColumnElement[bool]:
     return and_(OrderChange.tx == pos.tx, OrderChange.id > pos.id)  # SQLite: tx is always 0
 
 
+# The snapshot's in-progress xids, less those known to be another database's; the oldest left, or the
+# snapshot's xmax when none is left. NOT EXISTS, not NOT IN: a NULL must never clear an xid.
+_PG_HORIZON = text(
+    """
+    SELECT (COALESCE(
+        (SELECT min(x) FROM pg_snapshot_xip(s) AS x
+         WHERE NOT EXISTS (SELECT FROM pg_stat_activity AS a
+                           WHERE a.backend_xid = x::xid AND a.datname <> current_database())
+           AND NOT EXISTS (SELECT FROM pg_prepared_xacts AS p
+                           WHERE p.transaction = x::xid AND p.database <> current_database())),
+        pg_snapshot_xmax(s))::text)::bigint
+    FROM pg_current_snapshot() AS s
+    """
+)
+
+
 def _pg_horizon(session: Session) -> int:
-    """The oldest transaction id still running: every row below it is final."""
-    return int(session.execute(text("SELECT (pg_snapshot_xmin(pg_current_snapshot())::text)::bigint")).scalar_one())
+    """The oldest transaction id that may still commit a row of this database: every row below it is final.
+
+    PostgreSQL's own xmin is the server's: a transaction in any database (Airflow's metadata database
+    beside the hub's, a report, a session left idle in transaction) would hold the feed back for as
+    long as it runs. So the horizon is taken from one snapshot (`pg_current_snapshot`): its xmax, or the
+    oldest of its in-progress xids that is not known to belong to another database. That is safe:
+    - the snapshot fixes the set: an xid below its xmax that is not in progress has ended, and one that
+      starts later gets an xid at or above xmax, which bounds the horizon anyway;
+    - an xid belongs to one database for life: a backend is connected to one database until it exits
+      (a prepared transaction keeps its database, `pg_prepared_xacts.database`), and a row of our
+      tables can only be written by a transaction of our database (dblink or postgres_fdw open a
+      session of their own in it, with an xid of its own);
+    - an xid is cleared only when it is seen in another database (`pg_stat_activity.backend_xid` with
+      its `datname`, or a prepared one's `database`); one not seen there (it ended between the two
+      reads, a backend without a database, a lookup that shows nothing) still bounds the horizon.
+      `pg_stat_activity` shows `datid` and `backend_xid` of every session to every role (only the
+      query text and the like need `pg_read_all_stats`), and a transaction reads it once: a later
+      read in the same transaction may miss new sessions, which then bound the horizon, never clear it.
+    `pg_current_xact_id` (the rows' `tx`) and `backend_xid` are both the top-level transaction's id.
+    """
+    return int(session.execute(_PG_HORIZON).scalar_one())
 
 
 __all__ = ["FeedPosition", "OrderChange", "change_row", "end", "position", "read", "read_rows", "scan"]

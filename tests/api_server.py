@@ -56,10 +56,11 @@ def build_orders(database_url: str, events_by_order: list[list[Any]]) -> list[st
 
 
 def feed_settled(database_url: str, timeout: float = 30.0) -> None:
-    """Until PostgreSQL's horizon (cgthub.changes: the oldest transaction still running anywhere on
-    the server) has passed every change row written so far, as a consumer that polls finds it at
-    last: another test worker's transaction on the same server holds it back a while. SQLite serves
-    every committed row at once."""
+    """Until PostgreSQL's horizon (cgthub.changes: the oldest transaction still running in the hub's
+    database) has passed every change row written so far, as a consumer that polls finds it at last.
+    Transactions in other databases of the server no longer hold it, but every test worker's schema
+    is in the one database `test` (conftest.pg_schema_url), so another worker's transaction still
+    holds it back a while. SQLite serves every committed row at once."""
     from sqlalchemy import func, select
 
     from cgthub.changes import OrderChange, _pg_horizon
