@@ -10,6 +10,7 @@ another worker's transaction may hold the horizon a while: the tests poll, as a 
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -101,3 +102,49 @@ def test_a_transaction_open_in_the_hub_database_still_holds_later_commits(pg_url
         assert _served(pg_url) == []  # B's row waits: A might still write a row below it
     served = _served_soon(pg_url, len(served_first) + 1)
     assert served == [*served_first, (b_order, b_tx)]  # (tx, id) order: A's row before B's
+
+
+def _horizon(conn: Connection) -> int:
+    with Session(bind=conn) as session:
+        return changes._pg_horizon(session)
+
+
+@pytest.fixture
+def plain_role(pg_url: str) -> Iterator[str]:
+    """A URL of the hub's database for a new login role with no grant at all (no pg_read_all_stats),
+    as the hub's own role in compose has none; dropped afterwards."""
+    name = f"cgt_plain_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE ROLE "{name}" LOGIN'))
+        try:
+            yield make_url(pg_url).set(username=name).render_as_string(hide_password=False)
+        finally:
+            with admin.connect() as conn:
+                conn.execute(text(f'DROP ROLE "{name}"'))
+    finally:
+        admin.dispose()
+
+
+def test_the_hub_role_needs_no_grant_to_see_another_database_s_transaction(
+    plain_role: str, other_database: Connection
+) -> None:
+    engine = create_engine(plain_role)
+    try:
+        with other_database.begin(), engine.connect() as conn:
+            foreign = _xid(other_database)  # the superuser's: its query text is hidden from the plain role
+            hidden = conn.execute(
+                text("SELECT query FROM pg_stat_activity WHERE backend_xid = CAST(:xid AS text)::xid8::xid"),
+                {"xid": str(foreign)},
+            ).scalar_one()
+            assert hidden == "<insufficient privilege>"
+            deadline = time.monotonic() + PATIENCE
+            horizon = _horizon(conn)
+            while horizon <= foreign and time.monotonic() < deadline:
+                time.sleep(0.1)
+                conn.rollback()  # a new transaction reads pg_stat_activity afresh
+                horizon = _horizon(conn)
+            assert horizon > foreign
+    finally:
+        engine.dispose()
