@@ -16,8 +16,9 @@ between events made by the same mapping version: across a version change the map
 (their ids are idempotency keys for hub decisions, whose details may be worked out again).
 
 A mapping version that changed its id form declares the former one (`former_id` in its spec): an
-event the ledger holds under its former id, from a payload the archive keys alike (the same sender
-and delivery id), is that event, compared across the two versions (a resend or a conflict as above).
+event the ledger holds under its former id, from the same sender (a payload the archive keys alike;
+for HL7, the same sending facility), is that event, compared across the two versions (a resend or a
+conflict as above).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import orjson
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from cgthub import alerts, quarantine
+from cgthub import alerts, quarantine, sites
 from cgthub.archive import fitted
 from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
@@ -92,9 +93,11 @@ def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def same_sender(session: Session, prior: str | CanonicalEvent | None, event: CanonicalEvent) -> bool:
-    """Whether the version the ledger holds under `event`'s former id came in a payload the archive
-    keys as `event`'s (HL7: the same `<MSH-4>:<MSH-10>`), so one site's old id never stands for
-    another site's event. Asked only when a former id is found, never for a new event."""
+    """Whether the version the ledger holds under `event`'s former id came from `event`'s sender: a
+    payload the archive keys alike (HL7: the same `<MSH-4>:<MSH-10>`) or, for HL7, one of the same
+    sending facility (MSH-4), so one site's old id never stands for another site's event. An
+    appointment's former id (SCH-1) comes back in the sender's later messages under other control
+    ids. Asked only when a former id is found, never for a new event."""
     if prior is None or prior is event:
         return False
     old = orjson.loads(prior) if isinstance(prior, str) else prior.to_json_dict()
@@ -104,7 +107,13 @@ def same_sender(session: Session, prior: str | CanonicalEvent | None, event: Can
     if len(raw_ids) == 1:
         return True
     keys = session.scalars(select(RawMessage.dedupe_key).where(RawMessage.id.in_(raw_ids))).all()
-    return len(keys) == 2 and keys[0] == keys[1]
+    if len(keys) == 2 and keys[0] == keys[1]:
+        return True
+    if event.source_system is not SourceSystem.HL7:
+        return False
+    held = prior if isinstance(prior, CanonicalEvent) else CanonicalEvent.model_validate(old)
+    before, now = sites.sender_of(session, held), sites.sender_of(session, event)
+    return before is not None and now is not None and before.facility == now.facility
 
 
 def subject(event: CanonicalEvent, content_digest: str) -> str:
