@@ -188,8 +188,8 @@ def _pg_horizon(session: Session) -> int:
     beside the hub's, a report, a session left idle in transaction) would hold the feed back for as
     long as it runs. So the horizon is taken from one snapshot (`pg_current_snapshot`): its xmax, or the
     oldest of its in-progress xids that is not known to belong to another database. That is safe:
-    - the snapshot fixes the set: an xid below its xmax that is not in progress has ended, and one that
-      starts later gets an xid at or above xmax, which bounds the horizon anyway;
+    - the snapshot fixes the set: below its xmax, an xid not listed in progress has ended; an xid at or
+      above xmax (running, or still to be assigned) is beyond the horizon anyway;
     - an xid belongs to one database for life: a backend is connected to one database until it exits
       (a prepared transaction keeps its database, `pg_prepared_xacts.database`), and a row of our
       tables can only be written by a transaction of our database (dblink or postgres_fdw open a
