@@ -109,7 +109,10 @@ def courier_webhook(host: str, port: int) -> int:
         is_ready, state = health.report(url, listener_address="")
         return JSONResponse(state, status_code=200 if is_ready else 503)
 
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    from cgthub.api.http_protocol import HeadDeadlineProtocol  # a courier's side is the internet's
+
+    limit = get_settings().api_limit_concurrency
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=HeadDeadlineProtocol, limit_concurrency=limit)
     return 0
 
 

@@ -36,6 +36,8 @@ def serve(
     import uvicorn
 
     from cgthub.api import webhooks as delivery
+    from cgthub.api.http_protocol import HeadDeadlineProtocol
+    from cgthub.settings import get_settings
 
     url = database_url()
     with open_session(readonly=True):
@@ -44,6 +46,9 @@ def serve(
     bound_port = listening.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     console_err.print(f"serving the API on http://{shown_host}:{bound_port} (docs at /docs)")
+    # A client has CGTHUB_API_HEADER_TIMEOUT seconds to send a request's head (slowloris), and beyond
+    # CGTHUB_API_LIMIT_CONCURRENCY connections or requests at once the next request is answered 503.
+    concurrency = get_settings().api_limit_concurrency
     stop = threading.Event()
     if webhooks:
         threading.Thread(target=delivery.run_forever, args=(url, stop), name="cgthub-webhooks", daemon=True).start()
@@ -53,7 +58,14 @@ def serve(
         if workers > 1:
             from uvicorn.supervisors import Multiprocess
 
-            config = uvicorn.Config("cgthub.api:create_app", factory=True, workers=workers, access_log=False)
+            config = uvicorn.Config(
+                "cgthub.api:create_app",
+                factory=True,
+                workers=workers,
+                access_log=False,
+                http=HeadDeadlineProtocol,
+                limit_concurrency=concurrency,
+            )
             Multiprocess(config, sockets=[listening]).run()
         else:
             from cgthub import runtime
@@ -61,7 +73,14 @@ def serve(
 
             served = create_app(url)
             runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
-            uvicorn.Server(uvicorn.Config(served, access_log=False)).run(sockets=[listening])
+            uvicorn.Server(
+                uvicorn.Config(
+                    served,
+                    access_log=False,
+                    http=HeadDeadlineProtocol,
+                    limit_concurrency=concurrency,
+                )
+            ).run(sockets=[listening])
     finally:
         stop.set()
         listening.close()
