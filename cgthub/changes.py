@@ -166,16 +166,19 @@ def _after(session: Session, pos: FeedPosition) -> ColumnElement[bool]:
 
 
 # The snapshot's in-progress xids, less those known to be another database's; the oldest left, or the
-# snapshot's xmax when none is left. NOT EXISTS, not NOT IN: a NULL must never clear an xid.
+# snapshot's xmax when none is left; or the reader's own xid, if it has one and it is older (a snapshot
+# leaves its own transaction out of its list; xmin counts it). NOT EXISTS, not NOT IN: a NULL must
+# never clear an xid. LEAST skips a NULL (no xid of its own).
 _PG_HORIZON = text(
     """
-    SELECT (COALESCE(
+    SELECT (LEAST(
         (SELECT min(x) FROM pg_snapshot_xip(s) AS x
          WHERE NOT EXISTS (SELECT FROM pg_stat_activity AS a
                            WHERE a.backend_xid = x::xid AND a.datname <> current_database())
            AND NOT EXISTS (SELECT FROM pg_prepared_xacts AS p
                            WHERE p.transaction = x::xid AND p.database <> current_database())),
-        pg_snapshot_xmax(s))::text)::bigint
+        pg_snapshot_xmax(s),
+        pg_current_xact_id_if_assigned())::text)::bigint
     FROM pg_current_snapshot() AS s
     """
 )
@@ -187,7 +190,9 @@ def _pg_horizon(session: Session) -> int:
     PostgreSQL's own xmin is the server's: a transaction in any database (Airflow's metadata database
     beside the hub's, a report, a session left idle in transaction) would hold the feed back for as
     long as it runs. So the horizon is taken from one snapshot (`pg_current_snapshot`): its xmax, or the
-    oldest of its in-progress xids that is not known to belong to another database. That is safe:
+    oldest of its in-progress xids that is not known to belong to another database, or the reader's
+    own xid when it has one (a transaction that wrote changes must not serve them before it commits,
+    as under xmin). That is safe:
     - the snapshot fixes the set: below its xmax, an xid not listed in progress has ended; an xid at or
       above xmax (running, or still to be assigned) is beyond the horizon anyway;
     - an xid belongs to one database for life: a backend is connected to one database until it exits

@@ -104,6 +104,17 @@ def test_a_transaction_open_in_the_hub_database_still_holds_later_commits(pg_url
     assert served == [*served_first, (b_order, b_tx)]  # (tx, id) order: A's row before B's
 
 
+def test_a_reader_s_own_open_transaction_bounds_what_it_serves(pg_url: str) -> None:
+    with session_scope(pg_url) as session:  # wrote a change, not committed yet, then reads the feed
+        own_order = ledger.append(session, happy_path(1)[0]).order_id
+        own = _xid(session.connection())
+        later_order, later = _enrol(pg_url, 2)  # a later xid completes: the snapshot's xmax passes `own`
+        assert later > own
+        assert changes._pg_horizon(session) <= own  # a snapshot does not list its own xid; xmin counted it
+        assert changes.read(session, changes.FeedPosition(), 100) == []
+    assert _served_soon(pg_url, 2) == [(own_order, own), (later_order, later)]
+
+
 def _horizon(conn: Connection) -> int:
     with Session(bind=conn) as session:
         return changes._pg_horizon(session)
