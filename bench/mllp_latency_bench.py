@@ -18,28 +18,163 @@ listener's); the listener runs on an event loop in this process, as `cgthub hl7 
 Targets: p99 ACK < 25 ms at 1,000 msg/s offered from 64 senders; closed loop with 64 senders at
 >= 80% of the file drop.
 Run: .venv/bin/python -m bench.mllp_latency_bench [--senders 8 64 256] [--rate 1000] [--seconds 4]
+With --trace, each open-loop run of the listener also prints where its event loops stalled, and
+what ran meanwhile: garbage collections, group commits (and the part in SQLite's COMMIT), WAL
+checkpoints, heap trims, on both the listener's side and the senders'. The instruments are the
+bench's own (gc.callbacks, a loop-lag probe, wrappers set on this process's objects).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
+import os
 import statistics
+import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from sqlalchemy import Engine, event
+from sqlalchemy.orm import Session
 
 from bench.hl7_bench import file_drop, fresh_database, messages
 from bench.mllp_floor_bench import FloorServer
 from cgthub import runtime
+from cgthub.hl7 import listener as listener_module
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import FrameDecoder, frame
+from cgthub.wal_checkpoint import Watched
 
 START_DELAY = 0.3  # seconds between the senders' connecting and the first scheduled send
 WINDOW: float | None = None  # the listener's batch_window, when not its default (--batch-window)
+PROBE_STEP = 0.001  # seconds the loop-lag probe sleeps (--trace)
+NOTED = 0.002  # a stall or an instrumented step at least this long is kept (--trace)
+SLOW = 0.025  # an ACK at least this late puts its message in a reported stall (--trace)
+
+
+@dataclass
+class Mark:
+    """A stretch of time one instrument saw (--trace): when it began (time.monotonic()) and how long."""
+
+    at: float
+    seconds: float
+    kind: str  # the side and the instrument, e.g. "listener: gc generation 2"
+    detail: str = ""
+
+
+class Trace:
+    """Bench-only instruments of one process, for the time of one run (--trace): collections timed by
+    gc.callbacks, and the stalls of an event loop, seen by a probe that sleeps a millisecond at a time."""
+
+    def __init__(self, side: str) -> None:
+        self.side = side
+        self.marks: list[Mark] = []
+        self._collecting: dict[int, float] = {}
+        self._undo: list[Callable[[], None]] = []
+
+    def note(self, began: float, kind: str, detail: str = "", *, always: bool = False) -> None:
+        seconds = time.monotonic() - began
+        if always or seconds >= NOTED:
+            self.marks.append(Mark(began, seconds, f"{self.side}: {kind}", detail))
+
+    def _collection(self, phase: str, info: dict[str, int]) -> None:
+        thread = threading.get_ident()
+        if phase == "start":
+            self._collecting[thread] = time.monotonic()
+        elif (began := self._collecting.pop(thread, None)) is not None:
+            where = threading.current_thread().name
+            freed = f"on {where}, {info['collected']} freed"
+            self.note(began, f"gc generation {info['generation']}", freed, always=True)
+
+    def start(self) -> None:
+        gc.callbacks.append(self._collection)
+        self._undo.append(lambda: gc.callbacks.remove(self._collection))
+
+    def stop(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+    async def probe(self) -> None:
+        """Note each time this event loop ran something else for longer than `NOTED` at a stretch."""
+        while True:
+            began, cpu = time.monotonic(), time.thread_time()
+            await asyncio.sleep(PROBE_STEP)
+            if time.monotonic() - began - PROBE_STEP >= NOTED:  # the CPU its thread had meanwhile, beside
+                self.note(began, "event loop stalled", f"{time.thread_time() - cpu:.4f} s CPU")
+
+    def listener(self, listener: MllpListener) -> None:
+        """Time the listener's group commits (and SQLite's COMMIT in them), the process's WAL
+        checkpoints and heap trims, by wrappers set on these objects for this run."""
+        committing: list[tuple[float, int]] = []  # when COMMIT began and ended, the log's backfill then
+        commit_and_answer = listener._commit_and_answer
+        database = (listener.database_url or "").split("///", 1)[-1]
+
+        def timed_commit(batch: list[Any]) -> None:
+            began, cpu = time.monotonic(), time.thread_time()
+            committing.clear()
+            commit_and_answer(batch)
+            cpu = time.thread_time() - cpu
+            sql = ""
+            if len(committing) == 2:  # SQLite's COMMIT, the WAL's fsync in it, noted on its own as well
+                (start, before), (end, after) = committing
+                sql = f", COMMIT {end - start:.4f} s"
+                copied = f"{after - before} frames copied meanwhile" if after > before else ""
+                self.marks.append(Mark(start, end - start, f"{self.side}: COMMIT", copied))
+            self.note(began, "group commit", f"of {len(batch)}, {cpu:.4f} s CPU{sql}", always=True)
+
+        def commit_began(_conn: Any) -> None:
+            committing[:] = [(time.monotonic(), _backfilled(database))]
+
+        def commit_ended(_session: Any) -> None:
+            committing.append((time.monotonic(), _backfilled(database)))
+
+        listener._commit_and_answer = timed_commit  # type: ignore[method-assign]
+        event.listen(Engine, "commit", commit_began)
+        event.listen(Session, "after_commit", commit_ended)
+        self._undo.append(lambda: event.remove(Engine, "commit", commit_began))
+        self._undo.append(lambda: event.remove(Session, "after_commit", commit_ended))
+
+        checkpoint = Watched.checkpoint
+
+        def timed_checkpoint(watched: Watched) -> int:
+            began = time.monotonic()
+            copied = checkpoint(watched)
+            if copied:
+                frames = os.stat(watched.path + "-wal").st_size // 4096  # about: a frame is a page and 24 bytes
+                self.note(began, "WAL checkpoint", f"{copied} pages, the log {frames} frames long", always=True)
+            return copied
+
+        Watched.checkpoint = timed_checkpoint  # type: ignore[method-assign,assignment]
+        self._undo.append(lambda: setattr(Watched, "checkpoint", checkpoint))
+        trim = listener_module._TRIM
+        if trim is not None:
+
+            def timed_trim(pad: int) -> int:
+                began = time.monotonic()
+                try:
+                    return trim(pad)
+                finally:
+                    self.note(began, "malloc_trim", always=True)
+
+            listener_module._TRIM = timed_trim
+            self._undo.append(lambda: setattr(listener_module, "_TRIM", trim))
+
+
+def _backfilled(database: str) -> int:
+    """The frames of the write-ahead log copied back into the database file so far, as its shared
+    index says (WalCkptInfo.nBackfill, after the index header's two 48-byte copies); -1 without one.
+    A COMMIT that raises it while no checkpoint of the thread's runs has checkpointed itself."""
+    try:
+        with open(database + "-shm", "rb") as shm:
+            return int.from_bytes(os.pread(shm.fileno(), 4, 96), sys.byteorder)
+    except OSError:
+        return -1
 
 
 @dataclass
@@ -50,6 +185,9 @@ class Run:
     seconds: float
     acked: int
     group: float | None = None  # messages per group commit (the listener's)
+    start: float = 0.0  # time.monotonic() of the first scheduled send
+    sent: list[float] = field(default_factory=list)  # each latency's scheduled send (--trace)
+    marks: list[Mark] = field(default_factory=list)  # what the instruments saw, both sides (--trace)
 
     def percentile(self, share: float) -> float:
         ordered = sorted(self.latencies)
@@ -73,12 +211,13 @@ async def _await_ack(reader: asyncio.StreamReader, decoder: FrameDecoder) -> boo
 
 async def _sender(
     port: int, part: list[bytes], begin: Awaitable[float], interval: float | None, offset: float
-) -> tuple[list[float], int, float]:
+) -> tuple[list[float], list[float], int, float]:
     """One hospital interface: connect, then for each message send it (on its schedule when
-    `interval` is given), wait for its ACK, note the latency. Latencies, AA count, last ACK time."""
+    `interval` is given), wait for its ACK, note the latency. Latencies, their scheduled sends,
+    AA count, last ACK time."""
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    decoder, latencies, acked = FrameDecoder(), [], 0
+    decoder, latencies, sent, acked = FrameDecoder(), [], [], 0
     start = await begin
     last = start
     try:
@@ -94,14 +233,16 @@ async def _sender(
             acked += await _await_ack(reader, decoder)
             last = loop.time()
             latencies.append(last - sent_at)
+            sent.append(sent_at)
     finally:
         writer.close()
         await writer.wait_closed()
-    return latencies, acked, last
+    return latencies, sent, acked, last
 
 
-async def _senders(port: int, parts: list[list[bytes]], rate: float | None) -> Run:
+async def _senders(port: int, parts: list[list[bytes]], rate: float | None, trace: Trace | None) -> Run:
     loop = asyncio.get_running_loop()
+    probe = asyncio.ensure_future(trace.probe()) if trace is not None else None
     begin: asyncio.Future[float] = loop.create_future()
     count = len(parts)
     interval = count / rate if rate else None
@@ -113,15 +254,30 @@ async def _senders(port: int, parts: list[list[bytes]], rate: float | None) -> R
     start = loop.time()
     begin.set_result(start)
     outcomes = await asyncio.gather(*tasks)
-    latencies = [latency for lat, _acked, _last in outcomes for latency in lat]
-    acked = sum(a for _lat, a, _last in outcomes)
-    return Run(latencies, max(last for _lat, _a, last in outcomes) - start, acked)
+    if probe is not None:
+        probe.cancel()
+    latencies = [latency for lat, _sent, _acked, _last in outcomes for latency in lat]
+    acked = sum(a for _lat, _sent, a, _last in outcomes)
+    run = Run(latencies, max(last for *_rest, last in outcomes) - start, acked, start=start)
+    if trace is not None:
+        run.sent = [at for _lat, sent, _acked, _last in outcomes for at in sent]
+    return run
 
 
-def hospital(port: int, parts: list[list[bytes]], rate: float | None) -> Run:
+def hospital(port: int, parts: list[list[bytes]], rate: float | None, traced: bool = False) -> Run:
     """The senders, in the hospital's own process: one event loop holding every connection."""
     runtime.tune_gc()
-    return asyncio.run(_senders(port, parts, rate))
+    trace = Trace("senders") if traced else None
+    if trace is not None:
+        trace.start()
+    try:
+        run = asyncio.run(_senders(port, parts, rate, trace))
+    finally:
+        if trace is not None:
+            trace.stop()
+    if trace is not None:
+        run.marks = trace.marks
+    return run
 
 
 class _Served:
@@ -141,7 +297,10 @@ class _Served:
 
 
 def _listener(url: str, senders: int) -> tuple[_Served, MllpListener]:
-    listener = MllpListener("127.0.0.1", 0, database_url=url, apply=True, max_connections=max(128, senders * 2))
+    room = max(128, senders * 2)  # every sender connects from 127.0.0.1: the per-address cap raised with the rest
+    listener = MllpListener(
+        "127.0.0.1", 0, database_url=url, apply=True, max_connections=room, max_connections_per_address=room
+    )
     if WINDOW is not None:
         listener.batch_window = WINDOW
 
@@ -156,21 +315,82 @@ def _floor() -> _Served:
     return _Served(server.start, server.stop)
 
 
-def measure(pool: ProcessPoolExecutor, server: str, feed: list[bytes], senders: int, rate: float | None) -> Run:
+def measure(
+    pool: ProcessPoolExecutor, server: str, feed: list[bytes], senders: int, rate: float | None, traced: bool = False
+) -> Run:
     """One run of `senders` senders over `feed` against a fresh listener (or the floor server)."""
     if server == "listener":
         served, listener = _listener(fresh_database(len(feed) // 2 + 1), senders)
     else:
         served, listener = _floor(), None
+    trace = Trace(server) if traced else None
+    probe = None
+    if trace is not None:
+        trace.start()
+        if listener is not None:
+            trace.listener(listener)
+        probe = asyncio.run_coroutine_threadsafe(trace.probe(), served.loop)
     try:
-        run = pool.submit(hospital, served.port, [feed[i::senders] for i in range(senders)], rate).result()
+        parts = [feed[i::senders] for i in range(senders)]
+        run = pool.submit(hospital, served.port, parts, rate, traced).result()
     finally:
+        if probe is not None:
+            probe.cancel()
         served.close()
+        if trace is not None:
+            trace.stop()
+    if trace is not None:
+        run.marks += trace.marks
     if run.acked != len(feed):
         raise SystemExit(f"{server}: {run.acked} of {len(feed)} messages acknowledged AA")
     if listener is not None:
         run.group = listener.stats.messages / max(listener.stats.batches, 1)
     return run
+
+
+def stalls(run: Run) -> list[str]:
+    """The run's slow ACKs grouped into stalls, each with what the instruments saw meanwhile, and
+    then each instrument's count, total and longest over the whole run (--trace)."""
+    windows: list[list[float]] = []  # begin, end, slow ACKs, worst latency
+    for sent, latency in sorted(zip(run.sent, run.latencies, strict=True)):
+        if latency < SLOW:
+            continue
+        if windows and sent <= windows[-1][1]:
+            window = windows[-1]
+            window[1], window[2], window[3] = max(window[1], sent + latency), window[2] + 1, max(window[3], latency)
+        else:
+            windows.append([sent, sent + latency, 1, latency])
+    lines = [
+        f"    {len(windows)} stalls (ACKs >= {SLOW * 1e3:.0f} ms, overlapping); the worst five, from the first send:"
+    ]
+    marks = sorted(run.marks, key=lambda mark: mark.at)
+    for begin, end, count, worst in sorted(sorted(windows, key=lambda w: -w[3])[:5]):
+        span = f"{begin - run.start:+.3f} .. {end - run.start:+.3f} s"
+        lines.append(f"    stall {span}: {count:.0f} ACKs, worst {worst * 1e3:.1f} ms")
+        for mark in marks:
+            if mark.at < end and mark.at + mark.seconds > begin - 0.05 and mark.seconds >= NOTED:
+                at = f"{mark.at - run.start:+.4f} s {mark.seconds * 1e3:7.1f} ms"
+                lines.append(f"      {at}  {mark.kind} {mark.detail}")
+    kinds: dict[str, list[float]] = {}
+    for mark in marks:
+        kinds.setdefault(mark.kind, []).append(mark.seconds)
+    checkpoints = [mark for mark in marks if mark.kind.endswith("WAL checkpoint")]
+    commits: dict[str, list[float]] = {}
+    for mark in marks:
+        if mark.kind.endswith("COMMIT"):
+            if any(c.at < mark.at + mark.seconds and mark.at < c.at + c.seconds for c in checkpoints):
+                kind = "during a checkpoint of the thread's"
+            else:
+                kind = "that checkpointed themselves" if mark.detail else "others"
+            commits.setdefault(kind, []).append(mark.seconds)
+    for kind, seconds in sorted(commits.items()):
+        figures = f"median {statistics.median(seconds) * 1e3:5.1f} ms, longest {max(seconds) * 1e3:6.1f} ms"
+        lines.append(f"    COMMITs {kind}: {len(seconds)}, {figures}")
+    lines.append("    over the run (steps under 2 ms not kept, but collections, checkpoints and trims all):")
+    for kind, seconds in sorted(kinds.items()):
+        figures = f"{len(seconds):5d} x, {sum(seconds) * 1e3:8.1f} ms in all, longest {max(seconds) * 1e3:6.1f} ms"
+        lines.append(f"      {kind:42} {figures}")
+    return lines
 
 
 def _line(label: str, run: Run, extra: str = "") -> str:
@@ -189,6 +409,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=6000, help="messages of a closed-loop run and the file drop")
     parser.add_argument("--batch-window", type=float, help="the listener's batch_window in seconds (default: its own)")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True, help="run the floor server too")
+    parser.add_argument("--trace", action="store_true", help="show what ran during the open loop's stalls")
     args = parser.parse_args()
     global WINDOW
     WINDOW = args.batch_window
@@ -200,7 +421,7 @@ def main() -> None:
         pool.submit(statistics.mean, [1.0]).result()  # the hospital process started and its imports done
         for senders in args.senders:
             for server in ("listener", "floor") if args.floor else ("listener",):
-                results[(server, "open", senders)] = measure(pool, server, open_feed, senders, args.rate)
+                results[(server, "open", senders)] = measure(pool, server, open_feed, senders, args.rate, args.trace)
                 results[(server, "closed", senders)] = measure(pool, server, closed_feed, senders, None)
     drop_seconds, _cpu = file_drop(closed_feed, fresh_database(len(closed_feed) // 2 + 1))
     drop_rate = len(closed_feed) / drop_seconds
@@ -215,6 +436,8 @@ def main() -> None:
             listener, floor = results[("listener", mode, senders)], results.get(("floor", mode, senders))
             share = f"   {listener.rate / drop_rate:5.0%} of file drop" if mode == "closed" else ""
             print(_line(f"{mode} loop, listener", listener, share))
+            if mode == "open" and args.trace:
+                print("\n".join(stalls(listener)))
             if floor is not None:
                 print(_line(f"{mode} loop, floor", floor))
     print(f"file drop (batches of 1,000)  {drop_rate:>8,.0f} msg/s   ({len(closed_feed):,} messages)")
