@@ -134,13 +134,18 @@ def refuse(
 
     One entry per conflicting version: the same content again (in another payload too) counts on
     it. None when an operator already decided about this very content (retried it as a correction
-    or discarded it): then it is a duplicate of what was decided."""
+    or discarded it): then it is a duplicate of what was decided. An event found under its former id
+    also finds the version held or decided when the mapping's previous version made it."""
     data = event.to_json_dict()
     content_digest = digest(data)
     about = subject(event, content_digest)
+    subjects = [about]
+    if event.former_id:
+        before = event.model_copy(update={"source_event_id": event.former_id})
+        subjects.append(subject(before, digest(before.to_json_dict())))
     known = session.scalars(
         select(QuarantineEntry)
-        .where(QuarantineEntry.subject == about, QuarantineEntry.stage == quarantine.Stage.CONFLICT.value)
+        .where(QuarantineEntry.subject.in_(subjects), QuarantineEntry.stage == quarantine.Stage.CONFLICT.value)
         .order_by(QuarantineEntry.id)
     ).all()
     if any(e.status in _DECIDED for e in known):

@@ -25,7 +25,8 @@ from cgthub.mapping.registry import compile_file
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, QuarantineEntry
 from tests.factories import enrolment
-from tests.test_decisions import _cli
+from tests.test_decisions import _add_operator, _cli
+from tests.test_event_conflicts import _sign
 from tests.test_hl7_event_id_by_facility import _hl7_entries, _siu
 from tests.test_hl7_listener import ORM, SIU, Running, exchange
 from tests.test_residency_live import US_POSTAL, _crm_record, _enrol_through_crm, _orders
@@ -214,4 +215,47 @@ def test_a_replay_with_a_v2_that_declares_no_former_id_is_still_refused(db_url, 
     registry.clear_cache()
     said = _replay("SIU_S12", "v2")
     assert "replay it with the version that made them" in said, said
+    assert _appointments(db_url) == [BOOKED_V1]
+
+
+def test_content_an_operator_confirmed_under_v1_is_a_duplicate_when_the_sender_sends_it_again_under_v2(
+    db_url, tmp_path, monkeypatch
+):
+    """Under v1 the sender moved the booking to another room under the same appointment id; it was held
+    and an operator applied it as a correction. After the switch the sender repeats that room under a
+    new control id: what was decided is not put before an operator again (as under v1)."""
+    other_room = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
+    moved = _v2_aside(tmp_path, monkeypatch)
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    with Running(db_url) as running:
+        acks = [exchange(running.port, frame(m), 1)[0] for m in (ORM, SIU, other_room)]
+    assert [ack_code(a) for a in acks] == ["AA", "AA", "AE"], acks
+    (held,) = _conflicts(db_url)
+    _add_operator(db_url, "coordinator", "retry_quarantine", "discard_quarantine")
+    assert '"result": "released"' in _sign(db_url, "retry", held.id, "CHANGE-CONFIRMED")
+    _put_back(moved)
+    with Running(db_url) as running:
+        (answer,) = exchange(running.port, frame(_control(other_room, "BOS0000400")), 1)
+    assert ack_code(answer) == "AA", answer
+    assert _appointments(db_url) == [BOOKED_V1, f"{BOOKED_V1}@c{held.id}"]
+    assert [c.status for c in _conflicts(db_url)] == ["replayed"]
+
+
+def test_a_version_held_under_v1_sent_again_under_v2_counts_on_the_same_entry(db_url, tmp_path, monkeypatch):
+    """The other room was held under v1 and no one has decided yet: the sender's repeat under v2 is
+    the same waiting version (one entry, seen twice), not a second entry for an operator."""
+    other_room = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
+    moved = _v2_aside(tmp_path, monkeypatch)
+    with session_scope(db_url) as s:
+        ledger.append(s, enrolment(1))
+    with Running(db_url) as running:
+        acks = [exchange(running.port, frame(m), 1)[0] for m in (ORM, SIU, other_room)]
+    assert [ack_code(a) for a in acks] == ["AA", "AA", "AE"], acks
+    _put_back(moved)
+    with Running(db_url) as running:
+        (answer,) = exchange(running.port, frame(_control(other_room, "BOS0000400")), 1)
+    assert ack_code(answer) == "AE" and b"|205^" in answer, answer
+    (held,) = _conflicts(db_url)
+    assert (held.status, held.occurrences, len(held.details["raw_ids"])) == ("open", 2, 2)
     assert _appointments(db_url) == [BOOKED_V1]
