@@ -13,6 +13,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 from cgthub import hl7v2
 from cgthub.errors import Rejection
@@ -74,15 +75,32 @@ def _code(value: str, not_code: re.Pattern[str]) -> str:
     return value if len(value) <= 20 and not not_code.search(value) else not_code.sub("", value[:20])
 
 
-@dataclass(frozen=True)
+class _Template(NamedTuple):
+    """The parts of an ACK that one sender's MSH fixes (all but the time, the ACK's own control id,
+    the code, the MSH-10 echoed and the ERR), joined once per sender, not once per message."""
+
+    head: str  # "MSH|^~\\&|<receiver>|<sender>|": MSH-1 to MSH-6, the original's ends swapped
+    kind: str  # "||ACK^<trigger>^ACK|CGT": MSH-8 and MSH-9, up to MSH-10's prefix
+    tail: str  # "|P|<version>\rMSA|": MSH-11, MSH-12 and the MSA up to its code
+
+
+def _template(sender: str, receiver: str, trigger: str, version: str) -> _Template:
+    return _Template(f"MSH|^~\\&|{receiver}|{sender}|", f"||ACK^{trigger}^ACK|CGT", f"|P|{version}\rMSA|")
+
+
+# The templates of the senders seen, by their MSH values as sent (MSH-3 to MSH-6, trigger, version):
+# a listener hears from a few interfaces. A sender varying them cannot grow it past the bound:
+# it is emptied when full and filled again as messages come.
+_TEMPLATES: dict[tuple[str, ...], _Template] = {}
+_TEMPLATES_BOUND = 1024
+
+
+@dataclass(frozen=True, slots=True)
 class AckHeader:
     """What an ACK echoes from the message it answers: read once when the message arrives, so
     answering does not parse the message again (the hot path acknowledges thousands a second)."""
 
-    sender: str  # "application|facility" of the original sender: the ACK's receiver
-    receiver: str  # "application|facility" the original was sent to: the ACK's sender
-    trigger: str
-    version: str
+    template: _Template  # the sender's own: its application and facility, trigger and version
     control_id: str
 
     @classmethod
@@ -93,18 +111,24 @@ class AckHeader:
         raw = msh.fields  # indexed once: MSH-3 to MSH-6 and MSH-10 as sent, "" where the MSH ends first
         if len(raw) < 11:
             raw = [*raw, *[""] * (11 - len(raw))]
-        # Each echoed as it came but bounded (HD 227, MSH-10 199, as HL7 2.7 sizes them) and unable
-        # to break the ACK's own fields; a trigger or version is a code, so only its code characters.
-        return cls(
-            sender=f"{_echo(raw[3], 227)}|{_echo(raw[4], 227)}",
-            receiver=f"{_echo(raw[5], 227) or 'CGTHUB'}|{_echo(raw[6], 227) or 'HUB'}",
-            trigger=_code(header.trigger, _NOT_TRIGGER),
-            version=_code(header.version, _NOT_VERSION) or "2.5.1",
-            control_id=_echo(raw[10], 199),
-        )
+        key = (raw[3], raw[4], raw[5], raw[6], header.trigger, header.version)
+        template = _TEMPLATES.get(key)
+        if template is None:
+            # Each echoed as it came but bounded (HD 227, MSH-10 199, as HL7 2.7 sizes them) and unable
+            # to break the ACK's own fields; a trigger or version is a code, so only its code characters.
+            template = _template(
+                sender=f"{_echo(raw[3], 227)}|{_echo(raw[4], 227)}",
+                receiver=f"{_echo(raw[5], 227) or 'CGTHUB'}|{_echo(raw[6], 227) or 'HUB'}",
+                trigger=_code(header.trigger, _NOT_TRIGGER),
+                version=_code(header.version, _NOT_VERSION) or "2.5.1",
+            )
+            if len(_TEMPLATES) >= _TEMPLATES_BOUND:
+                _TEMPLATES.clear()
+            _TEMPLATES[key] = template
+        return cls(template, _echo(raw[10], 199))
 
 
-_HUB = AckHeader(sender="|", receiver="CGTHUB|HUB", trigger="", version="2.5.1", control_id="")
+_HUB = AckHeader(_template(sender="|", receiver="CGTHUB|HUB", trigger="", version="2.5.1"), "")
 _clock: tuple[int, str] = (0, "")
 
 
@@ -145,17 +169,14 @@ def build_ack(
             header = AckHeader.of(hl7v2.parse(_first_segment(original)))
         except hl7v2.HL7ParseError:
             header = None
-    header = header or _HUB
+    template, control_id = header.template if header else _HUB.template, header.control_id if header else ""
     now = _timestamp()
-    msh = (
-        f"MSH|^~\\&|{header.receiver}|{header.sender}|{now}||ACK^{header.trigger}^ACK|"
-        f"CGT{now}{next(_counter):06d}|P|{header.version}"
-    )
-    segments = [msh, f"MSA|{code}|{header.control_id}"]
+    # MSH-7 and MSH-10 (CGT<now><counter>) carry the time; MSA-2 echoes the original's MSH-10.
+    ack = f"{template.head}{now}{template.kind}{now}{next(_counter):06d}{template.tail}{code}|{control_id}\r"
     if code != "AA":
         # ERR-3 error code, ERR-4 severity E(rror), ERR-8 the reason for the hospital's operators.
-        segments.append(f"ERR|||{error or _HL7_ERROR.get(code, _INTERNAL)}|E||||{_escape(reason)}")
-    return ("\r".join(segments) + "\r").encode()
+        ack += f"ERR|||{error or _HL7_ERROR.get(code, _INTERNAL)}|E||||{_escape(reason)}\r"
+    return ack.encode()
 
 
 def ack_code(ack: bytes) -> str:
