@@ -193,8 +193,9 @@ def _pg_horizon(session: Session) -> int:
     oldest of its in-progress xids that is not known to belong to another database, or the reader's
     own xid when it has one (a transaction that wrote changes must not serve them before it commits,
     as under xmin). That is safe:
-    - the snapshot fixes the set: below its xmax, an xid not listed in progress has ended; an xid at or
-      above xmax (running, or still to be assigned) is beyond the horizon anyway;
+    - the snapshot fixes the set: below its xmax, an xid not listed in progress (the reader's own
+      aside, counted above) has ended; one at or above xmax (running, or still to be assigned) is
+      beyond the horizon anyway;
     - an xid belongs to one database for life: a backend is connected to one database until it exits
       (a prepared transaction keeps its database, `pg_prepared_xacts.database`), and a row of our
       tables can only be written by a transaction of our database (dblink or postgres_fdw open a
