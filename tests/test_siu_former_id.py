@@ -49,6 +49,10 @@ def _control(message: bytes, control: str) -> bytes:
     return b"|".join(fields) + b"\r" + rest
 
 
+# The booking moved to another room under the same appointment id, in the sender's next message.
+OTHER_ROOM = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
+
+
 def _v2_aside(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
     """The hub reads a copy of the committed mappings with SIU's v2 files taken out (v1 in force);
     returned: where each file waits and where it goes back."""
@@ -125,9 +129,8 @@ def test_other_content_under_a_v1_appointment_id_from_the_same_sender_is_held_as
     """The same facility, SCH-1 and start, another room, under a new control id: AE 205, held for an
     operator with the field's name, the first version in force."""
     _booked_under_v1(db_url, tmp_path, monkeypatch, SIU)
-    other_room = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
     with Running(db_url) as running:
-        (answer,) = exchange(running.port, frame(other_room), 1)
+        (answer,) = exchange(running.port, frame(OTHER_ROOM), 1)
     assert ack_code(answer) == "AE" and b"|205^" in answer, answer
     assert _appointments(db_url) == [BOOKED_V1]
     (held,) = _conflicts(db_url)
@@ -218,44 +221,55 @@ def test_a_replay_with_a_v2_that_declares_no_former_id_is_still_refused(db_url, 
     assert _appointments(db_url) == [BOOKED_V1]
 
 
-def test_content_an_operator_confirmed_under_v1_is_a_duplicate_when_the_sender_sends_it_again_under_v2(
-    db_url, tmp_path, monkeypatch
-):
-    """Under v1 the sender moved the booking to another room under the same appointment id; it was held
-    and an operator applied it as a correction. After the switch the sender repeats that room under a
-    new control id: what was decided is not put before an operator again (as under v1)."""
-    other_room = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
+def _room_change_held_under_v1(db_url: str, tmp_path: Path, monkeypatch, *, retried: bool) -> QuarantineEntry:
+    """Under v1 the sender moved the booking to another room under the same appointment id: held
+    (AE 205), then (`retried`) applied by an operator as a correction; then SIU v2 put in force."""
     moved = _v2_aside(tmp_path, monkeypatch)
     with session_scope(db_url) as s:
         ledger.append(s, enrolment(1))
     with Running(db_url) as running:
-        acks = [exchange(running.port, frame(m), 1)[0] for m in (ORM, SIU, other_room)]
+        acks = [exchange(running.port, frame(m), 1)[0] for m in (ORM, SIU, OTHER_ROOM)]
     assert [ack_code(a) for a in acks] == ["AA", "AA", "AE"], acks
     (held,) = _conflicts(db_url)
-    _add_operator(db_url, "coordinator", "retry_quarantine", "discard_quarantine")
-    assert '"result": "released"' in _sign(db_url, "retry", held.id, "CHANGE-CONFIRMED")
+    if retried:
+        _add_operator(db_url, "coordinator", "retry_quarantine", "discard_quarantine")
+        assert '"result": "released"' in _sign(db_url, "retry", held.id, "CHANGE-CONFIRMED")
+        assert _appointments(db_url) == [BOOKED_V1, f"{BOOKED_V1}@c{held.id}"]
     _put_back(moved)
+    return held
+
+
+def test_content_an_operator_confirmed_under_v1_is_a_duplicate_when_the_sender_sends_it_again_under_v2(
+    db_url, tmp_path, monkeypatch
+):
+    """After the switch the sender repeats the room an operator applied under v1, under a new control
+    id: what was decided is not put before an operator again (as under v1)."""
+    held = _room_change_held_under_v1(db_url, tmp_path, monkeypatch, retried=True)
     with Running(db_url) as running:
-        (answer,) = exchange(running.port, frame(_control(other_room, "BOS0000400")), 1)
+        (answer,) = exchange(running.port, frame(_control(OTHER_ROOM, "BOS0000400")), 1)
     assert ack_code(answer) == "AA", answer
     assert _appointments(db_url) == [BOOKED_V1, f"{BOOKED_V1}@c{held.id}"]
     assert [c.status for c in _conflicts(db_url)] == ["replayed"]
 
 
 def test_a_version_held_under_v1_sent_again_under_v2_counts_on_the_same_entry(db_url, tmp_path, monkeypatch):
-    """The other room was held under v1 and no one has decided yet: the sender's repeat under v2 is
-    the same waiting version (one entry, seen twice), not a second entry for an operator."""
-    other_room = _control(SIU, "BOS0000399").replace(b"AIL|1||APH-ROOM-2", b"AIL|1||APH-ROOM-7")
-    moved = _v2_aside(tmp_path, monkeypatch)
-    with session_scope(db_url) as s:
-        ledger.append(s, enrolment(1))
+    """No one has decided yet: the sender's repeat under v2 is the same waiting version (one entry,
+    seen twice), not a second entry for an operator."""
+    _room_change_held_under_v1(db_url, tmp_path, monkeypatch, retried=False)
     with Running(db_url) as running:
-        acks = [exchange(running.port, frame(m), 1)[0] for m in (ORM, SIU, other_room)]
-    assert [ack_code(a) for a in acks] == ["AA", "AA", "AE"], acks
-    _put_back(moved)
-    with Running(db_url) as running:
-        (answer,) = exchange(running.port, frame(_control(other_room, "BOS0000400")), 1)
+        (answer,) = exchange(running.port, frame(_control(OTHER_ROOM, "BOS0000400")), 1)
     assert ack_code(answer) == "AE" and b"|205^" in answer, answer
     (held,) = _conflicts(db_url)
     assert (held.status, held.occurrences, len(held.details["raw_ids"])) == ("open", 2, 2)
     assert _appointments(db_url) == [BOOKED_V1]
+
+
+def test_a_replay_with_v2_still_refuses_a_payload_whose_v1_event_an_operator_corrected(db_url, tmp_path, monkeypatch):
+    """The room change's payload holds only its correction (`<v1 id>@c<n>`), which v1 may have taken
+    from another facility's message: nothing pairs it with v2's id, so that payload is refused, the
+    booking's own payload pairs, and nothing is appended."""
+    held = _room_change_held_under_v1(db_url, tmp_path, monkeypatch, retried=True)
+    said = _replay("SIU_S12", "v2")
+    assert "1 events unchanged, 0 corrected, 0 added" in said, said
+    assert f"({BOOKED_V1}@c{held.id}); replaying it would record its events a second time" in said, said
+    assert _appointments(db_url) == [BOOKED_V1, f"{BOOKED_V1}@c{held.id}"]
