@@ -31,6 +31,8 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,15 +67,28 @@ def _prepare_environment() -> None:
     airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
 
 
-def _quiet_logs() -> None:
-    """Alerts and task logs go to var/demo/demo.log; the terminal shows the story."""
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """Alerts and task logs go to var/demo/demo.log; the terminal shows the story. The loggers are
+    as they were afterwards: run in-process (a test, a notebook), the demo must not leave the hub's
+    log lines going only to its file, where a caller's own capture would see none of them."""
     handler = logging.FileHandler(DEMO_VAR / "demo.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    saved = []
     for name in ("cgthub", "airflow", "airflow.task", "sqlalchemy", "alembic"):
         logger = logging.getLogger(name)
+        saved.append((logger, logger.handlers[:], logger.propagate, logger.level))
         logger.handlers[:] = [handler]
         logger.propagate = False
         logger.setLevel(logging.INFO if name == "cgthub" else logging.WARNING)
+    try:
+        yield
+    finally:
+        for logger, handlers, propagate, level in saved:
+            logger.handlers[:] = handlers
+            logger.propagate = propagate
+            logger.setLevel(level)
+        handler.close()
 
 
 class Hub:
@@ -214,15 +229,15 @@ def main() -> int:
     print("cgthub demo: 25 synthetic patients (US, DE), the real Airflow DAGs run with dag.test()")
     store.upgrade()
     airflow_env.migrate_metadata_db()
-    _quiet_logs()
-    now = utcnow().replace(minute=0, second=0, microsecond=0)
-    people, emissions = demo_scenario.world(now)
-    hub = Hub()
-    try:
-        hub.start()
-        return _run(runner_started=started, now=now, people=people, emissions=emissions, hub=hub)
-    finally:
-        hub.stop()
+    with _quiet_logs():
+        now = utcnow().replace(minute=0, second=0, microsecond=0)
+        people, emissions = demo_scenario.world(now)
+        hub = Hub()
+        try:
+            hub.start()
+            return _run(runner_started=started, now=now, people=people, emissions=emissions, hub=hub)
+        finally:
+            hub.stop()
 
 
 def _run(*, runner_started: float, now: datetime, people: list[Any], emissions: list[Emission], hub: Hub) -> int:

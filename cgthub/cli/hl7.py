@@ -198,14 +198,21 @@ def ingest(
         pass  # the database exists and has the hub's schema
     ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
     tune_gc()
-    logging.getLogger("cgthub.pipeline").setLevel(logging.ERROR)  # the summary below counts each outcome
+    # The summary below counts each outcome. As it was afterwards: run in-process (a test, a notebook),
+    # the pipeline's warnings must not stay silenced for what runs next.
+    pipeline_log = logging.getLogger("cgthub.pipeline")
+    level_before = pipeline_log.level
+    pipeline_log.setLevel(logging.ERROR)
     started = time.monotonic()
-    with work_progress("ingesting HL7 files", total=len(files), unit="messages") as bar:
+    try:
+        with work_progress("ingesting HL7 files", total=len(files), unit="messages") as bar:
 
-        def advanced(report: FileReport) -> None:
-            bar.advance_to(report.files, count=report.messages)
+            def advanced(report: FileReport) -> None:
+                bar.advance_to(report.files, count=report.messages)
 
-        report = ingest_paths(files, batch=batch, progress=advanced)
+            report = ingest_paths(files, batch=batch, progress=advanced)
+    finally:
+        pipeline_log.setLevel(level_before)
     seconds = time.monotonic() - started
     rejected = _reasons(report.rejections, frozenset({"AR"}))
     quarantined = _reasons(report.rejections, frozenset({"AE"}))
