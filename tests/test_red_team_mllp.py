@@ -27,6 +27,7 @@ from cgthub.hl7.mllp import frame
 from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, Order, RawMessage
 from tests.factories import PATIENTS
+from tests.hub_log import hub_log
 from tests.test_hl7_listener import ORM, Running, _enrol, exchange
 from tests.test_hl7_listener_limits import connect, wait_for
 from tests.test_residency_live import US_POSTAL, _crm_record, _enrol_through_crm, _orders
@@ -64,12 +65,17 @@ def test_nul_bytes_are_refused_archived_and_quarantined_on_both_stores(db_url, c
         _orm(b"NUL3").replace(b"|US-BOS-01|CGTHUB", b"|US-BOS\x00-01|CGTHUB"),  # MSH-4
         _orm(b"NUL4").replace(b"Smithson", b"Smith\x00son"),  # PID-5
     ]
-    with Running(db_url, apply=apply) as running:
+    with hub_log(level=logging.INFO) as logged, Running(db_url, apply=apply) as running:
         acks = exchange(running.port, b"".join(frame(p) for p in poisons) + frame(ORM), len(poisons) + 1)
+    # The capture is not empty: applying, each poison's quarantine is logged (the lines that must
+    # name no patient); archive-only logs no quarantine, so there the listener's own line.
+    assert "MLLP listener on 127.0.0.1" in logged.text, logged.text
+    if apply:
+        assert logged.text.count("which HL7 v2 does not allow") == len(poisons), logged.text
     assert [ack_code(a) for a in acks] == ["AR"] * len(poisons) + ["AA"]
     assert all(b"is a NUL, which HL7 v2 does not allow" in a for a in acks[:-1])
     assert all(b"\x00" not in a for a in acks)
-    _no_phi(*acks, caplog.text)
+    _no_phi(*acks, logged.text, caplog.text)
     with session_scope(db_url) as s:
         archived = s.scalar(select(func.count()).select_from(RawMessage))
         stages = [e.stage for e in quarantine.list_entries(s)]
@@ -157,7 +163,7 @@ def test_poison_values_are_answered_with_a_reason_and_the_listener_keeps_serving
         ),
         "unknown MSH-4": (_orm(b"FAC").replace(b"|US-BOS-01|CGTHUB", b"|NOWHERE-99|CGTHUB"), "AE", b"NOWHERE-99"),
     }
-    with Running(db_url) as running:
+    with hub_log(level=logging.INFO) as logged, Running(db_url) as running:
         acks = {name: _timed(running.port, message)[0] for name, (message, _c, _w) in cases.items()}
         (after,) = exchange(running.port, frame(_orm(b"AFTER")), 1)
         assert running.listener._committer is not None and not running.listener._committer.done()
@@ -165,7 +171,9 @@ def test_poison_values_are_answered_with_a_reason_and_the_listener_keeps_serving
         assert ack_code(acks[name]) == code, (name, acks[name])
         assert words in acks[name], (name, acks[name])
     assert ack_code(after) == "AA"
-    _no_phi(*acks.values(), caplog.text)
+    # the capture is not empty: the poisons' quarantines are logged (the lines that must name no patient)
+    assert logged.text.count("quarantined raw #") >= 6 and "sending facility 'NOWHERE-99'" in logged.text, logged.text
+    _no_phi(*acks.values(), logged.text, caplog.text)
     with session_scope(db_url) as s:
         archived = s.scalar(select(func.count()).select_from(RawMessage))
         stages = sorted(e.stage for e in quarantine.list_entries(s))
@@ -287,11 +295,14 @@ def test_a_parse_error_does_not_quote_the_message(db_url, caplog):
     broken_line = _orm(b"BROKEN").replace(b"||Smithson^Johanna||", b"||Smithson\rJo hanna||")
     smith = b"MSHSmith|x|y\rPID|1||" + PATIENTS[0]["mrn"].encode()
     quoted = b"MSH|^~\\&|EPIC|US-BOS-01|CGTHUB|HUB|2026||ADT^A04|Q1|P|2.5\rO'Brien|x"
-    with Running(db_url) as running:
+    with hub_log(level=logging.INFO) as logged, Running(db_url) as running:
         acks = exchange(running.port, frame(broken_line) + frame(smith) + frame(quoted), 3)
+    # the capture is not empty: the three quarantines are logged (the lines that must quote nothing)
+    assert logged.text.count("quarantined raw #") == 3 and "segment does not begin" in logged.text, logged.text
     assert [ack_code(a) for a in acks] == ["AR", "AR", "AR"]
     assert b"segment does not begin with a segment name" in acks[0] and b"five distinct separators" in acks[1]
     with session_scope(db_url) as s:
         reasons = " ".join(e.reason for e in quarantine.list_entries(s))
     for leaked in (b"Jo ", b"Smith", b"O'B"):
-        assert leaked not in b"".join(acks) and leaked.decode() not in reasons and leaked.decode() not in caplog.text
+        assert leaked not in b"".join(acks) and leaked.decode() not in reasons
+        assert leaked.decode() not in logged.text + caplog.text
