@@ -47,14 +47,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from sqlalchemy.orm import configure_mappers
+
+from cgthub import archive, metrics, sites
 from cgthub import health as hub_health
-from cgthub import metrics
 from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import answer, build_ack
 from cgthub.hl7.connection_limits import PerAddressLimit
 from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
-from cgthub.settings import get_settings
+from cgthub.settings import SettingError, get_settings
+from cgthub.sites import SiteRegistryError
 from cgthub.store import session_scope
 
 log = logging.getLogger(__name__)
@@ -88,6 +91,22 @@ def _malloc_trim() -> Callable[[int], int] | None:
 
 
 _TRIM = _malloc_trim()
+
+
+def _warm(apply: bool) -> None:
+    """Do before the first sender connects what its first message would otherwise wait for, with
+    every message behind it: the mappings in force compiled, the ORM's mappers configured (SQLAlchemy
+    does it at the first query), the archive key's cipher set up and the site registry read. A file
+    or a key that does not load stops nothing: the first message meets the error, as before."""
+    configure_mappers()
+    with contextlib.suppress(SettingError):
+        archive.seal(b"", b"")
+    if apply:
+        from cgthub.mapping import registry
+
+        registry.warm("hl7")
+        with contextlib.suppress(SiteRegistryError):
+            sites.registry()
 
 
 class MllpListener:
@@ -141,10 +160,7 @@ class MllpListener:
         self._last_commit = 0.0  # seconds the last group commit took
 
     async def start(self) -> tuple[str, int]:
-        if self.apply:  # the mappings in force compiled before the first sender connects, not by its message
-            from cgthub.mapping import registry
-
-            registry.warm("hl7")
+        _warm(self.apply)
         self._committer = asyncio.create_task(self._commit_loop())
         # The stream's own buffer is read as it fills, so a small limit (reading pauses at twice it)
         # keeps what waits there, beyond the listener's accounting, small while an ACK is awaited.
