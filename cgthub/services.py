@@ -111,8 +111,7 @@ def courier_webhook(host: str, port: int) -> int:
 
     from cgthub.api.http_protocol import HeadDeadlineProtocol  # a courier's side is the internet's
 
-    limit = get_settings().api_limit_concurrency
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=HeadDeadlineProtocol, limit_concurrency=limit)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=HeadDeadlineProtocol)
     return 0
 
 

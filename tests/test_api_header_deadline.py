@@ -131,15 +131,8 @@ def test_a_head_sent_in_pieces_within_the_deadline_is_served(port):
     assert received.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in received
 
 
-def test_cgthub_api_serve_holds_clients_to_the_configured_deadline_and_concurrency(db_url):
-    """Two connections at most (CGTHUB_API_LIMIT_CONCURRENCY=2): a slow client holds one of them only
-    until its deadline (CGTHUB_API_HEADER_TIMEOUT=1.5)."""
-    env = {
-        **os.environ,
-        "CGTHUB_DATABASE_URL": db_url,
-        "CGTHUB_API_HEADER_TIMEOUT": "1.5",
-        "CGTHUB_API_LIMIT_CONCURRENCY": "2",
-    }
+def test_cgthub_api_serve_holds_clients_to_the_configured_deadline(db_url):
+    env = {**os.environ, "CGTHUB_DATABASE_URL": db_url, "CGTHUB_API_HEADER_TIMEOUT": "1.5"}
     server = subprocess.Popen(
         [sys.executable, "-m", "cgthub.cli", "api", "serve", "--port", "0", "--no-webhooks"],
         env=env,
@@ -157,16 +150,14 @@ def test_cgthub_api_serve_holds_clients_to_the_configured_deadline_and_concurren
         port = int(found[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: hub\r\n")  # and never the blank line
-            time.sleep(0.2)
-            crowded = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
+            beside = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
             received, closed_after = read_until_closed(sock, timeout=10)
-        after = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code
     finally:
         server.terminate()
         server.wait(timeout=20)
     assert received.startswith(b"HTTP/1.1 408 ") and b"within 1.5 s" in received
     assert closed_after < 5
-    assert (crowded, after) == (503, 200)
+    assert beside == 200
 
 
 def test_the_courier_webhook_receiver_holds_clients_to_the_deadline_too(db_url, monkeypatch):

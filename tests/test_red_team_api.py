@@ -310,8 +310,8 @@ def test_a_hidden_order_and_a_missing_one_take_alike_long_to_refuse(api):
 
 def test_two_thousand_connections_with_unfinished_headers_hold_no_other_caller(db_url):
     """`cgthub api serve` (uvicorn) under a slowloris: 2,000 connections each send half a request
-    and stop. Another caller with a key is still answered at once. (Those connections stay open
-    as long as the sender likes: see docs/red-team.md.)"""
+    and stop. Another caller with a key is still answered at once. (Those connections are closed
+    at the header deadline, 10 s: tests/test_api_header_deadline.py.)"""
     (order_id,) = api_server.build_orders(db_url, [happy_path(1)[:3]])
     with session_scope(db_url) as session:
         _key, token = create_key(session, name="red team", scopes=("status:read",), all_data=True)

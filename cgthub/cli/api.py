@@ -37,18 +37,20 @@ def serve(
 
     from cgthub.api import webhooks as delivery
     from cgthub.api.http_protocol import HeadDeadlineProtocol
-    from cgthub.settings import get_settings
 
     url = database_url()
     with open_session(readonly=True):
         pass  # fail early, with a useful message, when the database is missing or not migrated
+    from cgthub.custody_signing import signing_key_state
+
+    signing_key_state()  # a malformed CGTHUB_CUSTODY_SIGNING_KEY: named before any worker starts
     listening = _listening_socket(host, port)
     bound_port = listening.getsockname()[1]
     shown_host = f"[{host}]" if ":" in host else host
     console_err.print(f"serving the API on http://{shown_host}:{bound_port} (docs at /docs)")
-    # A client has CGTHUB_API_HEADER_TIMEOUT seconds to send a request's head (slowloris), and beyond
-    # CGTHUB_API_LIMIT_CONCURRENCY connections or requests at once the next request is answered 503.
-    concurrency = get_settings().api_limit_concurrency
+    # A client has CGTHUB_API_HEADER_TIMEOUT seconds to send a request's head (slowloris). Not uvicorn's
+    # limit_concurrency: it counts open connections, so an attacker's unfinished heads would have
+    # everyone else answered 503 until their deadline (tests/test_red_team_api.py's 2,000 connections).
     stop = threading.Event()
     if webhooks:
         threading.Thread(target=delivery.run_forever, args=(url, stop), name="cgthub-webhooks", daemon=True).start()
@@ -64,7 +66,6 @@ def serve(
                 workers=workers,
                 access_log=False,
                 http=HeadDeadlineProtocol,
-                limit_concurrency=concurrency,
             )
             Multiprocess(config, sockets=[listening]).run()
         else:
@@ -73,14 +74,7 @@ def serve(
 
             served = create_app(url)
             runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
-            uvicorn.Server(
-                uvicorn.Config(
-                    served,
-                    access_log=False,
-                    http=HeadDeadlineProtocol,
-                    limit_concurrency=concurrency,
-                )
-            ).run(sockets=[listening])
+            uvicorn.Server(uvicorn.Config(served, access_log=False, http=HeadDeadlineProtocol)).run(sockets=[listening])
     finally:
         stop.set()
         listening.close()
