@@ -4,11 +4,7 @@ and its file descriptor, for as long as the client kept dribbling (cgthub.api.ht
 
 from __future__ import annotations
 
-import os
-import re
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +15,7 @@ import uvicorn
 
 from cgthub.api import create_app
 from cgthub.api.http_protocol import HeadDeadlineH11, HeadDeadlineProtocol
+from tests.test_api_access_log import _start_server
 from tests.test_courier_booking import _free_port, _start_service, _wait_ready
 
 DEADLINE = 1.0
@@ -131,23 +128,10 @@ def test_a_head_sent_in_pieces_within_the_deadline_is_served(port):
     assert received.startswith(b"HTTP/1.1 200 ") and b'"status":"ok"' in received
 
 
-def test_cgthub_api_serve_holds_clients_to_the_configured_deadline(db_url):
-    env = {**os.environ, "CGTHUB_DATABASE_URL": db_url, "CGTHUB_API_HEADER_TIMEOUT": "1.5"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "cgthub.cli", "api", "serve", "--port", "0", "--no-webhooks"],
-        env=env,
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-    )
+def test_cgthub_api_serve_holds_clients_to_the_configured_deadline(db_url, monkeypatch):
+    monkeypatch.setenv("CGTHUB_API_HEADER_TIMEOUT", "1.5")
+    server, port = _start_server(db_url)
     try:
-        assert server.stderr is not None
-        found = None
-        deadline = time.monotonic() + 30
-        while found is None and time.monotonic() < deadline:
-            found = re.search(r"http://127\.0\.0\.1:(\d+)", server.stderr.readline())
-        assert found, "the server did not say where it listens"
-        port = int(found[1])
         with socket.create_connection(("127.0.0.1", port)) as sock:
             sock.sendall(b"GET /health HTTP/1.1\r\nHost: hub\r\n")  # and never the blank line
             beside = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code

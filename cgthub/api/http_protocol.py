@@ -35,8 +35,9 @@ def request_timeout_answer(seconds: float) -> bytes:
     return head.encode("ascii") + body
 
 
-class _HeadDeadline:
-    """The timer both parsers share; each subclass says when a head begins and ends."""
+class _HeadDeadline(asyncio.Protocol):
+    """The timer both parsers share, armed when a connection opens; each subclass says when a head
+    begins and ends. First in each subclass's bases, so `super()` here is uvicorn's protocol."""
 
     head_timeout: float | None = None  # seconds; None: CGTHUB_API_HEADER_TIMEOUT
     _warn = WarningPerAddress("closed API connections from %s: no complete request head within %g s", logger=log)
@@ -61,6 +62,14 @@ class _HeadDeadline:
             self._head_timer.cancel()
             self._head_timer = None
 
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_head_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_deadline()
+        super().connection_lost(exc)
+
     def _answering(self) -> bool:
         """True while this connection owes an answer to a request whose head did arrive."""
         raise NotImplementedError
@@ -79,14 +88,6 @@ class _HeadDeadline:
 
 
 class HeadDeadlineH11(_HeadDeadline, H11Protocol):
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_head_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_head_deadline()
-        super().connection_lost(exc)
-
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:  # bytes of a head not complete yet
@@ -104,14 +105,6 @@ if importlib.util.find_spec("httptools") is not None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
     class HeadDeadlineHttpTools(_HeadDeadline, HttpToolsProtocol):
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_head_deadline()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._disarm_head_deadline()
-            super().connection_lost(exc)
-
         def data_received(self, data: bytes) -> None:
             if not self._answering():  # bytes after an answer (or before any): a head under way
                 self._arm_head_deadline()
