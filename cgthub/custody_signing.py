@@ -9,8 +9,11 @@ publishes the public key (`GET /custody/keys`, `cgthub api custody-key`) for con
 
 The signature covers the whole document but its own field, in the hub's canonical JSON, together
 with the algorithm and key id (`SIGNING_RULE`). Every key the hub has signed with is kept in a
-public keyring (var/custody-keys.jsonl): after a rotation the old key is listed as retired, so
-documents signed before still verify for a consumer who pins it.
+public keyring, the table custody_signing_keys of the hub's database, so every API replica
+publishes every key any of them signed with and a restart with an empty var/ forgets none: after
+a rotation the old key is listed as retired, so documents signed before still verify for a
+consumer who pins it. The keyring was a file under var/ before (custody-keys.jsonl): it is
+imported at first use (`import_legacy_keyring`).
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
-import os
+import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,10 +31,16 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
+from cgthub import store
 from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
-from cgthub.settings import get_settings, var_dir
+from cgthub.settings import MissingSetting, get_settings, var_dir
+from cgthub.store import session_scope
+from cgthub.tables import CustodySigningKey
 
 SIGNATURE_FIELD = "cgthub:signature"
 ALGORITHM = "Ed25519"
@@ -40,7 +49,9 @@ SIGNING_RULE = (
     "the document without cgthub:signature})); canonical_json = sorted keys, separators (',', ':'), "
     "UTF-8 unescaped; keyId = 'ed25519:' + first 16 hex of sha256(raw 32-byte public key)"
 )
-KEYRING_NAME = "custody-keys.jsonl"
+KEY_VARIABLE = "CGTHUB_CUSTODY_SIGNING_KEY"
+LEGACY_KEYRING_NAME = "custody-keys.jsonl"  # the keyring before the database kept it: imported once
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -71,12 +82,15 @@ def _signed_bytes(document: dict[str, Any], kid: str) -> bytes:
     return canonical_json({"alg": ALGORITHM, "keyId": kid, "document": body}).encode()
 
 
-def sign(document: dict[str, Any], private: Ed25519PrivateKey | None = None) -> dict[str, Any]:
-    """`document` with its `cgthub:signature` (by the hub's key unless `private` is given)."""
+def sign(
+    document: dict[str, Any], private: Ed25519PrivateKey | None = None, *, database_url: str | None = None
+) -> dict[str, Any]:
+    """`document` with its `cgthub:signature` (by the hub's key, recorded in the keyring of the
+    database at `database_url`, unless `private` is given)."""
     key = private or _private_key()
     kid = key_id(key.public_key())
     if private is None:
-        _record(kid, public_pem(key.public_key()))
+        _record(database_url, kid, public_pem(key.public_key()))
     value = base64.urlsafe_b64encode(key.sign(_signed_bytes(document, kid))).decode()
     return document | {SIGNATURE_FIELD: {"alg": ALGORITHM, "keyId": kid, "rule": SIGNING_RULE, "value": value}}
 
@@ -128,56 +142,132 @@ def signature_problems(document: dict[str, Any], pinned: list[Ed25519PublicKey])
     return []
 
 
-def _keyring_path() -> Path:
-    return var_dir() / KEYRING_NAME
+def _legacy_keyring_path() -> Path:
+    return var_dir() / LEGACY_KEYRING_NAME
 
 
-_recorded: set[tuple[Path, str]] = set()
+def _insert_new_keys(session: Session) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING: replicas recording the same key at once do not fail each other."""
+    maker = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+    return maker(CustodySigningKey.__table__).on_conflict_do_nothing(index_elements=["key_id"])
 
 
-def _record(kid: str, pem: str) -> None:
-    """Add the key to the public keyring the first time it signs (one appended line; lines repeated
-    by two processes racing are read once)."""
-    path = _keyring_path()
-    if (path, kid) in _recorded:
+_recorded: set[tuple[str, str]] = set()
+_imported: set[tuple[str, Path]] = set()
+
+
+def _record(database_url: str | None, kid: str, pem: str) -> None:
+    """Add the key to the keyring the first time this process signs with it (later calls cost nothing)."""
+    url = store.database_url(database_url)
+    if (url, kid) in _recorded:
         return
-    if kid not in {entry["keyId"] for entry in _keyring(path)}:
-        line = json.dumps({"keyId": kid, "publicKeyPem": pem, "firstUsed": datetime.now(UTC).isoformat()}) + "\n"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        with os.fdopen(fd, "a", encoding="utf-8") as handle:
-            handle.write(line)
-    _recorded.add((path, kid))
+    import_legacy_keyring(url)
+    with session_scope(url) as session:
+        session.execute(_insert_new_keys(session), [{"key_id": kid, "public_key_pem": pem, "first_used": _now()}])
+    _recorded.add((url, kid))
 
 
-def _keyring(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    seen: dict[str, dict[str, str]] = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def import_legacy_keyring(database_url: str | None = None) -> int:
+    """Copy var/custody-keys.jsonl, the keyring before it moved into the database, into the table,
+    keeping each key's first use, then rename it custody-keys.jsonl.imported; the number of keys read.
+
+    Run once a process, at its first use of the keyring: each host's file is merged (a key already
+    in the table keeps its row). A line whose PEM is not the key its id names is left out, logged.
+    """
+    url = store.database_url(database_url)
+    path = _legacy_keyring_path()
+    if (url, path) in _imported:
+        return 0
+    rows, refused = _legacy_rows(path)
+    if refused:
+        log.warning("%s: %d line(s) not imported (not a key its id names, or unreadable)", path, refused)
+    if rows:
+        with session_scope(url) as session:
+            session.execute(_insert_new_keys(session), rows)
         try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
-        if isinstance(entry, dict) and isinstance(entry.get("keyId"), str):
-            seen.setdefault(entry["keyId"], entry)
-    return list(seen.values())
+            path.rename(path.with_name(path.name + ".imported"))
+        except FileNotFoundError:
+            pass  # another process on this host imported it at the same time
+        except OSError as exc:  # a read-only var/: read again by the next process, harmlessly
+            log.warning("%s imported but not renamed (%s)", path, exc.strerror)
+        log.info("imported %d custody signing key(s) from %s into the database", len(rows), path)
+    _imported.add((url, path))
+    return len(rows)
 
 
-def published_keys() -> list[PublishedKey]:
-    """The current signing key and every retired one, newest first: what a consumer pins."""
-    private = _private_key()
-    current = key_id(private.public_key())
-    _record(current, public_pem(private.public_key()))
-    entries = _keyring(_keyring_path())
+def _legacy_rows(path: Path) -> tuple[list[dict[str, Any]], int]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return [], 0
+    rows: dict[str, dict[str, Any]] = {}
+    refused = 0
+    for line in filter(str.strip, lines):
+        row = _legacy_row(line)
+        if row is None:
+            refused += 1
+        else:
+            rows.setdefault(row["key_id"], row)  # lines repeated by processes racing: the first
+    return list(rows.values()), refused
+
+
+def _legacy_row(line: str) -> dict[str, Any] | None:
+    """One line of the old file as a row, or None for a line cut short or whose key is not its id."""
+    try:
+        entry = json.loads(line)
+        kid, pem = entry["keyId"], entry["publicKeyPem"]
+        (public,) = load_public_keys(pem)
+        first_used = datetime.fromisoformat(entry["firstUsed"])
+    except (ValueError, TypeError, KeyError, NotAPublicKey):
+        return None
+    if key_id(public) != kid:
+        return None
+    at = first_used if first_used.tzinfo else first_used.replace(tzinfo=UTC)
+    return {"key_id": kid, "public_key_pem": public_pem(public), "first_used": at}
+
+
+def published_keys(database_url: str | None = None) -> list[PublishedKey]:
+    """The current signing key and every retired one, newest first: what a consumer pins. Current is
+    this process's key; every other key any replica has signed with is retired."""
+    public = _private_key().public_key()
+    current = key_id(public)
+    _record(database_url, current, public_pem(public))
+    rows = _keyring(database_url)
+    if current not in {row.key_id for row in rows}:  # recorded by this process, then the table emptied
+        _recorded.discard((store.database_url(database_url), current))
+        _record(database_url, current, public_pem(public))
+        rows = _keyring(database_url)
     keys = [
         PublishedKey(
-            key_id=entry["keyId"],
-            public_key_pem=entry["publicKeyPem"],
-            first_used=entry["firstUsed"],
-            status="current" if entry["keyId"] == current else "retired",
+            key_id=row.key_id,
+            public_key_pem=row.public_key_pem,
+            first_used=row.first_used.isoformat(),
+            status="current" if row.key_id == current else "retired",
         )
-        for entry in entries
+        for row in sorted(rows, key=lambda r: r.first_used, reverse=True)
     ]
-    keys.sort(key=lambda k: k.first_used, reverse=True)
     keys.sort(key=lambda k: k.status != "current")  # stable: the current key first, then newest retired
     return keys
+
+
+def _keyring(database_url: str | None) -> list[CustodySigningKey]:
+    with session_scope(database_url, readonly=True) as session:
+        return list(session.scalars(select(CustodySigningKey)))
+
+
+def signing_key_state() -> dict[str, str]:
+    """The signing key as `/health/ready` reports it: `ok` with its key id, or `missing` with why
+    (outside dev, CGTHUB_CUSTODY_SIGNING_KEY unset: exports cannot be signed). Never the key.
+
+    A key that is set but malformed raises InvalidSetting (naming the variable, not its value): the
+    API checks this at start and does not start with it.
+    """
+    try:
+        public = _private_key().public_key()
+    except MissingSetting:
+        return {"status": "missing", "problem": f"{KEY_VARIABLE} is not set: custody exports cannot be signed"}
+    return {"status": "ok", "key_id": key_id(public)}

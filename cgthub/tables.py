@@ -299,4 +299,15 @@ class AuditRecord(Base):
     mac: Mapped[str] = mapped_column(String(64))
 
 
+class CustodySigningKey(Base):
+    """A public key custody exports have been signed with (cgthub.custody_signing), kept in the
+    database so every API replica publishes every key any of them signed with, across restarts."""
+
+    __tablename__ = "custody_signing_keys"
+
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # 'ed25519:' + 16 hex
+    public_key_pem: Mapped[str] = mapped_column(Text)
+    first_used: Mapped[datetime]
+
+
 __all__ = ["Alert", "Base", "LedgerEntry", "Order", "OrderKey", "QuarantineEntry", "RawMessage"]

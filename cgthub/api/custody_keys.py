@@ -8,7 +8,7 @@ then retired ones (documents signed before a rotation name them by key id).
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, Field
 
 from cgthub import custody_signing
@@ -37,12 +37,12 @@ class CustodyKeys(BaseModel):
 
 
 @router.get("/custody/keys", response_model=CustodyKeys, summary="Public keys that sign custody exports")
-def custody_keys(_principal: Principal = Depends(any_key)) -> CustodyKeys:
+def custody_keys(request: Request, _principal: Principal = Depends(any_key)) -> CustodyKeys:
     """The current and retired Ed25519 public keys of custody exports; any valid API key, no scope needed."""
     return CustodyKeys(
         signing_rule=custody_signing.SIGNING_RULE,
         keys=[
             CustodyKey(key_id=k.key_id, status=k.status, first_used=k.first_used, public_key_pem=k.public_key_pem)
-            for k in custody_signing.published_keys()
+            for k in custody_signing.published_keys(request.app.state.database_url)
         ],
     )

@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime
 from sqlalchemy import Connection, and_, bindparam, exists, func, select
@@ -297,6 +297,7 @@ _OBJECT = {"schema": {"type": "object"}}
     responses={200: {"description": "EPCIS 2.0 JSON-LD document", "content": {"application/ld+json": _OBJECT}}},
 )
 def get_custody(
+    request: Request,
     order_id: OrderId,
     principal: Principal = Depends(authorized(Scope.CUSTODY_READ)),
     session: Session = Depends(read_session),
@@ -311,7 +312,8 @@ def get_custody(
         head=order.ledger_head,
         created=datetime.now(UTC),
     )
-    return JSONResponse(custody_signing.sign(document), media_type="application/ld+json")
+    signed = custody_signing.sign(document, database_url=request.app.state.database_url)
+    return JSONResponse(signed, media_type="application/ld+json")
 
 
 @router.get(
