@@ -131,7 +131,7 @@ def test_64_senders_waiting_for_their_acks_are_grouped_into_large_commits(db_url
     senders, window = 64, 0.08
     feeds = _feeds(db_url, senders, 2)
     codes: list[str] = []
-    with Running(db_url, batch_window=window, max_connections=senders) as running:
+    with Running(db_url, batch_window=window, max_connections=senders, max_connections_per_address=senders) as running:
         _slow_commits(running.listener, 0.5)
         _slow_reads(running.listener, window / 16)
         ready = threading.Barrier(senders)
