@@ -1,11 +1,11 @@
-"""What `/health/ready` answers: the database, the MLLP listener, the webhook delivery loop and the
-payloads archived but not applied yet.
+"""What `/health/ready` answers: the database, the MLLP listener, the webhook delivery loop, the
+payloads archived but not applied yet and the custody signing key.
 
 Ready means the database answers: without it nothing the hub does can succeed, so a load balancer
-or compose should stop sending work. The listener, the delivery loop and the held payloads are
-reported (a deployment alerts on them) but do not make the API unready: the API serves orders
-without either; while one of them is not `ok` (or `not configured`) the overall status says
-`degraded`. No order data appears here, only counts and ages.
+or compose should stop sending work. The listener, the delivery loop, the held payloads and the
+custody signing key (the API's, missing outside dev) are reported (a deployment alerts on them)
+but do not make the API unready: the API serves orders without them; while one of them is not `ok`
+(or `not configured`) the overall status says `degraded`. No order data appears here, only counts and ages.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
+from cgthub import custody_signing as signing
 from cgthub import heartbeat
 from cgthub.outbox import OutboxMessage, OutboxStatus
-from cgthub.settings import get_settings
+from cgthub.settings import SettingError, get_settings
 from cgthub.store import session_scope
 from cgthub.tables import RawMessage
 
@@ -142,13 +143,24 @@ def held(database_url: str | None) -> dict[str, Any]:
     }
 
 
+def custody_signing() -> dict[str, Any]:
+    """The key custody exports are signed with: `ok` and its key id, or `missing` or `invalid` with
+    the problem (naming the variable, never the key), so an operator learns it before an export fails."""
+    try:
+        return signing.signing_key_state()
+    except SettingError as exc:
+        return {"status": "invalid", "problem": str(exc)}
+
+
 HEALTHY = frozenset({"ok", "not configured"})
 
 
-def report(database_url: str | None, *, listener_address: str | None = None) -> tuple[bool, dict[str, Any]]:
+def report(
+    database_url: str | None, *, listener_address: str | None = None, signs_custody: bool = False
+) -> tuple[bool, dict[str, Any]]:
     """(ready, state): ready while the database answers; each component's state, and overall `ok`,
-    `degraded` (the listener, the delivery loop or the held payloads are not well) or `unavailable`
-    (no database)."""
+    `degraded` (the listener, the delivery loop, the held payloads or, for a process that
+    `signs_custody` (the API), the custody signing key are not well) or `unavailable` (no database)."""
     db = database(database_url)
     components = {
         "database": db,
@@ -156,6 +168,8 @@ def report(database_url: str | None, *, listener_address: str | None = None) -> 
         "delivery": delivery(database_url) if db["status"] == "ok" else {"status": "unknown"},
         "held": held(database_url) if db["status"] == "ok" else {"status": "unknown"},
     }
+    if signs_custody:
+        components["custody_signing"] = custody_signing()
     if db["status"] != "ok":
         overall = "unavailable"
     elif all(c["status"] in HEALTHY for c in components.values()):

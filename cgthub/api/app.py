@@ -18,8 +18,8 @@ from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from cgthub import custody_signing, metrics
 from cgthub import health as hub_health
-from cgthub import metrics
 from cgthub.api import custody_keys, decisions, errors, feed, orders, scheduling, subscriptions
 from cgthub.api import verify as verify_api
 from cgthub.api.audit import Access, AuditWriter
@@ -162,6 +162,9 @@ def create_app(
     `key_cache_seconds`; each request's access-log row is journaled before its answer is sent and
     in the table at most `audit_interval` seconds later (see `cgthub.api.audit`)."""
     url = configured_url(database_url)
+    # A malformed CGTHUB_CUSTODY_SIGNING_KEY stops the start here (InvalidSetting names the variable,
+    # not its value), not at the first custody export; a missing one is reported by /health/ready.
+    custody_signing.signing_key_state()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -195,8 +198,9 @@ def create_app(
 
     @app.get("/health/ready", include_in_schema=False)
     def ready() -> JSONResponse:
-        """Readiness: 503 while the database does not answer; reports the listener and delivery loop too."""
-        is_ready, state = hub_health.report(url)
+        """Readiness: 503 while the database does not answer; reports the listener, the delivery loop and
+        the custody signing key too."""
+        is_ready, state = hub_health.report(url, signs_custody=True)
         return JSONResponse(state, status_code=200 if is_ready else 503)
 
     @app.get("/metrics", include_in_schema=False)
