@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     archive_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_ARCHIVE_KEY")
     ledger_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_LEDGER_KEY")
     # The Ed25519 seed custody exports are signed with (cgthub.custody_signing); asked for when the
-    # first export is signed, so a command that signs none does not need it.
+    # first export is signed, so a command that signs none does not need it, and checked when the API
+    # starts (malformed: it does not start; missing outside dev: /health/ready says so).
     custody_signing_key_text: SecretStr | None = Field(default=None, validation_alias="CGTHUB_CUSTODY_SIGNING_KEY")
     ledger_checkpoints: Path | None = None
     config_dir: Path = PROJECT_ROOT / "config"
