@@ -7,9 +7,10 @@ Counted by valgrind's callgrind inside the measured call only (`functools.reduce
 `bench.ingest_instructions` does); the database with the enrolled orders is made without valgrind
 and a warm-up group compiles mappings and statements first. The difference per message, times 62,
 is what a group costs that a batch of 1,000 amortizes or never pays. fsync and lock waits are not in
-it (`--phases` times those: the commit, on the clock).
+it (`--phases` times those: the commit, on the clock; `--pages` counts what each commit writes to the
+write-ahead log, by table and index).
 `--profile` prints cProfile's view of the groups instead (where the instructions go, by function).
-Run: .venv/bin/python -m bench.mllp_group_instructions [--messages 992] [--group 62] [--profile] [--phases]
+Run: .venv/bin/python -m bench.mllp_group_instructions [--messages 992] [--group 62] [--profile] [--phases] [--pages]
 """
 
 from __future__ import annotations
@@ -153,6 +154,49 @@ def phases(count: int, size: int, database: Path) -> None:
     print(f"apply {applied / n * 1e3:.2f} ms, commit {committed / n * 1e3:.2f} ms")
 
 
+def _wal_pages(path: str) -> set[int]:
+    """The pages a SQLite write-ahead log holds frames of (its header's page size, each frame's page number)."""
+    data = Path(path + "-wal").read_bytes()
+    size = int.from_bytes(data[8:12], "big")
+    return {int.from_bytes(data[at : at + 4], "big") for at in range(32, len(data) - size - 23, size + 24)}
+
+
+def pages(count: int, size: int, batch: int, database: Path) -> None:
+    """The pages each commit writes to the WAL, by table and index: groups of `size` against batches of
+    `batch`. The process's background checkpointer is stopped and the log checkpointed after each
+    commit, so each commit's frames are read alone."""
+    import collections
+    import sqlite3
+
+    from bench.hl7_bench import messages
+    from cgthub.hl7 import inbound
+    from cgthub.store import session_scope
+    from cgthub.wal_checkpoint import checkpointer
+
+    feed = messages(count + WARM)
+    print(f"Pages written to the WAL a commit ({count:,} messages, 4 KiB pages):")
+    for each in (size, batch):
+        url = _copy(database)
+        path = url.split("///", 1)[1]
+        groups(url, feed[:WARM], WARM)
+        checkpointer.forget(path)
+        side = sqlite3.connect(path)
+        side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        owners: collections.Counter[str] = collections.Counter()
+        commits = 0
+        for at in range(WARM, len(feed), each):
+            with session_scope(url) as session:
+                inbound.apply(session, [inbound.read(m) for m in feed[at : at + each]], "mllp")
+            named = dict(side.execute("SELECT pageno, name FROM dbstat").fetchall())
+            owners.update(named.get(page, "?") for page in _wal_pages(path))
+            side.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            commits += 1
+        side.close()
+        total = sum(owners.values())
+        print(f"  commits of {each:,}: {total / commits:,.0f} pages a commit, {total / count:.2f} a message; most:")
+        print("    " + ", ".join(f"{name} {n / commits:,.1f}" for name, n in owners.most_common(6)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=992, help="messages in each workload (16 groups of 62)")
@@ -160,6 +204,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000, help="messages a file-drop batch holds")
     parser.add_argument("--profile", action="store_true", help="cProfile the groups instead of counting")
     parser.add_argument("--phases", action="store_true", help="time a group's begin, apply and commit instead")
+    parser.add_argument("--pages", action="store_true", help="count the pages a commit writes to the WAL instead")
     parser.add_argument("--only", choices=["acks", "groups"], help="count the ACKs only, or the ACKs and the groups")
     parser.add_argument("--workload", nargs=4, metavar=("HOW", "COUNT", "SIZE", "DATABASE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -174,6 +219,8 @@ def main() -> None:
         return profile(args.messages, args.group, database)
     if args.phases:
         return phases(args.messages, args.group, database)
+    if args.pages:
+        return pages(args.messages, args.group, args.batch, database)
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed")
     print(f"Instructions per message, callgrind, inside the measured call only ({args.messages:,} messages):")
