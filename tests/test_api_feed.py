@@ -67,8 +67,9 @@ def test_a_narrow_reader_moves_past_what_it_cannot_see(api):
     api_server.build_orders(api.database_url, [happy_path(1)[:3]])
     narrow = api.client(api.key("status:read", sites=["DE-SITE-9"]))
     wide = api.client(api.key("status:read"))
-    # On PostgreSQL the feed's horizon is the cluster's (pg_snapshot_xmin): another worker's open
-    # transaction holds both readers back a while. A consumer polls again; so does this test, 30 s.
+    # On PostgreSQL the feed waits for transactions that can write to the hub's database: another
+    # xdist worker's, in its own schema of the same database, holds both readers back a while. A
+    # consumer polls again; so does this test, 30 s.
     deadline = time.monotonic() + 30
     while True:
         page, everything = narrow.get("/events").json(), wide.get("/events").json()
@@ -100,9 +101,9 @@ def test_a_late_commit_is_never_skipped(api, db_url):
             ledger.append(fast, happy_path(2)[1])
         served_meanwhile = client.get("/events", params={"after": cursor}).json()
         assert served_meanwhile["events"] == []  # the fast commit waits behind the open transaction
-    # Both are final once no older transaction runs in the cluster: the horizon is PostgreSQL's
-    # (pg_snapshot_xmin), which another worker's transaction on the same server holds back a while.
-    # A consumer polls again; so does this test, for up to 30 s.
+    # Both are final once no older transaction runs in the hub's database (changes._pg_horizon),
+    # which another xdist worker's transaction, in its own schema of the same database, holds back a
+    # while. A consumer polls again; so does this test, for up to 30 s.
     deadline = time.monotonic() + 30
     after, _ = _walk(client, cursor)
     while len(after) < 2 and time.monotonic() < deadline:
