@@ -7,8 +7,8 @@ CoI id (ST-028, data structure 040): "CH" + facility id (5) + year (2) + sequenc
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 from cgthub.errors import CgthubError
 
@@ -95,5 +95,11 @@ def validate_coi_id(value: str) -> str:
 
 
 def new_order_id() -> str:
-    """The hub's own order id: opaque, stable, carries no PHI."""
-    return "ORD-" + uuid.uuid4().hex[:16].upper()
+    """The hub's own order id: opaque, stable, carries no PHI.
+
+    The first 16 hex digits of a version 4 UUID, as `uuid.uuid4().hex[:16]` gave them (8 random
+    bytes, the version nibble 4 in the 13th digit), without building the UUID object: a new order
+    on the ingest path paid about 2 us for it."""
+    head = bytearray(os.urandom(8))
+    head[6] = head[6] & 0x0F | 0x40
+    return "ORD-" + head.hex().upper()

@@ -252,7 +252,7 @@ class _BatchWriter:
                 return _uncorrelated(self.session, event)
             order_id = new_order_id()
             self.orders[order_id] = projection.OrderHead(order_id, ledger_head=GENESIS, is_new=True)
-            self.new_orders.append(_new_order_row(order_id))
+            self.new_orders.append(_new_order_row(order_id, self.recorded_at))
         if match.new_keys:
             self.index.register(order_id, match.new_keys)
             self.key_rows.extend({"kind": k, "value": v, "order_id": order_id} for k, v in match.new_keys)
@@ -417,13 +417,19 @@ class _BatchWriter:
         return AppendResult("quarantined", None, quarantine_id=entry.id, reason=reason, rejection=Rejection.IDENTITY)
 
 
-def _new_order_row(order_id: str) -> dict[str, Any]:
-    now = utcnow()
+# Every new order's row of a batch holds this one object (never changed), and the batch's one
+# moment: `BulkWrite` runs a column's bind processor once for a run of one object.
+_NO_PROJECTION: dict[str, Any] = {}
+
+
+def _new_order_row(order_id: str, now: datetime | None = None) -> dict[str, Any]:
+    """The row of an order a batch creates, at the batch's moment (its entries' `recorded_at`)."""
+    now = now or utcnow()
     return {
         "id": order_id,
         "status": "enrolled",
         "on_hold": False,
-        "projection": {},
+        "projection": _NO_PROJECTION,
         "created_at": now,
         "updated_at": now,
         "ledger_length": 0,
