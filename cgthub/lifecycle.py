@@ -86,7 +86,9 @@ _BACKWARD_ALLOWED = {
 class _Folded(BaseModel):
     """A model the fold writes into field by field. Nothing validates on assignment, and pydantic's
     generic assignment is slow for a fold that writes a dozen fields per event: write straight
-    into the instance, recording the field as set, as pydantic does."""
+    into the instance, recording the field as set, as pydantic does. The fold's own hot writes
+    skip even this (a Python call a write): they go to the instance's dict, and `_fold` marks
+    every field set once it is done, as a state read back from its row has them."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in type(self).__pydantic_fields__:
@@ -167,6 +169,10 @@ class OrderProjection(_Folded):
         return self.last_progress_at or self.status_since
 
 
+_STATE_FIELDS = frozenset(OrderProjection.model_fields)
+_MAIN_PATH_RANKS = [(RANK[status], status.value) for status in MAIN_PATH]
+
+
 def effective_events(events: Iterable[CanonicalEvent]) -> list[CanonicalEvent]:
     """Unique, non-superseded events in deterministic processing order."""
     unique: dict[tuple[str, str], CanonicalEvent] = {}
@@ -217,7 +223,10 @@ def fold_onto(state: OrderProjection, later: list[CanonicalEvent]) -> OrderProje
 def _fold(state: OrderProjection, ordered: list[CanonicalEvent]) -> OrderProjection:
     for event in ordered:
         _apply(state, event)
-    state.status = OrderStatus.ON_HOLD if state.on_hold and state.stage not in TERMINAL else state.stage
+    values = state.__dict__  # the fold's writes (see `_Folded`)
+    stage = values["stage"]
+    values["status"] = OrderStatus.ON_HOLD if values["on_hold"] and stage not in TERMINAL else stage
+    state.__pydantic_fields_set__.update(_STATE_FIELDS)
     return state
 
 
@@ -240,8 +249,11 @@ def _direction(state: OrderProjection, event: CanonicalEvent) -> Direction:
 
 
 def _apply(state: OrderProjection, event: CanonicalEvent) -> None:
-    state.event_count += 1
-    state.last_event_at = max(filter(None, [state.last_event_at, event.occurred_at]))
+    values = state.__dict__  # the fold's writes (see `_Folded`)
+    values["event_count"] += 1
+    at, last = event.occurred_at, values["last_event_at"]
+    if last is None or at > last:  # the later one; the one held when they are equal
+        values["last_event_at"] = at
     _absorb_details(state, event)
     kind = event.event_type
     if kind is EventType.ORDER_ON_HOLD:
@@ -303,20 +315,29 @@ def _transition(state: OrderProjection, event: CanonicalEvent, target: OrderStat
 
 
 def _enter(state: OrderProjection, event: CanonicalEvent, target: OrderStatus) -> None:
-    if target in RANK and state.stage in RANK and RANK[target] > RANK[state.stage]:
-        for skipped in MAIN_PATH:
-            if RANK[state.stage] < RANK[skipped] < RANK[target] and skipped.value not in state.milestones:
-                state.skipped_milestones.append(skipped.value)
-    state.stage = target
-    state.status_since = event.occurred_at
+    values = state.__dict__  # the fold's writes (see `_Folded`)
+    skipped_milestones, milestones = values["skipped_milestones"], values["milestones"]
+    rank_from, rank_to = RANK.get(values["stage"]), RANK.get(target)
+    if rank_from is not None and rank_to is not None and rank_to > rank_from:
+        for rank, name in _MAIN_PATH_RANKS:  # in rank order
+            if rank >= rank_to:
+                break
+            if rank > rank_from and name not in milestones:
+                skipped_milestones.append(name)
+    values["stage"] = target
+    values["status_since"] = event.occurred_at
     _progress(state, event)
-    state.milestones.setdefault(target.value, event.occurred_at)
-    if target.value in state.skipped_milestones:
-        state.skipped_milestones.remove(target.value)
+    name = target._value_  # the member's plain attribute (`.value` is a descriptor)
+    milestones.setdefault(name, event.occurred_at)
+    if name in skipped_milestones:
+        skipped_milestones.remove(name)
 
 
 def _progress(state: OrderProjection, event: CanonicalEvent) -> None:
-    state.last_progress_at = max(filter(None, [state.last_progress_at, event.occurred_at]))
+    values = state.__dict__  # the fold's writes (see `_Folded`)
+    at, last = event.occurred_at, values["last_progress_at"]
+    if last is None or at > last:  # the later one; the one held when they are equal
+        values["last_progress_at"] = at
 
 
 def _flag(state: OrderProjection, event: CanonicalEvent, message: str) -> None:
@@ -333,23 +354,25 @@ def _flag(state: OrderProjection, event: CanonicalEvent, message: str) -> None:
 
 def _absorb_details(state: OrderProjection, event: CanonicalEvent) -> None:
     """Order details, references and identity keys: later events fill in, never blank out."""
+    values = state.__dict__  # the fold's writes (see `_Folded`)
     if event.order:
+        details = event.order.__dict__
         for field in ("therapy", "market", "site", "cmo"):
-            value = getattr(event.order, field)
+            value = details[field]
             if value:
-                setattr(state, field, value)
-    state.refs = state.refs.merged(event.refs)
-    if event.shipment and event.shipment.shipment_id not in state.refs.courier_shipment_ids:
-        ids = (*state.refs.courier_shipment_ids, event.shipment.shipment_id)
-        state.refs = state.refs.model_copy(update={"courier_shipment_ids": ids})
+                values[field] = value
+    refs = values["refs"] = values["refs"].merged(event.refs)
+    if event.shipment and event.shipment.shipment_id not in refs.courier_shipment_ids:
+        ids = (*refs.courier_shipment_ids, event.shipment.shipment_id)
+        values["refs"] = refs.model_copy(update={"courier_shipment_ids": ids})
     if event.patient:
-        if event.patient.coi_id and not state.coi_id:
-            state.coi_id = event.patient.coi_id
-        state.patient_pseudonyms.update(event.patient.pseudonyms)
+        if event.patient.coi_id and not values["coi_id"]:
+            values["coi_id"] = event.patient.coi_id
+        values["patient_pseudonyms"].update(event.patient.pseudonyms)
     if event.material:
-        if event.material.din and event.material.din not in state.dins:
-            state.dins.append(event.material.din)
-        state.lot = event.material.lot or state.lot
+        if event.material.din and event.material.din not in values["dins"]:
+            values["dins"].append(event.material.din)
+        values["lot"] = event.material.lot or values["lot"]
         for bag in event.material.bag_ids:
             if bag not in state.bag_ids:
                 state.bag_ids.append(bag)
