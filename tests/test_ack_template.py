@@ -64,3 +64,12 @@ def test_a_sender_varying_its_msh_cannot_grow_the_templates_past_their_bound():
         msh, msa = _fields(ack.answer(message, None, header=ack.AckHeader.of(hl7v2.parse(message))))
         assert msh[5] == f"FAC{n}" and msa[2] == f"C{n}"
         assert len(ack._TEMPLATES) <= ack._TEMPLATES_BOUND
+
+
+def test_an_oversized_msh_is_answered_bounded_and_not_kept():
+    huge = "F" * 100_000
+    message = _message("APP", huge, "O01", "BIG1")
+    before = dict(ack._TEMPLATES)
+    msh, msa = _fields(ack.answer(message, None, header=read(message).header))
+    assert msh[5] == "F" * 227 and msa == ["MSA", "AA", "BIG1"]
+    assert ack._TEMPLATES == before  # made for this ACK alone: no key holds the 100,000 characters

@@ -90,9 +90,12 @@ def _template(sender: str, receiver: str, trigger: str, version: str) -> _Templa
 
 # The templates of the senders seen, by their MSH values as sent (MSH-3 to MSH-6, trigger, version):
 # a listener hears from a few interfaces. A sender varying them cannot grow it past the bound:
-# it is emptied when full and filled again as messages come.
+# it is emptied when full and filled again as messages come. A key longer than HL7's own sizes
+# allow is not kept (its template is made for the one ACK): the key holds the values as sent, and
+# 1,024 of a megabyte each would pin a gigabyte.
 _TEMPLATES: dict[tuple[str, ...], _Template] = {}
 _TEMPLATES_BOUND = 1024
+_KEPT_KEY_CHARACTERS = 4 * 227 + 2 * 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,9 +125,10 @@ class AckHeader:
                 trigger=_code(header.trigger, _NOT_TRIGGER),
                 version=_code(header.version, _NOT_VERSION) or "2.5.1",
             )
-            if len(_TEMPLATES) >= _TEMPLATES_BOUND:
-                _TEMPLATES.clear()
-            _TEMPLATES[key] = template
+            if sum(map(len, key)) <= _KEPT_KEY_CHARACTERS:
+                if len(_TEMPLATES) >= _TEMPLATES_BOUND:
+                    _TEMPLATES.clear()
+                _TEMPLATES[key] = template
         return cls(template, _echo(raw[10], 199))
 
 
