@@ -19,6 +19,16 @@ A mapping version that changed its id form declares the former one (`former_id` 
 event the ledger holds under its former id, from the same sender (a payload the archive keys alike;
 for HL7, the same sending facility), is that event, compared across the two versions (a resend or a
 conflict as above).
+
+A mapping may name the fields it fills from transmission metadata (`resend_ignores` in its spec): an
+appointment's `occurred_at` is its message's creation time (SIU carries no other), which an interface
+engine stamps anew on every resend. Versions that differ only there are the same event, a duplicate
+(the first version stays, its time too); when other fields differ as well, the conflict names every
+differing field, the ignored ones included, and its content digest leaves them out, so the same
+change resent at another time is counted on one entry and, once decided, stays decided. The rule is
+the one the arriving event's mapping version declared when it was compiled (the mapping layer sits
+above this one and declares it here, `declare_resend_ignores`); a version not compiled in this
+process ignores nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +55,24 @@ _EVENT_ID_LIMIT = 200
 _DECIDED = (quarantine.QuarantineStatus.REPLAYED.value, quarantine.QuarantineStatus.DISCARDED.value)
 _RAW_IDS_KEPT = 50  # the payloads that carried one conflicting version, as far as the entry lists them
 CORRECTION_MARK = "@c"
+# (mapping id, mapping version) -> the dotted canonical fields that version fills from transmission
+# metadata, as its compiled mapping declared them (`declare_resend_ignores`).
+_RESEND_IGNORES: dict[tuple[str, str], tuple[str, ...]] = {}
+
+
+def declare_resend_ignores(mapping_id: str, mapping_version: str, fields: list[str] | tuple[str, ...]) -> None:
+    """Record the `resend_ignores` of one mapping version (called when it is compiled)."""
+    _RESEND_IGNORES[(mapping_id, str(mapping_version))] = tuple(fields)
+
+
+def resend_ignores(provenance: dict[str, Any] | None) -> tuple[str, ...]:
+    """The fields the mapping version named by an event's provenance says a resend may change."""
+    made_by = provenance or {}
+    return _RESEND_IGNORES.get((str(made_by.get("mapping_id")), str(made_by.get("mapping_version"))), ())
+
+
+def _ignored(name: str, ignores: tuple[str, ...]) -> bool:
+    return any(name == field or name.startswith(f"{field}.") for field in ignores)
 
 
 def content(data: dict[str, Any]) -> dict[str, Any]:
@@ -52,9 +80,24 @@ def content(data: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k not in _PROVENANCE}
 
 
-def digest(data: dict[str, Any]) -> str:
-    """SHA-256 of an event's content (its canonical JSON without arrival time and provenance)."""
-    return hashlib.sha256(orjson.dumps(content(data), option=orjson.OPT_SORT_KEYS)).hexdigest()
+def digest(data: dict[str, Any], *, ignoring: bool = True) -> str:
+    """SHA-256 of an event's content (its canonical JSON without arrival time, provenance and, unless
+    `ignoring` is False, the fields its mapping version declares transmission metadata)."""
+    kept = content(data)
+    ignores = resend_ignores(data.get("provenance")) if ignoring else ()
+    if ignores:
+        kept = _without(kept, ignores)
+    return hashlib.sha256(orjson.dumps(kept, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def _without(data: dict[str, Any], ignores: tuple[str, ...], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if _ignored(name, ignores):
+            continue
+        out[key] = _without(value, ignores, name) if isinstance(value, dict) else value
+    return out
 
 
 def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent, *, former: bool = False) -> list[str]:
@@ -62,7 +105,9 @@ def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent, 
     (`prior`: its stored body, or the event appended earlier in the batch); [] for a plain duplicate.
 
     Called only for an event whose id the ledger already holds, so the hot path of new events pays
-    nothing. Not compared: the hub's own events, and versions made by different mapping versions."""
+    nothing. Not compared: the hub's own events, and versions made by different mapping versions.
+    Versions that differ only in fields `event`'s mapping version declares transmission metadata
+    (`resend_ignores`) are the same event; otherwise every differing field is named."""
     if prior is None or prior is event or event.source_system is SourceSystem.HUB:
         return []
     old = orjson.loads(prior) if isinstance(prior, str) else prior.to_json_dict()
@@ -80,7 +125,11 @@ def differing_fields(prior: str | CanonicalEvent | None, event: CanonicalEvent, 
     if old == new:
         return []
     flat_old, flat_new = _flat(old), _flat(new)
-    return sorted(name for name in flat_old.keys() | flat_new.keys() if flat_old.get(name) != flat_new.get(name))
+    fields = sorted(name for name in flat_old.keys() | flat_new.keys() if flat_old.get(name) != flat_new.get(name))
+    ignores = resend_ignores({"mapping_id": mapping.mapping_id, "mapping_version": mapping.mapping_version})
+    if ignores and all(_ignored(name, ignores) for name in fields):
+        return []  # a resend stamped anew by its sender: the first version stays, its time too
+    return fields
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -139,10 +188,14 @@ def refuse(
     data = event.to_json_dict()
     content_digest = digest(data)
     about = subject(event, content_digest)
-    subjects = [about]
+    versions = [event]
     if event.former_id:
-        before = event.model_copy(update={"source_event_id": event.former_id})
-        subjects.append(subject(before, digest(before.to_json_dict())))
+        versions.append(event.model_copy(update={"source_event_id": event.former_id}))
+    # Also the whole content's digest: a version held before its mapping declared `resend_ignores`,
+    # or under a previous mapping version that declared none, was filed under that one.
+    subjects = list(
+        dict.fromkeys(subject(v, digest(v.to_json_dict(), ignoring=i)) for v in versions for i in (True, False))
+    )
     known = session.scalars(
         select(QuarantineEntry)
         .where(QuarantineEntry.subject.in_(subjects), QuarantineEntry.stage == quarantine.Stage.CONFLICT.value)

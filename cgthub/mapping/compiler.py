@@ -25,7 +25,7 @@ import orjson
 from lxml import etree
 from pydantic import ValidationError
 
-from cgthub import hl7v2
+from cgthub import conflicts, hl7v2
 from cgthub.errors import CgthubError, PayloadRejected
 from cgthub.mapping import codegen, construct
 from cgthub.mapping.spec import DOTTED_PATH, EventRule, FieldRule, LoadedSpec
@@ -208,6 +208,11 @@ class CompiledMapping:
         except jmespath.exceptions.ParseError as exc:
             raise loaded.error(f"records expression: {exc}", at=("records",)) from exc
         self.events = [self._compile_event(i, rule) for i, rule in enumerate(spec.events)]
+        filled = {target for rule in spec.events for target in rule.fields}
+        for i, name in enumerate(spec.resend_ignores):  # a misspelt name would ignore nothing, silently
+            if not any(t == name or t.startswith(f"{name}.") for t in filled):
+                raise loaded.error(f"resend_ignores: {name!r} is no field a rule fills", at=("resend_ignores", i))
+        conflicts.declare_resend_ignores(self.mapping_id, self.version, spec.resend_ignores)
         self._select: Callable[[Any], list[bool]] | None = None
         self.select_source = ""
         if codegen.enabled():

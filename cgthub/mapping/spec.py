@@ -101,6 +101,7 @@ class MappingSpec(_Spec):
     unmatched: Literal["ignore", "reject"] = "ignore"  # a record no rule takes: fine, or an unknown code
     code_maps: dict[str, dict[str, Any]] = Field(default_factory=dict)
     residency: dict[str, list[str]] = Field(default_factory=dict)
+    resend_ignores: list[str] = Field(default_factory=list)  # fields a resend may change (cgthub/conflicts.py)
     events: list[EventRule] = Field(min_length=1)
 
     @field_validator("system")
