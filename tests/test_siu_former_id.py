@@ -142,7 +142,7 @@ def test_hl7_ingest_of_a_v1_booking_resent_and_changed_after_the_switch(db_url, 
     """`cgthub hl7 ingest` (the file drop's path): the resend counts as accepted, the changed one as
     resent with other content; the ledger still holds v1's one entry."""
     _booked_under_v1(db_url, tmp_path, monkeypatch, SIU)
-    moved = _control(SIU, "BOS0000398").replace(b"|20260303113000||", b"|20260303114500||")
+    moved = _control(OTHER_ROOM, "BOS0000398").replace(b"|20260303113000||", b"|20260303114500||")
     drop = tmp_path / "drop.hl7"
     drop.write_bytes(_control(SIU, "BOS0000397") + b"\r\n" + moved + b"\r\n")
     mappings = str(tmp_path / "mappings")
@@ -152,7 +152,7 @@ def test_hl7_ingest_of_a_v1_booking_resent_and_changed_after_the_switch(db_url, 
     assert "2 messages: 1 accepted, 1 quarantined (AE: 1 resent with other content" in said, said
     assert _appointments(db_url) == [BOOKED_V1]
     (held,) = _conflicts(db_url)
-    assert "occurred_at" in held.reason
+    assert "(fields: attributes.location, occurred_at)" in held.reason  # a new MSH-7 alone is a resend
 
 
 def test_another_facilitys_appointment_under_the_same_sch_1_is_its_own(db_url, tmp_path, monkeypatch):
