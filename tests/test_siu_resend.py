@@ -6,7 +6,13 @@ interface engine that resends an unchanged appointment (a restart, a queue repla
 and MSH-10: that is answered AA and adds nothing. Another room under the same appointment is still a
 conflict (AE 205), naming every differing field, the message time too. A mapping without the key (the
 CRM's) compares as before. Through the MLLP listener, `cgthub hl7 ingest` and the CRM sync, on
-SQLite and PostgreSQL."""
+SQLite and PostgreSQL.
+
+Proves README, Mappings: "Two versions of an event that differ only in those fields are one event: the
+resend is a duplicate (HL7: AA), nothing is held, and the first version stays with its time. When
+another field differs too, the conflict (AE 205) names every differing field, the ignored ones
+included, and the same change sent again at another time counts on that one entry", the misspelt
+name refused at compile with its line, the SIU v2 declaration and the CRM's unchanged comparison."""
 
 from __future__ import annotations
 
