@@ -120,6 +120,11 @@ class ShipmentView(_Folded):
     excursions: int = 0
 
 
+# One shared empty value, not a factory: it is frozen (the fold replaces it, never changes it), and a
+# factory validated a new one for every order projected.
+_NO_REFS = ExternalRefs()
+
+
 class OrderProjection(_Folded):
     """An order as the event set says it is now. Derived, never edited."""
 
@@ -135,7 +140,7 @@ class OrderProjection(_Folded):
     cmo: str | None = None
     coi_id: str | None = None
     patient_pseudonyms: dict[str, str] = Field(default_factory=dict)
-    refs: ExternalRefs = Field(default_factory=ExternalRefs)
+    refs: ExternalRefs = _NO_REFS
     dins: list[str] = Field(default_factory=list)
     lot: str | None = None
     bag_ids: list[str] = Field(default_factory=list)
@@ -170,6 +175,12 @@ class OrderProjection(_Folded):
 
 
 _STATE_FIELDS = frozenset(OrderProjection.model_fields)
+# The fold's tables keyed by the members' plain text (`_value_`): Enum's __hash__ is Python code,
+# run for every lookup keyed by a member, several times an event.
+_RANK_OF = {status._value_: rank for status, rank in RANK.items()}
+_TERMINAL_NAMES = frozenset(status._value_ for status in TERMINAL)
+_TARGET_OF = {kind._value_: status for kind, status in TARGET.items()}
+_ORDER_RANK = {kind._value_: RANK.get(status, -1) for kind, status in TARGET.items()}
 _MAIN_PATH_RANKS = [(RANK[status], status.value) for status in MAIN_PATH]
 
 
@@ -190,8 +201,7 @@ def _content(event: CanonicalEvent) -> str:
 
 
 def _order_key(event: CanonicalEvent) -> tuple[datetime, float, str, str]:
-    target = TARGET.get(event.event_type)
-    rank = RANK.get(target, -1) if target is not None else -1
+    rank = _ORDER_RANK.get(event.event_type._value_, -1)
     return (event.occurred_at, rank, event.source_system._value_, event.source_event_id)
 
 
@@ -225,7 +235,7 @@ def _fold(state: OrderProjection, ordered: list[CanonicalEvent]) -> OrderProject
         _apply(state, event)
     values = state.__dict__  # the fold's writes (see `_Folded`)
     stage = values["stage"]
-    values["status"] = OrderStatus.ON_HOLD if values["on_hold"] and stage not in TERMINAL else stage
+    values["status"] = OrderStatus.ON_HOLD if values["on_hold"] and stage._value_ not in _TERMINAL_NAMES else stage
     state.__pydantic_fields_set__.update(_STATE_FIELDS)
     return state
 
@@ -235,7 +245,7 @@ def _target_for(state: OrderProjection, event: CanonicalEvent) -> OrderStatus | 
         direction = _direction(state, event)
         table = _DELIVERED if event.event_type is EventType.SHIPMENT_DELIVERED else _IN_TRANSIT
         return table[direction]
-    return TARGET.get(event.event_type)
+    return _TARGET_OF.get(event.event_type._value_)
 
 
 def _direction(state: OrderProjection, event: CanonicalEvent) -> Direction:
@@ -284,7 +294,7 @@ def _transition(state: OrderProjection, event: CanonicalEvent, target: OrderStat
     if event.event_type is EventType.ORDER_ENROLLED and state.event_count == 1:
         _enter(state, event, target)
         return
-    if current in TERMINAL:
+    if current._value_ in _TERMINAL_NAMES:
         if target is not current:
             _flag(state, event, f"{event.event_type.value} after the order was {current.value}")
         return
@@ -307,7 +317,7 @@ def _transition(state: OrderProjection, event: CanonicalEvent, target: OrderStat
         return
     if target is current:
         return
-    if RANK[target] < RANK[current] and (current, target) not in _BACKWARD_ALLOWED:
+    if _RANK_OF[target._value_] < _RANK_OF[current._value_] and (current, target) not in _BACKWARD_ALLOWED:
         if event.event_type is not EventType.ORDER_ENROLLED:
             _flag(state, event, f"impossible transition {current.value} -> {target.value}")
         return
