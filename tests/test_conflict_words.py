@@ -80,7 +80,7 @@ def test_hl7_ingest_names_a_conflicting_resend_and_what_to_do_about_it(db_url, t
     run = _cli("hl7", "ingest", str(drop / "orders.hl7"), url=db_url)
     assert run.returncode == 0, run.stderr
     said = " ".join(run.stdout.split())
-    assert "1 files, 2 messages: 1 accepted, 1 quarantined (AE: 1 resent with other content" in said, said
+    assert "1 file, 2 messages: 1 accepted, 1 quarantined (AE: 1 resent with other content" in said, said
     assert "cgthub quarantine list --stage conflict" in said
     assert "retry ID" in said and "as a correction" in said and "discard ID" in said
     assert not any(p in run.stdout + run.stderr for p in PHI)

@@ -42,7 +42,7 @@ def test_cgthub_hl7_ingest_in_process_leaves_the_pipeline_logger_as_it_found_it(
     junk.write_bytes(b"\x00\x01 not a message")
     before = _state()
     result = CliRunner().invoke(app, ["hl7", "ingest", str(junk)])
-    assert "1 files, 1 messages" in result.output, result.output
+    assert "1 file, 1 message:" in result.output, result.output
     assert _state() == before
     logging.getLogger("cgthub.pipeline").warning("quarantined after the ingest")
     assert "quarantined after the ingest" in caplog.text

@@ -115,7 +115,7 @@ def test_outside_dev_given_keys_are_used_and_no_key_file_is_made(production, tmp
     assert _run("db", "upgrade", env=env).returncode == 0
     drop = simulator.write_batch_file(tmp_path / "feed.hl7", list(simulator.feed(range(1, 2))))
     result = _run("hl7", "ingest", str(drop), env=env)
-    assert "1 files" in result.stdout, result.stderr
+    assert "1 file," in result.stdout, result.stderr
     assert not list((tmp_path / "var").glob("*.key"))
     verified = _run("ledger", "verify", env=env)
     assert verified.returncode == 0, verified.stdout + verified.stderr

@@ -217,7 +217,8 @@ def ingest(
     rejected = _reasons(report.rejections, frozenset({"AR"}))
     quarantined = _reasons(report.rejections, frozenset({"AE"}))
     console.print(
-        f"{report.files} files, {report.messages} messages: {report.accepted} accepted, "
+        f"{report.files} file{'' if report.files == 1 else 's'}, "
+        f"{report.messages} message{'' if report.messages == 1 else 's'}: {report.accepted} accepted, "
         f"{report.errors} quarantined (AE{': ' + quarantined if quarantined else ''}), "
         f"{report.rejected} rejected (AR{': ' + rejected if rejected else ''}) "
         f"in {seconds:.1f} s ({report.messages / max(seconds, 1e-6):.0f} messages/s)"
