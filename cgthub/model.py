@@ -340,8 +340,8 @@ class CanonicalEvent(_Model):
         temperatures (tests/test_ledger.py holds that): when those two parts are ones orjson writes
         alike, its text is the canonical one, without looking through the rest of the event first."""
         data = self.to_json_dict()
-        shipment = data.get("shipment")
-        if orjson_writes_it((data.get("attributes"), shipment and shipment.get("temperature"))):
+        plain = not self.attributes and (self.shipment is None or self.shipment.temperature is None)
+        if plain or orjson_writes_it((data.get("attributes"), data.get("shipment", {}).get("temperature"))):
             try:  # a big integer elsewhere (a raw id) or a lone surrogate: canonical_json's own fallback
                 return orjson.dumps(data, option=orjson.OPT_SORT_KEYS).decode()
             except orjson.JSONEncodeError:
