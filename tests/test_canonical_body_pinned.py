@@ -69,7 +69,7 @@ def _pinned_events() -> list[CanonicalEvent]:
     ]
 
 
-def test_canonical_bodies_and_their_entry_hashes_are_pinned():
+def test_canonical_bodies_and_their_entry_hashes_are_pinned() -> None:
     bodies = [e.canonical_body() for e in _pinned_events()]
     digest = hashlib.sha256("\n".join(bodies).encode()).hexdigest()
     prev = ledger.GENESIS
@@ -99,7 +99,7 @@ def _fixture_events() -> list[CanonicalEvent]:
     return produced
 
 
-def test_every_mapping_fixtures_event_has_the_reference_body():
+def test_every_mapping_fixtures_event_has_the_reference_body() -> None:
     produced = _fixture_events()
     assert len(produced) >= 50, "the mapping fixtures produced fewer events than they ship"
     for made in [*produced, *_pinned_events()]:
@@ -108,7 +108,7 @@ def test_every_mapping_fixtures_event_has_the_reference_body():
 
 
 @pytest.mark.parametrize("made", _pinned_events()[-2:], ids=["excursion", "scan"])
-def test_the_pinned_events_hold_what_they_are_meant_to(made):
+def test_the_pinned_events_hold_what_they_are_meant_to(made: CanonicalEvent) -> None:
     """The pinned digest covers these branches only while the events keep them."""
     body = json.loads(made.canonical_body())
     assert body.get("attributes") or body.get("custody")
