@@ -230,8 +230,11 @@ def judge_batch(
     orders their references name (and one of their facts) for the whole batch, and one of the ledger,
     as the ledger preloads a batch. The verdicts come back per payload, in order."""
     wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
-    hospital = [e for events in wanted for e in events if e.event_type is not EventType.ORDER_ENROLLED]
-    named = _orders_named(session, hospital) if hospital else {}
+    # Each hospital event's references, worked out once for the lookup and for its verdict.
+    references = {
+        id(e): e.reference_keys() for events in wanted for e in events if e.event_type is not EventType.ORDER_ENROLLED
+    }
+    named = _orders_named(session, [key for keys in references.values() for key in keys]) if references else {}
     asked: dict[tuple[str, str | None, date], Verdict] = {}  # a batch asks the same few questions
 
     def ask(site: str, therapy: str | None, day: date) -> Verdict:
@@ -242,7 +245,7 @@ def judge_batch(
 
     out: list[list[Judged]] = []
     for events, (_all, senders) in zip(wanted, payloads, strict=True):
-        out.append(_judge(ask, events, named, sorted(set(senders))) if events else [])
+        out.append(_judge(ask, events, named, references, sorted(set(senders))) if events else [])
     return _new_to_ledger(session, out)
 
 
@@ -250,6 +253,7 @@ def _judge(
     ask: Callable[[str, str | None, date], Verdict],
     wanted: list[CanonicalEvent],
     named: dict[tuple[str, str], tuple[str, str | None, str | None]],
+    references: dict[int, list[tuple[str, str]]],
     speakers: list[str],
 ) -> list[Judged]:
     out: list[Judged] = []
@@ -259,7 +263,7 @@ def _judge(
             assert event.order is not None and event.order.site and event.order.therapy
             out.append(Judged(event, ask(event.order.site, event.order.therapy, day)))
             continue
-        owners = {named[key] for key in event.reference_keys() if key in named}
+        owners = {named[key] for key in references[id(event)] if key in named} if named else set()
         order = owners.pop() if len(owners) == 1 else None
         if order is not None and order[1]:
             out.append(Judged(event, ask(order[1], order[2], day), order[0]))
@@ -288,10 +292,9 @@ _ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where
 
 
 def _orders_named(
-    session: Session, events: Sequence[CanonicalEvent]
+    session: Session, keys: Sequence[tuple[str, str]]
 ) -> dict[tuple[str, str], tuple[str, str | None, str | None]]:
-    """(order id, site, therapy) of the orders these events' references find, by reference."""
-    keys = [key for event in events for key in event.reference_keys()]
+    """(order id, site, therapy) of the orders these references (kind, value) find, by reference."""
     owner = {
         (kind, value): order_id
         for kind, value, order_id in rows_by_pairs(
