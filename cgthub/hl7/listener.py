@@ -178,7 +178,12 @@ class MllpListener:
         self._committer = asyncio.create_task(self._commit_loop())
         # The stream's own buffer is read as it fills, so a small limit (reading pauses at twice it)
         # keeps what waits there, beyond the listener's accounting, small while an ACK is awaited.
-        self._server = await asyncio.start_server(self._connection, self.host, self.port, limit=READ_SIZE)
+        # Room in the kernel's queue for every connection the listener would serve, arriving at once (a
+        # restart or failover: all senders reconnect): asyncio's default of 100 dropped the others'
+        # handshakes, and each such sender waited a second for its retry before its first message.
+        self._server = await asyncio.start_server(
+            self._connection, self.host, self.port, limit=READ_SIZE, backlog=max(100, self.max_connections)
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listener on %s:%s (%s)", self.host, self.port, "apply" if self.apply else "archive only")
         return self.host, self.port
