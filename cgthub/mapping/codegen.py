@@ -617,16 +617,21 @@ def generate_selector(mapping: CompiledMapping) -> tuple[Callable[[Any], list[bo
                     read = f"{writer.name(mapping._get(cond.source), 'G')}(record)"
                 local = read_into[cond.source] = f"c{e_index}_{c_index}"
                 writer.emit(f"{local} = {read}")
+                compared = (c for e in mapping.events for c in e.rule.when if c.source == cond.source)
+                if any(c.equals is not None or c.in_ is not None or c.not_in is not None for c in compared):
+                    writer.emit(f"t{local} = str({local})")  # the text the comparisons test, made once
+            text = f"t{local}"
             if cond.exists is not None:
                 tests.append(f'(({local} is not None and {local} != "") == {cond.exists!r})')
             if cond.equals is not None:
-                tests.append(f"str({local}) == {str(cond.equals)!r}")
+                tests.append(f"{text} == {str(cond.equals)!r}")
             if cond.in_ is not None:
-                tests.append(f"str({local}) in {writer.name(frozenset(str(v) for v in cond.in_), 'S')}")
+                tests.append(f"{text} in {writer.name(frozenset(str(v) for v in cond.in_), 'S')}")
             if cond.not_in is not None:
-                tests.append(f"str({local}) not in {writer.name(frozenset(str(v) for v in cond.not_in), 'S')}")
+                tests.append(f"{text} not in {writer.name(frozenset(str(v) for v in cond.not_in), 'S')}")
         answers.append(" and ".join(f"({t})" for t in tests) or "True")
-    writer.emit(f"return [{', '.join(f'bool({a})' for a in answers)}]")
+    # Every test is a comparison or a membership test, and `and` of bools is a bool: no `bool()` call.
+    writer.emit(f"return [{', '.join(answers)}]")
     return writer.function("select", "record", f"<mapping {mapping.mapping_id}@{mapping.version} conditions>")
 
 
