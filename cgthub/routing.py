@@ -202,7 +202,7 @@ class RoutedMapper:
         # The sending facility (MSH-4, its first component) as the MSH read that made the ACK read it.
         facility = message.header.sending_facility if path in _FACILITY else message.get(path)
         registry = self.known
-        sender = sites.Sender(facility, registry.sites_of_facility(facility))
+        sender = registry.sender(facility)
         if not facility:
             raise PayloadRejected(
                 Stage.ROUTE, f"the message names no sending facility ({path}): its site and market are unknown"
