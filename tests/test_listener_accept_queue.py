@@ -2,7 +2,7 @@
 event loop is busy: after a restart or a failover every hospital reconnects together. With
 asyncio's default backlog of 100 the kernel dropped the handshakes beyond it and each such sender
 retried a second later, so its first message waited that long (the bench's 256-sender runs: one
-stall of 590-640 ms in their maximum, docs/benchmarks.md, MLLP latency tail, 6 December)."""
+stall of 590-640 ms in their maximum, docs/benchmarks.md, MLLP latency tail, 5 December evening)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ every message queued behind it: in a fresh process the first commit took 22-31 m
 for the next (the ORM's mappers configured at the first query, the archive key's cipher, the site
 registry read, beside the mapping compile that tests/test_listener_warm.py covers); 9 ms with these
 done at start. In a process that froze its start-up for the collector, it freezes its warm-up too
-(docs/benchmarks.md, MLLP latency tail, 6 December)."""
+(docs/benchmarks.md, MLLP latency tail, 5 December evening)."""
 
 from __future__ import annotations
 
