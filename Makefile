@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml uv.lock Makefile | sha1sum | cut -c1-12)
 LOCKED_REQUIREMENTS := $(VENV)/requirements.lock.txt
 
-.PHONY: demo up test lint bench clean install lock screenshots bytecode
+.PHONY: demo up test lint bench clean install lock screenshots bytecode system-tools
 
 $(STAMP): pyproject.toml uv.lock
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,7 +37,21 @@ bytecode: $(STAMP)
 # Three pytest workers on two cores: many tests wait on subprocesses and sockets (fresh clone,
 # 4 December: pytest 12:34 with three, 13:12 with two). The 25 slowest tests are listed at the end:
 # CI has 15 minutes, and they say where a minute can come from.
-test: $(STAMP) bytecode
+# Debian's packages the tests drive (chromium for the console's browser tests, docker-compose to
+# validate the compose file), installed before pytest where missing and this runs as root, one apt
+# at a time: two test workers installing them at once met on dpkg's lock, and a fresh clone's run
+# failed with docker-compose not installed (5 December). Elsewhere those tests say what to install.
+system-tools:
+	@missing=""; \
+	test -x /usr/bin/chromium || missing="chromium"; \
+	command -v docker-compose > /dev/null || docker compose version > /dev/null 2>&1 || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+		echo "installing$$missing with apt-get"; \
+		apt-get -o DPkg::Lock::Timeout=300 update -qq; \
+		DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq $$missing > /dev/null || true; \
+	fi
+
+test: $(STAMP) bytecode system-tools
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m cgthub.devtools.layers

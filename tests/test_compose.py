@@ -311,9 +311,9 @@ def compose() -> list[str]:
     (root). A workstation without either skips; under CI=true that fails the run."""
     found = _compose_command()
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "docker-compose"],
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "docker-compose"],
             check=False,
             capture_output=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},

@@ -51,9 +51,9 @@ def _unavailable(reason: str) -> None:
 def chromium() -> str:
     """Debian's chromium, installed with apt-get where missing and allowed (root, or CI=true)."""
     if not Path(CHROMIUM).exists() and shutil.which("apt-get") and os.geteuid() == 0:
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        subprocess.run(["apt-get", "-o", "DPkg::Lock::Timeout=300", "update", "-qq"], check=False, capture_output=True)
         subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "chromium"],
+            ["apt-get", "-o", "DPkg::Lock::Timeout=300", "install", "-y", "-qq", "chromium"],
             check=False,
             capture_output=True,
             env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
