@@ -120,9 +120,11 @@ class Settings(BaseSettings):
     release_env: Literal["", "validation", "production"] = ""
     # What one client may hold open on the hub's live edges. The API (`cgthub api serve`, the courier's
     # webhook receiver): seconds for a request's head to arrive, after which the connection is answered
-    # 408 and closed (cgthub.api.http_protocol). The MLLP listener: connections open from one address
+    # 408 and closed (cgthub.api.http_protocol), and for its body to follow the head's end (408 if the
+    # app has not begun answering; closed either way). The MLLP listener: connections open from one address
     # at a time (cgthub.hl7.connection_limits); a hospital's senders behind one NAT share an address.
     api_header_timeout: float = Field(default=10.0, gt=0)
+    api_body_timeout: float = Field(default=30.0, gt=0)
     mllp_max_connections_per_address: int = Field(default=32, ge=1)
 
     @field_validator("env", mode="before")

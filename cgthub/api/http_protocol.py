@@ -1,14 +1,17 @@
-"""uvicorn's HTTP protocol with a deadline on each request's head (slowloris).
+"""uvicorn's HTTP protocol with deadlines on each request's head and body (slowloris).
 
 uvicorn bounds only idle keep-alive time, and every byte received cancels that timer: a client that
 sends one header byte every few seconds (or never sends a byte) holds its connection and a file
 descriptor for as long as it likes, and a few thousand such clients exhaust the process. ASGI
-middleware cannot help: it runs once the head has been parsed. `HeadDeadlineProtocol` is uvicorn's
-own protocol (httptools when installed, h11 otherwise, as uvicorn's `auto` picks) with one timer
-more: a request's head must be complete within CGTHUB_API_HEADER_TIMEOUT seconds (10 by default)
-of the connection opening or of its first bytes after a previous answer, or the client is answered
-408 and the connection closed. Bodies and answers are not timed here: a request whose head
-arrived is the application's. Pass it as `uvicorn.Config(http=HeadDeadlineProtocol)`.
+middleware cannot help: it runs once the head has been parsed, and an app waiting in `receive()` for
+a body has no clock. `HeadDeadlineProtocol` is uvicorn's own protocol (httptools when installed, h11
+otherwise, as uvicorn's `auto` picks) with two timers more: a request's head must be complete within
+CGTHUB_API_HEADER_TIMEOUT seconds (10 by default) of the connection opening or of its first bytes
+after a previous answer, and its body (Content-Length or chunked) within CGTHUB_API_BODY_TIMEOUT
+seconds (30 by default) of the head's end. A late head, or a late body the app has not begun to
+answer, is answered 408; either way the connection is closed, and uvicorn then hands an app waiting
+in `receive()` an `http.disconnect`. Answers are not timed here. Pass it as
+`uvicorn.Config(http=HeadDeadlineProtocol)`.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+from typing import Any, Literal
 
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -26,8 +30,8 @@ from cgthub.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def request_timeout_answer(seconds: float) -> bytes:
-    body = f"request head not complete within {seconds:g} s\n".encode("ascii")
+def request_timeout_answer(seconds: float, part: Literal["head", "body"] = "head") -> bytes:
+    body = f"request {part} not complete within {seconds:g} s\n".encode("ascii")
     head = (
         "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
@@ -36,22 +40,31 @@ def request_timeout_answer(seconds: float) -> bytes:
 
 
 class _HeadDeadline(asyncio.Protocol):
-    """The timer both parsers share, armed when a connection opens; each subclass says when a head
-    begins and ends. First in each subclass's bases, so `super()` here is uvicorn's protocol."""
+    """The timers both parsers share: the head's, armed when a connection opens, and the body's, armed
+    when a head ends; each subclass says when a head begins and ends and when a body ends. First in
+    each subclass's bases, so `super()` here is uvicorn's protocol."""
 
     head_timeout: float | None = None  # seconds; None: CGTHUB_API_HEADER_TIMEOUT
+    body_timeout: float | None = None  # seconds; None: CGTHUB_API_BODY_TIMEOUT
     _warn = WarningPerAddress("closed API connections from %s: no complete request head within %g s", logger=log)
+    _warn_body = WarningPerAddress("closed API connections from %s: no complete request body within %g s", logger=log)
 
     # set by uvicorn's protocol this is mixed into
     loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     client: tuple[str, int] | None
+    cycle: Any  # the request being answered: uvicorn's RequestResponseCycle (h11's or httptools')
 
     _head_timer: asyncio.TimerHandle | None = None
+    _body_timer: asyncio.TimerHandle | None = None
 
     @property
     def _head_seconds(self) -> float:
         return self.head_timeout if self.head_timeout is not None else get_settings().api_header_timeout
+
+    @property
+    def _body_seconds(self) -> float:
+        return self.body_timeout if self.body_timeout is not None else get_settings().api_body_timeout
 
     def _arm_head_deadline(self) -> None:
         if self._head_timer is None and not self.transport.is_closing():
@@ -62,17 +75,34 @@ class _HeadDeadline(asyncio.Protocol):
             self._head_timer.cancel()
             self._head_timer = None
 
+    def _arm_body_deadline(self) -> None:
+        """From a head's end; a body arriving byte by byte does not move it."""
+        if self.transport.get_protocol() is not self:  # upgraded to a websocket: no HTTP body follows
+            return
+        if self._body_timer is None and not self.transport.is_closing():
+            self._body_timer = self.loop.call_later(self._body_seconds, self._body_overdue)
+
+    def _disarm_body_deadline(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
         self._arm_head_deadline()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
-        super().connection_lost(exc)
+        self._disarm_body_deadline()
+        super().connection_lost(exc)  # uvicorn's: an app waiting in receive() gets http.disconnect
 
     def _answering(self) -> bool:
         """True while this connection owes an answer to a request whose head did arrive."""
-        raise NotImplementedError
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _waiting_behind_an_answer(self) -> bool:
+        """True while the request whose body is timed waits, unread, behind an earlier one's answer."""
+        return False
 
     def _head_overdue(self) -> None:
         self._head_timer = None
@@ -86,6 +116,19 @@ class _HeadDeadline(asyncio.Protocol):
         self.transport.close()
         self._warn(self.client[0] if self.client else "", seconds)
 
+    def _body_overdue(self) -> None:
+        self._body_timer = None
+        if self.transport.is_closing():
+            return
+        if self._waiting_behind_an_answer():  # uvicorn stopped reading it: its time counts from then
+            self._arm_body_deadline()
+            return
+        seconds = self._body_seconds
+        if self.cycle is None or not self.cycle.response_started:  # else an answer is half-written
+            self.transport.write(request_timeout_answer(seconds, "body"))
+        self.transport.close()
+        self._warn_body(self.client[0] if self.client else "", seconds)
+
 
 class HeadDeadlineH11(_HeadDeadline, H11Protocol):
     def data_received(self, data: bytes) -> None:
@@ -95,8 +138,12 @@ class HeadDeadlineH11(_HeadDeadline, H11Protocol):
         else:
             self._disarm_head_deadline()
 
-    def _answering(self) -> bool:
-        return self.cycle is not None and not self.cycle.response_complete
+    def handle_events(self) -> None:  # after bytes arrive, and after an answer (a pipelined request)
+        super().handle_events()
+        if self.conn.their_state is h11.SEND_BODY:  # a head has ended, its body has not
+            self._arm_body_deadline()
+        else:
+            self._disarm_body_deadline()
 
 
 HeadDeadlineProtocol: type[asyncio.Protocol] = HeadDeadlineH11
@@ -117,8 +164,21 @@ if importlib.util.find_spec("httptools") is not None:
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
             super().on_headers_complete()
+            if not (self.parser.should_upgrade() and self._should_upgrade()):  # a websocket's handshake
+                self._arm_body_deadline()
 
-        def _answering(self) -> bool:
-            return self.cycle is not None and not self.cycle.response_complete
+        def on_message_complete(self) -> None:
+            self._disarm_body_deadline()
+            super().on_message_complete()
+
+        def on_response_complete(self) -> None:
+            queued = bool(self.pipeline)
+            super().on_response_complete()
+            if queued and self._body_timer is not None:  # the queued request's body is read from now
+                self._disarm_body_deadline()
+                self._arm_body_deadline()
+
+        def _waiting_behind_an_answer(self) -> bool:
+            return bool(self.pipeline)
 
     HeadDeadlineProtocol = HeadDeadlineHttpTools
