@@ -5,9 +5,11 @@ for as long as the client kept dribbling (cgthub.api.http_protocol)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -21,6 +23,7 @@ from tests.test_api_header_deadline import (
     held_by_the_courier_receiver,
     read_until_closed,
     serving,
+    serving_app,
 )
 
 DEADLINE = 1.0
@@ -132,3 +135,46 @@ def test_the_courier_webhook_receiver_holds_bodies_to_the_deadline_too(
     monkeypatch.setenv("CGTHUB_API_BODY_TIMEOUT", "1")
     received, closed_after = held_by_the_courier_receiver(db_url, _post_head("/webhooks/courier", 100_000) + b"{")
     assert received.startswith(b"HTTP/1.1 408 ") and b"request body" in received and closed_after < 4
+
+
+async def _slow_then_echo(
+    scope: dict[str, Any],
+    receive: Callable[[], Awaitable[dict[str, Any]]],
+    send: Callable[[dict[str, Any]], Awaitable[None]],
+) -> None:
+    """A bare ASGI app: GET /slow answers after 1.8 s; a POST answers with the length of its body."""
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/slow":
+        await asyncio.sleep(1.8 * DEADLINE)
+        body = b"slow"
+    else:
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body, more = body + message.get("body", b""), message.get("more_body", False)
+        body = str(len(body)).encode()
+    await send(
+        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", str(len(body)).encode())]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.mark.parametrize("parser", PARSERS, ids=[parser.__name__ for parser in PARSERS])
+def test_a_pipelined_body_waiting_behind_a_slow_answer_is_timed_from_that_answer(parser: type) -> None:
+    """The body of a request pipelined behind one answered after 1.8 s is not read meanwhile (uvicorn
+    pauses): it is completed 0.5 s after that answer, past 2 deadlines from its head, and is served."""
+    protocol = type(f"Short{parser.__name__}", (parser,), {"body_timeout": DEADLINE})
+    with serving_app(_slow_then_echo, protocol) as server:
+        port = server.servers[0].sockets[0].getsockname()[1]
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(
+                b"GET /slow HTTP/1.1\r\nHost: hub\r\n\r\n" + _post_head("/echo", 10, keep_alive=False) + b"01234"
+            )
+            sock.settimeout(5)
+            received = sock.recv(65536)
+            assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b"slow")
+            time.sleep(0.5 * DEADLINE)
+            sock.sendall(b"56789")
+            rest, _ = read_until_closed(sock, timeout=5)
+    assert (received + rest).count(b"HTTP/1.1 200 ") == 2 and rest.endswith(b"10")

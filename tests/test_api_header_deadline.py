@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -38,6 +39,16 @@ def port(request: pytest.FixtureRequest, db_url: str) -> Iterator[int]:
 def serving(db_url: str, protocol: type) -> Iterator[uvicorn.Server]:
     """The hub's API under uvicorn with `protocol`, in a thread, on a loopback port."""
     app = create_app(db_url, audit_interval=0.05)
+    try:
+        with serving_app(app, protocol) as server:
+            yield server
+    finally:
+        app.state.audit.close()
+
+
+@contextmanager
+def serving_app(app: Callable[..., Any], protocol: type) -> Iterator[uvicorn.Server]:
+    """An ASGI app under uvicorn with `protocol`, in a thread, on a loopback port."""
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", http=protocol)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
@@ -51,7 +62,6 @@ def serving(db_url: str, protocol: type) -> Iterator[uvicorn.Server]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
-        app.state.audit.close()
 
 
 def dribble(sock: socket.socket, data: bytes, every: float, stop_after: float) -> tuple[bytes, float]:
