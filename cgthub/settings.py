@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     # at a time (cgthub.hl7.connection_limits); a hospital's senders behind one NAT share an address.
     api_header_timeout: float = Field(default=10.0, gt=0)
     api_body_timeout: float = Field(default=30.0, gt=0)
+    # Bytes a request's body may hold (cgthub.api.http_protocol: 413 past it, the excess never read). The
+    # largest legitimate body, a bulk quarantine retry of 10,000 row ids, is about 200 KB.
+    api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     mllp_max_connections_per_address: int = Field(default=32, ge=1)
 
     @field_validator("env", mode="before")

@@ -10,8 +10,11 @@ CGTHUB_API_HEADER_TIMEOUT seconds (10 by default) of the connection opening or o
 after a previous answer, and its body (Content-Length or chunked) within CGTHUB_API_BODY_TIMEOUT
 seconds (30 by default) of the head's end. A late head, or a late body the app has not begun to
 answer, is answered 408; either way the connection is closed, and uvicorn then hands an app waiting
-in `receive()` an `http.disconnect`. Answers are not timed here. Pass it as
-`uvicorn.Config(http=HeadDeadlineProtocol)`.
+in `receive()` an `http.disconnect`. Answers are not timed here. A body may hold at most
+CGTHUB_API_MAX_BODY_BYTES (Starlette would read any size into memory): a Content-Length past it is
+answered 413 at the head's end, before any of the body is handed on, and a chunked body growing past it
+is cut off there (413 unless the app has begun answering); either way the connection is closed and the
+app never sees the excess bytes. Pass it as `uvicorn.Config(http=HeadDeadlineProtocol)`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+from collections.abc import Iterable
 from typing import Any, Literal
 
 import h11
@@ -39,6 +43,26 @@ def request_timeout_answer(seconds: float, part: Literal["head", "body"] = "head
     return head.encode("ascii") + body
 
 
+def too_large_answer(limit: int) -> bytes:
+    body = f"request body larger than {limit} bytes\n".encode("ascii")
+    head = (
+        "HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+    )
+    return head.encode("ascii") + body
+
+
+def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
+    """The Content-Length a head declares, or None (chunked, none, or malformed: the parser refuses that)."""
+    for name, value in headers:
+        if name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
 class _HeadDeadline(asyncio.Protocol):
     """The timers both parsers share: the head's, armed when a connection opens, and the body's, armed
     when a head ends; each subclass says when a head begins and ends and when a body ends. First in
@@ -46,8 +70,10 @@ class _HeadDeadline(asyncio.Protocol):
 
     head_timeout: float | None = None  # seconds; None: CGTHUB_API_HEADER_TIMEOUT
     body_timeout: float | None = None  # seconds; None: CGTHUB_API_BODY_TIMEOUT
+    max_body_bytes: int | None = None  # None: CGTHUB_API_MAX_BODY_BYTES
     _warn = WarningPerAddress("closed API connections from %s: no complete request head within %g s", logger=log)
     _warn_body = WarningPerAddress("closed API connections from %s: no complete request body within %g s", logger=log)
+    _warn_size = WarningPerAddress("closed API connections from %s: request body larger than %d bytes", logger=log)
 
     # set by uvicorn's protocol this is mixed into
     loop: asyncio.AbstractEventLoop
@@ -57,6 +83,8 @@ class _HeadDeadline(asyncio.Protocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _body_timer: asyncio.TimerHandle | None = None
+    _body_bytes = 0  # of the request being read
+    _refused = False  # a body was too large: the connection is closing, nothing more is parsed
 
     @property
     def _head_seconds(self) -> float:
@@ -65,6 +93,40 @@ class _HeadDeadline(asyncio.Protocol):
     @property
     def _body_seconds(self) -> float:
         return self.body_timeout if self.body_timeout is not None else get_settings().api_body_timeout
+
+    @property
+    def _body_limit(self) -> int:
+        return self.max_body_bytes if self.max_body_bytes is not None else get_settings().api_max_body_bytes
+
+    def _head_too_large(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+        """At a head's end, before the app is started: True (and refused) if its Content-Length is past the cap."""
+        self._body_bytes = 0
+        declared = _declared_length(headers)
+        if declared is None or declared <= self._body_limit:
+            return False
+        self._refuse_too_large(answer=not self._answering())  # else an earlier answer is half-written
+        return True
+
+    def _body_too_large(self, data: bytes) -> bool:
+        """For each piece of a body, before the app sees it: True (and refused) once the body passes the cap."""
+        self._body_bytes += len(data)
+        if self._body_bytes <= self._body_limit:
+            return False
+        self._refuse_too_large(answer=self.cycle is None or not self.cycle.response_started)
+        return True
+
+    def _refuse_too_large(self, answer: bool) -> None:
+        self._refused = True
+        self._disarm_body_deadline()
+        if self.cycle is not None and not self.cycle.response_complete:
+            self.cycle.disconnected = True  # the app's answer is not written after ours
+        if self.transport.is_closing():
+            return
+        limit = self._body_limit
+        if answer:
+            self.transport.write(too_large_answer(limit))
+        self.transport.close()
+        self._warn_size(self.client[0] if self.client else "", limit)
 
     def _arm_head_deadline(self) -> None:
         if self._head_timer is None and not self.transport.is_closing():
@@ -130,8 +192,33 @@ class _HeadDeadline(asyncio.Protocol):
         self._warn_body(self.client[0] if self.client else "", seconds)
 
 
+class _CappedConnection(h11.Connection):
+    """h11's connection, whose events pass the protocol's body cap before uvicorn sees them: a refused
+    head or piece of body is reported as NEED_DATA, so uvicorn starts no app and hands it nothing."""
+
+    def __init__(self, protocol: HeadDeadlineH11, max_incomplete_event_size: int) -> None:
+        super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
+        self._protocol = protocol
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        if self._protocol._refused:
+            return h11.NEED_DATA
+        event = super().next_event()
+        if isinstance(event, h11.Request) and self._protocol._head_too_large(event.headers):
+            return h11.NEED_DATA
+        if isinstance(event, h11.Data) and self._protocol._body_too_large(event.data):
+            return h11.NEED_DATA
+        return event
+
+
 class HeadDeadlineH11(_HeadDeadline, H11Protocol):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.conn = _CappedConnection(self, self.conn._max_incomplete_event_size)
+
     def data_received(self, data: bytes) -> None:
+        if self._refused:  # closing: the rest of a refused body is dropped unread
+            return
         super().data_received(data)
         if self.conn.their_state is h11.IDLE:  # bytes of a head not complete yet
             self._arm_head_deadline()
@@ -153,6 +240,8 @@ if importlib.util.find_spec("httptools") is not None:
 
     class HeadDeadlineHttpTools(_HeadDeadline, HttpToolsProtocol):
         def data_received(self, data: bytes) -> None:
+            if self._refused:  # closing: the rest of a refused body is dropped unread
+                return
             if not self._answering():  # bytes after an answer (or before any): a head under way
                 self._arm_head_deadline()
             super().data_received(data)
@@ -163,12 +252,24 @@ if importlib.util.find_spec("httptools") is not None:
 
         def on_headers_complete(self) -> None:
             self._disarm_head_deadline()
+            if self._refused or self._head_too_large(self.headers):  # no app is started for it
+                return
             super().on_headers_complete()
             if not (self.parser.should_upgrade() and self._should_upgrade()):  # a websocket's handshake
                 self._arm_body_deadline()
 
+        def on_body(self, body: bytes) -> None:
+            if self._refused:
+                return
+            upgrading = self.parser.should_upgrade() and self._should_upgrade()
+            if not upgrading and self._body_too_large(body):
+                return
+            super().on_body(body)
+
         def on_message_complete(self) -> None:
             self._disarm_body_deadline()
+            if self._refused:
+                return
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
