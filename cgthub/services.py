@@ -109,9 +109,9 @@ def courier_webhook(host: str, port: int) -> int:
         is_ready, state = health.report(url, listener_address="")
         return JSONResponse(state, status_code=200 if is_ready else 503)
 
-    from cgthub.api.http_protocol import HeadDeadlineProtocol  # a courier's side is the internet's
+    from cgthub.api.http_protocol import GuardedHttpProtocol  # a courier's side is the internet's
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", http=HeadDeadlineProtocol)
+    uvicorn.run(app, host=host, port=port, log_level="warning", http=GuardedHttpProtocol)
     return 0
 
 

@@ -15,7 +15,7 @@ import httpx
 import pytest
 import uvicorn
 
-from cgthub.api.http_protocol import HeadDeadlineH11, HeadDeadlineProtocol
+from cgthub.api.http_protocol import GuardedH11, GuardedHttpProtocol
 from tests.test_api_header_deadline import (
     dribble,
     dribble_beside_honest,
@@ -27,8 +27,8 @@ from tests.test_api_header_deadline import (
 )
 
 DEADLINE = 1.0
-PARSERS: list[type] = sorted({HeadDeadlineH11, HeadDeadlineProtocol}, key=lambda p: p.__name__)  # h11, httptools
-# (httptools where installed: uvicorn's auto picks it, and so does HeadDeadlineProtocol)
+PARSERS: list[type] = sorted({GuardedH11, GuardedHttpProtocol}, key=lambda p: p.__name__)  # h11, httptools
+# (httptools where installed: uvicorn's auto picks it, and so does GuardedHttpProtocol)
 SCAN = b'{"order_id": "ORD-1", "step": "collection", "din": "=W0000 26 000001 00"}'
 
 

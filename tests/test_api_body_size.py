@@ -14,7 +14,7 @@ import httpx
 import pytest
 from starlette.types import Receive, Scope, Send
 
-from cgthub.api.http_protocol import HeadDeadlineH11, HeadDeadlineProtocol
+from cgthub.api.http_protocol import GuardedH11, GuardedHttpProtocol
 from tests.test_api_body_deadline import SCAN, _post_head, _slow_then_echo, _tasks_end
 from tests.test_api_header_deadline import (
     held_by_api_serve,
@@ -25,7 +25,7 @@ from tests.test_api_header_deadline import (
 )
 
 CAP = 1000
-PARSERS: list[type] = sorted({HeadDeadlineH11, HeadDeadlineProtocol}, key=lambda p: p.__name__)
+PARSERS: list[type] = sorted({GuardedH11, GuardedHttpProtocol}, key=lambda p: p.__name__)
 
 
 def _capped(parser: type) -> type:

@@ -16,12 +16,12 @@ import pytest
 import uvicorn
 
 from cgthub.api import create_app
-from cgthub.api.http_protocol import HeadDeadlineH11, HeadDeadlineProtocol
+from cgthub.api.http_protocol import GuardedH11, GuardedHttpProtocol
 from tests.test_api_access_log import _start_server
 from tests.test_courier_booking import _free_port, _start_service, _wait_ready
 
 DEADLINE = 1.0
-PARSERS = {HeadDeadlineH11, HeadDeadlineProtocol}  # h11, and httptools where installed (uvicorn's auto)
+PARSERS = {GuardedH11, GuardedHttpProtocol}  # h11, and httptools where installed (uvicorn's auto)
 
 
 def _short(protocol: type) -> type:

@@ -4,7 +4,7 @@ uvicorn bounds only idle keep-alive time, and every byte received cancels that t
 sends one header byte every few seconds (or never sends a byte) holds its connection and a file
 descriptor for as long as it likes, and a few thousand such clients exhaust the process. ASGI
 middleware cannot help: it runs once the head has been parsed, and an app waiting in `receive()` for
-a body has no clock. `HeadDeadlineProtocol` is uvicorn's own protocol (httptools when installed, h11
+a body has no clock. `GuardedHttpProtocol` is uvicorn's own protocol (httptools when installed, h11
 otherwise, as uvicorn's `auto` picks) with two timers more: a request's head must be complete within
 CGTHUB_API_HEADER_TIMEOUT seconds (10 by default) of the connection opening or of its first bytes
 after a previous answer, and its body (Content-Length or chunked) within CGTHUB_API_BODY_TIMEOUT
@@ -14,7 +14,7 @@ in `receive()` an `http.disconnect`. Answers are not timed here. A body may hold
 CGTHUB_API_MAX_BODY_BYTES (Starlette would read any size into memory): a Content-Length past it is
 answered 413 at the head's end, before any of the body is handed on, and a chunked body growing past it
 is cut off there (413 unless the app has begun answering); either way the connection is closed and the
-app never sees the excess bytes. Pass it as `uvicorn.Config(http=HeadDeadlineProtocol)`.
+app never sees the excess bytes. Pass it as `uvicorn.Config(http=GuardedHttpProtocol)`.
 """
 
 from __future__ import annotations
@@ -34,22 +34,22 @@ from cgthub.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def request_timeout_answer(seconds: float, part: Literal["head", "body"] = "head") -> bytes:
-    body = f"request {part} not complete within {seconds:g} s\n".encode("ascii")
+def _refusal(status: str, text: str) -> bytes:
+    """A plain-text answer written straight to the socket, closing the connection (no app runs for it)."""
+    body = f"{text}\n".encode("ascii")
     head = (
-        "HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain; charset=utf-8\r\n"
+        f"HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n"
         f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def request_timeout_answer(seconds: float, part: Literal["head", "body"] = "head") -> bytes:
+    return _refusal("408 Request Timeout", f"request {part} not complete within {seconds:g} s")
 
 
 def too_large_answer(limit: int) -> bytes:
-    body = f"request body larger than {limit} bytes\n".encode("ascii")
-    head = (
-        "HTTP/1.1 413 Content Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
-        f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-    )
-    return head.encode("ascii") + body
+    return _refusal("413 Content Too Large", f"request body larger than {limit} bytes")
 
 
 def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
@@ -63,7 +63,7 @@ def _declared_length(headers: Iterable[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
-class _HeadDeadline(asyncio.Protocol):
+class _RequestGuard(asyncio.Protocol):
     """The timers both parsers share: the head's, armed when a connection opens, and the body's, armed
     when a head ends; each subclass says when a head begins and ends and when a body ends. First in
     each subclass's bases, so `super()` here is uvicorn's protocol."""
@@ -98,6 +98,10 @@ class _HeadDeadline(asyncio.Protocol):
     def _body_limit(self) -> int:
         return self.max_body_bytes if self.max_body_bytes is not None else get_settings().api_max_body_bytes
 
+    @property
+    def _peer(self) -> str:
+        return self.client[0] if self.client else ""
+
     def _head_too_large(self, headers: Iterable[tuple[bytes, bytes]]) -> bool:
         """At a head's end, before the app is started: True (and refused) if its Content-Length is past the cap."""
         self._body_bytes = 0
@@ -126,7 +130,7 @@ class _HeadDeadline(asyncio.Protocol):
         if answer:
             self.transport.write(too_large_answer(limit))
         self.transport.close()
-        self._warn_size(self.client[0] if self.client else "", limit)
+        self._warn_size(self._peer, limit)
 
     def _arm_head_deadline(self) -> None:
         if self._head_timer is None and not self.transport.is_closing():
@@ -176,7 +180,7 @@ class _HeadDeadline(asyncio.Protocol):
         seconds = self._head_seconds
         self.transport.write(request_timeout_answer(seconds))
         self.transport.close()
-        self._warn(self.client[0] if self.client else "", seconds)
+        self._warn(self._peer, seconds)
 
     def _body_overdue(self) -> None:
         self._body_timer = None
@@ -189,14 +193,14 @@ class _HeadDeadline(asyncio.Protocol):
         if self.cycle is None or not self.cycle.response_started:  # else an answer is half-written
             self.transport.write(request_timeout_answer(seconds, "body"))
         self.transport.close()
-        self._warn_body(self.client[0] if self.client else "", seconds)
+        self._warn_body(self._peer, seconds)
 
 
 class _CappedConnection(h11.Connection):
     """h11's connection, whose events pass the protocol's body cap before uvicorn sees them: a refused
     head or piece of body is reported as NEED_DATA, so uvicorn starts no app and hands it nothing."""
 
-    def __init__(self, protocol: HeadDeadlineH11, max_incomplete_event_size: int) -> None:
+    def __init__(self, protocol: GuardedH11, max_incomplete_event_size: int) -> None:
         super().__init__(h11.SERVER, max_incomplete_event_size=max_incomplete_event_size)
         self._protocol = protocol
 
@@ -211,7 +215,7 @@ class _CappedConnection(h11.Connection):
         return event
 
 
-class HeadDeadlineH11(_HeadDeadline, H11Protocol):
+class GuardedH11(_RequestGuard, H11Protocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.conn = _CappedConnection(self, self.conn._max_incomplete_event_size)
@@ -233,12 +237,12 @@ class HeadDeadlineH11(_HeadDeadline, H11Protocol):
             self._disarm_body_deadline()
 
 
-HeadDeadlineProtocol: type[asyncio.Protocol] = HeadDeadlineH11
+GuardedHttpProtocol: type[asyncio.Protocol] = GuardedH11
 
 if importlib.util.find_spec("httptools") is not None:
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class HeadDeadlineHttpTools(_HeadDeadline, HttpToolsProtocol):
+    class GuardedHttpTools(_RequestGuard, HttpToolsProtocol):
         def data_received(self, data: bytes) -> None:
             if self._refused:  # closing: the rest of a refused body is dropped unread
                 return
@@ -282,4 +286,4 @@ if importlib.util.find_spec("httptools") is not None:
         def _waiting_behind_an_answer(self) -> bool:
             return bool(self.pipeline)
 
-    HeadDeadlineProtocol = HeadDeadlineHttpTools
+    GuardedHttpProtocol = GuardedHttpTools

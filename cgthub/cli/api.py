@@ -36,7 +36,7 @@ def serve(
     import uvicorn
 
     from cgthub.api import webhooks as delivery
-    from cgthub.api.http_protocol import HeadDeadlineProtocol
+    from cgthub.api.http_protocol import GuardedHttpProtocol
 
     url = database_url()
     with open_session(readonly=True):
@@ -65,7 +65,7 @@ def serve(
                 factory=True,
                 workers=workers,
                 access_log=False,
-                http=HeadDeadlineProtocol,
+                http=GuardedHttpProtocol,
             )
             Multiprocess(config, sockets=[listening]).run()
         else:
@@ -74,7 +74,7 @@ def serve(
 
             served = create_app(url)
             runtime.tune_gc()  # after start-up: collector pauses stay out of the latency tail
-            uvicorn.Server(uvicorn.Config(served, access_log=False, http=HeadDeadlineProtocol)).run(sockets=[listening])
+            uvicorn.Server(uvicorn.Config(served, access_log=False, http=GuardedHttpProtocol)).run(sockets=[listening])
     finally:
         stop.set()
         listening.close()
