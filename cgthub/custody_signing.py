@@ -32,14 +32,12 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.orm import Session
 
 from cgthub import store
 from cgthub.errors import CgthubError
 from cgthub.jsontext import canonical_json
 from cgthub.settings import MissingSetting, get_settings, var_dir
-from cgthub.store import session_scope
+from cgthub.store import insert_ignoring_conflicts, session_scope
 from cgthub.tables import CustodySigningKey
 
 SIGNATURE_FIELD = "cgthub:signature"
@@ -146,12 +144,6 @@ def _legacy_keyring_path() -> Path:
     return var_dir() / LEGACY_KEYRING_NAME
 
 
-def _insert_new_keys(session: Session) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING: replicas recording the same key at once do not fail each other."""
-    maker = postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
-    return maker(CustodySigningKey.__table__).on_conflict_do_nothing(index_elements=["key_id"])
-
-
 _recorded: set[tuple[str, str]] = set()
 _imported: set[tuple[str, Path]] = set()
 
@@ -163,7 +155,10 @@ def _record(database_url: str | None, kid: str, pem: str) -> None:
         return
     import_legacy_keyring(url)
     with session_scope(url) as session:
-        session.execute(_insert_new_keys(session), [{"key_id": kid, "public_key_pem": pem, "first_used": _now()}])
+        session.execute(
+            insert_ignoring_conflicts(session, CustodySigningKey),
+            [{"key_id": kid, "public_key_pem": pem, "first_used": _now()}],
+        )
     _recorded.add((url, kid))
 
 
@@ -187,7 +182,7 @@ def import_legacy_keyring(database_url: str | None = None) -> int:
         log.warning("%s: %d line(s) not imported (not a key its id names, or unreadable)", path, refused)
     if rows:
         with session_scope(url) as session:
-            session.execute(_insert_new_keys(session), rows)
+            session.execute(insert_ignoring_conflicts(session, CustodySigningKey), rows)
         try:
             path.rename(path.with_name(path.name + ".imported"))
         except FileNotFoundError:

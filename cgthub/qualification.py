@@ -24,7 +24,6 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import BigInteger, Date, Index, Integer, String, Text, UniqueConstraint, bindparam, select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
@@ -33,6 +32,7 @@ from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
 from cgthub.quarantine import Stage
 from cgthub.quoting import quoted, shown
+from cgthub.store import insert_ignoring_conflicts
 from cgthub.tables import Alert, Base, BigId, LedgerEntry, Order, OrderKey, text_limit, utcnow
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def record_registry(session: Session, registry: sites.SiteRegistry | None = None
     if session.scalar(select(RegistryVersion.id).where(RegistryVersion.sha256 == known.sha256)) is not None:
         return False
     session.execute(
-        _insert_once(session, RegistryVersion),
+        insert_ignoring_conflicts(session, RegistryVersion),
         {"version": known.version, "sha256": known.sha256, "content": known.text, "first_loaded_at": utcnow()},
     )
     if known.version is None:
@@ -175,20 +175,6 @@ def judgements(session: Session, *, site: str | None = None, limit: int = 200) -
     if site is not None:
         query = query.where(QualificationJudgement.site == site)
     return list(session.scalars(query))
-
-
-_INSERTS: dict[tuple[str, str], Any] = {}
-
-
-def _insert_once(session: Session, model: type[Base]) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING (built once per backend and table): two workers judging at
-    once must not fail each other."""
-    dialect = session.get_bind().dialect.name
-    key = (dialect, model.__tablename__)
-    if key not in _INSERTS:
-        maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        _INSERTS[key] = maker(model.__table__).on_conflict_do_nothing()
-    return _INSERTS[key]
 
 
 # Judging what came in ---------------------------------------------------------------------------
@@ -368,7 +354,7 @@ def keep(session: Session, registry: sites.SiteRegistry, judged: Sequence[Judged
         for one in kept
     ]
     record_registry(session, registry)
-    session.execute(_insert_once(session, QualificationJudgement), rows)
+    session.execute(insert_ignoring_conflicts(session, QualificationJudgement), rows)
 
 
 def refuse_whole(

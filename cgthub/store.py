@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from cgthub.jsontext import canonical_json
@@ -229,3 +230,18 @@ def race_guard(session: Session) -> AbstractContextManager[Any]:
     savepoint's two extra statements per batch are saved.
     """
     return nullcontext() if session.get_bind().dialect.name == "sqlite" else session.begin_nested()
+
+
+_IGNORING_INSERTS: dict[tuple[str, str], Any] = {}
+
+
+def insert_ignoring_conflicts(session: Session, model: Any) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING into `model`'s table (built once per backend and table): two
+    writers adding the same row at once (workers judging one batch, replicas recording one key) do
+    not fail each other."""
+    dialect = session.get_bind().dialect.name
+    key = (dialect, model.__tablename__)
+    if key not in _IGNORING_INSERTS:
+        maker = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        _IGNORING_INSERTS[key] = maker(model.__table__).on_conflict_do_nothing()
+    return _IGNORING_INSERTS[key]

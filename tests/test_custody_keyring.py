@@ -31,7 +31,7 @@ from typer.testing import CliRunner
 from cgthub import cli, custody_signing, settings
 from cgthub.api import create_app
 from cgthub.settings import InvalidSetting
-from cgthub.store import session_scope
+from cgthub.store import insert_ignoring_conflicts, session_scope
 from cgthub.tables import CustodySigningKey
 from tests import api_server
 from tests.test_api_custody import _order_with_cold_chain
@@ -152,7 +152,7 @@ def test_replicas_recording_one_key_at_once_do_not_fail_each_other(db_url):
         try:
             with session_scope(db_url) as session:
                 session.execute(
-                    custody_signing._insert_new_keys(session),
+                    insert_ignoring_conflicts(session, CustodySigningKey),
                     [{"key_id": kid, "public_key_pem": pem, "first_used": datetime.now(UTC)}],
                 )
         except Exception as exc:  # any failure is the finding
