@@ -28,8 +28,8 @@ from typing import Any, Literal
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from cgthub.hl7.connection_limits import WarningPerAddress
 from cgthub.settings import get_settings
+from cgthub.warning_per_address import WarningPerAddress
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "cgthub.errors",
             "cgthub.quoting",
+            "cgthub.warning_per_address",
             "cgthub.config_file",
             "cgthub.jsontext",
             "cgthub.settings",
