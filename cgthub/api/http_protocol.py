@@ -14,7 +14,9 @@ in `receive()` an `http.disconnect`. Answers are not timed here. A body may hold
 CGTHUB_API_MAX_BODY_BYTES (Starlette would read any size into memory): a Content-Length past it is
 answered 413 at the head's end, before any of the body is handed on, and a chunked body growing past it
 is cut off there (413 unless the app has begun answering); either way the connection is closed and the
-app never sees the excess bytes. Pass it as `uvicorn.Config(http=GuardedHttpProtocol)`.
+app never sees the excess bytes. A request refused so while pipelined behind another (httptools parses
+a whole packet at once) is answered 413 after the answers owed before it, and none of it reaches the app.
+Pass it as `uvicorn.Config(http=GuardedHttpProtocol)`.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ class _RequestGuard(asyncio.Protocol):
     _body_timer: asyncio.TimerHandle | None = None
     _body_bytes = 0  # of the request being read
     _refused = False  # a body was too large: the connection is closing, nothing more is parsed
+    _refusal_owed = False  # its 413 waits for the answers to the requests pipelined before it
 
     @property
     def _head_seconds(self) -> float:
@@ -108,7 +111,10 @@ class _RequestGuard(asyncio.Protocol):
         declared = _declared_length(headers)
         if declared is None or declared <= self._body_limit:
             return False
-        self._refuse_too_large(answer=not self._answering())  # else an earlier answer is half-written
+        if self._head_waits_behind_an_answer():
+            self._owe_refusal()
+        else:
+            self._refuse_too_large(answer=True)
         return True
 
     def _body_too_large(self, data: bytes) -> bool:
@@ -116,8 +122,34 @@ class _RequestGuard(asyncio.Protocol):
         self._body_bytes += len(data)
         if self._body_bytes <= self._body_limit:
             return False
-        self._refuse_too_large(answer=self.cycle is None or not self.cycle.response_started)
+        if self._unqueue_refused_request():
+            self._owe_refusal()
+        else:
+            self._refuse_too_large(answer=self.cycle is None or not self.cycle.response_started)
         return True
+
+    def _head_waits_behind_an_answer(self) -> bool:
+        """True if a head just ended behind an earlier request still being answered (pipelined)."""
+        return False
+
+    def _unqueue_refused_request(self) -> bool:
+        """True (and its app never started) if the request whose body passed the cap waits, queued, behind
+        an earlier one's answer."""
+        return False
+
+    def _owe_refusal(self) -> None:
+        """A refused request pipelined behind an earlier one: nothing more is read or parsed, the earlier
+        answers are written whole, and the 413 follows them (`_pay_owed_refusal`)."""
+        self._refused = True
+        self._refusal_owed = True
+        self._disarm_body_deadline()
+        if not self.transport.is_closing():
+            self.transport.pause_reading()
+
+    def _pay_owed_refusal(self) -> None:
+        """After the last answer owed before it: the pipelined request's 413, and the connection closed."""
+        self._refusal_owed = False
+        self._refuse_too_large(answer=True)
 
     def _refuse_too_large(self, answer: bool) -> None:
         self._refused = True
@@ -282,8 +314,21 @@ if importlib.util.find_spec("httptools") is not None:
             if queued and self._body_timer is not None:  # the queued request's body is read from now
                 self._disarm_body_deadline()
                 self._arm_body_deadline()
+            if self._refusal_owed and not queued:  # the answers before a refused request are all written
+                self._pay_owed_refusal()
 
         def _waiting_behind_an_answer(self) -> bool:
             return bool(self.pipeline)
+
+        # httptools parses a whole packet at once: a request pipelined in it is refused while an earlier
+        # one is answered (h11 parses it only after that answer).
+        def _head_waits_behind_an_answer(self) -> bool:
+            return self._answering() or bool(self.pipeline)  # self.cycle is the earlier request's here
+
+        def _unqueue_refused_request(self) -> bool:
+            if self.pipeline and self.pipeline[0][0] is self.cycle:  # the newest queued is the refused one
+                self.pipeline.popleft()
+                return True
+            return False
 
     GuardedHttpProtocol = GuardedHttpTools
