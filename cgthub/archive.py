@@ -39,7 +39,12 @@ _CONTENT_TYPE_LIMIT = text_limit(_RAW.c.content_type)
 # digest (two keys sharing one only wait for each other), taken in ascending order, once a batch.
 # PostgreSQL keeps every lock in one shared table (64 a connection by default; 30,000 in one
 # transaction ran it out here), so a batch of more keys than a listener's (500) takes the bulk lock
-# alone, exclusive, where each smaller batch holds it shared before its keys.
+# alone, exclusive, where each smaller batch holds it shared before its keys; while a transaction holds
+# it exclusive (outside a savepoint, which would let it go on rollback) its later batches take none.
+# Two calls in one transaction are two rounds: a second round that needs a key below one the first
+# took can deadlock with a transaction holding that key and waiting for the first's. A caller that
+# archives a batch in parts (`pipeline.isolated` after a poison message) holds the batch's keys first
+# (`hold`), in one round, so every later round finds its keys held.
 _KEY_LOCKS, _BULK_LOCK = 0x63677452, 0x63677442  # "cgtR", "cgtB"
 _MOST_KEYS = 500
 _HOLD_KEYS = text(
@@ -48,6 +53,7 @@ _HOLD_KEYS = text(
     "WITH ORDINALITY AS t(k, n) ORDER BY n) AS keys"
 )
 _HOLD_ALL = text("SELECT pg_advisory_xact_lock(:bulk, 0)")
+_ALL_HELD = "cgthub.archive.all_held"  # session.info: the transaction that holds the bulk lock exclusive
 _MARK = BulkWrite(
     update(_RAW).where(_RAW.c.id == bindparam("rid")).values(status=bindparam("st"), processed_at=bindparam("at"))
 )
@@ -135,10 +141,7 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
     only the exceptions, instead of updating every row it just wrote.
     """
     digests = [checksum(item.payload) for item in items]
-    keys = [
-        (item.system, fitted(item.dedupe_key or digest, _KEY_LIMIT))
-        for item, digest in zip(items, digests, strict=True)
-    ]
+    keys = [_key(item, digest) for item, digest in zip(items, digests, strict=True)]
     contents = [(system, key, digest) for (system, key), digest in zip(keys, digests, strict=True)]
     _hold(session, keys)
     existing: dict[tuple[str, str, str], Archived] = {}
@@ -194,6 +197,22 @@ def store_many(session: Session, items: Sequence[Inbound], *, status: str = "rec
     return out
 
 
+def hold(session: Session, items: Sequence[Inbound]) -> None:
+    """Hold the keys of every payload in `items` until the transaction ends, in one round, for a caller
+    that will archive them in several calls: each call then finds its keys held and waits for none.
+
+    Without it a batch archived one payload at a time (retried in parts after a poison message) takes
+    its keys in arrival order, one round each; a second round that needs a key below one already held
+    can wait for a writer that holds it and waits, in ascending order, for the first: a deadlock, which
+    PostgreSQL breaks after a second by failing one side. On SQLite it takes nothing."""
+    _hold(session, [_key(item, checksum(item.payload)) for item in items])
+
+
+def _key(item: Inbound, digest: str) -> tuple[str, str]:
+    """The (system, dedupe key) a payload is archived and locked under; its digest without a key."""
+    return item.system, fitted(item.dedupe_key or digest, _KEY_LIMIT)
+
+
 def _hold(session: Session, keys: Sequence[tuple[str, str]]) -> None:
     """Hold these (system, key)s until the transaction ends, so that whether a key is held already is
     read only after every other writer of it has committed or rolled back.
@@ -207,9 +226,14 @@ def _hold(session: Session, keys: Sequence[tuple[str, str]]) -> None:
     one). One statement a batch; SQLite serializes writers on BEGIN IMMEDIATE and takes none."""
     if not keys or session.get_bind().dialect.name == "sqlite":
         return
+    held_all = session.info.get(_ALL_HELD)
+    if held_all is not None and held_all is session.get_transaction():
+        return  # every key is held already: this transaction holds the bulk lock exclusive
     numbers = sorted({_lock_number(system, key) for system, key in keys})
     if len(numbers) > _MOST_KEYS:
         session.execute(_HOLD_ALL, {"bulk": _BULK_LOCK})
+        if session.get_nested_transaction() is None:  # a savepoint's rollback would let it go
+            session.info[_ALL_HELD] = session.get_transaction()
     else:
         session.execute(_HOLD_KEYS, {"bulk": _BULK_LOCK, "space": _KEY_LOCKS, "keys": numbers})
 
@@ -240,7 +264,7 @@ def _row(item: Inbound, key: str, digest: str, status: str) -> dict[str, object]
 def _store_one(session: Session, item: Inbound, status: str) -> Archived:
     """`store_many` for one payload in a savepoint, for a writer that may lose a race to another."""
     digest = checksum(item.payload)
-    key = fitted(item.dedupe_key or digest, _KEY_LIMIT)
+    key = _key(item, digest)[1]
     _hold(session, [(item.system, key)])  # held already when called from store_many's fallback
     found = _find(session, item.system, key, digest)
     if found is None:

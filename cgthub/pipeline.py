@@ -114,6 +114,7 @@ def ingest_batch(
         items,
         lambda part: _ingest(session, part, mapper_for),
         lambda item, exc: _quarantine_poison(session, item, exc),
+        hold=lambda part: archive.hold(session, part),
     )
 
 
@@ -313,13 +314,17 @@ def isolated(
     batch: Sequence[_Item],
     run: Callable[[Sequence[_Item]], list[_Result]],
     poisoned: Callable[[_Item, Exception], _Result],
+    *,
+    hold: Callable[[Sequence[_Item]], None] | None = None,
 ) -> list[_Result]:
     """`run(batch)`; if it raises, `run` each item alone, and `poisoned(item, exc)` for one that raises.
 
     The happy path pays nothing: a batch that starts the session's transaction runs in it, and a
     failure rolls that back before the retry (the batch is then all the transaction held). Only a
     batch joining a transaction already under way runs in a savepoint. On the retry each item has a
-    savepoint of its own, so one poison message fails only itself.
+    savepoint of its own, so one poison message fails only itself. `hold(batch)` is called before
+    the items run alone, so that what they lock is taken in one round (`archive.hold`: one item at a
+    time, their archive keys would be taken in arrival order, which can deadlock with another writer).
     """
     owns_transaction = not session.in_transaction()
     try:
@@ -334,6 +339,8 @@ def isolated(
             log.warning("a payload failed (%s): archived and quarantined", type(exc).__name__)
             return [poisoned(batch[0], exc)]
         log.warning("a batch of %d failed (%s); running it one by one", len(batch), type(exc).__name__)
+    if hold is not None:
+        hold(batch)
     out: list[_Result] = []
     for item in batch:
         try:

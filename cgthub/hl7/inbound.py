@@ -163,7 +163,10 @@ def archive_only(session: Session, messages: Sequence[Received], channel: str) -
         reason = f"not stored, please resend: {pipeline.failure_text(exc)}"
         return answer(message.payload, Rejection.NOT_STORED, reason, header=message.header)
 
-    return pipeline.isolated(session, messages, run, poisoned)
+    def hold(part: Sequence[Received]) -> None:
+        archive.hold(session, [m.item(channel, now) for m in part])
+
+    return pipeline.isolated(session, messages, run, poisoned, hold=hold)
 
 
 def _archived_ack(session: Session, message: Received, saved: archive.Archived, handled: dict[str, bool]) -> bytes:
