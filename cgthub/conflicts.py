@@ -26,25 +26,32 @@ engine stamps anew on every resend. Versions that differ only there are the same
 (the first version stays, its time too); when other fields differ as well, the conflict names every
 differing field, the ignored ones included, and its content digest leaves them out, so the same
 change resent at another time is counted on one entry and, once decided, stays decided. The rule is
-the one the arriving event's mapping version declared when it was compiled (the mapping layer sits
-above this one and declares it here, `declare_resend_ignores`); a version not compiled in this
-process ignores nothing.
+the one the arriving event's mapping version declares in its file, found by the mapping id and
+version its provenance names and read when first needed, so a process that never compiled that
+mapping (the API deciding, a replay, a fresh inbox worker) judges alike. A mapping compiled from a
+file outside the mappings folder declares it when compiled (`declare_resend_ignores`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from cgthub import alerts, quarantine, sites
 from cgthub.archive import fitted
+from cgthub.config_file import parse
 from cgthub.errors import CgthubError
 from cgthub.model import CanonicalEvent, SourceSystem
+from cgthub.settings import get_settings
 from cgthub.tables import LedgerEntry, QuarantineEntry, RawMessage, utcnow
 
 log = logging.getLogger(__name__)
@@ -56,8 +63,13 @@ _DECIDED = (quarantine.QuarantineStatus.REPLAYED.value, quarantine.QuarantineSta
 _RAW_IDS_KEPT = 50  # the payloads that carried one conflicting version, as far as the entry lists them
 CORRECTION_MARK = "@c"
 # (mapping id, mapping version) -> the dotted canonical fields that version fills from transmission
-# metadata, as its compiled mapping declared them (`declare_resend_ignores`).
+# metadata, as its compiled mapping declared them (`declare_resend_ignores`): for a mapping compiled
+# from a file outside the mappings folder; one inside it is read from its file.
 _RESEND_IGNORES: dict[tuple[str, str], tuple[str, ...]] = {}
+# A mapping id's parts (`hl7/SIU^S12`) and version (`v2`), as a file path may be made of them: an
+# event's provenance is stored data, so no `..` or separator in it reaches the file system.
+_MAPPING_PART = re.compile(r"[A-Za-z0-9_^-]+")
+_MAPPING_VERSION = re.compile(r"v?([0-9]{1,6})")
 
 
 def declare_resend_ignores(mapping_id: str, mapping_version: str, fields: list[str] | tuple[str, ...]) -> None:
@@ -66,9 +78,38 @@ def declare_resend_ignores(mapping_id: str, mapping_version: str, fields: list[s
 
 
 def resend_ignores(provenance: dict[str, Any] | None) -> tuple[str, ...]:
-    """The fields the mapping version named by an event's provenance says a resend may change."""
+    """The fields the mapping version named by an event's provenance says a resend may change: what
+    its file in the mappings folder declares, whether or not this process compiled it."""
     made_by = provenance or {}
-    return _RESEND_IGNORES.get((str(made_by.get("mapping_id")), str(made_by.get("mapping_version"))), ())
+    mapping_id, version = str(made_by.get("mapping_id")), str(made_by.get("mapping_version"))
+    declared = _declared_in_file(get_settings().mappings_dir, mapping_id, version)
+    return declared if declared is not None else _RESEND_IGNORES.get((mapping_id, version), ())
+
+
+@lru_cache(maxsize=256)
+def _declared_in_file(root: Path, mapping_id: str, version: str) -> tuple[str, ...] | None:
+    """The `resend_ignores` of the file of `mapping_id` at `version` under `root`
+    (`<system>/<kind>/v<N>.yaml`, an HL7 kind's `^` as `_`), () when it declares none; None when
+    there is no such file. A version's file does not change once events are made by it; compiling
+    it checks that each name is a field its rules fill."""
+    system, _, kind = mapping_id.partition("/")
+    number = _MAPPING_VERSION.fullmatch(version)
+    if not (_MAPPING_PART.fullmatch(system) and _MAPPING_PART.fullmatch(kind) and number):
+        return None
+    path = root / system / kind.replace("^", "_") / f"v{int(number.group(1))}.yaml"
+    try:
+        _node, data = parse(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    fields = data.get("resend_ignores") if isinstance(data, dict) else None
+    if not isinstance(fields, list):
+        return ()
+    return tuple(field for field in fields if isinstance(field, str))
+
+
+def clear_cache() -> None:
+    """Read the mapping files' declarations again (`mapping.registry.clear_cache` calls it)."""
+    _declared_in_file.cache_clear()
 
 
 def _ignored(name: str, ignores: tuple[str, ...]) -> bool:

@@ -16,7 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from cgthub import markets
+from cgthub import conflicts, markets
 from cgthub.mapping.compiler import CompiledMapping
 from cgthub.mapping.spec import LoadedSpec, MappingError, load
 from cgthub.settings import get_settings
@@ -192,6 +192,7 @@ def clear_cache() -> None:
     with _lock:
         _compiled.clear()
     markets.clear_cache()
+    conflicts.clear_cache()
     _spec_of.cache_clear()
     _discover.cache_clear()
     _current.cache_clear()
