@@ -120,12 +120,8 @@ def _race(
     return results
 
 
-def test_a_batch_retried_in_parts_beside_another_listener_does_not_deadlock(db_url, monkeypatch, deadlocks):
-    """Listener A (archive only) gets [high, low, poison]: the poison fails the batch, which is run
-    again one message at a time. Listener B archives [low, high] meanwhile. Before: A held high and
-    waited for low; B held low and waited for high; PostgreSQL aborted one (40P01)."""
-    _postgres_only(db_url)
-    high, low, poison = _messages()
+def _poisoned_when_archived_only(monkeypatch: pytest.MonkeyPatch, poison: bytes) -> None:
+    """`poison` fails its batch under archive-only after it is archived (a crash nobody foresaw)."""
     real_ack = inbound._archived_ack
 
     def archived_ack(session: Any, message: inbound.Received, saved: Any, handled: Any) -> bytes:
@@ -134,6 +130,15 @@ def test_a_batch_retried_in_parts_beside_another_listener_does_not_deadlock(db_u
         return real_ack(session, message, saved, handled)
 
     monkeypatch.setattr(inbound, "_archived_ack", archived_ack)
+
+
+def test_a_batch_retried_in_parts_beside_another_listener_does_not_deadlock(db_url, monkeypatch, deadlocks):
+    """Listener A (archive only) gets [high, low, poison]: the poison fails the batch, which is run
+    again one message at a time. Listener B archives [low, high] meanwhile. Before: A held high and
+    waited for low; B held low and waited for high; PostgreSQL aborted one (40P01)."""
+    _postgres_only(db_url)
+    high, low, poison = _messages()
+    _poisoned_when_archived_only(monkeypatch, poison)
 
     def listener(messages: list[bytes]) -> Any:
         def commit() -> list[str]:
@@ -221,14 +226,7 @@ def test_holding_more_keys_than_a_listener_batch_takes_the_bulk_lock_alone_for_t
 def test_a_batch_retried_in_parts_keeps_every_message_once(db_url, monkeypatch):
     """On both stores: the retry's first round (`archive.hold`) changes nothing of what is kept."""
     high, low, poison = _messages()
-    real_ack = inbound._archived_ack
-
-    def archived_ack(session: Any, message: inbound.Received, saved: Any, handled: Any) -> bytes:
-        if message.payload == poison:
-            raise RuntimeError("a poison message")
-        return real_ack(session, message, saved, handled)
-
-    monkeypatch.setattr(inbound, "_archived_ack", archived_ack)
+    _poisoned_when_archived_only(monkeypatch, poison)
     with session_scope(db_url) as s:
         acks = inbound.archive_only(s, [inbound.read(m) for m in (high, low, poison, high)], "mllp")
     assert [ack_code(a) for a in acks] == ["AA", "AA", "AE", "AA"]
