@@ -44,7 +44,9 @@ _CONTENT_TYPE_LIMIT = text_limit(_RAW.c.content_type)
 # Two calls in one transaction are two rounds: a second round that needs a key below one the first
 # took can deadlock with a transaction holding that key and waiting for the first's. A caller that
 # archives a batch in parts (`pipeline.isolated` after a poison message) holds the batch's keys first
-# (`hold`), in one round, so every later round finds its keys held.
+# (`hold`), in one round, so every later round finds its keys held. A record split out of a page and
+# refused is archived in a round of its own, its key known only once the page is mapped: a deadlock
+# there fails the page's batch, which `pipeline.isolated` runs again (holding the page's keys first).
 _KEY_LOCKS, _BULK_LOCK = 0x63677452, 0x63677442  # "cgtR", "cgtB"
 _MOST_KEYS = 500
 _HOLD_KEYS = text(
