@@ -447,7 +447,7 @@ def list_decisions(
             query = query.where(OperatorDecision.order_id == order)
         rows = list(session.scalars(query))
     table = Table(title=f"{len(rows)} signed decisions")
-    for col in ("id", "signed", "signer", "meaning", "action", "subject", "reason", "text"):
+    for col in ("id", "signed", "signer", "meaning", "action", "subject", "reason", "text", "outcome"):
         table.add_column(col, overflow="fold")
     for row in rows:
         table.add_row(
@@ -459,5 +459,6 @@ def list_decisions(
             row.subject,
             row.reason_code,
             escape(row.reason_text),
+            escape(json.dumps(row.outcome, sort_keys=True, default=str)),
         )
     console.print(table)
