@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from cgthub import sites
 from cgthub.bulk import rows_by_pairs
@@ -26,6 +26,30 @@ SINGLE_VALUED = frozenset({"coi_id"})
 
 Key = tuple[str, str]
 _KEYS = OrderKey.__table__
+_ANSWERED = "cgthub.correlation.answered"  # session.info: lookups made earlier in this transaction
+
+
+def share_answers(session: Session, owners: dict[Key, str | None], sites: dict[str, str | None]) -> None:
+    """Keys (their owner, None: no order) and order sites this transaction just read, for the next
+    `KeyIndex.take_answers` of the same transaction: site qualification looks up a batch's
+    references just before the ledger would look them up again."""
+    session.info[_ANSWERED] = (_transaction(session), owners, sites)
+
+
+def _transaction(session: Session) -> SessionTransaction | None:
+    """The (sub)transaction answers belong to: a rollback ends it, and what was read in it with it."""
+    return session.get_nested_transaction() or session.get_transaction()
+
+
+def _still_in(session: Session, made_in: SessionTransaction | None) -> bool:
+    """Whether the session is still in the (sub)transaction `made_in`, or in a savepoint of it (the
+    ledger's race guard on PostgreSQL), so that what was read in it still holds."""
+    here = _transaction(session)
+    while here is not None:
+        if here is made_in:
+            return here.is_active
+        here = here.parent
+    return False
 
 
 class KeyIndex:
@@ -36,6 +60,23 @@ class KeyIndex:
         self._owner: dict[Key, str | None] = {}
         self._orders: dict[str, bool] = {}
         self._sites: dict[str, str | None] = {}
+
+    def take_answers(self) -> None:
+        """Start from what `share_answers` left in this transaction (once: taken, it is gone)."""
+        shared = self.session.info.pop(_ANSWERED, None)
+        if shared is None or not _still_in(self.session, shared[0]):
+            return
+        _made_in, owners, sites = shared
+        for key, owner in owners.items():
+            self._owner.setdefault(key, owner)
+            if owner is not None:
+                self._orders[owner] = True
+        self.know_sites(sites)
+
+    def know_sites(self, sites: dict[str, str | None]) -> None:
+        """Order sites read with their rows in this transaction (`site_of` need not read them)."""
+        for order_id, site in sites.items():
+            self._sites.setdefault(order_id, site)
 
     def preload(self, keys: Iterable[Key]) -> None:
         wanted = [k for k in set(keys) if k not in self._owner]

@@ -47,6 +47,7 @@ _INSERT_KEYS = BulkWrite(insert(OrderKey.__table__))
 _INSERT_ENTRIES = BulkWrite(insert(_ENTRIES))
 _WAITING = WaitingKey.__table__
 _ANY_WAITING = select(_WAITING.c.id).limit(1)
+_SITE_AT = projection.KEPT_UNLESS_CHANGED.index("site")  # in a locked head's `indexed` columns
 
 
 def entry_hash(*, prev_hash: str, order_id: str, seq: int, recorded_at: datetime, body: str) -> str:
@@ -220,12 +221,16 @@ class _BatchWriter:
         for system, event_id, order_id, entry_id, seq, body in rows:
             self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
             self.held[(system, event_id)] = body
+        self.index.take_answers()  # the keys site qualification looked up for this batch
         self.index.preload(k for _, refs, ids in keys for k in (*refs, *ids))
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
         return keys
 
     def _lock(self, order_ids: set[str]) -> None:
-        self.orders.update(lock_heads(self.session, order_ids - self.orders.keys()))
+        heads = lock_heads(self.session, order_ids - self.orders.keys())
+        self.orders.update(heads)
+        # The rows' sites came with their lock: correlation's sender check need not read them again.
+        self.index.know_sites({order_id: head.indexed[_SITE_AT] for order_id, head in heads.items()})
 
     def _order(self, order_id: str) -> projection.OrderHead:
         if order_id not in self.orders:

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
 from cgthub.bulk import rows_by_pairs
+from cgthub.correlation import Key, share_answers
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
 from cgthub.quarantine import Stage
@@ -277,17 +278,17 @@ _ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(
 _ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(_ORDERS.c.id == bindparam("id"))
 
 
-def _orders_named(
-    session: Session, keys: Sequence[tuple[str, str]]
-) -> dict[tuple[str, str], tuple[str, str | None, str | None]]:
-    """(order id, site, therapy) of the orders these references (kind, value) find, by reference."""
-    owner = {
-        (kind, value): order_id
-        for kind, value, order_id in rows_by_pairs(
-            session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", keys
-        )
-    }
+def _orders_named(session: Session, keys: Sequence[Key]) -> dict[Key, tuple[str, str | None, str | None]]:
+    """(order id, site, therapy) of the orders these references (kind, value) find, by reference.
+
+    What it read (each key's owner or none, each order's site) is left for the ledger's correlation
+    of the same batch (`correlation.share_answers`), which would otherwise read it again."""
+    answered: dict[Key, str | None] = dict.fromkeys(keys)
+    found = rows_by_pairs(session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", keys)
+    answered.update(((kind, value), order_id) for kind, value, order_id in found)
+    owner = {key: order_id for key in keys if (order_id := answered[key]) is not None}
     if not owner:
+        share_answers(session, answered, {})
         return {}
     ids = sorted(set(owner.values()))
     if len(ids) == 1:  # the usual case: one message, one order (a plain equality is the cheaper statement)
@@ -295,6 +296,7 @@ def _orders_named(
     else:
         rows = session.connection().execute(_ORDER_FACTS, {"ids": ids})
     orders = {order_id: (order_id, site, therapy) for order_id, site, therapy in rows}
+    share_answers(session, answered, {order_id: site for order_id, site, _therapy in orders.values()})
     return {key: orders[order_id] for key, order_id in owner.items() if order_id in orders}
 
 
