@@ -15,7 +15,9 @@ import httpx
 import pytest
 import uvicorn
 
+from cgthub.api.auth import create_key
 from cgthub.api.http_protocol import GuardedH11, GuardedHttpProtocol
+from cgthub.store import session_scope
 from tests.test_api_header_deadline import (
     dribble,
     dribble_beside_honest,
@@ -32,12 +34,21 @@ PARSERS: list[type] = sorted({GuardedH11, GuardedHttpProtocol}, key=lambda p: p.
 SCAN = b'{"order_id": "ORD-1", "step": "collection", "din": "=W0000 26 000001 00"}'
 
 
-def _post_head(path: str, length: int | None, keep_alive: bool = True) -> bytes:
+def _post_head(path: str, length: int | None, keep_alive: bool = True, token: str | None = None) -> bytes:
     framing = f"Content-Length: {length}" if length is not None else "Transfer-Encoding: chunked"
     connection = "" if keep_alive else "Connection: close\r\n"
+    authorization = f"Authorization: Bearer {token}\r\n" if token else ""
     return (
-        f"POST {path} HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n{framing}\r\n{connection}\r\n".encode()
-    )
+        f"POST {path} HTTP/1.1\r\nHost: hub\r\nContent-Type: application/json\r\n{framing}\r\n{connection}"
+        f"{authorization}\r\n"
+    ).encode()
+
+
+def _scanner(db_url: str) -> str:
+    """A key that may POST /verify: a caller without one is answered 401 before its body is read
+    (tests/test_api_guard_key_before_body.py), so only a keyed caller is left waiting on a body."""
+    with session_scope(db_url) as session:
+        return create_key(session, name="scanner", scopes=["scan:write"], all_data=True)[1]
 
 
 @pytest.fixture(params=PARSERS, ids=[parser.__name__ for parser in PARSERS])
@@ -58,11 +69,11 @@ def _tasks_end(server: uvicorn.Server, within: float) -> bool:
 
 @pytest.mark.parametrize("length", [100_000, None], ids=["content-length", "chunked"])
 def test_a_client_dribbling_its_body_is_answered_408_and_closed_while_others_are_served(
-    served: tuple[uvicorn.Server, int], length: int | None
+    served: tuple[uvicorn.Server, int], length: int | None, db_url: str
 ) -> None:
     server, port = served
     slow = socket.create_connection(("127.0.0.1", port))
-    slow.sendall(_post_head("/verify", length))
+    slow.sendall(_post_head("/verify", length, token=_scanner(db_url)))
     body = b"{" + b" " * 400 if length is not None else b"5\r\n{    \r\n" + b"1\r\n \r\n" * 200
     received, closed_after, answers = dribble_beside_honest(
         port, slow, body, lambda client: client.post("/verify", content=SCAN)
@@ -70,7 +81,7 @@ def test_a_client_dribbling_its_body_is_answered_408_and_closed_while_others_are
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request body not complete within 1 s" in received
     assert DEADLINE - 0.05 <= closed_after < DEADLINE + 3
-    assert answers == [401] * 5  # no API key: answered at once, body read
+    assert answers == [401] * 5  # no API key: answered at once
     assert _tasks_end(server, within=3), "the app's task still waits for the body"
 
 
@@ -81,25 +92,25 @@ def test_a_large_body_sent_promptly_is_served(served: tuple[uvicorn.Server, int]
     assert answer.status_code == 401
 
 
-def test_a_body_sent_in_pieces_within_the_deadline_is_served(served: tuple[uvicorn.Server, int]) -> None:
+def test_a_body_sent_in_pieces_within_the_deadline_is_served(served: tuple[uvicorn.Server, int], db_url: str) -> None:
     _, port = served
     with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(_post_head("/verify", len(SCAN), keep_alive=False))
+        sock.sendall(_post_head("/verify", len(SCAN), keep_alive=False, token=_scanner(db_url)))
         for start in range(0, len(SCAN), len(SCAN) // 4 + 1):
             time.sleep(DEADLINE / 6)
             sock.sendall(SCAN[start : start + len(SCAN) // 4 + 1])
         received, _ = read_until_closed(sock, timeout=5)
-    assert received.startswith(b"HTTP/1.1 401 ")
+    assert received.startswith(b"HTTP/1.1 422 ")  # the body was read whole: SCAN's DIN is not one
 
 
-def test_a_kept_alive_connections_second_body_is_timed_too(served: tuple[uvicorn.Server, int]) -> None:
+def test_a_kept_alive_connections_second_body_is_timed_too(served: tuple[uvicorn.Server, int], db_url: str) -> None:
     server, port = served
     with socket.create_connection(("127.0.0.1", port)) as sock:
         sock.sendall(_post_head("/verify", len(SCAN)) + SCAN)
         sock.settimeout(5)
         assert sock.recv(65536).startswith(b"HTTP/1.1 401 ")
         time.sleep(DEADLINE * 1.5)  # idle between requests: neither deadline runs (uvicorn's keep-alive is 5 s)
-        sock.sendall(_post_head("/verify", 100_000))
+        sock.sendall(_post_head("/verify", 100_000, token=_scanner(db_url)))
         received, closed_after = dribble(sock, b" " * 400, every=0.1, stop_after=DEADLINE + 3)
     assert received.startswith(b"HTTP/1.1 408 ") and b"request body" in received
     assert DEADLINE - 0.05 <= closed_after < DEADLINE + 3
@@ -119,7 +130,7 @@ def test_an_answer_begun_before_the_body_ends_is_closed_without_a_408(served: tu
 
 def test_cgthub_api_serve_holds_bodies_to_the_configured_deadline(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CGTHUB_API_BODY_TIMEOUT", "1.5")
-    sent = _post_head("/verify", 100_000) + b"{"  # and never the rest
+    sent = _post_head("/verify", 100_000, token=_scanner(db_url)) + b"{"  # and never the rest
     received, closed_after, beside = held_by_api_serve(
         db_url, sent, lambda base: httpx.post(f"{base}/verify", content=SCAN, timeout=10)
     )

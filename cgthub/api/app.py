@@ -24,7 +24,7 @@ from cgthub.api import custody_keys, decisions, errors, feed, orders, scheduling
 from cgthub.api import verify as verify_api
 from cgthub.api.audit import Access, AuditWriter
 from cgthub.api.auth import PrincipalCache
-from cgthub.api.deps import reject_unknown_parameters
+from cgthub.api.deps import check_keys_before_bodies, reject_unknown_parameters
 from cgthub.api.docs import serve_docs_offline
 from cgthub.api.schemas import Health
 from cgthub.store import database_url as configured_url
@@ -215,5 +215,6 @@ def create_app(
     app.include_router(verify_api.router)
     app.include_router(scheduling.router)
     app.include_router(custody_keys.router)
+    check_keys_before_bodies(app)  # a caller without a valid key gets its 401/403 before its body is read
     app.add_middleware(AuditMiddleware, writer=app.state.audit)
     return app

@@ -6,11 +6,15 @@ import difflib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, FastAPI, Request, Security
+from fastapi.dependencies.models import Dependant
 from fastapi.dependencies.utils import get_flat_dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Receive, Send
+from starlette.types import Scope as AsgiScope
 
 from cgthub.api.auth import Principal, Scope, authenticate
 from cgthub.api.errors import ApiError
@@ -46,16 +50,34 @@ def write_session(request: Request) -> Iterator[Session]:
 WRITE_SESSION = Depends(write_session, scope="function")
 
 
-def _caller(request: Request, credentials: HTTPAuthorizationCredentials | None, session: Session) -> Principal:
+_CHECKED = "cgthub.key_checked"  # in a request's scope: (token, principal), checked before its body was read
+
+
+def _admitted(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None,
+    lookup: Callable[[str], Principal | None],
+    scope: Scope | None,
+) -> Principal:
+    """The caller's principal: 401 without a valid key, 403 without `scope` (None: any scope will do)."""
     if credentials is None or not credentials.credentials:
         raise ApiError(401, "unauthenticated", "send an API key: Authorization: Bearer <key>", headers=_CHALLENGE)
-    principal: Principal | None = request.app.state.keys.get(
-        credentials.credentials, lambda token: authenticate(session, token)
-    )
+    checked = request.scope.get(_CHECKED)
+    principal: Principal | None
+    if checked is not None and checked[0] == credentials.credentials:  # before the body: not looked up twice
+        principal = checked[1]
+    else:
+        principal = request.app.state.keys.get(credentials.credentials, lookup)
     if principal is None:
         raise ApiError(401, "unauthenticated", "the API key is not valid or was revoked", headers=_CHALLENGE)
     request.state.key_id = principal.key_id
+    if scope is not None and not principal.has(scope):
+        raise ApiError(403, "forbidden", f"this API key lacks the {scope.value} scope")
     return principal
+
+
+# The key checks routes depend on, with the scope each requires (None: any valid key).
+_KEY_CHECKS: dict[Callable[..., Any], Scope | None] = {}
 
 
 async def any_key(
@@ -65,7 +87,10 @@ async def any_key(
 ) -> Principal:
     """Any valid key, whatever its scopes: for what every consumer may read and no data scope narrows
     (the public keys custody exports are signed with). 401 without one."""
-    return _caller(request, credentials, session)
+    return _admitted(request, credentials, lambda token: authenticate(session, token), None)
+
+
+_KEY_CHECKS[any_key] = None
 
 
 def authorized(scope: Scope) -> Callable[..., Awaitable[Principal]]:
@@ -78,13 +103,57 @@ def authorized(scope: Scope) -> Callable[..., Awaitable[Principal]]:
         credentials: HTTPAuthorizationCredentials | None = Security(bearer),
         session: Session = Depends(read_session),
     ) -> Principal:
-        principal = _caller(request, credentials, session)
-        if not principal.has(scope):
-            raise ApiError(403, "forbidden", f"this API key lacks the {scope.value} scope")
-        return principal
+        return _admitted(request, credentials, lambda token: authenticate(session, token), scope)
 
     dependency.__name__ = f"require_{scope.name.lower()}"
+    _KEY_CHECKS[dependency] = scope
     return dependency
+
+
+def _key_checks_of(dependant: Dependant) -> list[Scope | None]:
+    """The key checks a route depends on: the scope each requires (None: any valid key)."""
+    checks = []
+    for sub in dependant.dependencies:
+        if sub.call in _KEY_CHECKS:
+            checks.append(_KEY_CHECKS[sub.call])
+        checks += _key_checks_of(sub)
+    return checks
+
+
+def check_keys_before_bodies(app: FastAPI) -> None:
+    """Make every route that takes a body and checks a key check the key first.
+
+    FastAPI reads, buffers and parses a request's body before it solves the route's dependencies, so a
+    caller with no valid key made the server take in up to CGTHUB_API_MAX_BODY_BYTES on every POST (or
+    wait for it until the body deadline) before its 401. Here the key is checked, with the same cache,
+    lookup and answers as the route's own dependency, before the route's handler runs; a valid key's
+    principal is handed to that dependency, so it is looked up once. Call after the routers are included."""
+    for route in app.routes:
+        if isinstance(route, APIRoute) and route.body_field is not None:
+            scopes = _key_checks_of(route.dependant)
+            if scopes:
+                route.app = _key_before_body(route.app, scopes)
+
+
+def _key_before_body(handler: ASGIApp, scopes: list[Scope | None]) -> ASGIApp:
+    async def checked_first(asgi_scope: AsgiScope, receive: Receive, send: Send) -> None:
+        request = Request(asgi_scope)
+        credentials = await bearer(request)
+        url = request.app.state.database_url
+
+        def lookup(token: str) -> Principal | None:
+            with session_scope(url, readonly=True) as session:
+                return authenticate(session, token)
+
+        # 401, then 403, raised here: the body is never read
+        principal = _admitted(request, credentials, lookup, None)
+        assert credentials is not None  # admitted
+        asgi_scope[_CHECKED] = (credentials.credentials, principal)
+        for scope in scopes:
+            _admitted(request, credentials, lookup, scope)
+        await handler(asgi_scope, receive, send)
+
+    return checked_first
 
 
 _allowed: dict[int, frozenset[str]] = {}
