@@ -16,14 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
+from prometheus_client import metrics as prometheus_metrics
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
 from cgthub import health, heartbeat
@@ -38,15 +42,8 @@ log = logging.getLogger(__name__)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 HL7_RECEIVED = Counter("cgthub_hl7_messages_received", "HL7 v2 messages received over MLLP (whole frames)")
-HL7_ACKS = Counter("cgthub_hl7_acks", "ACKs sent over MLLP, by acknowledgment code (MSA-1)", ["code"])
-HL7_ACK_LATENCY = Histogram(
-    "cgthub_hl7_ack_latency_seconds",
-    "From a frame's last byte to its ACK: queueing, group commit and answer",
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
-# Present at zero from the start, so rate() and alerts see them; looked up here, not by labels()
-# on each ACK (which costs several times the increment itself).
-_ACKS_BY_CODE = {code: HL7_ACKS.labels(code) for code in ("AA", "AE", "AR")}
+ACK_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_ACK_CODES = ("AA", "AE", "AR")
 
 
 def ack_code(ack: bytes) -> str:
@@ -55,11 +52,71 @@ def ack_code(ack: bytes) -> str:
     return ack[at + 4 : at + 6].decode("ascii", "replace") if at >= 0 else "??"
 
 
-def observe_ack(ack: bytes, seconds: float) -> None:
-    code = ack_code(ack)
-    counter = _ACKS_BY_CODE.get(code)
-    (counter if counter is not None else HL7_ACKS.labels(code)).inc()
-    HL7_ACK_LATENCY.observe(seconds)
+class AckTally(Collector):
+    """The ACKs sent, by code (`cgthub_hl7_acks`), and their latency (`cgthub_hl7_ack_latency_seconds`),
+    as plain numbers under one lock, served as the series prometheus_client's `Counter` and
+    `Histogram` would serve (every bucket, `_count`, `_sum` and `_created`). Every ACK the listener
+    sends is observed: the library's two objects cost about 18,300 instructions an ACK (a lock per
+    value, a Python call per step), more than building the ACK; this, about 6,800."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        now = time.time()
+        # Present at zero from the start, so rate() and alerts see them: [code, count, created].
+        self._by_code: dict[str, list[Any]] = {code: [code, 0.0, now] for code in _ACK_CODES}
+        self._by_bytes = {code.encode(): counted for code, counted in self._by_code.items()}  # MSA-1 as sent
+        self._buckets = [0.0] * (len(ACK_LATENCY_BUCKETS) + 1)  # the last: +Inf
+        self._sum = 0.0
+        self._created = now
+
+    def observe(self, ack: bytes, seconds: float) -> None:
+        at = ack.find(b"MSA|")
+        code = ack[at + 4 : at + 6] if at >= 0 else b""
+        slot = bisect_left(ACK_LATENCY_BUCKETS, seconds)  # the first bound not below it: its `le` bucket
+        with self._lock:
+            counted = self._by_bytes.get(code)
+            if counted is None:  # not AA, AE or AR: labelled as `ack_code` reads it
+                text = ack_code(ack)
+                counted = self._by_code.get(text) or self._by_code.setdefault(text, [text, 0.0, time.time()])
+                self._by_bytes[code] = counted
+            counted[1] += 1.0
+            if seconds == seconds:  # NaN is in no bucket (the library's `<=` never holds), only the sum
+                self._buckets[slot] += 1.0
+            self._sum += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        # `_created` series as the library serves them (not with PROMETHEUS_DISABLE_CREATED_SERIES).
+        created_series = bool(getattr(prometheus_metrics, "_use_created", True))
+        with self._lock:
+            codes = [tuple(counted) for counted in self._by_code.values()]
+            buckets, total = list(self._buckets), self._sum
+        acks = CounterMetricFamily(
+            "cgthub_hl7_acks", "ACKs sent over MLLP, by acknowledgment code (MSA-1)", labels=["code"]
+        )
+        for code, count, created in codes:
+            acks.add_metric([code], count, created=created if created_series else None)
+        yield acks
+        latency = Metric(
+            "cgthub_hl7_ack_latency_seconds",
+            "From a frame's last byte to its ACK: queueing, group commit and answer",
+            "histogram",
+        )
+        seen = 0.0
+        for bound, count in zip((*ACK_LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+            seen += count
+            latency.add_sample(latency.name + "_bucket", {"le": floatToGoString(bound)}, seen)
+        latency.add_sample(latency.name + "_count", {}, seen)
+        latency.add_sample(latency.name + "_sum", {}, total)
+        if created_series:
+            latency.add_sample(latency.name + "_created", {}, self._created)
+        yield latency
+
+
+ACKS = AckTally()
+REGISTRY.register(ACKS)
+
+
+observe_ack = ACKS.observe  # the listener's call per ACK: the method itself, no wrapper's frame
 
 
 class HubCollector(Collector):
