@@ -143,8 +143,13 @@ def mark_delivered(session: Session, message: OutboxMessage) -> None:
     session.flush()
 
 
-def mark_failed(session: Session, message: OutboxMessage, error: str) -> OutboxMessage:
-    """Count a failed attempt: retry later with backoff, or dead once max_attempts is reached."""
+def mark_failed(
+    session: Session, message: OutboxMessage, error: str, *, retry_after: timedelta | None = None
+) -> OutboxMessage:
+    """Count a failed attempt: retry later with backoff, or dead once max_attempts is reached.
+
+    `retry_after` is the receiver's own Retry-After (429, 503): the next attempt waits at least that
+    long, at most MAX_DELAY, so a receiver asking for an hour is not knocked on after 5 seconds."""
     row = _reload(session, message)
     row.attempts += 1
     row.last_error = error[:2000]
@@ -152,9 +157,20 @@ def mark_failed(session: Session, message: OutboxMessage, error: str) -> OutboxM
         row.status = OutboxStatus.DEAD.value
     else:
         row.status = OutboxStatus.FAILED.value
-        row.next_attempt_at = utcnow() + backoff(row.attempts)
+        delay = backoff(row.attempts)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, MAX_DELAY))
+        row.next_attempt_at = utcnow() + delay
     session.flush()
     return row
+
+
+def postpone(session: Session, message: OutboxMessage, until: datetime) -> None:
+    """Put a claimed message back, not attempted and not counted, due at `until` (its destination
+    just failed to answer another message: trying it again at once would only wait as long)."""
+    row = _reload(session, message)
+    row.next_attempt_at = until
+    session.flush()
 
 
 def replay_dead(
@@ -215,5 +231,6 @@ __all__ = [
     "mark_delivered",
     "mark_failed",
     "messages",
+    "postpone",
     "replay_dead",
 ]

@@ -129,6 +129,11 @@ class Settings(BaseSettings):
     # largest legitimate body, a bulk quarantine retry of 10,000 row ids, is about 200 KB.
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
     mllp_max_connections_per_address: int = Field(default=32, ge=1)
+    # Outbound webhooks (cgthub.api.webhooks): seconds one delivery may take in all, however the
+    # receiver dribbles its answer (each read is also bounded by 10 s), and how many subscriptions are
+    # delivered to at once, so one slow or silent receiver holds no other subscriber's deliveries.
+    webhook_delivery_deadline: float = Field(default=20.0, gt=0)
+    webhook_delivery_workers: int = Field(default=8, ge=1)
 
     @field_validator("env", mode="before")
     @classmethod

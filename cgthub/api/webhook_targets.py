@@ -10,16 +10,27 @@ the address actually connected to (a name that later resolves inward is refused 
 `host:port` admits exactly that target; `host`, an address or a network (`10.1.0.0/16`) admits
 every port but the hub's own (the MLLP listener's, the API's and Airflow's), which only an entry
 with that port opens.
+
+A target also decides how long a delivery takes: httpx's timeouts bound each read, so a receiver
+that dribbles its answer a byte at a time could hold the delivery loop for ever. `delivery_client`
+makes the client every delivery goes through, whose connections give up once the delivery's
+`deadline` (CGTHUB_WEBHOOK_DELIVERY_DEADLINE) has passed, whatever the receiver is doing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
+import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
+import httpcore
+import httpx
 import psutil
 
 from cgthub.errors import CgthubError
@@ -182,3 +193,93 @@ def check(url: str, *, serving_port: int | None = None) -> Target:
             f"addresses and ports; an operator can allow a target in {ALLOW_ENV}"
         )
     return Target(host=host, port=port, address=addresses[0])
+
+
+class _Deadline(threading.local):
+    """When the current thread's delivery must be over (monotonic seconds), or None outside one."""
+
+    at: float | None = None
+
+
+_deadline = _Deadline()
+
+
+@contextlib.contextmanager
+def deadline(seconds: float) -> Iterator[None]:
+    """Every read, write and connect of this thread's delivery client ends by `seconds` from now."""
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def _bounded(timeout: float | None, late: type[Exception]) -> float | None:
+    at = _deadline.at
+    if at is None:
+        return timeout
+    left = at - time.monotonic()
+    if left <= 0:
+        raise late("the receiver took longer than the delivery deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    def __init__(self, inner: httpcore.NetworkStream) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._inner.read(max_bytes, _bounded(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._inner.write(buffer, _bounded(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None) -> Any:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.start_tls(ssl_context, server_hostname, bounded))
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    def __init__(self) -> None:
+        self._inner = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        bounded = _bounded(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(self._inner.connect_tcp(host, port, bounded, local_address, socket_options))
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _DeadlineTransport(httpx.HTTPTransport):
+    """httpx's own transport over a connection pool whose streams keep the thread's deadline."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        limits = httpx.Limits()
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=limits.keepalive_expiry,
+            network_backend=_DeadlineBackend(),
+        )
+
+
+def delivery_client(timeout: httpx.Timeout) -> httpx.Client:
+    """The client webhooks are posted with: redirects not followed (a 3xx is the receiver's answer,
+    never a second target), each read within `timeout`, the whole exchange within `deadline`."""
+    return httpx.Client(timeout=timeout, follow_redirects=False, transport=_DeadlineTransport())

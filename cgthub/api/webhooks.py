@@ -5,11 +5,14 @@ the subscription's status filter apply) and enqueues one outbox message per chan
 cursor in the same transaction, so no change is skipped or enqueued twice. `deliver` drains the
 outbox: each POST carries `X-CGTHub-Signature: t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`
 under the subscription's secret and `X-CGTHub-Delivery` (the idempotency key: deliveries are
-at-least-once). Failures back off exponentially; dead letters wait for `replay`.
+at-least-once). Failures back off exponentially, at least as long as the receiver's Retry-After
+asks; dead letters wait for `replay`. A delivery ends within CGTHUB_WEBHOOK_DELIVERY_DEADLINE
+whatever the receiver does (cgthub.api.webhook_targets), and its answer's body is never read.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import hmac
 import json
@@ -17,7 +20,9 @@ import logging
 import secrets
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -30,6 +35,7 @@ from cgthub.api.auth import principal_of
 from cgthub.api.cursor import encode_feed_cursor
 from cgthub.api.tables import ApiKey, WebhookSubscription
 from cgthub.changes import FeedPosition, OrderChange
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 from cgthub.tables import utcnow
 
@@ -129,50 +135,91 @@ class DeliveryReport:
     delivered: int = 0
     failed: int = 0
     dead: int = 0
+    postponed: int = 0  # not attempted: the receiver had just failed to answer an earlier message
     errors: list[str] = field(default_factory=list)
+
+    def add(self, other: DeliveryReport) -> None:
+        self.delivered += other.delivered
+        self.failed += other.failed
+        self.dead += other.dead
+        self.postponed += other.postponed
+        self.errors.extend(other.errors)
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    error: str | None = None  # None: the receiver took it (2xx)
+    retry_after: timedelta | None = None  # the receiver's Retry-After
+    unanswered: bool = False  # no answer at all (refused, reset, timed out)
+
+
+_Work = tuple[outbox.OutboxMessage, tuple[str, str] | None]
 
 
 def deliver(database_url: str | None, *, client: httpx.Client | None = None, limit: int = 50) -> DeliveryReport:
-    """Claim due webhook messages, POST them, record the outcome. HTTP happens outside any transaction."""
+    """Claim due webhook messages, POST them, record the outcome. HTTP happens outside any transaction.
+
+    Each subscription's messages go in claim order, subscriptions side by side
+    (CGTHUB_WEBHOOK_DELIVERY_WORKERS), each recording its own outcomes as soon as it is done: a
+    receiver that is slow or silent holds only its own messages. Once a receiver does not answer
+    at all, its remaining messages of the round wait for its next attempt, uncounted."""
     report = DeliveryReport()
+    by_subscription: dict[str, list[_Work]] = {}
     with session_scope(database_url) as session:
-        claimed = outbox.claim(session, KIND, limit)
-        work = []
-        for message in claimed:
+        for message in outbox.claim(session, KIND, limit):
             sub = session.get(WebhookSubscription, message.destination_id)
             target = (sub.url, secret_of(sub)) if sub is not None and sub.active else None
-            work.append((message, target))
-    if not work:
+            by_subscription.setdefault(message.destination_id, []).append((message, target))
+    if not by_subscription:
         return report
     own_client = client is None
-    http = client or httpx.Client(timeout=TIMEOUT, follow_redirects=False)
-    outcomes: list[tuple[outbox.OutboxMessage, str | None]] = []
+    http = client or webhook_targets.delivery_client(TIMEOUT)
+    workers = min(get_settings().webhook_delivery_workers, len(by_subscription))
     try:
-        for message, target in work:
-            outcomes.append((message, _post(http, message, target)))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="webhook-delivery") as pool:
+            running = [pool.submit(_deliver_in_order, database_url, http, work) for work in by_subscription.values()]
+            for done in running:
+                report.add(done.result())
     finally:
         if own_client:
             http.close()
-    with session_scope(database_url) as session:
-        for message, error in outcomes:
-            if error is None:
-                outbox.mark_delivered(session, message)
-                report.delivered += 1
-                continue
-            row = outbox.mark_failed(session, message, error)
-            report.errors.append(error)
-            if row.status == outbox.OutboxStatus.DEAD.value:
-                report.dead += 1
-                log.warning("webhook message %s is dead after %s attempts: %s", row.id, row.attempts, error)
-            else:
-                report.failed += 1
     return report
 
 
-def _post(http: httpx.Client, message: outbox.OutboxMessage, target: tuple[str, str] | None) -> str | None:
-    """None when the receiver took it (2xx), else why not."""
+def _deliver_in_order(database_url: str | None, http: httpx.Client, work: list[_Work]) -> DeliveryReport:
+    """One subscription's claimed messages, in order, until its receiver does not answer."""
+    report = DeliveryReport()
+    outcomes: list[tuple[outbox.OutboxMessage, _Outcome]] = []
+    for message, target in work:
+        outcomes.append((message, _post(http, message, target)))
+        if outcomes[-1][1].unanswered:
+            break
+    with session_scope(database_url) as session:
+        until = utcnow()
+        for message, outcome in outcomes:
+            if outcome.error is None:
+                outbox.mark_delivered(session, message)
+                report.delivered += 1
+                continue
+            row = outbox.mark_failed(session, message, outcome.error, retry_after=outcome.retry_after)
+            report.errors.append(outcome.error)
+            if row.status == outbox.OutboxStatus.DEAD.value:
+                report.dead += 1
+                log.warning("webhook message %s is dead after %s attempts: %s", row.id, row.attempts, outcome.error)
+            else:
+                report.failed += 1
+                until = row.next_attempt_at
+        for message, _target in work[len(outcomes) :]:
+            outbox.postpone(session, message, max(until, utcnow() + outbox.BASE_DELAY))
+            report.postponed += 1
+    return report
+
+
+def _post(http: httpx.Client, message: outbox.OutboxMessage, target: tuple[str, str] | None) -> _Outcome:
+    """How the receiver took one message. Its answer's body is never read: a receiver may send an
+    endless one, and the status says all the hub needs."""
     if target is None:
-        return "subscription deleted or inactive"
+        return _Outcome("subscription deleted or inactive")
     url, secret = target
     body = json.dumps(message.payload, separators=(",", ":"), sort_keys=True).encode()
     headers = {
@@ -185,15 +232,39 @@ def _post(http: httpx.Client, message: outbox.OutboxMessage, target: tuple[str, 
         checked = webhook_targets.check(url)
     except webhook_targets.TargetRefused as exc:
         # Decided before any connection, so an internal port's state never shows in the outcome.
-        return f"target refused: {exc}"
+        return _Outcome(f"target refused: {exc}")
     try:
         pinned, host_header, extensions = _pinned(url, checked)
-        response = http.post(pinned, content=body, headers={**headers, "Host": host_header}, extensions=extensions)
+        with webhook_targets.deadline(get_settings().webhook_delivery_deadline):
+            request = http.build_request(
+                "POST", pinned, content=body, headers={**headers, "Host": host_header}, extensions=extensions
+            )
+            response = http.send(request, stream=True)
+            response.close()
     except httpx.HTTPError as exc:
-        return f"{type(exc).__name__}: {exc}"[:500]
+        unanswered = isinstance(exc, httpx.TimeoutException | httpx.NetworkError)
+        return _Outcome(f"{type(exc).__name__}: {exc}"[:500], unanswered=unanswered)
     if 200 <= response.status_code < 300:
+        return _Outcome()
+    return _Outcome(
+        f"receiver answered HTTP {response.status_code}", retry_after=_retry_after(response.headers.get("retry-after"))
+    )
+
+
+def _retry_after(value: str | None) -> timedelta | None:
+    """Retry-After as seconds or an HTTP date; None when absent or unreadable."""
+    if not value:
         return None
-    return f"receiver answered HTTP {response.status_code}"
+    text = value.strip()
+    if text.isdigit():
+        return timedelta(seconds=int(text[:9]))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(when - datetime.now(UTC), timedelta(0))
 
 
 def _pinned(url: str, target: webhook_targets.Target) -> tuple[httpx.URL, str, dict[str, Any]]:
@@ -214,10 +285,7 @@ def pump(database_url: str | None, *, client: httpx.Client | None = None, rounds
         with session_scope(database_url) as session:
             fan_out(session)
         report = deliver(database_url, client=client)
-        total.delivered += report.delivered
-        total.failed += report.failed
-        total.dead += report.dead
-        total.errors.extend(report.errors)
+        total.add(report)
         if not (report.delivered or report.failed or report.dead):
             break
     return total
@@ -241,7 +309,7 @@ def run_forever(
     Each round starts with a heartbeat in the hub's database (cgthub.heartbeat), so /health/ready
     can tell a loop that stopped or hangs from one that has nothing to do."""
     stale = stale_after if stale_after is not None else max(3 * interval, STALE_AFTER_FLOOR)
-    with httpx.Client(timeout=TIMEOUT, follow_redirects=False) as client:
+    with webhook_targets.delivery_client(TIMEOUT) as client:
         while not stop.is_set():
             try:
                 heartbeat.beat(database_url, heartbeat.WEBHOOK_DELIVERY, interval=interval, stale_after=stale)

@@ -1,0 +1,251 @@
+"""Red team of the partner edges (docs/red-team.md, "Partner edges"): outbound webhooks, the courier's
+webhook receiver and the pull connectors, each attacked over real loopback sockets by a hostile
+server or client of the test's own, on SQLite and PostgreSQL where the store is touched."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+
+import pytest
+
+from cgthub import outbox
+from cgthub.api import webhooks
+from cgthub.store import session_scope
+from cgthub.tables import utcnow
+from tests.hub_log import hub_log
+
+
+class Hostile:
+    """A TCP server on loopback that reads a request's head and then does what `answer` says with the
+    connection; it counts connections and the bytes it managed to send."""
+
+    def __init__(self, answer: Callable[[socket.socket], None]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.sent = 0
+        self.requests: list[bytes] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.closed = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(30)
+            data = b""
+            try:
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                self.requests.append(data)
+                self.answer(conn)
+            except OSError:
+                return
+
+    def send(self, conn: socket.socket, data: bytes) -> None:
+        conn.sendall(data)
+        self.sent += len(data)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+
+
+@pytest.fixture
+def hostile() -> Iterator[Callable[[Callable[[socket.socket], None]], Hostile]]:
+    made: list[Hostile] = []
+
+    def make(answer: Callable[[socket.socket], None]) -> Hostile:
+        made.append(Hostile(answer))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.close()
+
+
+def _answering(status: bytes, headers: bytes = b"") -> Callable[[Hostile], Callable[[socket.socket], None]]:
+    def bind(server: Hostile) -> Callable[[socket.socket], None]:
+        return lambda conn: server.send(conn, b"HTTP/1.1 " + status + b"\r\n" + headers + b"Content-Length: 0\r\n\r\n")
+
+    return bind
+
+
+def _honest(hostile) -> Hostile:
+    server = hostile(lambda conn: None)
+    server.answer = _answering(b"204 No Content")(server)
+    return server
+
+
+# Outbound webhooks ---------------------------------------------------------------------------------
+
+
+def _subscribe(db_url: str, monkeypatch, *servers: Hostile, messages: int = 1) -> list[str]:
+    """One subscription per server (the operator's allow-list naming each), `messages` due for each."""
+    allow = ",".join(f"127.0.0.1:{server.port}" for server in servers)
+    monkeypatch.setenv("CGTHUB_WEBHOOK_ALLOW", allow)
+    ids = []
+    with session_scope(db_url) as session:
+        for n, server in enumerate(servers):
+            sub, _secret = webhooks.create(
+                session, key_id=f"key-{n}", url=f"http://127.0.0.1:{server.port}/hook", statuses=[]
+            )
+            for m in range(messages):
+                outbox.enqueue(session, outbox.Destination(webhooks.KIND, sub.id), f"{sub.id}:{m}", {"n": m})
+            ids.append(sub.id)
+    return ids
+
+
+def _rows(db_url: str, subscription_id: str) -> list[outbox.OutboxMessage]:
+    with session_scope(db_url) as session:
+        return outbox.messages(session, destination_kind=webhooks.KIND, destination_id=subscription_id)
+
+
+def test_a_webhook_target_that_redirects_inward_is_not_followed(db_url, monkeypatch, hostile):
+    inward = _honest(hostile)  # something internal the attacker wants reached
+    redirecting = hostile(lambda conn: None)
+    for status in (b"302 Found", b"307 Temporary Redirect", b"308 Permanent Redirect"):
+        redirecting.answer = _answering(status, f"Location: http://127.0.0.1:{inward.port}/\r\n".encode())(redirecting)
+        monkeypatch.setenv("CGTHUB_WEBHOOK_ALLOW", f"127.0.0.1:{redirecting.port}")
+        with session_scope(db_url) as session:
+            sub, _ = webhooks.create(session, key_id="k", url=f"http://127.0.0.1:{redirecting.port}/", statuses=[])
+            outbox.enqueue(session, outbox.Destination(webhooks.KIND, sub.id), f"{sub.id}:1", {"n": 1})
+        report = webhooks.deliver(db_url)
+        assert report.failed == 1 and report.errors == [f"receiver answered HTTP {status[:3].decode()}"]
+    assert inward.connections == 0 and redirecting.connections == 3
+
+
+def test_a_webhook_target_answering_an_endless_body_is_done_with_at_its_status(db_url, monkeypatch, hostile):
+    def endless(conn: socket.socket) -> None:
+        endless_server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        while True:  # no length, never closed: read to its end, it is gigabytes a minute
+            endless_server.send(conn, b"[" * 65536)
+
+    endless_server = hostile(endless)
+    huge = hostile(lambda conn: None)
+    huge.answer = _answering(b"500 Internal Server Error", b"X-Pad: " + b"x" * 60000 + b"\r\n")(huge)
+    honest = _honest(hostile)
+    ids = _subscribe(db_url, monkeypatch, endless_server, huge, honest)
+    started = time.monotonic()
+    report = webhooks.deliver(db_url)
+    assert time.monotonic() - started < 5
+    assert report.delivered == 2 and report.failed == 1 and report.errors == ["receiver answered HTTP 500"]
+    assert [r.status for r in _rows(db_url, ids[0])] == ["delivered"]
+    assert [r.status for r in _rows(db_url, ids[2])] == ["delivered"]
+    assert endless_server.sent < 64 * 1024 * 1024  # what the kernel's buffers took before the hub hung up
+
+
+def test_a_webhook_target_that_dribbles_its_answer_is_cut_at_the_delivery_deadline(db_url, monkeypatch, hostile):
+    monkeypatch.setenv("CGTHUB_WEBHOOK_DELIVERY_DEADLINE", "1.5")
+
+    def dribble(conn: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: 1\r\n" * 1000:  # a byte every 0.1 s: each read is quick
+            dribbler.send(conn, bytes([byte]))
+            time.sleep(0.1)
+
+    dribbler = hostile(dribble)
+    honest = _honest(hostile)
+    ids = _subscribe(db_url, monkeypatch, dribbler, honest, messages=3)
+    started = time.monotonic()
+    report = webhooks.deliver(db_url)
+    took = time.monotonic() - started
+    assert took < 4, took
+    assert report.delivered == 3 and report.failed == 1 and report.postponed == 2
+    assert "Timeout" in report.errors[0]
+    assert dribbler.connections == 1  # its other two messages were not tried after it failed to answer
+    rows = _rows(db_url, ids[0])
+    assert [r.attempts for r in rows] == [1, 0, 0] and all(r.next_attempt_at > utcnow() for r in rows)
+
+
+def test_a_webhook_target_that_never_answers_holds_no_other_subscriber(db_url, monkeypatch, hostile):
+    monkeypatch.setenv("CGTHUB_WEBHOOK_DELIVERY_DEADLINE", "2")
+    arrived: list[float] = []
+    silent = hostile(lambda conn: time.sleep(60))  # accepts, reads the request, never answers
+    honest = _honest(hostile)
+    honest_answer = honest.answer
+
+    def noted(conn: socket.socket) -> None:
+        arrived.append(time.monotonic())
+        honest_answer(conn)
+
+    honest.answer = noted
+    silent_id, honest_id = _subscribe(db_url, monkeypatch, silent, honest, messages=5)
+    # The silent receiver's messages are claimed first (older), as after a partner's outage.
+    with session_scope(db_url) as session:
+        for row in outbox.messages(session, destination_id=honest_id):
+            row.created_at = row.next_attempt_at = utcnow() + timedelta(microseconds=1)
+    started = time.monotonic()
+    report = webhooks.deliver(db_url)
+    took = time.monotonic() - started
+    assert report.delivered == 5 and report.failed == 1 and report.postponed == 4, report
+    assert len(arrived) == 5 and arrived[-1] - started < 1.5  # before the silent one's deadline ended
+    assert took < 4, took  # one deadline, not five
+    assert silent.connections == 1
+    assert [r.attempts for r in _rows(db_url, silent_id)] == [1, 0, 0, 0, 0]
+
+
+def test_a_webhook_targets_retry_after_is_honoured_and_gone_is_retried_then_dead(db_url, monkeypatch, hostile):
+    limited = hostile(lambda conn: None)
+    limited.answer = _answering(b"429 Too Many Requests", b"Retry-After: 3600\r\n")(limited)
+    dated = hostile(lambda conn: None)
+    dated.answer = _answering(b"503 Service Unavailable", b"Retry-After: Fri, 31 Dec 2100 23:59:59 GMT\r\n")(dated)
+    gone = hostile(lambda conn: None)
+    gone.answer = _answering(b"410 Gone")(gone)
+    ids = _subscribe(db_url, monkeypatch, limited, dated, gone)
+    before = utcnow()
+    webhooks.deliver(db_url)
+    (limited_row,), (dated_row,), (gone_row,) = (_rows(db_url, i) for i in ids)
+    assert limited_row.next_attempt_at >= before + timedelta(seconds=3600)  # not after the 5 s backoff
+    assert before + timedelta(minutes=59) < dated_row.next_attempt_at <= utcnow() + outbox.MAX_DELAY
+    assert gone_row.status == "failed" and gone_row.next_attempt_at <= utcnow() + outbox.BASE_DELAY
+    with session_scope(db_url) as session:  # the receiver stays gone: dead after its attempts, replayable
+        for row in outbox.messages(session, destination_id=ids[2]):
+            row.next_attempt_at, row.max_attempts = utcnow(), 2
+    assert webhooks.deliver(db_url).dead == 1
+    assert gone.connections == 2 and limited.connections == 1
+
+
+def test_a_webhook_secret_is_in_no_error_log_or_answer(db_url, monkeypatch, hostile):
+    def echo(conn: socket.socket) -> None:  # a receiver that quotes our request back in its error
+        request = echoing.requests[-1]
+        echoing.send(conn, b"HTTP/1.1 400 Bad Request\r\nContent-Length: %d\r\n\r\n" % len(request) + request)
+
+    echoing = hostile(echo)
+    closed = socket.create_server(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    with session_scope(db_url) as session:
+        refused_sub, refused_secret = webhooks.create(
+            session, key_id="k2", url=f"http://127.0.0.1:{closed_port}/", statuses=[]
+        )
+        outbox.enqueue(session, outbox.Destination(webhooks.KIND, refused_sub.id), "r:1", {"n": 1})
+    (echo_id,) = _subscribe(db_url, monkeypatch, echoing)
+    monkeypatch.setenv("CGTHUB_WEBHOOK_ALLOW", f"127.0.0.1:{echoing.port},127.0.0.1:{closed_port}")
+    with session_scope(db_url) as session:
+        echo_secret = webhooks.secret_of(session.get(webhooks.WebhookSubscription, echo_id))
+        for row in outbox.messages(session):
+            row.max_attempts = 1  # dead at once: the dead-letter warning is logged too
+    with hub_log() as lines:
+        report = webhooks.deliver(db_url)
+    assert report.dead == 2 and "is dead after 1 attempts" in lines.text
+    assert b"X-CGTHub-Signature: t=" in echoing.requests[0]
+    with session_scope(db_url) as session:
+        stored = " ".join(str(r.last_error) for r in outbox.messages(session))
+    for secret in (echo_secret, refused_secret):
+        assert secret not in lines.text and secret not in stored and secret not in " ".join(report.errors)
+    assert "v1=" not in lines.text + stored  # nor a signature made with it
