@@ -128,6 +128,9 @@ class Settings(BaseSettings):
     # Bytes a request's body may hold (cgthub.api.http_protocol: 413 past it, the excess never read). The
     # largest legitimate body, a bulk quarantine retry of 10,000 row ids, is about 200 KB.
     api_max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1)
+    # Seconds an answer's unsent bytes may wait without shrinking (a client that asks and never reads)
+    # before the connection is cut off (cgthub.api.http_protocol); a slow reader that reads is kept.
+    api_write_timeout: float = Field(default=30.0, gt=0)
     mllp_max_connections_per_address: int = Field(default=32, ge=1)
     # Outbound webhooks (cgthub.api.webhooks): seconds one delivery may take in all, however the
     # receiver dribbles its answer (each read is also bounded by 10 s), and how many subscriptions are

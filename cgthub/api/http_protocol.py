@@ -10,7 +10,10 @@ CGTHUB_API_HEADER_TIMEOUT seconds (10 by default) of the connection opening or o
 after a previous answer, and its body (Content-Length or chunked) within CGTHUB_API_BODY_TIMEOUT
 seconds (30 by default) of the head's end. A late head, or a late body the app has not begun to
 answer, is answered 408; either way the connection is closed, and uvicorn then hands an app waiting
-in `receive()` an `http.disconnect`. Answers are not timed here. A body may hold at most
+in `receive()` an `http.disconnect`. An answer's unsent bytes must shrink within CGTHUB_API_WRITE_TIMEOUT
+seconds (30 by default), or the connection is aborted and they are dropped: a client that asks and never
+reads held the connection, the app's task waiting to write and the answer in memory forever (asyncio's
+close() waits for them to be sent); a slow reader that reads is kept. A body may hold at most
 CGTHUB_API_MAX_BODY_BYTES (Starlette would read any size into memory): a Content-Length past it is
 answered 413 at the head's end, before any of the body is handed on, and a chunked body growing past it
 is cut off there (413 unless the app has begun answering); either way the connection is closed and the
@@ -73,9 +76,11 @@ class _RequestGuard(asyncio.Protocol):
     head_timeout: float | None = None  # seconds; None: CGTHUB_API_HEADER_TIMEOUT
     body_timeout: float | None = None  # seconds; None: CGTHUB_API_BODY_TIMEOUT
     max_body_bytes: int | None = None  # None: CGTHUB_API_MAX_BODY_BYTES
+    write_timeout: float | None = None  # seconds; None: CGTHUB_API_WRITE_TIMEOUT
     _warn = WarningPerAddress("closed API connections from %s: no complete request head within %g s", logger=log)
     _warn_body = WarningPerAddress("closed API connections from %s: no complete request body within %g s", logger=log)
     _warn_size = WarningPerAddress("closed API connections from %s: request body larger than %d bytes", logger=log)
+    _warn_write = WarningPerAddress("closed API connections from %s: an answer not read for %g s", logger=log)
 
     # set by uvicorn's protocol this is mixed into
     loop: asyncio.AbstractEventLoop
@@ -88,6 +93,8 @@ class _RequestGuard(asyncio.Protocol):
     _body_bytes = 0  # of the request being read
     _refused = False  # a body was too large: the connection is closing, nothing more is parsed
     _refusal_owed = False  # its 413 waits for the answers to the requests pipelined before it
+    _write_timer: asyncio.TimerHandle | None = None
+    _unsent = 0  # bytes of answers waiting to be sent when the write timer was armed
 
     @property
     def _head_seconds(self) -> float:
@@ -100,6 +107,10 @@ class _RequestGuard(asyncio.Protocol):
     @property
     def _body_limit(self) -> int:
         return self.max_body_bytes if self.max_body_bytes is not None else get_settings().api_max_body_bytes
+
+    @property
+    def _write_seconds(self) -> float:
+        return self.write_timeout if self.write_timeout is not None else get_settings().api_write_timeout
 
     @property
     def _peer(self) -> str:
@@ -161,7 +172,7 @@ class _RequestGuard(asyncio.Protocol):
         limit = self._body_limit
         if answer:
             self.transport.write(too_large_answer(limit))
-        self.transport.close()
+        self._close()
         self._warn_size(self._peer, limit)
 
     def _arm_head_deadline(self) -> None:
@@ -192,6 +203,9 @@ class _RequestGuard(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_deadline()
         self._disarm_body_deadline()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
         super().connection_lost(exc)  # uvicorn's: an app waiting in receive() gets http.disconnect
 
     def _answering(self) -> bool:
@@ -211,7 +225,7 @@ class _RequestGuard(asyncio.Protocol):
             return
         seconds = self._head_seconds
         self.transport.write(request_timeout_answer(seconds))
-        self.transport.close()
+        self._close()
         self._warn(self._peer, seconds)
 
     def _body_overdue(self) -> None:
@@ -224,8 +238,49 @@ class _RequestGuard(asyncio.Protocol):
         seconds = self._body_seconds
         if self.cycle is None or not self.cycle.response_started:  # else an answer is half-written
             self.transport.write(request_timeout_answer(seconds, "body"))
-        self.transport.close()
+        self._close()
         self._warn_body(self._peer, seconds)
+
+    def _close(self) -> None:
+        """Close once what is written is sent; a client that does not read it is cut off (`_watch_writes`)."""
+        self.transport.close()
+        self._watch_writes()
+
+    def _watch_writes(self) -> None:
+        """From now, the bytes of answers waiting to be sent must shrink within the write deadline, or the
+        connection is aborted: a client that asks and never reads its answer would otherwise hold the
+        connection, the app's task waiting to write and the buffered bytes forever (asyncio's close()
+        waits for them to be sent). Armed when writing pauses or resumes and when an answer ends."""
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent:
+            self._unsent = unsent
+            self._write_timer = self.loop.call_later(self._write_seconds, self._write_overdue)
+
+    def _write_overdue(self) -> None:
+        self._write_timer = None
+        unsent = self.transport.get_write_buffer_size()
+        if unsent == 0:
+            return
+        if unsent < self._unsent:  # the client reads, however slowly: its time counts from now
+            self._watch_writes()
+            return
+        self.transport.abort()  # the unsent bytes are dropped; uvicorn hands a waiting app a disconnect
+        self._warn_write(self._peer, self._write_seconds)
+
+    def pause_writing(self) -> None:  # the transport's buffer passed its high-water mark
+        super().pause_writing()
+        self._watch_writes()
+
+    def resume_writing(self) -> None:  # and fell back below its low-water mark
+        super().resume_writing()
+        self._watch_writes()
+
+    def on_response_complete(self) -> None:  # its last bytes may still wait to be sent
+        super().on_response_complete()  # type: ignore[misc]
+        self._watch_writes()
 
 
 class _CappedConnection(h11.Connection):
