@@ -4,6 +4,7 @@ server or client of the test's own, on SQLite and PostgreSQL where the store is 
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -11,11 +12,18 @@ from collections.abc import Callable, Iterator
 from datetime import timedelta
 
 import pytest
+import requests
+from sqlalchemy import func, select
 
-from cgthub import outbox
+from cgthub import ledger, outbox, quarantine
 from cgthub.api import webhooks
 from cgthub.store import session_scope
-from cgthub.tables import utcnow
+from cgthub.tables import LedgerEntry, Order, RawMessage, utcnow
+from connectors.common.sandbox import SandboxServer
+from connectors.courier import webhook as courier_webhook
+from connectors.courier.signature import HEADER as COURIER_HEADER
+from connectors.courier.signature import sign as courier_sign
+from tests.factories import din, happy_path
 from tests.hub_log import hub_log
 
 
@@ -249,3 +257,103 @@ def test_a_webhook_secret_is_in_no_error_log_or_answer(db_url, monkeypatch, host
     for secret in (echo_secret, refused_secret):
         assert secret not in lines.text and secret not in stored and secret not in " ".join(report.errors)
     assert "v1=" not in lines.text + stored  # nor a signature made with it
+
+
+# The courier's webhook receiver ---------------------------------------------------------------------
+
+COURIER_SECRET = "whsec-red-team"
+
+
+@pytest.fixture
+def courier_receiver(db_url: str) -> Iterator[str]:
+    """The receiver served on loopback; yields the URL the courier posts to."""
+    with session_scope(db_url) as session:
+        ledger.append_many(session, happy_path(1)[:3])  # order 1 enrolled and collected: its outbound leg next
+    with SandboxServer(courier_webhook.create_app(secret=COURIER_SECRET, database_url=db_url, drain_every=None)) as app:
+        yield f"{app.base_url}/webhooks/courier"
+
+
+def _tracking(event_id: str, status: str, when: str, shipment: str = "SHP-1-OUT", crm: str = "CRM-00001") -> bytes:
+    event = {
+        "eventId": event_id,
+        "shipmentId": shipment,
+        "status": status,
+        "timestamp": when,
+        "direction": "TO_MANUFACTURER",
+        "reference": {"crmOrderId": crm},
+        "contents": {"din": din(1)},
+    }
+    return json.dumps(event).encode()
+
+
+def _signed(url: str, body: bytes, signature: str | None = None) -> requests.Response:
+    headers = {"content-type": "application/json", COURIER_HEADER: signature or courier_sign(COURIER_SECRET, body)}
+    return requests.post(url, data=body, headers=headers, timeout=30)
+
+
+def _order_state(db_url: str) -> tuple[list[str], int, int]:
+    with session_scope(db_url) as session:
+        statuses = [o.status for o in session.scalars(select(Order).order_by(Order.id))]
+        entries = session.scalar(select(func.count()).select_from(LedgerEntry)) or 0
+        raw = session.scalar(select(func.count()).select_from(RawMessage).where(RawMessage.system == "courier")) or 0
+    return statuses, entries, raw
+
+
+def test_courier_events_unsigned_or_wrongly_signed_are_refused_and_nothing_is_kept(db_url, courier_receiver):
+    body = _tracking("EVT-1", "DELIVERED", "2026-03-10T09:30:00-05:00")
+    before = _order_state(db_url)
+    answers = [
+        requests.post(courier_receiver, data=body, timeout=30),  # unsigned
+        _signed(courier_receiver, body, courier_sign("another-secret", body)),
+        _signed(courier_receiver, body, "sha256=" + "0" * 64),
+        _signed(courier_receiver, body, courier_sign(COURIER_SECRET, body).upper()),
+        _signed(courier_receiver, body + b" ", courier_sign(COURIER_SECRET, body)),  # body changed after signing
+        _signed(courier_receiver, body, "sha1=" + courier_sign(COURIER_SECRET, body)[7:]),
+    ]
+    assert [a.status_code for a in answers] == [401] * 6
+    assert all(a.json() == {"error": "missing or invalid X-Courier-Signature"} for a in answers)
+    assert _order_state(db_url) == before
+
+
+def test_a_courier_event_replayed_later_is_applied_once_and_moves_nothing_back(db_url, courier_receiver):
+    picked_up = _tracking("EVT-1", "PICKED_UP", "2026-03-09T14:00:00-05:00")
+    delivered = _tracking("EVT-2", "DELIVERED", "2026-03-10T09:30:00-05:00")
+    first = _signed(courier_receiver, picked_up)
+    assert first.status_code == 202 and first.json()["appended"] == 1, first.text
+    assert _signed(courier_receiver, delivered).json()["appended"] == 1
+    after = _order_state(db_url)
+    # An attacker (or the courier's retry) posts the first signed event again, a day later.
+    replayed = _signed(courier_receiver, picked_up)
+    assert replayed.status_code == 202 and replayed.json()["appended"] == 0 and replayed.json().get("duplicate")
+    # The same event id re-sent with other content under a fresh signature is not applied either.
+    edited = _tracking("EVT-1", "PICKED_UP", "2026-03-11T14:00:00-05:00")
+    assert _signed(courier_receiver, edited).json()["appended"] == 0
+    statuses, entries, _raw = _order_state(db_url)
+    assert (statuses, entries) == (after[0], after[1]) and statuses == ["received_at_cmo"]
+
+
+def test_a_signed_courier_event_for_another_shipment_or_order_changes_no_order(db_url, courier_receiver):
+    before = _order_state(db_url)
+    for body in (
+        _tracking("EVT-7", "DELIVERED", "2026-03-10T09:30:00-05:00", crm="CRM-00002"),  # no such order here
+        _tracking("EVT-8", "DELIVERED", "2026-03-10T09:30:00-05:00", shipment="SHP-2-OUT", crm="CRM-99999"),
+    ):
+        answer = _signed(courier_receiver, body)
+        assert answer.status_code == 202 and answer.json()["appended"] == 0 and answer.json()["quarantined"]
+    statuses, entries, raw = _order_state(db_url)
+    assert (statuses, entries, raw) == (before[0], before[1], before[2] + 2)
+    with session_scope(db_url) as session:
+        assert len(quarantine.list_entries(session, system="courier")) == 2
+
+
+def test_a_signed_courier_event_nested_a_million_deep_is_archived_and_quarantined(db_url, courier_receiver):
+    before = _order_state(db_url)
+    with hub_log() as lines:
+        for body in (b"[" * 1_000_000 + b"]" * 1_000_000, b'{"a":' * 200_000 + b"1" + b"}" * 200_000):
+            answer = _signed(courier_receiver, body)
+            assert answer.status_code == 202 and answer.json()["appended"] == 0
+            assert "RecursionError" in answer.json()["quarantined"][0]
+    assert "quarantined raw #" in lines.text and "Traceback" not in lines.text
+    statuses, entries, raw = _order_state(db_url)
+    assert (statuses, entries, raw) == (before[0], before[1], before[2] + 2)
+    assert _signed(courier_receiver, _tracking("EVT-1", "PICKED_UP", "2026-03-09T14:00:00-05:00")).status_code == 202
