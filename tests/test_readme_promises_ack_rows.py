@@ -13,7 +13,7 @@ from __future__ import annotations
 from hl7apy.parser import parse_message
 from sqlalchemy import select
 
-from cgthub import ledger
+from cgthub import alerts, ledger
 from cgthub.hl7.ack import ack_code
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import frame
@@ -58,6 +58,13 @@ def test_an_event_id_sent_before_with_other_content_is_answered_ae_205(db_url):
     assert ack_code(first) == "AA"
     assert _answer(resent) == ("AE", "205")
     assert _stages(db_url) == ["conflict"]
+    # "with the names of the fields that differ (never their values)": in the ACK, the entry, the alert
+    with session_scope(db_url) as s:
+        (reason,) = s.scalars(select(QuarantineEntry.reason))
+        said = [resent.decode(), reason, *(a.message for a in alerts.open_alerts(s))]
+    assert all("scheduled_for" in text for text in said[:2]), said
+    for value in ("2026-03-10", "20260310", "2026-03-09", "20260309"):
+        assert not any(value in text for text in said), (value, said)
 
 
 def test_a_message_that_fails_while_applying_is_answered_ae_207_and_kept(db_url, monkeypatch):
