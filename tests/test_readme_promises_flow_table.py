@@ -65,3 +65,15 @@ def test_the_monitoring_dag_checkpoints_every_15_minutes(bag) -> None:
     monitoring = bag.dags["cgthub_monitoring"]
     assert _cron(monitoring) == "*/15 * * * *"
     assert "checkpoint" in " ".join(monitoring.task_ids)
+
+
+def test_the_plugin_puts_the_four_console_pages_under_browse() -> None:
+    """The plugin row: "puts Orders, Quarantine, Partner health and Mappings in force in Airflow's
+    navigation (Browse)", as Airflow's plugins manager loads it."""
+    from airflow import plugins_manager
+
+    external_views, _react = plugins_manager._get_ui_plugins()
+    console = [v for v in external_views if v["href"].startswith("/cgthub/console/")]
+    assert "Orders, Quarantine, Partner health and Mappings in force" in _row("plugin")
+    assert [v["name"] for v in console] == ["Orders", "Quarantine", "Partner health", "Mappings in force"]
+    assert {(v["destination"], v["category"]) for v in console} == {("nav", "browse")}
