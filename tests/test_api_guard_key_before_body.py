@@ -92,6 +92,13 @@ def _first_answer(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
     return received, time.monotonic() - started
 
 
+def _answer_to(port: int, sent: bytes) -> tuple[bytes, float]:
+    """Send `sent` on a new connection; its first answer and how long that took."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(sent)
+        return _first_answer(sock, timeout=BODY_DEADLINE + 5)
+
+
 def _length(received: bytes) -> int:
     head = received.split(b"\r\n\r\n", 1)[0].lower()
     for line in head.split(b"\r\n"):
@@ -111,9 +118,7 @@ def test_a_caller_without_a_valid_key_is_answered_401_before_its_body_is_read(
     """The head announces 3 MiB and none of it is sent: the 401 comes at once, not at the body deadline."""
     _, port = served
     token = None if kind == "missing" else _keys(db_url)[kind]
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(_post_head(THREE_MIB, token))
-        received, took = _first_answer(sock, timeout=BODY_DEADLINE + 5)
+    received, took = _answer_to(port, _post_head(THREE_MIB, token))
     assert received.startswith(b"HTTP/1.1 401 "), received[:200]
     assert took < 1.0, f"answered after {took:.2f} s"
     assert b"www-authenticate: Bearer" in received
@@ -125,9 +130,7 @@ def test_a_key_without_the_routes_scope_is_answered_403_before_its_body_is_read(
     served: tuple[uvicorn.Server, int], db_url: str, body_reads: list[str]
 ) -> None:
     _, port = served
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(_post_head(THREE_MIB, _keys(db_url)["no scan scope"]))
-        received, took = _first_answer(sock, timeout=BODY_DEADLINE + 5)
+    received, took = _answer_to(port, _post_head(THREE_MIB, _keys(db_url)["no scan scope"]))
     assert received.startswith(b"HTTP/1.1 403 ") and took < 1.0
     assert _error(received) == {
         "code": "forbidden",
@@ -161,9 +164,8 @@ def test_refusals_before_the_body_are_in_the_access_log_as_before(
     keys = _keys(db_url)
     statuses = []
     for kind in ("missing", "unknown", "no scan scope", "valid"):
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(_post_head(len(SCAN), None if kind == "missing" else keys[kind]) + SCAN)
-            statuses.append(_first_answer(sock, timeout=10)[0][9:12])
+        received, _ = _answer_to(port, _post_head(len(SCAN), None if kind == "missing" else keys[kind]) + SCAN)
+        statuses.append(received[9:12])
     assert statuses == [b"401", b"401", b"403", b"404"]
     server.config.app.state.audit.flush()
     with session_scope(db_url) as session:
@@ -183,9 +185,7 @@ def test_refusals_before_the_body_are_in_the_access_log_as_before(
 def test_a_malformed_body_without_a_key_is_answered_401_not_422(served: tuple[uvicorn.Server, int]) -> None:
     """The key comes first now: before, the body's JSON was parsed, and refused 422, before the key was looked at."""
     _, port = served
-    with socket.create_connection(("127.0.0.1", port)) as sock:
-        sock.sendall(_post_head(9, None) + b"not json!")
-        received, _ = _first_answer(sock, timeout=10)
+    received, _ = _answer_to(port, _post_head(9, None) + b"not json!")
     assert received.startswith(b"HTTP/1.1 401 ")
 
 
@@ -201,8 +201,6 @@ def test_every_route_that_takes_a_body_refuses_a_caller_without_a_key_before_rea
     for route in routes:
         path = route.path_format.format(**{name: filled[name] for name in route.param_convertors})
         (method,) = route.methods
-        with socket.create_connection(("127.0.0.1", port)) as sock:
-            sock.sendall(_post_head(THREE_MIB, None, path, method))
-            received, took = _first_answer(sock, timeout=BODY_DEADLINE + 5)
+        received, took = _answer_to(port, _post_head(THREE_MIB, None, path, method))
         assert received.startswith(b"HTTP/1.1 401 ") and took < 1.0, (route.path, received[:40], took)
     assert body_reads == []
