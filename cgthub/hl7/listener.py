@@ -8,9 +8,11 @@ archives and (unless archive-only) maps and applies it in ONE transaction, and o
 each message: AA once it is durably committed, AE when it is archived but quarantined, AR when it
 cannot be read or is not a type the hub handles. Whether a sender answers at once is judged on
 the time the listener sat idle between its ACK and its next message: its own commits and other
-connections' frames, when it could read nothing, do not count against the sender. A resend of a
-message whose ACK was lost is recognised (sending facility + MSH-10) and acknowledged again
-without being applied twice. Shutdown stops accepting, lets the committer finish what is queued,
+connections' frames, when it could read nothing, do not count against the sender. While a group
+is open the committer sleeps; it is woken when the last connection it waits for has sent (or has
+closed), when the group is full, when the window after the last message ends, or at shutdown, not
+once for every message that comes meanwhile. A resend of a message whose ACK was lost is
+recognised (sending facility + MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the committer finish what is queued,
 and answers it.
 
 What a sender can make the listener hold is bounded: at most `max_connections` connections (more
@@ -171,6 +173,9 @@ class MllpListener:
         self._awaited: set[_Pace] = set()  # connections whose next message a group commit waits for
         self._busy = 0.0  # seconds the event loop has spent on the listener's own work, in all
         self._last_commit = 0.0  # seconds the last group commit took
+        self._last_arrival = 0.0  # when (loop time) the last message came, on any connection
+        self._group_waiting: asyncio.Future[None] | None = None  # the committer's, while a group is open
+        self._group_room = 0  # messages the open group can still take
 
     async def start(self) -> tuple[str, int]:
         _warm(self.apply)
@@ -200,6 +205,7 @@ class MllpListener:
         if self._server is not None:
             self._server.close()
         await self._queue.put(None)
+        self._close_group()
         if self._committer is not None:
             await self._committer
         for task in list(self._connections):
@@ -226,6 +232,7 @@ class MllpListener:
             pass
         finally:
             self._awaited.discard(pace)
+            self._close_group_if_complete()  # it may have been the last one the open group waited for
             held.set(0)
             self._connections.discard(task)
             writer.close()
@@ -282,12 +289,13 @@ class MllpListener:
                 answered = loop.time()
                 self._busy += answered - resumed
                 self._answered(pace, answered)
-                try:
-                    async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
-                        await writer.drain()
-                except TimeoutError:
-                    self.stats.idle_closed += 1
-                    return
+                if writer.transport.get_write_buffer_size():  # the socket did not take them all at once
+                    try:
+                        async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
+                            await writer.drain()
+                    except TimeoutError:
+                        self.stats.idle_closed += 1
+                        return
                 held.set(decoder.pending)
                 idle_since = loop.time()
                 frame_began = idle_since if decoder.in_frame else None
@@ -342,12 +350,26 @@ class MllpListener:
             pace.quick = now - pace.answered_at - busy < self.batch_window
             pace.answered_at = None
         self._awaited.discard(pace)
+        self._last_arrival = asyncio.get_running_loop().time()
+        self._close_group_if_complete()
 
     def _answered(self, pace: _Pace, now: float) -> None:
         """This connection's ACKs are written: a sender that answers at once is waited for."""
         pace.answered_at, pace.busy_at = now, self._busy
         if pace.quick:
             self._awaited.add(pace)
+
+    def _close_group_if_complete(self) -> None:
+        """Wake the committer when the open group has all it waits for: every awaited connection's
+        next message, or as many messages as it can take. Until then a message only joins the queue:
+        the committer is not woken (nor its deadline timer set again) once for every message."""
+        waiting = self._group_waiting
+        if waiting is not None and (not self._awaited or self._queue.qsize() >= self._group_room):
+            _wake(waiting)
+
+    def _close_group(self) -> None:
+        if self._group_waiting is not None:
+            _wake(self._group_waiting)
 
     def _stop_waiting(self) -> None:
         """A batch window passed without these connections' next messages: wait for them no more
@@ -422,36 +444,48 @@ class MllpListener:
             # alternating batches (1 and n-1, or n/2 and n/2), each paying a commit's fixed cost;
             # senders on a schedule of their own (most hospital interfaces) are not waited for,
             # which would only add the window to every ACK.
+            # The committer sleeps while the group is open and is woken once, when the last awaited
+            # connection's message came or the window passed (`_close_group_if_complete`), not once
+            # for every message that came meanwhile.
             started = loop.time()
             latest = started + max(self.batch_window, self._last_commit)
-            deadline = min(started + self.batch_window, latest)
-            while len(batch) < self.batch_max:
-                try:
-                    item = self._queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    if not self._awaited:
-                        break
-                    if loop.time() >= deadline:
-                        self._stop_waiting()
-                        break
-                    try:
-                        async with asyncio.timeout_at(deadline):
-                            item = await self._queue.get()
-                    except TimeoutError:
-                        self._stop_waiting()
-                        break
-                    deadline = min(loop.time() + self.batch_window, latest)
-                if item is None:
-                    stopping = True
+            while True:
+                stopping = self._take_queued(batch)
+                if stopping or len(batch) >= self.batch_max or not self._awaited:
                     break
-                batch.append(item)
+                deadline = min(max(self._last_arrival, started) + self.batch_window, latest)
+                if loop.time() >= deadline:
+                    self._stop_waiting()
+                    break
+                await self._open_until(deadline, self.batch_max - len(batch))
             began = loop.time()
             self._commit_and_answer(batch)
             self._last_commit = loop.time() - began
             self._busy += self._last_commit
             # Nothing of this batch stays referenced while the next is awaited: its frames may be large.
             del first, batch
-            item = None
+
+    def _take_queued(self, batch: list[tuple[inbound.Received, asyncio.Future[bytes]]]) -> bool:
+        """Move what is queued into `batch`, up to `batch_max`; True when the stop sign was among it."""
+        queue = self._queue
+        while len(batch) < self.batch_max and not queue.empty():
+            item = queue.get_nowait()
+            if item is None:
+                return True
+            batch.append(item)
+        return False
+
+    async def _open_until(self, deadline: float, room: int) -> None:
+        """Wait until the group is complete (`_close_group_if_complete`) or `deadline` (loop time)."""
+        loop = asyncio.get_running_loop()
+        waiting: asyncio.Future[None] = loop.create_future()
+        self._group_waiting, self._group_room = waiting, room
+        timer = loop.call_at(deadline, _wake, waiting)
+        try:
+            await waiting
+        finally:
+            timer.cancel()
+            self._group_waiting = None
 
     def _commit_and_answer(self, batch: list[tuple[inbound.Received, asyncio.Future[bytes]]]) -> None:
         messages = [m for m, _f in batch]
@@ -471,6 +505,11 @@ class MllpListener:
             if self.apply:
                 return inbound.apply(session, messages, "mllp")
             return inbound.archive_only(session, messages, "mllp")
+
+
+def _wake(waiting: asyncio.Future[None]) -> None:
+    if not waiting.done():
+        waiting.set_result(None)
 
 
 def _observe(done: asyncio.Future[bytes], arrived: float) -> None:

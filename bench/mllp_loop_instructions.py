@@ -1,0 +1,113 @@
+"""The MLLP listener's own thread in a closed loop, in instructions a message (issue 21, point 5).
+
+64 senders in a process of their own (not counted), each sending its next message as soon as its
+ACK is back, against a listener with `--apply` on SQLite whose event loop runs inside one
+`functools.reduce` call on this process's main thread; callgrind collects only there
+(`--toggle-collect`). Everything the listener's thread does for a message is in the figure: the
+frame read, the MSH read, the group commit (archive, map, ledger, projection, COMMIT), the ACK built,
+framed and written, and the event loop's own bookkeeping (timers, futures, task switches), which
+`bench.mllp_group_instructions` leaves out. fsync and lock waits are not (they are not instructions),
+nor the background checkpointer's thread. The database is made without valgrind, and a warm-up round
+of two messages a sender runs before counting starts; the counted run's 64 connections are accepted
+inside it (a few thousand instructions each).
+
+Under valgrind the listener runs tens of times slower than the senders, so each group commit holds
+every sender's message: the count is what a message costs at 64 to a commit, whatever the VM's load,
+for before/after comparisons of a change to the listener.
+Run: .venv/bin/python -m bench.mllp_loop_instructions [--messages 1280] [--senders 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import multiprocessing
+import statistics
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from bench import callgrind
+from bench.mllp_group_instructions import _copy, prepare
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _closed_loop(database: Path, count: int, senders: int) -> None:
+    """The counted workload (run under valgrind): a warm-up round, then `count` messages flat out."""
+    from bench.hl7_bench import messages
+    from bench.mllp_latency_bench import hospital
+    from cgthub import runtime
+    from cgthub.hl7.listener import MllpListener
+
+    warm = 2 * senders
+    feed = messages(count + warm)
+    room = max(128, senders * 2)
+    listener = MllpListener(
+        "127.0.0.1",
+        0,
+        database_url=_copy(database),
+        apply=True,
+        max_connections=room,
+        max_connections_per_address=room,
+    )
+    loop = asyncio.new_event_loop()
+    port = loop.run_until_complete(listener.start())[1]
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(statistics.mean, [1.0]).result()  # the senders' process started, its imports done
+
+        def run(part: list[bytes]) -> int:
+            done = pool.submit(hospital, port, [part[i::senders] for i in range(senders)], None)
+            return int(loop.run_until_complete(asyncio.wrap_future(done, loop=loop)).acked)
+
+        if run(feed[:warm]) != warm:
+            raise SystemExit("the warm-up round was not acknowledged AA")
+        runtime.tune_gc()
+        acked = functools.reduce(lambda _a, _b: run(feed[warm:]), [0], 0)
+    batches = listener.stats.batches
+    loop.run_until_complete(listener.stop())
+    if acked != count:
+        raise SystemExit(f"{acked} of {count} messages acknowledged AA")
+    print(f"groups: {batches}", file=sys.stderr)
+
+
+def counted(count: int, senders: int, database: Path) -> int:
+    return callgrind.instructions(
+        [
+            "--toggle-collect=functools_reduce",
+            sys.executable,
+            "-m",
+            "bench.mllp_loop_instructions",
+            "--workload",
+            str(database),
+            "--messages",
+            str(count),
+            "--senders",
+            str(senders),
+        ],
+        ROOT,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=1280)
+    parser.add_argument("--senders", type=int, default=64)
+    parser.add_argument("--workload", type=Path, help=argparse.SUPPRESS)  # the counted process
+    args = parser.parse_args()
+    if args.workload is not None:
+        _closed_loop(args.workload, args.messages, args.senders)
+        return
+    database = Path(tempfile.mkdtemp()) / "mllp-loop.db"
+    prepare(args.messages + 2 * args.senders, database)
+    total = counted(args.messages, args.senders, database)
+    print(
+        f"listener thread, closed loop of {args.senders} senders: {total:,} instructions for "
+        f"{args.messages:,} messages, {total // args.messages:,} a message"
+    )
+
+
+if __name__ == "__main__":
+    main()
