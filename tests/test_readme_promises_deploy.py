@@ -96,3 +96,32 @@ def test_the_deployed_listener_archives_and_answers_aa_and_applies_nothing(db_ur
     with session_scope(db_url) as s:
         assert list(s.scalars(select(RawMessage.status).where(RawMessage.kind == "ORM^O01"))) == ["received"]
         assert s.scalar(select(LedgerEntry.id)) is None
+
+
+def _settings_in_a_fresh_process(**env: str) -> list[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CGTHUB_")} | env
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from cgthub.settings import get_settings as g; s = g(); print(s.var_dir); print(s.database_url)",
+        ],
+        env=clean,
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert shown.returncode == 0, shown.stderr
+    return shown.stdout.split()
+
+
+def test_the_hubs_data_is_var_by_default_and_var_demo_under_cgthub_var_dir() -> None:
+    """ "The hub's own data is the default `var/` (`var/cgthub.db`)"; `make demo`'s "data stays in
+    `var/demo/` ...; point any command at it with `CGTHUB_VAR_DIR`"."""
+    assert _settings_in_a_fresh_process() == [
+        str(PROJECT_ROOT / "var"),
+        f"sqlite:///{PROJECT_ROOT / 'var' / 'cgthub.db'}",
+    ]
+    # README's commands run from the project's root: the relative folder is the root's var/demo
+    assert _settings_in_a_fresh_process(CGTHUB_VAR_DIR="var/demo") == ["var/demo", "sqlite:///var/demo/cgthub.db"]
