@@ -125,6 +125,7 @@ def test_the_outbound_dag_books_each_leg_with_the_schedules_pickup_window(db_url
     assert datetime.fromisoformat(out["pickup"]["windowEnd"]) == apheresis + 12 * HOUR
     assert (back["pickup"]["location"], back["delivery"]["location"]) == ("CMO-EAST", "US-SITE-1")
     assert datetime.fromisoformat(back["pickup"]["windowStart"]) == release + 12 * HOUR
+    assert datetime.fromisoformat(back["pickup"]["windowEnd"]) == release + 36 * HOUR  # README: 12 to 36 hours
     orders = _orders(db_url)
     assert out["reference"]["hubOrderId"] == orders["CRM-00001"]["order_id"]
     assert orders["CRM-00001"]["refs"]["courier_shipment_ids"] == [out["shipmentId"]]  # the booking's id
