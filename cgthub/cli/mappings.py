@@ -64,7 +64,7 @@ def validate() -> None:
     problems = 0
     for found, compiled in _compile_all():
         if isinstance(compiled, MappingError):
-            console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
+            console.print(f"[red]FAIL[/] {escape(found.ref)}: {escape(str(compiled))}")
             problems += 1
             continue
         report = fixtures.check(compiled, found.path)
@@ -72,7 +72,7 @@ def validate() -> None:
         if issues:
             problems += 1
             for issue in issues:
-                console.print(f"[red]FAIL[/] {found.ref}: {issue}")
+                console.print(f"[red]FAIL[/] {escape(found.ref)}: {escape(issue)}")
         else:
             console.print(f"[green]ok[/]   {found.ref}: {len(report.results)} fixtures reach all rules")
     if problems:
@@ -87,12 +87,12 @@ def test_fixtures(
     failed = 0
     for found, compiled in _compile_all():
         if isinstance(compiled, MappingError):
-            console.print(f"[red]FAIL[/] {found.ref}: {compiled}")
+            console.print(f"[red]FAIL[/] {escape(found.ref)}: {escape(str(compiled))}")
             failed += 1
             continue
         report = fixtures.check(compiled, found.path, update=update)
         for problem in report.problems:
-            console.print(f"[red]FAIL[/] {found.ref}: {problem}")
+            console.print(f"[red]FAIL[/] {escape(found.ref)}: {escape(problem)}")
         for result in report.results:
             mark = "[green]ok[/]  " if result.ok else "[red]FAIL[/]"
             console.print(f"{mark} {found.ref} {result.name}{': ' + escape(result.problem) if result.problem else ''}")
