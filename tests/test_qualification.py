@@ -38,6 +38,18 @@ def _edit(config: Path, old: str, new: str, version: int) -> None:
     sites.clear_cache()  # as a `cgthub` process starting now reads it
 
 
+def enrol_where_qualification_ends(url: str, monkeypatch: pytest.MonkeyPatch, config: Path) -> None:
+    """CRM-00003 enrolled through the CRM at US-SITE-1 on 2026-03-02, the last day its CART-19
+    qualification runs (the registry edited so)."""
+    _edit(
+        config,
+        '- {therapy: CART-19, from: 2026-01-01, basis: "test site: training',
+        '- {therapy: CART-19, from: 2026-01-01, until: 2026-03-02, basis: "test site: training',
+        version=1,
+    )
+    _enrol_through_crm(url, monkeypatch, [_crm_record(3, "US-SITE-1", "US", "021zx")])
+
+
 def _alerts(url: str) -> list[Alert]:
     with session_scope(url) as s:
         rows = list(s.scalars(select(Alert).where(Alert.kind == qualification.ALERT_KIND)))
@@ -152,14 +164,7 @@ def test_a_hospital_order_from_a_site_no_longer_qualified_is_refused_over_mllp_a
     monkeypatch,
     config_dir: Path,  # noqa: F811
 ):
-    # US-SITE-1's CART-19 qualification ends the day of the enrolment: the order of the next day is refused.
-    _edit(
-        config_dir,
-        '- {therapy: CART-19, from: 2026-01-01, basis: "test site: training',
-        '- {therapy: CART-19, from: 2026-01-01, until: 2026-03-02, basis: "test site: training',
-        version=1,
-    )
-    _enrol_through_crm(db_url, monkeypatch, [_crm_record(3, "US-SITE-1", "US", "021zx")])
+    enrol_where_qualification_ends(db_url, monkeypatch, config_dir)  # the order of the next day is refused
     order_id = _orders(db_url)["CRM-00003"].id
     with Running(db_url) as running:  # the listener applies what it receives
         (ack,) = exchange(running.port, frame(_orm(3, "US-SITE-1", crm="CRM-00003", placer="PL-3", control="Q3")), 1)

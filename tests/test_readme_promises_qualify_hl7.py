@@ -29,8 +29,8 @@ from cgthub.hl7.mllp import frame
 from cgthub.store import session_scope
 from cgthub.tables import QuarantineEntry
 from tests.test_hl7_listener import Running, exchange
-from tests.test_qualification import _edit
-from tests.test_residency_live import _crm_record, _enrol_through_crm, _orders, _orm
+from tests.test_qualification import enrol_where_qualification_ends
+from tests.test_residency_live import _orders, _orm
 from tests.test_sites import config_dir  # noqa: F401  (fixture: an editable copy of config/)
 
 COI = "CHW123426000003"
@@ -58,17 +58,6 @@ NOT_JUDGED = pytest.mark.xfail(
 )
 
 
-def _lapsed_order(db_url: str, monkeypatch: pytest.MonkeyPatch, config: Path) -> None:
-    """CRM-00003 enrolled at US-SITE-1 on 2026-03-02, the last day of its CART-19 qualification."""
-    _edit(
-        config,
-        '- {therapy: CART-19, from: 2026-01-01, basis: "test site: training',
-        '- {therapy: CART-19, from: 2026-01-01, until: 2026-03-02, basis: "test site: training',
-        version=1,
-    )
-    _enrol_through_crm(db_url, monkeypatch, [_crm_record(3, "US-SITE-1", "US", "021zx")])
-
-
 def _refused_at_qualify(db_url: str, ack: bytes, stages: list[str]) -> None:
     assert ack_code(ack) == "AE" and b"103^Table value not found" in ack, ack
     assert b"not qualified for CART-19 on 2026-03-03" in ack and b"Doe" not in ack
@@ -88,7 +77,7 @@ def test_a_hospital_booking_or_infusion_order_from_a_site_no_longer_qualified_is
     config_dir: Path,  # noqa: F811
     message: bytes,
 ):
-    _lapsed_order(db_url, monkeypatch, config_dir)
+    enrol_where_qualification_ends(db_url, monkeypatch, config_dir)
     with Running(db_url) as running:
         (ack,) = exchange(running.port, frame(message), 1)
     _refused_at_qualify(db_url, ack, ["qualify"])
@@ -102,7 +91,7 @@ def test_a_booking_after_its_refused_order_is_refused_too(
 ):
     """The hospital orders apheresis (refused at qualify), then books it: the booking names the same
     placer order and must not schedule what the order message could not."""
-    _lapsed_order(db_url, monkeypatch, config_dir)
+    enrol_where_qualification_ends(db_url, monkeypatch, config_dir)
     ordered = _orm(3, "US-SITE-1", crm="CRM-00003", placer="PL-3", control="Q3")
     with Running(db_url) as running:
         (refused,) = exchange(running.port, frame(ordered), 1)
