@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -34,7 +35,7 @@ def test_keys_are_shown_once_stored_hashed_listed_and_revoked(db_url):
     with session_scope(db_url) as session:
         row = session.get(ApiKey, key_id)
         assert row.sites == ["US-SITE-1"] and row.scopes == ["status:read"]
-        assert secret not in row.secret_hash and len(row.secret_hash) == 64
+        assert row.secret_hash == hashlib.sha256(secret.encode()).hexdigest()  # README: SHA-256 of the secret
 
     listed = _cli("keys", "list", url=db_url)
     assert key_id in listed.stdout and "US site 1 dashboard" in listed.stdout and "US-SITE-1" in listed.stdout
