@@ -189,6 +189,8 @@ def test_a_version_copied_unchanged_is_compared_with_its_own_expectation_or_told
     assert f"{stem}.v{newest}.expected.json" in out, out
     updated = _mapping_cli("test", "--update", root=mappings_copy)
     assert (folder / "fixtures" / f"{stem}.v{copied}.expected.json").exists(), updated.stdout
+    wrote = [line for line in updated.stdout.splitlines() if line.startswith("wrote ")]  # README: says what it wrote
+    assert f"wrote crm/enrollment@v{copied} fixtures/{stem}.v{copied}.expected.json" in wrote, updated.stdout
     assert _mapping_cli("test", root=mappings_copy).returncode == 0
 
 
