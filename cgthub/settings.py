@@ -137,6 +137,10 @@ class Settings(BaseSettings):
     # delivered to at once, so one slow or silent receiver holds no other subscriber's deliveries.
     webhook_delivery_deadline: float = Field(default=20.0, gt=0)
     webhook_delivery_workers: int = Field(default=8, ge=1)
+    # Pull connectors (connectors.common.http): bytes a partner's answer may hold once decompressed (a
+    # CRM page of 200 records is about 200 KB), and seconds its body may take after its head.
+    partner_max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
+    partner_response_deadline: float = Field(default=60.0, gt=0)
 
     @field_validator("env", mode="before")
     @classmethod

@@ -1,16 +1,20 @@
 """HTTP to partners, resilient in one place: retries with exponential backoff and jitter (tenacity)
 on timeouts, connection resets, 5xx and 429 (honouring Retry-After), behind the partner's circuit
 breaker, with answers that are not what was promised (HTML error pages, malformed JSON) turned
-into clear PartnerError messages instead of stack traces.
+into clear PartnerError messages instead of stack traces. An answer is read up to a size and
+within a deadline (CGTHUB_PARTNER_MAX_RESPONSE_BYTES, CGTHUB_PARTNER_RESPONSE_DEADLINE): a partner
+answering a page of millions of records, an endless body or a byte at a time ends the call.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 from tenacity import (
     RetryCallState,
     retry,
@@ -20,6 +24,7 @@ from tenacity import (
 )
 
 from cgthub.partners import PartnerUnavailable
+from cgthub.settings import get_settings
 from connectors.common.breaker import breaker_for
 
 
@@ -84,13 +89,54 @@ class PartnerSession:
         return self.breaker.call(once)
 
     def _send(self, method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> Answer:
-        response = self.http.request(method, self.base_url + path, headers=headers, timeout=self.timeout, **kwargs)
-        answer = Answer(response.status_code, response.content, response.headers.get("content-type", ""))
+        response = self.http.request(
+            method, self.base_url + path, headers=headers, timeout=self.timeout, stream=True, **kwargs
+        )
+        with response:
+            body = self._bounded_body(response, f"{method} {path}")
+        answer = Answer(response.status_code, body, response.headers.get("content-type", ""))
         if response.status_code == 429:
             raise RetryableError(f"{self.partner}: rate limited (429)", _retry_after(response))
         if response.status_code >= 500:
             raise RetryableError(f"{self.partner}: server error {response.status_code} on {method} {path}")
         return answer
+
+    def _bounded_body(self, response: requests.Response, call: str) -> bytes:
+        """The answer's body, read (decompressed) up to CGTHUB_PARTNER_MAX_RESPONSE_BYTES and within
+        CGTHUB_PARTNER_RESPONSE_DEADLINE of its head; past either, PartnerError and the connection
+        dropped. `timeout` bounds each read only: a partner sending a byte a second never trips it."""
+        settings = get_settings()
+        cap, deadline = settings.partner_max_response_bytes, time.monotonic() + settings.partner_response_deadline
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise PartnerError(f"{self.partner}: the answer to {call} declares {int(declared):,} bytes, over {cap:,}")
+        chunks, size = [], 0
+        while chunk := _read1(response):
+            size += len(chunk)
+            if size > cap:
+                raise PartnerError(f"{self.partner}: the answer to {call} passed {cap:,} bytes; stopped reading")
+            if time.monotonic() > deadline:
+                raise PartnerError(
+                    f"{self.partner}: the answer to {call} took over {settings.partner_response_deadline:g} s; "
+                    "stopped reading"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def _read1(response: requests.Response) -> bytes:
+    """What one read of the socket brought (decompressed), with urllib3's errors as requests names
+    them when it reads a body itself (so a connection cut mid-answer is retried as before)."""
+    try:
+        return bytes(response.raw.read1(64 * 1024, decode_content=True))
+    except urllib3.exceptions.ProtocolError as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from exc
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from exc
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ConnectionError(exc) from exc
+    except urllib3.exceptions.SSLError as exc:
+        raise requests.exceptions.SSLError(exc) from exc
 
 
 def _retry_after(response: requests.Response) -> float | None:
