@@ -11,6 +11,8 @@ from typing import Any
 from connectors.common.connection import PartnerConnection
 from connectors.common.http import Answer, PartnerError, PartnerSession
 
+MAX_PAGES = 500  # pages in one walk (100,000 records at 200 a page); the next run goes on from there
+
 
 @dataclass
 class Page:
@@ -63,11 +65,22 @@ class CrmClient:
         return answer
 
     # reads -------------------------------------------------------------------------------------
-    def pages(self, since: datetime | None, *, limit: int = 200) -> Iterator[Page]:
+    def pages(self, since: datetime | None, *, limit: int = 200, max_pages: int | None = None) -> Iterator[Page]:
         """Records modified at or after `since`, page by page. A page that does not parse is
-        yielded with its problem (to be archived and quarantined) and ends the walk."""
-        cursor: int | None = 0
-        while cursor is not None:
+        yielded with its problem (to be archived and quarantined) and ends the walk.
+
+        The CRM's cursor is not trusted to end: a next cursor already read in this walk (paging that
+        loops back) ends it with a PartnerError, and a walk stops after `max_pages` pages (the next
+        run goes on from the newest record's modification time, as after any interrupted walk)."""
+        cursor: Any = 0
+        read: set[str] = set()
+        while cursor is not None and len(read) < (max_pages or MAX_PAGES):
+            if repr(cursor) in read:
+                raise PartnerError(
+                    f"crm: listing orders loops: page {len(read) + 1}'s cursor was already read in this walk; "
+                    "stopped (the pages before it are kept)"
+                )
+            read.add(repr(cursor))
             params: dict[str, Any] = {"cursor": cursor, "limit": limit}
             if since is not None:
                 params["modifiedSince"] = since.isoformat()
