@@ -31,6 +31,8 @@ def pages(mark: partners.Mark, *, cmo: CmoClient | None = None, limit: int = PAG
     after = int(mark.cursor or 0)
     for _ in range(limit):
         raw, events, following, problem = cmo.events_page(after)
+        if following < after:  # the feed's sequence never goes back: the cursor is kept where it was
+            following, problem = after, problem or f"the CMO's next cursor goes back before {after}; kept at {after}"
         item = Inbound("cmo", "batch_event", "rest", raw, utcnow(), content_type="application/json")
         yield partners.Page([item], records=len(events), cursor=str(following), problem=problem)
         if problem or following == after:
