@@ -17,7 +17,7 @@ from lxml import etree
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from zeep import Client, Settings
-from zeep.exceptions import Fault, TransportError
+from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError
 from zeep.helpers import serialize_object
 from zeep.transports import Transport
 
@@ -80,6 +80,10 @@ class ErpClient:
                 raise ErpFault(str(fault.code or "Server").split(":")[-1], fault.message) from fault
             except TransportError as exc:
                 raise PartnerError(f"erp: transport error {exc.status_code}") from exc
+            except (DTDForbidden, EntitiesForbidden) as exc:
+                raise PartnerError(
+                    "erp: the answer carried a DTD or entity declarations; the hub does not read them"
+                ) from exc
 
         return self.breaker.call(retrying(self.attempts)(once))
 
