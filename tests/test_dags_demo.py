@@ -144,3 +144,12 @@ def test_demo_tells_the_scheduling_story(demo_run):
             " and order_id in (select order_id from order_keys where value in ('CRM-00027', 'CRM-00028'))"
         ).fetchone()[0]
     assert booked_legs == 2  # the courier's answers, mapped into the two orders booked today
+
+
+def test_demo_keeps_its_database_dev_keys_and_log_in_its_folder(demo_run):
+    """README: "Its data stays in `var/demo/` (database, dev keys, `demo.log`)"."""
+    folder = demo_run.database.parent
+    assert demo_run.database.stat().st_size > 0
+    assert {"archive.key", "ledger.key", "pseudonym.key"} <= {p.name for p in folder.glob("*.key")}
+    log = (folder / "demo.log").read_text()
+    assert log.strip() and not re.search(r"MRN\d|Demo\^Patient", log)
