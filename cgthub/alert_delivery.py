@@ -40,14 +40,15 @@ def post(payload: dict[str, Any], config: ops_config.Notify) -> int | None:
     url = config.effective_webhook()
     if not url:
         return None
-    try:
-        response = httpx.post(url, json=payload, timeout=config.timeout_seconds)
+    try:  # the answer's status is all we need: its body is never read (a receiver may send one without end)
+        with httpx.stream("POST", url, json=payload, timeout=config.timeout_seconds) as response:
+            status = response.status_code
     except httpx.HTTPError as error:
         log.error("alert webhook unreachable (%s): %s", type(error).__name__, error)
         return 0
-    if response.status_code >= 300:
-        log.error("alert webhook answered %s", response.status_code)
-    return response.status_code
+    if status >= 300:
+        log.error("alert webhook answered %s", status)
+    return status
 
 
 @dataclass
