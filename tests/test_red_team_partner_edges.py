@@ -13,16 +13,29 @@ from datetime import timedelta
 
 import pytest
 import requests
+from fastapi import FastAPI, Request, Response
 from sqlalchemy import func, select
 
-from cgthub import ledger, outbox, quarantine
+from cgthub import alert_delivery, ledger, ops_config, outbox, quarantine, sync_state
 from cgthub.api import webhooks
 from cgthub.store import session_scope
+from cgthub.sync_state import SyncReport
 from cgthub.tables import LedgerEntry, Order, RawMessage, utcnow
+from connectors.cmo import sync as cmo_sync
+from connectors.cmo.client import CmoClient
+from connectors.common import breaker
+from connectors.common.connection import PartnerConnection
+from connectors.common.http import PartnerError
 from connectors.common.sandbox import SandboxServer
 from connectors.courier import webhook as courier_webhook
 from connectors.courier.signature import HEADER as COURIER_HEADER
 from connectors.courier.signature import sign as courier_sign
+from connectors.crm import client as crm_client
+from connectors.crm import sync as crm_sync
+from connectors.crm.client import CrmClient
+from connectors.erp import sandbox as erp_sandbox
+from connectors.erp import sync as erp_sync
+from connectors.erp.client import ErpClient
 from tests.factories import din, happy_path
 from tests.hub_log import hub_log
 
@@ -156,6 +169,19 @@ def test_a_webhook_target_answering_an_endless_body_is_done_with_at_its_status(d
     assert [r.status for r in _rows(db_url, ids[0])] == ["delivered"]
     assert [r.status for r in _rows(db_url, ids[2])] == ["delivered"]
     assert endless_server.sent < 64 * 1024 * 1024  # what the kernel's buffers took before the hub hung up
+
+
+def test_an_alert_webhook_answering_an_endless_body_is_done_with_at_its_status(hostile):
+    def endless(conn: socket.socket) -> None:
+        server.send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        while True:
+            server.send(conn, b"ok" * 32768)
+
+    server = hostile(endless)
+    config = ops_config.Notify(webhook_url=f"http://127.0.0.1:{server.port}/page", timeout_seconds=5)
+    started = time.monotonic()
+    assert alert_delivery.post({"source": "cgthub", "kind": "test"}, config) == 200
+    assert time.monotonic() - started < 5 and server.sent < 64 * 1024 * 1024
 
 
 def test_a_webhook_target_that_dribbles_its_answer_is_cut_at_the_delivery_deadline(db_url, monkeypatch, hostile):
@@ -357,3 +383,238 @@ def test_a_signed_courier_event_nested_a_million_deep_is_archived_and_quarantine
     statuses, entries, raw = _order_state(db_url)
     assert (statuses, entries, raw) == (before[0], before[1], before[2] + 2)
     assert _signed(courier_receiver, _tracking("EVT-1", "PICKED_UP", "2026-03-09T14:00:00-05:00")).status_code == 202
+
+
+# Pull connectors --------------------------------------------------------------------------------------
+
+PATIENT = ("Johanna Okonkwo-Smith", "MRN48213377", "1961-04-17")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_breakers() -> Iterator[None]:
+    breaker._breakers.clear()
+    yield
+    breaker._breakers.clear()
+
+
+class HostileCrm:
+    """A CRM on loopback that grants any token and answers each listing with `page(cursor)`'s raw bytes."""
+
+    def __init__(self, hostile, page: Callable[[int, socket.socket], None]) -> None:
+        self.cursors: list[int] = []
+        self.server = hostile(self._answer)
+        self.page = page
+
+    def _answer(self, conn: socket.socket) -> None:
+        head = self.server.requests[-1].split(b"\r\n", 1)[0].decode()
+        if "/oauth/token" in head:
+            body = b'{"access_token": "t", "expires_in": 300}'
+            self.server.send(conn, _json_head(len(body)) + body)
+            return
+        cursor = int(head.split("cursor=", 1)[1].split("&", 1)[0].split(" ", 1)[0])
+        self.cursors.append(cursor)
+        self.page(cursor, conn)
+
+    def client(self) -> CrmClient:
+        return CrmClient(
+            PartnerConnection("crm_api", f"http://127.0.0.1:{self.server.port}", "id", "secret"), attempts=1
+        )
+
+
+def _json_head(length: int | None, content_type: bytes = b"application/json") -> bytes:
+    size = b"Content-Length: %d\r\n" % length if length is not None else b""
+    return b"HTTP/1.1 200 OK\r\nContent-Type: " + content_type + b"\r\n" + size + b"Connection: close\r\n\r\n"
+
+
+def _page(crm: HostileCrm, conn: socket.socket, items: list[dict], next_cursor: object) -> None:
+    body = json.dumps({"items": items, "nextCursor": next_cursor}).encode()
+    crm.server.send(conn, _json_head(len(body)) + body)
+
+
+def _crm_pull(db_url: str, crm: HostileCrm, *, within: float) -> tuple[SyncReport, float]:
+    started = time.monotonic()
+    report = crm_sync.pull(database_url=db_url, crm=crm.client())
+    took = time.monotonic() - started
+    assert took < within, took
+    return report, took
+
+
+def test_a_crm_page_cursor_that_loops_back_or_never_ends_stops_the_walk(db_url, hostile, monkeypatch):
+    looping = HostileCrm(hostile, lambda cursor, conn: _page(looping, conn, [], {0: 200, 200: 400, 400: 0}[cursor]))
+    report, _took = _crm_pull(db_url, looping, within=10)
+    assert looping.cursors == [0, 200, 400]
+    assert report.payloads == 3 and any("listing orders loops" in e for e in report.errors)
+    # A cursor that moves on for ever, every page empty: a walk ends after MAX_PAGES pages.
+    monkeypatch.setattr(crm_client, "MAX_PAGES", 40)
+    endless = HostileCrm(hostile, lambda cursor, conn: _page(endless, conn, [], cursor + 200))
+    report, _took = _crm_pull(db_url, endless, within=20)
+    assert len(endless.cursors) == 40 and report.payloads == 40
+
+
+def test_a_cmo_event_cursor_that_goes_back_does_not_move_the_stream_back(db_url, hostile):
+    answers = iter([5, 0, 5])  # the feed's next sequence: on, then back to the start, then on again
+    seen: list[str] = []
+
+    def feed(conn: socket.socket) -> None:
+        seen.append(cmo.requests[-1].split(b"\r\n", 1)[0].decode())
+        body = json.dumps({"items": [], "next": next(answers)}).encode()
+        cmo.send(conn, _json_head(len(body)) + body)
+
+    cmo = hostile(feed)
+    client = CmoClient(PartnerConnection("cmo_api", f"http://127.0.0.1:{cmo.port}", None, "key"), attempts=1)
+    first = cmo_sync.pull(database_url=db_url, cmo=client, pages=1)
+    back = cmo_sync.pull(database_url=db_url, cmo=client, pages=1)
+    assert first.errors == [] and back.errors == [
+        "page 1: the CMO's next cursor goes back before 5; kept at 5 (archived as raw #2)"
+    ]
+    cmo_sync.pull(database_url=db_url, cmo=client, pages=1)
+    assert ["after=0" in seen[0], "after=5" in seen[1], "after=5" in seen[2]] == [True, True, True]
+    with session_scope(db_url) as session:
+        assert sync_state.state(session, "cmo", "events").cursor == "5"
+
+
+def test_a_partner_page_of_millions_of_records_or_an_endless_body_is_cut_at_the_size_cap(db_url, hostile, monkeypatch):
+    monkeypatch.setenv("CGTHUB_PARTNER_MAX_RESPONSE_BYTES", str(1024 * 1024))
+    record = json.dumps({"id": "CRM-00001", "therapy": "cart19"}).encode()
+
+    def declared(cursor: int, conn: socket.socket) -> None:  # says 300 MB up front
+        crm_declared.server.send(conn, _json_head(300_000_000) + b'{"items": [' + record)
+
+    def endless(cursor: int, conn: socket.socket) -> None:  # no length: millions of records until we hang up
+        crm_endless.server.send(conn, _json_head(None) + b'{"items": [' + record)
+        while True:
+            crm_endless.server.send(conn, (b"," + record) * 2000)
+
+    crm_declared, crm_endless = HostileCrm(hostile, declared), HostileCrm(hostile, endless)
+    for crm, said in ((crm_declared, "declares 300,000,000 bytes, over 1,048,576"), (crm_endless, "passed 1,048,576")):
+        report, _took = _crm_pull(db_url, crm, within=10)
+        assert report.payloads == 0 and any(said in e for e in report.errors), report.errors
+    assert crm_endless.server.sent < 64 * 1024 * 1024
+
+
+def test_a_partner_that_dribbles_its_answer_is_cut_at_the_response_deadline(db_url, hostile, monkeypatch):
+    monkeypatch.setenv("CGTHUB_PARTNER_RESPONSE_DEADLINE", "1")
+    body = json.dumps({"items": [], "nextCursor": None}).encode() + b" " * 5000
+
+    def dribble(cursor: int, conn: socket.socket) -> None:  # a byte every 0.05 s: each read well within 10 s
+        crm.server.send(conn, _json_head(len(body)))
+        for byte in body:
+            crm.server.send(conn, bytes([byte]))
+            time.sleep(0.05)
+
+    crm = HostileCrm(hostile, dribble)
+    report, _took = _crm_pull(db_url, crm, within=5)
+    assert report.payloads == 0 and any("took over 1 s; stopped reading" in e for e in report.errors)
+
+
+def test_a_partner_answer_of_the_wrong_content_type_is_archived_and_quarantined(db_url, hostile):
+    html = b"<html><body>Maintenance</body></html>"
+    crm = HostileCrm(hostile, lambda cursor, conn: crm.server.send(conn, _json_head(len(html), b"text/html") + html))
+    report, _took = _crm_pull(db_url, crm, within=10)
+    assert report.payloads == 1 and report.quarantined == 1
+    assert any("expected JSON, got text/html" in e for e in report.errors)
+    with session_scope(db_url) as session:
+        (entry,) = quarantine.list_entries(session, system="crm")
+        assert "not valid JSON" in entry.reason and entry.stage == "parse"
+
+
+def test_phi_in_a_crm_error_body_reaches_no_log_report_or_reason(db_url, hostile):
+    body = json.dumps({"error": f"patient {PATIENT[0]} ({PATIENT[1]}, born {PATIENT[2]}) is locked"}).encode()
+
+    def refuse(cursor: int, conn: socket.socket) -> None:
+        crm.server.send(conn, b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\n")
+        crm.server.send(conn, b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+
+    crm = HostileCrm(hostile, refuse)
+    with hub_log("cgthub", "connectors") as lines:
+        report, _took = _crm_pull(db_url, crm, within=10)
+        assert lines.hears("cgthub.partner_sync") and lines.hears("connectors.common.http")
+    assert report.errors == ["crm: listing orders answered 400"]
+    with session_scope(db_url) as session:
+        reasons = " ".join(e.reason for e in quarantine.list_entries(session))
+    for value in PATIENT:
+        assert value not in lines.text + reasons + " ".join(report.errors)
+
+
+class HostileErp:
+    """An ERP on loopback: the sandbox's WSDL, and every SOAP call answered with `envelope`."""
+
+    def __init__(self, envelope: bytes, status: int = 200) -> None:
+        app = FastAPI()
+
+        @app.get("/erp/soap")
+        def wsdl(request: Request) -> Response:
+            text = erp_sandbox.WSDL.read_text().replace("http://127.0.0.1/erp/soap", str(request.url.replace(query="")))
+            return Response(text, media_type="text/xml")
+
+        @app.post("/erp/soap")
+        def soap() -> Response:
+            return Response(envelope, status_code=status, media_type="text/xml")
+
+        self.server = SandboxServer(app)
+
+    def __enter__(self) -> ErpClient:
+        self.server.__enter__()
+        return ErpClient(PartnerConnection("erp_soap", f"{self.server.base_url}/erp/soap"), attempts=1)
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.__exit__(*exc)
+
+
+def _soap(doctype: bytes, inner: bytes) -> bytes:
+    return (
+        b'<?xml version="1.0"?>' + doctype + b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/" '
+        b'xmlns:erp="urn:cgthub:sandbox:erp"><soap:Body>' + inner + b"</soap:Body></soap:Envelope>"
+    )
+
+
+SECRET_FILE_LINE = "red-team-secret-line"
+
+
+@pytest.mark.parametrize(
+    "doctype",
+    [
+        b'<!DOCTYPE x [<!ENTITY xxe SYSTEM "file://{path}">]>',  # external entity: a file of the hub's
+        b'<!DOCTYPE x [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;&a;&a;&a;&a;">'
+        b'<!ENTITY c "&b;&b;&b;&b;&b;&b;&b;&b;&b;&b;"><!ENTITY xxe "&c;&c;&c;&c;&c;&c;&c;&c;&c;&c;">]>',  # laughs
+        b'<!DOCTYPE x SYSTEM "http://169.254.169.254/latest/meta-data/x.dtd"><!-- &xxe; -->',  # external DTD
+    ],
+    ids=["external-entity", "entity-expansion", "external-dtd"],
+)
+def test_an_erp_answer_with_a_dtd_or_entities_is_refused_or_kept_unexpanded(db_url, monkeypatch, tmp_path, doctype):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET_FILE_LINE)
+    doctype = doctype.replace(b"{path}", str(secret).encode())
+    order = b"<salesOrderNumber>SO-1</salesOrderNumber><crmOrderId>&xxe;</crmOrderId>"
+    created = _soap(
+        doctype, b"<erp:CreateSalesOrderResponse><salesOrder>" + order + b"</salesOrder></erp:CreateSalesOrderResponse>"
+    )
+    listed = _soap(
+        doctype, b"<erp:GetSalesOrdersResponse><salesOrder>" + order + b"</salesOrder></erp:GetSalesOrdersResponse>"
+    )
+    with HostileErp(created) as erp, pytest.raises(PartnerError, match="DTD or entity declarations"):
+        erp.create_sales_order("CRM-00001", "MAT-CART19", "US10")
+    with HostileErp(listed) as erp, hub_log() as lines:
+        report = erp_sync.pull(database_url=db_url, erp=erp)
+    assert report.payloads == 2 and report.appended == 0  # archived as received; nothing expanded applied
+    with session_scope(db_url) as session:
+        reasons = " ".join(e.reason for e in quarantine.list_entries(session))
+        ledger_text = " ".join(json.dumps(o.projection) for o in session.scalars(select(Order)))
+    assert SECRET_FILE_LINE not in reasons + ledger_text + lines.text + " ".join(report.errors)
+    assert "a" * 1000 not in reasons + ledger_text + lines.text
+
+
+@pytest.mark.xfail(
+    strict=True, reason="open: an ERP fault's text is the quarantine reason verbatim (see docs/red-team.md)"
+)
+def test_phi_in_an_erp_soap_fault_reaches_no_quarantine_reason(db_url):
+    fault = f"patient {PATIENT[0]} ({PATIENT[1]}) has no sales order".encode()
+    envelope = _soap(
+        b"", b"<soap:Fault><faultcode>soap:Client</faultcode><faultstring>" + fault + b"</faultstring></soap:Fault>"
+    )
+    with HostileErp(envelope, status=500) as erp:
+        report = erp_sync.pull(database_url=db_url, erp=erp)
+    assert report.quarantined == 2
+    with session_scope(db_url) as session:
+        reasons = " ".join(e.reason for e in quarantine.list_entries(session))
+    assert PATIENT[1] not in reasons + " ".join(report.errors)
