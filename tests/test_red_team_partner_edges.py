@@ -198,7 +198,7 @@ def test_a_webhook_target_that_dribbles_its_answer_is_cut_at_the_delivery_deadli
     started = time.monotonic()
     report = webhooks.deliver(db_url)
     took = time.monotonic() - started
-    assert took < 4, took
+    assert took < 8, took  # the dribble alone would take minutes
     assert report.delivered == 3 and report.failed == 1 and report.postponed == 2
     assert "Timeout" in report.errors[0]
     assert dribbler.connections == 1  # its other two messages were not tried after it failed to answer
@@ -207,7 +207,7 @@ def test_a_webhook_target_that_dribbles_its_answer_is_cut_at_the_delivery_deadli
 
 
 def test_a_webhook_target_that_never_answers_holds_no_other_subscriber(db_url, monkeypatch, hostile):
-    monkeypatch.setenv("CGTHUB_WEBHOOK_DELIVERY_DEADLINE", "2")
+    monkeypatch.setenv("CGTHUB_WEBHOOK_DELIVERY_DEADLINE", "4")
     arrived: list[float] = []
     silent = hostile(lambda conn: time.sleep(60))  # accepts, reads the request, never answers
     honest = _honest(hostile)
@@ -227,8 +227,8 @@ def test_a_webhook_target_that_never_answers_holds_no_other_subscriber(db_url, m
     report = webhooks.deliver(db_url)
     took = time.monotonic() - started
     assert report.delivered == 5 and report.failed == 1 and report.postponed == 4, report
-    assert len(arrived) == 5 and arrived[-1] - started < 1.5  # before the silent one's deadline ended
-    assert took < 4, took  # one deadline, not five
+    assert len(arrived) == 5 and arrived[-1] - started < 3.5  # before the silent one's deadline ended
+    assert took < 12, took  # one deadline, not five (20 s)
     assert silent.connections == 1
     assert [r.attempts for r in _rows(db_url, silent_id)] == [1, 0, 0, 0, 0]
 
@@ -503,7 +503,7 @@ def test_a_partner_that_dribbles_its_answer_is_cut_at_the_response_deadline(db_u
             time.sleep(0.05)
 
     crm = HostileCrm(hostile, dribble)
-    report, _took = _crm_pull(db_url, crm, within=5)
+    report, _took = _crm_pull(db_url, crm, within=10)  # the dribble alone: 250 s
     assert report.payloads == 0 and any("took over 1 s; stopped reading" in e for e in report.errors)
 
 
