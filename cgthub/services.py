@@ -104,7 +104,13 @@ def courier_webhook(host: str, port: int) -> int:
         return 2
     app: FastAPI = partners.resolve(declared.receiver)(secret=get_settings().courier_webhook_secret, database_url=url)
 
-    @app.get("/health/ready")
+    # response_model=None: the answer is built here, and the return annotation is a string under
+    # `from __future__ import annotations` that FastAPI cannot resolve (the schema answered 500).
+    @app.get("/health", response_model=None)
+    def alive() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/health/ready", response_model=None)
     def ready() -> JSONResponse:
         is_ready, state = health.report(url, listener_address="")
         return JSONResponse(state, status_code=200 if is_ready else 503)

@@ -132,7 +132,9 @@ def create_app(*, secret: str, database_url: str | None = None, drain_every: flo
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    app = FastAPI(title="cgthub courier webhook receiver", lifespan=lifespan)
+    # No /docs or /redoc: they load Swagger from a CDN, and this app faces the courier, not people;
+    # its machine-readable schema stays at /openapi.json.
+    app = FastAPI(title="cgthub courier webhook receiver", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.rejected = 0
     app.state.held = 0  # archived but not applied: the release was not in force
 
