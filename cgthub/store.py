@@ -113,7 +113,14 @@ def _create_private(path: Path) -> None:
     -wal and -shm files it makes beside it the database file's mode, so none of the three, which
     hold every payload's metadata and the pseudonymized ledger, is readable by other users."""
     if path.parent.is_dir():  # a missing folder is the caller's mistake: SQLite then names it, nothing is made
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))  # an existing file keeps its mode
+        # O_EXCL: an existing file is never opened here. Closing any descriptor of the database file
+        # drops every POSIX lock this process's SQLite connections hold on it (fcntl locks belong to
+        # the process), so another process could take the file as unused, checkpoint and reset the
+        # WAL under them, and they read a stale snapshot (a CLI's committed write unseen).
+        try:
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+        except FileExistsError:
+            pass  # an existing file keeps its mode
 
 
 def _create_engine(url: str, readonly: bool) -> Engine:
