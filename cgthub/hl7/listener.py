@@ -12,8 +12,8 @@ connections' frames, when it could read nothing, do not count against the sender
 is open the committer sleeps; it is woken when the last connection it waits for has sent (or has
 closed), when the group is full, when the window after the last message ends, or at shutdown, not
 once for every message that comes meanwhile. A resend of a message whose ACK was lost is
-recognised (sending facility + MSH-10) and acknowledged again without being applied twice. Shutdown stops accepting, lets the committer finish what is queued,
-and answers it.
+recognised (sending facility + MSH-10) and acknowledged again without being applied twice.
+Shutdown stops accepting, lets the committer finish what is queued, and answers it.
 
 What a sender can make the listener hold is bounded: at most `max_connections` connections (more
 are closed as they arrive), a frame must end within `frame_timeout` of its start block however
@@ -69,6 +69,10 @@ READ_SIZE = 65536
 MEBIBYTE = 1024 * 1024
 TRIM_AFTER_FREEING = 8 * MEBIBYTE  # bytes released since the last trim before memory is handed back
 WARNING_INTERVAL = 10.0  # seconds between two warnings of one kind: a flood is not logged line by line
+
+
+# A message awaiting its group commit: what came, its ACK to come, and when it came (perf_counter).
+_Queued = tuple[inbound.Received, asyncio.Future[bytes], float]
 
 
 @dataclass
@@ -166,7 +170,7 @@ class MllpListener:
         self._warn_refused = _Throttled("refused MLLP connections on arrival: %d open, the limit is %d")
         self._warn_buffer_cap = _Throttled("closed MLLP connections unanswered: %d bytes held, the cap is %d")
         self._warn_frame_deadline = _Throttled("closed MLLP connections: a frame did not end within %s s")
-        self._queue: asyncio.Queue[tuple[inbound.Received, asyncio.Future[bytes]] | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[_Queued | None] = asyncio.Queue()
         self._server: asyncio.Server | None = None
         self._committer: asyncio.Task[None] | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -405,9 +409,9 @@ class MllpListener:
     def _submit(self, message: inbound.Received) -> asyncio.Future[bytes]:
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         metrics.HL7_RECEIVED.inc()
-        arrived = time.perf_counter()
-        future.add_done_callback(lambda done: _observe(done, arrived))
-        self._queue.put_nowait((message, future))
+        # When it came, for its ACK's latency, observed as the ACK is set (not by a done-callback, a
+        # task of the loop's of its own for every message).
+        self._queue.put_nowait((message, future, time.perf_counter()))
         return future
 
     def health(self) -> tuple[bool, dict[str, object]]:
@@ -465,7 +469,7 @@ class MllpListener:
             # Nothing of this batch stays referenced while the next is awaited: its frames may be large.
             del first, batch
 
-    def _take_queued(self, batch: list[tuple[inbound.Received, asyncio.Future[bytes]]]) -> bool:
+    def _take_queued(self, batch: list[_Queued]) -> bool:
         """Move what is queued into `batch`, up to `batch_max`; True when the stop sign was among it."""
         queue = self._queue
         while len(batch) < self.batch_max and not queue.empty():
@@ -487,16 +491,18 @@ class MllpListener:
             timer.cancel()
             self._group_waiting = None
 
-    def _commit_and_answer(self, batch: list[tuple[inbound.Received, asyncio.Future[bytes]]]) -> None:
-        messages = [m for m, _f in batch]
+    def _commit_and_answer(self, batch: list[_Queued]) -> None:
+        messages = [m for m, _f, _at in batch]
         try:
             acks = self._commit(messages)
         except Exception as exc:  # the transaction failed: nothing is committed, so nothing is ACKed AA
             log.exception("MLLP batch of %d failed to commit", len(batch))
             acks = [build_ack(m.payload, "AE", f"not stored, please resend: {type(exc).__name__}") for m in messages]
-        for (_m, future), ack in zip(batch, acks, strict=True):
-            if not future.done():
+        now = time.perf_counter()
+        for (_m, future, arrived), ack in zip(batch, acks, strict=True):
+            if not future.done():  # cancelled: its connection went away at shutdown
                 future.set_result(ack)
+                metrics.observe_ack(ack, now - arrived)
         self.stats.messages += len(batch)
         self.stats.batches += 1
 
@@ -510,11 +516,6 @@ class MllpListener:
 def _wake(waiting: asyncio.Future[None]) -> None:
     if not waiting.done():
         waiting.set_result(None)
-
-
-def _observe(done: asyncio.Future[bytes], arrived: float) -> None:
-    if not done.cancelled() and done.exception() is None:
-        metrics.observe_ack(done.result(), time.perf_counter() - arrived)
 
 
 class _Pace:
