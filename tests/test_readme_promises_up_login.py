@@ -18,16 +18,14 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from cgthub import partners
 from cgthub.settings import PROJECT_ROOT
-from tests.test_up_quiet_start import MARKER, START_TIMEOUT, _free_port, _healthy, _marked, _read
+from tests.test_up_quiet_start import START_TIMEOUT, _free_port, _healthy, _marked, _read, up_command
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,21 +36,10 @@ pytestmark = [
 def _up_until_healthy(tmp_path: Path, **extra_env: str) -> tuple[str, Path]:
     """Run `make up`'s command until the API server answers, stop it, return its output and home."""
     run = uuid.uuid4().hex
-    api_port, listener_port = _free_port(), _free_port()
-    home = tmp_path / "airflow"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CGTHUB_"))}
-    env |= {
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__API__PORT": str(api_port),
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "CGTHUB_VAR_DIR": str(tmp_path / "var"),
-        MARKER: run,
-        **extra_env,
-    }
-    command = [sys.executable, "-m", "cgthub.up", "--no-feed", "--listener-port", str(listener_port)]
-    for name in partners.sandboxes():
-        command += ["--sandbox-port", f"{name}={_free_port()}"]
+    api_port = _free_port()
+    command, env, _sandbox_ports = up_command(tmp_path, run, api_port)
+    env |= extra_env
+    home = Path(env["AIRFLOW_HOME"])
     output = tmp_path / "up.log"
     started = time.monotonic()
     with output.open("wb") as sink:

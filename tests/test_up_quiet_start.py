@@ -97,9 +97,11 @@ def _healthy(url: str) -> bool:
         return False
 
 
-def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everything_on_sigterm(tmp_path):
-    run = uuid.uuid4().hex
-    api_port, listener_port = _free_port(), _free_port()
+def up_command(tmp_path: Path, run: str, api_port: int) -> tuple[list[str], dict[str, str], dict[str, int]]:
+    """`python -m cgthub.up --no-feed` on free ports (API server, listener, sandboxes, log servers), its
+    own Airflow home and hub data under `tmp_path`, every process it starts marked with `run`:
+    the command, its environment and the sandboxes' ports."""
+    listener_port = _free_port()
     sandbox_ports = {name: _free_port() for name in partners.sandboxes()}
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "CGTHUB_"))}
     env.update(
@@ -116,6 +118,13 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
     command = [sys.executable, "-m", "cgthub.up", "--no-feed", "--listener-port", str(listener_port)]
     for name, port in sandbox_ports.items():
         command += ["--sandbox-port", f"{name}={port}"]
+    return command, env, sandbox_ports
+
+
+def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everything_on_sigterm(tmp_path):
+    run = uuid.uuid4().hex
+    api_port = _free_port()
+    command, env, sandbox_ports = up_command(tmp_path, run, api_port)
     output = tmp_path / "up.log"
     metadata = tmp_path / "airflow" / "airflow.db"
     health = f"http://127.0.0.1:{api_port}/api/v2/monitor/health"
