@@ -17,7 +17,7 @@ from cgthub.store import session_scope
 from cgthub.tables import LedgerEntry, Order
 from tests import api_server
 from tests.factories import T0, event, happy_path
-from tests.test_decisions import PASSWORD, _add_operator, _cli
+from tests.test_decisions import PASSWORD, _add_operator, _body, _cli
 
 api = api_server.api
 SIGN = ["--meaning", "approved", "--text", "QA assessed the deviation", "--password-stdin", "--signer", "qa.lead"]
@@ -70,13 +70,7 @@ def test_release_under_exception_over_the_api(api):
         decisions.add_operator(s, "qa.lead", PASSWORD, ["release_under_exception"])
     operator = api.client(api.key("operate"))
     reader = api.client(api.key("status:read"))
-    body = {
-        "signer": "qa.lead",
-        "password": PASSWORD,
-        "meaning": "approved",
-        "reason_code": "QA-EXCEPTION-APPROVED",
-        "reason_text": "QA assessed the deviation",
-    }
+    body = _body(meaning="approved", reason_code="QA-EXCEPTION-APPROVED", reason_text="QA assessed the deviation")
 
     not_operate = reader.post(f"/orders/{first}/release-under-exception", json=body)
     assert not_operate.status_code == 403
