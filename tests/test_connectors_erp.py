@@ -3,7 +3,7 @@
 import pytest
 from sqlalchemy import select
 
-from cgthub import ledger, quarantine
+from cgthub import archive, ledger, quarantine
 from cgthub.store import session_scope
 from cgthub.tables import Order, RawMessage
 from connectors.common import breaker
@@ -60,11 +60,13 @@ def test_create_pull_and_post_status_round_trip(db_url, monkeypatch):
 
 def test_soap_fault_becomes_a_typed_error():
     with SandboxServer(erp_sandbox.create_app()) as erp:
-        with pytest.raises(ErpFault, match=r"\(Client\): material MAT-NOPE does not exist") as caught:
+        with pytest.raises(ErpFault, match=r"ERP SOAP fault \(Client\)") as caught:
             _client(erp).create_sales_order("CRM-00009", "MAT-NOPE", "US10")
-        assert caught.value.code == "Client"
-        with pytest.raises(ErpFault, match="sales order SO-1 does not exist"):
+        assert caught.value.code == "Client" and caught.value.text.startswith("material MAT-NOPE does not exist")
+        assert "MAT-NOPE" not in str(caught.value)  # the ERP's free text stays out of the message
+        with pytest.raises(ErpFault) as caught:
             _client(erp).post_status("SO-1", "released", "k")
+        assert caught.value.text == "sales order SO-1 does not exist"
 
 
 def test_a_sales_order_for_an_unknown_crm_order_waits_in_quarantine(db_url, monkeypatch):
@@ -92,8 +94,9 @@ def test_material_and_batch_master_and_goods_movement_posting():
             "status": "RELEASED",
         }
         assert client.batch("LOT-1")["status"] == "RELEASED"
-        with pytest.raises(ErpFault, match="batch LOT-404 does not exist"):
+        with pytest.raises(ErpFault) as caught:
             client.batch("LOT-404")
+        assert caught.value.text == "batch LOT-404 does not exist"
         order = client.create_sales_order("CRM-00001", "MAT-CART19", "US10")
         payload = {
             "order_id": "ORD-1",
@@ -115,11 +118,14 @@ def test_a_soap_fault_on_a_read_is_archived_quarantined_and_counted(db_url, monk
     with SandboxServer(app) as erp:
         monkeypatch.setenv("AIRFLOW_CONN_ERP_SOAP", f"http://127.0.0.1:{erp.port}/erp/soap")
         report = sync.pull()
-    assert report.quarantined == 1 and any("posting period 2026/03 is closed" in e for e in report.errors)
+    assert report.quarantined == 1 and any("SOAP fault (Server)" in e for e in report.errors)
+    assert not any("posting period" in e for e in report.errors)  # the ERP's free text is not quoted
     with session_scope(db_url) as s:
         (entry,) = quarantine.list_entries(s)
         assert entry.kind == "goods_movement" and "SOAP fault (Server)" in entry.reason
+        assert "read it in the archived answer" in entry.reason and "posting period" not in entry.reason
         assert s.get(RawMessage, entry.raw_id).status == "quarantined"
+        assert b"posting period 2026/03 is closed" in archive.read(s, entry.raw_id)  # where to read it
 
 
 def test_a_backdated_sales_order_entered_after_a_pull_is_still_pulled(db_url, monkeypatch):

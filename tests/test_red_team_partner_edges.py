@@ -604,9 +604,6 @@ def test_an_erp_answer_with_a_dtd_or_entities_is_refused_or_kept_unexpanded(db_u
     assert "a" * 1000 not in reasons + ledger_text + lines.text
 
 
-@pytest.mark.xfail(
-    strict=True, reason="open: an ERP fault's text is the quarantine reason verbatim (see docs/red-team.md)"
-)
 def test_phi_in_an_erp_soap_fault_reaches_no_quarantine_reason(db_url):
     fault = f"patient {PATIENT[0]} ({PATIENT[1]}) has no sales order".encode()
     envelope = _soap(

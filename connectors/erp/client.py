@@ -31,11 +31,17 @@ _PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=Fals
 
 
 class ErpFault(PartnerError):
-    """The ERP refused the call with a SOAP fault; `code` is the fault code (Client or Server)."""
+    """The ERP refused the call with a SOAP fault; `code` is the fault code (Client or Server).
 
-    def __init__(self, code: str, message: str, raw: bytes | None = None) -> None:
-        super().__init__(f"ERP SOAP fault ({code}): {message}")
+    The fault's text is the ERP's free text and may name a patient, so it is kept on `text` (for the
+    caller that decides on it) and out of the message, which reaches logs, tracebacks, sync reports
+    and quarantine reasons; an operator reads it in the archived answer."""
+
+    def __init__(self, code: str, text: str, raw: bytes | None = None) -> None:
+        where = "read it in the archived answer" if raw is not None else "its text is not quoted"
+        super().__init__(f"ERP SOAP fault ({code}); {where} (a partner's free text may name a patient)")
         self.code = code
+        self.text = text
         self.raw = raw  # the fault envelope as received, for the archive
 
 
@@ -77,7 +83,8 @@ class ErpClient:
                     return response.content
                 return getattr(self.service, operation)(**kwargs)
             except Fault as fault:
-                raise ErpFault(str(fault.code or "Server").split(":")[-1], fault.message) from fault
+                # from None: a traceback would print zeep's Fault, the ERP's text with it.
+                raise ErpFault(str(fault.code or "Server").split(":")[-1], fault.message) from None
             except TransportError as exc:
                 raise PartnerError(f"erp: transport error {exc.status_code}") from exc
             except (DTDForbidden, EntitiesForbidden) as exc:

@@ -4,7 +4,8 @@ posts the hub's status to the order's sales order, creating the sales order firs
 has none for it (the ERP keys sales orders by the CRM order id, so that is idempotent too).
 
 A SOAP fault answer is yielded as a refused page: the hub archives and quarantines it with the
-fault's text, like any payload it cannot use, and the stream's watermark stays where it was.
+fault's code (its text stays in the archived answer: the ERP's free text may name a patient), like
+any payload it cannot use, and the stream's watermark stays where it was.
 """
 
 from __future__ import annotations
