@@ -52,8 +52,19 @@ async def sync_deadline_missed(dag_label: str, context: dict[str, Any] | None = 
     config = ops_config.get().notify
     url = config.effective_webhook()
     if url:
+        import asyncio
+
+        payload = {"source": "cgthub-airflow", "kind": "sync_deadline", "message": message}
+        # The status is all the triggerer needs: the answer's body is never read (a receiver may send one
+        # without end), and the whole call has one deadline (httpx times each read: a head dribbled a byte
+        # at a time would hold the triggerer's loop).
         async with httpx.AsyncClient(timeout=config.timeout_seconds) as client:
             try:
-                await client.post(url, json={"source": "cgthub-airflow", "kind": "sync_deadline", "message": message})
-            except httpx.HTTPError as error:
+                async with asyncio.timeout(config.timeout_seconds):
+                    async with client.stream("POST", url, json=payload) as response:
+                        status = response.status_code
+            except (httpx.HTTPError, TimeoutError) as error:
                 log.error("alert webhook unreachable (%s): %s", type(error).__name__, error)
+                return
+        if status >= 300:
+            log.error("alert webhook answered %s", status)

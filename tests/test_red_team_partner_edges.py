@@ -10,6 +10,8 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import requests
@@ -182,6 +184,33 @@ def test_an_alert_webhook_answering_an_endless_body_is_done_with_at_its_status(h
     started = time.monotonic()
     assert alert_delivery.post({"source": "cgthub", "kind": "test"}, config) == 200
     assert time.monotonic() - started < 5 and server.sent < 64 * 1024 * 1024
+
+
+def test_the_deadline_alert_callback_is_done_with_an_endless_or_dribbled_answer_at_its_deadline(hostile):
+    """Airflow's triggerer awaits cgthub.notifier.sync_deadline_missed: an alert receiver sending a body
+    without end, or its head a byte at a time, must not hold the triggerer's loop."""
+    import asyncio
+
+    from cgthub.notifier import sync_deadline_missed
+
+    def endless(conn: socket.socket) -> None:
+        flooding.send(conn, b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
+        while True:
+            flooding.send(conn, b"ok" * 32768)
+
+    def dribble(conn: socket.socket) -> None:
+        for byte in b"HTTP/1.1 200 OK\r\n" + b"X-Slow: 1\r\n" * 1000:  # each read is quick
+            dribbling.send(conn, bytes([byte]))
+            time.sleep(0.1)
+
+    flooding, dribbling = hostile(endless), hostile(dribble)
+    for server in (flooding, dribbling):
+        config = ops_config.Notify(webhook_url=f"http://127.0.0.1:{server.port}/page", timeout_seconds=1.5)
+        started = time.monotonic()
+        with patch.object(ops_config, "get", return_value=SimpleNamespace(notify=config)):
+            asyncio.run(sync_deadline_missed(dag_label="crm", context={"dag_run": {"run_id": "x"}}))
+        assert time.monotonic() - started < 6
+    assert flooding.sent < 64 * 1024 * 1024
 
 
 def test_a_webhook_target_that_dribbles_its_answer_is_cut_at_the_delivery_deadline(db_url, monkeypatch, hostile):
