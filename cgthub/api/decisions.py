@@ -85,10 +85,10 @@ def _sign(
         raise ApiError(404, "not_found", f"no such {subject.split(':', 1)[0]}") from exc
     except decisions.DecisionError as exc:
         message = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
-        raise ApiError(exc.status, exc.code, message, headers=_retry_after(exc)) from exc
+        raise ApiError(exc.status, exc.code, message, headers=retry_after_headers(exc)) from exc
 
 
-def _retry_after(exc: decisions.DecisionError) -> dict[str, str]:
+def retry_after_headers(exc: decisions.DecisionError) -> dict[str, str]:
     """A locked-out signer is told when to sign again; a hub whose release is not in force, to try later."""
     if isinstance(exc, decisions.SignerLocked):
         seconds = (exc.until - utcnow()).total_seconds()

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import booking, decisions, slots
 from cgthub.api.auth import Principal, Scope
+from cgthub.api.decisions import retry_after_headers
 from cgthub.api.deps import authorized, read_session
 from cgthub.api.errors import ERROR_RESPONSES, NOT_FOUND_RESPONSE, ApiError
 from cgthub.api.orders import OrderId, _visible
@@ -65,7 +66,8 @@ class BookingBody(Signature):
 
 def _error(exc: slots.SchedulingError | decisions.DecisionError) -> ApiError:
     message = f"{exc.message}; {exc.hint}" if exc.hint else exc.message
-    return ApiError(exc.status, exc.code, message)
+    headers = retry_after_headers(exc) if isinstance(exc, decisions.DecisionError) else {}
+    return ApiError(exc.status, exc.code, message, headers=headers)  # a locked-out signer is told when
 
 
 @router.get("/orders/{order_id}/slots", response_model=SlotsOut)
