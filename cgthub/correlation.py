@@ -157,6 +157,20 @@ class Correlation:
         return not self.conflicts
 
 
+def order_named(
+    owner: dict[Key, str], order_id: str | None, ref_keys: list[Key], identity_keys: list[Key]
+) -> str | None:
+    """The order `correlate` takes an event to, from its keys' owners: the one its references (and
+    its order id) name, else the one its identity keys name; None for none or several. Site
+    qualification judges an event by this order, so it judges the order the ledger applies it to."""
+    by_ref = {owner[k] for k in ref_keys if k in owner}
+    if order_id:
+        by_ref.add(order_id)
+    if not by_ref:
+        by_ref = {owner[k] for k in identity_keys if k in owner}
+    return by_ref.pop() if len(by_ref) == 1 else None
+
+
 def correlate(
     session: Session,
     event: CanonicalEvent,

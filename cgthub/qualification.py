@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
 from cgthub.bulk import rows_by_pairs
-from cgthub.correlation import Key, share_answers
+from cgthub.correlation import Key, order_named, share_answers
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
 from cgthub.quarantine import Stage
@@ -200,10 +200,13 @@ def judge_events(
     """The verdicts on the enrolments and hospital orders among `events`.
 
     An enrolment is judged for its own site and therapy. A hospital order (apheresis or infusion
-    ordered or booked) is judged for the site and therapy of the order it names; when that order is
-    not known yet, the sender's sites must be qualified for some therapy that day (the order's own
-    therapy was judged when it was enrolled). An event the ledger holds already was judged when it
-    first came: what it would be told now is left out (a resent page or message refuses nothing).
+    ordered or booked) is judged for the site and therapy of the order it names, found as the
+    ledger's correlation finds it (its references, else its identity keys such as the COI id: a
+    booking whose placer the hub never recorded is still its order's); when no order is known yet,
+    the sender's sites must be qualified for some therapy that day (the order's own therapy was
+    judged when it was enrolled; the event waits at stage correlate until then). An event the
+    ledger holds already was judged when it first came: what it would be told now is left out (a
+    resent page or message refuses nothing).
     """
     return judge_batch(session, registry, [(events, sender_sites)])[0]
 
@@ -217,11 +220,19 @@ def judge_batch(
     orders their references name (and one of their facts) for the whole batch, and one of the ledger,
     as the ledger preloads a batch. The verdicts come back per payload, in order."""
     wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
-    # Each hospital event's references, worked out once for the lookup and for its verdict.
-    references = {
-        id(e): e.reference_keys() for events in wanted for e in events if e.event_type is not EventType.ORDER_ENROLLED
+    # Each hospital event's references and identity keys, worked out once for the lookup and for its
+    # verdict: it is judged by the order correlation will take it to (`correlation.order_named`).
+    keys = {
+        id(e): (e.reference_keys(), e.identity_keys())
+        for events in wanted
+        for e in events
+        if e.event_type is not EventType.ORDER_ENROLLED
     }
-    named = _orders_named(session, [key for keys in references.values() for key in keys]) if references else {}
+    named = (
+        _orders_named(session, keys.values(), [e.order_id for es in wanted for e in es if e.order_id])
+        if keys
+        else _NONE_NAMED
+    )
     asked: dict[tuple[str, str | None, date], Verdict] = {}  # a batch asks the same few questions
 
     def ask(site: str, therapy: str | None, day: date) -> Verdict:
@@ -232,17 +243,18 @@ def judge_batch(
 
     out: list[list[Judged]] = []
     for events, (_all, senders) in zip(wanted, payloads, strict=True):
-        out.append(_judge(ask, events, named, references, sorted(set(senders))) if events else [])
+        out.append(_judge(ask, events, named, keys, sorted(set(senders))) if events else [])
     return _new_to_ledger(session, out)
 
 
 def _judge(
     ask: Callable[[str, str | None, date], Verdict],
     wanted: list[CanonicalEvent],
-    named: dict[tuple[str, str], tuple[str, str | None, str | None]],
-    references: dict[int, list[tuple[str, str]]],
+    named: _Named,
+    keys: dict[int, tuple[list[Key], list[Key]]],
     speakers: list[str],
 ) -> list[Judged]:
+    owner, facts = named
     out: list[Judged] = []
     for event in wanted:
         day = event.occurred_at.date()  # the day it happened, in the time zone it was given in
@@ -250,10 +262,10 @@ def _judge(
             assert event.order is not None and event.order.site and event.order.therapy
             out.append(Judged(event, ask(event.order.site, event.order.therapy, day)))
             continue
-        owners = {named[key] for key in references[id(event)] if key in named} if named else set()
-        order = owners.pop() if len(owners) == 1 else None
-        if order is not None and order[1]:
-            out.append(Judged(event, ask(order[1], order[2], day), order[0]))
+        target = order_named(owner, event.order_id, *keys[id(event)]) if owner or event.order_id else None
+        order = facts.get(target) if target is not None else None
+        if order is not None and order[0]:
+            out.append(Judged(event, ask(order[0], order[1], day), target))
             continue
         verdicts = [ask(site, None, day) for site in speakers]
         good = next((v for v in verdicts if v.qualified), None)
@@ -278,26 +290,34 @@ _ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(
 _ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where(_ORDERS.c.id == bindparam("id"))
 
 
-def _orders_named(session: Session, keys: Sequence[Key]) -> dict[Key, tuple[str, str | None, str | None]]:
-    """(order id, site, therapy) of the orders these references (kind, value) find, by reference.
+# Each key's order (keys that find none left out), and each such order's (site, therapy).
+_Named = tuple[dict[Key, str], dict[str, tuple[str | None, str | None]]]
+_NONE_NAMED: _Named = ({}, {})
+
+
+def _orders_named(
+    session: Session, keys: Iterable[tuple[list[Key], list[Key]]], order_ids: Iterable[str] = ()
+) -> _Named:
+    """The orders the events' (reference keys, identity keys) find, and the site and therapy of
+    those and of the orders the events name by id: one lookup of each table for the batch.
 
     What it read (each key's owner or none, each order's site) is left for the ledger's correlation
     of the same batch (`correlation.share_answers`), which would otherwise read it again."""
-    answered: dict[Key, str | None] = dict.fromkeys(keys)
-    found = rows_by_pairs(session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", keys)
+    answered: dict[Key, str | None] = {key: None for refs, ids in keys for key in (*refs, *ids)}
+    found = rows_by_pairs(session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", answered)
     answered.update(((kind, value), order_id) for kind, value, order_id in found)
-    owner = {key: order_id for key in keys if (order_id := answered[key]) is not None}
-    if not owner:
+    owner = {key: order_id for key, order_id in answered.items() if order_id is not None}
+    ids = sorted({*owner.values(), *order_ids})
+    if not ids:
         share_answers(session, answered, {})
-        return {}
-    ids = sorted(set(owner.values()))
+        return _NONE_NAMED
     if len(ids) == 1:  # the usual case: one message, one order (a plain equality is the cheaper statement)
         rows = session.connection().execute(_ONE_ORDER_FACTS, {"id": ids[0]})
     else:
         rows = session.connection().execute(_ORDER_FACTS, {"ids": ids})
-    orders = {order_id: (order_id, site, therapy) for order_id, site, therapy in rows}
-    share_answers(session, answered, {order_id: site for order_id, site, _therapy in orders.values()})
-    return {key: orders[order_id] for key, order_id in owner.items() if order_id in orders}
+    facts = {order_id: (site, therapy) for order_id, site, therapy in rows}
+    share_answers(session, answered, {order_id: site for order_id, (site, _therapy) in facts.items()})
+    return owner, facts
 
 
 def _new_to_ledger(session: Session, judged: list[list[Judged]]) -> list[list[Judged]]:

@@ -8,13 +8,12 @@ and PostgreSQL: a booking of apheresis (SIU^S12) and an order of infusion (ORM, 
 naming an order whose site's qualification ended the day before; each answered AE 103,
 quarantined at stage `qualify`, and the order left as it was.
 
-The booking is not refused today (6 December): cgthub.qualification judges a hospital event by the
-order its references (placer, CRM id) name; a booking whose placer the hub has not seen (a new
+Before 6 December the booking was not refused: cgthub.qualification judged a hospital event by the
+order its references (placer, CRM id) name, and a booking whose placer the hub had not seen (a new
 appointment, or one whose order message was itself refused at qualify, so its placer was never
-recorded) falls back to "the sender's sites qualified for some therapy that day", while the ledger
-then finds the order by its COI id and applies the booking to it. Those cases are strict xfails, left
-to cgthub/qualification.py's owner: once the judge also finds the order by its identity keys they
-pass, and strict turns that into a failure that asks for the marks to go.
+recorded) fell back to "the sender's sites qualified for some therapy that day", while the ledger
+then found the order by its COI id and applied the booking to it. The judge now finds the order as
+correlation does (`correlation.order_named`: references, else identity keys).
 """
 
 from __future__ import annotations
@@ -50,14 +49,6 @@ INFUSION = (
 ).encode()
 
 
-NOT_JUDGED = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="false, left to owner: a booking whose placer the hub has not seen is judged by the sender's "
-    "sites (qualified for some therapy), then applied to the order its COI id finds (cgthub/qualification.py)",
-)
-
-
 def _refused_at_qualify(db_url: str, ack: bytes, stages: list[str]) -> None:
     assert ack_code(ack) == "AE" and b"103^Table value not found" in ack, ack
     assert b"not qualified for CART-19 on 2026-03-03" in ack and b"Doe" not in ack
@@ -68,7 +59,7 @@ def _refused_at_qualify(db_url: str, ack: bytes, stages: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "message",
-    [INFUSION, pytest.param(BOOKING, marks=NOT_JUDGED)],
+    [INFUSION, BOOKING],
     ids=["order of infusion", "booking of apheresis"],
 )
 def test_a_hospital_booking_or_infusion_order_from_a_site_no_longer_qualified_is_refused(
@@ -83,7 +74,6 @@ def test_a_hospital_booking_or_infusion_order_from_a_site_no_longer_qualified_is
     _refused_at_qualify(db_url, ack, ["qualify"])
 
 
-@NOT_JUDGED
 def test_a_booking_after_its_refused_order_is_refused_too(
     db_url,
     monkeypatch,
