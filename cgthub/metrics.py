@@ -27,7 +27,6 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_lat
 from prometheus_client import metrics as prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 from sqlalchemy import func, select
 
 from cgthub import health, heartbeat
@@ -44,6 +43,8 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 HL7_RECEIVED = Counter("cgthub_hl7_messages_received", "HL7 v2 messages received over MLLP (whole frames)")
 ACK_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 _ACK_CODES = ("AA", "AE", "AR")
+# The buckets' `le` labels as the library writes them (its floatToGoString: repr for these bounds).
+_ACK_LE = (*(repr(bound) for bound in ACK_LATENCY_BUCKETS), "+Inf")
 
 
 def ack_code(ack: bytes) -> str:
@@ -102,9 +103,9 @@ class AckTally(Collector):
             "histogram",
         )
         seen = 0.0
-        for bound, count in zip((*ACK_LATENCY_BUCKETS, float("inf")), buckets, strict=True):
+        for le, count in zip(_ACK_LE, buckets, strict=True):
             seen += count
-            latency.add_sample(latency.name + "_bucket", {"le": floatToGoString(bound)}, seen)
+            latency.add_sample(latency.name + "_bucket", {"le": le}, seen)
         latency.add_sample(latency.name + "_count", {}, seen)
         latency.add_sample(latency.name + "_sum", {}, total)
         if created_series:
