@@ -448,9 +448,9 @@ class MllpListener:
             # alternating batches (1 and n-1, or n/2 and n/2), each paying a commit's fixed cost;
             # senders on a schedule of their own (most hospital interfaces) are not waited for,
             # which would only add the window to every ACK.
-            # The committer sleeps while the group is open and is woken once, when the last awaited
-            # connection's message came or the window passed (`_close_group_if_complete`), not once
-            # for every message that came meanwhile.
+            # The committer sleeps while the group is open: `_close_group_if_complete` wakes it when
+            # the group has all it waits for, and a timer at the window's end (set again when
+            # messages came meanwhile), not once for every message that comes.
             started = loop.time()
             latest = started + max(self.batch_window, self._last_commit)
             while True:
