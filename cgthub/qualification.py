@@ -217,8 +217,10 @@ def judge_batch(
     payloads: Sequence[tuple[Sequence[CanonicalEvent], Iterable[str]]],
 ) -> list[list[Judged]]:
     """`judge_events` for each (events, sender sites) of a batch of payloads, with one lookup of the
-    orders their references name (and one of their facts) for the whole batch, and one of the ledger,
-    as the ledger preloads a batch. The verdicts come back per payload, in order."""
+    orders their references and identity keys name (and one of their facts) for the whole batch, and
+    one of the ledger, as the ledger preloads a batch. The verdicts come back per payload, in order.
+    The keys an event judged with an order and passed teaches the ledger find that order for the
+    events after it, as they will in the ledger's pass over the batch."""
     wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
     # Each hospital event's references and identity keys, worked out once for the lookup and for its
     # verdict: it is judged by the order correlation will take it to (`correlation.order_named`).
@@ -231,7 +233,7 @@ def judge_batch(
     named = (
         _orders_named(session, keys.values(), [e.order_id for es in wanted for e in es if e.order_id])
         if keys
-        else _NONE_NAMED
+        else ({}, {})
     )
     asked: dict[tuple[str, str | None, date], Verdict] = {}  # a batch asks the same few questions
 
@@ -262,23 +264,40 @@ def _judge(
             assert event.order is not None and event.order.site and event.order.therapy
             out.append(Judged(event, ask(event.order.site, event.order.therapy, day)))
             continue
-        target = order_named(owner, event.order_id, *keys[id(event)]) if owner or event.order_id else None
+        refs, ids = keys[id(event)]
+        target = order_named(owner, event.order_id, refs, ids) if owner or event.order_id else None
         order = facts.get(target) if target is not None else None
-        if order is not None and order[0]:
-            out.append(Judged(event, ask(order[0], order[1], day), target))
-            continue
-        verdicts = [ask(site, None, day) for site in speakers]
-        good = next((v for v in verdicts if v.qualified), None)
-        if good is not None:
-            out.append(Judged(event, good))
-        elif verdicts:
-            reason = (
-                f"no site the sender speaks for ({', '.join(speakers)}) is qualified for any therapy on {day}"
-                if len(verdicts) > 1
-                else verdicts[0].reason
-            )
-            out.append(Judged(event, Verdict(speakers[0], None, day, False, reason)))
+        if target is None or order is None:
+            judged = _by_senders(ask, event, day, speakers)
+        else:
+            site, therapy = order
+            judged = Judged(event, ask(site, therapy, day), target) if site else _by_senders(ask, event, day, speakers)
+            if judged is None or judged.verdict.qualified:
+                # The ledger registers the keys of the event it applies that it did not know, to its
+                # order: a later event of the batch may name the order by them only (a new placer).
+                for key in (*refs, *ids):
+                    owner.setdefault(key, target)
+        if judged is not None:
+            out.append(judged)
     return out
+
+
+def _by_senders(
+    ask: Callable[[str, str | None, date], Verdict], event: CanonicalEvent, day: date, speakers: list[str]
+) -> Judged | None:
+    """No order known (or none with a site): the sender's sites must be qualified for some therapy."""
+    verdicts = [ask(site, None, day) for site in speakers]
+    good = next((v for v in verdicts if v.qualified), None)
+    if good is not None:
+        return Judged(event, good)
+    if not verdicts:
+        return None
+    reason = (
+        f"no site the sender speaks for ({', '.join(speakers)}) is qualified for any therapy on {day}"
+        if len(verdicts) > 1
+        else verdicts[0].reason
+    )
+    return Judged(event, Verdict(speakers[0], None, day, False, reason))
 
 
 _ORDERS = Order.__table__
@@ -292,7 +311,6 @@ _ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where
 
 # Each key's order (keys that find none left out), and each such order's (site, therapy).
 _Named = tuple[dict[Key, str], dict[str, tuple[str | None, str | None]]]
-_NONE_NAMED: _Named = ({}, {})
 
 
 def _orders_named(
@@ -310,7 +328,7 @@ def _orders_named(
     ids = sorted({*owner.values(), *order_ids})
     if not ids:
         share_answers(session, answered, {})
-        return _NONE_NAMED
+        return owner, {}
     if len(ids) == 1:  # the usual case: one message, one order (a plain equality is the cheaper statement)
         rows = session.connection().execute(_ONE_ORDER_FACTS, {"id": ids[0]})
     else:

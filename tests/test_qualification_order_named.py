@@ -160,3 +160,32 @@ def test_a_batch_is_judged_with_one_lookup_of_order_keys_and_one_of_orders(
     assert {("coi_id", coi(3)), ("coi_id", coi(4)), ("crm_order_id", "CRM-00003")} <= asked
     facts = [s for s in statements if s.startswith("SELECT orders.id, orders.site, orders.therapy FROM orders")]
     assert len(facts) == 1, statements
+
+
+@pytest.mark.parametrize("first_day", [T0, DAY_AFTER], ids=["order passes", "order refused"])
+def test_a_booking_naming_a_placer_first_sent_earlier_in_its_batch_is_judged_by_that_order(
+    db_url,
+    config_dir: Path,  # noqa: F811
+    first_day,
+):
+    """The hospital orders with a new placer and the COI id (on the last day of the qualification, or
+    the day after), then books by the placer alone, in one batch: the ledger takes the booking to the
+    order the placer was registered to when the order message passed, and to none when it was refused."""
+    registry = _registry(config_dir)
+    orders = _enrol(db_url)
+    ordered = _booking("order", ExternalRefs(hospital_placer_order="PL-NEW"), coi(3))
+    ordered = ordered.model_copy(update={"occurred_at": first_day})
+    booked = _booking("by placer", ExternalRefs(hospital_placer_order="PL-NEW"))
+    with session_scope(db_url) as s:
+        (first,), (second,) = qualification.judge_batch(
+            s, registry, [([ordered], ["US-SITE-1"]), ([booked], ["US-SITE-1"])]
+        )
+    assert first.order_id == orders[3] and first.verdict.qualified is (first_day == T0)
+    with session_scope(db_url) as s:
+        if first.verdict.qualified:
+            ledger.append(s, ordered)
+        assert second.order_id == correlate(s, booked).order_id
+    if first.verdict.qualified:  # its order's CART-19, ended the day before
+        assert (second.order_id, second.verdict.therapy, second.verdict.qualified) == (orders[3], "CART-19", False)
+    else:  # no order yet: the sender's sites, qualified for CART-BCMA; it waits at correlate
+        assert (second.order_id, second.verdict.therapy, second.verdict.qualified) == (None, None, True)
