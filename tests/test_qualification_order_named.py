@@ -7,14 +7,10 @@ therapy that day), as README's "no order yet (correlate)" says, and waits at sta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event as sa_event
-from sqlalchemy.engine import Engine
 
 from cgthub import ledger, qualification, sites
 from cgthub.bulk import rows_by_pairs
@@ -24,6 +20,7 @@ from cgthub.model import CanonicalEvent, EventType, ExternalRefs, PatientRef, So
 from cgthub.store import session_scope
 from tests.factories import T0, coi, enrolment, event
 from tests.test_qualification import _edit
+from tests.test_shared_lookups import _statements
 from tests.test_sites import config_dir  # noqa: F401  (fixture: an editable copy of config/)
 
 DAY_AFTER = T0 + timedelta(days=1)  # 2026-03-03: US-SITE-1's CART-19 qualification ended the day before
@@ -112,20 +109,6 @@ def test_a_booking_no_order_matches_from_a_sender_qualified_for_nothing_that_day
         (judged,) = qualification.judge_events(s, registry, [early], sender_sites=["US-SITE-1"])
     assert judged.order_id is None and not judged.verdict.qualified
     assert judged.verdict.reason.startswith("site US-SITE-1 is not qualified for any therapy on 2025-01-26")
-
-
-@contextmanager
-def _statements() -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def record(_conn, _cursor, statement, _params, _context, _many):  # type: ignore[no-untyped-def]
-        seen.append(" ".join(statement.split()))
-
-    sa_event.listen(Engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        sa_event.remove(Engine, "before_cursor_execute", record)
 
 
 def test_a_batch_is_judged_with_one_lookup_of_order_keys_and_one_of_orders(
