@@ -163,12 +163,22 @@ def order_named(
     """The order `correlate` takes an event to, from its keys' owners: the one its references (and
     its order id) name, else the one its identity keys name; None for none or several. Site
     qualification judges an event by this order, so it judges the order the ledger applies it to."""
-    by_ref = {owner[k] for k in ref_keys if k in owner}
-    if order_id:
-        by_ref.add(order_id)
-    if not by_ref:
-        by_ref = {owner[k] for k in identity_keys if k in owner}
-    return by_ref.pop() if len(by_ref) == 1 else None
+    found = _one_owner(owner, ref_keys, order_id or None)
+    if found is None:
+        found = _one_owner(owner, identity_keys, None)
+    return found or None
+
+
+def _one_owner(owner: dict[Key, str], keys: list[Key], found: str | None) -> str | None:
+    """The one order these keys (and `found`) name; None: none; "": several. A loop, not sets: it
+    runs for every hospital event, where sets cost about 1.7 times as many instructions."""
+    for key in keys:
+        owned = owner.get(key)
+        if owned is not None and owned != found:
+            if found is not None:
+                return ""
+            found = owned
+    return found
 
 
 def correlate(
