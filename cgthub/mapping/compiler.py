@@ -373,6 +373,10 @@ class CompiledMapping:
             ) from exc
         except (ValueError, etree.XMLSyntaxError, UnicodeDecodeError) as exc:
             raise PayloadRejected(Stage.PARSE, f"{self.mapping_id}: cannot parse the {fmt} payload: {exc}") from exc
+        except RecursionError as exc:  # a document nested deeper than the parser's stack: the sender's to fix
+            raise PayloadRejected(
+                Stage.PARSE, f"{self.mapping_id}: cannot parse the {fmt} payload: it is nested too deep"
+            ) from exc
 
     def _split(self, data: Any) -> list[Any]:
         """A parsed JSON or XML document's records (raises ValueError where it has none)."""
@@ -570,11 +574,18 @@ _PROVENANCE_SET = frozenset(_PROVENANCE_FIELDS)
 
 def _load_json(payload: bytes) -> Any:
     """orjson (about four times the standard library's speed); what it refuses goes through `json`,
-    which parses what it can (NaN, integers beyond 64 bits) and words the error as before."""
+    which parses what it can (NaN, integers beyond 64 bits) and words the error as before. A document
+    nested past orjson's depth limit is refused as it is: `json` would recurse into it until Python's
+    own limit (a RecursionError, which read as a mapping's fault) or the stack's."""
     try:
         return orjson.loads(payload)
-    except orjson.JSONDecodeError:
+    except orjson.JSONDecodeError as exc:
+        if str(exc).startswith("depth limit exceeded"):
+            raise ValueError(f"the JSON is nested deeper than the hub reads ({_JSON_DEPTH:,} levels)") from None
         return json.loads(payload)
+
+
+_JSON_DEPTH = 1024  # orjson's depth limit (arrays and objects)
 
 
 def _has_parent(data: Any, expression: str) -> bool:
