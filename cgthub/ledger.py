@@ -42,7 +42,10 @@ _MAX_ATTEMPTS = 5
 _CHUNK = 400
 _ENTRIES = LedgerEntry.__table__
 _DONE_COLUMNS = ("source_system", "source_event_id", "order_id", "id", "seq", "body")
-_INSERT_ORDERS = BulkWrite(insert(Order.__table__))
+# A new order's projection goes in with its row (`projection.new_order_rows`), as the refresh binds it.
+_INSERT_ORDERS = BulkWrite(
+    insert(Order.__table__).values(projection=bindparam("projection", type_=projection.Document()))
+)
 _INSERT_KEYS = BulkWrite(insert(OrderKey.__table__))
 _INSERT_ENTRIES = BulkWrite(insert(_ENTRIES))
 _WAITING = WaitingKey.__table__
@@ -110,7 +113,10 @@ def lock_heads(session: Session, order_ids: Iterable[str]) -> dict[str, projecti
 
 
 def _refresh_projections(
-    session: Session, heads: dict[str, projection.OrderHead], new_events: dict[str, list[CanonicalEvent]]
+    session: Session,
+    heads: dict[str, projection.OrderHead],
+    new_events: dict[str, list[CanonicalEvent]],
+    now: datetime | None = None,
 ) -> None:
     """Hand the projection the new events of each touched order, and the whole chain of an order
     whose new events it cannot fold onto what it stored."""
@@ -119,7 +125,7 @@ def _refresh_projections(
         for order_id, new in new_events.items()
         if projection.needs_history(heads[order_id], new)
     }
-    projection.refresh_many(session, heads, new_events, histories)
+    projection.refresh_many(session, heads, new_events, histories, now)
 
 
 def append(session: Session, event: CanonicalEvent) -> AppendResult:
@@ -148,7 +154,7 @@ def append_many(session: Session, events: Sequence[CanonicalEvent]) -> list[Appe
             # Another writer created the order, a key or this very event first: look again.
             if attempt == _MAX_ATTEMPTS - 1:
                 raise
-    _refresh_projections(session, writer.orders, writer.touched)
+    _refresh_projections(session, writer.orders, writer.touched, writer.refreshed_at)
     if writer.key_rows:
         _release_waiting(session, [(row["kind"], row["value"]) for row in writer.key_rows])
     return results
@@ -203,6 +209,7 @@ class _BatchWriter:
         self.recorded_at = utcnow()  # one moment for the batch: its entries are recorded by one commit
         self.recorded_text = self.recorded_at.isoformat()
         self.seal_base: Any = None  # the ledger key's keyed state, made when the first entry is sealed
+        self.refreshed_at: datetime | None = None  # the refresh's moment, when new orders went in with it
 
     def run(self, events: Sequence[CanonicalEvent]) -> list[AppendResult]:
         keys = self._preload(events)
@@ -326,9 +333,18 @@ class _BatchWriter:
 
     def _write_rows(self) -> None:
         # Plain multi-row INSERTs: no RETURNING, which SQLite would answer one row at a time.
-        # New orders first: keys and entries refer to them. Their heads are written by the refresh.
+        # New orders first: keys and entries refer to them. They go in with their projection and
+        # chain head (`projection.new_order_rows`); the refresh writes the heads of the others.
         self.session.flush()
         connection = self.session.connection()
+        if self.new_orders:  # inserted with their projection: the refresh then updates none of them
+            self.refreshed_at = utcnow()
+            heads = [self.orders[row["id"]] for row in self.new_orders]
+            refreshed = projection.new_order_rows(
+                heads, self.touched, self.refreshed_at, connection.dialect.name == "sqlite"
+            )
+            for row, values in zip(self.new_orders, refreshed, strict=True):
+                row.update(values)
         _INSERT_ORDERS.run(connection, self.new_orders)
         _INSERT_KEYS.run(connection, self.key_rows)
         _INSERT_ENTRIES.run(connection, self.entry_rows)
