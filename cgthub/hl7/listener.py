@@ -27,6 +27,14 @@ frames of a few bytes each, every one answered with about 200) queues no more th
 another sender's message, and its ACKs back up only that far. Memory freed by a burst of large
 frames is handed back to the operating system.
 
+Each connection is an `asyncio.Protocol` (`_Connection`, 6 December): the transport hands its bytes
+to `data_received`, which feeds the frame decoder at once, where a task awaiting each read of an
+asyncio stream paid a future, a task switch and a timeout's timer for every message. One timer a
+connection keeps both deadlines, set again only when a deadline comes sooner than it or when it
+goes off early. The committer writes the ACKs of a group it has committed; the connections read on
+in one callback after it, once it has waited for its next message, so the sockets are polled
+between two commits and senders that pipeline cannot have every commit to themselves.
+
 The transaction runs on the event loop's own thread. Senders that wait for their ACKs have nothing
 to send meanwhile, so a worker thread would overlap little, and handing the batch to one and the
 result back cost about a quarter of a millisecond per group commit (`bench/hl7_bench.py`, 8 senders).
@@ -47,6 +55,7 @@ import ctypes.util
 import gc
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -71,8 +80,9 @@ TRIM_AFTER_FREEING = 8 * MEBIBYTE  # bytes released since the last trim before m
 WARNING_INTERVAL = 10.0  # seconds between two warnings of one kind: a flood is not logged line by line
 
 
-# A message awaiting its group commit: what came, its ACK to come, and when it came (perf_counter).
-_Queued = tuple[inbound.Received, asyncio.Future[bytes], float]
+# A message awaiting its group commit: what came, the turn its ACK goes to and its place there, and
+# when it came (perf_counter).
+_Queued = tuple[inbound.Received, "_Turn", int, float]
 
 
 @dataclass
@@ -180,18 +190,17 @@ class MllpListener:
         self._last_arrival = 0.0  # when (loop time) the last message came, on any connection
         self._group_waiting: asyncio.Future[None] | None = None  # the committer's, while a group is open
         self._group_room = 0  # messages the open group can still take
+        self._committed: list[_Turn] = []  # turns the last group commit completed, answered after it
 
     async def start(self) -> tuple[str, int]:
         _warm(self.apply)
         _freeze_warm_up()
         self._committer = asyncio.create_task(self._commit_loop())
-        # The stream's own buffer is read as it fills, so a small limit (reading pauses at twice it)
-        # keeps what waits there, beyond the listener's accounting, small while an ACK is awaited.
         # Room in the kernel's queue for every connection the listener would serve, arriving at once (a
         # restart or failover: all senders reconnect): asyncio's default of 100 dropped the others'
         # handshakes, and each such sender waited a second for its retry before its first message.
-        self._server = await asyncio.start_server(
-            self._connection, self.host, self.port, limit=READ_SIZE, backlog=max(100, self.max_connections)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(self), self.host, self.port, backlog=max(100, self.max_connections)
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("MLLP listener on %s:%s (%s)", self.host, self.port, "apply" if self.apply else "archive only")
@@ -217,130 +226,63 @@ class MllpListener:
         await asyncio.gather(*self._connections, return_exceptions=True)
 
     # connections -------------------------------------------------------------------------------
-    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _connection(self, connection: _Connection) -> None:
+        """A connection's life, admitted or refused as it arrives; its bytes are read by `_Connection`'s
+        callbacks meanwhile, not by this task (which holds its per-address count and awaits its end)."""
         if len(self._connections) >= self.max_connections:
-            self._refuse(writer)
+            self._refuse(connection.transport)
             return
-        if not self.per_address.admit(writer):  # its address has its cap open: closed, logged, counted
+        if not self.per_address.admit(connection.writer()):  # its address has its cap open: closed, logged, counted
             return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
         self.stats.connections += 1
-        held = _Held(self)
         pace = _Pace(asyncio.get_running_loop().time(), self._busy)
         self._awaited.add(pace)  # a new connection is waited for, as one that answers at once
         try:
-            await self._serve(reader, writer, held, pace)
-        except (ConnectionError, asyncio.CancelledError):
+            connection.open(pace)
+            await connection.ended
+        except asyncio.CancelledError:
             pass
         finally:
+            connection.end()  # at shutdown: what it still awaits is not answered
             self._awaited.discard(pace)
             self._close_group_if_complete()  # it may have been the last one the open group waited for
-            held.set(0)
+            connection.held.set(0)
             self._connections.discard(task)
-            writer.close()
+            connection.transport.close()
             with contextlib.suppress(ConnectionError, asyncio.CancelledError):
-                await writer.wait_closed()
+                await connection.closed
             self._return_freed_memory()
 
-    async def _serve(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, held: _Held, pace: _Pace
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        decoder = FrameDecoder(self.max_message_bytes)
-        idle_since = loop.time()  # the connection opened or its last frame was answered
-        frame_began: float | None = None  # when the frame now under way sent its start block
-        while True:
-            if frame_began is None:
-                deadline = idle_since + self.idle_timeout
-            else:
-                deadline = frame_began + self.frame_timeout
-            try:
-                async with asyncio.timeout_at(deadline):  # no task per read, as wait_for makes
-                    data = await reader.read(READ_SIZE)
-            except TimeoutError:
-                if frame_began is None:
-                    self.stats.idle_closed += 1
-                else:
-                    self.stats.frame_deadline_closed += 1
-                    self._warn_frame_deadline(self.frame_timeout)
-                break
-            if not data:
-                break
-            resumed = loop.time()
-            if self.buffered_bytes + len(data) > self.max_buffered_bytes:
-                self.stats.buffer_cap_closed += 1
-                self._warn_buffer_cap(self.buffered_bytes, self.max_buffered_bytes)
-                return  # what it sent of an unfinished frame is dropped: it was never acknowledged
-            held.set(held.bytes + len(data))
-            while True:  # the frames this read completed, at most `max_in_flight` at a time
-                pending, waiting = self._read_frames(decoder, data)
-                data = b""
-                held.set(decoder.pending + waiting)
-                if not pending:
-                    if decoder.in_frame and frame_began is None:
-                        frame_began = loop.time()
-                    self._busy += loop.time() - resumed
-                    break
-                self._arrived(pace, resumed)
-                self._busy += loop.time() - resumed
-                acks = [await future for future in pending]
-                resumed = loop.time()
-                for ack in acks:
-                    writer.write(frame(ack))
-                del acks
-                answered = loop.time()
-                self._busy += answered - resumed
-                self._answered(pace, answered)
-                if writer.transport.get_write_buffer_size():  # the socket did not take them all at once
-                    try:
-                        async with asyncio.timeout(self.idle_timeout):  # a sender that never reads its ACKs
-                            await writer.drain()
-                    except TimeoutError:
-                        self.stats.idle_closed += 1
-                        return
-                held.set(decoder.pending)
-                idle_since = loop.time()
-                frame_began = idle_since if decoder.in_frame else None
-                if len(pending) < self.max_in_flight:
-                    break
-                resumed = loop.time()  # more frames of this read wait in the decoder: the next turn
-        leftover = decoder.unfinished()
-        if leftover is not None and leftover.payload.strip():
-            # The sender went away or ran out of time mid-frame: nothing can be answered, but what came is kept.
-            self.stats.rejected_frames += 1
-            reason = f"the connection ended {leftover.size} bytes into a frame that never closed"
-            held.set(len(leftover.payload))
-            await self._submit(self._unreadable(leftover.payload, reason))
-
-    def _read_frames(self, decoder: FrameDecoder, data: bytes) -> tuple[list[asyncio.Future[bytes]], int]:
-        """The ACK to come for each frame `data` completes, and the bytes of those that await a commit."""
-        pending: list[asyncio.Future[bytes]] = []
+    def _read_frames(self, decoder: FrameDecoder, data: bytes) -> tuple[_Turn | None, int]:
+        """The turn of the frames `data` completes (None if it completes none), at most `max_in_flight`
+        of them, and the bytes of those that await a commit."""
+        turn = _Turn()
+        acks = turn.acks
         waiting = 0
         for message in decoder.feed(data):
             if isinstance(message, Truncated) and message.payload.strip():
                 self.stats.rejected_frames += 1
                 reason = f"frame cut short by a new start block after {message.size} bytes; resend it"
-                pending.append(self._submit(self._unreadable(message.payload, reason)))
+                self._submit(self._unreadable(message.payload, reason), turn)
                 waiting += len(message.payload)
             elif isinstance(message, Oversized | Truncated):
                 # Too large to keep (the limit protects the hub) or empty: answered, not archived.
                 self.stats.rejected_frames += 1
-                done: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
                 if isinstance(message, Oversized):
                     rejection = Rejection.TOO_LARGE  # ERR-3 207, as the README's ACK table says
                     reason = f"message of {message.size} bytes exceeds the limit of {message.limit} bytes"
                 else:
                     rejection, reason = Rejection.UNREADABLE, "empty frame cut short by a new start block"
-                done.set_result(answer(None, rejection, reason))
-                pending.append(done)
+                acks.append(answer(None, rejection, reason))
             else:
-                pending.append(self._submit(inbound.read(message)))
+                self._submit(inbound.read(message), turn)
                 waiting += len(message)
-            if len(pending) >= self.max_in_flight:
+            if len(acks) >= self.max_in_flight:
                 break  # the rest stays in the decoder, held and counted, for this connection's next turn
-        return pending, waiting
+        return (turn if acks else None), waiting
 
     def _arrived(self, pace: _Pace, now: float) -> None:
         """A message came on this connection: it is no longer waited for, and whether it came
@@ -382,9 +324,9 @@ class MllpListener:
             pace.quick = False
         self._awaited.clear()
 
-    def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    def _refuse(self, transport: asyncio.Transport) -> None:
         """Close a connection over `max_connections` at once."""
-        writer.transport.abort()
+        transport.abort()
         self.stats.refused_connections += 1
         self._warn_refused(len(self._connections), self.max_connections)
 
@@ -406,13 +348,15 @@ class MllpListener:
         """A broken frame, to be archived and quarantined with `reason` like any unreadable message."""
         return inbound.Received(payload, inbound.UNPARSEABLE, None, reason)
 
-    def _submit(self, message: inbound.Received) -> asyncio.Future[bytes]:
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    def _submit(self, message: inbound.Received, turn: _Turn) -> None:
+        """Queue `message` for the group commit; its ACK goes to the next place in `turn`."""
         metrics.HL7_RECEIVED.inc()
+        index = len(turn.acks)
+        turn.acks.append(b"")
+        turn.remaining += 1
         # When it came, for its ACK's latency, observed as the ACK is set (not by a done-callback, a
         # task of the loop's of its own for every message).
-        self._queue.put_nowait((message, future, time.perf_counter()))
-        return future
+        self._queue.put_nowait((message, turn, index, time.perf_counter()))
 
     def health(self) -> tuple[bool, dict[str, object]]:
         """(ready, state) for the listener's HTTP port: ready while it accepts and its database answers."""
@@ -466,6 +410,7 @@ class MllpListener:
             self._commit_and_answer(batch)
             self._last_commit = loop.time() - began
             self._busy += self._last_commit
+            self._answer_committed()
             # Nothing of this batch stays referenced while the next is awaited: its frames may be large.
             del first, batch
 
@@ -492,19 +437,33 @@ class MllpListener:
             self._group_waiting = None
 
     def _commit_and_answer(self, batch: list[_Queued]) -> None:
-        messages = [m for m, _f, _at in batch]
+        messages = [m for m, _t, _i, _at in batch]
         try:
             acks = self._commit(messages)
         except Exception as exc:  # the transaction failed: nothing is committed, so nothing is ACKed AA
             log.exception("MLLP batch of %d failed to commit", len(batch))
             acks = [build_ack(m.payload, "AE", f"not stored, please resend: {type(exc).__name__}") for m in messages]
         now = time.perf_counter()
-        for (_m, future, arrived), ack in zip(batch, acks, strict=True):
-            if not future.done():  # cancelled: its connection went away at shutdown
-                future.set_result(ack)
-                metrics.observe_ack(ack, now - arrived)
+        committed = self._committed
+        for (_m, turn, index, arrived), ack in zip(batch, acks, strict=True):
+            turn.acks[index] = ack
+            turn.remaining -= 1
+            if not turn.remaining:
+                committed.append(turn)
+            metrics.observe_ack(ack, now - arrived)
         self.stats.messages += len(batch)
         self.stats.batches += 1
+
+    def _answer_committed(self) -> None:
+        """Write the ACKs of the turns the last group commit completed, once its time is counted as
+        busy (`_answered` notes how busy the listener was when a sender got its ACKs). The connections
+        go on with what they sent meanwhile in a callback of their own, after the committer has waited
+        for the next message: done here, their next frames would be queued before the event loop polled
+        the sockets again, and senders that pipeline would have every commit to themselves."""
+        turns, self._committed = self._committed, []
+        going_on = [connection for turn in turns if (connection := turn.connection) and connection.committed(turn)]
+        if going_on:
+            asyncio.get_running_loop().call_soon(_go_on, going_on)
 
     def _commit(self, messages: list[inbound.Received]) -> list[bytes]:
         with session_scope(self.database_url) as session:
@@ -513,9 +472,297 @@ class MllpListener:
             return inbound.archive_only(session, messages, "mllp")
 
 
+def _go_on(connections: list[_Connection]) -> None:
+    """Let answered connections read on; one that fails at it is closed, the others go on."""
+    for connection in connections:
+        try:
+            connection.pump()
+        except Exception:
+            log.exception("MLLP connection closed: reading its next frames failed")
+            connection.abort()
+
+
 def _wake(waiting: asyncio.Future[None]) -> None:
     if not waiting.done():
         waiting.set_result(None)
+
+
+class _Turn:
+    """The frames one read let through on one connection (at most `max_in_flight`), answered together
+    once every one has its ACK: those awaiting the group commit count in `remaining`."""
+
+    __slots__ = ("acks", "connection", "remaining")
+
+    def __init__(self) -> None:
+        self.acks: list[bytes] = []
+        self.remaining = 0
+        self.connection: _Connection | None = None
+
+
+class _Connection(asyncio.Protocol):
+    """One MLLP connection, read as its bytes come: the transport hands them to `data_received`, which
+    feeds the frame decoder at once. Awaiting each read (asyncio's streams) cost a future, a task
+    switch and a timeout's timer a message, a sixth of what the listener's thread spent on one.
+
+    What the listener holds a sender to is kept here as its coroutine kept it. One turn at a time: the
+    frames a read completes (at most `max_in_flight`) are queued for the group commit, and what
+    arrives meanwhile waits unparsed in `backlog` (reading pauses while it holds more than two reads,
+    as the stream's buffer did) until their ACKs are written (`committed`). The idle and frame
+    deadlines are checked by one timer, set again only when a deadline comes sooner than it or when
+    it goes off early (a turn awaited meanwhile, or bytes came). ACKs the socket does not take at once
+    are drained before the next turn, closing the connection after `idle_timeout`."""
+
+    def __init__(self, listener: MllpListener) -> None:
+        loop = asyncio.get_running_loop()
+        self.listener = listener
+        self.loop = loop
+        self.transport: asyncio.Transport
+        self._writer: asyncio.StreamWriter | None = None
+        self.decoder = FrameDecoder(listener.max_message_bytes)
+        self.held = _Held(listener)
+        self.pace: _Pace | None = None  # set when it is admitted
+        self.turn: _Turn | None = None  # the frames awaiting their ACKs
+        self.backlog: deque[bytes] = deque()  # received while a turn was answered, not yet read
+        self.backlog_bytes = 0
+        self.more = False  # the last turn was full: more complete frames may wait in the decoder
+        self.eof = self.lost = self.finishing = self.reading_paused = self.writing_paused = False
+        self.draining_since: float | None = None  # ACKs the socket did not take wait since then
+        self.idle_since = loop.time()  # the connection opened or its last frame was answered
+        self.frame_began: float | None = None  # when the frame now under way sent its start block
+        self.timer: asyncio.TimerHandle | None = None
+        self.ended: asyncio.Future[None] = loop.create_future()  # nothing more is read or answered
+        self.closed: asyncio.Future[None] = loop.create_future()  # the transport is gone
+
+    # the transport's callbacks ----------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.pause_reading()  # nothing is read before it is admitted
+        self.loop.create_task(self.listener._connection(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.finishing or self.ended.done():
+            return
+        self.backlog.append(data)
+        self.backlog_bytes += len(data)
+        self.pump()
+        if self.backlog_bytes > 2 * READ_SIZE and not self.reading_paused and not self.ended.done():
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.pump()
+        return True  # kept open for writing: the ACKs of what it sent before are still written
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self.turn is None:  # a turn awaiting its commit still holds its bytes until answered
+            self.end()
+
+    def pause_writing(self) -> None:
+        self.writing_paused = True
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if self.draining_since is not None and not self.ended.done():
+            self.draining_since = None
+            self._drained()
+            self.pump()
+
+    # the listener's side --------------------------------------------------------------------------
+    def writer(self) -> asyncio.StreamWriter:
+        """The transport as `PerAddressLimit.admit` takes it, kept while the connection lives (a
+        stream writer collected unclosed would close it)."""
+        self._writer = asyncio.StreamWriter(self.transport, self, None, self.loop)
+        return self._writer
+
+    def open(self, pace: _Pace) -> None:
+        """Admitted: read what it sends from now on."""
+        if self.ended.done():
+            return
+        self.pace = pace
+        self.idle_since = self.loop.time()
+        self.transport.resume_reading()
+        self._arm()
+
+    def committed(self, turn: _Turn) -> bool:
+        """The group commit answered the turn's last message: write its ACKs. True when it has more
+        to read (`pump`): frames a full turn left, bytes that came meanwhile, its end."""
+        if self.ended.done():
+            return False
+        self.turn = None
+        if self.finishing:  # the unfinished frame left when it ended is archived: nothing to answer
+            self.end()
+            return False
+        self._answer(turn)
+        if self.more or self.backlog or self.eof or self.lost:
+            return True
+        if self.draining_since is None:
+            self._arm()
+        return False
+
+    def end(self) -> None:
+        """Nothing more is read or answered; the listener's task closes the transport."""
+        self.finishing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.ended.done():
+            self.ended.set_result(None)
+
+    def abort(self) -> None:
+        self.transport.abort()
+        self.end()
+
+    # reading ----------------------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Go on while no turn awaits its ACKs: the frames a full turn left in the decoder, then what
+        was received, a read (up to `READ_SIZE`) at a time, then the end of the connection."""
+        loop = self.loop
+        while self.turn is None and self.draining_since is None and not self.finishing:
+            if self.lost:
+                self.end()
+                return
+            if self.more:
+                self.more = False
+                self._frames(b"", loop.time())
+            elif self.backlog:
+                data = self.backlog.popleft()
+                if len(data) > READ_SIZE:
+                    self.backlog.appendleft(data[READ_SIZE:])
+                    data = data[:READ_SIZE]
+                self.backlog_bytes -= len(data)
+                if self.reading_paused and self.backlog_bytes <= READ_SIZE and not self.eof:
+                    self.reading_paused = False
+                    self.transport.resume_reading()
+                if not self._read(data):
+                    return
+            elif self.eof:
+                self._finish()
+                return
+            else:
+                self._arm()
+                return
+            turn = self.turn
+            if turn is not None and not turn.remaining:  # oversized or empty frames only: answered now
+                self.turn = None
+                self._answer(turn)
+
+    def _read(self, data: bytes) -> bool:
+        """One read: False when it would take the bytes held over the cap (the connection is ended
+        unanswered: what it sent of an unfinished frame is dropped, it was never acknowledged)."""
+        listener = self.listener
+        resumed = self.loop.time()
+        if listener.buffered_bytes + len(data) > listener.max_buffered_bytes:
+            listener.stats.buffer_cap_closed += 1
+            listener._warn_buffer_cap(listener.buffered_bytes, listener.max_buffered_bytes)
+            self.end()
+            return False
+        self.held.set(self.held.bytes + len(data))
+        self._frames(data, resumed)
+        return True
+
+    def _frames(self, data: bytes, resumed: float) -> None:
+        """Queue the frames `data` completes (with those left in the decoder) as the next turn."""
+        listener, loop = self.listener, self.loop
+        turn, waiting = listener._read_frames(self.decoder, data)
+        self.held.set(self.decoder.pending + waiting)
+        if turn is None:
+            if self.decoder.in_frame and self.frame_began is None:
+                self.frame_began = loop.time()
+            listener._busy += loop.time() - resumed
+            return
+        assert self.pace is not None
+        turn.connection = self
+        self.turn = turn
+        listener._arrived(self.pace, resumed)
+        listener._busy += loop.time() - resumed
+
+    def _answer(self, turn: _Turn) -> None:
+        """Write the turn's ACKs; the next turn waits until the socket has taken them."""
+        listener, loop = self.listener, self.loop
+        acks = turn.acks
+        resumed = loop.time()
+        if not self.lost:
+            self.transport.write(frame(acks[0]) if len(acks) == 1 else b"".join(map(frame, acks)))
+        answered = loop.time()
+        listener._busy += answered - resumed
+        assert self.pace is not None
+        listener._answered(self.pace, answered)
+        self.more = len(acks) >= listener.max_in_flight
+        if self.writing_paused and not self.lost:  # a sender that does not read its ACKs
+            self.draining_since = answered
+            self._arm()
+        else:
+            self._drained()
+
+    def _drained(self) -> None:
+        """The turn's ACKs are with the socket: what it holds now is its unfinished frame, and its
+        deadlines count from now."""
+        self.held.set(self.decoder.pending)
+        self.idle_since = self.loop.time()
+        self.frame_began = self.idle_since if self.decoder.in_frame else None
+
+    def _finish(self) -> None:
+        """The connection ended or ran out of time: what came of a frame left open is archived (and
+        quarantined) though nothing can be answered; it ends once that is committed."""
+        listener = self.listener
+        self.finishing = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if not self.eof and not self.lost:
+            self.transport.pause_reading()
+        leftover = self.decoder.unfinished()
+        if leftover is None or not leftover.payload.strip():
+            self.end()
+            return
+        listener.stats.rejected_frames += 1
+        reason = f"the connection ended {leftover.size} bytes into a frame that never closed"
+        self.held.set(len(leftover.payload))
+        turn = _Turn()
+        turn.connection = self
+        self.turn = turn
+        listener._submit(listener._unreadable(leftover.payload, reason), turn)
+
+    # deadlines --------------------------------------------------------------------------------------
+    def _deadline(self) -> float:
+        listener = self.listener
+        if self.draining_since is not None:
+            return self.draining_since + listener.idle_timeout
+        if self.frame_began is not None:
+            return self.frame_began + listener.frame_timeout
+        return self.idle_since + listener.idle_timeout
+
+    def _arm(self) -> None:
+        """Have the timer go off by the deadline now in force; one that goes off sooner is kept."""
+        deadline = self._deadline()
+        timer = self.timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self.timer = self.loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self.timer = None
+        if self.finishing or self.turn is not None:
+            return  # no deadline while a turn awaits its commit: answering it sets the next one
+        listener = self.listener
+        if self.loop.time() < self._deadline():
+            self._arm()
+        elif self.draining_since is not None:
+            listener.stats.idle_closed += 1
+            self.abort()
+        elif self.frame_began is None:
+            listener.stats.idle_closed += 1
+            self._finish()
+        else:
+            listener.stats.frame_deadline_closed += 1
+            listener._warn_frame_deadline(listener.frame_timeout)
+            self._finish()
 
 
 class _Pace:
