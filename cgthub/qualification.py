@@ -267,7 +267,9 @@ def _judge(
         refs, ids = keys[id(event)]
         target = order_named(owner, event.order_id, refs, ids) if owner or event.order_id else None
         order = facts.get(target) if target is not None else None
-        if target is None or order is None:
+        if target is None or order is None or (order[0] and speakers and order[0] not in speakers):
+            # No order, or one of a site the sender does not speak for, which the ledger refuses it
+            # (correlation's ScopeConflict): the sender is not told another site's qualification.
             judged = _by_senders(ask, event, day, speakers)
         else:
             site, therapy = order

@@ -172,3 +172,19 @@ def test_a_booking_naming_a_placer_first_sent_earlier_in_its_batch_is_judged_by_
         assert (second.order_id, second.verdict.therapy, second.verdict.qualified) == (orders[3], "CART-19", False)
     else:  # no order yet: the sender's sites, qualified for CART-BCMA; it waits at correlate
         assert (second.order_id, second.verdict.therapy, second.verdict.qualified) == (None, None, True)
+
+
+def test_a_booking_for_another_sites_order_is_judged_by_the_senders_own_sites(
+    db_url,
+    config_dir: Path,  # noqa: F811
+):
+    """US-HOU-02's engine books by order 3's COI id (US-SITE-1's order): the ledger refuses the sender
+    that order (correlation's ScopeConflict), so the judge does not answer with US-SITE-1's
+    qualification; US-HOU-02 is judged, qualified that day."""
+    registry = _registry(config_dir)
+    _enrol(db_url)
+    booking = _booking("other site", ExternalRefs(hospital_placer_order="PL-HOU"), coi(3))
+    with session_scope(db_url) as s:
+        (judged,) = qualification.judge_events(s, registry, [booking], sender_sites=["US-HOU-02"])
+    assert (judged.order_id, judged.verdict.site, judged.verdict.qualified) == (None, "US-HOU-02", True)
+    assert "US-SITE-1" not in judged.verdict.reason
