@@ -25,7 +25,7 @@ from sqlalchemy import bindparam, delete, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from cgthub import alerts, conflicts, ledger_anchor, projection, quarantine
+from cgthub import alerts, conflicts, ledger_anchor, projection, qualification, quarantine, sites
 from cgthub.bulk import BatchRead, BulkWrite, rows_by_pairs
 from cgthub.correlation import Key, KeyIndex, ScopeConflict, correlate
 from cgthub.errors import CgthubError, Rejection
@@ -33,7 +33,7 @@ from cgthub.identifiers import new_order_id
 from cgthub.jsontext import canonical_json
 from cgthub.model import CanonicalEvent, EventType, Provenance, SourceSystem
 from cgthub.store import race_guard
-from cgthub.tables import LedgerEntry, Order, OrderKey, QuarantineEntry, WaitingKey, utcnow
+from cgthub.tables import LedgerEntry, Order, OrderKey, QuarantineEntry, RawMessage, WaitingKey, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -183,14 +183,62 @@ def _release_waiting(session: Session, keys: list[tuple[str, str]]) -> None:
         )
         .order_by(QuarantineEntry.id)
     ).all()
-    released = []
-    for entry in waiting:
-        outcome = append(session, CanonicalEvent.model_validate(entry.details["event"]))
+    events = [CanonicalEvent.model_validate(entry.details["event"]) for entry in waiting]
+    # Judged against the order each is released onto, as an arriving event is (one lookup per table).
+    registry, refusals = qualification.refused_on_release(session, events)
+    released = _refuse_released(session, registry, waiting, refusals) if registry is not None else []
+    held = set(released)  # they wait at stage qualify now, no longer on their keys
+    for entry, event in zip(waiting, events, strict=True):
+        if entry.id in held:
+            continue
+        outcome = append(session, event)
         if outcome.status != "quarantined":
             quarantine.release(session, entry, f"order {outcome.order_id} became known; event {outcome.status}")
             released.append(entry.id)
     if released:
         session.execute(delete(WaitingKey).where(WaitingKey.quarantine_id.in_(released)))
+
+
+def _refuse_released(
+    session: Session,
+    registry: sites.SiteRegistry,
+    waiting: Sequence[QuarantineEntry],
+    refusals: Sequence[qualification.Judged | None],
+) -> list[int]:
+    """Waiting events their order's site was not qualified for on their day: each one's payload
+    quarantined at stage `qualify` as it would have been had the order been known when it came (the
+    same reason, verdict record and critical alert, under the archived payload's kind, so `cgthub
+    sites replay` maps it again). Their waits at stage correlate end; returns those entries' ids."""
+    refused = [(entry, judged) for entry, judged in zip(waiting, refusals, strict=True) if judged is not None]
+    if not refused:
+        return []
+    raw_ids = sorted({entry.raw_id for entry, _ in refused if entry.raw_id is not None})
+    kinds: dict[int, str] = {}
+    if raw_ids:  # the archived payloads' kinds, as the pipeline files a refusal: one read for them all
+        for raw_id, raw_kind in session.execute(
+            select(RawMessage.id, RawMessage.kind).where(RawMessage.id.in_(raw_ids))
+        ):
+            kinds[raw_id] = raw_kind
+    qualification.keep(session, registry, [judged for _, judged in refused])
+    for entry, judged in refused:
+        kind = kinds.get(entry.raw_id) if entry.raw_id is not None else None
+        put = quarantine.put(
+            session,
+            stage=quarantine.Stage.QUALIFY,
+            reason=qualification.refusal_text(registry, [judged]),
+            system=entry.system,
+            kind=kind or entry.kind,
+            raw_id=entry.raw_id,
+            order_id=judged.order_id,
+            details=qualification.details(registry, [judged]),
+            subject="" if kind else entry.subject,  # a payload's refusal, as the pipeline files it
+        )
+        if entry.raw_id is not None:
+            qualification.alert(session, registry, judged, entry.raw_id)
+        quarantine.release(
+            session, entry, f"order {judged.order_id} became known; refused at stage qualify (quarantine #{put.id})"
+        )
+    return [entry.id for entry, _ in refused]
 
 
 class _BatchWriter:

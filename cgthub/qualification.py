@@ -249,6 +249,33 @@ def judge_batch(
     return _new_to_ledger(session, out)
 
 
+def refused_on_release(
+    session: Session, events: Sequence[CanonicalEvent]
+) -> tuple[sites.SiteRegistry | None, list[Judged | None]]:
+    """The refusal (or None) of each event released from waiting onto its order (stage correlate,
+    once an enrolment registered a key it carries), judged as an arriving one is: for the site and
+    therapy of the order it now names, on the day it happened, with its sender's sites. It was judged
+    by its sender's sites alone when it came; applied unjudged, a booking from a site not qualified
+    for that order's therapy would schedule it. One lookup per table for them all (`judge_batch`);
+    the registry is loaded only when one of them is a hospital order."""
+    judged_kind = [_judged_kind(e) for e in events]
+    if not any(judged_kind):
+        return None, [None] * len(events)
+    registry = sites.registry()
+    speakers = [
+        _sender_sites(session, e) if judged else frozenset() for e, judged in zip(events, judged_kind, strict=True)
+    ]
+    verdicts = judge_batch(session, registry, [([e], s) for e, s in zip(events, speakers, strict=True)])
+    return registry, [next((j for j in one if not j.verdict.qualified), None) for one in verdicts]
+
+
+def _sender_sites(session: Session, event: CanonicalEvent) -> frozenset[str]:
+    """The sites an HL7 event's sender speaks for, as routing found them (read again from its
+    archived MSH-4 in a later transaction; the ledger's correlation reads the same, cached)."""
+    sender = sites.sender_of(session, event)
+    return sender.sites if sender is not None else frozenset()
+
+
 def _judge(
     ask: Callable[[str, str | None, date], Verdict],
     wanted: list[CanonicalEvent],
