@@ -30,6 +30,7 @@ from tests.test_hl7_listener import Running, exchange
 from tests.test_qualification import _edit
 from tests.test_readme_promises_qualify_hl7 import BOOKING
 from tests.test_residency_live import _crm_record, _enrol_through_crm, _orders
+from tests.test_shared_lookups import _statements
 from tests.test_sites import config_dir  # noqa: F401  (fixture: an editable copy of config/)
 
 CART19 = '- {therapy: CART-19, from: 2026-01-01, basis: "test site: training'
@@ -111,3 +112,29 @@ def test_an_early_booking_from_a_qualified_site_is_applied_when_its_order_is_enr
     assert _alerts(db_url) == []
     with session_scope(db_url) as s:
         assert len(s.scalars(select(LedgerEntry.id).where(LedgerEntry.raw_id == raw_id)).all()) == 1
+
+
+def test_the_bookings_a_release_lets_go_are_judged_together(
+    db_url,
+    monkeypatch,
+    config_dir: Path,  # noqa: F811
+):
+    """Two early bookings released by one enrolment: one read of the orders' sites and therapies for
+    both (one lookup per table for the release, not per event), each refused on its own."""
+    _edit(config_dir, CART19, ENDED, version=1)
+    second = BOOKING.replace(b"QB3", b"QB3B").replace(b"APT-3", b"APT-3B").replace(b"PL-3", b"PL-3B")
+    with Running(db_url) as running:
+        acks = [exchange(running.port, frame(m), 1)[0] for m in (BOOKING, second)]
+    assert [ack_code(a) for a in acks] == ["AE", "AE"]
+    with _statements() as statements:
+        _enrol_through_crm(db_url, monkeypatch, [_crm_record(3, "US-SITE-1", "US", "021zx")])
+    facts = [s for s in statements if s.startswith("SELECT orders.id, orders.site, orders.therapy FROM orders")]
+    assert len(facts) == 1, facts
+    assert _orders(db_url)["CRM-00003"].status == "enrolled"
+    assert [(e.stage, e.status) for e in _entries(db_url)] == [
+        ("correlate", "replayed"),
+        ("correlate", "replayed"),
+        ("qualify", "open"),
+        ("qualify", "open"),
+    ]
+    assert len(_alerts(db_url)) == 2
