@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -14,27 +15,46 @@ import pytest
 from tests.test_courier_booking import _free_port, _start_service, _wait_ready
 
 SMALL_BUFFER = 16 * 1024
-ASKED = 20_000  # schema requests (658 bytes each) pipelined: megabytes of answers, far past the socket buffers
+ASKED = 20_000  # schema requests (658-byte answers): megabytes, far past what the socket buffers hold
 
 
-def _pipelined_and_unread(port: int, pause: float) -> int:
-    """Ask for the receiver's schema `ASKED` times on one connection, read nothing for `pause`
-    seconds, then read what comes: the number of answers that arrived."""
+def _cpu_ticks(pid: int) -> int:
+    """The process's user and system time so far, in clock ticks (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _until_idle(pid: int, *, quiet: float = 2.0, at_most: float = 60.0) -> None:
+    """Wait until the process has spent no CPU for `quiet` seconds: a receiver whose unread answers
+    have filled the socket buffers stops working (however slowly a loaded machine let it get there)."""
+    give_up = time.monotonic() + at_most
+    ticks, since = _cpu_ticks(pid), time.monotonic()
+    while time.monotonic() < give_up:
+        time.sleep(0.25)
+        now = _cpu_ticks(pid)
+        if now != ticks:
+            ticks, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+    raise AssertionError("the receiver never went idle")
+
+
+def _pipelined_and_unread(port: int, pid: int) -> int:
+    """Pipeline `ASKED` schema requests on one connection, read nothing until the receiver has been idle
+    past the deadline, then read what comes: the number of answers that arrived."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL_BUFFER)
     sock.connect(("127.0.0.1", port))
     received = b""
     with sock:
-        sock.settimeout(pause)
-        with contextlib.suppress(TimeoutError):  # the receiver stops reading once its answers back up
+        sock.settimeout(5)
+        with contextlib.suppress(TimeoutError, ConnectionResetError, BrokenPipeError):
             sock.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: hub\r\n\r\n" * ASKED)
-        time.sleep(pause)
+        _until_idle(pid)  # its answers backed up, and (deadline 1 s) it has had time to cut the connection
         sock.settimeout(3)
-        try:
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
             while block := sock.recv(1 << 20):
                 received += block
-        except (ConnectionResetError, TimeoutError):
-            pass
     return received.count(b"HTTP/1.1 200 ")
 
 
@@ -46,7 +66,7 @@ def test_the_courier_webhook_receiver_cuts_off_a_client_that_never_reads(
     service = _start_service(db_url, port)
     try:
         _wait_ready(service, port)
-        answers = _pipelined_and_unread(port, pause=4)  # the deadline, and time to spare on a loaded machine
+        answers = _pipelined_and_unread(port, service.pid)
     finally:
         service.terminate()
         service.wait(timeout=20)
