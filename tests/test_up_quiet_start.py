@@ -13,6 +13,7 @@ them all in /proc, whatever session or parent they end up with.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -125,6 +126,11 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
     run = uuid.uuid4().hex
     api_port = _free_port()
     command, env, sandbox_ports = up_command(tmp_path, run, api_port)
+    # README, "Logging in under `make up`": admin's password is generated on the first start, printed in
+    # the standalone output (which `make up` relays) and kept in $AIRFLOW_HOME's generated file; more
+    # users named in AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS each get one in the same file, printed
+    # alike. Held on this start of `make up` (a start of its own took a worker about a minute).
+    env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = "admin:admin,olga:op"
     output = tmp_path / "up.log"
     metadata = tmp_path / "airflow" / "airflow.db"
     health = f"http://127.0.0.1:{api_port}/api/v2/monitor/health"
@@ -182,6 +188,12 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
                 pass
     text = _read(output)
     assert "stopping" in text
+    generated = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+    passwords = json.loads(generated.read_text())
+    assert sorted(passwords) == ["admin", "olga"]
+    assert generated.name in text
+    for user, password in passwords.items():
+        assert f"Password for user '{user}': {password}" in text, user
     # What `make up` started: Airflow standalone with its four components, the listener, five sandboxes.
     assert len(seen) >= 1 + 1 + 4 + 1 + len(sandbox_ports), len(seen)
     print(f"up and unpaused in {came_up:.0f} s, stopped in {stopped:.1f} s, {len(seen)} processes")
