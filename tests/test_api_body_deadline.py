@@ -73,10 +73,12 @@ def test_a_client_dribbling_its_body_is_answered_408_and_closed_while_others_are
 ) -> None:
     server, port = served
     slow = socket.create_connection(("127.0.0.1", port))
-    slow.sendall(_post_head("/verify", length, token=_scanner(db_url)))
+    head = _post_head("/verify", length, token=_scanner(db_url))
+    opened = time.monotonic()  # the body's deadline runs from its head
+    slow.sendall(head)
     body = b"{" + b" " * 400 if length is not None else b"5\r\n{    \r\n" + b"1\r\n \r\n" * 200
     received, closed_after, answers = dribble_beside_honest(
-        port, slow, body, lambda client: client.post("/verify", content=SCAN)
+        port, slow, body, lambda client: client.post("/verify", content=SCAN), opened=opened
     )
     assert received.startswith(b"HTTP/1.1 408 ")
     assert b"request body not complete within 1 s" in received
