@@ -96,21 +96,25 @@ class _RequestGuard(asyncio.Protocol):
     _write_timer: asyncio.TimerHandle | None = None
     _unsent = 0  # bytes of answers waiting to be sent when the write timer was armed
 
+    def _configured(self, own: float | None, setting: str) -> float:
+        """A limit set on the class (tests, a service's own choice), else the hub's Settings value."""
+        return own if own is not None else getattr(get_settings(), setting)
+
     @property
     def _head_seconds(self) -> float:
-        return self.head_timeout if self.head_timeout is not None else get_settings().api_header_timeout
+        return self._configured(self.head_timeout, "api_header_timeout")
 
     @property
     def _body_seconds(self) -> float:
-        return self.body_timeout if self.body_timeout is not None else get_settings().api_body_timeout
+        return self._configured(self.body_timeout, "api_body_timeout")
 
     @property
     def _body_limit(self) -> int:
-        return self.max_body_bytes if self.max_body_bytes is not None else get_settings().api_max_body_bytes
+        return int(self._configured(self.max_body_bytes, "api_max_body_bytes"))
 
     @property
     def _write_seconds(self) -> float:
-        return self.write_timeout if self.write_timeout is not None else get_settings().api_write_timeout
+        return self._configured(self.write_timeout, "api_write_timeout")
 
     @property
     def _peer(self) -> str:
