@@ -79,14 +79,16 @@ def new(
     market: str = typer.Argument(..., help="the new market's ISO country code, e.g. FR"),
     like: str = typer.Option(..., "--like", help="the market it starts from (its file says `extends: LIKE`)"),
 ) -> None:
-    """Write config/markets/<MARKET>.yaml extending LIKE, with a checklist of what must be decided."""
+    """Write <MARKET>.yaml extending LIKE into the markets folder the hub reads (CGTHUB_CONFIG_DIR's
+    markets/, config/markets/ by default), with a checklist of what must be decided. An existing
+    market is never overwritten (exit 2)."""
     name, parent = market.upper(), like.upper()
     folder = registry.markets_dir()
     if not markets.valid_name(name):
         raise CliError(f"{market!r} is not a market code", "two or three letters, e.g. FR")
     path = markets.market_path(name, folder)
     if path.exists():
-        raise CliError(f"{_shown(path)} exists already", f"`cgthub markets show {name}` shows what it says")
+        raise _exists(name, path)
     config, provenance = _resolved(parent)
     checklist = _checklist(name, parent, config, provenance)
     body = [
@@ -101,10 +103,22 @@ def new(
         f"extends: {parent}",
         "",
     ]
-    path.write_text("\n".join(body))
+    try:
+        with path.open("x", encoding="utf-8") as created:  # made now, or refused: never written over
+            created.write("\n".join(body))
+    except FileExistsError as exc:
+        raise _exists(name, path) from exc
     typer.echo(f"wrote {_shown(path)} (extends {parent}); decide:")
     for line in checklist:
         typer.echo(f"  [ ] {line}" if not line.startswith(" ") else f"      {line.strip()}")
+
+
+def _exists(name: str, path: Path) -> CliError:
+    return CliError(
+        f"market {name} exists already: {_shown(path)} (left as it is)",
+        f"`cgthub markets show {name}` shows what it says; edit that file to change it",
+        exit_code=2,
+    )
 
 
 def _checklist(name: str, parent: str, config: markets.MarketConfig, provenance: markets.Provenance) -> list[str]:
@@ -126,8 +140,8 @@ def _checklist(name: str, parent: str, config: markets.MarketConfig, provenance:
         f"language of outbound HL7 (MSH-19): {config.language!r} from {parent}; {name}'s hospitals may need another.",
         f"deadlines: vein-to-vein target {target if target is not None else 'from config/ops.yaml'} d; "
         f"{name}'s logistics may differ.",
-        f"sites: add {name}'s treatment sites to config/sites.yaml with `market: {name}` (cmo, facilities, "
-        f"therapies, qualifications); listed now: {', '.join(registered) or 'none'}.",
+        f"sites: add {name}'s treatment sites to {_shown(sites.registry_path())} with `market: {name}` "
+        f"(cmo, facilities, therapies, qualifications); listed now: {', '.join(registered) or 'none'}.",
     ]
 
 
