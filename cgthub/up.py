@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from cgthub.demo_scenario import Emission
 
 LISTENER_PORT = 2575
+TICK_SECONDS = 30.0  # the feeder's default: one slice of the demo story every 30 s
+AIRFLOW_HOME = PROJECT_ROOT / "var" / "airflow"  # unless AIRFLOW_HOME is set
+API_PORT, API_HOST = "8080", "127.0.0.1"  # Airflow's UI and API server, unless AIRFLOW__API__PORT/HOST are set
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"  # Airflow's name for it, in AIRFLOW_HOME
 HUB_DAGS = ["--treat-dag-id-as-regex", "-y", "^cgthub_"]
 # `airflow db migrate`, `airflow dags reserialize` and `airflow dags pause <HUB_DAGS>` in one process:
 # each `airflow` command alone imports Airflow and builds its CLI again (half the CPU of three commands).
@@ -170,9 +175,10 @@ def _sandbox_ports(parser: argparse.ArgumentParser, given: list[str]) -> dict[st
     return ports
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, int]]:
+    """The command line, and each sandbox's port."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tick", type=float, default=30.0, help="seconds between slices of demo traffic")
+    parser.add_argument("--tick", type=float, default=TICK_SECONDS, help="seconds between slices of demo traffic")
     parser.add_argument("--no-feed", action="store_true", help="no synthetic traffic (real partners only)")
     parser.add_argument("--listener-port", type=int, default=LISTENER_PORT, help="the MLLP listener's port")
     parser.add_argument(
@@ -183,33 +189,69 @@ def main(argv: list[str] | None = None) -> int:
         help="a sandbox on another port than its fixed one (repeatable)",
     )
     args = parser.parse_args(argv)
-    ports = _sandbox_ports(parser, args.sandbox_port)
+    return args, _sandbox_ports(parser, args.sandbox_port)
 
-    from cgthub import airflow_env, store
 
-    airflow_env.configure(home=PROJECT_ROOT / "var" / "airflow")
-    os.environ.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
+def _airflow_home(environ: Mapping[str, str]) -> Path:
+    """AIRFLOW_HOME as Airflow reads it (`~` and variables expanded), var/airflow unless set."""
+    given = environ.get("AIRFLOW_HOME")
+    return Path(os.path.expandvars(os.path.expanduser(given))) if given else AIRFLOW_HOME
+
+
+def api_url(environ: Mapping[str, str]) -> str:
+    """Where Airflow's API server and UI answer under this environment."""
+    host = environ.get("AIRFLOW__API__HOST", API_HOST)
+    loopback_or_any = ("127.0.0.1", "::1", "0.0.0.0", "::")  # noqa: S104 - compared, not bound
+    return f"http://{'localhost' if host in loopback_or_any else host}:{environ.get('AIRFLOW__API__PORT', API_PORT)}"
+
+
+def airflow_environment(environ: Mapping[str, str], listener_port: int, ports: dict[str, int]) -> dict[str, str]:
+    """The environment `make up` starts Airflow standalone, the listener and the sandboxes with: `environ`
+    plus the hub's Airflow settings (`airflow_env.defaults`: LocalExecutor, SQLite metadata in AIRFLOW_HOME,
+    var/airflow unless set) and `make up`'s own. A value already in `environ` wins."""
+    from cgthub import airflow_env
+    from cgthub.partners import sandbox_world
+
+    env = dict(environ)
+    for name, value in airflow_env.defaults(_airflow_home(env)).items():
+        env.setdefault(name, value)
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "False")
     # The LocalExecutor starts `parallelism` worker processes (Airflow's default: 32); the hub's tasks
     # mostly wait on partners and the database, so two per core keeps the machine responsive.
-    os.environ.setdefault("AIRFLOW__CORE__PARALLELISM", str(min(8, 2 * (os.cpu_count() or 1))))
-    port = os.environ.setdefault("AIRFLOW__API__PORT", "8080")
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(min(8, 2 * (os.cpu_count() or 1))))
+    env.setdefault("AIRFLOW__API__PORT", API_PORT)
     # This machine only (set AIRFLOW__API__HOST=0.0.0.0 to open it): the simple auth manager is for
     # development, and Airflow warns at start when it listens on every interface.
-    host = os.environ.setdefault("AIRFLOW__API__HOST", "127.0.0.1")
+    env.setdefault("AIRFLOW__API__HOST", API_HOST)
     # Task processes talk to the API server's Execution API: same port, whatever it is.
-    loopback_or_any = ("127.0.0.1", "::1", "0.0.0.0", "::")  # noqa: S104 - compared, not bound
-    api = f"http://{'localhost' if host in loopback_or_any else host}:{port}"
-    os.environ.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"{api}/execution/")
+    env.setdefault("AIRFLOW__CORE__EXECUTION_API_SERVER_URL", f"{api_url(env)}/execution/")
     # While the scheduler, DAG processor, triggerer and the first tasks start together on a small
     # machine, the API server can take longer than Airflow's 5 s to answer a task; one that gives up
     # fails with a traceback and is retried later.
-    os.environ.setdefault("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "30")
-    from cgthub.partners import sandbox_world
-
+    env.setdefault("AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT", "30")
     world = sandbox_world()
     for name, uri in world.connection_env(ports).items():  # a partner's real address, when set, wins
-        os.environ.setdefault(name, uri)
-    os.environ.setdefault(world.LISTENER_ENV, f"127.0.0.1:{args.listener_port}")
+        env.setdefault(name, uri)
+    env.setdefault(world.LISTENER_ENV, f"127.0.0.1:{listener_port}")
+    return env
+
+
+def login_file(environ: Mapping[str, str]) -> Path:
+    """The file Airflow's simple auth manager keeps the generated passwords in under this environment
+    (its own rule: the configured file, else AIRFLOW_HOME's `simple_auth_manager_passwords.json.generated`)."""
+    configured = environ.get("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE")
+    path = Path(configured) if configured else _airflow_home(environ) / PASSWORDS_FILE
+    return PROJECT_ROOT / path  # a relative one is relative to Airflow's working folder (`_start`'s)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, ports = parse_args(argv)
+
+    from cgthub import airflow_env, store
+
+    airflow_env.configure(home=_airflow_home(os.environ))  # its folder made; airflow not imported yet
+    os.environ.update(airflow_environment(os.environ, args.listener_port, ports))  # the feeder's too
+    api = api_url(os.environ)
     store.upgrade()
     env = os.environ.copy()
     # `airflow standalone` starts its components as `airflow ...` commands: this venv's bin comes first.
@@ -231,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             unpause = [sys.executable, "-m", "airflow", "dags", "unpause", *HUB_DAGS]
             subprocess.run(unpause, env=env, check=True, stdout=subprocess.DEVNULL)  # noqa: S603
             print("the hub's DAGs are unpaused: they run on their schedules")
-        print(f"Airflow UI: {api} (login: var/airflow/simple_auth_manager_passwords.json.generated)")
+        print(f"Airflow UI: {api} (login: {login_file(env)})")
         print(f"Console: {api}/cgthub/console/orders; hub API: {api}/cgthub/api/docs")
         print("API keys: .venv/bin/cgthub api keys create --help")
         while all(child.poll() is None for child in children):

@@ -87,6 +87,17 @@ def _hub_dags_unpaused(metadata: Path) -> int | None:
     return sum(1 for (paused,) in rows if not paused) if rows else None
 
 
+def _airflow_environ(pid: int) -> dict[str, str] | None:
+    """The environment an Airflow process (its command line names airflow) was started with."""
+    try:
+        if b"airflow" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+            return None
+        pairs = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:  # gone meanwhile
+        return None
+    return dict(pair.decode(errors="replace").partition("=")[::2] for pair in pairs if pair)
+
+
 def _read(output: Path) -> str:
     return output.read_text(errors="replace")
 
@@ -161,6 +172,13 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
         all_unpaused = _hub_dags_unpaused(metadata)
         assert all_unpaused is not None and all_unpaused >= 5  # the ingest, HL7, outbound, monitoring DAGs
         seen.update(_marked(run))
+        # README's make up: Airflow runs with the LocalExecutor, a small pool, its metadata in AIRFLOW_HOME.
+        airflow_envs = [found for pid in sorted(seen) if (found := _airflow_environ(pid))]
+        assert airflow_envs, "no Airflow process found"
+        for airflow_env in airflow_envs:
+            assert airflow_env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+            assert airflow_env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{metadata}"
+            assert int(airflow_env["AIRFLOW__CORE__PARALLELISM"]) <= 8
         text = _read(output)
         assert "Traceback" not in text, text[-5000:]
         airflow_logs = [p for p in (tmp_path / "airflow" / "logs").rglob("*.log") if "Traceback" in p.read_text()]
@@ -191,7 +209,7 @@ def test_make_up_unpauses_only_a_healthy_airflow_starts_quietly_and_stops_everyt
     generated = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
     passwords = json.loads(generated.read_text())
     assert sorted(passwords) == ["admin", "olga"]
-    assert generated.name in text
+    assert f"(login: {generated})" in text  # the file it wrote, under this run's AIRFLOW_HOME
     for user, password in passwords.items():
         assert f"Password for user '{user}': {password}" in text, user
     # What `make up` started: Airflow standalone with its four components, the listener, five sandboxes.
