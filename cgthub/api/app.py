@@ -160,7 +160,7 @@ def create_app(
 ) -> FastAPI:
     """The API on `database_url` (default: CGTHUB_DATABASE_URL). A revoked key stops working within
     `key_cache_seconds`; each request's access-log row is journaled before its answer is sent and
-    in the table at most `audit_interval` seconds later (see `cgthub.api.audit`)."""
+    drained into the table by rounds `audit_interval` seconds apart (see `cgthub.api.audit`)."""
     url = configured_url(database_url)
     # A malformed CGTHUB_CUSTODY_SIGNING_KEY stops the start here (InvalidSetting names the variable,
     # not its value), not at the first custody export; a missing one is reported by /health/ready.

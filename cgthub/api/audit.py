@@ -9,9 +9,10 @@ every `interval` seconds, syncing the file to disk first; a journal left behind 
 died is replayed by the next writer on the same database when it starts. Each row carries its
 request's id, unique in the table, so a row drained and then replayed is written once.
 
-What is held outside the table at any moment is therefore the journal's undrained tail: at most
-`interval` seconds of rows, on local disk. A power cut or an operating-system crash can lose the
-part of it not yet synced (at most `interval` seconds); a crash of the API process loses nothing.
+What is held outside the table at any moment is therefore the journal's undrained tail: the rows
+since the last drain round (rounds start `interval` seconds apart, each taking its insert's time on
+top), on local disk. A power cut or an operating-system crash can lose the part of it not yet
+synced; a crash of the API process loses nothing.
 If the journal itself cannot be written, the request is answered 503 (`AuditMiddleware`).
 """
 
