@@ -29,11 +29,22 @@ _KEYS = OrderKey.__table__
 _ANSWERED = "cgthub.correlation.answered"  # session.info: lookups made earlier in this transaction
 
 
-def share_answers(session: Session, owners: dict[Key, str | None], sites: dict[str, str | None]) -> None:
+# An event's (reference keys, identity keys, the event itself), by the event's id(): the event is held
+# so that its id cannot name another object while the keys are shared.
+EventKeys = dict[int, tuple[list[Key], list[Key], CanonicalEvent]]
+
+
+def share_answers(
+    session: Session,
+    owners: dict[Key, str | None],
+    sites: dict[str, str | None],
+    event_keys: EventKeys | None = None,
+) -> None:
     """Keys (their owner, None: no order) and order sites this transaction just read, for the next
     `KeyIndex.take_answers` of the same transaction: site qualification looks up a batch's
-    references just before the ledger would look them up again."""
-    session.info[_ANSWERED] = (_transaction(session), owners, sites)
+    references just before the ledger would look them up again. `event_keys`: the keys qualification
+    worked out for each hospital event, which the ledger's preload then need not work out again."""
+    session.info[_ANSWERED] = (_transaction(session), owners, sites, event_keys or {})
 
 
 def _transaction(session: Session) -> SessionTransaction | None:
@@ -60,18 +71,26 @@ class KeyIndex:
         self._owner: dict[Key, str | None] = {}
         self._orders: dict[str, bool] = {}
         self._sites: dict[str, str | None] = {}
+        self.event_keys: EventKeys = {}  # each shared event's keys (`share_answers`)
 
     def take_answers(self) -> None:
         """Start from what `share_answers` left in this transaction (once: taken, it is gone)."""
         shared = self.session.info.pop(_ANSWERED, None)
         if shared is None or not _still_in(self.session, shared[0]):
             return
-        _made_in, owners, sites = shared
+        _made_in, owners, sites, self.event_keys = shared
         for key, owner in owners.items():
             self._owner.setdefault(key, owner)
             if owner is not None:
                 self._orders[owner] = True
         self.know_sites(sites)
+
+    def keys_of(self, event: CanonicalEvent) -> tuple[list[Key], list[Key]]:
+        """The event's (reference keys, identity keys): as shared for this very event, else worked out."""
+        shared = self.event_keys.get(id(event))
+        if shared is not None and shared[2] is event:
+            return shared[0], shared[1]
+        return event.reference_keys(), event.identity_keys()
 
     def know_sites(self, sites: dict[str, str | None]) -> None:
         """Order sites read with their rows in this transaction (`site_of` need not read them)."""

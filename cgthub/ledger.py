@@ -268,7 +268,9 @@ class _BatchWriter:
     def _preload(self, events: Sequence[CanonicalEvent]) -> list[tuple[tuple[str, str], list[Key], list[Key]]]:
         """Read what the batch's events name; return each event's dedupe key, reference keys and
         identity keys, worked out here once for the whole pass."""
-        keys = [(e.key, e.reference_keys(), e.identity_keys()) for e in events]
+        self.index.take_answers()  # the keys site qualification looked up for this batch, and each event's
+        keys_of = self.index.keys_of
+        keys = [(e.key, *keys_of(e)) for e in events]
         wanted = [k[0] for k in keys]
         # The ids a mapping's previous version gave these events (`former_id`): in the same lookup.
         wanted.extend((e.source_system._value_, e.former_id) for e in events if e.former_id is not None)
@@ -276,7 +278,6 @@ class _BatchWriter:
         for system, event_id, order_id, entry_id, seq, body in rows:
             self.done[(system, event_id)] = AppendResult("duplicate", order_id, entry_id, seq)
             self.held[(system, event_id)] = body
-        self.index.take_answers()  # the keys site qualification looked up for this batch
         self.index.preload(k for _, refs, ids in keys for k in (*refs, *ids))
         self._lock(self.index.known_orders() | {e.order_id for e in events if e.order_id})
         return keys

@@ -28,7 +28,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from cgthub import alerts, sites
 from cgthub.bulk import rows_by_pairs
-from cgthub.correlation import Key, order_named, share_answers
+from cgthub.correlation import EventKeys, Key, order_named, share_answers
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, EventType, SourceSystem
 from cgthub.quarantine import Stage
@@ -224,17 +224,13 @@ def judge_batch(
     wanted = [[e for e in events if _judged_kind(e)] for events, _senders in payloads]
     # Each hospital event's references and identity keys, worked out once for the lookup and for its
     # verdict: it is judged by the order correlation will take it to (`correlation.order_named`).
-    keys = {
-        id(e): (e.reference_keys(), e.identity_keys())
+    keys: EventKeys = {
+        id(e): (e.reference_keys(), e.identity_keys(), e)
         for events in wanted
         for e in events
         if e.event_type is not EventType.ORDER_ENROLLED
     }
-    named = (
-        _orders_named(session, keys.values(), [e.order_id for es in wanted for e in es if e.order_id])
-        if keys
-        else ({}, {})
-    )
+    named = _orders_named(session, keys, [e.order_id for es in wanted for e in es if e.order_id]) if keys else ({}, {})
     asked: dict[tuple[str, str | None, date], Verdict] = {}  # a batch asks the same few questions
 
     def ask(site: str, therapy: str | None, day: date) -> Verdict:
@@ -280,7 +276,7 @@ def _judge(
     ask: Callable[[str, str | None, date], Verdict],
     wanted: list[CanonicalEvent],
     named: _Named,
-    keys: dict[int, tuple[list[Key], list[Key]]],
+    keys: EventKeys,
     speakers: list[str],
 ) -> list[Judged]:
     owner, facts = named
@@ -291,7 +287,7 @@ def _judge(
             assert event.order is not None and event.order.site and event.order.therapy
             out.append(Judged(event, ask(event.order.site, event.order.therapy, day)))
             continue
-        refs, ids = keys[id(event)]
+        refs, ids, _event = keys[id(event)]
         target = order_named(owner, event.order_id, refs, ids) if owner or event.order_id else None
         order = facts.get(target) if target is not None else None
         if target is None or order is None or (order[0] and speakers and order[0] not in speakers):
@@ -342,28 +338,26 @@ _ONE_ORDER_FACTS = select(_ORDERS.c.id, _ORDERS.c.site, _ORDERS.c.therapy).where
 _Named = tuple[dict[Key, str], dict[str, tuple[str | None, str | None]]]
 
 
-def _orders_named(
-    session: Session, keys: Iterable[tuple[list[Key], list[Key]]], order_ids: Iterable[str] = ()
-) -> _Named:
+def _orders_named(session: Session, keys: EventKeys, order_ids: Iterable[str] = ()) -> _Named:
     """The orders the events' (reference keys, identity keys) find, and the site and therapy of
     those and of the orders the events name by id: one lookup of each table for the batch.
 
     What it read (each key's owner or none, each order's site) is left for the ledger's correlation
     of the same batch (`correlation.share_answers`), which would otherwise read it again."""
-    answered: dict[Key, str | None] = {key: None for refs, ids in keys for key in (*refs, *ids)}
+    answered: dict[Key, str | None] = {key: None for refs, ids, _event in keys.values() for key in (*refs, *ids)}
     found = rows_by_pairs(session, OrderKey.__table__, ("kind", "value", "order_id"), "kind", "value", answered)
     answered.update(((kind, value), order_id) for kind, value, order_id in found)
     owner = {key: order_id for key, order_id in answered.items() if order_id is not None}
     ids = sorted({*owner.values(), *order_ids})
     if not ids:
-        share_answers(session, answered, {})
+        share_answers(session, answered, {}, keys)
         return owner, {}
     if len(ids) == 1:  # the usual case: one message, one order (a plain equality is the cheaper statement)
         rows = session.connection().execute(_ONE_ORDER_FACTS, {"id": ids[0]})
     else:
         rows = session.connection().execute(_ORDER_FACTS, {"ids": ids})
     facts = {order_id: (site, therapy) for order_id, site, therapy in rows}
-    share_answers(session, answered, {order_id: site for order_id, (site, _therapy) in facts.items()})
+    share_answers(session, answered, {order_id: site for order_id, (site, _therapy) in facts.items()}, keys)
     return owner, facts
 
 
