@@ -111,9 +111,10 @@ class Hub:
         import asyncio
         import threading
 
+        from cgthub.hl7.event_loop import new_listener_loop
         from cgthub.hl7.listener import MllpListener
 
-        loop = asyncio.new_event_loop()
+        loop = new_listener_loop()  # as `cgthub hl7 listen` runs it: CGTHUB_LISTENER_EVENT_LOOP, uvloop by default
         listener = MllpListener("127.0.0.1", 0, apply=False)
         ready = threading.Event()
 

@@ -132,6 +132,9 @@ class Settings(BaseSettings):
     # before the connection is cut off (cgthub.api.http_protocol); a slow reader that reads is kept.
     api_write_timeout: float = Field(default=30.0, gt=0)
     mllp_max_connections_per_address: int = Field(default=32, ge=1)
+    # The event loop the MLLP listener runs on (cgthub.hl7.event_loop): uvloop's (libuv, in C), or the
+    # standard library's `asyncio` loop as a way back.
+    listener_event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     # Outbound webhooks (cgthub.api.webhooks): seconds one delivery may take in all, however the
     # receiver dribbles its answer (each read is also bounded by 10 s), and how many subscriptions are
     # delivered to at once, so one slow or silent receiver holds no other subscriber's deliveries.

@@ -13,6 +13,7 @@ from cgthub import pipeline, quarantine
 from cgthub.errors import CgthubError, PayloadRejected, Rejection
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import ack_code
+from cgthub.hl7.event_loop import new_listener_loop
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import FrameDecoder, frame
 
@@ -23,7 +24,7 @@ class Listening:
     """A listener on its own event loop in a thread, as `cgthub hl7 listen` runs it."""
 
     def __init__(self, url: str) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_listener_loop()  # the loop `cgthub hl7 listen` runs on (uvloop by default)
         self.listener = MllpListener("127.0.0.1", 0, database_url=url)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 
 from cgthub import ledger, quarantine
 from cgthub.hl7.ack import ack_code
+from cgthub.hl7.event_loop import new_listener_loop
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import END_BLOCK, START, FrameDecoder, Oversized, Truncated, frame
 from cgthub.store import session_scope
@@ -33,7 +34,7 @@ class Running:
     """A listener on its own event loop in a thread, as `cgthub hl7 listen` runs it."""
 
     def __init__(self, url, **options):
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_listener_loop()  # the loop `cgthub hl7 listen` runs on (uvloop by default)
         self.listener = MllpListener("127.0.0.1", 0, database_url=url, **options)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
 

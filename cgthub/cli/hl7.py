@@ -65,6 +65,7 @@ def listen(
     ),
 ) -> None:
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
+    from cgthub.hl7.event_loop import new_listener_loop
     from cgthub.hl7.listener import MllpListener
     from cgthub.release_watch import ReleaseWatch
 
@@ -98,7 +99,8 @@ def listen(
             bound_host, bound_port = await listener.start()
         except OSError as exc:
             raise CliError(f"cannot listen on {host}:{port}: {exc.strerror}", "choose another --port") from exc
-        console.print(f"listening for MLLP on {bound_host}:{bound_port} ({'apply' if apply else 'archive only'})")
+        mode = "apply" if apply else "archive only"
+        console.print(f"listening for MLLP on {bound_host}:{bound_port} ({mode}), event loop {listener.event_loop}")
         served = None
         if metrics_port is not None:
             from cgthub.metrics import serve_http
@@ -126,7 +128,9 @@ def listen(
             served.shutdown()
         console.print(f"done: {listener.stats}")
 
-    asyncio.run(run())
+    # The loop CGTHUB_LISTENER_EVENT_LOOP names: uvloop by default (cgthub.hl7.event_loop).
+    with asyncio.Runner(loop_factory=new_listener_loop) as runner:
+        runner.run(run())
 
 
 # What each rejection means to the person who ran the ingest.

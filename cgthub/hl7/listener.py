@@ -58,6 +58,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from sqlalchemy.orm import configure_mappers
 
@@ -67,6 +68,7 @@ from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
 from cgthub.hl7.ack import answer, build_ack
 from cgthub.hl7.connection_limits import PerAddressLimit
+from cgthub.hl7.event_loop import running_loop_name
 from cgthub.hl7.mllp import FrameDecoder, Oversized, Truncated, frame
 from cgthub.settings import SettingError, get_settings
 from cgthub.sites import SiteRegistryError
@@ -191,10 +193,12 @@ class MllpListener:
         self._group_waiting: asyncio.Future[None] | None = None  # the committer's, while a group is open
         self._group_room = 0  # messages the open group can still take
         self._committed: list[_Turn] = []  # turns the last group commit completed, answered after it
+        self.event_loop = ""  # the loop it started on: uvloop or asyncio (cgthub.hl7.event_loop)
 
     async def start(self) -> tuple[str, int]:
         _warm(self.apply)
         _freeze_warm_up()
+        self.event_loop = running_loop_name()
         self._committer = asyncio.create_task(self._commit_loop())
         # Room in the kernel's queue for every connection the listener would serve, arriving at once (a
         # restart or failover: all senders reconnect): asyncio's default of 100 dropped the others'
@@ -203,7 +207,8 @@ class MllpListener:
             lambda: _Connection(self), self.host, self.port, backlog=max(100, self.max_connections)
         )
         self.port = self._server.sockets[0].getsockname()[1]
-        log.info("MLLP listener on %s:%s (%s)", self.host, self.port, "apply" if self.apply else "archive only")
+        mode = "apply" if self.apply else "archive only"
+        log.info("MLLP listener on %s:%s (%s, event loop %s)", self.host, self.port, mode, self.event_loop)
         return self.host, self.port
 
     async def serve_forever(self) -> None:
@@ -367,6 +372,7 @@ class MllpListener:
             "listener": {"status": "ok" if accepting else "stopped", "connections": len(self._connections)},
             "database": database,
             "mode": "apply" if self.apply else "archive only",
+            "event_loop": self.event_loop,
             "limits": {
                 "max_connections": self.max_connections,
                 "max_in_flight": self.max_in_flight,
@@ -535,9 +541,11 @@ class _Connection(asyncio.Protocol):
 
     # the transport's callbacks ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.pause_reading()  # nothing is read before it is admitted
+        # A stream transport, though uvloop's (in C) does not derive from asyncio.Transport: no isinstance.
+        self.transport = cast(asyncio.Transport, transport)
+        # Nothing is read before it is admitted: asyncio's loop keeps this pause, uvloop starts reading
+        # once this returns, and `data_received` holds that read and pauses again.
+        self.transport.pause_reading()
         self.loop.create_task(self.listener._connection(self))
 
     def data_received(self, data: bytes) -> None:
@@ -545,6 +553,9 @@ class _Connection(asyncio.Protocol):
             return
         self.backlog.append(data)
         self.backlog_bytes += len(data)
+        if self.pace is None:  # not admitted yet: held unread until `open` (uvloop reads on after connection_made)
+            self.transport.pause_reading()
+            return
         self.pump()
         if self.backlog_bytes > 2 * READ_SIZE and not self.reading_paused and not self.ended.done():
             self.reading_paused = True
@@ -552,7 +563,8 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
-        self.pump()
+        if self.pace is not None:  # admitted: before that, `open` reads what came and the end
+            self.pump()
         return True  # kept open for writing: the ACKs of what it sent before are still written
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -586,7 +598,7 @@ class _Connection(asyncio.Protocol):
         self.pace = pace
         self.idle_since = self.loop.time()
         self.transport.resume_reading()
-        self._arm()
+        self.pump()  # what came before (uvloop reads one read ahead of admission), else the deadline armed
 
     def committed(self, turn: _Turn) -> bool:
         """The group commit answered the turn's last message: write its ACKs. True when it has more
