@@ -36,10 +36,29 @@ def _walk(client, after: str | None = None, limit: int = 3) -> tuple[list[dict],
         cursor = page["next_cursor"]
 
 
+def _polled(client, after: str | None, done) -> tuple[list[dict], str | None]:
+    """The feed walked from `after` as a consumer polls it, until `done(events)` or 30 s. On
+    PostgreSQL the feed serves a change once no older transaction runs in the hub's database
+    (changes._pg_horizon), which another xdist worker's, in its own schema of the same database,
+    holds back a while; SQLite serves every committed change at once."""
+    deadline = time.monotonic() + 30
+    events, cursor = _walk(client, after)
+    while not done(events) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        more, cursor = _walk(client, cursor)
+        events += more
+    return events, cursor
+
+
 def test_feed_is_ordered_complete_and_resumable(api):
     first, second = api_server.build_orders(api.database_url, [happy_path(1), happy_path(2)[:5]])
     client = api.client(api.key("status:read"))
-    events, cursor = _walk(client)
+
+    def both_served(events: list[dict]) -> bool:
+        seconds = [e["status"] for e in events if e["order_id"] == second]
+        return len(seconds) == 5 and any(e["order_id"] == first and e["status"] == "infused" for e in events)
+
+    events, cursor = _polled(client, None, both_served)
     one_page = client.get("/events", params={"limit": 1000}).json()["events"]
     assert events == one_page
     by_order = {first: [], second: []}
@@ -55,7 +74,7 @@ def test_feed_is_ordered_complete_and_resumable(api):
     with session_scope(api.database_url) as session:
         for e in happy_path(2)[5:7]:
             ledger.append(session, e)
-    fresh, _ = _walk(client, cursor)
+    fresh, _ = _polled(client, cursor, bool)
     assert [(e["order_id"], e["status"]) for e in fresh] == [(second, "manufacturing")]
     # Resuming from the middle gives exactly the rest (at-least-once consumers replay from their cursor).
     middle = events[4]["cursor"]
@@ -88,12 +107,7 @@ def test_a_late_commit_is_never_skipped(api, db_url):
     client = api.client(api.key("status:read"))
     # The cursor past both enrolments, read as a consumer reads: another worker's transaction on the
     # same server may hold the horizon back a while (a fresh clone's run once served them later).
-    deadline = time.monotonic() + 30
-    enrolled, cursor = _walk(client)
-    while len(enrolled) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        more, cursor = _walk(client, cursor)
-        enrolled += more
+    enrolled, cursor = _polled(client, None, lambda events: len(events) >= 2)
     assert sorted(e["order_id"] for e in enrolled) == sorted([slow_order, fast_order])
     with session_scope(api.database_url) as slow:
         ledger.append(slow, happy_path(1)[1])  # written (and id taken) first, committed last
@@ -104,11 +118,7 @@ def test_a_late_commit_is_never_skipped(api, db_url):
     # Both are final once no older transaction runs in the hub's database (changes._pg_horizon),
     # which another xdist worker's transaction, in its own schema of the same database, holds back a
     # while. A consumer polls again; so does this test, for up to 30 s.
-    deadline = time.monotonic() + 30
-    after, _ = _walk(client, cursor)
-    while len(after) < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        after, _ = _walk(client, cursor)
+    after, _ = _polled(client, cursor, lambda events: len(events) >= 2)
     assert sorted(e["order_id"] for e in after) == sorted([slow_order, fast_order])
 
 
