@@ -6,7 +6,10 @@ with hl7apy and inserts and commits one ORM row per message (measured on a slice
 The MLLP senders run in a process of their own (the hospital's core, not the listener's), by
 default all on one event loop, as an interface engine holds its connections; `--client threads`
 gives each sender a thread, whose GIL hand-offs lengthen a round of ACKs.
+The listener runs on the event loop `cgthub hl7 listen` runs on (CGTHUB_LISTENER_EVENT_LOOP, uvloop by
+default); `--loop asyncio|uvloop` picks one for the comparison.
 Run: .venv/bin/python -m bench.hl7_bench [--messages 20000] [--senders 8] [--repeat 3] [--client threads]
+     [--loop asyncio]
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from hl7apy.parser import parse_message
 from cgthub import ledger, runtime, store
 from cgthub.archive import checksum, seal
 from cgthub.devtools.samples import enrolment
+from cgthub.hl7.event_loop import KINDS, new_listener_loop
 from cgthub.hl7.files import ingest_paths
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import FrameDecoder, frame
+from cgthub.settings import get_settings
 from cgthub.store import session_scope
 from cgthub.tables import RawMessage, utcnow
 
@@ -133,11 +138,17 @@ def _hospital(port: int, parts: list[list[bytes]], client: str = "asyncio") -> t
 
 
 def mllp(
-    batch: list[bytes], url: str, senders: int, *, apply: bool = True, client: str = "asyncio"
+    batch: list[bytes],
+    url: str,
+    senders: int,
+    *,
+    apply: bool = True,
+    client: str = "asyncio",
+    loop_kind: str | None = None,
 ) -> tuple[float, float, float]:
     """Seconds for the whole feed, the average number of messages per group commit, and the
-    checkpoint thread's CPU seconds meanwhile."""
-    loop = asyncio.new_event_loop()
+    checkpoint thread's CPU seconds meanwhile. The listener's loop: `loop_kind`, else the setting's."""
+    loop = new_listener_loop(loop_kind)
     listener = MllpListener("127.0.0.1", 0, database_url=url, apply=apply)
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
@@ -226,6 +237,9 @@ def main() -> None:
         default="asyncio",
         help="how the hospital process runs its senders: one event loop, or a thread each",
     )
+    parser.add_argument(
+        "--loop", choices=KINDS, help="the listener's event loop (default: CGTHUB_LISTENER_EVENT_LOOP's, uvloop)"
+    )
     args = parser.parse_args()
     runtime.tune_gc()
     batch = messages(args.messages)
@@ -233,10 +247,11 @@ def main() -> None:
     runs = range(max(1, args.repeat))
     file_s, file_cpu = min(file_drop(batch, fresh_database(orders)) for _ in runs)
     mllp_s, mllp_group, mllp_cpu = min(
-        mllp(batch, fresh_database(orders), args.senders, client=args.client) for _ in runs
+        mllp(batch, fresh_database(orders), args.senders, client=args.client, loop_kind=args.loop) for _ in runs
     )
     archive_s, archive_group, _cpu = min(
-        mllp(batch, fresh_database(orders), args.senders, apply=False, client=args.client) for _ in runs
+        mllp(batch, fresh_database(orders), args.senders, apply=False, client=args.client, loop_kind=args.loop)
+        for _ in runs
     )
     naive_s = min(naive(batch[: args.naive], fresh_database(1)) for _ in runs)
     plain_s = min(plain_split(batch) for _ in runs)
@@ -248,7 +263,8 @@ def main() -> None:
     print(f"  file drop                 {file_rate:>9,.0f} msg/s   {file_rate / naive_rate:5.1f}x naive")
     print(
         f"  MLLP, {args.senders} senders waiting  {mllp_rate:>9,.0f} msg/s   {mllp_rate / naive_rate:5.1f}x naive"
-        f"   ({mllp_group:.1f} messages per group commit; senders: {args.client})"
+        f"   ({mllp_group:.1f} messages per group commit; senders: {args.client};"
+        f" listener's loop: {args.loop or get_settings().listener_event_loop})"
     )
     archive_rate = args.messages / archive_s
     print(

@@ -14,10 +14,12 @@ Beside them, in the same run: the same senders against the floor server of `benc
 messages (`bench.hl7_bench`'s), whose msg/s the closed loop is held to.
 
 The senders run in a process of their own on one event loop (the hospital's core and GIL, not the
-listener's); the listener runs on an event loop in this process, as `cgthub hl7 listen` does.
+listener's; the standard library's loop, as before); the listener runs on an event loop in this
+process, the one `cgthub hl7 listen` runs on (CGTHUB_LISTENER_EVENT_LOOP, uvloop by default), and so
+does the floor server; `--loop asyncio|uvloop` picks it for a comparison.
 Targets: p99 ACK < 25 ms at 1,000 msg/s offered from 64 senders; closed loop with 64 senders at
 >= 80% of the file drop.
-Run: .venv/bin/python -m bench.mllp_latency_bench [--senders 8 64 256] [--rate 1000] [--seconds 4]
+Run: .venv/bin/python -m bench.mllp_latency_bench [--senders 8 64 256] [--rate 1000] [--seconds 4] [--loop asyncio]
 With --trace, each open-loop run of the listener also prints where its event loops stalled, and
 what ran meanwhile: garbage collections, group commits (and the part in SQLite's COMMIT), WAL
 checkpoints, heap trims, on both the listener's side and the senders'. The instruments are the
@@ -47,12 +49,15 @@ from bench.hl7_bench import file_drop, fresh_database, messages
 from bench.mllp_floor_bench import FloorServer
 from cgthub import runtime
 from cgthub.hl7 import listener as listener_module
+from cgthub.hl7.event_loop import KINDS, new_listener_loop
 from cgthub.hl7.listener import MllpListener
 from cgthub.hl7.mllp import FrameDecoder, frame
+from cgthub.settings import get_settings
 from cgthub.wal_checkpoint import Watched
 
 START_DELAY = 0.3  # seconds between the senders' connecting and the first scheduled send
 WINDOW: float | None = None  # the listener's batch_window, when not its default (--batch-window)
+LOOP: str | None = None  # the event loop of the listener and the floor server (--loop); None: the setting's
 PROBE_STEP = 0.001  # seconds the loop-lag probe sleeps (--trace)
 NOTED = 0.002  # a stall or an instrumented step at least this long is kept (--trace)
 SLOW = 0.025  # an ACK at least this late puts its message in a reported stall (--trace)
@@ -286,7 +291,7 @@ class _Served:
     def __init__(
         self, start: Callable[[], Coroutine[Any, Any, int]], stop: Callable[[], Coroutine[Any, Any, None]]
     ) -> None:
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_listener_loop(LOOP)
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
         self._stop = stop
@@ -410,9 +415,12 @@ def main() -> None:
     parser.add_argument("--batch-window", type=float, help="the listener's batch_window in seconds (default: its own)")
     parser.add_argument("--floor", action=argparse.BooleanOptionalAction, default=True, help="run the floor server too")
     parser.add_argument("--trace", action="store_true", help="show what ran during the open loop's stalls")
+    parser.add_argument(
+        "--loop", choices=KINDS, help="the listener's event loop (default: CGTHUB_LISTENER_EVENT_LOOP's, uvloop)"
+    )
     args = parser.parse_args()
-    global WINDOW
-    WINDOW = args.batch_window
+    global WINDOW, LOOP
+    WINDOW, LOOP = args.batch_window, args.loop
     runtime.tune_gc()
     open_feed = messages(int(args.rate * args.seconds))
     closed_feed = messages(args.messages)
@@ -427,6 +435,7 @@ def main() -> None:
     drop_rate = len(closed_feed) / drop_seconds
     print(
         f"MLLP senders each waiting for its ACK; listener --apply on SQLite (archive, map, ledger, projection)"
+        f", on {args.loop or get_settings().listener_event_loop}"
         f"\n  open loop: {args.rate:,.0f} msg/s offered in all for {args.seconds:g} s, latency from the scheduled"
         f" send;\n  closed loop: {args.messages:,} messages flat out. Floor: no ingest, one durable commit a round."
     )

@@ -14,7 +14,9 @@ inside it (a few thousand instructions each).
 Under valgrind the listener runs tens of times slower than the senders, so each group commit holds
 every sender's message: the count is what a message costs at 64 to a commit, whatever the VM's load,
 for before/after comparisons of a change to the listener.
-Run: .venv/bin/python -m bench.mllp_loop_instructions [--messages 1280] [--senders 64]
+The listener's loop is the one `cgthub hl7 listen` runs on (CGTHUB_LISTENER_EVENT_LOOP, uvloop by
+default; its C code runs on the counted thread and is counted), or `--loop asyncio|uvloop`.
+Run: .venv/bin/python -m bench.mllp_loop_instructions [--messages 1280] [--senders 64] [--loop asyncio]
 """
 
 from __future__ import annotations
@@ -31,11 +33,13 @@ from pathlib import Path
 
 from bench import callgrind
 from bench.mllp_group_instructions import _copy, prepare
+from cgthub.hl7.event_loop import KINDS, loop_name, new_listener_loop
+from cgthub.settings import get_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _closed_loop(database: Path, count: int, senders: int) -> None:
+def _closed_loop(database: Path, count: int, senders: int, loop_kind: str | None) -> None:
     """The counted workload (run under valgrind): a warm-up round, then `count` messages flat out."""
     from bench.hl7_bench import messages
     from bench.mllp_latency_bench import hospital
@@ -53,7 +57,7 @@ def _closed_loop(database: Path, count: int, senders: int) -> None:
         max_connections=room,
         max_connections_per_address=room,
     )
-    loop = asyncio.new_event_loop()
+    loop = new_listener_loop(loop_kind)
     port = loop.run_until_complete(listener.start())[1]
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         pool.submit(statistics.mean, [1.0]).result()  # the senders' process started, its imports done
@@ -70,10 +74,10 @@ def _closed_loop(database: Path, count: int, senders: int) -> None:
     loop.run_until_complete(listener.stop())
     if acked != count:
         raise SystemExit(f"{acked} of {count} messages acknowledged AA")
-    print(f"groups: {batches}", file=sys.stderr)
+    print(f"groups: {batches}, event loop: {loop_name(loop)}", file=sys.stderr)
 
 
-def counted(count: int, senders: int, database: Path) -> int:
+def counted(count: int, senders: int, database: Path, loop_kind: str | None = None) -> int:
     return callgrind.instructions(
         [
             "--toggle-collect=functools_reduce",
@@ -86,6 +90,7 @@ def counted(count: int, senders: int, database: Path) -> int:
             str(count),
             "--senders",
             str(senders),
+            *(["--loop", loop_kind] if loop_kind else []),
         ],
         ROOT,
     )
@@ -95,16 +100,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=1280)
     parser.add_argument("--senders", type=int, default=64)
+    parser.add_argument(
+        "--loop", choices=KINDS, help="the listener's event loop (default: CGTHUB_LISTENER_EVENT_LOOP's, uvloop)"
+    )
     parser.add_argument("--workload", type=Path, help=argparse.SUPPRESS)  # the counted process
     args = parser.parse_args()
     if args.workload is not None:
-        _closed_loop(args.workload, args.messages, args.senders)
+        _closed_loop(args.workload, args.messages, args.senders, args.loop)
         return
     database = Path(tempfile.mkdtemp()) / "mllp-loop.db"
     prepare(args.messages + 2 * args.senders, database)
-    total = counted(args.messages, args.senders, database)
+    total = counted(args.messages, args.senders, database, args.loop)
+    loop = args.loop or get_settings().listener_event_loop
     print(
-        f"listener thread, closed loop of {args.senders} senders: {total:,} instructions for "
+        f"listener thread on {loop}, closed loop of {args.senders} senders: {total:,} instructions for "
         f"{args.messages:,} messages, {total // args.messages:,} a message"
     )
 
