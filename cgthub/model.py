@@ -133,6 +133,16 @@ CoiId = Annotated[str, AfterValidator(_coi)]
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
+    def __eq__(self, other: object) -> bool:
+        """pydantic's answer, without its walk for two of one class: these models hold no private
+        attributes, no extras (forbidden) and nothing but their fields in `__dict__`, so equal
+        `__dict__`s are pydantic's only way to equal. pydantic compares the field names' key views
+        when the values differ (about 18,000 instructions, callgrind): a canonical body compares an
+        event's references with their default (`exclude_defaults`), twice an event on a CRM page."""
+        if type(other) is type(self):
+            return self.__dict__ == other.__dict__
+        return super().__eq__(other)
+
 
 class ExternalRefs(_Model):
     """Each partner's own id for the same order; any one of them finds the order in the hub."""
