@@ -207,7 +207,33 @@ def _order_key(event: CanonicalEvent) -> tuple[datetime, float, str, str]:
 
 def project(order_id: str, events: Iterable[CanonicalEvent]) -> OrderProjection:
     """Fold the event set into the order's current state (pure: no I/O, no clock)."""
-    return _fold(OrderProjection(order_id=order_id), effective_events(events))
+    return _fold(new_projection(order_id), effective_events(events))
+
+
+# A new order's projection is every field's default: validated once here, then laid out per order
+# with fresh containers where a field's default is made by a factory (pydantic validated the
+# defaults again for every order projected, about 29,000 instructions; this is a few thousand).
+_DEFAULTS = OrderProjection(order_id="").__dict__
+_FACTORIES = tuple(
+    (name, info.default_factory) for name, info in OrderProjection.model_fields.items() if info.default_factory
+)
+_new, _set = object.__new__, object.__setattr__
+
+
+def new_projection(order_id: str) -> OrderProjection:
+    """`OrderProjection(order_id=order_id)`, laid out as pydantic lays it out (only `order_id` set)."""
+    if type(order_id) is not str:  # pydantic says what it makes of anything else
+        return OrderProjection(order_id=order_id)
+    values = dict(_DEFAULTS)
+    values["order_id"] = order_id
+    for name, factory in _FACTORIES:
+        values[name] = factory()  # type: ignore[call-arg]
+    state = _new(OrderProjection)
+    _set(state, "__dict__", values)
+    _set(state, "__pydantic_fields_set__", {"order_id"})
+    _set(state, "__pydantic_extra__", None)
+    _set(state, "__pydantic_private__", None)
+    return state
 
 
 def can_advance(state: OrderProjection, later: list[CanonicalEvent]) -> bool:
