@@ -69,6 +69,18 @@ class Subject:
     entry_ids: tuple[int, ...] = ()  # a bulk quarantine action: the open entries the filter matched
 
 
+ROW_ID_MAX = 2**63 - 1  # the largest id a table's key holds (PostgreSQL's bigint)
+
+
+def row_id(text: str) -> int | None:
+    """The row id `text` names, or None: ASCII digits only ("²" is a digit to str.isdigit, not to
+    int) and within a bigint, so a malformed or huge id is "not found", never a database error."""
+    if not (text.isascii() and text.isdigit()):
+        return None
+    number = int(text)
+    return number if 0 < number <= ROW_ID_MAX else None
+
+
 def bulk_filters(params: Mapping[str, str]) -> dict[str, str]:
     """The bulk filter a page or form carries (stage, partner, kind), empty values left out."""
     return {name: params[name] for name in BULK_FILTERS if params.get(name)}
@@ -102,13 +114,13 @@ def subject_of(
     if action in (Action.RELEASE_HOLD, Action.RELEASE_UNDER_EXCEPTION):
         order_id, back = key, f"/orders/{key}"
     elif action in (Action.RESOLVE_ALERT, Action.ACKNOWLEDGE_ALERT):
-        alert = session.get(Alert, int(key)) if key.isdigit() else None
+        alert = session.get(Alert, alert_id) if (alert_id := row_id(key)) else None
         if alert is None:
             raise NotOffered(404, f"no alert {key}")
         order_id = alert.order_id
         back = f"/orders/{order_id}" if order_id else "/orders"
     elif action in (Action.RETRY_QUARANTINE, Action.DISCARD_QUARANTINE):
-        entry = session.get(QuarantineEntry, int(key)) if key.isdigit() else None
+        entry = session.get(QuarantineEntry, entry_id) if (entry_id := row_id(key)) else None
         if entry is None:
             raise NotOffered(404, f"no quarantine entry {key}")
         order_id, back = entry.order_id, f"/quarantine/{entry.id}"

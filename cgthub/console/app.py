@@ -39,6 +39,18 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["at"] = lambda at: "" if at is None else f"{ops.aware(at):%Y-%m-%d %H:%M}"
 templates.env.filters["words"] = lambda text: str(text or "").replace("_", " ")
 
+# Sent with every console answer (pages, refusals, the stylesheet). The pages need no script, so
+# none may run; Airflow's UI frames the pages (same origin), nobody else may; order data is not
+# cached and no console address (it names orders) goes to another site as a Referer.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'none'; style-src 'self'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'self'; base-uri 'none'",
+    "X-Frame-Options": "SAMEORIGIN",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "same-origin",
+}
+
 PAGES = (
     ("orders", "Orders board"),
     ("quarantine", "Quarantine"),
@@ -53,6 +65,16 @@ def console_app(database_url: str | None = None) -> FastAPI:
     app = FastAPI(title="cgthub console", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
 
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        if request.method == "POST" and (foreign := auth.cross_site(request)):
+            refusal = ApiError(403, "forbidden", f"a signature posted from another site ({foreign}) is refused")
+            response: Response = await refused(request, refusal)
+        else:
+            response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     @contextmanager
     def reading() -> Iterator[Session]:
         with session_scope(url, readonly=True) as session:
@@ -60,7 +82,8 @@ def console_app(database_url: str | None = None) -> FastAPI:
 
     @app.exception_handler(auth.SignInRequired)
     async def sign_in(request: Request, _exc: auth.SignInRequired) -> Response:
-        return RedirectResponse(auth.login_url(str(request.url)), status_code=303)
+        back = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(auth.login_url(back), status_code=303)  # a path: no Host header in it
 
     @app.exception_handler(ApiError)
     async def refused(request: Request, exc: ApiError) -> Response:
@@ -191,6 +214,10 @@ def console_app(database_url: str | None = None) -> FastAPI:
         kind: str | None = Query(None, max_length=64),
     ) -> HTMLResponse:
         now = detail.now()
+        if stage and stage not in {s.value for s in quarantine.Stage}:
+            raise ApiError(422, "invalid_stage", "no such stage; the stages are listed in the filter")
+        if status and status not in {s.value for s in quarantine.QuarantineStatus}:
+            raise ApiError(422, "invalid_status", "no such status: open, replayed or discarded")
         with reading() as session:
             entries = ops.quarantine_list(session, user.principal, stage=stage, partner=partner, status=status)
         rows = [(e, ops.age(e.first_seen, now)) for e in entries if not kind or e.kind == kind]
@@ -215,6 +242,8 @@ def console_app(database_url: str | None = None) -> FastAPI:
     def quarantine_entry_page(
         request: Request, entry_id: int, user: auth.ConsoleUser = Depends(signed_in)
     ) -> HTMLResponse:
+        if not actions.row_id(str(entry_id)):
+            raise ApiError(404, "not_found", "no such quarantine entry")
         with reading() as session:
             view = ops.quarantine_entry(session, user.principal, entry_id)
             if view is None:
@@ -226,6 +255,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
     def partners_page(
         request: Request, user: auth.ConsoleUser = Depends(signed_in), partner: str | None = Query(None, max_length=32)
     ) -> HTMLResponse:
+        may_read(user)
         with reading() as session:
             health = ops.partner_health(session, detail.now())
             letters = ops.dead_letters(session, partner) if user.principal.all_data else []
@@ -240,13 +270,18 @@ def console_app(database_url: str | None = None) -> FastAPI:
         message: list[int] | None = Query(None),
     ) -> HTMLResponse:
         """What the signer is about to sign, and the signature's fields."""
+        if message and not all(actions.row_id(str(m)) for m in message):
+            raise ApiError(422, "invalid_message", "a message id is a positive whole number")
         return signing_page(request, user, action, key, message, error=None, status=200)
 
     @app.post("/actions/{action}/{key}", response_class=HTMLResponse)
     async def sign(request: Request, action: Action, key: str, user: auth.ConsoleUser = Depends(signed_in)) -> Response:
         """Sign as the signed-in Airflow user, re-authenticated by their operator password."""
         form = await request.form()
-        message_ids = [int(str(v)) for v in form.getlist("message") if str(v).isdigit()] or None
+        sent = [actions.row_id(str(v)) for v in form.getlist("message")]
+        if not all(sent):  # dropping one would widen the replay to every dead letter of the partner
+            raise ApiError(422, "invalid_message", "a message id is a positive whole number")
+        message_ids = [n for n in sent if n] or None
         with reading() as session:
             subject = subject_or_refusal(session, user, action, key, request)
         try:
@@ -277,6 +312,11 @@ def console_app(database_url: str | None = None) -> FastAPI:
         joiner = "&" if "?" in subject.back else "?"
         signed = ",".join(str(r.decision_id) for r in result) if isinstance(result, list) else result.decision_id
         return RedirectResponse(f"{base}{subject.back}{joiner}signed={signed}", status_code=303)
+
+    def may_read(user: auth.ConsoleUser) -> None:
+        """Partner health and mappings are for roles the config lists (a role not listed sees nothing)."""
+        if not user.principal.has(Scope.STATUS_READ):
+            raise ApiError(403, "forbidden", "your Airflow role does not grant reading order status")
 
     def subject_or_refusal(
         session: Session, user: auth.ConsoleUser, action: Action, key: str, request: Request
@@ -321,10 +361,17 @@ def console_app(database_url: str | None = None) -> FastAPI:
 
     @app.get("/mappings", response_class=HTMLResponse)
     def mappings_page(request: Request, user: auth.ConsoleUser = Depends(signed_in)) -> HTMLResponse:
+        may_read(user)
+        every_site = user.principal.all_data  # the diff quotes values from any site's archived payloads
         with reading() as session:
-            mappings = ops.mappings_in_force(session)
+            mappings = ops.mappings_in_force(session if every_site else None)
             release = release_summary(session)  # the bundle in force in each environment
-        context = {"mappings": mappings, "diff_payloads": ops.DIFF_PAYLOADS, "release": release}
+        context = {
+            "mappings": mappings,
+            "diff_payloads": ops.DIFF_PAYLOADS,
+            "release": release,
+            "compared": every_site,
+        }
         return page(request, user, "mappings.html", context)
 
     return app

@@ -163,6 +163,42 @@ class SignIns:
         self._seen.add(session_id)
 
 
+def _own_hosts(request: Request) -> set[str]:
+    """The host:port the browser addressed (Host), and Airflow's configured base_url's (behind a proxy)."""
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+
+    hosts = {request.headers.get("host", "").lower()}
+    base_url = conf.get("api", "base_url", fallback="") or ""
+    if base_url:
+        hosts.add(urlsplit(base_url).netloc.lower())
+    return hosts - {""}
+
+
+def cross_site(request: Request) -> str | None:
+    """What shows a POST came from a page of another site (None if nothing does).
+
+    Airflow's cookie is SameSite=Lax, so a browser sends it with no cross-site POST, but a sibling
+    subdomain is the same site; and the operator's password must not be the only defence. A browser
+    names the page a form was posted from (Sec-Fetch-Site, Origin, else Referer); a client that
+    names none (the CLI's or a script's Bearer token) is not a browser page of anyone's."""
+    from urllib.parse import urlsplit
+
+    fetched_from = request.headers.get("sec-fetch-site", "").lower()
+    if fetched_from in ("cross-site", "same-site"):
+        return f"Sec-Fetch-Site {fetched_from}"
+    origin = request.headers.get("origin")
+    if origin is not None:
+        if origin == "null" or urlsplit(origin).netloc.lower() not in _own_hosts(request):
+            return f"Origin {origin[:80]}"
+        return None
+    referer = request.headers.get("referer")
+    if referer and urlsplit(referer).netloc.lower() not in _own_hosts(request):
+        return f"Referer {urlsplit(referer).netloc[:80]}"
+    return None
+
+
 def login_url(next_url: str) -> str:
     """Airflow's own login page, coming back to `next_url` once signed in."""
     from airflow.api_fastapi.app import get_auth_manager

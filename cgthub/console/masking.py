@@ -44,6 +44,11 @@ def masked_payload(payload: bytes, content_type: str) -> str:
     return f"(not shown: {mask(text)} of {content_type} that the console cannot mask by structure)"
 
 
+def masked_by_name(value: Any) -> Any:
+    """A structure (a quarantine entry's details) with values under identity-naming keys masked."""
+    return _json(value)
+
+
 def _hl7(text: str) -> str:
     lines = []
     for segment in re.split(r"\r\n|\r|\n", text.strip("\x1c\r\n")):

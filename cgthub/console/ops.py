@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from cgthub import archive, health, quarantine
 from cgthub.api.auth import Principal
-from cgthub.console.masking import masked_payload
+from cgthub.console.masking import masked_by_name, masked_payload
 from cgthub.mapping import registry, replay
 from cgthub.mapping.replay import FieldChange, configured_markets, diff
 from cgthub.mapping.spec import MappingError
@@ -60,6 +60,9 @@ def quarantine_list(
     return [e for e in entries if _may_see_entry(session, principal, e)]
 
 
+PAYLOAD_SHOWN = 200_000  # characters of a quarantined payload a page shows; a 10 MB one stays a page
+
+
 @dataclass(frozen=True)
 class QuarantineView:
     entry: QuarantineEntry
@@ -68,6 +71,7 @@ class QuarantineView:
     payload: str | None
     content_type: str | None
     mapping_in_use: str | None
+    payload_chars: int = 0  # the masked payload's length when the page shows only its start
 
 
 def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> QuarantineView | None:
@@ -76,6 +80,7 @@ def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> Q
         return None
     stage = quarantine.Stage(entry.stage)
     payload = content_type = None
+    payload_chars = 0
     if entry.raw_id is not None:
         raw = session.get(RawMessage, entry.raw_id)
         content_type = raw.content_type if raw else None
@@ -83,6 +88,8 @@ def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> Q
             payload = masked_payload(archive.read(session, entry.raw_id), content_type or "")
         except (LookupError, ValueError) as exc:
             payload = f"(the archived payload cannot be read: {exc})"
+        if payload is not None and len(payload) > PAYLOAD_SHOWN:
+            payload_chars, payload = len(payload), payload[:PAYLOAD_SHOWN]
     mapping = None
     if stage in quarantine.MAPPING_STAGES:
         try:
@@ -93,10 +100,11 @@ def quarantine_entry(session: Session, principal: Principal, entry_id: int) -> Q
     return QuarantineView(
         entry=entry,
         meaning=quarantine.STAGE_MEANING[stage],
-        details=quarantine.masked_details(dict(entry.details or {})),
+        details=masked_by_name(quarantine.masked_details(dict(entry.details or {}))),
         payload=payload,
         content_type=content_type,
         mapping_in_use=mapping,
+        payload_chars=payload_chars,
     )
 
 
