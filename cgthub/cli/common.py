@@ -6,17 +6,16 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
-from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
-from sqlalchemy import inspect
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
 
 from cgthub.errors import CgthubError
-from cgthub.store import check_database, database_url, get_engine, safe_url, session_scope
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+    from sqlalchemy.orm import Session
 
 # Piped output (logs, CI, grep) gets wide lines instead of rich's 80-column wrapping.
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -38,11 +37,20 @@ class CliError(CgthubError):
 
 def _safe_url(url: str) -> str:
     """The database URL without its password."""
+    from cgthub.store import safe_url
+
     return safe_url(url)
 
 
+# The database and progress-bar imports below wait for a command that uses them: `cgthub --help`
+# and a group's --help import this module and no database code (tests/test_cli_start.py).
 @contextmanager
 def open_session(*, readonly: bool = False) -> Iterator[Session]:
+    from sqlalchemy import inspect
+    from sqlalchemy.exc import OperationalError
+
+    from cgthub.store import check_database, database_url, get_engine, session_scope
+
     url = database_url()
     check_database(url)  # a missing SQLite file is named, not created
     try:
@@ -85,6 +93,9 @@ def work_progress(label: str, *, total: int | None, unit: str) -> Iterator[WorkP
 
     Shown only when stderr is a terminal, so scripts and logs get the one-line summary alone, and
     stdout stays free for that summary."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(
         TextColumn(escape(label)),
         BarColumn(),

@@ -2,7 +2,7 @@
 
 Each command shows what it is about to act on, asks the signer's password (or reads it from stdin
 with --password-stdin), and signs with a meaning, a reason code and free text; see
-`cgthub.decisions`. `register` hangs the commands on the CLI: `orders release-hold`,
+`cgthub.decisions`. cgthub.cli's COMMANDS hangs them on the CLI: `orders release-hold`,
 `quarantine retry|discard`, and the `alerts`, `outbox`, `operators` and `decisions` groups.
 """
 
@@ -19,8 +19,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from cgthub import decisions, outbox
-from cgthub.cli import orders as orders_cli
-from cgthub.cli import quarantine as quarantine_cli
 from cgthub.cli.common import CliError, console, open_session, read_password, signer_id
 from cgthub.decisions import Action, DecisionError, Meaning, Preview, Signature
 from cgthub.store import database_url
@@ -30,18 +28,6 @@ alerts_app = typer.Typer(help="Alerts: list, acknowledge and resolve them (signe
 outbox_app = typer.Typer(help="Messages to partners: dead letters and their replay (signed).", no_args_is_help=True)
 operators_app = typer.Typer(help="People who sign decisions (passwords kept as scrypt hashes).", no_args_is_help=True)
 decisions_app = typer.Typer(help="Signed decisions and the reason codes they take.", no_args_is_help=True)
-
-
-def register(app: typer.Typer) -> None:
-    """Add the signing commands to the `cgthub` command."""
-    orders_cli.app.command("release-hold")(release_hold)
-    orders_cli.app.command("release-under-exception")(release_under_exception)
-    quarantine_cli.app.command("retry")(retry)
-    quarantine_cli.app.command("discard")(discard)
-    app.add_typer(alerts_app, name="alerts")
-    app.add_typer(outbox_app, name="outbox")
-    app.add_typer(operators_app, name="operators")
-    app.add_typer(decisions_app, name="decisions")
 
 
 # the signing options every decision command takes ------------------------------------------------

@@ -64,7 +64,3 @@ def verify(
         "Do not proceed until the bag is identified."
     )
     raise typer.Exit(NO_MATCH)
-
-
-def register(app: typer.Typer) -> None:
-    app.command("verify")(verify)
