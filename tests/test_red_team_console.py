@@ -40,6 +40,28 @@ def _entry(url: str, **fields: Any) -> int:
         return quarantine.put(session, **{**values, **fields}).id
 
 
+def _quarantined_hl7(url: str, control_id: str, details: dict[str, Any] | None = None) -> tuple[bytes, int]:
+    """An HL7 message naming a patient (PHI's name, MRN, birth date), archived and quarantined at map."""
+    message = (
+        f"MSH|^~\\&|EPIC|HOSP|CGTHUB|HUB|202603020800||ORU^R01|{control_id}|P|2.5\r"
+        "PID|1||MRN48213377^^^HOSP^MR||Smithson^Jane||19710412|F\r"
+    ).encode()
+    with session_scope(url) as session:
+        stored = archive.store(
+            session, system="hl7", kind="ORU^R01", channel="mllp", payload=message, dedupe_key=control_id
+        )
+        entry = quarantine.put(
+            session,
+            stage=quarantine.Stage.MAP,
+            system="hl7",
+            kind="ORU^R01",
+            reason="no mapping",
+            raw_id=stored.raw_id,
+            details=details,
+        )
+        return message, entry.id
+
+
 def _roles(tmp_path: Any, monkeypatch: pytest.MonkeyPatch, text: str) -> None:
     """The project's configuration with console_roles.yaml replaced."""
     import shutil
@@ -423,7 +445,7 @@ def test_malformed_ids_and_filters_are_refused_by_name_never_a_500(db_url, lenie
         dead = [enqueue(session, Destination("crm", "crm"), f"k{n}", {"order": "x"}) for n in (1, 2)]
         for message in dead:
             message.status = "dead"
-    for ids in (["²"], [huge], [str(dead[0].id), "¹"]):  # never widened to every dead letter of crm
+    for ids in (["x"], ["²"], [huge], [str(dead[0].id), "¹"]):  # never widened to every dead letter of crm
         data = {**_form(code="RECEIVER-FIXED"), "message": ids}
         posted = client.post(f"{CONSOLE}/actions/replay_dead_letters/crm", data=data, follow_redirects=False)
         assert posted.status_code == 422 and "message id" in posted.text, (ids, posted.status_code)
@@ -434,21 +456,13 @@ def test_malformed_ids_and_filters_are_refused_by_name_never_a_500(db_url, lenie
 def test_an_error_page_carries_no_traceback_payload_or_patient_data(db_url, lenient, auth_manager, monkeypatch):
     from cgthub.console import ops
 
-    message = (
-        b"MSH|^~\\&|EPIC|HOSP|CGTHUB|HUB|202603020800||ORU^R01|C1|P|2.5\r"
-        b"PID|1||MRN48213377^^^HOSP^MR||Smithson^Jane||19710412|F\r"
-    )
-    with session_scope(db_url) as session:
-        stored = archive.store(session, system="hl7", kind="ORU^R01", channel="mllp", payload=message, dedupe_key="C1")
-        entry = quarantine.put(
-            session, stage=quarantine.Stage.MAP, system="hl7", kind="ORU^R01", reason="no mapping", raw_id=stored.raw_id
-        )
+    message, entry_id = _quarantined_hl7(db_url, "C1")
 
     def broken(*_args: Any, **_kwargs: Any) -> str:
         raise RuntimeError(f"could not mask {message.decode()}")
 
     monkeypatch.setattr(ops, "masked_payload", broken)
-    answer = signed_in(lenient, auth_manager).get(f"{CONSOLE}/quarantine/{entry.id}")
+    answer = signed_in(lenient, auth_manager).get(f"{CONSOLE}/quarantine/{entry_id}")
     assert answer.status_code == 500
     assert "Traceback" not in answer.text and "RuntimeError" not in answer.text
     for phi in PHI:
@@ -456,26 +470,13 @@ def test_an_error_page_carries_no_traceback_payload_or_patient_data(db_url, leni
 
 
 def test_masked_fields_stay_masked_in_the_sign_form_and_refusals(db_url, console, auth_manager):
-    message = (
-        b"MSH|^~\\&|EPIC|HOSP|CGTHUB|HUB|202603020800||ORU^R01|C2|P|2.5\r"
-        b"PID|1||MRN48213377^^^HOSP^MR||Smithson^Jane||19710412|F\r"
-    )
-    with session_scope(db_url) as session:
-        stored = archive.store(session, system="hl7", kind="ORU^R01", channel="mllp", payload=message, dedupe_key="C2")
-        entry = quarantine.put(
-            session,
-            stage=quarantine.Stage.MAP,
-            system="hl7",
-            kind="ORU^R01",
-            reason="no mapping",
-            raw_id=stored.raw_id,
-            details={"patient_name": "Smithson^Jane", "mrn": "MRN48213377", "birth_date": "19710412"},
-        )
+    details = {"patient_name": "Smithson^Jane", "mrn": "MRN48213377", "birth_date": "19710412"}
+    _, entry_id = _quarantined_hl7(db_url, "C2", details)
     add_operator(db_url)
     client = signed_in(console, auth_manager)
-    path = f"{CONSOLE}/actions/retry_quarantine/{entry.id}"
+    path = f"{CONSOLE}/actions/retry_quarantine/{entry_id}"
     for answer in (
-        client.get(f"{CONSOLE}/quarantine/{entry.id}"),
+        client.get(f"{CONSOLE}/quarantine/{entry_id}"),
         client.get(path),
         client.post(path, data={**_form("wrong", "MAPPING-FIXED"), "shown_hash": "0" * 64}),
         client.post(path, data={"meaning": "nonsense"}),
