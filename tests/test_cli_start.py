@@ -79,6 +79,16 @@ def test_orders_help_imports_the_orders_module_and_no_server_or_parser() -> None
     assert not (_SERVERS_AND_PARSERS | {"cgthub.cli.decisions", "cgthub.decisions"}) & modules
 
 
+@pytest.mark.parametrize("command", [("orders",), ("db",), ("ledger",), ("audit",), ("hl7", "listen")], ids=" ".join)
+def test_a_group_help_imports_no_database_code(command: tuple[str, ...]) -> None:
+    """These modules import the database code in the commands that use it, not for their --help."""
+    done, modules = _run(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    assert f"{' '.join(command)} [OPTIONS]" in done.stdout
+    heavy = {"sqlalchemy", "cgthub.store", "cgthub.tables", "cgthub.ledger"} & modules
+    assert not heavy, sorted(heavy)
+
+
 def test_orders_list_on_a_fresh_database_imports_no_server_or_parser(tmp_path: Path) -> None:
     done, modules = _run("orders", "list", database=_fresh_database(tmp_path))
     assert done.returncode == 0, done.stderr

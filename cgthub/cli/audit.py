@@ -7,7 +7,6 @@ from enum import StrEnum
 import orjson
 import typer
 
-from cgthub import audit_trail
 from cgthub.cli.common import CliError, console, open_session
 
 app = typer.Typer(help="Audit trail of people: who did what (hash-chained, sealed).", no_args_is_help=True)
@@ -24,6 +23,8 @@ def export(
     output: str = typer.Option("-", "--output", "-o", help="file to write, - for stdout"),
 ) -> None:
     """Every row of the trail, oldest first, with its seals (verify them with `cgthub audit verify`)."""
+    from cgthub import audit_trail
+
     with open_session(readonly=True) as session:
         text = audit_trail.export_text(session, fmt.value)
     if output == "-":
@@ -37,6 +38,8 @@ def export(
 @app.command("verify")
 def verify() -> None:
     """Recompute every row's seal and link: an edited, deleted or inserted row fails (exit 1)."""
+    from cgthub import audit_trail
+
     with open_session(readonly=True) as session:
         result = audit_trail.verify(session)
     for problem in result.problems:
@@ -54,6 +57,8 @@ def checkpoint() -> None:
     """Sign the trail's head (seq, seal) into the checkpoint file outside the database.
 
     Deleting the newest rows leaves no gap in the chain; against a checkpoint, verify sees it."""
+    from cgthub import audit_trail
+
     with open_session(readonly=True) as session:
         result = audit_trail.checkpoint(session)
     for problem in result.problems:
@@ -72,6 +77,8 @@ def checkpoint() -> None:
 @app.command("config")
 def config() -> None:
     """Record which configuration files changed since the trail last noted them (run it after an edit)."""
+    from cgthub import audit_trail
+
     with open_session() as session:
         row = audit_trail.record_config_changes(session)
     if row is None:

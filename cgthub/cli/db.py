@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import typer
-from sqlalchemy.exc import OperationalError
 
-from cgthub import store
 from cgthub.cli.common import CliError, _safe_url, console
 
 app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
@@ -14,6 +12,10 @@ app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=
 @app.command()
 def upgrade(revision: str = typer.Argument("heads", help="target revision")) -> None:
     """Create or migrate the hub's tables."""
+    from sqlalchemy.exc import OperationalError
+
+    from cgthub import store
+
     url = store.database_url()
     try:
         store.upgrade(url, revision)

@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING
 import typer
 
 from cgthub.cli.common import CliError, console, open_session, work_progress
-from cgthub.release_guard import ensure_release_in_force
-from cgthub.runtime import tune_gc
 
 if TYPE_CHECKING:
     from cgthub.errors import Rejection
@@ -67,7 +65,9 @@ def listen(
     """Receive HL7 v2 over MLLP; ACK each message only after it is committed."""
     from cgthub.hl7.event_loop import new_listener_loop
     from cgthub.hl7.listener import MllpListener
+    from cgthub.release_guard import ensure_release_in_force
     from cgthub.release_watch import ReleaseWatch
+    from cgthub.runtime import tune_gc
 
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema: named now, not at the first message
@@ -186,6 +186,8 @@ def ingest(
     Every message is archived. One quarantined (AE) waits in the quarantine for someone to act; one
     rejected (AR) will never be applied as sent (unreadable, or a type no mapping handles)."""
     from cgthub.hl7.files import files_in, ingest_paths
+    from cgthub.release_guard import ensure_release_in_force
+    from cgthub.runtime import tune_gc
     from cgthub.settings import get_settings
 
     files = files_in(list(paths), recursive=recursive)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import typer
 
-from cgthub import ledger, ledger_anchor
 from cgthub.cli.common import CliError, console, open_session
 
 app = typer.Typer(help="The hash-chained custody ledger.", no_args_is_help=True)
@@ -14,6 +13,8 @@ app = typer.Typer(help="The hash-chained custody ledger.", no_args_is_help=True)
 def verify(order_id: str | None = typer.Option(None, "--order", help="verify one order only")) -> None:
     """Recompute every chain, its seals and heads, and hold it to the latest checkpoint; exit 1
     naming each broken order and entry."""
+    from cgthub import ledger
+
     with open_session(readonly=True) as session:
         result = ledger.verify_all(session, order_id)
     if order_id and result.orders == 0 and not result.problems:
@@ -44,6 +45,8 @@ def checkpoint() -> None:
 
     Run it often (the monitoring DAG does, every 15 minutes): a chain cut back to an earlier head
     shows in `verify` only once a checkpoint has recorded the later one."""
+    from cgthub import ledger_anchor
+
     with open_session(readonly=True) as session:
         result = ledger_anchor.checkpoint(session)
     for order_id, problem in result.problems:

@@ -1,20 +1,23 @@
-"""`cgthub orders`: what the hub believes about each order."""
+"""`cgthub orders`: what the hub believes about each order.
+
+The database, ledger and table code is imported in the commands that use it: `cgthub orders
+--help` imports only what the commands' options name (tests/test_cli_start.py)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import typer
-from rich.table import Table
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from cgthub import alerts, ledger, projection
 from cgthub.cli.common import CliError, console, open_session
-from cgthub.correlation import KeyIndex
 from cgthub.lifecycle import OrderStatus
 from cgthub.model import CanonicalEvent, ExternalRefs
-from cgthub.tables import Order
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from cgthub.tables import Order
 
 app = typer.Typer(help="Normalized orders.", no_args_is_help=True)
 
@@ -27,6 +30,12 @@ def list_orders(
     limit: int = typer.Option(100, min=1, max=10_000, help="most orders to show"),
 ) -> None:
     """One line per order: status, market, site, milestones reached, vein-to-vein so far, alerts."""
+    from rich.table import Table
+    from sqlalchemy import select
+
+    from cgthub import alerts, projection
+    from cgthub.tables import Order
+
     now = datetime.now(UTC)
     with open_session(readonly=True) as session:
         query = select(Order).order_by(Order.created_at, Order.id).limit(limit)
@@ -76,6 +85,9 @@ def find_order(session: Session, reference: str) -> Order:
     People arrive with whatever id their own system shows; the order index already maps each to
     its order, so the lookup asks it rather than making them find the hub's id first.
     """
+    from cgthub.correlation import KeyIndex
+    from cgthub.tables import Order
+
     order = session.get(Order, reference)
     if order is not None:
         return order
@@ -99,6 +111,10 @@ def show(
     ),
 ) -> None:
     """Status, milestones, external references, alerts and the full timeline of one order."""
+    from rich.table import Table
+
+    from cgthub import alerts, ledger, projection
+
     with open_session(readonly=True) as session:
         order = find_order(session, reference)
         order_id = order.id
