@@ -187,12 +187,16 @@ _MAIN_PATH_RANKS = [(RANK[status], status.value) for status in MAIN_PATH]
 def effective_events(events: Iterable[CanonicalEvent]) -> list[CanonicalEvent]:
     """Unique, non-superseded events in deterministic processing order."""
     unique: dict[tuple[str, str], CanonicalEvent] = {}
+    superseded: set[tuple[str, str]] = set()
     for event in events:
-        current = unique.get(event.key)
+        key = (event.source_system._value_, event.source_event_id)  # `event.key`, without its call
+        current = unique.get(key)
         if current is None or _content(event) < _content(current):
-            unique[event.key] = event
-    superseded = {(e.source_system.value, e.supersedes) for e in unique.values() if e.supersedes}
-    alive = [e for key, e in unique.items() if key not in superseded]
+            unique[key] = event
+    for event in unique.values():
+        if event.supersedes:
+            superseded.add((event.source_system._value_, event.supersedes))
+    alive = [e for key, e in unique.items() if key not in superseded] if superseded else list(unique.values())
     return sorted(alive, key=_order_key)
 
 
