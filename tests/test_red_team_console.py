@@ -119,6 +119,20 @@ def test_a_forged_post_without_the_operators_password_signs_nothing(db_url, cons
     assert _held(client, ids["held"])
 
 
+def test_a_console_post_without_the_hash_of_what_was_shown_signs_nothing(db_url, console, auth_manager):
+    """A signature is over what the page showed: a POST without that hash (a script, a stale form
+    copied by hand) is refused by name, with the operator's right password, and the hold stays."""
+    ids = seed(db_url)
+    add_operator(db_url)
+    client = signed_in(console, auth_manager)
+    path = f"{CONSOLE}/actions/release_hold/{ids['held']}"
+    for data in (_form(), {**_form(), "shown_hash": ""}):
+        answer = client.post(path, data=data, follow_redirects=False)
+        assert answer.status_code == 422 and "no hash of what was shown" in answer.text
+    assert _held(client, ids["held"])
+    assert sign(client, path).status_code == 303 and not _held(client, ids["held"])
+
+
 def test_airflows_session_cookie_is_samesite_lax_and_its_login_sends_nowhere_else(auth_manager, monkeypatch):
     """The console rides on Airflow's `_token` cookie: Airflow sets it HttpOnly and SameSite=Lax (a
     cross-site POST does not carry it), and its login hand-off refuses a `next` on another host."""

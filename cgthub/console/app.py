@@ -284,6 +284,11 @@ def console_app(database_url: str | None = None) -> FastAPI:
         message_ids = [n for n in sent if n] or None
         with reading() as session:
             subject = subject_or_refusal(session, user, action, key, request)
+        if not form.get("shown_hash"):
+            # The console signs what it showed: its form always carries the hash of that (the API and
+            # the CLI may sign the current state; a console POST without it did not come from the page).
+            error = "the form carries no hash of what was shown: open the signing page and sign from it"
+            return signing_page(request, user, action, key, message_ids, error=error, status=422)
         try:
             signature = Signature(
                 signer=user.name,
@@ -291,7 +296,7 @@ def console_app(database_url: str | None = None) -> FastAPI:
                 meaning=str(form.get("meaning", "")),
                 reason_code=str(form.get("reason_code", "")),
                 reason_text=str(form.get("reason_text", "")),
-                shown_hash=str(form.get("shown_hash", "")) or None,
+                shown_hash=str(form.get("shown_hash", "")),
             )
         except ValidationError as invalid:
             problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in invalid.errors())
