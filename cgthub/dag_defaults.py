@@ -1,7 +1,13 @@
 """What every cgthub DAG shares: retry policy, failure notifier, sync deadlines and the Assets.
 
-Imported by DAG files at parse time, so it stays light: Airflow's SDK and constants only. The
-hub's core is imported inside tasks.
+Imported by DAG files at parse time, so it stays light: Airflow's SDK, constants and the hub's
+Settings only. The hub's core is imported inside tasks.
+
+Every task carries an `execution_timeout` (Settings.task_timeout_seconds: CGTHUB_TASK_EXECUTION_TIMEOUT,
+else sized from the partner deadline and retries, ten pull calls with every attempt at
+CGTHUB_PARTNER_RESPONSE_DEADLINE: 1 hour at 60 s): a backstop under the connectors' own deadline,
+so a task stuck anywhere (a partner, a lock, a bug) is failed by Airflow, retried and then alerted
+by the same notifier as any failure, instead of holding its slot for hours.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from airflow.sdk.definitions.callback import AsyncCallback
 from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
 
 from cgthub.notifier import HubAlertNotifier, sync_deadline_missed
+from cgthub.settings import Settings
 
 START = datetime(2026, 1, 1)
 
@@ -50,9 +57,12 @@ def announce_new_events(partner: str, summary: Any) -> None:
 
 
 def default_args(**overrides: Any) -> dict[str, Any]:
-    """Retries with exponential backoff (partners have outages), and a page when a task finally fails."""
+    """Retries with exponential backoff (partners have outages), a timeout per try (the module's
+    docstring), and a page when a task finally fails."""
     args: dict[str, Any] = {
         "owner": "cgthub",
+        # Settings() and not get_settings(): parsing a DAG needs no keys (a task that does checks them).
+        "execution_timeout": timedelta(seconds=Settings().task_timeout_seconds),
         "retries": 4,
         "retry_delay": timedelta(seconds=20),
         "retry_exponential_backoff": True,

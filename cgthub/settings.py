@@ -140,10 +140,14 @@ class Settings(BaseSettings):
     # delivered to at once, so one slow or silent receiver holds no other subscriber's deliveries.
     webhook_delivery_deadline: float = Field(default=20.0, gt=0)
     webhook_delivery_workers: int = Field(default=8, ge=1)
-    # Pull connectors (connectors.common.http): bytes a partner's answer may hold once decompressed (a
-    # CRM page of 200 records is about 200 KB), and seconds its body may take after its head.
+    # Pull connectors (connectors.common.http, the ERP's zeep transport): bytes a partner's answer may
+    # hold once decompressed (a CRM page of 200 records is about 200 KB), and seconds a call may take
+    # from sending its request to its answer's last byte, head (status line, headers) included.
     partner_max_response_bytes: int = Field(default=32 * 1024 * 1024, ge=1)
     partner_response_deadline: float = Field(default=60.0, gt=0)
+    # Seconds any task of the hub's DAGs may run before Airflow fails it (cgthub.dag_defaults); unset:
+    # sized from the partner deadline and retries (see task_timeout_seconds).
+    task_execution_timeout: float | None = Field(default=None, gt=0)
 
     @field_validator("env", mode="before")
     @classmethod
@@ -153,6 +157,14 @@ class Settings(BaseSettings):
     @property
     def environment(self) -> str:
         return self.env
+
+    @property
+    def task_timeout_seconds(self) -> float:
+        """CGTHUB_TASK_EXECUTION_TIMEOUT, else room for ten partner calls at their worst: every attempt
+        (a pull makes up to 6) at the partner deadline, 3,600 s at its default of 60 s."""
+        if self.task_execution_timeout is not None:
+            return self.task_execution_timeout
+        return 10 * 6 * self.partner_response_deadline
 
     @cached_property
     def database_url(self) -> str:

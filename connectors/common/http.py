@@ -1,15 +1,17 @@
 """HTTP to partners, resilient in one place: retries with exponential backoff and jitter (tenacity)
 on timeouts, connection resets, 5xx and 429 (honouring Retry-After), behind the partner's circuit
 breaker, with answers that are not what was promised (HTML error pages, malformed JSON) turned
-into clear PartnerError messages instead of stack traces. An answer is read up to a size and
-within a deadline (CGTHUB_PARTNER_MAX_RESPONSE_BYTES, CGTHUB_PARTNER_RESPONSE_DEADLINE): a partner
-answering a page of millions of records, an endless body or a byte at a time ends the call.
+into clear PartnerError messages instead of stack traces. An answer is read up to a size
+(CGTHUB_PARTNER_MAX_RESPONSE_BYTES) and the whole call, from sending the request to the body's last
+byte, head included, within a deadline (CGTHUB_PARTNER_RESPONSE_DEADLINE, connectors.common.
+call_deadline): a partner answering a page of millions of records, an endless body, or its head or
+body a byte at a time ends the call.
 """
 
 from __future__ import annotations
 
 import json
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +28,7 @@ from tenacity import (
 from cgthub.partners import PartnerUnavailable
 from cgthub.settings import get_settings
 from connectors.common.breaker import breaker_for
+from connectors.common.call_deadline import CallDeadline, DeadlineAdapter
 
 
 class PartnerError(PartnerUnavailable):
@@ -79,6 +82,8 @@ class PartnerSession:
     def __init__(self, partner: str, base_url: str, *, timeout: float = 10.0, attempts: int = 6) -> None:
         self.partner, self.base_url, self.timeout, self.attempts = partner, base_url.rstrip("/"), timeout, attempts
         self.http = requests.Session()
+        self.http.mount("http://", DeadlineAdapter())
+        self.http.mount("https://", DeadlineAdapter())
         self.breaker = breaker_for(partner)
 
     def request(self, method: str, path: str, *, headers: dict[str, str] | None = None, **kwargs: Any) -> Answer:
@@ -89,11 +94,13 @@ class PartnerSession:
         return self.breaker.call(once)
 
     def _send(self, method: str, path: str, headers: dict[str, str], kwargs: dict[str, Any]) -> Answer:
-        response = self.http.request(
-            method, self.base_url + path, headers=headers, timeout=self.timeout, stream=True, **kwargs
+        response, body = bounded_call(
+            self.partner,
+            f"{method} {path}",
+            lambda: self.http.request(
+                method, self.base_url + path, headers=headers, timeout=self.timeout, stream=True, **kwargs
+            ),
         )
-        with response:
-            body = self._bounded_body(response, f"{method} {path}")
         answer = Answer(response.status_code, body, response.headers.get("content-type", ""))
         if response.status_code == 429:
             raise RetryableError(f"{self.partner}: rate limited (429)", _retry_after(response))
@@ -101,27 +108,43 @@ class PartnerSession:
             raise RetryableError(f"{self.partner}: server error {response.status_code} on {method} {path}")
         return answer
 
-    def _bounded_body(self, response: requests.Response, call: str) -> bytes:
-        """The answer's body, read (decompressed) up to CGTHUB_PARTNER_MAX_RESPONSE_BYTES and within
-        CGTHUB_PARTNER_RESPONSE_DEADLINE of its head; past either, PartnerError and the connection
-        dropped. `timeout` bounds each read only: a partner sending a byte a second never trips it."""
-        settings = get_settings()
-        cap, deadline = settings.partner_max_response_bytes, time.monotonic() + settings.partner_response_deadline
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
-            raise PartnerError(f"{self.partner}: the answer to {call} declares {int(declared):,} bytes, over {cap:,}")
-        chunks, size = [], 0
-        while chunk := _read1(response):
-            size += len(chunk)
-            if size > cap:
-                raise PartnerError(f"{self.partner}: the answer to {call} passed {cap:,} bytes; stopped reading")
-            if time.monotonic() > deadline:
-                raise PartnerError(
-                    f"{self.partner}: the answer to {call} took over {settings.partner_response_deadline:g} s; "
-                    "stopped reading"
-                )
-            chunks.append(chunk)
-        return b"".join(chunks)
+
+def bounded_call(partner: str, call: str, send: Callable[[], requests.Response]) -> tuple[requests.Response, bytes]:
+    """`send()` (a streamed request on a Session with DeadlineAdapter mounted) and its answer's body,
+    read (decompressed) up to CGTHUB_PARTNER_MAX_RESPONSE_BYTES, the whole call within
+    CGTHUB_PARTNER_RESPONSE_DEADLINE of sending: past either, PartnerError and the connection dropped.
+
+    A head or body past the deadline is a PartnerError, not retried: a partner that dribbles its
+    answer would dribble the next one too, and retrying would hold the task `attempts` deadlines."""
+    settings = get_settings()
+    cap, seconds = settings.partner_max_response_bytes, settings.partner_response_deadline
+    late = f"{partner}: the answer to {call} took over {seconds:g} s; stopped reading"
+    with CallDeadline(seconds) as deadline:
+        try:
+            response = send()
+            with response:
+                body = _bounded_body(response, f"{partner}: the answer to {call}", cap, deadline)
+        except Exception as exc:
+            if deadline.expired:  # the watchdog shut the socket: whatever broke, the deadline did it
+                raise PartnerError(late) from exc
+            raise
+        if deadline.expired:  # a head or body cut by the watchdog can end like a short, complete one
+            raise PartnerError(late)
+    return response, body
+
+
+def _bounded_body(response: requests.Response, answer: str, cap: int, deadline: CallDeadline) -> bytes:
+    """The body up to `cap` bytes; `timeout` bounds each read only, the deadline's watchdog the whole."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise PartnerError(f"{answer} declares {int(declared):,} bytes, over {cap:,}")
+    chunks, size = [], 0
+    while not deadline.expired and (chunk := _read1(response)):
+        size += len(chunk)
+        if size > cap:
+            raise PartnerError(f"{answer} passed {cap:,} bytes; stopped reading")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _read1(response: requests.Response) -> bytes:

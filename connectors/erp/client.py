@@ -4,17 +4,21 @@ zeep >= 4.3.3 with `forbid_dtd`, `forbid_entities` and `forbid_external` set exp
 before 4.3.3 ignored forbid_external: CVE-2026-58501). Retries are urllib3's Retry on the
 transport's session (timeouts, resets, 5xx, 429 with Retry-After; POST included, the operations
 are idempotent), and every call goes through the partner's circuit breaker. Reads return the raw
-SOAP response too, so the archive keeps exactly what the ERP said.
+SOAP response too, so the archive keeps exactly what the ERP said. zeep's Transport read answers
+(the WSDL's too) whole through requests; `BoundedTransport` reads them as the HTTP pulls do: up to
+CGTHUB_PARTNER_MAX_RESPONSE_BYTES, the whole call, head included, within
+CGTHUB_PARTNER_RESPONSE_DEADLINE (urllib3's retries of one call included).
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import requests
 from lxml import etree
-from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 from zeep import Client, Settings
 from zeep.exceptions import DTDForbidden, EntitiesForbidden, Fault, TransportError
@@ -22,8 +26,9 @@ from zeep.helpers import serialize_object
 from zeep.transports import Transport
 
 from connectors.common.breaker import breaker_for
+from connectors.common.call_deadline import DeadlineAdapter
 from connectors.common.connection import PartnerConnection
-from connectors.common.http import PartnerError, retrying
+from connectors.common.http import PartnerError, bounded_call, retrying
 
 HARDENED = Settings(strict=True, forbid_dtd=True, forbid_entities=True, forbid_external=True, xml_huge_tree=False)
 BINDING = "{urn:cgthub:sandbox:erp}OrderBinding"
@@ -56,9 +61,35 @@ def _session(attempts: int) -> requests.Session:
         respect_retry_after_header=True,
         raise_on_status=False,
     )
-    session.mount("http://", HTTPAdapter(max_retries=retry))
-    session.mount("https://", HTTPAdapter(max_retries=retry))
+    session.mount("http://", DeadlineAdapter(max_retries=retry))
+    session.mount("https://", DeadlineAdapter(max_retries=retry))
     return session
+
+
+class BoundedTransport(Transport):
+    """zeep's Transport with its POSTs and WSDL loads read by `bounded_call` (size cap, one deadline
+    for the call), instead of `session.post(...)`/`.get(...)` reading whatever came, however slowly."""
+
+    def post(self, address: str, message: Any, headers: dict[str, str]) -> requests.Response:
+        # The operation named by the SOAPAction (urn:GetSalesOrders): the WSDL's words, never the caller's.
+        action = re.split(r"[/:#]", str(headers.get("SOAPAction", "")).strip('"'))[-1] or "a SOAP call"
+        return self._bounded(
+            f"POST {action}",
+            lambda: self.session.post(
+                address, data=message, headers=headers, timeout=self.operation_timeout, stream=True
+            ),
+        )
+
+    def _load_remote_data(self, url: str) -> bytes:
+        response = self._bounded("GET the WSDL", lambda: self.session.get(url, timeout=self.load_timeout, stream=True))
+        response.raise_for_status()
+        return response.content
+
+    @staticmethod
+    def _bounded(call: str, send: Callable[[], requests.Response]) -> requests.Response:
+        response, body = bounded_call("erp", call, send)
+        response._content = body  # what .content, .text and zeep read, read once within the bounds
+        return response
 
 
 class ErpClient:
@@ -66,7 +97,7 @@ class ErpClient:
 
     def __init__(self, conn: PartnerConnection, *, attempts: int = 5, timeout: float = 10.0) -> None:
         endpoint = conn.base_url.rstrip("/")
-        transport = Transport(session=_session(attempts), timeout=timeout, operation_timeout=timeout)
+        transport = BoundedTransport(session=_session(attempts), timeout=timeout, operation_timeout=timeout)
         self.client = Client(f"{endpoint}?wsdl", transport=transport, settings=HARDENED)
         self.service = self.client.create_service(BINDING, endpoint)
         self.breaker = breaker_for(self.partner)
