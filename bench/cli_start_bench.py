@@ -7,7 +7,9 @@ tests start it, and the import time of `cgthub.cli` (`-X importtime`'s cumulativ
 DIR`), run on PYTHONPATH=DIR from a neutral directory, interleaved run by run with this tree so both
 meet the same load. Both trees are byte-compiled first, as `make bytecode` leaves a checkout.
 Clock figures on a shared machine swing with its load: the load average is printed before and after.
-Run: .venv/bin/python -m bench.cli_start_bench [--runs 15] [--base /tmp/cli_base]
+--instructions also counts each command's instructions once under callgrind (bench.callgrind), the
+figure that does not move with the load (a minute or two under valgrind).
+Run: .venv/bin/python -m bench.cli_start_bench [--runs 15] [--base /tmp/cli_base] [--instructions]
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from bench import callgrind
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES: dict[str, tuple[str, ...]] = {
@@ -77,6 +81,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--base", type=Path, help="another tree to compare with (its cgthub/ on PYTHONPATH)")
+    parser.add_argument("--instructions", action="store_true", help="count instructions under callgrind too")
     args = parser.parse_args()
     trees: dict[str, Path | None] = {"this tree": None}
     if args.base:
@@ -105,6 +110,7 @@ def main() -> None:
                     walls[label, case].append(_wall(argv, envs[label], cwd))
                 imports[label].append(_import_seconds(envs[label], cwd))
         print(f"load average after:  {_load()}")
+        counts = _instructions(trees, database) if args.instructions else {}
     labels = list(trees)
     print(f"median of {args.runs} runs, seconds" + "".join(f"  {label:>10}" for label in labels))
     rows = [(case, [statistics.median(walls[label, case]) for label in labels]) for case in CASES]
@@ -112,6 +118,22 @@ def main() -> None:
     for name, figures in rows:
         change = f"  {figures[0] / figures[1] - 1:+.0%}" if len(figures) == 2 else ""
         print(f"  {name:<36}" + "".join(f"  {figure:>10.3f}" for figure in figures) + change)
+    if counts:
+        print("instructions (callgrind, one run)" + "".join(f"  {label:>14}" for label in labels))
+        for case in CASES:
+            figures = [counts[label, case] for label in labels]
+            change = f"  {figures[0] / figures[1] - 1:+.0%}" if len(figures) == 2 else ""
+            print(f"  {case:<36}" + "".join(f"  {figure:>14,}" for figure in figures) + change)
+
+
+def _instructions(trees: dict[str, Path | None], database: Path) -> dict[tuple[str, str], int]:
+    """Each case's instructions under callgrind, run from the tree's own directory on its PYTHONPATH."""
+    os.environ.update(CGTHUB_DATABASE_URL=f"sqlite:///{database}", COLUMNS="200")
+    return {
+        (label, case): callgrind.instructions([sys.executable, "-m", "cgthub.cli", *argv], tree or ROOT)
+        for label, tree in trees.items()
+        for case, argv in CASES.items()
+    }
 
 
 if __name__ == "__main__":
