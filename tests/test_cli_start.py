@@ -79,7 +79,9 @@ def test_orders_help_imports_the_orders_module_and_no_server_or_parser() -> None
     assert not (_SERVERS_AND_PARSERS | {"cgthub.cli.decisions", "cgthub.decisions"}) & modules
 
 
-@pytest.mark.parametrize("command", [("orders",), ("db",), ("ledger",), ("audit",), ("hl7", "listen")], ids=" ".join)
+@pytest.mark.parametrize(
+    "command", [("orders",), ("db",), ("ledger",), ("audit",), ("api",), ("hl7", "listen")], ids=" ".join
+)
 def test_a_group_help_imports_no_database_code(command: tuple[str, ...]) -> None:
     """These modules import the database code in the commands that use it, not for their --help."""
     done, modules = _run(*command, "--help")

@@ -11,7 +11,6 @@ import typer
 from rich.table import Table
 
 from cgthub.cli.common import CliError, console, console_err, open_session
-from cgthub.store import database_url
 
 app = typer.Typer(help="Order transparency API: serve, keys, webhooks, OpenAPI schema.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys (bearer tokens, stored hashed).", no_args_is_help=True)
@@ -37,6 +36,7 @@ def serve(
 
     from cgthub.api import webhooks as delivery
     from cgthub.api.http_protocol import GuardedHttpProtocol
+    from cgthub.store import database_url
 
     url = database_url()
     with open_session(readonly=True):
@@ -327,6 +327,7 @@ def access_log(
 def run_webhooks(once: bool = typer.Option(False, help="one round (fan out + deliver what is due), then exit")) -> None:
     """Fan the change feed out to subscriptions and deliver due messages (a loop unless --once)."""
     from cgthub.api import webhooks
+    from cgthub.store import database_url
 
     url = database_url()
     with open_session(readonly=True):
