@@ -157,6 +157,20 @@ def test_a_pull_whose_partner_trickles_its_head_fails_at_the_deadline_naming_the
     assert _no_watchdog_left()
 
 
+def test_a_proxy_that_trickles_the_head_is_cut_at_the_deadline_too(partner):
+    """requests honours HTTP_PROXY and the like: a broken proxy between the hub and its partner is
+    watched as a partner is."""
+    proxy = partner(lambda server, conn, line: server.trickle_head(conn))
+    session = PartnerSession("courier", "http://courier.example", attempts=3)
+    session.http.proxies = {"http": proxy.url}
+
+    error, _value, took = _timed(lambda: session.request("GET", "/v1/shipments"))
+
+    assert isinstance(error, PartnerError), error
+    assert str(error) == "courier: the answer to GET /v1/shipments took over 1 s; stopped reading"
+    assert took < DEADLINE + MARGIN and proxy.connections == 1 and proxy.hung_up.wait(3), took
+
+
 def test_a_crm_pull_whose_partner_trickles_its_head_reports_the_deadline(db_url, partner):
     """Through the sync the ingest DAG runs: the report names the partner, the call and the deadline."""
 

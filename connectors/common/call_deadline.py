@@ -99,8 +99,18 @@ class _WatchedHTTPSPool(HTTPSConnectionPool):
 
 class DeadlineAdapter(HTTPAdapter):
     """requests' HTTPAdapter whose connections are watched by the thread's CallDeadline, if any
-    (outside one they behave as HTTPAdapter's). Proxied connections (proxy_manager_for) are not."""
+    (outside one they behave as HTTPAdapter's), through an HTTP(S) proxy too (HTTP_PROXY and the
+    like, which requests honours); a SOCKS proxy's connections are urllib3's own and not watched."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            manager.pool_classes_by_scheme = dict(_WATCHED_POOLS)
+        return manager
+
+
+_WATCHED_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _WatchedHTTPPool, "https": _WatchedHTTPSPool}
