@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from cgthub import quarantine
+from cgthub import drop_folder, quarantine
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent, Provenance
 from cgthub.settings import var_dir
@@ -61,19 +61,37 @@ def inbox(system: str) -> Path:
     return path
 
 
+def _canonical(system: str) -> drop_folder.Scan:
+    return drop_folder.scan(sorted(inbox(system).iterdir()), wanted=lambda path: path.suffix == ".json")
+
+
 def pending_files(system: str) -> list[Path]:
-    return sorted(inbox(system).glob("*.json"))
+    """Canonical JSON files ready in `inbox/<system>/` (cgthub.drop_folder says which are)."""
+    return _canonical(system).ready
 
 
-def native_files(system: str) -> list[tuple[str, Path]]:
-    """Partner-format files waiting in `inbox/<system>/<kind>/`: (kind, path), mapped by mappings/<system>/<kind>."""
+def waiting(system: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Every file ready in the system's inbox, (kind, path), canonical JSON first; and a line for
+    each entry left alone or set aside, saying why (cgthub.drop_folder)."""
+    canonical = _canonical(system)
+    native, skipped = native_files(system)
+    return [(KIND, path) for path in canonical.ready] + native, canonical.skipped + skipped
+
+
+def native_files(system: str) -> tuple[list[tuple[str, Path]], list[str]]:
+    """Partner-format files ready in `inbox/<system>/<kind>/`: (kind, path), mapped by mappings/<system>/<kind>;
+    and a line for each entry left alone. A kind folder is a real directory, never a link to one."""
     found: list[tuple[str, Path]] = []
-    for folder in sorted(p for p in inbox(system).iterdir() if p.is_dir() and p.name != "done"):
-        found.extend((folder.name, path) for path in sorted(folder.iterdir()) if path.is_file())
-    return found
+    skipped: list[str] = []
+    for folder in sorted(inbox(system).iterdir()):
+        if folder.name in drop_folder.RECEIPT_FOLDERS or folder.is_symlink() or not folder.is_dir():
+            continue  # a link is never followed, even to a folder
+        listed = drop_folder.scan(sorted(folder.iterdir()))
+        found.extend((folder.name, path) for path in listed.ready)
+        skipped.extend(f"{folder.name}/{line}" for line in listed.skipped)
+    return found, skipped
 
 
-def mark_done(path: Path) -> None:
-    done = path.parent / "done"
-    done.mkdir(exist_ok=True)
-    path.replace(done / path.name)
+def mark_done(drop: drop_folder.Drop) -> str | None:
+    """Move a read file to done/ beside it, unless it changed since: None, or why it stays."""
+    return drop_folder.release(drop, "done")

@@ -61,6 +61,8 @@ def _prepare_environment() -> None:
     os.environ["CGTHUB_VAR_DIR"] = str(DEMO_VAR)
     os.environ.pop("CGTHUB_DATABASE_URL", None)
     os.environ.pop("CGTHUB_CONNECTORS", None)  # every partner through its connector
+    # The demo writes its drop folders' files whole, then runs the DAGs at once (cgthub.drop_folder).
+    os.environ.setdefault("CGTHUB_DROP_MIN_AGE_SECONDS", "0")
     get_settings.cache_clear()  # settings are read once per process: read them again
     from cgthub import airflow_env
 

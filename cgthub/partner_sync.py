@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from cgthub import archive, canonical_feed, partners, pipeline, quarantine, requalify, routing, sync_state
+from cgthub import archive, canonical_feed, drop_folder, partners, pipeline, quarantine, requalify, routing, sync_state
 from cgthub.errors import PayloadRejected
 from cgthub.model import CanonicalEvent
 from cgthub.release import ensure_release_in_force
@@ -109,6 +109,8 @@ def ingest_pages(
                     why = why or ("; ".join(result.reasons) if result.rejected else None)
                     if why:
                         report.errors.append(f"{label}page {n}: {why} (archived as raw #{result.raw_id})")
+                if page.problem and not results:  # nothing archived to attach it to (a drop folder's notes)
+                    report.errors.append(f"{label}{page.problem}")
                 sync_state.advance(session, owner, stream, report, page.watermark, new_cursor=page.cursor)
             if page.after_commit is not None:  # only after the commit: a crash before re-reads, the archive dedupes
                 page.after_commit()
@@ -147,7 +149,7 @@ def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
     if connector_enabled(partner):
         for stream in declared.pulls:
             pull_stream(declared, stream, database_url=database_url, report=report)
-    page = _drop_folder_page(declared)
+    page = _drop_folder_page(declared, report)
     if page is not None:
         report.via.append(f"drop folder {canonical_feed.inbox(partner)}")
         ingest_pages(report, "files", [page], database_url=database_url)
@@ -155,27 +157,38 @@ def pull(partner: str, *, database_url: str | None = None) -> dict[str, Any]:
     return report.as_dict()
 
 
-def _drop_folder_page(partner: partners.Partner) -> partners.Page | None:
-    files = [(canonical_feed.KIND, path) for path in canonical_feed.pending_files(partner.name)]
-    files += canonical_feed.native_files(partner.name)
-    if not files:
+def _drop_folder_page(partner: partners.Partner, report: SyncReport) -> partners.Page | None:
+    """The files ready in the partner's inbox as one page; each read through cgthub.drop_folder, and
+    what it left alone or set aside (and a file that changed while it was read) in the report."""
+    waiting, skipped = canonical_feed.waiting(partner.name)
+    report.errors.extend(f"drop folder: {line}" for line in skipped)
+    drops: list[tuple[str, drop_folder.Drop]] = []
+    for kind, path in waiting:
+        drop = drop_folder.read(path)
+        if isinstance(drop, str):
+            report.errors.append(f"drop folder: {drop}")
+        else:
+            drops.append((kind, drop))
+    if not drops:
         return None
     items = [
         archive.Inbound(
             system=partner.system,
             kind=kind,
             channel="file",
-            payload=path.read_bytes(),
+            payload=drop.data,
             received_at=utcnow(),
-            dedupe_key=f"file:{partner.name}:{kind}:{path.name}",
-            content_type="application/json" if path.suffix == ".json" else "application/octet-stream",
+            dedupe_key=f"file:{partner.name}:{kind}:{drop.path.name}",
+            content_type="application/json" if drop.path.suffix == ".json" else "application/octet-stream",
         )
-        for kind, path in files
+        for kind, drop in drops
     ]
 
     def done() -> None:
-        for _kind, path in files:
-            canonical_feed.mark_done(path)
+        for _kind, drop in drops:
+            kept = canonical_feed.mark_done(drop)
+            if kept:  # still being written: read again next run, what was archived is then a duplicate
+                report.errors.append(f"drop folder: {kept}")
 
     return partners.Page(items=items, after_commit=done)
 

@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     # Seconds any task of the hub's DAGs may run before Airflow fails it (cgthub.dag_defaults); unset:
     # sized from the partner deadline and retries (see task_timeout_seconds).
     task_execution_timeout: float | None = Field(default=None, gt=0)
+    # Drop folders (cgthub.drop_folder): seconds a file must have been left unmodified before it is
+    # read (a sender may still be writing it in place), and bytes a dropped file may hold before it is
+    # set aside in failed/ unread.
+    drop_min_age_seconds: float = Field(default=3.0, ge=0)
+    drop_max_file_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
 
     @field_validator("env", mode="before")
     @classmethod

@@ -27,6 +27,9 @@ if _CONTROLLERS and os.environ.get("PYTEST_XDIST_WORKER"):
         del os.environ[_name]
 os.environ["CGTHUB_TEST_TMP"] = str(_TMP)
 os.environ.setdefault("CGTHUB_VAR_DIR", str(_TMP / "var"))
+# Tests write a drop folder's files whole and read them at once; tests/test_drop_folders.py sets the
+# minimum age (cgthub.drop_folder) where it is what is tested.
+os.environ.setdefault("CGTHUB_DROP_MIN_AGE_SECONDS", "0")
 os.environ.setdefault("AIRFLOW_HOME", str(_TMP / "airflow"))
 os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 os.environ.setdefault("AIRFLOW__CORE__UNIT_TEST_MODE", "True")

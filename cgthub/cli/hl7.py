@@ -173,6 +173,12 @@ def _conflicts_next(report: FileReport) -> None:
         )
 
 
+def _not_read(lines: list[str]) -> None:
+    """Drop-folder files left alone or set aside (cgthub.drop_folder), a line each: name and rule."""
+    for line in lines:
+        console.print(f"not ingested: {line}", markup=False, highlight=False, soft_wrap=True)
+
+
 @app.command()
 def ingest(
     paths: list[Path] = typer.Argument(
@@ -190,19 +196,23 @@ def ingest(
     from cgthub.runtime import tune_gc
     from cgthub.settings import get_settings
 
-    files = files_in(list(paths), recursive=recursive)
+    found = files_in(list(paths), recursive=recursive)
+    files = found.ready
     unreadable = [f for f in files if not os.access(f, os.R_OK)]
     if unreadable:
         raise CliError(
             f"cannot read {', '.join(map(str, unreadable))}: permission denied", "check the files' owner and mode"
         )
-    if not files:
+    if not files and not found.skipped:
         raise CliError(f"no files in {', '.join(map(str, paths))}", "pass --recursive to ingest subfolders' files")
     get_settings().pseudonym_key  # noqa: B018  a bad key is named before any file is touched
     get_settings().archive_key  # noqa: B018
     with open_session(readonly=True):
         pass  # the database exists and has the hub's schema
     ensure_release_in_force()  # a hub in a release environment maps only with the bundle promoted there
+    _not_read(found.skipped)
+    if not files:
+        return
     tune_gc()
     # The summary below counts each outcome. As it was afterwards: run in-process (a test, a notebook),
     # the pipeline's warnings must not stay silenced for what runs next.
@@ -230,6 +240,7 @@ def ingest(
         f"in {seconds:.1f} s ({report.messages / max(seconds, 1e-6):.0f} messages/s)"
     )
     _conflicts_next(report)
+    _not_read(report.skipped)
     if report.kept_files:
         raise CliError(
             f"some messages of {', '.join(report.kept_files)} could not be archived; the files stay where they are",

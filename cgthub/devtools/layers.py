@@ -34,6 +34,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "cgthub.config_file",
             "cgthub.jsontext",
             "cgthub.settings",
+            "cgthub.drop_folder",
             "cgthub.security_policy",
             "cgthub.runtime",
             "cgthub.airflow_env",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import orjson
 
+from cgthub import drop_folder
 from cgthub.errors import Rejection
 from cgthub.hl7 import inbound
 from cgthub.store import session_scope
@@ -50,29 +52,45 @@ class FileReport:
     failed_files: list[str] = field(default_factory=list)
     failed_reasons: Counter[Rejection] = field(default_factory=Counter)  # of the failed files' messages
     kept_files: list[str] = field(default_factory=list)  # some message not stored: left to ingest again
+    skipped: list[str] = field(default_factory=list)  # files not read, set aside or left: a line each, why
 
 
-# Folders the ingest itself writes (receipts) and files that are not drops: never ingested.
-_RECEIPT_FOLDERS = frozenset({"done", "failed"})
-
-
-def files_in(paths: list[Path], *, recursive: bool = False) -> list[Path]:
+def files_in(paths: list[Path], *, recursive: bool = False) -> drop_folder.Scan:
     """The files to ingest: each file named, and every file in each folder named (its subfolders
-    too when `recursive`), in name order; receipts (done/, failed/) and hidden files are skipped."""
-    found: list[Path] = []
+    too when `recursive`), in name order; receipts (done/, failed/), temporaries and hidden files are
+    skipped, and what is not ready (cgthub.drop_folder: too young, not a regular file, too big) is
+    left with a line saying why."""
+    found = drop_folder.Scan()
+    named: list[Path] = []
     for path in paths:
-        if not path.is_dir():
-            found.append(path)
-            continue
-        for child in sorted(path.iterdir()):
-            if child.name.startswith("."):
-                continue
-            if child.is_dir():
-                if recursive and child.name not in _RECEIPT_FOLDERS:
-                    found.extend(files_in([child], recursive=True))
-            elif child.is_file():
-                found.append(child)
+        if path.is_dir() and not path.is_symlink():
+            _folder(path, recursive, found)
+        else:
+            named.append(path)
+    listed = drop_folder.scan(named, named=True)
+    found.ready[:0] = listed.ready
+    found.skipped[:0] = listed.skipped
     return found
+
+
+def _folder(folder: Path, recursive: bool, found: drop_folder.Scan) -> None:
+    children = sorted(folder.iterdir())
+    # lstat: a symlink to a folder is not a subfolder (drop_folder.scan reports it)
+    subfolders = [c for c in children if _is_folder(c) and not drop_folder.is_temporary(c.name)]
+    listed = drop_folder.scan([c for c in children if c not in subfolders or not recursive])
+    found.ready.extend(listed.ready)
+    found.skipped.extend(listed.skipped)
+    if recursive:
+        for child in subfolders:
+            if child.name not in drop_folder.RECEIPT_FOLDERS:
+                _folder(child, True, found)
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
 
 
 def _chunks(items: list[bytes], size: int) -> Iterator[list[bytes]]:
@@ -90,7 +108,11 @@ def ingest_paths(
     """Ingest each file; `progress` is handed the running report after every batch."""
     report = FileReport()
     for path in paths:
-        data = path.read_bytes()
+        drop = drop_folder.read(path)
+        if isinstance(drop, str):
+            report.skipped.append(drop)
+            continue
+        data = drop.data
         messages = split_messages(data)
         report.files += 1
         if not messages or not any(m.startswith(b"MSH") for m in messages):
@@ -111,6 +133,10 @@ def ingest_paths(
         report.rejections.update(rejections)
         if rejections[Rejection.NOT_STORED]:
             report.kept_files.append(path.name)
+            continue
+        changed = drop.change()
+        if changed:  # the sender still writes it: what was archived is a duplicate next time
+            report.skipped.append(changed)
             continue
         failed = codes.count("AR") == len(codes)
         _leave_receipt(path, path.parent / ("failed" if failed else "done"), data, codes)
@@ -143,4 +169,4 @@ def _leave_receipt(path: Path, target: Path, data: bytes, codes: list[str]) -> N
         handle.flush()
         os.fsync(handle.fileno())
     temporary.replace(receipt_path)
-    path.unlink()
+    path.unlink(missing_ok=True)  # another run at once may have taken it: its messages were deduped

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from cgthub import partner_sync, partners
+from cgthub import drop_folder, partner_sync, partners
 from cgthub.archive import Inbound
 from cgthub.sync_state import SyncReport
 from cgthub.tables import utcnow
@@ -32,11 +32,20 @@ def _rows(data: bytes) -> list[bytes]:
 
 
 def pages(mark: partners.Mark, *, directory: Path | None = None) -> Iterator[partners.Page]:
-    """One page per dropped file, its rows as payloads; the file moves once the page committed."""
+    """One page per dropped file ready (cgthub.drop_folder), its rows as payloads; the file moves once
+    the page committed. Files left alone or set aside, and one that changed while it was read (left
+    for the next run), are named in a last page of no payloads, as its problem."""
     folder = directory or drop_dir()
-    for path in sorted(folder.glob("*.csv")) if folder.is_dir() else []:
-        data = path.read_bytes()
-        rows = _rows(data)
+    listed = (
+        drop_folder.scan(sorted(folder.iterdir()), wanted=lambda p: p.suffix == ".csv") if folder.is_dir() else None
+    )
+    notes = list(listed.skipped) if listed else []
+    for path in listed.ready if listed else []:
+        drop = drop_folder.read(path)
+        if isinstance(drop, str):
+            notes.append(drop)
+            continue
+        rows = _rows(drop.data)
         items = [
             Inbound(
                 "cmo",
@@ -47,16 +56,18 @@ def pages(mark: partners.Mark, *, directory: Path | None = None) -> Iterator[par
                 dedupe_key=f"file:{path.name}:{n}",
                 content_type="text/csv",
             )
-            for n, payload in enumerate(rows or [data], start=1)
+            for n, payload in enumerate(rows or [drop.data], start=1)
         ]
-        yield partners.Page(items, records=len(rows), after_commit=_mover(path, "done" if rows else "failed"))
+        yield partners.Page(items, records=len(rows), after_commit=_mover(drop, "done" if rows else "failed", notes))
+    if notes:  # the movers above ran before this is asked for: ingest_pages commits each page first
+        yield partners.Page([], problem="; ".join(f"drop folder: {note}" for note in notes))
 
 
-def _mover(path: Path, into: str) -> Callable[[], None]:
+def _mover(drop: drop_folder.Drop, into: str, notes: list[str]) -> Callable[[], None]:
     def move() -> None:
-        target = path.parent / into
-        target.mkdir(exist_ok=True)
-        path.replace(target / path.name)
+        kept = drop_folder.release(drop, into)
+        if kept:
+            notes.append(kept)
 
     return move
 
