@@ -6,6 +6,7 @@ files in the partner's own format go in a folder named after their kind, `var/in
 and are mapped by that kind's mapping file (the SFTP-style file exchange of CMOs and CRMs).
 They take the same path as everything else: raw archive first, then this mapper, then the ledger.
 Processed files move to `done/`; a file that does not parse is archived and quarantined, not lost.
+Which files are ready, how each is read and when it may move are cgthub.drop_folder's rules.
 """
 
 from __future__ import annotations

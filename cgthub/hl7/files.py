@@ -4,7 +4,9 @@
 Once every message of a file is in the encrypted archive (quarantined ones too), the clear-text
 file is deleted and only a receipt stays, in done/ (or failed/ when no message could be used):
 its SHA-256, size and outcome counts, no content. A file with a message the archive could not
-store stays where it was, to be ingested again (what was stored is then a duplicate)."""
+store stays where it was, to be ingested again (what was stored is then a duplicate), and so does
+one that changed while it was read; which files are ready and how each is read are
+cgthub.drop_folder's rules."""
 
 from __future__ import annotations
 
