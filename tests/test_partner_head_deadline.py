@@ -22,52 +22,21 @@ from connectors.crm import sync as crm_sync
 from connectors.crm.client import CrmClient
 from connectors.erp.client import ErpClient
 from connectors.erp.sandbox import WSDL
+from tests.loopback_http import LoopbackHttpServer
 
 DEADLINE = 1.0
 MARGIN = 2.5  # a loaded shared machine: the watchdog's timer and the unwinding after it
 TRICKLE = 0.2  # seconds between two header bytes: each socket read well within requests' 10 s
 
 
-class Partner:
-    """A loopback server: reads each request's head, then `answer(conn, request_line)`. It notes when
+class Partner(LoopbackHttpServer):
+    """A partner on loopback: `answer(partner, conn, request_line)` for each request. It notes when
     the hub hung up on a trickle, and stops trickling when the test ends."""
 
     def __init__(self, answer: Callable[[Partner, socket.socket, str], None]) -> None:
         self.answer = answer
-        self.connections = 0
         self.hung_up = threading.Event()
-        self.stopped = threading.Event()
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    if not (chunk := conn.recv(65536)):
-                        return
-                    data += chunk
-                head, _, rest = data.partition(b"\r\n\r\n")
-                length = next(
-                    (int(h.split(b":")[1]) for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")), 0
-                )
-                while len(rest) < length:  # the SOAP envelope: read it before answering
-                    rest += conn.recv(65536)
-                self.answer(self, conn, head.split(b"\r\n", 1)[0].decode())
-            except OSError:
-                return
+        super().__init__(lambda conn, request: self.answer(self, conn, request.split(b"\r\n", 1)[0].decode()))
 
     def trickle_head(self, conn: socket.socket, *, header_bytes: int = 10_000, then: bytes | None = None) -> None:
         """`HTTP/1.1 200 OK`, then one header byte every TRICKLE s; `then` (a blank line and a body)
@@ -82,10 +51,6 @@ class Partner:
             conn.sendall(b"\r\n" + (then or b""))
         except OSError:
             self.hung_up.set()
-
-    def close(self) -> None:
-        self.stopped.set()
-        self.listener.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -40,53 +39,26 @@ from connectors.erp import sync as erp_sync
 from connectors.erp.client import ErpClient
 from tests.factories import din, happy_path
 from tests.hub_log import hub_log
+from tests.loopback_http import LoopbackHttpServer
 
 
-class Hostile:
-    """A TCP server on loopback that reads a request's head and then does what `answer` says with the
-    connection; it counts connections and the bytes it managed to send."""
+class Hostile(LoopbackHttpServer):
+    """A server on loopback that reads a request and then does what `answer` says with the
+    connection; it keeps the requests and counts the bytes it managed to send."""
 
     def __init__(self, answer: Callable[[socket.socket], None]) -> None:
         self.answer = answer
-        self.connections = 0
         self.sent = 0
         self.requests: list[bytes] = []
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.closed = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__(self._answer)
 
-    def _accept(self) -> None:
-        while not self.closed.is_set():
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(30)
-            data = b""
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        return
-                    data += chunk
-                self.requests.append(data)
-                self.answer(conn)
-            except OSError:
-                return
+    def _answer(self, conn: socket.socket, request: bytes) -> None:
+        self.requests.append(request)
+        self.answer(conn)
 
     def send(self, conn: socket.socket, data: bytes) -> None:
         conn.sendall(data)
         self.sent += len(data)
-
-    def close(self) -> None:
-        self.closed.set()
-        self.listener.close()
 
 
 @pytest.fixture
