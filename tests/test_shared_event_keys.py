@@ -13,19 +13,12 @@ from cgthub.cli import app as cli
 from cgthub.model import CanonicalEvent, EventType, ExternalRefs
 from cgthub.store import session_scope
 from tests.factories import T0, event
-from tests.test_residency_live import _crm_record, _enrol_through_crm, _orders, _orm
+from tests.test_residency_live import _orders
+from tests.test_shared_lookups import two_sites_orders_dropped
 
 
 def test_a_dropped_files_events_have_their_keys_worked_out_once(db_url, monkeypatch, tmp_path: Path):
-    _enrol_through_crm(
-        db_url, monkeypatch, [_crm_record(n, site, "US", "021zx") for n, site in ((4, "US-HOU-02"), (5, "US-SEA-03"))]
-    )
-    feed = tmp_path / "drop" / "orders.hl7"
-    feed.parent.mkdir()
-    feed.write_bytes(
-        _orm(4, "US-HOU-02", crm="CRM-00004", placer="PL-4", control="B4")
-        + _orm(5, "US-SEA-03", crm="CRM-00005", placer="PL-5", control="B5")
-    )
+    drop = two_sites_orders_dropped(db_url, monkeypatch, tmp_path)
     worked_out: list[str] = []
     for name in ("reference_keys", "identity_keys"):
         real = getattr(CanonicalEvent, name)
@@ -35,7 +28,7 @@ def test_a_dropped_files_events_have_their_keys_worked_out_once(db_url, monkeypa
             return _real(self)
 
         monkeypatch.setattr(CanonicalEvent, name, counted)
-    result = CliRunner().invoke(cli, ["hl7", "ingest", str(feed.parent)], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["hl7", "ingest", str(drop)], catch_exceptions=False)
     assert "2 messages: 2 accepted" in result.output, result.output
     orders = _orders(db_url)
     assert orders["CRM-00004"].status == orders["CRM-00005"].status == "apheresis_scheduled"

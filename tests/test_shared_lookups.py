@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from typer.testing import CliRunner
@@ -35,7 +36,9 @@ def _statements() -> Iterator[list[str]]:
         event.remove(Engine, "before_cursor_execute", record)
 
 
-def test_a_dropped_file_reads_each_order_key_and_row_once(db_url, monkeypatch, tmp_path: Path):
+def two_sites_orders_dropped(db_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Two orders enrolled through the CRM at two sites, and a drop folder holding one file with an
+    ORM^O01 from each site: the folder `cgthub hl7 ingest` is given."""
     _enrol_through_crm(
         db_url, monkeypatch, [_crm_record(n, site, "US", "021zx") for n, site in ((4, "US-HOU-02"), (5, "US-SEA-03"))]
     )
@@ -45,6 +48,11 @@ def test_a_dropped_file_reads_each_order_key_and_row_once(db_url, monkeypatch, t
         _orm(4, "US-HOU-02", crm="CRM-00004", placer="PL-4", control="B4")
         + _orm(5, "US-SEA-03", crm="CRM-00005", placer="PL-5", control="B5")
     )
+    return feed.parent
+
+
+def test_a_dropped_file_reads_each_order_key_and_row_once(db_url, monkeypatch, tmp_path: Path):
+    drop = two_sites_orders_dropped(db_url, monkeypatch, tmp_path)
     key_reads: list[tuple[str, set[tuple[str, str]]]] = []
     for module in (qualification, correlation):
 
@@ -55,7 +63,7 @@ def test_a_dropped_file_reads_each_order_key_and_row_once(db_url, monkeypatch, t
 
         monkeypatch.setattr(module, "rows_by_pairs", spy)
     with _statements() as statements:
-        result = CliRunner().invoke(cli, ["hl7", "ingest", str(feed.parent)], catch_exceptions=False)
+        result = CliRunner().invoke(cli, ["hl7", "ingest", str(drop)], catch_exceptions=False)
     assert "2 messages: 2 accepted" in result.output, result.output
     orders = _orders(db_url)
     assert orders["CRM-00004"].status == orders["CRM-00005"].status == "apheresis_scheduled"
