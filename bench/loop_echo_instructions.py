@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import multiprocessing
-import statistics
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from bench import callgrind
@@ -38,23 +34,14 @@ class _Echo(asyncio.Protocol):
 def _closed_loop(count: int, senders: int, loop_kind: str) -> None:
     """The counted workload (run under valgrind): a warm-up round, then `count` messages flat out."""
     from bench.hl7_bench import messages
-    from bench.mllp_latency_bench import hospital
+    from bench.mllp_loop_instructions import hospital_rounds
 
     warm = 2 * senders
     feed = messages(count + warm)
     loop = new_listener_loop(loop_kind)
     server = loop.run_until_complete(loop.create_server(_Echo, "127.0.0.1", 0, backlog=senders * 2))
     port = server.sockets[0].getsockname()[1]
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(statistics.mean, [1.0]).result()  # the senders' process started, its imports done
-
-        def run(part: list[bytes]) -> int:
-            done = pool.submit(hospital, port, [part[i::senders] for i in range(senders)], None)
-            return len(loop.run_until_complete(asyncio.wrap_future(done, loop=loop)).latencies)
-
-        if run(feed[:warm]) != warm:
-            raise SystemExit("the warm-up round was not answered")
-        answered = functools.reduce(lambda _a, _b: run(feed[warm:]), [0], 0)
+    answered = hospital_rounds(loop, port, feed, warm, senders, lambda run: len(run.latencies))
     server.close()
     loop.run_until_complete(server.wait_closed())
     if answered != count:

@@ -28,8 +28,10 @@ import multiprocessing
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from bench import callgrind
 from bench.mllp_group_instructions import _copy, prepare
@@ -42,7 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def _closed_loop(database: Path, count: int, senders: int, loop_kind: str | None) -> None:
     """The counted workload (run under valgrind): a warm-up round, then `count` messages flat out."""
     from bench.hl7_bench import messages
-    from bench.mllp_latency_bench import hospital
     from cgthub import runtime
     from cgthub.hl7.listener import MllpListener
 
@@ -59,22 +60,43 @@ def _closed_loop(database: Path, count: int, senders: int, loop_kind: str | None
     )
     loop = new_listener_loop(loop_kind)
     port = loop.run_until_complete(listener.start())[1]
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(statistics.mean, [1.0]).result()  # the senders' process started, its imports done
-
-        def run(part: list[bytes]) -> int:
-            done = pool.submit(hospital, port, [part[i::senders] for i in range(senders)], None)
-            return int(loop.run_until_complete(asyncio.wrap_future(done, loop=loop)).acked)
-
-        if run(feed[:warm]) != warm:
-            raise SystemExit("the warm-up round was not acknowledged AA")
-        runtime.tune_gc()
-        acked = functools.reduce(lambda _a, _b: run(feed[warm:]), [0], 0)
+    acked = hospital_rounds(
+        loop, port, feed, warm, senders, lambda run: int(run.acked), settle=runtime.tune_gc, what="acknowledged AA"
+    )
     batches = listener.stats.batches
     loop.run_until_complete(listener.stop())
     if acked != count:
         raise SystemExit(f"{acked} of {count} messages acknowledged AA")
     print(f"groups: {batches}, event loop: {loop_name(loop)}", file=sys.stderr)
+
+
+def hospital_rounds(
+    loop: asyncio.AbstractEventLoop,
+    port: int,
+    feed: list[bytes],
+    warm: int,
+    senders: int,
+    answered: Callable[[Any], int],
+    *,
+    settle: Callable[[], object] = lambda: None,
+    what: str = "answered",
+) -> int:
+    """The hospital's senders (`bench.mllp_latency_bench.hospital`, a process of their own, closed loop)
+    against `port`: a warm-up round of `feed[:warm]`, then the rest inside one `functools.reduce` call
+    (what callgrind counts); `answered(run)` says how many of a round were answered."""
+    from bench.mllp_latency_bench import hospital
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(statistics.mean, [1.0]).result()  # the senders' process started, its imports done
+
+        def run(part: list[bytes]) -> int:
+            done = pool.submit(hospital, port, [part[i::senders] for i in range(senders)], None)
+            return answered(loop.run_until_complete(asyncio.wrap_future(done, loop=loop)))
+
+        if run(feed[:warm]) != warm:
+            raise SystemExit(f"the warm-up round was not {what}")
+        settle()
+        return functools.reduce(lambda _a, _b: run(feed[warm:]), [0], 0)
 
 
 def counted(count: int, senders: int, database: Path, loop_kind: str | None = None) -> int:
