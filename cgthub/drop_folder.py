@@ -87,11 +87,16 @@ def _too_big(path: Path, size: int, cap: int) -> str:
     return f"{path.name}: {size} bytes, over {MAX_BYTES_VARIABLE}={cap}: not read, {where}"
 
 
-def _set_aside(path: Path, into: str) -> str:
+def _move(path: Path, into: str) -> None:
+    """`path` into the folder `into`/ beside it (made owner-only if missing)."""
     target = path.parent / into
+    target.mkdir(mode=0o700, exist_ok=True)
+    os.rename(path, target / path.name)  # rename moves the entry itself, never what a link names
+
+
+def _set_aside(path: Path, into: str) -> str:
     try:
-        target.mkdir(mode=0o700, exist_ok=True)
-        os.rename(path, target / path.name)  # rename moves the entry itself, never what a link names
+        _move(path, into)
     except OSError as error:
         return f"left where it is (could not move it to {into}/: {error.strerror})"
     return f"moved to {into}/"
@@ -167,10 +172,8 @@ def release(drop: Drop, into: str) -> str | None:
     changed = drop.change()
     if changed:
         return changed
-    target = drop.path.parent / into
-    target.mkdir(mode=0o700, exist_ok=True)
     try:
-        os.rename(drop.path, target / drop.path.name)
+        _move(drop.path, into)
     except FileNotFoundError:
         return f"{drop.path.name}: gone before it was released (another run took it)"
     return None
